@@ -1,0 +1,387 @@
+//! The agent's configuration file (`vireo agent --config vireo.yaml`).
+//!
+//! Every error is one line that names the field, e.g.
+//! `interfaces[1].endpoint.mac: "02:00" is not a MAC address`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error: one line naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not fit the schema.
+    #[error("{path}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, which names the field and the line.
+        msg: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {field}: {msg}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, as a path (`interfaces[2].name`).
+        field: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Interface role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A pod's host-side veth.
+    Pod,
+    /// The node's uplink.
+    Uplink,
+}
+
+/// XDP attach mode preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Native, falling back to generic.
+    #[default]
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Generic,
+}
+
+/// The pod behind a pod-facing interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Pod IPv4 address.
+    pub ip: String,
+    /// Pod MAC (inside its namespace).
+    pub mac: String,
+}
+
+/// An interface to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Kernel name (host side for pods).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// For pods: the endpoint behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointConfig>,
+}
+
+/// A worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Cores to pin to.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+}
+
+/// AF_XDP sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AfXdpConfig {
+    /// Ask the kernel for zero-copy (falls back to copy).
+    pub zero_copy: bool,
+    /// Bytes per UMEM frame.
+    pub frame_size: u32,
+    /// UMEM frames per worker.
+    pub frames: u32,
+    /// RX ring entries per socket.
+    pub rx_ring: u32,
+    /// TX ring entries per socket.
+    pub tx_ring: u32,
+    /// Fill ring entries per device queue.
+    pub fill_ring: u32,
+    /// Completion ring entries per device queue.
+    pub completion_ring: u32,
+}
+
+impl Default for AfXdpConfig {
+    fn default() -> Self {
+        AfXdpConfig {
+            zero_copy: true,
+            frame_size: 2048,
+            frames: 16384,
+            rx_ring: 1024,
+            tx_ring: 1024,
+            fill_ring: 1024,
+            completion_ring: 1024,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node name, for status and logs.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Addresses whose ARP requests are answered (the pods' gateway).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// VXLAN UDP port steered from the uplink.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// Unix socket of the agent's API.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// XDP attach mode.
+    #[serde(default)]
+    pub xdp_mode: XdpModeConfig,
+    /// Spin instead of sleeping when idle.
+    #[serde(default)]
+    pub busy_poll: bool,
+    /// AF_XDP sizes.
+    #[serde(default)]
+    pub af_xdp: AfXdpConfig,
+    /// Workers (default: one, unpinned).
+    #[serde(default = "default_workers")]
+    pub workers: Vec<WorkerConfig>,
+    /// Interfaces.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+fn default_vxlan_port() -> u16 {
+    8472
+}
+/// Default API socket path.
+pub fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/vireo/vireo.sock")
+}
+fn default_workers() -> Vec<WorkerConfig> {
+    vec![WorkerConfig { cores: vec![] }]
+}
+
+/// A validated endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP.
+    pub ip: Ipv4Addr,
+    /// MAC.
+    pub mac: [u8; 6],
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            msg: e.to_string().replace('\n', " "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: String, msg: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            msg,
+        };
+        for (i, g) in self.gateways.iter().enumerate() {
+            g.parse::<Ipv4Addr>().map_err(|_| {
+                bad(
+                    format!("gateways[{i}]"),
+                    format!("{g:?} is not an IPv4 address"),
+                )
+            })?;
+        }
+        if self.vxlan_port == 0 {
+            return Err(bad("vxlan_port".into(), "must be 1-65535".into()));
+        }
+        let a = &self.af_xdp;
+        if !a.frame_size.is_power_of_two() || !(2048..=4096).contains(&a.frame_size) {
+            return Err(bad(
+                "af_xdp.frame_size".into(),
+                format!("{} must be 2048 or 4096", a.frame_size),
+            ));
+        }
+        if a.frames < 256 || a.frames > 1 << 20 {
+            return Err(bad(
+                "af_xdp.frames".into(),
+                format!("{} must be 256..=1048576", a.frames),
+            ));
+        }
+        for (name, v) in [
+            ("rx_ring", a.rx_ring),
+            ("tx_ring", a.tx_ring),
+            ("fill_ring", a.fill_ring),
+            ("completion_ring", a.completion_ring),
+        ] {
+            if !v.is_power_of_two() || !(64..=16384).contains(&v) {
+                return Err(bad(
+                    format!("af_xdp.{name}"),
+                    format!("{v} must be a power of two in 64..=16384"),
+                ));
+            }
+        }
+        if self.workers.is_empty() {
+            return Err(bad(
+                "workers".into(),
+                "at least one worker is needed".into(),
+            ));
+        }
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(c) = w.cores.iter().find(|c| **c >= ncpu) {
+                return Err(bad(
+                    format!("workers[{i}].cores"),
+                    format!("core {c} does not exist (this machine has {ncpu})"),
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut ips = BTreeSet::new();
+        for (i, ifc) in self.interfaces.iter().enumerate() {
+            validate_ifname(&ifc.name).map_err(|m| bad(format!("interfaces[{i}].name"), m))?;
+            if !names.insert(ifc.name.as_str()) {
+                return Err(bad(
+                    format!("interfaces[{i}].name"),
+                    format!("{} is listed twice", ifc.name),
+                ));
+            }
+            match (ifc.role, &ifc.endpoint) {
+                (Role::Uplink, Some(_)) => {
+                    return Err(bad(
+                        format!("interfaces[{i}].endpoint"),
+                        "only pod interfaces have an endpoint".into(),
+                    ))
+                }
+                (Role::Pod, Some(ep)) => {
+                    let e = ep
+                        .resolve()
+                        .map_err(|(f, m)| bad(format!("interfaces[{i}].endpoint.{f}"), m))?;
+                    if !ips.insert(e.ip) {
+                        return Err(bad(
+                            format!("interfaces[{i}].endpoint.ip"),
+                            format!("{} is used twice", e.ip),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Parsed gateway addresses (validated).
+    pub fn gateway_addrs(&self) -> Vec<Ipv4Addr> {
+        self.gateways
+            .iter()
+            .filter_map(|g| g.parse().ok())
+            .collect()
+    }
+}
+
+impl EndpointConfig {
+    /// Parses the endpoint; the error names the sub-field.
+    pub fn resolve(&self) -> Result<Endpoint, (&'static str, String)> {
+        let ip = self
+            .ip
+            .parse::<Ipv4Addr>()
+            .map_err(|_| ("ip", format!("{:?} is not an IPv4 address", self.ip)))?;
+        let mac =
+            parse_mac(&self.mac).ok_or(("mac", format!("{:?} is not a MAC address", self.mac)))?;
+        Ok(Endpoint { ip, mac })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    vireo_dataplane::io::sys::parse_mac(s)
+}
+
+/// Formats a MAC.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Kernel interface names: 1-15 bytes, no '/', ':' or whitespace.
+pub fn validate_ifname(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 15 || n.contains(['/', ':']) || n.chars().any(char::is_whitespace)
+    {
+        return Err(format!(
+            "{n:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse("interfaces: []\n", Path::new("t.yaml")).unwrap();
+        assert_eq!(c.vxlan_port, 8472);
+        assert_eq!(c.workers.len(), 1);
+        assert_eq!(c.af_xdp.frame_size, 2048);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err("interfaces:\n  - name: a\n    role: pod\n  - name: b\n    role: podd\n");
+        assert!(e.contains("interfaces[1].role"), "{e}");
+        let e = err(
+            "interfaces:\n  - name: a\n    role: pod\n    endpoint: {ip: 10.0.0.1, mac: '02:00'}\n",
+        );
+        assert!(e.contains("interfaces[0].endpoint.mac"), "{e}");
+        let e = err("af_xdp: {rx_ring: 100}\n");
+        assert!(e.contains("af_xdp.rx_ring"), "{e}");
+        let e = err("workers: [{cores: [4096]}]\n");
+        assert!(e.contains("workers[0].cores"), "{e}");
+        let e = err("gateways: [10.0.0.300]\n");
+        assert!(e.contains("gateways[0]"), "{e}");
+        let e = err("interfaces:\n  - {name: a, role: pod}\n  - {name: a, role: pod}\n");
+        assert!(e.contains("interfaces[1].name"), "{e}");
+        let e = err("bogus: 1\n");
+        assert!(e.contains("bogus"), "{e}");
+        for e in [e] {
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+}

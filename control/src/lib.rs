@@ -1,0 +1,5 @@
+//! Vireo's control side: it reads sources (the agent's configuration file now; a manifest
+//! directory and Kubernetes in later issues) and turns them into the table snapshots the fast
+//! path reads.
+
+pub mod config;

@@ -1,0 +1,165 @@
+//! Per-worker counters: written by one worker, read by the API. Each block sits on its own cache
+//! lines so workers never share a line with each other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a frame was dropped. The names are the stable strings shown by `vireo status`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// The stable name.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    TruncatedEthernet => "truncated_ethernet", "Shorter than an Ethernet header.";
+    UnsupportedEthertype => "unsupported_ethertype", "Neither IPv4 nor ARP.";
+    TruncatedIp => "truncated_ip", "Shorter than the IPv4 header it claims.";
+    BadIpVersion => "bad_ip_version", "An IPv4 ethertype whose version field is not 4.";
+    BadIhl => "bad_ihl", "IHL below 5.";
+    IpOptions => "ip_options", "IPv4 options are not forwarded.";
+    BadTotalLength => "bad_total_length", "IPv4 total length shorter than its header or longer than the frame.";
+    TtlExceeded => "ttl_exceeded", "TTL reached zero.";
+    UnknownDestination => "unknown_destination", "No endpoint or route for the destination.";
+    MalformedArp => "malformed_arp", "An ARP frame that does not parse.";
+    ArpNotForGateway => "arp_not_for_gateway", "An ARP request for an address the dataplane does not answer, or an ARP reply.";
+    NoTxPort => "no_tx_port", "The output interface has no socket on this worker.";
+    TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
+}
+
+/// Number of drop reasons.
+pub const DROP_REASONS: usize = DropReason::ALL.len();
+
+/// A value on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Padded<T>(pub T);
+
+/// Counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Frames received.
+    pub rx: Padded<AtomicU64>,
+    /// Frames handed to a TX ring.
+    pub tx: Padded<AtomicU64>,
+    /// Batches processed.
+    pub batches: Padded<AtomicU64>,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: Padded<[AtomicU64; DROP_REASONS]>,
+}
+
+/// Counts gathered over one batch, flushed into [`WorkerCounters`] once per batch.
+#[derive(Debug, Default, Clone)]
+pub struct BatchCounts {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Drops by reason.
+    pub drops: [u64; DROP_REASONS],
+}
+
+impl BatchCounts {
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
+impl WorkerCounters {
+    /// Adds a batch's counts. One writer per worker, so relaxed adds suffice.
+    pub fn flush(&self, c: &mut BatchCounts) {
+        if c.rx > 0 {
+            self.rx.0.fetch_add(c.rx, Ordering::Relaxed);
+            self.batches.0.fetch_add(1, Ordering::Relaxed);
+        }
+        if c.tx > 0 {
+            self.tx.0.fetch_add(c.tx, Ordering::Relaxed);
+        }
+        for (slot, n) in self.drops.0.iter().zip(c.drops.iter()) {
+            if *n > 0 {
+                slot.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        *c = BatchCounts::default();
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            rx: self.rx.0.load(Ordering::Relaxed),
+            tx: self.tx.0.load(Ordering::Relaxed),
+            batches: self.batches.0.load(Ordering::Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), self.drops.0[*r as usize].load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// Counters as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Drops by reason name (every reason listed, zero or not).
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl CounterSnapshot {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &CounterSnapshot) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.batches += o.batches;
+        for (k, v) in &o.drops {
+            *self.drops.entry(k).or_default() += v;
+        }
+    }
+
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_accumulates_and_resets() {
+        let w = WorkerCounters::default();
+        let mut b = BatchCounts {
+            rx: 3,
+            tx: 2,
+            ..Default::default()
+        };
+        b.drop(DropReason::TtlExceeded);
+        w.flush(&mut b);
+        assert_eq!(b.rx, 0);
+        let s = w.snapshot();
+        assert_eq!((s.rx, s.tx, s.batches), (3, 2, 1));
+        assert_eq!(s.drops["ttl_exceeded"], 1);
+        assert_eq!(s.total_drops(), 1);
+        assert_eq!(std::mem::align_of::<Padded<AtomicU64>>(), 64);
+    }
+}

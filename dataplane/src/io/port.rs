@@ -1,0 +1,208 @@
+//! One AF_XDP socket bound to an `(interface, queue)`, with its four rings.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, User};
+
+use super::umem::AfXdpMode;
+use super::IoError;
+
+const XDP_COPY: u16 = 1 << 1;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+const SOL_XDP: libc::c_int = 283;
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// RX and TX descriptor ring sizes (powers of two).
+#[derive(Debug, Clone, Copy)]
+pub struct RingSizes {
+    /// RX ring entries.
+    pub rx: u32,
+    /// TX ring entries.
+    pub tx: u32,
+}
+
+/// What to bind.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    /// Interface name.
+    pub ifname: String,
+    /// Rx queue index.
+    pub queue: u32,
+    /// The interface's slot in the tables and the XSKMAP.
+    pub slot: u16,
+    /// Ring sizes.
+    pub rings: RingSizes,
+}
+
+/// A bound socket: fill/completion rings of its device queue plus its own RX/TX rings.
+pub struct Port {
+    /// Interface slot.
+    pub slot: u16,
+    /// Rx queue index.
+    pub queue: u32,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Interface name.
+    pub ifname: String,
+    /// Copy or zero-copy, as the kernel reports it.
+    pub mode: AfXdpMode,
+    pub(crate) fq: DeviceQueue,
+    pub(crate) rx: RingRx,
+    pub(crate) tx: RingTx,
+    // Keeps the socket configuration alive for as long as the rings.
+    _user: User,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port")
+            .field("ifname", &self.ifname)
+            .field("queue", &self.queue)
+            .field("slot", &self.slot)
+            .field("fd", &self.fd())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Port {
+    pub(super) fn bind(
+        umem: &Umem,
+        info: &IfInfo,
+        spec: &PortSpec,
+        first: bool,
+        zero_copy: bool,
+    ) -> Result<Port, IoError> {
+        let what = |step: &str| format!("AF_XDP {step} on {} queue {}", spec.ifname, spec.queue);
+        for (name, v) in [("rx", spec.rings.rx), ("tx", spec.rings.tx)] {
+            if !v.is_power_of_two() {
+                return Err(IoError::Invalid(format!(
+                    "{name} ring size {v} must be a power of two"
+                )));
+            }
+        }
+        let sock = if first {
+            Socket::with_shared(info, umem)
+        } else {
+            Socket::new(info)
+        }
+        .map_err(|e| IoError::sys(what("socket"), e.get_raw()))?;
+        let fq = umem.fq_cq(&sock).map_err(|e| {
+            IoError::sys(
+                what("fill/completion rings (queue already bound?)"),
+                e.get_raw(),
+            )
+        })?;
+        // The first socket sets the mode and need_wakeup for the whole UMEM; later sockets must
+        // bind with flags 0 and inherit them.
+        let bind_flags = match (first, zero_copy) {
+            (false, _) => 0,
+            (true, true) => XDP_USE_NEED_WAKEUP,
+            (true, false) => XDP_USE_NEED_WAKEUP | XDP_COPY,
+        };
+        let cfg = SocketConfig {
+            rx_size: NonZeroU32::new(spec.rings.rx),
+            tx_size: NonZeroU32::new(spec.rings.tx),
+            bind_flags,
+        };
+        let user = umem
+            .rx_tx(&sock, &cfg)
+            .map_err(|e| IoError::sys(what("rx/tx rings"), e.get_raw()))?;
+        bind_with_retry(umem, &user).map_err(|errno| {
+            let hint = if errno == libc::EOPNOTSUPP {
+                " (this UMEM is zero-copy and the interface cannot do zero-copy: set af_xdp.zero_copy: false)"
+            } else {
+                ""
+            };
+            IoError::sys(format!("{}{hint}", what("bind")), errno)
+        })?;
+        let rx = user
+            .map_rx()
+            .map_err(|e| IoError::sys(what("mmap rx"), e.get_raw()))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| IoError::sys(what("mmap tx"), e.get_raw()))?;
+        let mode = query_mode(user.as_raw_fd());
+        Ok(Port {
+            slot: spec.slot,
+            queue: spec.queue,
+            ifindex: info.ifindex(),
+            ifname: spec.ifname.clone(),
+            mode,
+            fq,
+            rx,
+            tx,
+            _user: user,
+        })
+    }
+
+    /// The socket's file descriptor, for the XSKMAP.
+    pub fn fd(&self) -> i32 {
+        self.rx.as_raw_fd()
+    }
+
+    /// Wakes the kernel to send what the TX ring holds; copy mode sends at most 32 frames a
+    /// call, so this repeats while frames remain, a bounded number of times.
+    pub(crate) fn kick_tx(&mut self) {
+        for _ in 0..8 {
+            if self.tx.pending() == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            self.tx.wake();
+        }
+    }
+
+    /// Adds one frame to the TX ring; false when the ring is full.
+    #[inline]
+    pub(crate) fn push_tx(&mut self, addr: u64, len: u32) -> bool {
+        let mut w = self.tx.transmit(1);
+        let ok = w.insert_once(XdpDesc {
+            addr,
+            len,
+            options: 0,
+        });
+        w.commit();
+        ok
+    }
+}
+
+fn bind_with_retry(umem: &Umem, user: &User) -> Result<(), i32> {
+    let mut delay = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    loop {
+        match umem.bind(user) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.get_raw() == libc::EBUSY && waited < Duration::from_secs(5) => {
+                tracing::debug!(?delay, "AF_XDP bind: queue busy, retrying");
+                std::thread::sleep(delay);
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.get_raw()),
+        }
+    }
+}
+
+fn query_mode(fd: i32) -> AfXdpMode {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: XDP_OPTIONS writes one `struct xdp_options { __u32 flags; }` into `flags`, whose
+    // size we pass in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0 {
+        AfXdpMode::ZeroCopy
+    } else {
+        AfXdpMode::Copy
+    }
+}

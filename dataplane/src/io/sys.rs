@@ -1,0 +1,149 @@
+//! Small system interfaces: capabilities, memlock, CPU pinning, interface facts, poll.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use super::IoError;
+
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Checks that `bytes` of UMEM can be registered: either CAP_IPC_LOCK is held (then UMEM is not
+/// charged to memlock) or RLIMIT_MEMLOCK is large enough. The error is one line saying what to
+/// grant.
+pub fn check_memlock(bytes: u64) -> Result<(), String> {
+    if has_capability(CAP_IPC_LOCK) {
+        return Ok(());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the valid pointer we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc == 0 && (lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= bytes) {
+        return Ok(());
+    }
+    Err(format!(
+        "AF_XDP needs {} KiB of locked memory for its UMEM but the memlock limit is {} KiB and CAP_IPC_LOCK is not held: grant CAP_IPC_LOCK (securityContext.capabilities.add: [IPC_LOCK]) or raise RLIMIT_MEMLOCK (ulimit -l {})",
+        bytes / 1024,
+        lim.rlim_cur / 1024,
+        bytes.div_ceil(1024)
+    ))
+}
+
+/// Whether the effective capability set holds `cap` (read from /proc/self/status).
+pub fn has_capability(cap: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// Pins the calling thread to `cores`.
+pub fn pin_current_thread(cores: &[usize]) -> Result<(), IoError> {
+    if cores.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cores {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(IoError::Invalid(format!("core {c} is beyond CPU_SETSIZE")));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(IoError::sys(
+            format!("pinning to cores {cores:?}"),
+            last_errno(),
+        ));
+    }
+    Ok(())
+}
+
+/// The interface index of `name`.
+pub fn ifindex(name: &str) -> Result<u32, IoError> {
+    let c =
+        CString::new(name).map_err(|_| IoError::Invalid(format!("bad interface name {name:?}")))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(IoError::sys(format!("interface {name}"), last_errno()));
+    }
+    Ok(idx)
+}
+
+/// The MAC address of interface `name`.
+pub fn mac(name: &str) -> Result<[u8; 6], IoError> {
+    let path = format!("/sys/class/net/{name}/address");
+    let s = std::fs::read_to_string(&path).map_err(|e| IoError::Sys {
+        what: format!("reading {path}"),
+        source: e,
+    })?;
+    parse_mac(s.trim())
+        .ok_or_else(|| IoError::Invalid(format!("{path}: not a MAC address: {}", s.trim())))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Number of rx queues of interface `name` (from sysfs; 1 when unknown).
+pub fn rx_queues(name: &str) -> u32 {
+    let dir = Path::new("/sys/class/net").join(name).join("queues");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes. Returns how many are ready.
+pub fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
+    if fds.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(timeout_ms.max(0) as u64));
+        return 0;
+    }
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    rc.max(0) as usize
+}
+
+pub(crate) fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+
+    #[test]
+    fn loopback_facts() {
+        assert!(ifindex("lo").is_ok());
+        assert!(ifindex("no-such-if0").is_err());
+        assert_eq!(rx_queues("lo"), 1);
+    }
+}

@@ -1,0 +1,252 @@
+//! The UMEM: one memory area per worker, shared by all of its sockets (XDP_SHARED_UMEM), so a
+//! frame received on one interface is sent on another without a copy in userspace.
+
+use std::ffi::CStr;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use xdpilone::{IfInfo, Umem, UmemConfig};
+
+use super::port::{Port, PortSpec, RingSizes};
+use super::IoError;
+use crate::pipeline::Frames;
+
+/// Shape of a worker's UMEM.
+#[derive(Debug, Clone, Copy)]
+pub struct UmemSpec {
+    /// Number of frames.
+    pub frames: u32,
+    /// Bytes per frame: a power of two from 2048 to the page size.
+    pub frame_size: u32,
+    /// Fill and completion ring size of every device queue.
+    pub fill_size: u32,
+    /// Completion ring size.
+    pub completion_size: u32,
+    /// Ask the kernel for zero-copy on the first bind (it falls back to copy by itself).
+    pub zero_copy: bool,
+}
+
+impl UmemSpec {
+    /// Bytes of memory the UMEM occupies.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.frames) * u64::from(self.frame_size)
+    }
+
+    fn validate(&self) -> Result<(), IoError> {
+        let page = page_size();
+        if !self.frame_size.is_power_of_two()
+            || self.frame_size < 2048
+            || self.frame_size as usize > page
+        {
+            return Err(IoError::Invalid(format!(
+                "frame_size {} must be a power of two from 2048 to the page size ({page})",
+                self.frame_size
+            )));
+        }
+        if self.frames < 64 {
+            return Err(IoError::Invalid(format!(
+                "umem frames {} must be at least 64",
+                self.frames
+            )));
+        }
+        for (name, v) in [
+            ("fill", self.fill_size),
+            ("completion", self.completion_size),
+        ] {
+            if !v.is_power_of_two() {
+                return Err(IoError::Invalid(format!(
+                    "{name} ring size {v} must be a power of two"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which copy mode the UMEM's sockets use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfXdpMode {
+    /// The driver writes frames straight into the UMEM.
+    ZeroCopy,
+    /// The kernel copies frames into and out of the UMEM.
+    Copy,
+}
+
+impl AfXdpMode {
+    /// Name for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AfXdpMode::ZeroCopy => "zero-copy",
+            AfXdpMode::Copy => "copy",
+        }
+    }
+}
+
+/// An anonymous mapping holding the frames.
+struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Region {
+    fn map(len: usize) -> Result<Self, IoError> {
+        // SAFETY: anonymous private mapping with no address hint; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(IoError::sys(
+                format!("mapping {len} bytes of UMEM"),
+                super::sys::last_errno(),
+            ));
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| IoError::Invalid("mmap returned NULL".into()))?;
+        Ok(Region { ptr, len })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping made in `map`, unmapped once here.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A worker's UMEM and the socket that registered it.
+///
+/// The first bound socket anchors the UMEM: later sockets bind with XDP_SHARED_UMEM against it,
+/// and the kernel refuses that once the anchor is unbound. The anchor is therefore bound to an
+/// interface that outlives pods: the uplink when the node has one, else `lo` (no XDP program is
+/// attached to `lo`, so no traffic reaches that socket).
+pub struct SharedUmem {
+    umem: Umem,
+    spec: UmemSpec,
+    // Field order: the rings and sockets go before the memory they point into.
+    anchor: Mutex<Option<Port>>,
+    anchored: Mutex<bool>,
+    region: Region,
+}
+
+// SAFETY: `xdpilone::Umem` holds a raw pointer to the region and is therefore not Send/Sync.
+// The methods used through `&SharedUmem` (`fq_cq`, `rx_tx`, `bind`) only issue socket system
+// calls and update xdpilone's internally synchronised device registry; they never touch frame
+// memory. Frame memory is reached only through `UmemFrames`, by the one worker that owns the
+// frames it touches.
+unsafe impl Send for SharedUmem {}
+// SAFETY: see `Send`; the mutable state here (`anchor`, `anchored`) is behind mutexes.
+unsafe impl Sync for SharedUmem {}
+
+impl SharedUmem {
+    /// Maps and registers a UMEM.
+    pub fn new(spec: UmemSpec) -> Result<Self, IoError> {
+        spec.validate()?;
+        let len =
+            usize::try_from(spec.bytes()).map_err(|_| IoError::Invalid("UMEM too large".into()))?;
+        let region = Region::map(len)?;
+        let cfg = UmemConfig {
+            fill_size: spec.fill_size,
+            complete_size: spec.completion_size,
+            frame_size: spec.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        let area = NonNull::slice_from_raw_parts(region.ptr, len);
+        // SAFETY: `area` is a page-aligned private mapping of `len` bytes that lives in `region`,
+        // which this struct keeps (and drops last).
+        let umem = unsafe { Umem::new(cfg, area) }
+            .map_err(|e| IoError::sys("registering the UMEM (XDP_UMEM_REG)", e.get_raw()))?;
+        Ok(SharedUmem {
+            umem,
+            spec,
+            anchor: Mutex::new(None),
+            anchored: Mutex::new(false),
+            region,
+        })
+    }
+
+    /// Its shape.
+    pub fn spec(&self) -> UmemSpec {
+        self.spec
+    }
+
+    /// Binds `lo` queue 0 as the anchor unless something is bound already.
+    pub fn anchor_on_loopback(&self) -> Result<(), IoError> {
+        if *self.anchored.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(());
+        }
+        let spec = PortSpec {
+            ifname: "lo".into(),
+            queue: 0,
+            slot: u16::MAX,
+            rings: RingSizes { rx: 64, tx: 64 },
+        };
+        let port = self.bind(&spec)?;
+        *self.anchor.lock().unwrap_or_else(|e| e.into_inner()) = Some(port);
+        Ok(())
+    }
+
+    /// Creates and binds a socket for `(interface, queue)` into this UMEM, retrying EBUSY with
+    /// back-off (after a restart the kernel frees a queue with a delay). The first socket bound
+    /// becomes the anchor.
+    pub fn bind(&self, spec: &PortSpec) -> Result<Port, IoError> {
+        let mut anchored = self.anchored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut info = IfInfo::invalid();
+        let name = std::ffi::CString::new(spec.ifname.as_str())
+            .map_err(|_| IoError::Invalid(format!("bad interface name {:?}", spec.ifname)))?;
+        info.from_name(CStr::from_bytes_with_nul(name.as_bytes_with_nul()).unwrap_or(c"lo"))
+            .map_err(|e| IoError::sys(format!("interface {}", spec.ifname), e.get_raw()))?;
+        info.set_queue(spec.queue);
+        let first = !*anchored;
+        let port = Port::bind(&self.umem, &info, spec, first, self.spec.zero_copy)?;
+        *anchored = true;
+        Ok(port)
+    }
+
+    /// The frame memory, for the worker that owns it.
+    pub fn frames(&self) -> UmemFrames<'_> {
+        UmemFrames {
+            base: self.region.ptr,
+            len: self.region.len,
+            _umem: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Access to the frames of a [`SharedUmem`] by address. Only the worker that owns the UMEM
+/// creates one, and it only asks for frames it holds (received and not yet given back).
+pub struct UmemFrames<'a> {
+    base: NonNull<u8>,
+    len: usize,
+    _umem: std::marker::PhantomData<&'a SharedUmem>,
+}
+
+impl Frames for UmemFrames<'_> {
+    #[inline]
+    fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
+        let start = usize::try_from(addr).ok()?;
+        let end = start.checked_add(len as usize)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `start..end` lies inside the mapped region (checked above), which outlives
+        // `'a`. The worker only asks for frames it owns (taken from its RX ring and not yet put
+        // on a fill or TX ring), so neither the kernel nor another borrow touches these bytes
+        // while the returned slice is alive (it borrows `self` mutably).
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len as usize) })
+    }
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).unwrap_or(4096)
+}

@@ -1,0 +1,15 @@
+//! Vireo's fast path: the per-packet pipeline, the tables it reads, and the AF_XDP I/O and
+//! pinned workers that feed it.
+//!
+//! - [`pipeline`]: the stages, in order, over batches of frames (no I/O; benchmarked alone).
+//! - [`tables`]: immutable snapshots published by the control side, read without locks.
+//! - [`io`]: UMEM, AF_XDP sockets (on `xdpilone`), system checks. The only `unsafe` code.
+//! - [`worker`]: pinned threads that own sockets and move batches between them.
+
+pub mod counters;
+pub mod fixtures;
+pub mod io;
+pub mod pipeline;
+pub mod tables;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,215 @@
+//! The per-packet pipeline, as VPP-style graph nodes: each stage runs over a whole batch before
+//! the next one starts, with no allocation, lock or syscall per packet.
+//!
+//! **This file lists the stages in order** (the `pipeline!` invocation below). A frame leaves the
+//! pipeline with a verdict: transmit on an interface slot, or drop with a reason. The I/O layer
+//! (`crate::worker`) turns verdicts into TX descriptors and recycled frames.
+
+mod arp;
+mod ipv4_forward;
+mod parse;
+
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::Tables;
+
+/// Frames per batch.
+pub const BATCH: usize = 64;
+
+/// Access to frame memory by UMEM address. The AF_XDP UMEM implements it in the I/O layer; tests
+/// and benchmarks use [`VecFrames`].
+pub trait Frames {
+    /// The `len` bytes at `addr`, or `None` when out of bounds.
+    fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]>;
+}
+
+/// What the parse stage found; tells later stages which frames are theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Not yet parsed.
+    Raw,
+    /// An ARP frame.
+    Arp,
+    /// An IPv4 packet whose header starts at this offset and passed validation.
+    Ipv4 {
+        /// Offset of the IPv4 header in the frame.
+        l3: u16,
+    },
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still travelling through the stages.
+    Continue(Kind),
+    /// Transmit on the interface in this slot.
+    Tx {
+        /// Output interface slot.
+        slot: u16,
+    },
+    /// Drop, counted under a reason.
+    Drop(DropReason),
+}
+
+/// One frame of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Desc {
+    /// UMEM address of the frame's first byte.
+    pub addr: u64,
+    /// Frame length.
+    pub len: u32,
+    /// Slot of the interface it arrived on.
+    pub in_slot: u16,
+    /// Where it goes.
+    pub verdict: Verdict,
+}
+
+impl Desc {
+    /// A freshly received frame.
+    pub const fn new(addr: u64, len: u32, in_slot: u16) -> Self {
+        Desc {
+            addr,
+            len,
+            in_slot,
+            verdict: Verdict::Continue(Kind::Raw),
+        }
+    }
+}
+
+/// A batch of frames, fixed capacity, reused by the worker forever.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    descs: [Desc; BATCH],
+    len: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            descs: [Desc::new(0, 0, 0); BATCH],
+            len: 0,
+        }
+    }
+}
+
+impl Batch {
+    /// Empties the batch.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Appends a frame; false when full.
+    #[inline]
+    pub fn push(&mut self, d: Desc) -> bool {
+        if self.len == BATCH {
+            return false;
+        }
+        self.descs[self.len] = d;
+        self.len += 1;
+        true
+    }
+    /// Frames in the batch.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The frames.
+    #[inline]
+    pub fn descs(&self) -> &[Desc] {
+        &self.descs[..self.len]
+    }
+    /// The frames, mutable.
+    #[inline]
+    pub fn descs_mut(&mut self) -> &mut [Desc] {
+        &mut self.descs[..self.len]
+    }
+}
+
+/// Runs `$stage::run` for each stage in order and records the order in [`STAGES`].
+macro_rules! pipeline {
+    ($($stage:ident),* $(,)?) => {
+        /// The stages, in the order every batch goes through them.
+        pub const STAGES: &[&str] = &[$(stringify!($stage)),*];
+
+        /// Runs a batch through every stage. Afterwards each frame's verdict is `Tx` or `Drop`.
+        #[inline]
+        pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
+            $( $stage::run(batch, frames, tables); )*
+            for d in batch.descs_mut() {
+                match d.verdict {
+                    Verdict::Drop(r) => counts.drop(r),
+                    Verdict::Tx { .. } => {}
+                    // A frame no stage claimed: every kind has a stage, so this is a bug; drop.
+                    Verdict::Continue(_) => {
+                        d.verdict = Verdict::Drop(DropReason::UnsupportedEthertype);
+                        counts.drop(DropReason::UnsupportedEthertype);
+                    }
+                }
+            }
+        }
+    };
+}
+
+pipeline!(
+    parse,        // Ethernet + IPv4 header validation; ARP is set aside
+    arp,          // answer pods' ARP requests for their gateway
+    ipv4_forward, // local endpoint lookup, TTL, MAC rewrite
+);
+
+/// Frame memory backed by a plain buffer: for tests and benchmarks.
+#[derive(Debug, Clone)]
+pub struct VecFrames {
+    buf: Vec<u8>,
+}
+
+impl VecFrames {
+    /// `n` frames of `frame_size` bytes.
+    pub fn new(n: usize, frame_size: usize) -> Self {
+        VecFrames {
+            buf: vec![0; n * frame_size],
+        }
+    }
+    /// Writes `data` at `addr`.
+    pub fn write(&mut self, addr: u64, data: &[u8]) {
+        let a = addr as usize;
+        self.buf[a..a + data.len()].copy_from_slice(data);
+    }
+}
+
+impl Frames for VecFrames {
+    #[inline]
+    fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
+        let a = usize::try_from(addr).ok()?;
+        self.buf.get_mut(a..a.checked_add(len as usize)?)
+    }
+}
+
+/// Calls `f` on each frame still waiting for `kind`'s stage, with its bytes. A frame whose bytes
+/// are out of bounds is dropped.
+#[inline]
+pub(crate) fn for_each_pending<F: Frames>(
+    batch: &mut Batch,
+    frames: &mut F,
+    want: impl Fn(Kind) -> bool,
+    mut f: impl FnMut(&mut Desc, &mut [u8]),
+) {
+    for d in batch.descs_mut() {
+        let Verdict::Continue(k) = d.verdict else {
+            continue;
+        };
+        if !want(k) {
+            continue;
+        }
+        match frames.frame(d.addr, d.len) {
+            Some(buf) => f(d, buf),
+            None => d.verdict = Verdict::Drop(DropReason::TruncatedEthernet),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,55 @@
+//! Stage `parse`: checks Ethernet and IPv4 headers with etherparse and classifies the frame.
+
+use etherparse::err::ipv4::{HeaderError, HeaderSliceError};
+use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
+
+use super::{for_each_pending, Batch, Frames, Kind, Verdict};
+use crate::counters::DropReason;
+use crate::tables::Tables;
+use crate::wire::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
+
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, _t: &Tables) {
+    for_each_pending(
+        batch,
+        frames,
+        |k| k == Kind::Raw,
+        |d, buf| {
+            d.verdict = classify(buf);
+        },
+    );
+}
+
+/// The verdict for one raw frame.
+pub(crate) fn classify(buf: &[u8]) -> Verdict {
+    let Ok(eth) = Ethernet2HeaderSlice::from_slice(buf) else {
+        return Verdict::Drop(DropReason::TruncatedEthernet);
+    };
+    match eth.ether_type().0 {
+        ETHERTYPE_ARP => Verdict::Continue(Kind::Arp),
+        ETHERTYPE_IPV4 => ipv4(&buf[ETH_HLEN..]),
+        _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+    }
+}
+
+fn ipv4(l3: &[u8]) -> Verdict {
+    let ip = match Ipv4HeaderSlice::from_slice(l3) {
+        Ok(ip) => ip,
+        Err(HeaderSliceError::Len(_)) => return Verdict::Drop(DropReason::TruncatedIp),
+        Err(HeaderSliceError::Content(HeaderError::UnexpectedVersion { .. })) => {
+            return Verdict::Drop(DropReason::BadIpVersion)
+        }
+        Err(HeaderSliceError::Content(HeaderError::HeaderLengthSmallerThanHeader { .. })) => {
+            return Verdict::Drop(DropReason::BadIhl)
+        }
+    };
+    if usize::from(ip.ihl()) * 4 != IPV4_MIN_HLEN {
+        return Verdict::Drop(DropReason::IpOptions);
+    }
+    let total = usize::from(ip.total_len());
+    if total < IPV4_MIN_HLEN || total > l3.len() {
+        return Verdict::Drop(DropReason::BadTotalLength);
+    }
+    Verdict::Continue(Kind::Ipv4 {
+        l3: ETH_HLEN as u16,
+    })
+}

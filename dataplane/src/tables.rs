@@ -1,0 +1,138 @@
+//! Forwarding tables, published to workers as immutable snapshots.
+//!
+//! The control side builds a new [`Tables`] value and swaps it in atomically; workers load the
+//! current snapshot once per batch and never take a lock.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
+/// Fast hash map for small integer keys (rustc's Fx hash).
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// An Ethernet address.
+pub type Mac = [u8; 6];
+
+/// What an interface is to the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfRole {
+    /// A pod's host-side veth.
+    Pod,
+    /// The node's uplink NIC.
+    Uplink,
+}
+
+/// An attached interface, by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Dense slot (the index into [`Tables::ifaces`]).
+    pub slot: u16,
+    /// Kernel name.
+    pub name: String,
+    /// The interface's own MAC: the gateway MAC pods see.
+    pub mac: Mac,
+    /// Its role.
+    pub role: IfRole,
+}
+
+/// A local endpoint (pod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The pod's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The pod's MAC (inside its namespace).
+    pub mac: Mac,
+    /// Slot of the host-side veth that leads to it.
+    pub slot: u16,
+}
+
+/// One snapshot of everything the fast path looks up.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    /// Attached interfaces by slot.
+    pub ifaces: Vec<Option<Interface>>,
+    /// Local endpoints by IPv4 address (host byte order).
+    pub endpoints: FastMap<u32, Endpoint>,
+    /// Addresses whose ARP requests the dataplane answers (the pods' gateway).
+    pub gateways: Vec<Ipv4Addr>,
+}
+
+impl Tables {
+    /// The interface in `slot`, if attached.
+    #[inline]
+    pub fn iface(&self, slot: u16) -> Option<&Interface> {
+        self.ifaces.get(usize::from(slot)).and_then(Option::as_ref)
+    }
+
+    /// The local endpoint owning `ip`.
+    #[inline]
+    pub fn endpoint(&self, ip: u32) -> Option<&Endpoint> {
+        self.endpoints.get(&ip)
+    }
+
+    /// Whether ARP requests for `ip` are answered.
+    #[inline]
+    pub fn is_gateway(&self, ip: Ipv4Addr) -> bool {
+        self.gateways.contains(&ip)
+    }
+
+    /// Adds or replaces an interface.
+    pub fn set_iface(&mut self, iface: Interface) {
+        let i = usize::from(iface.slot);
+        if self.ifaces.len() <= i {
+            self.ifaces.resize(i + 1, None);
+        }
+        self.ifaces[i] = Some(iface);
+    }
+
+    /// Removes an interface and every endpoint behind it.
+    pub fn remove_iface(&mut self, slot: u16) {
+        if let Some(e) = self.ifaces.get_mut(usize::from(slot)) {
+            *e = None;
+        }
+        self.endpoints.retain(|_, ep| ep.slot != slot);
+    }
+
+    /// Adds or replaces an endpoint.
+    pub fn set_endpoint(&mut self, ep: Endpoint) {
+        self.endpoints.insert(u32::from(ep.ip), ep);
+    }
+}
+
+/// The published snapshot: one writer (the control side) swaps, many workers read.
+#[derive(Debug, Default)]
+pub struct TableHandle(ArcSwap<Tables>);
+
+impl TableHandle {
+    /// A handle publishing `t`.
+    pub fn new(t: Tables) -> Self {
+        TableHandle(ArcSwap::from_pointee(t))
+    }
+
+    /// The current snapshot, for a batch. Lock-free.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Tables>> {
+        self.0.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for building the next one.
+    pub fn current(&self) -> Arc<Tables> {
+        self.0.load_full()
+    }
+
+    /// Publishes a new snapshot atomically.
+    pub fn publish(&self, t: Tables) {
+        self.0.store(Arc::new(t));
+    }
+
+    /// Applies `f` to a copy of the current snapshot and publishes the result. Single writer:
+    /// the control side serialises its updates.
+    pub fn update(&self, f: impl FnOnce(&mut Tables)) {
+        let mut next = (*self.current()).clone();
+        f(&mut next);
+        self.publish(next);
+    }
+}

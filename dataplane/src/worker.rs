@@ -1,0 +1,567 @@
+//! Workers: threads pinned to configured cores, each owning a UMEM and a set of
+//! `(interface, queue)` sockets bound into it.
+//!
+//! A worker receives a batch (up to [`BATCH`] frames) from one socket, runs it through the
+//! pipeline, puts the results on the TX rings of their output sockets, and once per loop kicks
+//! the TX rings that need it, recycles completions and refills the fill rings. Nothing in the
+//! loop allocates, locks or makes a system call per packet. An idle worker sleeps in `poll()`
+//! unless busy-polling is asked for.
+//!
+//! Ports are added and removed at runtime through a command channel; a removed port's frames
+//! (in its fill ring or waiting for TX completion) are taken back, so pods can come and go
+//! forever without leaking UMEM.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::counters::{BatchCounts, CounterSnapshot, DropReason, WorkerCounters};
+use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec};
+use crate::pipeline::{self, Batch, Desc, Verdict, BATCH};
+use crate::tables::TableHandle;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Worker number.
+    pub id: usize,
+    /// Cores to pin to (empty: no pinning).
+    pub cores: Vec<usize>,
+    /// Spin instead of sleeping in `poll()` when idle.
+    pub busy_poll: bool,
+    /// UMEM shape.
+    pub umem: UmemSpec,
+}
+
+/// A port as reported by the worker.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PortInfo {
+    /// Interface name.
+    pub ifname: String,
+    /// Rx queue.
+    pub queue: u32,
+    /// Interface slot.
+    pub slot: u16,
+    /// Copy or zero-copy.
+    pub mode: AfXdpMode,
+    /// Frames the worker keeps in this socket's fill ring.
+    pub fill_target: u32,
+}
+
+enum Command {
+    Add(Box<Port>, SyncSender<()>),
+    Remove(u16, SyncSender<()>),
+}
+
+/// The control side's handle on a running worker.
+pub struct WorkerHandle {
+    spec: WorkerSpec,
+    umem: Arc<SharedUmem>,
+    cmd: Sender<Command>,
+    counters: Arc<WorkerCounters>,
+    ports: Arc<Mutex<Vec<PortInfo>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl WorkerHandle {
+    /// Maps the worker's UMEM and starts its thread.
+    pub fn spawn(spec: WorkerSpec, tables: Arc<TableHandle>) -> Result<Self, IoError> {
+        let umem = Arc::new(SharedUmem::new(spec.umem)?);
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(WorkerCounters::default());
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut w = Worker::new(
+            &spec,
+            umem.clone(),
+            tables,
+            counters.clone(),
+            ports.clone(),
+            rx,
+            stop.clone(),
+        );
+        let cores = spec.cores.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vireo-worker-{}", spec.id))
+            .spawn(move || {
+                if let Err(e) = sys::pin_current_thread(&cores) {
+                    tracing::warn!(error = %e, "worker not pinned");
+                }
+                w.run();
+            })
+            .map_err(|e| IoError::Sys {
+                what: "spawning a worker thread".into(),
+                source: e,
+            })?;
+        Ok(WorkerHandle {
+            spec,
+            umem,
+            cmd: tx,
+            counters,
+            ports,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The worker's spec.
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
+    /// The worker's UMEM (to anchor it or bind sockets into it).
+    pub fn umem(&self) -> &SharedUmem {
+        &self.umem
+    }
+
+    /// Binds a socket into this worker's UMEM and hands it to the worker, which fills its fill
+    /// ring before acknowledging. Returns the socket's fd for the XSKMAP.
+    pub fn add_port(&self, spec: &PortSpec) -> Result<(i32, AfXdpMode), IoError> {
+        let port = self.umem.bind(spec)?;
+        let (fd, mode) = (port.fd(), port.mode);
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        self.send(Command::Add(Box::new(port), ack_tx), ack_rx)?;
+        Ok((fd, mode))
+    }
+
+    /// Removes every socket of interface `slot` from this worker and takes its frames back.
+    pub fn remove_slot(&self, slot: u16) -> Result<(), IoError> {
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        self.send(Command::Remove(slot, ack_tx), ack_rx)
+    }
+
+    fn send(&self, c: Command, ack: Receiver<()>) -> Result<(), IoError> {
+        self.cmd
+            .send(c)
+            .map_err(|_| IoError::Invalid(format!("worker {} has stopped", self.spec.id)))?;
+        ack.recv_timeout(ACK_TIMEOUT)
+            .map_err(|_| IoError::Invalid(format!("worker {} did not answer", self.spec.id)))
+    }
+
+    /// Counter snapshot.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// The ports the worker runs.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the worker thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Who holds a frame. Tags: `FREE`, `HELD` (in a batch), or 2+2p / 3+2p for "in port p's fill
+/// ring" / "on port p's TX ring".
+const FREE: u16 = 0;
+const HELD: u16 = 1;
+#[inline]
+fn tag_fill(p: usize) -> u16 {
+    (2 + 2 * p) as u16
+}
+#[inline]
+fn tag_tx(p: usize) -> u16 {
+    (3 + 2 * p) as u16
+}
+/// Ports a worker can run (so that tags fit in u16).
+const MAX_PORTS: usize = (u16::MAX as usize - 3) / 2;
+const MIN_FILL: u32 = 16;
+
+struct PortRt {
+    port: Port,
+    in_fill: u32,
+    tx_outstanding: u32,
+    /// TX descriptors gathered from the current batch (capacity BATCH, never grows).
+    pending: Vec<(u64, u32)>,
+}
+
+struct Worker {
+    umem: Arc<SharedUmem>,
+    frame_shift: u32,
+    fill_ring: u32,
+    tables: Arc<TableHandle>,
+    counters: Arc<WorkerCounters>,
+    port_info: Arc<Mutex<Vec<PortInfo>>>,
+    cmd: Receiver<Command>,
+    stop: Arc<AtomicBool>,
+    busy_poll: bool,
+    free: Vec<u64>,
+    owner: Vec<u16>,
+    ports: Vec<Option<PortRt>>,
+    by_slot: Vec<u16>,
+    pollfds: Vec<libc::pollfd>,
+    dirty: Vec<usize>,
+    fill_target: u32,
+    batch: Batch,
+    counts: BatchCounts,
+}
+
+const NO_PORT: u16 = u16::MAX;
+
+impl Worker {
+    fn new(
+        spec: &WorkerSpec,
+        umem: Arc<SharedUmem>,
+        tables: Arc<TableHandle>,
+        counters: Arc<WorkerCounters>,
+        port_info: Arc<Mutex<Vec<PortInfo>>>,
+        cmd: Receiver<Command>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let n = spec.umem.frames;
+        let fs = u64::from(spec.umem.frame_size);
+        Worker {
+            umem,
+            frame_shift: spec.umem.frame_size.trailing_zeros(),
+            fill_ring: spec.umem.fill_size,
+            tables,
+            counters,
+            port_info,
+            cmd,
+            stop,
+            busy_poll: spec.busy_poll,
+            free: (0..u64::from(n)).rev().map(|i| i * fs).collect(),
+            owner: vec![FREE; n as usize],
+            ports: Vec::new(),
+            by_slot: Vec::new(),
+            pollfds: Vec::new(),
+            dirty: Vec::with_capacity(BATCH),
+            fill_target: 0,
+            batch: Batch::default(),
+            counts: BatchCounts::default(),
+        }
+    }
+
+    #[inline]
+    fn frame_index(&self, addr: u64) -> usize {
+        (addr >> self.frame_shift) as usize
+    }
+
+    fn run(&mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.commands();
+            let mut got = 0;
+            for p in 0..self.ports.len() {
+                got += self.rx_batch(p);
+            }
+            self.kick();
+            self.reap();
+            self.refill();
+            self.counters.flush(&mut self.counts);
+            if got == 0 {
+                if self.busy_poll {
+                    std::hint::spin_loop();
+                } else {
+                    sys::poll_readable(&mut self.pollfds, 10);
+                }
+            }
+        }
+    }
+
+    /// Receives one batch from port `p` and runs it. Returns frames received.
+    fn rx_batch(&mut self, p: usize) -> usize {
+        let Some(rt) = self.ports[p].as_mut() else {
+            return 0;
+        };
+        let slot = rt.port.slot;
+        self.batch.clear();
+        {
+            let mut rx = rt.port.rx.receive(BATCH as u32);
+            while let Some(d) = rx.read() {
+                self.batch.push(Desc::new(d.addr, d.len, slot));
+            }
+            rx.release();
+        }
+        let n = self.batch.len();
+        if n == 0 {
+            return 0;
+        }
+        rt.in_fill = rt.in_fill.saturating_sub(n as u32);
+        for d in self.batch.descs() {
+            let i = (d.addr >> self.frame_shift) as usize;
+            if let Some(o) = self.owner.get_mut(i) {
+                *o = HELD;
+            }
+        }
+        self.counts.rx += n as u64;
+
+        let tables = self.tables.load();
+        let mut frames = self.umem.frames();
+        pipeline::run(&mut self.batch, &mut frames, &tables, &mut self.counts);
+        drop(tables);
+
+        for k in 0..n {
+            let d = self.batch.descs()[k];
+            match d.verdict {
+                Verdict::Tx { slot } => {
+                    let out = self
+                        .by_slot
+                        .get(usize::from(slot))
+                        .copied()
+                        .unwrap_or(NO_PORT);
+                    match self
+                        .ports
+                        .get_mut(usize::from(out))
+                        .and_then(Option::as_mut)
+                    {
+                        Some(o) => {
+                            if o.pending.is_empty() {
+                                self.dirty.push(usize::from(out));
+                            }
+                            o.pending.push((d.addr, d.len));
+                        }
+                        None => {
+                            self.counts.drop(DropReason::NoTxPort);
+                            self.release(d.addr);
+                        }
+                    }
+                }
+                _ => self.release(d.addr),
+            }
+        }
+        self.flush_pending();
+        n
+    }
+
+    /// Moves gathered TX descriptors onto their rings.
+    fn flush_pending(&mut self) {
+        for &p in &self.dirty {
+            let Some(rt) = self.ports[p].as_mut() else {
+                continue;
+            };
+            for &(addr, len) in &rt.pending {
+                let i = (addr >> self.frame_shift) as usize;
+                if rt.port.push_tx(addr, len) {
+                    self.owner[i] = tag_tx(p);
+                    rt.tx_outstanding += 1;
+                    self.counts.tx += 1;
+                } else {
+                    self.counts.drop(DropReason::TxRingFull);
+                    self.owner[i] = FREE;
+                    self.free.push(addr & !((1u64 << self.frame_shift) - 1));
+                }
+            }
+            rt.pending.clear();
+        }
+    }
+
+    /// Kicks the TX rings that hold frames (copy mode needs a wakeup every time).
+    fn kick(&mut self) {
+        for p in self.dirty.drain(..) {
+            if let Some(rt) = self.ports[p].as_mut() {
+                rt.port.kick_tx();
+            }
+        }
+    }
+
+    #[inline]
+    fn release(&mut self, addr: u64) {
+        let i = self.frame_index(addr);
+        if let Some(o) = self.owner.get_mut(i) {
+            *o = FREE;
+            self.free.push((i as u64) << self.frame_shift);
+        }
+    }
+
+    /// Takes completed TX frames back.
+    fn reap(&mut self) {
+        for p in 0..self.ports.len() {
+            let Some(rt) = self.ports[p].as_mut() else {
+                continue;
+            };
+            if rt.tx_outstanding == 0 {
+                continue;
+            }
+            if rt.port.tx.pending() > 0 {
+                rt.port.kick_tx();
+            }
+            let mut c = rt.port.fq.complete(rt.tx_outstanding);
+            while let Some(addr) = c.read() {
+                let i = (addr >> self.frame_shift) as usize;
+                if let Some(o) = self.owner.get_mut(i) {
+                    if *o == tag_tx(p) {
+                        *o = FREE;
+                        self.free.push((i as u64) << self.frame_shift);
+                    }
+                }
+                rt.tx_outstanding = rt.tx_outstanding.saturating_sub(1);
+            }
+            c.release();
+        }
+    }
+
+    /// Tops fill rings up to the target.
+    fn refill(&mut self) {
+        for p in 0..self.ports.len() {
+            let Some(rt) = self.ports[p].as_mut() else {
+                continue;
+            };
+            if rt.in_fill >= self.fill_target || self.free.is_empty() {
+                continue;
+            }
+            let want = (self.fill_target - rt.in_fill).min(self.free.len() as u32);
+            let mut w = rt.port.fq.fill(want);
+            let mut put = 0;
+            while put < w.capacity() {
+                let Some(addr) = self.free.pop() else { break };
+                if !w.insert_once(addr) {
+                    self.free.push(addr);
+                    break;
+                }
+                self.owner[(addr >> self.frame_shift) as usize] = tag_fill(p);
+                put += 1;
+            }
+            w.commit();
+            rt.in_fill += put;
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.cmd.try_recv() {
+            match c {
+                Command::Add(port, ack) => {
+                    self.add(*port);
+                    let _ = ack.send(());
+                }
+                Command::Remove(slot, ack) => {
+                    self.remove(slot);
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, port: Port) {
+        let p = match self.ports.iter().position(Option::is_none) {
+            Some(p) => p,
+            None if self.ports.len() < MAX_PORTS => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+            None => {
+                tracing::error!(ifname = %port.ifname, "worker is at its port limit; socket closed");
+                return;
+            }
+        };
+        let slot = usize::from(port.slot);
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize(slot + 1, NO_PORT);
+        }
+        if self.by_slot[slot] == NO_PORT {
+            self.by_slot[slot] = p as u16;
+        }
+        self.ports[p] = Some(PortRt {
+            port,
+            in_fill: 0,
+            tx_outstanding: 0,
+            pending: Vec::with_capacity(BATCH),
+        });
+        self.rebuild();
+        self.refill();
+    }
+
+    fn remove(&mut self, slot: u16) {
+        for p in 0..self.ports.len() {
+            if self.ports[p].as_ref().is_none_or(|rt| rt.port.slot != slot) {
+                continue;
+            }
+            // Closing the socket first: after that the kernel no longer touches its frames.
+            drop(self.ports[p].take());
+            let (f, t) = (tag_fill(p), tag_tx(p));
+            for (i, o) in self.owner.iter_mut().enumerate() {
+                if *o == f || *o == t {
+                    *o = FREE;
+                    self.free.push((i as u64) << self.frame_shift);
+                }
+            }
+        }
+        if let Some(s) = self.by_slot.get_mut(usize::from(slot)) {
+            *s = NO_PORT;
+        }
+        // Another queue of the same interface may still be here (not in practice: a slot's
+        // ports come and go together).
+        self.rebuild();
+    }
+
+    /// Recomputes the poll set, the per-socket fill target and the reported port list.
+    fn rebuild(&mut self) {
+        let live: Vec<&PortRt> = self.ports.iter().flatten().collect();
+        let n = live.len().max(1) as u32;
+        // Half the UMEM is shared out among fill rings; the rest carries frames in flight.
+        let budget = self.owner.len() as u32 / 2;
+        self.fill_target = (budget / n).clamp(MIN_FILL, self.fill_ring);
+        self.pollfds = live
+            .iter()
+            .map(|rt| libc::pollfd {
+                fd: rt.port.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let info = live
+            .iter()
+            .map(|rt| PortInfo {
+                ifname: rt.port.ifname.clone(),
+                queue: rt.port.queue,
+                slot: rt.port.slot,
+                mode: rt.port.mode,
+                fill_target: self.fill_target,
+            })
+            .collect();
+        *self.port_info.lock().unwrap_or_else(|e| e.into_inner()) = info;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Frames;
+
+    #[test]
+    fn tags_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        assert!(seen.insert(FREE));
+        assert!(seen.insert(HELD));
+        for p in 0..MAX_PORTS {
+            assert!(seen.insert(tag_fill(p)));
+            assert!(seen.insert(tag_tx(p)));
+        }
+    }
+
+    // Frames are only given back through `release`, `reap` and `remove`; the frame pool never
+    // holds an address twice.
+    #[test]
+    fn umem_frames_bounds() {
+        let spec = UmemSpec {
+            frames: 64,
+            frame_size: 2048,
+            fill_size: 64,
+            completion_size: 64,
+            zero_copy: false,
+        };
+        let u =
+            SharedUmem::new(spec).expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)");
+        let mut f = u.frames();
+        assert!(f.frame(0, 2048).is_some());
+        assert!(f.frame(63 * 2048, 2048).is_some());
+        assert!(f.frame(63 * 2048 + 1, 2048).is_none());
+        assert!(f.frame(u64::MAX, 1).is_none());
+    }
+}

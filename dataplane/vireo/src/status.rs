@@ -1,0 +1,85 @@
+//! Human-readable `vireo status`.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+/// Renders the agent's status JSON as tables.
+pub fn render(v: &Value) -> String {
+    let mut o = String::new();
+    let node = v["node"].as_str().unwrap_or("-");
+    let _ = writeln!(o, "Node: {node}   uptime: {}s\n", v["uptime_s"]);
+    let _ = writeln!(
+        o,
+        "{:<16} {:>5} {:<7} {:<8} {:<10} {:>6} {:<18} {:>12} {:>10} {:>10}",
+        "INTERFACE",
+        "SLOT",
+        "ROLE",
+        "XDP",
+        "AF_XDP",
+        "QUEUES",
+        "ENDPOINT",
+        "STEERED",
+        "PASSED",
+        "NO_SOCKET"
+    );
+    for i in v["interfaces"].as_array().into_iter().flatten() {
+        let ep = i["endpoint"]["ip"].as_str().unwrap_or("-");
+        let _ = writeln!(
+            o,
+            "{:<16} {:>5} {:<7} {:<8} {:<10} {:>6} {:<18} {:>12} {:>10} {:>10}",
+            s(&i["name"]),
+            i["slot"],
+            s(&i["role"]),
+            s(&i["xdp_mode"]),
+            s(&i["af_xdp_mode"]),
+            i["queues"],
+            ep,
+            i["xdp"]["steered"],
+            i["xdp"]["passed"],
+            i["xdp"]["no_socket"]
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<7} {:<10} {:>8} {:>14} {:>14} {:>10}",
+        "WORKER", "CORES", "SOCKETS", "RX", "TX", "DROPS"
+    );
+    for w in v["workers"].as_array().into_iter().flatten() {
+        let cores = w["cores"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "any".into());
+        let drops: u64 = w["counters"]["drops"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "{:<7} {:<10} {:>8} {:>14} {:>14} {:>10}",
+            w["id"], cores, w["sockets"], w["counters"]["rx"], w["counters"]["tx"], drops
+        );
+    }
+    let _ = writeln!(o, "\nDrops by reason:");
+    let mut any = false;
+    for (k, n) in v["counters"]["drops"].as_object().into_iter().flatten() {
+        if n.as_u64().unwrap_or(0) > 0 {
+            any = true;
+            let _ = writeln!(o, "  {k:<24} {n}");
+        }
+    }
+    if !any {
+        let _ = writeln!(o, "  (none)");
+    }
+    o
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into())
+}

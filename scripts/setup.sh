@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything Vireo needs on a fresh Debian machine. Idempotent.
+set -euo pipefail
+
+PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config gcc-multilib m4 bpftool
+      iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs, for pinning (harmless if already mounted).
+if ! mountpoint -q /sys/fs/bpf 2>/dev/null; then
+  mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found (install a Rust toolchain)"; exit 1; }
+echo "setup: ok"

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/*
+ * Vireo's steering program: the only code Vireo runs in the kernel.
+ *
+ * It decides, per frame, whether the dataplane owns it. A pod-facing veth hands every frame to
+ * userspace; an uplink hands over only VXLAN to our UDP port and passes everything else to the
+ * kernel, so the host's own traffic (SSH, DNS, kubelet) never touches userspace. All state lives
+ * in userspace (Katran's split); this program only reads the maps it is given.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "steer.h"
+
+/* ifindex -> slot and role. An interface missing here is passed untouched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VIREO_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct vireo_if_cfg);
+} ifaces SEC(".maps");
+
+/* AF_XDP sockets, keyed by slot * VIREO_MAX_QUEUES + rx queue index: each interface's queues
+ * occupy their own row, so one map serves every interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, VIREO_MAX_IFACES * VIREO_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+/* Per-interface counters, indexed by slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VIREO_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct vireo_if_stats);
+} stats SEC(".maps");
+
+/* True when the frame is IPv4/UDP to the configured VXLAN port. */
+static __always_inline int is_our_vxlan(struct xdp_md *ctx, __u16 port)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct udphdr *udp;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP || ip->ihl < 5)
+		return 0;
+	/* Fragments other than the first carry no UDP header. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	udp = (void *)ip + ip->ihl * 4;
+	if ((void *)(udp + 1) > end)
+		return 0;
+	return udp->dest == bpf_htons(port);
+}
+
+SEC("xdp")
+int vireo_steer(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct vireo_if_cfg *cfg = bpf_map_lookup_elem(&ifaces, &ifindex);
+	struct vireo_if_stats *st;
+	__u32 slot, key;
+
+	if (!cfg)
+		return XDP_PASS;
+	slot = cfg->slot;
+	st = bpf_map_lookup_elem(&stats, &slot);
+	if (!st)
+		return XDP_PASS;
+
+	if (cfg->role == VIREO_ROLE_UPLINK && !is_our_vxlan(ctx, cfg->vxlan_port)) {
+		st->passed++;
+		return XDP_PASS;
+	}
+
+	if (ctx->rx_queue_index >= VIREO_MAX_QUEUES)
+		goto no_socket;
+	key = slot * VIREO_MAX_QUEUES + ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks, &key))
+		goto no_socket;
+	st->steered++;
+	return bpf_redirect_map(&xsks, key, XDP_DROP);
+
+no_socket:
+	st->no_socket++;
+	/* Uplink: the kernel keeps what we cannot take. Pod veth: the frame was meant for the
+	 * dataplane and must not bypass it. */
+	return cfg->role == VIREO_ROLE_UPLINK ? XDP_PASS : XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

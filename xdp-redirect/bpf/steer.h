@@ -1,0 +1,27 @@
+/* Layouts shared by the XDP program and its userspace loader (src/lib.rs mirrors them). */
+#ifndef VIREO_STEER_H
+#define VIREO_STEER_H
+
+/* Interface slots: one per attached interface, dense, assigned by userspace. */
+#define VIREO_MAX_IFACES 1024
+/* Rx queues per interface that can carry a socket. */
+#define VIREO_MAX_QUEUES 8
+
+#define VIREO_ROLE_POD 1    /* pod-facing veth: steer every frame */
+#define VIREO_ROLE_UPLINK 2 /* uplink NIC: steer only what the dataplane owns */
+
+struct vireo_if_cfg {
+	__u32 slot;
+	__u32 role;
+	__u16 vxlan_port; /* host byte order */
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct vireo_if_stats {
+	__u64 steered;   /* redirected into an AF_XDP socket */
+	__u64 passed;    /* left to the kernel (uplink traffic we do not own) */
+	__u64 no_socket; /* meant for userspace, but no socket on that rx queue */
+};
+
+#endif
