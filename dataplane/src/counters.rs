@@ -58,6 +58,8 @@ pub struct WorkerCounters {
     pub batches: Padded<AtomicU64>,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: Padded<[AtomicU64; DROP_REASONS]>,
+    /// Where the UMEM's frames are, refreshed once per loop: free, in fill rings, on TX rings.
+    pub frames: Padded<[AtomicU64; 3]>,
 }
 
 /// Counts gathered over one batch, flushed into [`WorkerCounters`] once per batch.
@@ -97,6 +99,14 @@ impl WorkerCounters {
         *c = BatchCounts::default();
     }
 
+    /// Records where the frames are (free, in fill rings, waiting for TX completion).
+    #[inline]
+    pub fn set_frames(&self, free: u64, in_fill: u64, in_tx: u64) {
+        for (g, v) in self.frames.0.iter().zip([free, in_fill, in_tx]) {
+            g.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -107,8 +117,24 @@ impl WorkerCounters {
                 .iter()
                 .map(|r| (r.name(), self.drops.0[*r as usize].load(Ordering::Relaxed)))
                 .collect(),
+            frames: FrameGauges {
+                free: self.frames.0[0].load(Ordering::Relaxed),
+                in_fill: self.frames.0[1].load(Ordering::Relaxed),
+                in_tx: self.frames.0[2].load(Ordering::Relaxed),
+            },
         }
     }
+}
+
+/// Where a worker's UMEM frames are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FrameGauges {
+    /// In the worker's free pool.
+    pub free: u64,
+    /// Given to the kernel in fill rings.
+    pub in_fill: u64,
+    /// On TX rings, waiting for completion.
+    pub in_tx: u64,
 }
 
 /// Counters as reported.
@@ -122,6 +148,8 @@ pub struct CounterSnapshot {
     pub batches: u64,
     /// Drops by reason name (every reason listed, zero or not).
     pub drops: std::collections::BTreeMap<&'static str, u64>,
+    /// Where the UMEM frames are.
+    pub frames: FrameGauges,
 }
 
 impl CounterSnapshot {
@@ -133,6 +161,9 @@ impl CounterSnapshot {
         for (k, v) in &o.drops {
             *self.drops.entry(k).or_default() += v;
         }
+        self.frames.free += o.frames.free;
+        self.frames.in_fill += o.frames.in_fill;
+        self.frames.in_tx += o.frames.in_tx;
     }
 
     /// All drops.

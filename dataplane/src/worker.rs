@@ -46,8 +46,10 @@ pub struct PortInfo {
     pub slot: u16,
     /// Copy or zero-copy.
     pub mode: AfXdpMode,
-    /// Frames the worker keeps in this socket's fill ring.
-    pub fill_target: u32,
+    /// Frames the worker keeps in this socket's fill ring when idle.
+    pub fill_base: u32,
+    /// Frames a busy socket's fill ring grows to.
+    pub fill_high: u32,
 }
 
 enum Command {
@@ -182,11 +184,14 @@ fn tag_tx(p: usize) -> u16 {
 }
 /// Ports a worker can run (so that tags fit in u16).
 const MAX_PORTS: usize = (u16::MAX as usize - 3) / 2;
-const MIN_FILL: u32 = 16;
+/// Frames every socket keeps in its fill ring, busy or not.
+const FILL_BASE: u32 = 32;
 
 struct PortRt {
     port: Port,
     in_fill: u32,
+    /// Received at least half a batch at once since the last refill: its fill ring may grow.
+    active: bool,
     tx_outstanding: u32,
     /// TX descriptors gathered from the current batch (capacity BATCH, never grows).
     pending: Vec<(u64, u32)>,
@@ -195,7 +200,6 @@ struct PortRt {
 struct Worker {
     umem: Arc<SharedUmem>,
     frame_shift: u32,
-    fill_ring: u32,
     tables: Arc<TableHandle>,
     counters: Arc<WorkerCounters>,
     port_info: Arc<Mutex<Vec<PortInfo>>>,
@@ -208,7 +212,9 @@ struct Worker {
     by_slot: Vec<u16>,
     pollfds: Vec<libc::pollfd>,
     dirty: Vec<usize>,
-    fill_target: u32,
+    fill_base: u32,
+    fill_high: u32,
+    fill_reserve: usize,
     batch: Batch,
     counts: BatchCounts,
 }
@@ -230,7 +236,6 @@ impl Worker {
         Worker {
             umem,
             frame_shift: spec.umem.frame_size.trailing_zeros(),
-            fill_ring: spec.umem.fill_size,
             tables,
             counters,
             port_info,
@@ -243,7 +248,12 @@ impl Worker {
             by_slot: Vec::new(),
             pollfds: Vec::new(),
             dirty: Vec::with_capacity(BATCH),
-            fill_target: 0,
+            // Base: enough for an idle socket; high: a busy one, up to 1/16 of the UMEM; reserve:
+            // growth never takes the last quarter of the UMEM, which is kept for the bases of
+            // sockets still to come.
+            fill_base: FILL_BASE.min(spec.umem.fill_size),
+            fill_high: (n / 16).clamp(FILL_BASE, spec.umem.fill_size),
+            fill_reserve: n as usize / 4,
             batch: Batch::default(),
             counts: BatchCounts::default(),
         }
@@ -265,6 +275,7 @@ impl Worker {
             self.reap();
             self.refill();
             self.counters.flush(&mut self.counts);
+            self.report_frames();
             if got == 0 {
                 if self.busy_poll {
                     std::hint::spin_loop();
@@ -273,6 +284,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn report_frames(&self) {
+        let (mut fill, mut tx) = (0u64, 0u64);
+        for rt in self.ports.iter().flatten() {
+            fill += u64::from(rt.in_fill);
+            tx += u64::from(rt.tx_outstanding);
+        }
+        self.counters.set_frames(self.free.len() as u64, fill, tx);
     }
 
     /// Receives one batch from port `p` and runs it. Returns frames received.
@@ -294,6 +314,8 @@ impl Worker {
             return 0;
         }
         rt.in_fill = rt.in_fill.saturating_sub(n as u32);
+        // Under load, not merely chatty (a new pod's IPv6 DAD and router solicitations).
+        rt.active |= n >= BATCH / 2;
         for d in self.batch.descs() {
             let i = (d.addr >> self.frame_shift) as usize;
             if let Some(o) = self.owner.get_mut(i) {
@@ -407,30 +429,48 @@ impl Worker {
         }
     }
 
-    /// Tops fill rings up to the target.
+    /// Tops fill rings up. Every socket first gets its base (an idle pod's veth needs only a
+    /// few frames); then sockets under load grow towards `fill_high`, as long as a quarter of
+    /// the UMEM stays free for sockets still to come. Frames parked in a fill ring cannot be
+    /// taken back until the kernel uses them, so growth goes only where traffic is; a socket
+    /// whose traffic fades drains back to its base, because only the base is topped up then.
     fn refill(&mut self) {
         for p in 0..self.ports.len() {
-            let Some(rt) = self.ports[p].as_mut() else {
-                continue;
-            };
-            if rt.in_fill >= self.fill_target || self.free.is_empty() {
-                continue;
+            if self.ports[p].as_ref().is_some_and(|rt| rt.in_fill < self.fill_base) {
+                self.give(p, self.fill_base, 0);
             }
-            let want = (self.fill_target - rt.in_fill).min(self.free.len() as u32);
-            let mut w = rt.port.fq.fill(want);
-            let mut put = 0;
-            while put < w.capacity() {
-                let Some(addr) = self.free.pop() else { break };
-                if !w.insert_once(addr) {
-                    self.free.push(addr);
-                    break;
-                }
-                self.owner[(addr >> self.frame_shift) as usize] = tag_fill(p);
-                put += 1;
-            }
-            w.commit();
-            rt.in_fill += put;
         }
+        for p in 0..self.ports.len() {
+            if self.ports[p].as_ref().is_some_and(|rt| rt.active) {
+                self.give(p, self.fill_high, self.fill_reserve);
+                if let Some(rt) = self.ports[p].as_mut() {
+                    rt.active = false;
+                }
+            }
+        }
+    }
+
+    /// Puts frames into port `p`'s fill ring until it holds `target`, leaving `keep` free.
+    fn give(&mut self, p: usize, target: u32, keep: usize) {
+        let Some(rt) = self.ports[p].as_mut() else { return };
+        let spare = self.free.len().saturating_sub(keep) as u32;
+        let want = target.saturating_sub(rt.in_fill).min(spare);
+        if want == 0 {
+            return;
+        }
+        let mut w = rt.port.fq.fill(want);
+        let mut put = 0;
+        while put < w.capacity() {
+            let Some(addr) = self.free.pop() else { break };
+            if !w.insert_once(addr) {
+                self.free.push(addr);
+                break;
+            }
+            self.owner[(addr >> self.frame_shift) as usize] = tag_fill(p);
+            put += 1;
+        }
+        w.commit();
+        rt.in_fill += put;
     }
 
     fn commands(&mut self) {
@@ -470,6 +510,7 @@ impl Worker {
         self.ports[p] = Some(PortRt {
             port,
             in_fill: 0,
+            active: false,
             tx_outstanding: 0,
             pending: Vec::with_capacity(BATCH),
         });
@@ -500,13 +541,9 @@ impl Worker {
         self.rebuild();
     }
 
-    /// Recomputes the poll set, the per-socket fill target and the reported port list.
+    /// Recomputes the poll set and the reported port list.
     fn rebuild(&mut self) {
         let live: Vec<&PortRt> = self.ports.iter().flatten().collect();
-        let n = live.len().max(1) as u32;
-        // Half the UMEM is shared out among fill rings; the rest carries frames in flight.
-        let budget = self.owner.len() as u32 / 2;
-        self.fill_target = (budget / n).clamp(MIN_FILL, self.fill_ring);
         self.pollfds = live
             .iter()
             .map(|rt| libc::pollfd {
@@ -522,7 +559,8 @@ impl Worker {
                 queue: rt.port.queue,
                 slot: rt.port.slot,
                 mode: rt.port.mode,
-                fill_target: self.fill_target,
+                fill_base: self.fill_base,
+                fill_high: self.fill_high,
             })
             .collect();
         *self.port_info.lock().unwrap_or_else(|e| e.into_inner()) = info;

@@ -398,7 +398,8 @@ impl Agent {
                     "cores": w.spec().cores,
                     "busy_poll": w.spec().busy_poll,
                     "sockets": ports.len(),
-                    "fill_target": ports.first().map(|p| p.fill_target),
+                    "fill_base": ports.first().map(|p| p.fill_base),
+                    "fill_high": ports.first().map(|p| p.fill_high),
                     "umem_frames": w.spec().umem.frames,
                     "counters": c,
                 })

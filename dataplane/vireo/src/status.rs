@@ -29,15 +29,15 @@ pub fn render(v: &Value) -> String {
             o,
             "{:<16} {:>5} {:<7} {:<8} {:<10} {:>6} {:<18} {:>12} {:>10} {:>10}",
             s(&i["name"]),
-            i["slot"],
+            s(&i["slot"]),
             s(&i["role"]),
             s(&i["xdp_mode"]),
             s(&i["af_xdp_mode"]),
-            i["queues"],
+            s(&i["queues"]),
             ep,
-            i["xdp"]["steered"],
-            i["xdp"]["passed"],
-            i["xdp"]["no_socket"]
+            s(&i["xdp"]["steered"]),
+            s(&i["xdp"]["passed"]),
+            s(&i["xdp"]["no_socket"])
         );
     }
     let _ = writeln!(
@@ -63,7 +63,12 @@ pub fn render(v: &Value) -> String {
         let _ = writeln!(
             o,
             "{:<7} {:<10} {:>8} {:>14} {:>14} {:>10}",
-            w["id"], cores, w["sockets"], w["counters"]["rx"], w["counters"]["tx"], drops
+            s(&w["id"]),
+            cores,
+            s(&w["sockets"]),
+            s(&w["counters"]["rx"]),
+            s(&w["counters"]["tx"]),
+            drops
         );
     }
     let _ = writeln!(o, "\nDrops by reason:");
@@ -80,6 +85,11 @@ pub fn render(v: &Value) -> String {
     o
 }
 
+/// A JSON scalar as plain text (so width and alignment apply); null is "-".
 fn s(v: &Value) -> String {
-    v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into())
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
 }

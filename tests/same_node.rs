@@ -1,0 +1,117 @@
+//! Same-node forwarding through the agent, over namespaces this test makes (root only).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The tests share two cores and a CPU-pinned worker: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn pods_ping_and_stream_through_the_agent_and_not_without_it() {
+    if !can_run() {
+        return;
+    }
+    let _g = serial();
+    let node = Node::new("a", 2);
+    let agent = node.agent(2);
+    let st = agent.status();
+    let ifs = st["interfaces"].as_array().expect("interfaces");
+    assert_eq!(ifs.len(), 2);
+    for i in ifs {
+        assert!(matches!(i["xdp_mode"].as_str(), Some("native" | "generic")), "{i}");
+        assert_eq!(i["af_xdp_mode"], "copy", "veth has no zero-copy: {i}");
+    }
+
+    assert!(node.ping(0, 1, 3), "ping a->b; log:\n{}", agent.log_text());
+    assert!(node.ping(1, 0, 3), "ping b->a");
+    let before = agent.status();
+    node.tcp_transfer(0, 1, 64 << 20)
+        .unwrap_or_else(|e| panic!("64 MiB transfer: {e}\nlog:\n{}", agent.log_text()));
+    let after = agent.status();
+    // The traffic went through Vireo: at least 64 MiB / 1500 B frames crossed the workers.
+    let rx = after["counters"]["rx"].as_u64().unwrap() - before["counters"]["rx"].as_u64().unwrap();
+    let tx = after["counters"]["tx"].as_u64().unwrap() - before["counters"]["tx"].as_u64().unwrap();
+    assert!(rx > (64 << 20) / 1500, "only {rx} frames through the agent");
+    assert!(tx > (64 << 20) / 1500, "only {tx} frames sent by the agent");
+    let steered: u64 = after["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["xdp"]["steered"].as_u64().unwrap())
+        .sum();
+    assert!(steered >= rx, "XDP steered {steered} < worker rx {rx}");
+
+    // Stopped cleanly: programs gone, pods cut off.
+    assert!(agent.stop().success(), "agent exit status");
+    assert_eq!(node.xdp_attached(), 0, "XDP left after SIGTERM");
+    assert!(!node.ping(0, 1, 2), "pods reach each other without the agent");
+
+    // And back (the kernel frees the queues with a delay: bind retries EBUSY).
+    let agent = node.agent(2);
+    assert!(node.ping(0, 1, 2), "ping after restart; log:\n{}", agent.log_text());
+}
+
+#[test]
+fn kill_9_leaves_no_xdp_program_within_2s() {
+    if !can_run() {
+        return;
+    }
+    let _g = serial();
+    let node = Node::new("k", 2);
+    let agent = node.agent(2);
+    assert_eq!(node.xdp_attached(), 2);
+    assert!(node.ping(0, 1, 1));
+    agent.kill9();
+    let t = Instant::now();
+    while node.xdp_attached() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(2), "XDP still attached 2 s after kill -9");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!node.ping(0, 1, 1), "pods reach each other after the agent died");
+}
+
+#[test]
+fn malformed_frames_are_counted_and_forwarding_goes_on() {
+    if !can_run() {
+        return;
+    }
+    let _g = serial();
+    let node = Node::new("m", 2);
+    let agent = node.agent(2);
+    assert!(node.ping(0, 1, 1));
+    let reasons = ["truncated_ip", "bad_ihl", "ip_options", "bad_total_length", "bad_ip_version", "malformed_arp"];
+    let before: Vec<u64> = reasons.iter().map(|r| agent.drop_count(r)).collect();
+    let gw_mac = node.ns.must(&["cat", &format!("/sys/class/net/{}/address", node.pods[0].host_if)]);
+    let script = helper("inject.py");
+    let p = &node.pods[0];
+    p.ns.must(&[
+        "python3",
+        script.to_str().unwrap(),
+        "eth0",
+        &p.mac,
+        gw_mac.trim(),
+        &p.ip,
+        &node.pods[1].ip,
+        "25",
+    ]);
+    let t = Instant::now();
+    loop {
+        let got: Vec<u64> = reasons.iter().map(|r| agent.drop_count(r)).collect();
+        let deltas: Vec<u64> = got.iter().zip(&before).map(|(a, b)| a - b).collect();
+        if deltas.iter().all(|d| *d == 25) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "drop deltas {reasons:?} = {deltas:?}, want 25 each");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(node.ping(0, 1, 3), "forwarding stopped after malformed frames");
+    node.tcp_transfer(0, 1, 1 << 20).expect("TCP after malformed frames");
+}
