@@ -19,9 +19,15 @@ fn config_errors_are_one_line_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("vireo-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("interfaces:\n  - {name: a, role: bridge}\n", "interfaces[0].role"),
+        (
+            "interfaces:\n  - {name: a, role: bridge}\n",
+            "interfaces[0].role",
+        ),
         ("af_xdp: {frame_size: 3000}\n", "af_xdp.frame_size"),
-        ("interfaces:\n  - {name: a, role: pod, endpoint: {ip: 10.0.0.1, mac: xx}}\n", "interfaces[0].endpoint.mac"),
+        (
+            "interfaces:\n  - {name: a, role: pod, endpoint: {ip: 10.0.0.1, mac: xx}}\n",
+            "interfaces[0].endpoint.mac",
+        ),
         ("workers: []\n", "workers"),
         ("vxlan_port: 70000\n", "vxlan_port"),
     ];
@@ -40,8 +46,14 @@ fn config_errors_are_one_line_naming_the_field() {
 
 #[test]
 fn missing_config_and_bad_flags() {
-    fails_with(&["agent", "--config", "/nonexistent/vireo.yaml"], "/nonexistent/vireo.yaml");
+    fails_with(
+        &["agent", "--config", "/nonexistent/vireo.yaml"],
+        "/nonexistent/vireo.yaml",
+    );
     fails_with(&["agent"], "--config");
-    fails_with(&["status", "--api", "/nonexistent/vireo.sock"], "is `vireo agent` running?");
+    fails_with(
+        &["status", "--api", "/nonexistent/vireo.sock"],
+        "is `vireo agent` running?",
+    );
     fails_with(&["no-such-command"], "unrecognized subcommand");
 }

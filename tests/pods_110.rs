@@ -37,7 +37,12 @@ fn idle_cpu(pid: u32, secs: u64) -> f64 {
 }
 
 fn sockets(st: &Value) -> u64 {
-    st["workers"].as_array().unwrap().iter().map(|w| w["sockets"].as_u64().unwrap()).sum()
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["sockets"].as_u64().unwrap())
+        .sum()
 }
 
 /// With no traffic, every frame is free or in a fill ring: none leaked.
@@ -48,23 +53,42 @@ fn assert_no_leak(a: &Agent) {
         let w = &st["workers"][0];
         let total = w["umem_frames"].as_u64().unwrap();
         let f = &w["counters"]["frames"];
-        let (free, fill, tx) = (f["free"].as_u64().unwrap(), f["in_fill"].as_u64().unwrap(), f["in_tx"].as_u64().unwrap());
+        let (free, fill, tx) = (
+            f["free"].as_u64().unwrap(),
+            f["in_fill"].as_u64().unwrap(),
+            f["in_tx"].as_u64().unwrap(),
+        );
         if free + fill == total && tx == 0 {
             return;
         }
-        assert!(t.elapsed() < Duration::from_secs(3), "frames: free {free} + fill {fill} + tx {tx} != {total}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "frames: free {free} + fill {fill} + tx {tx} != {total}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn add(a: &Agent, p: &Pod) {
-    let o = a.cli(&["endpoint", "add", "--ifname", &p.host_if, "--ip", &p.ip, "--mac", &p.mac]);
-    assert!(o.status.success(), "endpoint add {}: {}", p.host_if, String::from_utf8_lossy(&o.stderr));
+    let o = a.cli(&[
+        "endpoint", "add", "--ifname", &p.host_if, "--ip", &p.ip, "--mac", &p.mac,
+    ]);
+    assert!(
+        o.status.success(),
+        "endpoint add {}: {}",
+        p.host_if,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn del(a: &Agent, p: &Pod) {
     let o = a.cli(&["endpoint", "del", "--ifname", &p.host_if]);
-    assert!(o.status.success(), "endpoint del {}: {}", p.host_if, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "endpoint del {}: {}",
+        p.host_if,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -92,7 +116,11 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
     let s110 = sockets(&st);
     assert!(s110 >= PODS as u64, "{s110} sockets for {PODS} pods");
     assert_eq!(node.xdp_attached(), PODS);
-    assert!(node.ping(0, PODS - 1, 2), "first -> last pod; status:\n{}", agent.status());
+    assert!(
+        node.ping(0, PODS - 1, 2),
+        "first -> last pod; status:\n{}",
+        agent.status()
+    );
     assert!(node.ping(PODS - 1, 0, 2), "last -> first pod");
     assert!(node.ping(57, 3, 1), "middle pods");
 
@@ -110,7 +138,20 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
 
     // A flow between pods 0 and 1 keeps going while 20 other pods leave and come back.
     let flow = Command::new("ip")
-        .args(["netns", "exec", &node.pods[0].ns.0, "ping", "-c", "150", "-i", "0.02", "-W", "1", "-q", &node.pods[1].ip])
+        .args([
+            "netns",
+            "exec",
+            &node.pods[0].ns.0,
+            "ping",
+            "-c",
+            "150",
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            "-q",
+            &node.pods[1].ip,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("ping");
@@ -118,14 +159,20 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
         for p in &node.pods[40 + round * 10..60 + round * 10] {
             del(&agent, p);
         }
-        assert!(!node.ping(45 + round * 10, 0, 1), "a detached pod still forwards");
+        assert!(
+            !node.ping(45 + round * 10, 0, 1),
+            "a detached pod still forwards"
+        );
         for p in &node.pods[40 + round * 10..60 + round * 10] {
             add(&agent, p);
         }
     }
     let out = flow.wait_with_output().expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" 0% packet loss"), "the 0->1 flow was disturbed:\n{text}");
+    assert!(
+        text.contains(" 0% packet loss"),
+        "the 0->1 flow was disturbed:\n{text}"
+    );
     assert!(node.ping(45, 0, 1), "a re-attached pod forwards");
 
     // A pod deleted without an API call (its namespace goes, its veth with it) is detached.
@@ -133,7 +180,10 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
     drop(gone);
     let t = Instant::now();
     while agent.status()["interfaces"].as_array().unwrap().len() != PODS - 1 {
-        assert!(t.elapsed() < Duration::from_secs(5), "vanished interface still attached");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "vanished interface still attached"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(node.ping(0, 1, 1));

@@ -26,7 +26,10 @@ fn pods_ping_and_stream_through_the_agent_and_not_without_it() {
     let ifs = st["interfaces"].as_array().expect("interfaces");
     assert_eq!(ifs.len(), 2);
     for i in ifs {
-        assert!(matches!(i["xdp_mode"].as_str(), Some("native" | "generic")), "{i}");
+        assert!(
+            matches!(i["xdp_mode"].as_str(), Some("native" | "generic")),
+            "{i}"
+        );
         assert_eq!(i["af_xdp_mode"], "copy", "veth has no zero-copy: {i}");
     }
 
@@ -52,11 +55,18 @@ fn pods_ping_and_stream_through_the_agent_and_not_without_it() {
     // Stopped cleanly: programs gone, pods cut off.
     assert!(agent.stop().success(), "agent exit status");
     assert_eq!(node.xdp_attached(), 0, "XDP left after SIGTERM");
-    assert!(!node.ping(0, 1, 2), "pods reach each other without the agent");
+    assert!(
+        !node.ping(0, 1, 2),
+        "pods reach each other without the agent"
+    );
 
     // And back (the kernel frees the queues with a delay: bind retries EBUSY).
     let agent = node.agent(2);
-    assert!(node.ping(0, 1, 2), "ping after restart; log:\n{}", agent.log_text());
+    assert!(
+        node.ping(0, 1, 2),
+        "ping after restart; log:\n{}",
+        agent.log_text()
+    );
 }
 
 #[test]
@@ -72,10 +82,16 @@ fn kill_9_leaves_no_xdp_program_within_2s() {
     agent.kill9();
     let t = Instant::now();
     while node.xdp_attached() > 0 {
-        assert!(t.elapsed() < Duration::from_secs(2), "XDP still attached 2 s after kill -9");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "XDP still attached 2 s after kill -9"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!node.ping(0, 1, 1), "pods reach each other after the agent died");
+    assert!(
+        !node.ping(0, 1, 1),
+        "pods reach each other after the agent died"
+    );
 }
 
 #[test]
@@ -87,9 +103,19 @@ fn malformed_frames_are_counted_and_forwarding_goes_on() {
     let node = Node::new("m", 2);
     let agent = node.agent(2);
     assert!(node.ping(0, 1, 1));
-    let reasons = ["truncated_ip", "bad_ihl", "ip_options", "bad_total_length", "bad_ip_version", "malformed_arp"];
+    let reasons = [
+        "truncated_ip",
+        "bad_ihl",
+        "ip_options",
+        "bad_total_length",
+        "bad_ip_version",
+        "malformed_arp",
+    ];
     let before: Vec<u64> = reasons.iter().map(|r| agent.drop_count(r)).collect();
-    let gw_mac = node.ns.must(&["cat", &format!("/sys/class/net/{}/address", node.pods[0].host_if)]);
+    let gw_mac = node.ns.must(&[
+        "cat",
+        &format!("/sys/class/net/{}/address", node.pods[0].host_if),
+    ]);
     let script = helper("inject.py");
     let p = &node.pods[0];
     p.ns.must(&[
@@ -109,9 +135,100 @@ fn malformed_frames_are_counted_and_forwarding_goes_on() {
         if deltas.iter().all(|d| *d == 25) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "drop deltas {reasons:?} = {deltas:?}, want 25 each");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "drop deltas {reasons:?} = {deltas:?}, want 25 each"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(node.ping(0, 1, 3), "forwarding stopped after malformed frames");
-    node.tcp_transfer(0, 1, 1 << 20).expect("TCP after malformed frames");
+    assert!(
+        node.ping(0, 1, 3),
+        "forwarding stopped after malformed frames"
+    );
+    node.tcp_transfer(0, 1, 1 << 20)
+        .expect("TCP after malformed frames");
+}
+
+/// XDP counters of the interface named `name`.
+fn xdp_counters(a: &Agent, name: &str) -> (u64, u64) {
+    let st = a.status();
+    let i = st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in status"))
+        .clone();
+    (
+        i["xdp"]["steered"].as_u64().unwrap(),
+        i["xdp"]["passed"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn uplink_steers_only_vxlan_and_the_host_keeps_its_traffic() {
+    if !can_run() {
+        return;
+    }
+    let _g = serial();
+    let mut node = Node::new("u", 2);
+    node.add_uplink();
+    let agent = node.agent(2);
+    let (up, remote) = node.uplink.as_ref().map(|(n, r)| (n.clone(), r)).unwrap();
+    let st = agent.status();
+    assert!(st["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == up.as_str() && i["role"] == "uplink"));
+
+    // Host traffic to the node's own address stays in the kernel and works.
+    let (s0, p0) = xdp_counters(&agent, &up);
+    let ping = remote.exec(&[
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.1",
+        "-W",
+        "1",
+        "-q",
+        "192.168.77.2",
+    ]);
+    assert!(
+        ping.status.success(),
+        "host lost its own traffic with the agent running"
+    );
+    let (s1, p1) = xdp_counters(&agent, &up);
+    assert_eq!(s1, s0, "host ICMP was steered into userspace");
+    assert!(p1 >= p0 + 5, "passed {p0} -> {p1}");
+
+    // UDP to the VXLAN port goes to userspace; to another port it does not.
+    let send = |port: &str| {
+        let code = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor _ in range(20): s.sendto(b'x'*50,('192.168.77.2',{port}))"
+        );
+        remote.must(&["python3", "-c", &code]);
+    };
+    send("8472");
+    send("9999");
+    let t = Instant::now();
+    loop {
+        let (s2, _) = xdp_counters(&agent, &up);
+        if s2 >= s1 + 20 {
+            assert!(
+                s2 < s1 + 40,
+                "UDP to another port was steered too ({} frames)",
+                s2 - s1
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "VXLAN-port UDP not steered: {s1} -> {s2}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Pods still work beside it.
+    assert!(node.ping(0, 1, 1));
 }

@@ -363,24 +363,23 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_field() {
-        let e = err("interfaces:\n  - name: a\n    role: pod\n  - name: b\n    role: podd\n");
-        assert!(e.contains("interfaces[1].role"), "{e}");
-        let e = err(
-            "interfaces:\n  - name: a\n    role: pod\n    endpoint: {ip: 10.0.0.1, mac: '02:00'}\n",
-        );
-        assert!(e.contains("interfaces[0].endpoint.mac"), "{e}");
-        let e = err("af_xdp: {rx_ring: 100}\n");
-        assert!(e.contains("af_xdp.rx_ring"), "{e}");
-        let e = err("workers: [{cores: [4096]}]\n");
-        assert!(e.contains("workers[0].cores"), "{e}");
-        let e = err("gateways: [10.0.0.300]\n");
-        assert!(e.contains("gateways[0]"), "{e}");
-        let e = err("interfaces:\n  - {name: a, role: pod}\n  - {name: a, role: pod}\n");
-        assert!(e.contains("interfaces[1].name"), "{e}");
-        let e = err("bogus: 1\n");
-        assert!(e.contains("bogus"), "{e}");
-        for e in [e] {
+    fn errors_name_the_field_in_one_line() {
+        let cases = [
+            ("interfaces:\n  - name: a\n    role: pod\n  - name: b\n    role: podd\n", "interfaces[1].role"),
+            (
+                "interfaces:\n  - name: a\n    role: pod\n    endpoint: {ip: 10.0.0.1, mac: '02:00'}\n",
+                "interfaces[0].endpoint.mac",
+            ),
+            ("af_xdp: {rx_ring: 100}\n", "af_xdp.rx_ring"),
+            ("workers: [{cores: [4096]}]\n", "workers[0].cores"),
+            ("gateways: [10.0.0.300]\n", "gateways[0]"),
+            ("interfaces:\n  - {name: a, role: pod}\n  - {name: a, role: pod}\n", "interfaces[1].name"),
+            ("interfaces:\n  - {name: a, role: uplink, endpoint: {ip: 1.2.3.4, mac: '02:00:00:00:00:01'}}\n", "interfaces[0].endpoint"),
+            ("bogus: 1\n", "bogus"),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert!(e.contains(field), "{text:?}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
     }

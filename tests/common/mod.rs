@@ -14,14 +14,19 @@ use serde_json::Value;
 pub const VIREO: &str = env!("CARGO_BIN_EXE_vireo");
 
 pub fn helper(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/helpers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/helpers")
+        .join(name)
 }
 
 /// Skips (returns false) unless we are root with the tools the tests need.
 pub fn can_run() -> bool {
     // SAFETY-free check: root owns /proc/self/status' Uid line 0.
     let uid0 = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
     if !uid0 {
         eprintln!("skipping: the end-to-end tests need root");
@@ -92,6 +97,8 @@ pub struct Node {
     pub prefix: String,
     pub gateway: String,
     pub pods: Vec<Pod>,
+    /// An uplink veth (node side name) whose peer sits in a "remote" namespace of its own.
+    pub uplink: Option<(String, Netns)>,
     // Dropped last: deleting the node namespace removes the host-side veths.
     pub ns: Netns,
 }
@@ -108,6 +115,7 @@ impl Node {
             prefix,
             gateway: "10.244.1.1".into(),
             pods: Vec::new(),
+            uplink: None,
             ns,
         };
         for _ in 0..pods {
@@ -120,17 +128,93 @@ impl Node {
         let i = self.pods.len();
         let pns = Netns::new(format!("{}-p{i}", self.prefix));
         let host_if = format!("{}h{i}", self.prefix);
-        must(&["ip", "link", "add", &host_if, "netns", &self.ns.0, "type", "veth", "peer", "name", "eth0", "netns", &pns.0]);
+        must(&[
+            "ip", "link", "add", &host_if, "netns", &self.ns.0, "type", "veth", "peer", "name",
+            "eth0", "netns", &pns.0,
+        ]);
         must(&["ip", "-n", &self.ns.0, "link", "set", &host_if, "up"]);
         let ip = format!("10.244.1.{}", 10 + i);
-        must(&["ip", "-n", &pns.0, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            &pns.0,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "eth0",
+        ]);
         must(&["ip", "-n", &pns.0, "link", "set", "eth0", "up"]);
-        must(&["ip", "-n", &pns.0, "route", "add", &self.gateway, "dev", "eth0", "scope", "link"]);
-        must(&["ip", "-n", &pns.0, "route", "add", "default", "via", &self.gateway, "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            &pns.0,
+            "route",
+            "add",
+            &self.gateway,
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &pns.0,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.gateway,
+            "dev",
+            "eth0",
+        ]);
         pns.must(&["ethtool", "-K", "eth0", "tx", "off"]);
-        let mac = pns.must(&["cat", "/sys/class/net/eth0/address"]).trim().to_string();
-        self.pods.push(Pod { ns: pns, ip, mac, host_if });
+        let mac = pns
+            .must(&["cat", "/sys/class/net/eth0/address"])
+            .trim()
+            .to_string();
+        self.pods.push(Pod {
+            ns: pns,
+            ip,
+            mac,
+            host_if,
+        });
         self.pods.last().expect("just pushed")
+    }
+
+    /// Adds an uplink: node side 192.168.77.2/24, remote side 192.168.77.1 in its own
+    /// namespace (never connected to anything real).
+    pub fn add_uplink(&mut self) {
+        let remote = Netns::new(format!("{}-r", self.prefix));
+        let name = format!("{}up", self.prefix);
+        must(&[
+            "ip", "link", "add", &name, "netns", &self.ns.0, "type", "veth", "peer", "name",
+            "eth0", "netns", &remote.0,
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &self.ns.0,
+            "addr",
+            "add",
+            "192.168.77.2/24",
+            "dev",
+            &name,
+        ]);
+        must(&["ip", "-n", &self.ns.0, "link", "set", &name, "up"]);
+        must(&[
+            "ip",
+            "-n",
+            &remote.0,
+            "addr",
+            "add",
+            "192.168.77.1/24",
+            "dev",
+            "eth0",
+        ]);
+        must(&["ip", "-n", &remote.0, "link", "set", "eth0", "up"]);
+        self.uplink = Some((name, remote));
     }
 
     pub fn api(&self) -> PathBuf {
@@ -145,6 +229,9 @@ impl Node {
             g = self.gateway,
             a = self.api().display()
         );
+        if let Some((up, _)) = &self.uplink {
+            y += &format!("  - {{name: {up}, role: uplink}}\n");
+        }
         for p in &self.pods[..n] {
             y += &format!(
                 "  - {{name: {}, role: pod, endpoint: {{ip: {}, mac: \"{}\"}}}}\n",
@@ -181,7 +268,17 @@ impl Node {
         let c = count.to_string();
         self.pods[from]
             .ns
-            .exec(&["ping", "-c", &c, "-i", "0.1", "-W", "1", "-q", &self.pods[to].ip])
+            .exec(&[
+                "ping",
+                "-c",
+                &c,
+                "-i",
+                "0.1",
+                "-W",
+                "1",
+                "-q",
+                &self.pods[to].ip,
+            ])
             .status
             .success()
     }
@@ -193,7 +290,10 @@ impl Node {
         let size = size.to_string();
         let dst = &self.pods[to];
         let mut server = Command::new("ip")
-            .args(["netns", "exec", &dst.ns.0, "timeout", "90", "python3", s, "server", &dst.ip, "5001", &size])
+            .args([
+                "netns", "exec", &dst.ns.0, "timeout", "90", "python3", s, "server", &dst.ip,
+                "5001", &size,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -202,7 +302,9 @@ impl Node {
         let mut first = [0u8; 10];
         use std::io::Read;
         let _ = server.stdout.as_mut().map(|o| o.read_exact(&mut first));
-        let client = self.pods[from].ns.exec(&["timeout", "90", "python3", s, "client", &dst.ip, "5001", &size]);
+        let client = self.pods[from].ns.exec(&[
+            "timeout", "90", "python3", s, "client", &dst.ip, "5001", &size,
+        ]);
         let out = server.wait_with_output().map_err(|e| e.to_string())?;
         let text = format!(
             "{}{}{}",
@@ -249,7 +351,10 @@ impl Agent {
 
     pub fn try_status(&self) -> Option<Value> {
         let o = run(&[VIREO, "status", "--json", "--api", self.api.to_str()?]);
-        o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
     }
 
     pub fn status(&self) -> Value {
@@ -258,7 +363,9 @@ impl Agent {
     }
 
     pub fn drop_count(&self, reason: &str) -> u64 {
-        self.status()["counters"]["drops"][reason].as_u64().unwrap_or(0)
+        self.status()["counters"]["drops"][reason]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
