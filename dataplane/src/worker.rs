@@ -436,7 +436,10 @@ impl Worker {
     /// whose traffic fades drains back to its base, because only the base is topped up then.
     fn refill(&mut self) {
         for p in 0..self.ports.len() {
-            if self.ports[p].as_ref().is_some_and(|rt| rt.in_fill < self.fill_base) {
+            if self.ports[p]
+                .as_ref()
+                .is_some_and(|rt| rt.in_fill < self.fill_base)
+            {
                 self.give(p, self.fill_base, 0);
             }
         }
@@ -452,7 +455,9 @@ impl Worker {
 
     /// Puts frames into port `p`'s fill ring until it holds `target`, leaving `keep` free.
     fn give(&mut self, p: usize, target: u32, keep: usize) {
-        let Some(rt) = self.ports[p].as_mut() else { return };
+        let Some(rt) = self.ports[p].as_mut() else {
+            return;
+        };
         let spare = self.free.len().saturating_sub(keep) as u32;
         let want = target.saturating_sub(rt.in_fill).min(spare);
         if want == 0 {
