@@ -130,6 +130,14 @@ impl Default for AfXdpConfig {
     }
 }
 
+/// Where the cluster's objects come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A directory of Kubernetes YAML, watched for changes (the sandbox's source).
+    pub manifests: PathBuf,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +169,10 @@ pub struct Config {
     /// Interfaces.
     #[serde(default)]
     pub interfaces: Vec<InterfaceConfig>,
+    /// Cluster objects (nodes, pods): with a source, the agent attaches this node's pods and
+    /// routes to the others over VXLAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceConfig>,
 }
 
 fn default_vxlan_port() -> u16 {
@@ -246,6 +258,25 @@ impl Config {
                     format!("{v} must be a power of two in 64..=16384"),
                 ));
             }
+        }
+        if self.source.is_some() && self.node.as_deref().unwrap_or("").is_empty() {
+            return Err(bad(
+                "node".into(),
+                "a source needs the node's own name".into(),
+            ));
+        }
+        if self.source.is_some()
+            && self
+                .interfaces
+                .iter()
+                .filter(|i| i.role == Role::Uplink)
+                .count()
+                != 1
+        {
+            return Err(bad(
+                "interfaces".into(),
+                "a source needs exactly one uplink interface".into(),
+            ));
         }
         if self.workers.is_empty() {
             return Err(bad(

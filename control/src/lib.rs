@@ -2,4 +2,7 @@
 //! directory and Kubernetes in later issues) and turns them into the table snapshots the fast
 //! path reads.
 
+pub mod cluster;
 pub mod config;
+pub mod neigh;
+pub mod source;

@@ -35,6 +35,15 @@ drop_reasons! {
     UnknownDestination => "unknown_destination", "No endpoint or route for the destination.";
     MalformedArp => "malformed_arp", "An ARP frame that does not parse.";
     ArpNotForGateway => "arp_not_for_gateway", "An ARP request for an address the dataplane does not answer, or an ARP reply.";
+    InvalidSource => "invalid_source", "A pod sent from an address that is not its own.";
+    VxlanMalformed => "vxlan_malformed", "A VXLAN header that is short or has the wrong flags.";
+    VxlanTruncatedInner => "vxlan_truncated_inner", "A VXLAN packet whose inner frame is truncated.";
+    VxlanUnknownIdentity => "vxlan_unknown_identity", "A VNI that is no known security identity.";
+    VxlanUnknownNode => "vxlan_unknown_node", "VXLAN from an address that is no known node.";
+    NoNeighbor => "no_neighbor", "The underlay MAC of the destination node is not resolved yet.";
+    FragNeeded => "frag_needed", "Too big to encapsulate with DF set: answered with ICMP fragmentation needed.";
+    TooBigNoDf => "too_big_no_df", "Too big to encapsulate without DF: dropped, not fragmented.";
+    NoHeadroom => "no_headroom", "No room in front of the frame for the outer headers.";
     NoTxPort => "no_tx_port", "The output interface has no socket on this worker.";
     TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
 }
@@ -60,6 +69,22 @@ pub struct WorkerCounters {
     pub drops: Padded<[AtomicU64; DROP_REASONS]>,
     /// Where the UMEM's frames are, refreshed once per loop: free, in fill rings, on TX rings.
     pub frames: Padded<[AtomicU64; 3]>,
+    /// The kernel's own AF_XDP drop counts over this worker's sockets (XDP_STATISTICS),
+    /// refreshed about once a second, in [`KernelDrops`] field order.
+    pub kernel: Padded<[AtomicU64; 4]>,
+}
+
+/// Frames the kernel dropped on the way into or out of this worker's sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelDrops {
+    /// Dropped for other reasons (e.g. too large for a frame).
+    pub rx_dropped: u64,
+    /// The RX ring was full.
+    pub rx_ring_full: u64,
+    /// No frame in the fill ring.
+    pub rx_fill_ring_empty: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid: u64,
 }
 
 /// Counts gathered over one batch, flushed into [`WorkerCounters`] once per batch.
@@ -107,6 +132,18 @@ impl WorkerCounters {
         }
     }
 
+    /// Records the kernel's drop counts.
+    pub fn set_kernel(&self, k: KernelDrops) {
+        for (g, v) in self.kernel.0.iter().zip([
+            k.rx_dropped,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty,
+            k.tx_invalid,
+        ]) {
+            g.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -121,6 +158,12 @@ impl WorkerCounters {
                 free: self.frames.0[0].load(Ordering::Relaxed),
                 in_fill: self.frames.0[1].load(Ordering::Relaxed),
                 in_tx: self.frames.0[2].load(Ordering::Relaxed),
+            },
+            kernel: KernelDrops {
+                rx_dropped: self.kernel.0[0].load(Ordering::Relaxed),
+                rx_ring_full: self.kernel.0[1].load(Ordering::Relaxed),
+                rx_fill_ring_empty: self.kernel.0[2].load(Ordering::Relaxed),
+                tx_invalid: self.kernel.0[3].load(Ordering::Relaxed),
             },
         }
     }
@@ -150,6 +193,8 @@ pub struct CounterSnapshot {
     pub drops: std::collections::BTreeMap<&'static str, u64>,
     /// Where the UMEM frames are.
     pub frames: FrameGauges,
+    /// Drops inside the kernel's AF_XDP code.
+    pub kernel: KernelDrops,
 }
 
 impl CounterSnapshot {
@@ -164,6 +209,10 @@ impl CounterSnapshot {
         self.frames.free += o.frames.free;
         self.frames.in_fill += o.frames.in_fill;
         self.frames.in_tx += o.frames.in_tx;
+        self.kernel.rx_dropped += o.kernel.rx_dropped;
+        self.kernel.rx_ring_full += o.kernel.rx_ring_full;
+        self.kernel.rx_fill_ring_empty += o.kernel.rx_fill_ring_empty;
+        self.kernel.tx_invalid += o.kernel.tx_invalid;
     }
 
     /// All drops.

@@ -1,10 +1,14 @@
-//! Frames and tables for tests and benchmarks: two pods on one node.
+//! Frames and tables for tests and benchmarks: two pods on this node, a third on another node
+//! reached over VXLAN.
 
 use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 
-use crate::tables::{Endpoint, IfRole, Interface, Mac, Tables};
+use vireo_policy::{Identity, IpCacheEntry};
+
+use crate::tables::{Endpoint, IfRole, Interface, LocalNode, Mac, RemoteNode, Tables};
+use crate::wire::{VxlanRepr, VXLAN_OVERHEAD};
 
 /// Pod A: IP, MAC, host-side slot and host-side MAC.
 pub const POD_A: (Ipv4Addr, Mac, u16, Mac) = (
@@ -22,11 +26,36 @@ pub const POD_B: (Ipv4Addr, Mac, u16, Mac) = (
 );
 /// The pods' gateway.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+/// Identities of pods A, B and C.
+pub const IDS: [u32; 3] = [1000, 1001, 2000];
+/// Pod C, on the other node.
+pub const POD_C: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// This node's uplink: slot, MAC, underlay address, MTU.
+pub const UPLINK: (u16, Mac, Ipv4Addr, u16) = (
+    2,
+    [0x02, 0, 0, 0, 0xee, 0x01],
+    Ipv4Addr::new(192, 168, 100, 10),
+    1500,
+);
+/// The other node: underlay address and MAC.
+pub const REMOTE: (Ipv4Addr, Mac) = (
+    Ipv4Addr::new(192, 168, 100, 11),
+    [0x02, 0, 0, 0, 0xee, 0x02],
+);
+/// VXLAN port.
+pub const VXLAN_PORT: u16 = 8472;
 
 /// Tables with pods A and B.
 pub fn two_pods() -> Tables {
     let mut t = Tables {
         gateways: vec![GATEWAY],
+        vxlan_port: VXLAN_PORT,
+        local: Some(LocalNode {
+            ip: UPLINK.2,
+            uplink_slot: UPLINK.0,
+            uplink_mac: UPLINK.1,
+            mtu: UPLINK.3,
+        }),
         ..Default::default()
     };
     for (i, (ip, mac, slot, host_mac)) in [POD_A, POD_B].into_iter().enumerate() {
@@ -36,9 +65,59 @@ pub fn two_pods() -> Tables {
             mac: host_mac,
             role: IfRole::Pod,
         });
-        t.set_endpoint(Endpoint { ip, mac, slot });
+        t.set_endpoint(Endpoint {
+            ip,
+            mac,
+            slot,
+            identity: IDS[i],
+        });
     }
+    t.set_iface(Interface {
+        slot: UPLINK.0,
+        name: "eth0".into(),
+        mac: UPLINK.1,
+        role: IfRole::Uplink,
+    });
+    t.nodes.insert(
+        u32::from(REMOTE.0),
+        RemoteNode {
+            name: "node-2".into(),
+            next_hop_mac: Some(REMOTE.1),
+        },
+    );
+    t.ipcache.insert(
+        ipnet::Ipv4Net::new(POD_C, 32).expect("/32"),
+        IpCacheEntry {
+            identity: Identity(IDS[2]),
+            tunnel: Some(REMOTE.0),
+        },
+    );
+    t.identities.extend(IDS);
+    t.identities.extend(1..=6);
     t
+}
+
+/// A VXLAN packet from the other node carrying pod C's UDP packet to `dst`, with `vni`.
+pub fn vxlan_from_c(dst: Ipv4Addr, vni: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(REMOTE.1, UPLINK.1)
+        .ipv4(POD_C.octets(), dst.octets(), 63)
+        .udp(40000, 7);
+    let mut inner = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut inner, payload)
+        .expect("writing to a Vec cannot fail");
+    let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
+    out[VXLAN_OVERHEAD..].copy_from_slice(&inner);
+    VxlanRepr {
+        src_mac: REMOTE.1,
+        dst_mac: UPLINK.1,
+        src_ip: REMOTE.0.octets(),
+        dst_ip: UPLINK.2.octets(),
+        src_port: 50000,
+        dst_port: VXLAN_PORT,
+        vni,
+    }
+    .emit(&mut out, inner.len());
+    out
 }
 
 /// A UDP frame from pod A (as the pod sends it: to its gateway's MAC) to `dst`.

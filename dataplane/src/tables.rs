@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+use vireo_policy::IpCache;
 
 /// Fast hash map for small integer keys (rustc's Fx hash).
 pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
@@ -47,6 +48,30 @@ pub struct Endpoint {
     pub mac: Mac,
     /// Slot of the host-side veth that leads to it.
     pub slot: u16,
+    /// Its security identity.
+    pub identity: u32,
+}
+
+/// This node, as the overlay needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalNode {
+    /// Underlay address (the tunnel endpoint).
+    pub ip: Ipv4Addr,
+    /// Slot of the uplink.
+    pub uplink_slot: u16,
+    /// MAC of the uplink.
+    pub uplink_mac: Mac,
+    /// MTU of the uplink: encapsulated packets must fit it.
+    pub mtu: u16,
+}
+
+/// Another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// Node name.
+    pub name: String,
+    /// Underlay MAC of the next hop towards it (resolved by the control side).
+    pub next_hop_mac: Option<Mac>,
 }
 
 /// One snapshot of everything the fast path looks up.
@@ -58,6 +83,16 @@ pub struct Tables {
     pub endpoints: FastMap<u32, Endpoint>,
     /// Addresses whose ARP requests the dataplane answers (the pods' gateway).
     pub gateways: Vec<Ipv4Addr>,
+    /// This node, once its underlay is known.
+    pub local: Option<LocalNode>,
+    /// Other nodes by underlay address (host byte order).
+    pub nodes: FastMap<u32, RemoteNode>,
+    /// IP/CIDR → identity and tunnel endpoint.
+    pub ipcache: IpCache,
+    /// Identities a VNI may carry.
+    pub identities: rustc_hash::FxHashSet<u32>,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
 }
 
 impl Tables {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::counters::{BatchCounts, CounterSnapshot, DropReason, WorkerCounters};
+use crate::counters::{BatchCounts, CounterSnapshot, DropReason, KernelDrops, WorkerCounters};
 use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec};
 use crate::pipeline::{self, Batch, Desc, Verdict, BATCH};
 use crate::tables::TableHandle;
@@ -184,8 +184,8 @@ fn tag_tx(p: usize) -> u16 {
 }
 /// Ports a worker can run (so that tags fit in u16).
 const MAX_PORTS: usize = (u16::MAX as usize - 3) / 2;
-/// Frames every socket keeps in its fill ring, busy or not.
-const FILL_BASE: u32 = 32;
+/// Frames every socket keeps in its fill ring, busy or not: one batch.
+const FILL_BASE: u32 = BATCH as u32;
 
 struct PortRt {
     port: Port,
@@ -217,6 +217,7 @@ struct Worker {
     fill_reserve: usize,
     batch: Batch,
     counts: BatchCounts,
+    stats_at: std::time::Instant,
 }
 
 const NO_PORT: u16 = u16::MAX;
@@ -256,6 +257,7 @@ impl Worker {
             fill_reserve: n as usize / 4,
             batch: Batch::default(),
             counts: BatchCounts::default(),
+            stats_at: std::time::Instant::now(),
         }
     }
 
@@ -276,6 +278,9 @@ impl Worker {
             self.refill();
             self.counters.flush(&mut self.counts);
             self.report_frames();
+            if self.stats_at.elapsed() >= Duration::from_secs(1) {
+                self.report_kernel_drops();
+            }
             if got == 0 {
                 if self.busy_poll {
                     std::hint::spin_loop();
@@ -284,6 +289,22 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sums the kernel's XDP_STATISTICS over the sockets (one getsockopt per socket, about
+    /// once a second). Sockets that went away take their counts with them.
+    fn report_kernel_drops(&mut self) {
+        self.stats_at = std::time::Instant::now();
+        let mut k = KernelDrops::default();
+        for rt in self.ports.iter().flatten() {
+            if let Ok(s) = rt.port.fq.statistics_v2() {
+                k.rx_dropped += s.rx_dropped;
+                k.rx_ring_full += s.rx_ring_full;
+                k.rx_fill_ring_empty += s.rx_fill_ring_empty_descs;
+                k.tx_invalid += s.tx_invalid_descs;
+            }
+        }
+        self.counters.set_kernel(k);
     }
 
     fn report_frames(&self) {

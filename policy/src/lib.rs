@@ -1,5 +1,13 @@
-//! Identity-based policy for Vireo's fast path: security identities, rules and compiled verdict
-//! tables.
+//! Identity-based policy for Vireo's fast path.
 //!
-//! The tables arrive with the overlay and policy issues; until then the pipeline has no policy
-//! stage (`vireo_dataplane::pipeline::STAGES`).
+//! - [`identity`]: security identities (Cilium's reserved ones, and endpoint identities derived
+//!   from label sets);
+//! - [`ipcache`]: IP or CIDR → identity and tunnel endpoint, with longest-prefix match.
+//!
+//! Rules and compiled verdict tables arrive with the policy issue.
+
+pub mod identity;
+pub mod ipcache;
+
+pub use identity::{Identity, IdentityAllocator, Labels};
+pub use ipcache::{IpCache, IpCacheEntry};

@@ -224,7 +224,7 @@ impl Node {
     /// Agent configuration with the first `n` pods.
     pub fn config(&self, n: usize) -> PathBuf {
         let mut y = format!(
-            "node: {p}\ngateways: [{g}]\napi_socket: {a}\nworkers: [{{cores: [1]}}]\naf_xdp: {{frames: 8192}}\ninterfaces:\n",
+            "node: {p}\ngateways: [{g}]\napi_socket: {a}\nworkers: [{{cores: [1]}}]\ninterfaces:\n",
             p = self.prefix,
             g = self.gateway,
             a = self.api().display()

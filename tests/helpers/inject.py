@@ -7,6 +7,7 @@ import json
 import socket
 import struct
 import sys
+import time
 
 
 def mac(s):
@@ -49,6 +50,7 @@ def main():
     for _ in range(count):
         for f in frames.values():
             s.send(f)
+        time.sleep(0.002)  # a round at a time: this counts reasons, it is no burst test
     print(json.dumps(sorted(frames)))
 
 

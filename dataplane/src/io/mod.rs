@@ -4,6 +4,7 @@
 mod port;
 pub mod sys;
 mod umem;
+pub mod xconnect;
 
 pub use port::{Port, PortSpec, RingSizes};
 pub use umem::{AfXdpMode, SharedUmem, UmemFrames, UmemSpec};

@@ -100,6 +100,15 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// The MTU of interface `name`.
+pub fn mtu(name: &str) -> Option<u16> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Number of rx queues of interface `name` (from sysfs; 1 when unknown).
 pub fn rx_queues(name: &str) -> u32 {
     let dir = Path::new("/sys/class/net").join(name).join("queues");

@@ -216,6 +216,7 @@ impl SharedUmem {
         UmemFrames {
             base: self.region.ptr,
             len: self.region.len,
+            frame_mask: u64::from(self.spec.frame_size) - 1,
             _umem: std::marker::PhantomData,
         }
     }
@@ -226,6 +227,7 @@ impl SharedUmem {
 pub struct UmemFrames<'a> {
     base: NonNull<u8>,
     len: usize,
+    frame_mask: u64,
     _umem: std::marker::PhantomData<&'a SharedUmem>,
 }
 
@@ -242,6 +244,11 @@ impl Frames for UmemFrames<'_> {
         // on a fill or TX ring), so neither the kernel nor another borrow touches these bytes
         // while the returned slice is alive (it borrows `self` mutably).
         Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len as usize) })
+    }
+
+    #[inline]
+    fn headroom(&self, addr: u64) -> usize {
+        (addr & self.frame_mask) as usize
     }
 }
 

@@ -5,11 +5,11 @@
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame};
 
 use super::{for_each_pending, Batch, Frames, Kind, Verdict};
-use crate::counters::DropReason;
+use crate::counters::{BatchCounts, DropReason};
 use crate::tables::Tables;
 use crate::wire::ETH_HLEN;
 
-pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables) {
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for_each_pending(
         batch,
         frames,

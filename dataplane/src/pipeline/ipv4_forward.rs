@@ -1,13 +1,19 @@
-//! Stage `ipv4_forward`: delivers IPv4 packets to local endpoints. It looks the destination up in
-//! the endpoint table, decrements the TTL (dropping at zero), and rewrites the MACs: the source
-//! becomes the host-side veth (the pod's gateway), the destination the pod.
+//! Stage `ipv4_forward`: routes IPv4 packets.
+//!
+//! - A packet from a pod must carry that pod's own address (anti-spoofing); its endpoint gives
+//!   the sender's identity.
+//! - A local destination is delivered: TTL decremented (dropped at zero), MACs rewritten (source:
+//!   the host-side veth, i.e. the pod's gateway; destination: the pod).
+//! - A destination the ipcache places on another node goes to `vxlan_encap`, TTL decremented.
+//! - Anything else is an unknown destination. A decapsulated packet is only ever delivered
+//!   locally.
 
-use super::{for_each_pending, Batch, Frames, Kind, Verdict};
-use crate::counters::DropReason;
-use crate::tables::Tables;
+use super::{for_each_pending, Batch, Desc, Frames, Kind, Verdict};
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::{IfRole, Tables};
 use crate::wire::{ipv4_dec_ttl, set_macs};
 
-pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables) {
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for_each_pending(
         batch,
         frames,
@@ -16,23 +22,47 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables) {
             let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
                 return;
             };
-            d.verdict = forward(buf, usize::from(l3), t);
+            d.verdict = forward(d, buf, usize::from(l3), t);
         },
     );
 }
 
-fn forward(buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
-    let ip = &mut buf[l3..];
+fn forward(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
+    let ip = &buf[l3..];
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    let Some(ep) = t.endpoint(dst) else {
-        return Verdict::Drop(DropReason::UnknownDestination);
-    };
-    let Some(out) = t.iface(ep.slot) else {
-        return Verdict::Drop(DropReason::NoTxPort);
-    };
-    if ipv4_dec_ttl(ip) <= 1 {
-        return Verdict::Drop(DropReason::TtlExceeded);
+    if !d.from_tunnel {
+        match t.iface(d.in_slot).map(|i| i.role) {
+            Some(IfRole::Pod) => match t.endpoint(src) {
+                Some(ep) if ep.slot == d.in_slot => d.src_identity = ep.identity,
+                _ => return Verdict::Drop(DropReason::InvalidSource),
+            },
+            // Nothing but VXLAN is steered from the uplink yet.
+            _ => return Verdict::Drop(DropReason::UnknownDestination),
+        }
     }
-    set_macs(buf, &ep.mac, &out.mac);
-    Verdict::Tx { slot: ep.slot }
+    if let Some(ep) = t.endpoint(dst) {
+        let Some(out) = t.iface(ep.slot) else {
+            return Verdict::Drop(DropReason::NoTxPort);
+        };
+        if ipv4_dec_ttl(&mut buf[l3..]) <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        set_macs(buf, &ep.mac, &out.mac);
+        return Verdict::Tx { slot: ep.slot };
+    }
+    if d.from_tunnel {
+        return Verdict::Drop(DropReason::UnknownDestination);
+    }
+    match t.ipcache.lookup(dst).and_then(|e| e.tunnel) {
+        Some(node) => {
+            if ipv4_dec_ttl(&mut buf[l3..]) <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            Verdict::Continue(Kind::Encap {
+                tunnel: u32::from(node),
+            })
+        }
+        None => Verdict::Drop(DropReason::UnknownDestination),
+    }
 }

@@ -8,6 +8,8 @@
 mod arp;
 mod ipv4_forward;
 mod parse;
+mod vxlan_decap;
+mod vxlan_encap;
 
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::Tables;
@@ -20,6 +22,8 @@ pub const BATCH: usize = 64;
 pub trait Frames {
     /// The `len` bytes at `addr`, or `None` when out of bounds.
     fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]>;
+    /// Bytes free in front of `addr` within its frame (where outer headers can go).
+    fn headroom(&self, addr: u64) -> usize;
 }
 
 /// What the parse stage found; tells later stages which frames are theirs.
@@ -33,6 +37,16 @@ pub enum Kind {
     Ipv4 {
         /// Offset of the IPv4 header in the frame.
         l3: u16,
+    },
+    /// A VXLAN packet to our port, arrived on the uplink (outer IPv4 header at `l3`).
+    Vxlan {
+        /// Offset of the outer IPv4 header.
+        l3: u16,
+    },
+    /// An IPv4 packet for a pod on another node, to be encapsulated towards `tunnel`.
+    Encap {
+        /// Underlay address of the destination node (host byte order).
+        tunnel: u32,
     },
 }
 
@@ -59,6 +73,10 @@ pub struct Desc {
     pub len: u32,
     /// Slot of the interface it arrived on.
     pub in_slot: u16,
+    /// Security identity of the sender, once known (from its endpoint or the VNI).
+    pub src_identity: u32,
+    /// Arrived through the tunnel (decapsulated): never sent back into it.
+    pub from_tunnel: bool,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -70,6 +88,8 @@ impl Desc {
             addr,
             len,
             in_slot,
+            src_identity: 0,
+            from_tunnel: false,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -138,7 +158,7 @@ macro_rules! pipeline {
         /// Runs a batch through every stage. Afterwards each frame's verdict is `Tx` or `Drop`.
         #[inline]
         pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
-            $( $stage::run(batch, frames, tables); )*
+            $( $stage::run(batch, frames, tables, counts); )*
             for d in batch.descs_mut() {
                 match d.verdict {
                     Verdict::Drop(r) => counts.drop(r),
@@ -155,15 +175,18 @@ macro_rules! pipeline {
 }
 
 pipeline!(
-    parse,        // Ethernet + IPv4 header validation; ARP is set aside
+    parse,        // Ethernet + IPv4 header validation; ARP and uplink VXLAN are set aside
+    vxlan_decap,  // outer headers checked and stripped; the sender's identity from the VNI
     arp,          // answer pods' ARP requests for their gateway
-    ipv4_forward, // local endpoint lookup, TTL, MAC rewrite
+    ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
+    vxlan_encap,  // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
 );
 
 /// Frame memory backed by a plain buffer: for tests and benchmarks.
 #[derive(Debug, Clone)]
 pub struct VecFrames {
     buf: Vec<u8>,
+    frame_size: usize,
 }
 
 impl VecFrames {
@@ -171,6 +194,7 @@ impl VecFrames {
     pub fn new(n: usize, frame_size: usize) -> Self {
         VecFrames {
             buf: vec![0; n * frame_size],
+            frame_size,
         }
     }
     /// Writes `data` at `addr`.
@@ -185,6 +209,10 @@ impl Frames for VecFrames {
     fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
         let a = usize::try_from(addr).ok()?;
         self.buf.get_mut(a..a.checked_add(len as usize)?)
+    }
+    #[inline]
+    fn headroom(&self, addr: u64) -> usize {
+        addr as usize % self.frame_size
     }
 }
 

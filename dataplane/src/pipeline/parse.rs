@@ -1,22 +1,37 @@
-//! Stage `parse`: checks Ethernet and IPv4 headers with etherparse and classifies the frame.
+//! Stage `parse`: checks Ethernet and IPv4 headers with etherparse and classifies the frame:
+//! ARP, IPv4, or (on the uplink) VXLAN to our port.
 
 use etherparse::err::ipv4::{HeaderError, HeaderSliceError};
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 
 use super::{for_each_pending, Batch, Frames, Kind, Verdict};
-use crate::counters::DropReason;
-use crate::tables::Tables;
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::{IfRole, Tables};
 use crate::wire::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
-pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, _t: &Tables) {
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for_each_pending(
         batch,
         frames,
         |k| k == Kind::Raw,
         |d, buf| {
-            d.verdict = classify(buf);
+            d.verdict = match classify(buf) {
+                Verdict::Continue(Kind::Ipv4 { l3 }) if is_vxlan(buf, t, d.in_slot) => {
+                    Verdict::Continue(Kind::Vxlan { l3 })
+                }
+                v => v,
+            };
         },
     );
+}
+
+/// UDP to our VXLAN port, arrived on the uplink.
+fn is_vxlan(buf: &[u8], t: &Tables, in_slot: u16) -> bool {
+    let udp = ETH_HLEN + IPV4_MIN_HLEN;
+    t.iface(in_slot).is_some_and(|i| i.role == IfRole::Uplink)
+        && buf[ETH_HLEN + 9] == 17
+        && buf.len() >= udp + 4
+        && u16::from_be_bytes([buf[udp + 2], buf[udp + 3]]) == t.vxlan_port
 }
 
 /// The verdict for one raw frame.

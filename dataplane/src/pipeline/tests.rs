@@ -4,20 +4,30 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress};
 
 use super::*;
-use crate::fixtures::{arp_request_from_a, two_pods, udp_from_a, GATEWAY, POD_A, POD_B};
-use crate::wire::ipv4_header_checksum;
+use crate::fixtures::{
+    arp_request_from_a, two_pods, udp_from_a, vxlan_from_c, GATEWAY, IDS, POD_A, POD_B, POD_C,
+    REMOTE, UPLINK,
+};
+use crate::wire::{ipv4_header_checksum, VxlanPacket, VXLAN_OVERHEAD};
 
 const FS: usize = 2048;
+/// Where a received frame starts in its chunk (the kernel's XDP headroom).
+const HEADROOM: usize = 256;
 
-/// Runs frames through the pipeline; returns verdicts, drop counts and the frame memory.
+/// Runs frames (all arriving on pod A's veth) through the pipeline.
 fn run_frames(frames_in: &[Vec<u8>]) -> (Vec<Verdict>, BatchCounts, VecFrames, Vec<Desc>) {
+    run_on(POD_A.2, frames_in)
+}
+
+/// Runs frames arriving on `slot`; returns verdicts, drop counts, frame memory and descriptors.
+fn run_on(slot: u16, frames_in: &[Vec<u8>]) -> (Vec<Verdict>, BatchCounts, VecFrames, Vec<Desc>) {
     let t = two_pods();
     let mut mem = VecFrames::new(BATCH, FS);
     let mut b = Batch::default();
     for (i, f) in frames_in.iter().enumerate() {
-        let addr = (i * FS) as u64;
+        let addr = (i * FS + HEADROOM) as u64;
         mem.write(addr, f);
-        assert!(b.push(Desc::new(addr, f.len() as u32, POD_A.2)));
+        assert!(b.push(Desc::new(addr, f.len() as u32, slot)));
     }
     let mut c = BatchCounts::default();
     run(&mut b, &mut mem, &t, &mut c);
@@ -31,7 +41,10 @@ fn run_frames(frames_in: &[Vec<u8>]) -> (Vec<Verdict>, BatchCounts, VecFrames, V
 
 #[test]
 fn stages_are_listed_in_order() {
-    assert_eq!(STAGES, &["parse", "arp", "ipv4_forward"]);
+    assert_eq!(
+        STAGES,
+        &["parse", "vxlan_decap", "arp", "ipv4_forward", "vxlan_encap"]
+    );
 }
 
 #[test]
@@ -135,6 +148,139 @@ fn malformed_frames_get_their_reasons() {
         assert_eq!(*got, Verdict::Drop(*want));
     }
     assert_eq!(c.drops.iter().sum::<u64>(), cases.len() as u64);
+}
+
+#[test]
+fn pod_on_another_node_is_encapsulated_with_its_identity_in_the_vni() {
+    let f = udp_from_a(POD_C, 64, b"over the tunnel");
+    let (v, c, mut mem, d) = run_frames(std::slice::from_ref(&f));
+    assert_eq!(v, vec![Verdict::Tx { slot: UPLINK.0 }]);
+    assert_eq!(c.drops.iter().sum::<u64>(), 0);
+    assert_eq!(d[0].len as usize, f.len() + VXLAN_OVERHEAD);
+    assert_eq!(
+        d[0].addr as usize,
+        HEADROOM - VXLAN_OVERHEAD,
+        "outer headers went into the headroom"
+    );
+    let out = mem.frame(d[0].addr, d[0].len).unwrap().to_vec();
+    let v = VxlanPacket::new_checked(&out).unwrap();
+    assert_eq!(v.vni(), IDS[0]);
+    assert_eq!(v.src_ip(), u32::from(UPLINK.2));
+    assert_eq!(&out[0..6], &REMOTE.1);
+    assert_eq!(&out[6..12], &UPLINK.1);
+    assert_eq!(&out[30..34], &REMOTE.0.octets());
+    assert!(u16::from_be_bytes([out[34], out[35]]) >= 49152);
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8472);
+    // Inner packet intact but for its TTL.
+    assert_eq!(out[VXLAN_OVERHEAD + 14 + 8], 63);
+    assert_eq!(&out[VXLAN_OVERHEAD + 42..], b"over the tunnel");
+}
+
+#[test]
+fn vxlan_from_a_known_node_is_decapsulated_and_delivered() {
+    let (v, c, mut mem, d) = run_on(UPLINK.0, &[vxlan_from_c(POD_A.0, IDS[2], b"hi a")]);
+    assert_eq!(v, vec![Verdict::Tx { slot: POD_A.2 }], "{:?}", c.drops);
+    assert_eq!(d[0].src_identity, IDS[2]);
+    assert!(d[0].from_tunnel);
+    let out = mem.frame(d[0].addr, d[0].len).unwrap().to_vec();
+    assert_eq!(&out[0..6], &POD_A.1);
+    assert_eq!(&out[6..12], &POD_A.3);
+    assert_eq!(out[14 + 8], 62, "TTL decremented on delivery");
+    assert_eq!(&out[42..], b"hi a");
+}
+
+/// Cuts a VXLAN packet to `n` bytes, with outer IPv4 and UDP lengths saying so.
+fn cut_outer(f: &[u8], n: usize) -> Vec<u8> {
+    let mut f = f[..n].to_vec();
+    f[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+    f[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
+    f
+}
+
+#[test]
+fn bad_vxlan_is_dropped_with_its_reason() {
+    let good = vxlan_from_c(POD_A.0, IDS[2], b"payload!");
+    let mut flags = good.clone();
+    flags[42] = 0x0c;
+    let mut unknown_node = good.clone();
+    unknown_node[29] = 99;
+    let unknown_vni = vxlan_from_c(POD_A.0, 424242, b"payload!");
+    let mut inner_len_lies = good.clone();
+    inner_len_lies[38..40].copy_from_slice(&2000u16.to_be_bytes());
+    let not_local = vxlan_from_c(POD_B.0, IDS[2], b"x");
+    let mut to_c = vxlan_from_c(POD_C, IDS[2], b"x");
+    to_c[VXLAN_OVERHEAD + 14 + 8] = 64;
+    let cases = [
+        (cut_outer(&good, 46), DropReason::VxlanMalformed),
+        (flags, DropReason::VxlanMalformed),
+        (
+            cut_outer(&good, VXLAN_OVERHEAD + 20),
+            DropReason::VxlanTruncatedInner,
+        ),
+        (inner_len_lies, DropReason::VxlanTruncatedInner),
+        (unknown_node, DropReason::VxlanUnknownNode),
+        (unknown_vni, DropReason::VxlanUnknownIdentity),
+        (to_c, DropReason::UnknownDestination),
+    ];
+    let frames: Vec<Vec<u8>> = cases.iter().map(|(f, _)| f.clone()).collect();
+    let (v, c, ..) = run_on(UPLINK.0, &frames);
+    for ((_, want), got) in cases.iter().zip(&v) {
+        assert_eq!(*got, Verdict::Drop(*want));
+    }
+    assert_eq!(c.drops.iter().sum::<u64>(), cases.len() as u64);
+    let (v, ..) = run_on(UPLINK.0, &[not_local]);
+    assert_eq!(v[0], Verdict::Tx { slot: POD_B.2 });
+}
+
+#[test]
+fn too_big_with_df_gets_icmp_fragmentation_needed() {
+    let mut f = udp_from_a(POD_C, 64, &vec![0u8; 1480]);
+    f[14 + 6] |= 0x40; // DF
+    let ip = f[14..34].to_vec();
+    let (v, c, mut mem, d) = run_frames(&[f.clone()]);
+    assert_eq!(v, vec![Verdict::Tx { slot: POD_A.2 }]);
+    assert_eq!(c.drops[DropReason::FragNeeded as usize], 1);
+    let out = mem.frame(d[0].addr, d[0].len).unwrap().to_vec();
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ipv4)) = p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ipv4.header().source_addr(), GATEWAY);
+    assert_eq!(ipv4.header().destination_addr(), POD_A.0);
+    let icmp = &out[34..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 4),
+        "destination unreachable / fragmentation needed"
+    );
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
+    let mut ip_after_ttl = ip.clone();
+    ip_after_ttl[8] -= 1; // the forward stage had decremented it
+    assert_eq!(&icmp[8..16], &ip_after_ttl[..8]);
+    assert_eq!(&icmp[8 + 12..8 + 20], &ip[12..20]);
+    assert!(smoltcp::wire::Icmpv4Packet::new_checked(icmp)
+        .unwrap()
+        .verify_checksum());
+
+    // Without DF: dropped, not fragmented.
+    let mut big = udp_from_a(POD_C, 64, &vec![0u8; 1480]);
+    big[14 + 6] &= !0x40;
+    let (v, c, ..) = run_frames(&[big]);
+    assert_eq!(v, vec![Verdict::Drop(DropReason::TooBigNoDf)]);
+    assert_eq!(c.drops[DropReason::TooBigNoDf as usize], 1);
+    // Just fitting: encapsulated.
+    let mut fits = udp_from_a(POD_C, 64, &vec![0u8; 1450 - 28]);
+    fits[14 + 6] |= 0x40;
+    let (v, ..) = run_frames(&[fits]);
+    assert_eq!(v, vec![Verdict::Tx { slot: UPLINK.0 }]);
+}
+
+#[test]
+fn a_pod_cannot_send_from_another_address() {
+    let mut f = udp_from_a(POD_B.0, 64, b"spoof");
+    f[14 + 12..14 + 16].copy_from_slice(&POD_B.0.octets()); // claims to be B, arrives on A's veth
+    let (v, ..) = run_frames(&[f]);
+    assert_eq!(v, vec![Verdict::Drop(DropReason::InvalidSource)]);
 }
 
 proptest::proptest! {

@@ -12,17 +12,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vireo_control::config::{format_mac, Config, InterfaceConfig, Role, XdpModeConfig};
+use vireo_control::cluster::{gateway, pod_ifname, pod_mac, ClusterView};
+use vireo_control::config::{
+    format_mac, Config, EndpointConfig, InterfaceConfig, Role, XdpModeConfig,
+};
+use vireo_control::{neigh, source};
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
-use vireo_dataplane::tables::{Endpoint, IfRole, Interface, TableHandle, Tables};
+use vireo_dataplane::tables::{
+    Endpoint, IfRole, Interface, LocalNode, RemoteNode, TableHandle, Tables,
+};
 use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
+use vireo_policy::{IdentityAllocator, Labels};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
 
 struct Attached {
     cfg: InterfaceConfig,
+    /// Attached because the manifests put a pod on this node (not from the config file).
+    from_source: bool,
+    identity: u32,
     slot: u16,
     ifindex: u32,
     queues: u32,
@@ -38,6 +48,12 @@ pub struct Agent {
     workers: Vec<WorkerHandle>,
     ifaces: BTreeMap<String, Attached>,
     started: Instant,
+    /// The cluster as last read from the source.
+    view: ClusterView,
+    /// Files and mtimes of the source directory when last read.
+    source_sig: Vec<(PathBuf, std::time::SystemTime, u64)>,
+    /// Identities of statically configured endpoints.
+    static_ids: IdentityAllocator,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -79,8 +95,13 @@ pub fn run(config_path: &Path) -> Result<()> {
         workers,
         ifaces: BTreeMap::new(),
         started: Instant::now(),
+        view: ClusterView::default(),
+        source_sig: Vec::new(),
+        static_ids: IdentityAllocator::default(),
     };
+    agent.tables.update(|t| t.vxlan_port = cfg.vxlan_port);
     agent.anchor_umems()?;
+    agent.reconcile();
     let result = agent.serve(&term, &hup);
     agent.shutdown();
     result
@@ -102,7 +123,7 @@ impl Agent {
     fn anchor_umems(&mut self) -> Result<()> {
         let cfg = self.cfg.clone();
         for ifc in cfg.interfaces.iter().filter(|i| i.role == Role::Uplink) {
-            self.add_iface(ifc)
+            self.add_static(ifc)
                 .with_context(|| format!("interface {}", ifc.name))?;
         }
         for w in &self.workers {
@@ -111,10 +132,20 @@ impl Agent {
                 .context("anchoring the UMEM on lo")?;
         }
         for ifc in cfg.interfaces.iter().filter(|i| i.role == Role::Pod) {
-            self.add_iface(ifc)
+            self.add_static(ifc)
                 .with_context(|| format!("interface {}", ifc.name))?;
         }
         Ok(())
+    }
+
+    /// Attaches an interface from the configuration file or the API. Its endpoint, if any, gets
+    /// the identity of a pod with no labels in namespace `default`.
+    fn add_static(&mut self, ifc: &InterfaceConfig) -> Result<()> {
+        let id = self
+            .static_ids
+            .allocate(&Labels::for_pod("default", [], []))
+            .0;
+        self.add_iface(ifc, id, false)
     }
 
     fn serve(&mut self, term: &AtomicBool, hup: &AtomicBool) -> Result<()> {
@@ -144,6 +175,7 @@ impl Agent {
             if last_check.elapsed() > Duration::from_secs(1) {
                 last_check = Instant::now();
                 self.check_health()?;
+                self.reconcile();
             }
         }
         let _ = std::fs::remove_file(&sock);
@@ -161,7 +193,7 @@ impl Agent {
                 if self.ifaces.contains_key(&interface.name) {
                     self.remove_iface(&interface.name)?;
                 }
-                self.add_iface(&interface)?;
+                self.add_static(&interface)?;
                 self.cfg = probe;
                 Ok(json!({"added": interface.name}))
             }
@@ -174,6 +206,7 @@ impl Agent {
                 Ok(json!({"removed": name}))
             }
             Request::Reload => self.reload(),
+            Request::MapGet { map } => self.map_get(&map),
         }
     }
 
@@ -205,6 +238,7 @@ impl Agent {
         let gone: Vec<String> = self
             .ifaces
             .iter()
+            .filter(|(_, a)| !a.from_source)
             .filter(|(n, a)| want.get(n.as_str()) != Some(&&a.cfg))
             .map(|(n, _)| n.clone())
             .collect();
@@ -214,7 +248,7 @@ impl Agent {
         let mut added = Vec::new();
         for ifc in &new.interfaces {
             if !self.ifaces.contains_key(&ifc.name) {
-                self.add_iface(ifc)
+                self.add_static(ifc)
                     .with_context(|| format!("interface {}", ifc.name))?;
                 added.push(ifc.name.clone());
             }
@@ -225,7 +259,7 @@ impl Agent {
         Ok(json!({"added": added, "removed": gone, "needs_restart": ignored}))
     }
 
-    fn add_iface(&mut self, ifc: &InterfaceConfig) -> Result<()> {
+    fn add_iface(&mut self, ifc: &InterfaceConfig, identity: u32, from_source: bool) -> Result<()> {
         let ifindex = sys::ifindex(&ifc.name)?;
         let mac = sys::mac(&ifc.name)?;
         let queues = sys::rx_queues(&ifc.name).min(MAX_QUEUES);
@@ -255,6 +289,8 @@ impl Agent {
         });
         let mut att = Attached {
             cfg: ifc.clone(),
+            from_source,
+            identity,
             slot,
             ifindex,
             queues,
@@ -303,6 +339,7 @@ impl Agent {
                     ip: ep.ip,
                     mac: ep.mac,
                     slot,
+                    identity,
                 })
             });
         }
@@ -342,7 +379,196 @@ impl Agent {
             }
         }
         let slot = att.slot;
-        self.tables.update(|t| t.remove_iface(slot));
+        self.tables.update(|t| {
+            t.remove_iface(slot);
+            if t.local.is_some_and(|l| l.uplink_slot == slot) {
+                t.local = None;
+            }
+        });
+    }
+
+    /// Brings the tables and the attached pods in line with the source: read again when its
+    /// files changed; next hops re-checked every time.
+    fn reconcile(&mut self) {
+        let Some(src) = self.cfg.source.clone() else {
+            return;
+        };
+        let sig = dir_signature(&src.manifests);
+        if sig != self.source_sig {
+            self.source_sig = sig;
+            let m = source::load_dir(&src.manifests);
+            for e in &m.errors {
+                tracing::warn!("manifests: {e}");
+            }
+            self.view = ClusterView::from_manifests(&m);
+            for w in &self.view.warnings {
+                tracing::warn!("manifests: {w}");
+            }
+            tracing::info!(
+                nodes = self.view.nodes.len(),
+                pods = self.view.pods.len(),
+                "manifests loaded"
+            );
+        }
+        let me = self.cfg.node.clone().unwrap_or_default();
+        self.reconcile_pods(&me);
+        self.publish_overlay(&me);
+    }
+
+    /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
+    fn reconcile_pods(&mut self, me: &str) {
+        let want: BTreeMap<String, (InterfaceConfig, u32)> = self
+            .view
+            .pods_on(me)
+            .map(|p| {
+                let name = pod_ifname(&p.namespace, &p.name);
+                let ifc = InterfaceConfig {
+                    name: name.clone(),
+                    role: Role::Pod,
+                    endpoint: Some(EndpointConfig {
+                        ip: p.ip.to_string(),
+                        mac: format_mac(&pod_mac(p.ip)),
+                    }),
+                };
+                (name, (ifc, p.identity.0))
+            })
+            .collect();
+        let stale: Vec<String> = self
+            .ifaces
+            .iter()
+            .filter(|(n, a)| {
+                a.from_source
+                    && want
+                        .get(*n)
+                        .is_none_or(|(c, id)| *c != a.cfg || *id != a.identity)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stale {
+            let _ = self.remove_iface(&n);
+        }
+        for (name, (ifc, id)) in want {
+            if self.ifaces.contains_key(&name) || sys::ifindex(&name).is_err() {
+                continue; // attached already, or the pod's veth is not there yet
+            }
+            if let Err(e) = self.add_iface(&ifc, id, true) {
+                tracing::warn!(iface = %name, "attaching pod: {e:#}");
+            }
+        }
+    }
+
+    /// Publishes this node, the other nodes (with resolved next hops), the ipcache and the
+    /// identities.
+    fn publish_overlay(&mut self, me: &str) {
+        let uplink = self.ifaces.values().find(|a| a.cfg.role == Role::Uplink);
+        let t = self.tables.current();
+        let local = match (self.view.nodes.get(me), uplink) {
+            (Some(n), Some(u)) => t.iface(u.slot).map(|i| LocalNode {
+                ip: n.ip,
+                uplink_slot: u.slot,
+                uplink_mac: i.mac,
+                mtu: sys::mtu(&u.cfg.name).unwrap_or(1500),
+            }),
+            _ => None,
+        };
+        let uplink_name = uplink.map(|u| u.cfg.name.clone()).unwrap_or_default();
+        let mut nodes = vireo_dataplane::tables::FastMap::default();
+        for n in self.view.nodes.values().filter(|n| n.name != me) {
+            let hop = neigh::next_hop(n.ip, &uplink_name);
+            let mac = neigh::lookup(hop, &uplink_name);
+            if mac.is_none() && !uplink_name.is_empty() {
+                neigh::nudge(hop);
+            }
+            nodes.insert(
+                u32::from(n.ip),
+                RemoteNode {
+                    name: n.name.clone(),
+                    next_hop_mac: mac,
+                },
+            );
+        }
+        let mut gateways = self.cfg.gateway_addrs();
+        if let Some(c) = self.view.nodes.get(me).and_then(|n| n.pod_cidr) {
+            gateways.push(gateway(c));
+        }
+        let ipcache = self.view.ipcache(me);
+        let mut identities: rustc_hash::FxHashSet<u32> = self.view.vni_identities().collect();
+        identities.extend(self.static_ids.iter().map(|(i, _)| i.0));
+        let same = t.local == local
+            && t.nodes == nodes
+            && t.gateways == gateways
+            && t.identities == identities
+            && t.ipcache.len() == ipcache.len()
+            && ipcache
+                .iter()
+                .all(|(n, e)| t.ipcache.lookup(u32::from(n.network())) == Some(e));
+        if !same {
+            self.tables.update(|t| {
+                t.local = local;
+                t.nodes = nodes;
+                t.gateways = gateways;
+                t.ipcache = ipcache;
+                t.identities = identities;
+            });
+        }
+    }
+
+    /// The operator's view of one table (`vireo map get NAME`).
+    fn map_get(&self, map: &str) -> Result<Value> {
+        let t = self.tables.load();
+        Ok(match map {
+            "endpoints" => json!(self.endpoints()),
+            "ipcache" => json!(t
+                .ipcache
+                .iter()
+                .map(|(n, e)| json!({"prefix": n.to_string(), "identity": e.identity.0, "tunnel": e.tunnel.map(|i| i.to_string())}))
+                .collect::<Vec<_>>()),
+            "identities" => {
+                let mut v: Vec<Value> = vireo_policy::Identity::RESERVED
+                    .iter()
+                    .map(|(i, n)| json!({"identity": i.0, "labels": [format!("reserved:{n}")]}))
+                    .collect();
+                let mut ids: Vec<(u32, String)> = self
+                    .view
+                    .identities
+                    .iter()
+                    .chain(self.static_ids.iter())
+                    .map(|(i, l)| (i.0, l.canonical()))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                v.extend(ids.into_iter().map(|(i, l)| json!({"identity": i, "labels": l.split(';').collect::<Vec<_>>()})));
+                json!(v)
+            }
+            "nodes" => json!({
+                "local": t.local.map(|l| json!({"node": self.cfg.node, "ip": l.ip.to_string(), "mtu": l.mtu, "uplink_mac": format_mac(&l.uplink_mac)})),
+                "remote": t.nodes.iter().map(|(ip, n)| json!({
+                    "name": n.name, "ip": std::net::Ipv4Addr::from(*ip).to_string(),
+                    "next_hop_mac": n.next_hop_mac.map(|m| format_mac(&m)),
+                })).collect::<Vec<_>>(),
+            }),
+            other => bail!("unknown map {other:?} (endpoints, ipcache, identities, nodes)"),
+        })
+    }
+
+    fn endpoints(&self) -> Vec<Value> {
+        let t = self.tables.load();
+        let mut v: Vec<Value> = t
+            .endpoints
+            .values()
+            .map(|e| {
+                let ifname = t.iface(e.slot).map(|i| i.name.clone());
+                let pod = self
+                    .view
+                    .pods
+                    .values()
+                    .find(|p| p.ip == e.ip)
+                    .map(|p| format!("{}/{}", p.namespace, p.name));
+                json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod})
+            })
+            .collect();
+        v.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));
+        v
     }
 
     /// Interfaces that vanished (a pod deleted without an API call) are detached; a dead
@@ -407,6 +633,9 @@ impl Agent {
             .collect();
         json!({
             "node": self.cfg.node,
+            "node_ip": t.local.map(|l| l.ip.to_string()),
+            "remote_nodes": t.nodes.len(),
+            "endpoints": self.endpoints(),
             "uptime_s": self.started.elapsed().as_secs(),
             "interfaces": ifaces,
             "workers": workers,
@@ -422,6 +651,21 @@ impl Agent {
         self.workers.clear();
         tracing::info!("vireo agent stopped; all interfaces detached");
     }
+}
+
+/// File names, mtimes and sizes in `dir`: a change in any of them means "read again".
+fn dir_signature(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.modified().ok()?, m.len()))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn xdp_role(r: Role) -> vireo_xdp::Role {

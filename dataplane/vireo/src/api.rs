@@ -33,6 +33,11 @@ pub enum Request {
     },
     /// Re-read the configuration file and apply the difference.
     Reload,
+    /// One of the agent's tables: endpoints, ipcache, identities, nodes.
+    MapGet {
+        /// Which table.
+        map: String,
+    },
 }
 
 /// A request with the channel its reply goes back on.

@@ -82,6 +82,15 @@ pub fn render(v: &Value) -> String {
     if !any {
         let _ = writeln!(o, "  (none)");
     }
+    let k = &v["counters"]["kernel"];
+    let _ = writeln!(
+        o,
+        "Kernel AF_XDP drops: rx_dropped {}, rx_ring_full {}, rx_fill_ring_empty {}, tx_invalid {}",
+        s(&k["rx_dropped"]),
+        s(&k["rx_ring_full"]),
+        s(&k["rx_fill_ring_empty"]),
+        s(&k["tx_invalid"])
+    );
     o
 }
 
@@ -92,4 +101,74 @@ fn s(v: &Value) -> String {
         Value::String(x) => x.clone(),
         other => other.to_string(),
     }
+}
+
+/// Renders `vireo map get NAME` as a table.
+pub fn render_map(map: &str, v: &Value) -> String {
+    let mut o = String::new();
+    let rows = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    match map {
+        "endpoints" => {
+            let _ = writeln!(
+                o,
+                "{:<16} {:<18} {:<16} {:>9}  POD",
+                "IP", "MAC", "INTERFACE", "IDENTITY"
+            );
+            for e in rows(v) {
+                let _ = writeln!(
+                    o,
+                    "{:<16} {:<18} {:<16} {:>9}  {}",
+                    s(&e["ip"]),
+                    s(&e["mac"]),
+                    s(&e["interface"]),
+                    s(&e["identity"]),
+                    s(&e["pod"])
+                );
+            }
+        }
+        "ipcache" => {
+            let _ = writeln!(o, "{:<20} {:>9}  TUNNEL", "PREFIX", "IDENTITY");
+            for e in rows(v) {
+                let _ = writeln!(
+                    o,
+                    "{:<20} {:>9}  {}",
+                    s(&e["prefix"]),
+                    s(&e["identity"]),
+                    s(&e["tunnel"])
+                );
+            }
+        }
+        "identities" => {
+            let _ = writeln!(o, "{:>9}  LABELS", "IDENTITY");
+            for e in rows(v) {
+                let labels = e["labels"]
+                    .as_array()
+                    .map(|l| l.iter().map(s).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let _ = writeln!(o, "{:>9}  {labels}", s(&e["identity"]));
+            }
+        }
+        "nodes" => {
+            let l = &v["local"];
+            let _ = writeln!(
+                o,
+                "local: {} {} (mtu {})",
+                s(&l["node"]),
+                s(&l["ip"]),
+                s(&l["mtu"])
+            );
+            let _ = writeln!(o, "{:<12} {:<16} NEXT-HOP MAC", "NODE", "IP");
+            for n in rows(&v["remote"]) {
+                let _ = writeln!(
+                    o,
+                    "{:<12} {:<16} {}",
+                    s(&n["name"]),
+                    s(&n["ip"]),
+                    s(&n["next_hop_mac"])
+                );
+            }
+        }
+        _ => o = format!("{v:#}\n"),
+    }
+    o
 }

@@ -1,0 +1,301 @@
+//! What the manifests say about the cluster, reduced to what the dataplane needs: nodes with
+//! their underlay address and pod CIDR, pods with their address, node and security labels, and
+//! the identities of those labels. From it, the overlay tables of one node: the ipcache,
+//! the identities a VNI may carry, and the other nodes.
+//!
+//! Conventions shared by the sandbox (acting as kubelet + CNI) and the agent: a pod's host-side
+//! veth is `lxc` + 8 hex digits of a hash of `namespace/name`, and its MAC is `0a:58:` + its IPv4
+//! address (as OVN-Kubernetes does), so the agent can attach a pod from its manifest alone.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
+
+use crate::source::Manifests;
+
+/// A node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// Name.
+    pub name: String,
+    /// Underlay address (InternalIP).
+    pub ip: Ipv4Addr,
+    /// Pod CIDR.
+    pub pod_cidr: Option<Ipv4Net>,
+}
+
+/// A pod with an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Node it runs on.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Security labels.
+    pub labels: Labels,
+    /// Its identity.
+    pub identity: Identity,
+}
+
+/// The cluster as the manifests describe it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, NodeView>,
+    /// Pods with an address and a node, by (namespace, name).
+    pub pods: BTreeMap<(String, String), PodView>,
+    /// Identities of the pods' label sets.
+    pub identities: IdentityAllocator,
+    /// Objects left out, one line each.
+    pub warnings: Vec<String>,
+}
+
+/// A pod's host-side interface name.
+pub fn pod_ifname(namespace: &str, name: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("lxc{h:08x}")
+}
+
+/// A pod's MAC address.
+pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// The pods' gateway on a node: the first address of its pod CIDR.
+pub fn gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
+impl ClusterView {
+    /// Reduces manifests to the view.
+    pub fn from_manifests(m: &Manifests) -> ClusterView {
+        let mut v = ClusterView::default();
+        for (name, n) in &m.nodes {
+            let ip = n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .and_then(|a| a.address.parse::<Ipv4Addr>().ok());
+            let Some(ip) = ip else {
+                v.warnings.push(format!(
+                    "node {name}: no IPv4 InternalIP in status.addresses; left out"
+                ));
+                continue;
+            };
+            let pod_cidr = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_deref())
+                .and_then(|c| c.parse().ok());
+            v.nodes.insert(
+                name.clone(),
+                NodeView {
+                    name: name.clone(),
+                    ip,
+                    pod_cidr,
+                },
+            );
+        }
+        let mut pods = Vec::new();
+        for ((ns, name), p) in &m.pods {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let ip = p.status.as_ref().and_then(|s| {
+                s.pod_ip
+                    .as_deref()
+                    .into_iter()
+                    .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
+                    .find_map(|i| i.parse::<Ipv4Addr>().ok())
+            });
+            let (Some(node), Some(ip)) = (node, ip) else {
+                // Not scheduled or not running yet: nothing to route.
+                continue;
+            };
+            let empty = BTreeMap::new();
+            let ns_labels = m
+                .namespaces
+                .get(ns)
+                .and_then(|n| n.metadata.labels.as_ref())
+                .unwrap_or(&empty);
+            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels);
+            pods.push((ns.clone(), name.clone(), node, ip, labels));
+        }
+        v.identities = IdentityAllocator::from_sets(pods.iter().map(|p| &p.4));
+        for (ns, name, node, ip, labels) in pods {
+            let identity = v.identities.get(&labels).unwrap_or(Identity::INIT);
+            v.pods.insert(
+                (ns.clone(), name.clone()),
+                PodView {
+                    namespace: ns,
+                    name,
+                    node,
+                    ip,
+                    labels,
+                    identity,
+                },
+            );
+        }
+        v
+    }
+
+    /// The pods on `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodView> + 'a {
+        self.pods.values().filter(move |p| p.node == node)
+    }
+
+    /// The ipcache as node `me` sees it: pods (with the node to tunnel to when remote), nodes
+    /// (`host` for itself, `remote-node` for the others), and `world` for everything else.
+    pub fn ipcache(&self, me: &str) -> IpCache {
+        let mut c = IpCache::default();
+        let host32 = |ip: Ipv4Addr| Ipv4Net::new(ip, 32).expect("/32 is valid");
+        c.insert(
+            Ipv4Net::default(),
+            IpCacheEntry {
+                identity: Identity::WORLD,
+                tunnel: None,
+            },
+        );
+        for n in self.nodes.values() {
+            let identity = if n.name == me {
+                Identity::HOST
+            } else {
+                Identity::REMOTE_NODE
+            };
+            c.insert(
+                host32(n.ip),
+                IpCacheEntry {
+                    identity,
+                    tunnel: None,
+                },
+            );
+        }
+        for p in self.pods.values() {
+            let tunnel = if p.node == me {
+                None
+            } else {
+                self.nodes.get(&p.node).map(|n| n.ip)
+            };
+            c.insert(
+                host32(p.ip),
+                IpCacheEntry {
+                    identity: p.identity,
+                    tunnel,
+                },
+            );
+        }
+        c
+    }
+
+    /// Identities a VNI may carry: the reserved ones that are sent (host, remote-node, …) and
+    /// every pod identity.
+    pub fn vni_identities(&self) -> impl Iterator<Item = u32> + '_ {
+        Identity::RESERVED
+            .iter()
+            .map(|(i, _)| i.0)
+            .filter(|i| *i != 0)
+            .chain(self.identities.iter().map(|(i, _)| i.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::load_text;
+
+    const TEXT: &str = "\
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.100.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.100.12}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default, labels: {app: web}}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default, labels: {app: web}}
+spec: {nodeName: node-2, containers: []}
+status: {podIPs: [{ip: 10.244.2.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: default}
+spec: {containers: []}
+";
+
+    fn view() -> ClusterView {
+        let mut m = Manifests::default();
+        load_text(&mut m, TEXT, std::path::Path::new("t.yaml"));
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        ClusterView::from_manifests(&m)
+    }
+
+    #[test]
+    fn nodes_pods_and_identities() {
+        let v = view();
+        assert_eq!(v.nodes.len(), 2);
+        assert_eq!(v.pods.len(), 2, "the pending pod has no address");
+        let a = &v.pods[&("default".into(), "a".into())];
+        let b = &v.pods[&("default".into(), "b".into())];
+        assert_eq!(a.identity, b.identity, "same labels, same identity");
+        assert!(!a.identity.is_reserved());
+        assert_eq!(v.pods_on("node-2").count(), 1);
+    }
+
+    #[test]
+    fn ipcache_from_one_nodes_view() {
+        let v = view();
+        let c = v.ipcache("node-1");
+        let l = |s: &str| *c.lookup(u32::from(s.parse::<Ipv4Addr>().unwrap())).unwrap();
+        assert_eq!(
+            l("10.244.2.10").tunnel,
+            Some("192.168.100.12".parse().unwrap())
+        );
+        assert_eq!(l("10.244.1.10").tunnel, None);
+        assert_eq!(l("192.168.100.11").identity, Identity::HOST);
+        assert_eq!(l("192.168.100.12").identity, Identity::REMOTE_NODE);
+        assert_eq!(l("8.8.8.8").identity, Identity::WORLD);
+        let ids: Vec<u32> = v.vni_identities().collect();
+        assert!(
+            ids.contains(&6)
+                && ids.contains(&v.pods.values().next().unwrap().identity.0)
+                && !ids.contains(&0)
+        );
+    }
+
+    #[test]
+    fn conventions() {
+        let n = pod_ifname("default", "a");
+        assert!(n.len() <= 15 && n.starts_with("lxc"));
+        assert_ne!(n, pod_ifname("default", "b"));
+        assert_eq!(
+            pod_mac("10.244.1.10".parse().unwrap()),
+            [0x0a, 0x58, 10, 244, 1, 10]
+        );
+        assert_eq!(
+            gateway("10.244.1.0/24".parse().unwrap()),
+            "10.244.1.1".parse::<Ipv4Addr>().unwrap()
+        );
+    }
+}

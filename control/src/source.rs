@@ -1,0 +1,297 @@
+//! The file-backed source: a directory of standard Kubernetes YAML, as `kubectl apply -f DIR`
+//! would take it. Any file names (`*.yaml`, `*.yml`, `*.json`), several documents per file, and
+//! `kind: List` all work. Objects are read into the same k8s-openapi types the Kubernetes source
+//! uses, so everything after this point is one code path.
+//!
+//! A malformed document is reported with its file and line, and the rest still loads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use serde_yaml::Value;
+
+/// Everything read from a directory.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Pods by (namespace, name).
+    pub pods: BTreeMap<(String, String), Pod>,
+    /// Objects of other kinds (later issues read them), with where they came from.
+    pub others: Vec<Other>,
+    /// One line per problem: `path:line: message`.
+    pub errors: Vec<String>,
+}
+
+/// An object of a kind this source does not interpret (yet).
+#[derive(Debug, Clone)]
+pub struct Other {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// The object as written.
+    pub value: Value,
+    /// `path:line` of its document.
+    pub origin: String,
+}
+
+/// Reads every manifest file under `dir` (not recursive), in name order.
+pub fn load_dir(dir: &Path) -> Manifests {
+    let mut m = Manifests::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+            })
+            .collect(),
+        Err(e) => {
+            m.errors.push(format!("{}: {e}", dir.display()));
+            return m;
+        }
+    };
+    files.sort();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => load_text(&mut m, &text, &f),
+            Err(e) => m.errors.push(format!("{}: {e}", f.display())),
+        }
+    }
+    m
+}
+
+/// Splits a YAML stream into documents with the line each starts on (1-based).
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            docs.push((start, std::mem::take(&mut cur)));
+            start = i + 2;
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    docs.push((start, cur));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Adds the objects of one file's text.
+pub fn load_text(m: &mut Manifests, text: &str, path: &Path) {
+    for (line0, doc) in documents(text) {
+        let v: Value = match serde_yaml::from_str(&doc) {
+            Ok(v) => v,
+            Err(e) => {
+                let line = e.location().map(|l| line0 + l.line() - 1).unwrap_or(line0);
+                let msg = shift_lines(first_line(&e.to_string()), line0 - 1);
+                m.errors.push(format!("{}:{line}: {msg}", path.display()));
+                continue;
+            }
+        };
+        let origin = format!("{}:{line0}", path.display());
+        add_object(m, v, &origin);
+    }
+}
+
+/// Rewrites serde_yaml's document-relative "line N" into file lines.
+fn shift_lines(msg: &str, by: usize) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn add_object(m: &mut Manifests, v: Value, origin: &str) {
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let api_version = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if kind.is_empty() {
+        m.errors.push(format!("{origin}: document has no kind"));
+        return;
+    }
+    if kind == "List" || kind.ends_with("List") && v.get("items").is_some() {
+        match v.get("items").and_then(Value::as_sequence) {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    add_object(m, item.clone(), &format!("{origin} (items[{i}])"));
+                }
+            }
+            None => m.errors.push(format!("{origin}: {kind} without items")),
+        }
+        return;
+    }
+    let bad = |m: &mut Manifests, e: serde_yaml::Error| {
+        m.errors
+            .push(format!("{origin}: {kind}: {}", first_line(&e.to_string())));
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => match serde_yaml::from_value::<Namespace>(v) {
+            Ok(o) => match o.metadata.name.clone() {
+                Some(n) => {
+                    m.namespaces.insert(n, o);
+                }
+                None => m
+                    .errors
+                    .push(format!("{origin}: Namespace without metadata.name")),
+            },
+            Err(e) => bad(m, e),
+        },
+        ("v1", "Node") => match serde_yaml::from_value::<Node>(v) {
+            Ok(o) => match o.metadata.name.clone() {
+                Some(n) => {
+                    m.nodes.insert(n, o);
+                }
+                None => m
+                    .errors
+                    .push(format!("{origin}: Node without metadata.name")),
+            },
+            Err(e) => bad(m, e),
+        },
+        ("v1", "Pod") => match serde_yaml::from_value::<Pod>(v) {
+            Ok(o) => match o.metadata.name.clone() {
+                Some(n) => {
+                    let ns = o
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into());
+                    m.pods.insert((ns, n), o);
+                }
+                None => m
+                    .errors
+                    .push(format!("{origin}: Pod without metadata.name")),
+            },
+            Err(e) => bad(m, e),
+        },
+        _ => m.others.push(Other {
+            api_version,
+            kind,
+            value: v,
+            origin: origin.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_lists_and_errors_with_lines() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: red}}
+---
+# a pod
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Node
+    metadata: {name: node-1}
+    spec: {podCIDR: 10.244.1.0/24}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: b}
+    spec: {containers: [{name: c, image: i, ports: [{containerPort: 80, name: http}]}]}
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: c}
+    spec: {containers: 7}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+";
+        let mut m = Manifests::default();
+        load_text(&mut m, text, Path::new("dir/f.yaml"));
+        assert_eq!(m.namespaces.len(), 1);
+        assert_eq!(m.nodes.len(), 1);
+        assert_eq!(m.pods.len(), 2, "{:?}", m.errors);
+        assert!(m.pods.contains_key(&("default".into(), "b".into())));
+        assert_eq!(m.others.len(), 1);
+        assert_eq!(m.others[0].kind, "CiliumNetworkPolicy");
+        assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+        assert!(m.errors[0].starts_with("dir/f.yaml:15:"), "{}", m.errors[0]);
+        assert!(
+            m.errors[0].contains("flow mapping at line 14"),
+            "{}",
+            m.errors[0]
+        );
+        assert!(
+            m.errors[1].contains("dir/f.yaml:16 (items[2])") && m.errors[1].contains("Pod"),
+            "{}",
+            m.errors[1]
+        );
+    }
+
+    #[test]
+    fn a_directory_of_files() {
+        let dir = std::env::temp_dir().join(format!("vireo-src-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("a.yml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("b.json"),
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"z"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("c.yaml"), "kind: [\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        let m = load_dir(&dir);
+        assert_eq!((m.nodes.len(), m.namespaces.len()), (1, 1));
+        assert_eq!(m.errors.len(), 1);
+        assert!(m.errors[0].contains("c.yaml:"), "{:?}", m.errors);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,60 @@
+//! Stage `vxlan_decap`: checks a VXLAN packet from the uplink and strips its outer headers by
+//! moving the frame's start (no copy). The sender's security identity comes from the VNI, as in
+//! Cilium. Only packets from known nodes, with a known identity and a whole inner IPv4 frame,
+//! go on; the inner packet is then delivered like any other (and never re-encapsulated).
+
+use super::{parse, Batch, Frames, Kind, Verdict};
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::Tables;
+use crate::wire::{VxlanError, VxlanPacket, ETH_HLEN, VXLAN_INNER};
+
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
+    for d in batch.descs_mut() {
+        if !matches!(d.verdict, Verdict::Continue(Kind::Vxlan { .. })) {
+            continue;
+        }
+        let Some(buf) = frames.frame(d.addr, d.len) else {
+            d.verdict = Verdict::Drop(DropReason::TruncatedEthernet);
+            continue;
+        };
+        match decap(buf, t) {
+            Ok((vni, inner_len)) => {
+                d.addr += VXLAN_INNER as u64;
+                d.len = inner_len as u32;
+                d.src_identity = vni;
+                d.from_tunnel = true;
+                d.verdict = Verdict::Continue(Kind::Ipv4 {
+                    l3: ETH_HLEN as u16,
+                });
+            }
+            Err(r) => d.verdict = Verdict::Drop(r),
+        }
+    }
+}
+
+/// The VNI and inner frame length of a valid packet.
+fn decap(buf: &[u8], t: &Tables) -> Result<(u32, usize), DropReason> {
+    let pkt = VxlanPacket::new_checked(buf).map_err(|e| match e {
+        VxlanError::Short | VxlanError::Flags => DropReason::VxlanMalformed,
+        VxlanError::TruncatedInner => DropReason::VxlanTruncatedInner,
+    })?;
+    let inner_len = pkt.inner_len();
+    if buf.len() < VXLAN_INNER + inner_len {
+        return Err(DropReason::VxlanTruncatedInner);
+    }
+    if !t.nodes.contains_key(&pkt.src_ip()) {
+        return Err(DropReason::VxlanUnknownNode);
+    }
+    let vni = pkt.vni();
+    if !t.identities.contains(&vni) {
+        return Err(DropReason::VxlanUnknownIdentity);
+    }
+    match parse::classify(&buf[VXLAN_INNER..VXLAN_INNER + inner_len]) {
+        Verdict::Continue(Kind::Ipv4 { .. }) => Ok((vni, inner_len)),
+        Verdict::Drop(
+            DropReason::TruncatedEthernet | DropReason::TruncatedIp | DropReason::BadTotalLength,
+        ) => Err(DropReason::VxlanTruncatedInner),
+        Verdict::Drop(r) => Err(r),
+        _ => Err(DropReason::UnsupportedEthertype),
+    }
+}

@@ -1,0 +1,173 @@
+//! The sandbox cluster and `vireo connectivity test` (root only): every basic path works across
+//! two nodes, bad VXLAN is a counted drop, and `sandbox down` leaves nothing behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A sandbox with a name of its own, always torn down.
+struct Sandbox(String);
+
+impl Sandbox {
+    fn up() -> Sandbox {
+        let name = format!("vo{}", std::process::id() % 100000);
+        let s = Sandbox(name);
+        let o = s.vireo(&["sandbox", "up"]);
+        assert!(
+            o.status.success(),
+            "sandbox up: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        s
+    }
+    /// Runs vireo against this sandbox (named through VIREO_SANDBOX, so that arguments after
+    /// `--` stay the command's own).
+    fn vireo(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(VIREO)
+            .args(args)
+            .env("VIREO_SANDBOX", &self.0)
+            .output()
+            .expect("running vireo")
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let o = self.vireo(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).expect("JSON")
+    }
+    fn netns(&self) -> Vec<String> {
+        let l = must(&["ip", "netns", "list"]);
+        l.lines()
+            .filter_map(|x| x.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.0)))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.vireo(&["sandbox", "down"]);
+    }
+}
+
+fn drops(s: &Sandbox, node: &str) -> Value {
+    s.json(&["status", "--json", "--node", node])["counters"]["drops"].clone()
+}
+
+#[test]
+fn sandbox_connectivity_and_bad_vxlan() {
+    if !can_run() {
+        return;
+    }
+    let s = Sandbox::up();
+    let st = s.json(&["sandbox", "status", "--json"]);
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(st["pods"].as_array().unwrap().len(), 6);
+
+    // The connectivity table, as CI and users see it.
+    let o = s.vireo(&["connectivity", "test", "--json"]);
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    let failed: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] != true)
+        .collect();
+    assert!(failed.is_empty(), "failed checks: {failed:#?}");
+    assert_eq!(report["failed"], 0);
+    assert!(report["passed"].as_u64().unwrap() >= 8);
+    assert!(o.status.success());
+
+    // Bad VXLAN from node-2 (a known node) and from an address that is no node.
+    let n2 = format!("{}-node-2", s.0);
+    let ep = s.json(&["map", "get", "endpoints", "--json", "--node", "node-2"]);
+    let vni = ep[0]["identity"].as_u64().unwrap().to_string();
+    let pod_on_1 = s.json(&["sandbox", "status", "--json"])["pods"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = drops(&s, "node-1");
+    let script = helper("vxlan_inject.py");
+    let inject = |bind: &str, kinds: &str| {
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &n2,
+            "python3",
+            script.to_str().unwrap(),
+            bind,
+            "192.168.100.11",
+            "8472",
+            &vni,
+            &pod_on_1,
+            "10",
+            kinds,
+        ]);
+    };
+    inject("192.168.100.12", "short,flags,unknown_vni,truncated_inner");
+    must(&[
+        "ip",
+        "-n",
+        &n2,
+        "addr",
+        "add",
+        "192.168.100.99/24",
+        "dev",
+        "eth0",
+    ]);
+    inject("192.168.100.99", "valid");
+    let want = [
+        ("vxlan_malformed", 20),
+        ("vxlan_unknown_identity", 10),
+        ("vxlan_truncated_inner", 10),
+        ("vxlan_unknown_node", 10),
+    ];
+    let t = Instant::now();
+    loop {
+        let after = drops(&s, "node-1");
+        let got: Vec<u64> = want
+            .iter()
+            .map(|(r, _)| after[r].as_u64().unwrap() - before[r].as_u64().unwrap())
+            .collect();
+        if want.iter().zip(&got).all(|((_, w), g)| g == w) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "drops {want:?}: got {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The node took no harm.
+    let o = s.vireo(&[
+        "sandbox",
+        "exec",
+        "default/node-1-pod-1",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "10.244.2.10",
+    ]);
+    assert!(o.status.success(), "cross-node ping after bad VXLAN");
+
+    // Down deletes exactly what up made.
+    assert!(!s.netns().is_empty());
+    let o = s.vireo(&["sandbox", "down"]);
+    assert!(o.status.success());
+    assert!(s.netns().is_empty(), "left behind: {:?}", s.netns());
+}
