@@ -87,6 +87,50 @@ fn sandbox_connectivity_and_bad_vxlan() {
     assert!(report["passed"].as_u64().unwrap() >= 8);
     assert!(o.status.success());
 
+    // Apply: a new pod on node-2 is realised and reachable across nodes; a malformed document
+    // beside it is reported with its file and line, and does not stop the rest.
+    let dir = std::env::temp_dir().join(format!("{}-apply", s.0));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("late.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: default, labels: {app: late}}\n\
+         spec: {nodeName: node-2, containers: [{name: c, image: i}]}\n---\nkind: Pod\nmetadata: {name: [\n",
+    )
+    .unwrap();
+    let o = s.vireo(&["sandbox", "apply", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "apply: {err}");
+    // The second document spans lines 6-8; the parser names the line where it gave up.
+    assert!(
+        ["late.yaml:6:", "late.yaml:7:", "late.yaml:8:"]
+            .iter()
+            .any(|l| err.contains(l)),
+        "malformed document not reported with its file and line: {err}"
+    );
+    let late = s.json(&["sandbox", "status", "--json"])["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"] == "default/late")
+        .map(|p| p["ip"].as_str().unwrap().to_string())
+        .expect("pod late realised");
+    let o = s.vireo(&[
+        "sandbox",
+        "exec",
+        "default/node-1-pod-1",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &late,
+    ]);
+    assert!(o.status.success(), "node-1-pod-1 -> late ({late})");
+    let _ = std::fs::remove_dir_all(&dir);
+
     // Bad VXLAN from node-2 (a known node) and from an address that is no node.
     let n2 = format!("{}-node-2", s.0);
     let ep = s.json(&["map", "get", "endpoints", "--json", "--node", "node-2"]);

@@ -21,9 +21,18 @@
 //!   configured.
 //!
 //! Each run warms up for 1 s, then the sink's and the generator's counters are sampled N s
-//! apart. Everything made is removed on exit: by guards on return and error, by a panic hook
-//! (release builds abort on panic, which runs no destructors), and on SIGINT/SIGTERM, which
-//! make every wait return an error.
+//! apart. `--rounds R` interleaves R (xconnect, agent) pairs and reports medians.
+//!
+//! Other work on the two cores lowers every figure, so each run also records how long the
+//! generator and the forwarder thread waited on a run queue (`/proc/…/schedstat`); a run that
+//! waited 2% of its window or more is marked, and rounds with such a run are left out of the
+//! result when clean rounds exist. Besides rates, each run reports the forwarder thread's CPU
+//! time per delivered frame and its average RX batch (a forwarder that keeps up sees small
+//! batches; one at its limit sees full ones of 64).
+//!
+//! Everything made is removed on exit: by guards on return and error, by a panic hook (release
+//! builds abort on panic, which runs no destructors), and on SIGINT/SIGTERM, which make every
+//! wait return an error.
 
 use std::fs::File;
 use std::io::Read;
@@ -448,7 +457,7 @@ fn table(opts: &Opts, base: &[Rate], agent: &[Rate], sel: &Selection, ratio: f64
     if kept_up(base) && kept_up(agent) {
         let _ = writeln!(
             o,
-            "note: both forwarders kept up with the generator (small RX batches, >=97% delivered): the generator's core is the limit, so this ratio compares rates at the offered load, not forwarder capacities"
+            "note: both forwarders kept up with the generator (small RX batches, >=97% delivered): the generator's core, which also carries hA's receive path, is the limit, so the ratio compares rates at the offered load rather than forwarder capacities; FWD ns/pkt compares their cost per frame"
         );
     }
     o
