@@ -285,7 +285,13 @@ impl Worker {
                 if self.busy_poll {
                     std::hint::spin_loop();
                 } else {
-                    sys::poll_readable(&mut self.pollfds, 10);
+                    // Frames still waiting on a TX ring (a refused kick): come back soon.
+                    let waiting = self
+                        .ports
+                        .iter()
+                        .flatten()
+                        .any(|rt| rt.port.tx_pending() > 0);
+                    sys::poll_readable(&mut self.pollfds, if waiting { 1 } else { 10 });
                 }
             }
         }
@@ -383,24 +389,25 @@ impl Worker {
         n
     }
 
-    /// Moves gathered TX descriptors onto their rings.
+    /// Moves gathered TX descriptors onto their rings, one commit per ring.
     fn flush_pending(&mut self) {
         for &p in &self.dirty {
             let Some(rt) = self.ports[p].as_mut() else {
                 continue;
             };
-            for &(addr, len) in &rt.pending {
+            let sent = rt.port.push_tx_batch(&rt.pending);
+            for (k, &(addr, _)) in rt.pending.iter().enumerate() {
                 let i = (addr >> self.frame_shift) as usize;
-                if rt.port.push_tx(addr, len) {
+                if k < sent {
                     self.owner[i] = tag_tx(p);
-                    rt.tx_outstanding += 1;
-                    self.counts.tx += 1;
                 } else {
                     self.counts.drop(DropReason::TxRingFull);
                     self.owner[i] = FREE;
-                    self.free.push(addr & !((1u64 << self.frame_shift) - 1));
+                    self.free.push((i as u64) << self.frame_shift);
                 }
             }
+            rt.tx_outstanding += sent as u32;
+            self.counts.tx += sent as u64;
             rt.pending.clear();
         }
     }

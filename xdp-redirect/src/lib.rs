@@ -201,7 +201,7 @@ impl Steering {
         self.skel
             .maps
             .ifaces
-            .update(&ifindex.to_ne_bytes(), cfg.as_bytes(), MapFlags::ANY)
+            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
             .map_err(map_err("ifaces"))?;
         // Fresh counters for a reused slot.
         self.reset_counters(slot)?;
@@ -326,12 +326,15 @@ struct IfCfg {
 }
 
 impl IfCfg {
-    fn as_bytes(&self) -> &[u8] {
-        // Plain-old-data with explicit padding fields: every byte is initialised.
-        let p = self as *const IfCfg as *const u8;
-        // SAFETY: `p` points at a live, fully initialised `IfCfg` of `size_of::<IfCfg>()` bytes,
-        // and the returned slice borrows `self`.
-        unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<IfCfg>()) }
+    /// The bytes of `struct vireo_if_cfg`, in the machine's byte order.
+    fn as_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.role.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.vxlan_port.to_ne_bytes());
+        b[10..12].copy_from_slice(&self.pad.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.pad2.to_ne_bytes());
+        b
     }
 }
 

@@ -146,26 +146,38 @@ impl Port {
 
     /// Wakes the kernel to send what the TX ring holds; copy mode sends at most 32 frames a
     /// call, so this repeats while frames remain, a bounded number of times.
+    /// Stops early when a wakeup moved nothing (the device pushes back): the frames stay on
+    /// the ring for the next kick.
     pub(crate) fn kick_tx(&mut self) {
         for _ in 0..8 {
-            if self.tx.pending() == 0 || !self.tx.needs_wakeup() {
+            let before = self.tx.pending();
+            if before == 0 || !self.tx.needs_wakeup() {
                 break;
             }
             self.tx.wake();
+            if self.tx.pending() >= before {
+                break;
+            }
         }
     }
 
-    /// Adds one frame to the TX ring; false when the ring is full.
+    /// Frames on the TX ring the kernel has not taken yet.
+    pub(crate) fn tx_pending(&self) -> u32 {
+        self.tx.pending()
+    }
+
+    /// Puts frames on the TX ring with one commit; returns how many fit (the rest stay with the
+    /// caller).
     #[inline]
-    pub(crate) fn push_tx(&mut self, addr: u64, len: u32) -> bool {
-        let mut w = self.tx.transmit(1);
-        let ok = w.insert_once(XdpDesc {
+    pub(crate) fn push_tx_batch(&mut self, frames: &[(u64, u32)]) -> usize {
+        let mut w = self.tx.transmit(frames.len() as u32);
+        let n = w.insert(frames.iter().map(|&(addr, len)| XdpDesc {
             addr,
             len,
             options: 0,
-        });
+        }));
         w.commit();
-        ok
+        n as usize
     }
 }
 

@@ -133,6 +133,43 @@ pub fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) -> usize {
     rc.max(0) as usize
 }
 
+/// Moves the calling thread into the network namespace open as `ns` (a /run/netns file).
+pub fn setns_net(ns: &std::fs::File) -> Result<(), IoError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns reads only its arguments: an fd that `ns` keeps open across the call, and a
+    // flag. It switches the calling thread's network namespace and touches no memory of ours.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(IoError::sys("setns", last_errno()));
+    }
+    Ok(())
+}
+
+/// Sends `sig` to process `pid` (a child of ours, not yet reaped).
+pub fn signal(pid: u32, sig: i32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory-safety preconditions; it only names a process and a signal.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Makes the child that `cmd` starts receive `sig` when the thread that started it exits
+/// (PR_SET_PDEATHSIG, which survives `ip netns exec`'s exec: no set-uid is involved).
+pub fn signal_child_on_parent_death(cmd: &mut std::process::Command, sig: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub(crate) fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }

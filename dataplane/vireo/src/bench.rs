@@ -36,8 +36,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -280,14 +278,26 @@ pub fn run(opts: &Opts) -> Result<()> {
             .zip(&agent)
             .flat_map(|(x, y)| [round3(x.offered / 1e6), round3(y.offered / 1e6)])
             .collect();
-        let v = json!({
-            "seconds": opts.seconds,
-            "baseline_mpps": round3(b / 1e6),
-            "agent_mpps": round3(a / 1e6),
-            "ratio": round3(ratio),
-            "generator_mpps": gens,
-        });
-        println!("{v}");
+        /// The `--json` line, fields in this order.
+        #[derive(serde::Serialize)]
+        struct Out {
+            seconds: u64,
+            baseline_mpps: f64,
+            agent_mpps: f64,
+            ratio: f64,
+            generator_mpps: Vec<f64>,
+        }
+        let out = Out {
+            seconds: opts.seconds,
+            baseline_mpps: round3(b / 1e6),
+            agent_mpps: round3(a / 1e6),
+            ratio: round3(ratio),
+            generator_mpps: gens,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+        if sel.all && base.iter().chain(&agent).any(Rate::contended) {
+            eprintln!("vireo bench: warning: other tasks kept the generator or the forwarder off its core in every round; the figures are low");
+        }
     } else {
         let mut o = table(opts, &base, &agent, &sel, ratio);
         o.push_str(&xdetail);
@@ -864,17 +874,8 @@ impl AgentProc {
             .stdin(Stdio::null())
             .stdout(log_f.try_clone()?)
             .stderr(log_f);
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-        // is async-signal-safe. PR_SET_PDEATHSIG survives `ip netns exec`'s exec of the agent
-        // (no set-uid), so the agent gets SIGTERM and detaches if this thread dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The agent gets SIGTERM and detaches if this thread dies.
+        vireo_dataplane::io::sys::signal_child_on_parent_death(&mut cmd, libc::SIGTERM);
         let child = cmd
             .spawn()
             .context("starting `ip netns exec … vireo agent`")?;
@@ -961,12 +962,7 @@ impl Drop for AgentProc {
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill has no memory-safety preconditions; `pid` is a child of ours that has not
-    // been reaped (callers check with try_wait first), so it names no other process.
-    unsafe { libc::kill(pid, sig) };
+    vireo_dataplane::io::sys::signal(pid, sig);
 }
 
 /// Counts frames arriving at pod B's eth0: the steering program, role Pod, no socket.
@@ -1007,13 +1003,7 @@ fn enter_netns(name: &str) -> Result<()> {
 }
 
 fn setns(f: &File) -> Result<()> {
-    // SAFETY: setns reads only its arguments: an fd that `f` keeps open across the call, and a
-    // flag. It switches the calling thread's network namespace and touches no memory of ours.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    Ok(vireo_dataplane::io::sys::setns_net(f)?)
 }
 
 /// Runs `f` with the calling thread in network namespace `name`, then moves it back.
