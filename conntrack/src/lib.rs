@@ -1,5 +1,19 @@
 //! Connection tracking for Vireo's fast path: a lock-free table of flows with TCP state,
 //! lifetimes, garbage collection and NAT records.
 //!
-//! The table arrives with the connection-tracking issue; until then the pipeline's conntrack
-//! stage is not in the stage list (`vireo_dataplane::pipeline::STAGES`).
+//! - [`table`]: the table (fixed capacity, allocated once; lookups lock-free);
+//! - [`state`]: the TCP state machine, UDP/ICMP pseudo-states, lifetimes;
+//! - [`clock`]: the injectable clock lifetimes are measured with;
+//! - [`gc`]: the background thread that reaps expired entries a slice at a time.
+
+pub mod clock;
+pub mod gc;
+pub mod state;
+pub mod table;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use state::{Lifetimes, State};
+pub use table::{Config, Dir, Entry, Full, Handle, Key, Nat, NewEntry, Table};
+
+#[cfg(test)]
+mod tests;
