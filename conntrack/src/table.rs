@@ -37,6 +37,12 @@ const USED: u64 = 2;
 const STATE_MASK: u64 = 3;
 const VERSION_STEP: u64 = 4;
 
+/// The version word `steps` versions after `m`, in slot state `state`.
+#[inline]
+fn bump(m: u64, steps: u64, state: u64) -> u64 {
+    ((m & !STATE_MASK) + steps * VERSION_STEP) | state
+}
+
 /// Entry flags.
 pub mod flags {
     /// The responder has sent.
@@ -427,8 +433,7 @@ impl Table {
                 let i = b * LANES + lane;
                 let s = &self.slots[i];
                 let m = s.meta.load(Ordering::Acquire);
-                s.meta
-                    .store((m & !STATE_MASK) + VERSION_STEP | BUSY, Ordering::Relaxed);
+                s.meta.store(bump(m, 1, BUSY), Ordering::Relaxed);
                 fence(Ordering::Release);
                 return Some(i);
             }
@@ -440,12 +445,7 @@ impl Table {
         m & STATE_MASK == USED
             && self.slots[i]
                 .meta
-                .compare_exchange(
-                    m,
-                    (m & !STATE_MASK) + VERSION_STEP | BUSY,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
+                .compare_exchange(m, bump(m, 1, BUSY), Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
     }
 
@@ -516,8 +516,7 @@ impl Table {
         );
         s.packets.store(1, Ordering::Relaxed);
         s.bytes.store(u64::from(e.bytes), Ordering::Relaxed);
-        s.meta
-            .store((m & !STATE_MASK) + VERSION_STEP | USED, Ordering::Release);
+        s.meta.store(bump(m, 1, USED), Ordering::Release);
     }
 
     /// Removes `k`'s entry, expired or not. Returns whether there was one.
@@ -539,10 +538,7 @@ impl Table {
             return false;
         }
         let s = &self.slots[i];
-        s.meta.store(
-            (m & !STATE_MASK) + 2 * VERSION_STEP | EMPTY,
-            Ordering::Release,
-        );
+        s.meta.store(bump(m, 2, EMPTY), Ordering::Release);
         self.set_tag(i / LANES, i % LANES, 0);
         self.counts[class(key.proto)].fetch_sub(1, Ordering::AcqRel);
         true
