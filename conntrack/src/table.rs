@@ -118,12 +118,16 @@ impl Key {
         }
     }
 
+    /// splitmix64's finaliser over both words: every key bit reaches every hash bit, so keys
+    /// that differ only in a port (a SYN flood) spread over all buckets.
     fn hash(&self) -> u64 {
+        fn mix(mut z: u64) -> u64 {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
         let (a, b) = self.words();
-        let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.rotate_left(29);
-        h ^= h >> 32;
-        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        h ^ (h >> 29)
+        mix(a ^ mix(b))
     }
 }
 

@@ -204,3 +204,22 @@ fn two_threads_insert_lookup_delete_while_gc_runs() {
         "the collector reaped the expired UDP entries"
     );
 }
+
+#[test]
+fn keys_differing_in_one_port_fill_the_table_to_its_limit() {
+    // A SYN flood: one source, one destination, only the source port changes.
+    let (t, _) = table(4096, 1024);
+    for p in 0..4096u32 {
+        let k = Key {
+            src: 0x0af4_010b,
+            dst: 0x0af4_020a,
+            sport: 1024 + p as u16,
+            dport: 9,
+            proto: TCP,
+            dir: Dir::Egress,
+        };
+        t.insert(&k, new(State::SynSent))
+            .unwrap_or_else(|_| panic!("full at {p} of 4096"));
+    }
+    assert_eq!(t.counts().0, 4096);
+}

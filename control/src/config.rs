@@ -173,6 +173,10 @@ pub struct Config {
     /// routes to the others over VXLAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceConfig>,
+    /// Connection tracking: limits (Cilium's defaults: 1M TCP + 256k other entries) and
+    /// lifetimes in seconds (tcp_established 21600, tcp_syn 60, tcp_close 10, non_tcp 60).
+    #[serde(default)]
+    pub conntrack: vireo_conntrack::Config,
 }
 
 fn default_vxlan_port() -> u16 {
@@ -277,6 +281,32 @@ impl Config {
                 "interfaces".into(),
                 "a source needs exactly one uplink interface".into(),
             ));
+        }
+        let ct = &self.conntrack;
+        for (name, v, max) in [
+            ("max_tcp", ct.max_tcp, 1usize << 24),
+            ("max_other", ct.max_other, 1 << 24),
+        ] {
+            if !(64..=max).contains(&v) {
+                return Err(bad(
+                    format!("conntrack.{name}"),
+                    format!("{v} must be 64..={max}"),
+                ));
+            }
+        }
+        let l = &ct.lifetimes;
+        for (name, v) in [
+            ("tcp_established", l.tcp_established),
+            ("tcp_syn", l.tcp_syn),
+            ("tcp_close", l.tcp_close),
+            ("non_tcp", l.non_tcp),
+        ] {
+            if v == 0 {
+                return Err(bad(
+                    format!("conntrack.lifetimes.{name}"),
+                    "must be at least 1 second".into(),
+                ));
+            }
         }
         if self.workers.is_empty() {
             return Err(bad(

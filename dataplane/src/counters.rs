@@ -44,6 +44,8 @@ drop_reasons! {
     FragNeeded => "frag_needed", "Too big to encapsulate with DF set: answered with ICMP fragmentation needed.";
     TooBigNoDf => "too_big_no_df", "Too big to encapsulate without DF: dropped, not fragmented.";
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer headers.";
+    TcpInvalidFlags => "tcp_invalid_flags", "TCP flags no stack sends (SYN+FIN, SYN+RST, FIN without ACK, none): not tracked.";
+    CtFull => "ct_full", "A new flow with the conntrack table at its limit and nothing expired to evict.";
     NoTxPort => "no_tx_port", "The output interface has no socket on this worker.";
     TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
 }

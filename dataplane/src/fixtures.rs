@@ -151,3 +151,51 @@ pub fn arp_request_from_a(target: Ipv4Addr) -> Vec<u8> {
     .emit(&mut ArpPacket::new_unchecked(&mut buf[14..]));
     buf
 }
+
+/// A TCP segment between two addresses with `flags` (SYN 0x02, ACK 0x10, FIN 0x01, RST 0x04).
+pub fn tcp(
+    src: (Ipv4Addr, Mac),
+    dst: (Ipv4Addr, Mac),
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src.1, dst.1)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .tcp(sport, dport, 1000, 64240);
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    let mut out = Vec::with_capacity(b.size(0));
+    b.write(&mut out, &[])
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// [`two_pods`] with a conntrack table of the given limits and a clock the caller moves.
+pub fn two_pods_with_ct(
+    max_tcp: usize,
+    max_other: usize,
+) -> (Tables, std::sync::Arc<vireo_conntrack::ManualClock>) {
+    let clock = std::sync::Arc::new(vireo_conntrack::ManualClock::default());
+    let cfg = vireo_conntrack::Config {
+        max_tcp,
+        max_other,
+        ..Default::default()
+    };
+    let mut t = two_pods();
+    t.ct = Some(std::sync::Arc::new(vireo_conntrack::Table::new(
+        cfg,
+        clock.clone(),
+    )));
+    (t, clock)
+}

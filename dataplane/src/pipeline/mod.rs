@@ -6,6 +6,7 @@
 //! (`crate::worker`) turns verdicts into TX descriptors and recycled frames.
 
 mod arp;
+mod conntrack;
 mod ipv4_forward;
 mod parse;
 mod vxlan_decap;
@@ -64,6 +65,19 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// What connection tracking made of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtVerdict {
+    /// Not looked at (not IPv4 routed traffic, or no table).
+    Untracked,
+    /// The first packet of a flow: its policy verdict was taken and an entry created.
+    New,
+    /// A packet of a known flow, in the originator's direction (policy not evaluated again).
+    Established,
+    /// A packet of a known flow from the responder.
+    Reply,
+}
+
 /// One frame of a batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Desc {
@@ -77,6 +91,8 @@ pub struct Desc {
     pub src_identity: u32,
     /// Arrived through the tunnel (decapsulated): never sent back into it.
     pub from_tunnel: bool,
+    /// Conntrack's view of the packet, once the `conntrack` stage has seen it.
+    pub ct: CtVerdict,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -90,6 +106,7 @@ impl Desc {
             in_slot,
             src_identity: 0,
             from_tunnel: false,
+            ct: CtVerdict::Untracked,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -179,6 +196,7 @@ pipeline!(
     vxlan_decap,  // outer headers checked and stripped; the sender's identity from the VNI
     arp,          // answer pods' ARP requests for their gateway
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
+    conntrack,    // known flows skip policy; new ones get a policy verdict, then an entry
     vxlan_encap,  // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
 );
 

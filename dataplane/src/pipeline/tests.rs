@@ -5,14 +5,29 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress};
 
 use super::*;
 use crate::fixtures::{
-    arp_request_from_a, two_pods, udp_from_a, vxlan_from_c, GATEWAY, IDS, POD_A, POD_B, POD_C,
-    REMOTE, UPLINK,
+    arp_request_from_a, tcp, two_pods, two_pods_with_ct, udp_from_a, vxlan_from_c, GATEWAY, IDS,
+    POD_A, POD_B, POD_C, REMOTE, UPLINK,
 };
-use crate::wire::{ipv4_header_checksum, VxlanPacket, VXLAN_OVERHEAD};
+use crate::tables::Tables;
+use crate::wire::{ipv4_header_checksum, VxlanPacket, VxlanRepr, VXLAN_OVERHEAD};
 
 const FS: usize = 2048;
 /// Where a received frame starts in its chunk (the kernel's XDP headroom).
 const HEADROOM: usize = 256;
+
+/// Runs frames through the pipeline with tables `t`, each on its own slot.
+fn run_with(t: &Tables, frames_in: &[(u16, Vec<u8>)]) -> Vec<Desc> {
+    let mut mem = VecFrames::new(BATCH, FS);
+    let mut b = Batch::default();
+    for (i, (slot, f)) in frames_in.iter().enumerate() {
+        let addr = (i * FS + HEADROOM) as u64;
+        mem.write(addr, f);
+        assert!(b.push(Desc::new(addr, f.len() as u32, *slot)));
+    }
+    let mut c = BatchCounts::default();
+    run(&mut b, &mut mem, t, &mut c);
+    b.descs().to_vec()
+}
 
 /// Runs frames (all arriving on pod A's veth) through the pipeline.
 fn run_frames(frames_in: &[Vec<u8>]) -> (Vec<Verdict>, BatchCounts, VecFrames, Vec<Desc>) {
@@ -43,7 +58,14 @@ fn run_on(slot: u16, frames_in: &[Vec<u8>]) -> (Vec<Verdict>, BatchCounts, VecFr
 fn stages_are_listed_in_order() {
     assert_eq!(
         STAGES,
-        &["parse", "vxlan_decap", "arp", "ipv4_forward", "vxlan_encap"]
+        &[
+            "parse",
+            "vxlan_decap",
+            "arp",
+            "ipv4_forward",
+            "conntrack",
+            "vxlan_encap"
+        ]
     );
 }
 
@@ -281,6 +303,139 @@ fn a_pod_cannot_send_from_another_address() {
     f[14 + 12..14 + 16].copy_from_slice(&POD_B.0.octets()); // claims to be B, arrives on A's veth
     let (v, ..) = run_frames(&[f]);
     assert_eq!(v, vec![Verdict::Drop(DropReason::InvalidSource)]);
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+
+#[test]
+fn conntrack_follows_a_handshake_and_replies_skip_policy() {
+    let (t, _) = two_pods_with_ct(100, 100);
+    let a = (POD_A.0, POD_A.1);
+    let to_b = (POD_B.0, POD_A.3);
+    let to_a = (POD_A.0, POD_B.1);
+    let steps = [
+        (POD_A.2, tcp(a, to_b, 40000, 80, SYN), CtVerdict::New),
+        (
+            POD_B.2,
+            tcp((POD_B.0, POD_B.1), to_a, 80, 40000, SYN | ACK),
+            CtVerdict::Reply,
+        ),
+        (
+            POD_A.2,
+            tcp(a, to_b, 40000, 80, ACK),
+            CtVerdict::Established,
+        ),
+        (
+            POD_B.2,
+            tcp((POD_B.0, POD_B.1), to_a, 80, 40000, ACK),
+            CtVerdict::Reply,
+        ),
+    ];
+    for (slot, f, want) in steps {
+        let d = run_with(&t, &[(slot, f)]);
+        assert!(
+            matches!(d[0].verdict, Verdict::Tx { .. }),
+            "{:?}",
+            d[0].verdict
+        );
+        assert_eq!(d[0].ct, want);
+    }
+    let ct = t.ct.as_ref().unwrap();
+    let e = ct.dump(10);
+    assert_eq!(e.len(), 1, "one entry per connection");
+    assert_eq!(e[0].state, Some(vireo_conntrack::State::Established));
+    assert!(e[0].reply_seen);
+    assert_eq!(e[0].identity, IDS[0]);
+    assert_eq!(e[0].packets, 4);
+}
+
+#[test]
+fn a_reply_from_the_tunnel_matches_the_egress_flow() {
+    let (t, _) = two_pods_with_ct(100, 100);
+    let d = run_with(
+        &t,
+        &[(
+            POD_A.2,
+            tcp((POD_A.0, POD_A.1), (POD_C, POD_A.3), 40000, 443, SYN),
+        )],
+    );
+    assert_eq!(
+        (d[0].verdict, d[0].ct),
+        (Verdict::Tx { slot: UPLINK.0 }, CtVerdict::New)
+    );
+    // C answers with SYN-ACK through the tunnel.
+    let inner = tcp(
+        (POD_C, REMOTE.1),
+        (POD_A.0, UPLINK.1),
+        443,
+        40000,
+        SYN | ACK,
+    );
+    let mut f = vec![0u8; VXLAN_OVERHEAD + inner.len()];
+    f[VXLAN_OVERHEAD..].copy_from_slice(&inner);
+    VxlanRepr {
+        src_mac: REMOTE.1,
+        dst_mac: UPLINK.1,
+        src_ip: REMOTE.0.octets(),
+        dst_ip: UPLINK.2.octets(),
+        src_port: 50001,
+        dst_port: 8472,
+        vni: IDS[2],
+    }
+    .emit(&mut f, inner.len());
+    let d = run_with(&t, &[(UPLINK.0, f)]);
+    assert_eq!(
+        (d[0].verdict, d[0].ct),
+        (Verdict::Tx { slot: POD_A.2 }, CtVerdict::Reply)
+    );
+}
+
+#[test]
+fn nonsense_tcp_flags_are_dropped_untracked() {
+    let (t, _) = two_pods_with_ct(100, 100);
+    let a = (POD_A.0, POD_A.1);
+    let to_b = (POD_B.0, POD_A.3);
+    for f in [SYN | FIN, 0, FIN] {
+        let d = run_with(&t, &[(POD_A.2, tcp(a, to_b, 40001, 80, f))]);
+        assert_eq!(
+            d[0].verdict,
+            Verdict::Drop(DropReason::TcpInvalidFlags),
+            "flags {f:#x}"
+        );
+    }
+    assert_eq!(t.ct.as_ref().unwrap().counts(), (0, 0));
+}
+
+#[test]
+fn a_full_table_drops_new_flows_and_spares_known_ones() {
+    let (t, clock) = two_pods_with_ct(8, 8);
+    let a = (POD_A.0, POD_A.1);
+    let to_b = (POD_B.0, POD_A.3);
+    let est = run_with(&t, &[(POD_A.2, tcp(a, to_b, 1, 80, ACK))]);
+    assert_eq!(est[0].ct, CtVerdict::New);
+    // A SYN flood fills the table to its limit and no further.
+    let flood: Vec<(u16, Vec<u8>)> = (2..40)
+        .map(|p| (POD_A.2, tcp(a, to_b, p, 80, SYN)))
+        .collect();
+    let d = run_with(&t, &flood);
+    let full = d
+        .iter()
+        .filter(|d| d.verdict == Verdict::Drop(DropReason::CtFull))
+        .count();
+    assert_eq!(full, 38 - 7);
+    assert_eq!(t.ct.as_ref().unwrap().counts().0, 8);
+    // The established flow goes on.
+    let d = run_with(&t, &[(POD_A.2, tcp(a, to_b, 1, 80, ACK))]);
+    assert_eq!(
+        (d[0].verdict, d[0].ct),
+        (Verdict::Tx { slot: POD_B.2 }, CtVerdict::Established)
+    );
+    // Once the SYNs have expired (60 s), new flows are admitted again.
+    clock.advance(61);
+    let d = run_with(&t, &[(POD_A.2, tcp(a, to_b, 100, 80, SYN))]);
+    assert_eq!(d[0].ct, CtVerdict::New, "{:?}", d[0].verdict);
 }
 
 proptest::proptest! {

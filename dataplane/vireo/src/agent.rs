@@ -69,8 +69,21 @@ pub fn run(config_path: &Path) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let steering = Steering::load()?;
+    let ct = Arc::new(vireo_conntrack::Table::new(
+        cfg.conntrack,
+        Arc::new(vireo_conntrack::MonotonicClock::default()),
+    ));
+    tracing::info!(
+        max_tcp = cfg.conntrack.max_tcp,
+        max_other = cfg.conntrack.max_other,
+        mib = ct.memory_bytes() >> 20,
+        "conntrack table allocated"
+    );
+    // The whole table once every 5 s, in 64 slices.
+    let _gc = vireo_conntrack::gc::Gc::start(ct.clone(), Duration::from_secs(5), 64)?;
     let tables = Arc::new(TableHandle::new(Tables {
         gateways: cfg.gateway_addrs(),
+        ct: Some(ct),
         ..Default::default()
     }));
     let mut workers = Vec::new();
@@ -216,6 +229,7 @@ impl Agent {
         let new = Config::load(&self.config_path)?;
         let mut ignored = Vec::new();
         for (field, same) in [
+            ("conntrack", new.conntrack == self.cfg.conntrack),
             ("workers", new.workers == self.cfg.workers),
             ("af_xdp", new.af_xdp == self.cfg.af_xdp),
             ("api_socket", new.api_socket == self.cfg.api_socket),
@@ -540,6 +554,15 @@ impl Agent {
                 v.extend(ids.into_iter().map(|(i, l)| json!({"identity": i, "labels": l.split(';').collect::<Vec<_>>()})));
                 json!(v)
             }
+            "ct" => {
+                let ct = t.ct.as_ref().context("no conntrack table")?;
+                let (tcp, other) = ct.counts();
+                json!({
+                    "tcp": tcp, "other": other,
+                    "max_tcp": ct.config().max_tcp, "max_other": ct.config().max_other,
+                    "entries": ct.dump(10_000),
+                })
+            }
             "nodes" => json!({
                 "local": t.local.map(|l| json!({"node": self.cfg.node, "ip": l.ip.to_string(), "mtu": l.mtu, "uplink_mac": format_mac(&l.uplink_mac)})),
                 "remote": t.nodes.iter().map(|(ip, n)| json!({
@@ -547,7 +570,7 @@ impl Agent {
                     "next_hop_mac": n.next_hop_mac.map(|m| format_mac(&m)),
                 })).collect::<Vec<_>>(),
             }),
-            other => bail!("unknown map {other:?} (endpoints, ipcache, identities, nodes)"),
+            other => bail!("unknown map {other:?} (ct, endpoints, ipcache, identities, nodes)"),
         })
     }
 

@@ -107,7 +107,7 @@ enum ConnectivityCmd {
 
 #[derive(Subcommand)]
 enum MapCmd {
-    /// Print one table: endpoints, ipcache, identities or nodes.
+    /// Print one table: ct, endpoints, ipcache, identities or nodes.
     Get {
         /// The table.
         map: String,
@@ -199,6 +199,20 @@ enum EndpointCmd {
     },
 }
 
+/// Prints to stdout; a reader that went away (`vireo … | head`) ends the command quietly.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = write!(o, $($t)*).and_then(|_| o.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -219,9 +233,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Status { api, json } => {
             let v = api::call(&api.path()?, &api::Request::Status)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}\n", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", status::render(&v));
+                out!("{}", status::render(&v));
             }
             Ok(())
         }
@@ -237,12 +251,12 @@ fn run(cli: Cli) -> Result<()> {
                 endpoint: Some(EndpointConfig { ip, mac }),
             };
             let v = api::call(&api.path()?, &api::Request::EndpointAdd { interface })?;
-            println!("{v}");
+            out!("{v}\n");
             Ok(())
         }
         Cmd::Endpoint(EndpointCmd::Del { api, ifname }) => {
             let v = api::call(&api.path()?, &api::Request::EndpointDel { name: ifname })?;
-            println!("{v}");
+            out!("{v}\n");
             Ok(())
         }
         Cmd::Sandbox(c) => match c {
@@ -276,16 +290,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Map(MapCmd::Get { map, api, json }) => {
             let v = api::call(&api.path()?, &api::Request::MapGet { map: map.clone() })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}\n", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", status::render_map(&map, &v));
+                out!("{}", status::render_map(&map, &v));
             }
             Ok(())
         }
         Cmd::Probe(p) => probe::run(p),
         Cmd::Reload { api } => {
             let v = api::call(&api.path()?, &api::Request::Reload)?;
-            println!("{v}");
+            out!("{v}\n");
             Ok(())
         }
         Cmd::Bench {

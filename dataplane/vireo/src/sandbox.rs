@@ -29,6 +29,9 @@ use vireo_control::source;
 
 use crate::api;
 
+/// TCP conntrack entries per sandbox agent.
+pub const CT_MAX_TCP: usize = 4096;
+
 /// Underlay MTU; pods get 50 less (the VXLAN overhead).
 pub const UNDERLAY_MTU: u16 = 1500;
 const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
@@ -505,7 +508,10 @@ fn agent_config(st: &State, n: &NodeState) -> String {
     format!(
         "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {{manifests: {m}}}\n\
          # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{{cores: []}}]\n\
-         af_xdp: {{frames: 8192}}\ninterfaces:\n  - {{name: eth0, role: uplink}}\n",
+         af_xdp: {{frames: 8192}}\n\
+         # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
+         conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024}}\n\
+         interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),
         m = st.manifests().display()
@@ -536,28 +542,34 @@ fn start_agent(st: &mut State, i: usize) -> Result<std::process::Child> {
     Ok(child)
 }
 
-/// Waits until every agent answers, has attached its pods, and knows the MACs of the other
-/// nodes. With the agents' handles (right after starting them), an agent that dies is reported
-/// with its exit status.
+/// Waits until every agent answers, has attached its pods, knows every pod's address (its
+/// ipcache) and the MACs of the other nodes. With the agents' handles (right after starting
+/// them), an agent that dies is reported with its exit status.
 fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in &st.nodes {
         let want = st.pods.iter().filter(|p| p.node == n.name).count();
         loop {
-            let ready = api::call(
-                &n.api,
-                &api::Request::MapGet {
-                    map: "nodes".into(),
-                },
-            )
-            .ok()
-            .zip(api::call(&n.api, &api::Request::Status).ok())
-            .is_some_and(|(nodes, status)| {
-                let remote = nodes["remote"].as_array().cloned().unwrap_or_default();
-                status["endpoints"].as_array().map(Vec::len) == Some(want)
-                    && remote.len() == st.nodes.len() - 1
-                    && remote.iter().all(|r| !r["next_hop_mac"].is_null())
-            });
+            let get = |m: &str| api::call(&n.api, &api::Request::MapGet { map: m.into() }).ok();
+            let ready = get("nodes")
+                .zip(get("ipcache"))
+                .zip(api::call(&n.api, &api::Request::Status).ok())
+                .is_some_and(|((nodes, ipcache), status)| {
+                    let remote = nodes["remote"].as_array().cloned().unwrap_or_default();
+                    let known: Vec<&str> = ipcache
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["prefix"].as_str())
+                        .collect();
+                    status["endpoints"].as_array().map(Vec::len) == Some(want)
+                        && remote.len() == st.nodes.len() - 1
+                        && remote.iter().all(|r| !r["next_hop_mac"].is_null())
+                        && st
+                            .pods
+                            .iter()
+                            .all(|p| known.contains(&format!("{}/32", p.ip).as_str()))
+                });
             if ready {
                 break;
             }

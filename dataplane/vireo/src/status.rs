@@ -148,6 +148,46 @@ pub fn render_map(map: &str, v: &Value) -> String {
                 let _ = writeln!(o, "{:>9}  {labels}", s(&e["identity"]));
             }
         }
+        "ct" => {
+            let _ = writeln!(
+                o,
+                "TCP {} of {}, other {} of {}\n",
+                s(&v["tcp"]),
+                s(&v["max_tcp"]),
+                s(&v["other"]),
+                s(&v["max_other"])
+            );
+            let _ = writeln!(
+                o,
+                "{:<5} {:<8} {:<22} {:<22} {:<12} {:>7} {:>9} {:>10}  NAT",
+                "PROTO", "DIR", "SOURCE", "DESTINATION", "STATE", "EXPIRES", "IDENTITY", "PACKETS"
+            );
+            for e in rows(&v["entries"]) {
+                let proto = match e["proto"].as_u64() {
+                    Some(6) => "TCP".to_string(),
+                    Some(17) => "UDP".into(),
+                    Some(1) => "ICMP".into(),
+                    p => format!("{p:?}"),
+                };
+                let nat = if e["nat"].is_null() {
+                    "-".to_string()
+                } else {
+                    e["nat"].to_string()
+                };
+                let _ = writeln!(
+                    o,
+                    "{:<5} {:<8} {:<22} {:<22} {:<12} {:>7} {:>9} {:>10}  {nat}",
+                    proto,
+                    s(&e["dir"]),
+                    format!("{}:{}", s(&e["src"]), s(&e["sport"])),
+                    format!("{}:{}", s(&e["dst"]), s(&e["dport"])),
+                    s(&e["state"]),
+                    s(&e["expires_in"]),
+                    s(&e["identity"]),
+                    s(&e["packets"])
+                );
+            }
+        }
         "nodes" => {
             let l = &v["local"];
             let _ = writeln!(

@@ -1,0 +1,137 @@
+//! Stage `conntrack`: every routed IPv4 packet (to a local pod or into the tunnel) is matched
+//! against the connection-tracking table.
+//!
+//! - A packet of a known flow updates its entry (state, counters, lifetime) and skips policy:
+//!   policy is stateful, as in Cilium.
+//! - The first packet of a flow gets its policy verdict first (the policy issue adds the
+//!   evaluation at the marked hook; until then every flow is allowed), then an entry. A full
+//!   table drops the new flow (`ct_full`); flows already tracked are never hurt.
+//! - TCP flags no stack sends are dropped and not tracked (`tcp_invalid_flags`).
+//!
+//! Keys carry a direction, as Cilium's tuples do: `egress` for flows a local pod opened,
+//! `ingress` for flows that came through the tunnel. A reply is found by the reversed tuple:
+//! from the tunnel, a reply to one of our egress flows; from a pod, a reply to a same-node
+//! egress flow or to an ingress flow.
+
+use vireo_conntrack::state::{other_next, tcp_first, tcp_flags_invalid, tcp_next};
+use vireo_conntrack::table::{ICMP, TCP, UDP};
+use vireo_conntrack::{Dir, Full, Key, NewEntry, State, Table};
+
+use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::{IfRole, Tables};
+use crate::wire::{ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
+
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
+    let Some(ct) = t.ct.as_deref() else { return };
+    for d in batch.descs_mut() {
+        let routed = match d.verdict {
+            Verdict::Tx { slot } => t.iface(slot).is_some_and(|i| i.role == IfRole::Pod),
+            Verdict::Continue(Kind::Encap { .. }) => true,
+            _ => false,
+        };
+        if !routed {
+            continue;
+        }
+        let Some(buf) = frames.frame(d.addr, d.len) else {
+            continue;
+        };
+        if u16::from_be_bytes([buf[12], buf[13]]) != ETHERTYPE_IPV4 {
+            continue; // an ARP reply on its way back
+        }
+        match track(ct, d, buf) {
+            Ok(v) => d.ct = v,
+            Err(r) => d.verdict = Verdict::Drop(r),
+        }
+    }
+}
+
+/// A packet's L4 identity: (ports, TCP flags), or `None` when it is not tracked.
+fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    match proto {
+        TCP => {
+            if l4.len() < 20 {
+                return Err(DropReason::TruncatedIp);
+            }
+            let flags = l4[13] & 0x3f;
+            if tcp_flags_invalid(flags) {
+                return Err(DropReason::TcpInvalidFlags);
+            }
+            Ok(Some((port(0), port(2), flags)))
+        }
+        UDP => {
+            if l4.len() < 8 {
+                return Err(DropReason::TruncatedIp);
+            }
+            Ok(Some((port(0), port(2), 0)))
+        }
+        // Echo request and reply, by identifier; ICMP errors belong to the flow they quote.
+        ICMP if l4.len() >= 8 && matches!(l4[0], 0 | 8) => Ok(Some((port(4), port(4), 0))),
+        _ => Ok(None),
+    }
+}
+
+fn track(ct: &Table, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
+    let ip = &buf[ETH_HLEN..];
+    let proto = ip[9];
+    let Some((sport, dport, flags)) = l4(proto, &ip[IPV4_MIN_HLEN..])? else {
+        return Ok(CtVerdict::Untracked);
+    };
+    let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+    let dir = if d.from_tunnel {
+        Dir::Ingress
+    } else {
+        Dir::Egress
+    };
+    let key = Key {
+        src: word(12),
+        dst: word(16),
+        sport,
+        dport,
+        proto,
+        dir,
+    };
+    let next = |s: Option<State>, reply: bool| match (proto, s) {
+        (TCP, Some(s)) => tcp_next(s, reply, flags),
+        (TCP, None) => tcp_first(flags),
+        (_, s) => other_next(s.unwrap_or(State::New), reply),
+    };
+    if let Some(h) = ct.lookup(&key) {
+        h.update(next(h.state(), false), false, d.len);
+        return Ok(CtVerdict::Established);
+    }
+    let reverse: &[Dir] = if d.from_tunnel {
+        &[Dir::Egress]
+    } else {
+        &[Dir::Egress, Dir::Ingress]
+    };
+    for rd in reverse {
+        if let Some(h) = ct.lookup(&key.reversed(*rd)) {
+            h.update(next(h.state(), true), true, d.len);
+            return Ok(CtVerdict::Reply);
+        }
+    }
+    // A new flow. Policy hook: the policy issue evaluates the flow here and drops it before it
+    // gets an entry; until then every flow is allowed.
+    let first = if proto == TCP {
+        tcp_first(flags)
+    } else {
+        State::New
+    };
+    let e = NewEntry {
+        state: first,
+        identity: d.src_identity,
+        nat: None,
+        bytes: d.len,
+    };
+    match ct.insert(&key, e) {
+        Ok((_, true)) => Ok(CtVerdict::New),
+        // Another worker created it a moment ago.
+        Ok((h, false)) => {
+            h.update(next(h.state(), false), false, d.len);
+            Ok(CtVerdict::Established)
+        }
+        Err(Full) => Err(DropReason::CtFull),
+    }
+}
