@@ -31,6 +31,8 @@ pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 
 const LANES: usize = 8;
+/// Buckets an insert at the limit may sweep for expired entries (bounded work: 2048 slots).
+const SWEEP_BUCKETS: usize = 256;
 const EMPTY: u64 = 0;
 const BUSY: u64 = 1;
 const USED: u64 = 2;
@@ -241,8 +243,10 @@ pub struct Table {
     slots: Box<[Slot]>,
     tags: Box<[AtomicU64]>,
     locks: Box<[AtomicBool]>,
-    bucket_mask: usize,
+    buckets: usize,
     counts: [AtomicUsize; 2],
+    /// Where the next eviction sweep starts.
+    sweep: AtomicUsize,
     cfg: Config,
     clock: Arc<dyn Clock>,
 }
@@ -278,17 +282,19 @@ fn class(proto: u8) -> usize {
 }
 
 impl Table {
-    /// A table for `cfg`'s limits: buckets for 4/3 of them (load at most 3/4), rounded up to a
-    /// power of two.
+    /// A table for `cfg`'s limits: slots for 4/3 of them (load at most 3/4). Buckets are picked
+    /// by multiply-shift, so their number need not be a power of two and memory stays at
+    /// 4/3 × 64 bytes per entry of capacity.
     pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> Table {
         let want = (cfg.max_tcp + cfg.max_other).max(LANES) * 4 / 3;
-        let buckets = want.div_ceil(LANES).next_power_of_two();
+        let buckets = want.div_ceil(LANES).max(2);
         Table {
             slots: (0..buckets * LANES).map(|_| Slot::default()).collect(),
             tags: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             locks: (0..buckets).map(|_| AtomicBool::new(false)).collect(),
-            bucket_mask: buckets - 1,
+            buckets,
             counts: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            sweep: AtomicUsize::new(0),
             cfg,
             clock,
         }
@@ -321,12 +327,13 @@ impl Table {
     #[inline]
     fn place(&self, k: &Key) -> (usize, usize, u8) {
         let h = k.hash();
-        let b1 = h as usize & self.bucket_mask;
-        let mut b2 = (h >> 24) as usize & self.bucket_mask;
+        let range = |x: u64| ((u128::from(x) * self.buckets as u128) >> 64) as usize;
+        let b1 = range(h);
+        let mut b2 = range(h.rotate_left(32));
         if b2 == b1 {
-            b2 = (b1 + 1) & self.bucket_mask;
+            b2 = (b1 + 1) % self.buckets;
         }
-        let tag = ((h >> 56) as u8).max(1);
+        let tag = (h as u8).max(1);
         (b1, b2, tag)
     }
 
@@ -453,8 +460,43 @@ impl Table {
                 .is_ok()
     }
 
-    /// Replaces an expired entry of `k`'s buckets with `k`.
+    /// At the limit: an expired entry of `k`'s own buckets makes room; failing that, a bounded
+    /// sweep of the table (from a rotating cursor) reaps expired entries elsewhere and the
+    /// insert is tried once more. Only then is the new flow refused.
     fn evict_into(
+        &self,
+        k: &Key,
+        e: &NewEntry,
+        b1: usize,
+        b2: usize,
+        tag: u8,
+        now: u32,
+    ) -> Result<(Handle<'_>, bool), Full> {
+        if let Ok(r) = self.evict_local(k, e, b1, b2, tag, now) {
+            return Ok(r);
+        }
+        let at = self.sweep.fetch_add(SWEEP_BUCKETS, Ordering::Relaxed) % self.buckets;
+        if self.gc(at, SWEEP_BUCKETS) == 0 {
+            return Err(Full);
+        }
+        let c = class(k.proto);
+        if self.counts[c].fetch_add(1, Ordering::AcqRel) >= self.limit(c) {
+            self.counts[c].fetch_sub(1, Ordering::AcqRel);
+            return self.evict_local(k, e, b1, b2, tag, now);
+        }
+        for b in [b1, b2] {
+            if let Some(i) = self.claim_free(b, tag) {
+                let m = self.slots[i].meta.load(Ordering::Acquire);
+                self.write(i, m + VERSION_STEP, k, e, now);
+                return Ok((Handle { t: self, i }, true));
+            }
+        }
+        self.counts[c].fetch_sub(1, Ordering::AcqRel);
+        self.evict_local(k, e, b1, b2, tag, now)
+    }
+
+    /// Replaces an expired entry of `k`'s buckets with `k`.
+    fn evict_local(
         &self,
         k: &Key,
         e: &NewEntry,
@@ -550,7 +592,7 @@ impl Table {
 
     /// Number of buckets (the unit the garbage collector walks in).
     pub fn buckets(&self) -> usize {
-        self.bucket_mask + 1
+        self.buckets
     }
 
     /// Reaps expired entries of buckets `start..start + n` (wrapping). Returns how many.
@@ -558,7 +600,7 @@ impl Table {
         let now = self.now();
         let mut reaped = 0;
         for k in 0..n.min(self.buckets()) {
-            let b = (start + k) & self.bucket_mask;
+            let b = (start + k) % self.buckets;
             let t = self.tags[b].load(Ordering::Acquire);
             if t == 0 {
                 continue;

@@ -223,3 +223,22 @@ fn keys_differing_in_one_port_fill_the_table_to_its_limit() {
     }
     assert_eq!(t.counts().0, 4096);
 }
+
+#[test]
+fn at_the_limit_expired_entries_anywhere_make_room() {
+    // Expired UDP entries fill the other class; new flows mostly hash to other buckets than
+    // theirs, so they must find room through the sweep.
+    let (t, clock) = table(64, 64);
+    for i in 0..64 {
+        t.insert(&key(i, UDP), new(State::New)).unwrap();
+    }
+    clock.advance(61);
+    let mut ok = 0;
+    for i in 1000..1064 {
+        if t.insert(&key(i, UDP), new(State::New)).is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 64, "every new flow found room among the expired ones");
+    assert_eq!(t.counts().1, 64);
+}
