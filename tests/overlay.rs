@@ -42,6 +42,15 @@ impl Sandbox {
         );
         serde_json::from_slice(&o.stdout).expect("JSON")
     }
+    /// Two pings from a pod, with `wait` seconds for each reply.
+    fn ping_from(&self, pod: &str, ip: &str, wait: u32) -> bool {
+        let w = wait.to_string();
+        let args = [
+            "sandbox", "exec", pod, "--", "ping", "-c", "2", "-i", "0.2", "-W", &w, ip,
+        ];
+        self.vireo(&args).status.success()
+    }
+
     fn netns(&self) -> Vec<String> {
         let l = must(&["ip", "netns", "list"]);
         l.lines()
@@ -114,21 +123,8 @@ fn sandbox_connectivity_and_bad_vxlan() {
         .find(|p| p["pod"] == "default/late")
         .map(|p| p["ip"].as_str().unwrap().to_string())
         .expect("pod late realised");
-    let o = s.vireo(&[
-        "sandbox",
-        "exec",
-        "default/node-1-pod-1",
-        "--",
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &late,
-    ]);
-    assert!(o.status.success(), "node-1-pod-1 -> late ({late})");
+    let ok = s.ping_from("default/node-1-pod-1", &late, 2);
+    assert!(ok, "node-1-pod-1 -> late ({late})");
     let _ = std::fs::remove_dir_all(&dir);
 
     // Bad VXLAN from node-2 (a known node) and from an address that is no node.
@@ -193,21 +189,8 @@ fn sandbox_connectivity_and_bad_vxlan() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The node took no harm.
-    let o = s.vireo(&[
-        "sandbox",
-        "exec",
-        "default/node-1-pod-1",
-        "--",
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "10.244.2.10",
-    ]);
-    assert!(o.status.success(), "cross-node ping after bad VXLAN");
+    let ok = s.ping_from("default/node-1-pod-1", "10.244.2.10", 1);
+    assert!(ok, "cross-node ping after bad VXLAN");
 
     // Down deletes exactly what up made.
     assert!(!s.netns().is_empty());

@@ -397,10 +397,27 @@ impl Table {
                 return Ok((Handle { t: self, i }, true));
             }
         }
+        if let Some(h) = self.insert_free(k, &e, b1, b2, tag, now) {
+            return Ok((h, true));
+        }
+        self.evict_into(k, &e, b1, b2, tag, now)
+    }
+
+    /// Takes a free slot of `k`'s buckets (the less full first) if its protocol class is below
+    /// its limit.
+    fn insert_free(
+        &self,
+        k: &Key,
+        e: &NewEntry,
+        b1: usize,
+        b2: usize,
+        tag: u8,
+        now: u32,
+    ) -> Option<Handle<'_>> {
         let c = class(k.proto);
         if self.counts[c].fetch_add(1, Ordering::AcqRel) >= self.limit(c) {
             self.counts[c].fetch_sub(1, Ordering::AcqRel);
-            return self.evict_into(k, &e, b1, b2, tag, now);
+            return None;
         }
         let (first, second) = if self.used_lanes(b1) <= self.used_lanes(b2) {
             (b1, b2)
@@ -410,12 +427,12 @@ impl Table {
         for b in [first, second] {
             if let Some(i) = self.claim_free(b, tag) {
                 let m = self.slots[i].meta.load(Ordering::Acquire);
-                self.write(i, m + VERSION_STEP, k, &e, now);
-                return Ok((Handle { t: self, i }, true));
+                self.write(i, m + VERSION_STEP, k, e, now);
+                return Some(Handle { t: self, i });
             }
         }
         self.counts[c].fetch_sub(1, Ordering::AcqRel);
-        self.evict_into(k, &e, b1, b2, tag, now)
+        None
     }
 
     fn limit(&self, c: usize) -> usize {
@@ -479,20 +496,10 @@ impl Table {
         if self.gc(at, SWEEP_BUCKETS) == 0 {
             return Err(Full);
         }
-        let c = class(k.proto);
-        if self.counts[c].fetch_add(1, Ordering::AcqRel) >= self.limit(c) {
-            self.counts[c].fetch_sub(1, Ordering::AcqRel);
-            return self.evict_local(k, e, b1, b2, tag, now);
+        match self.insert_free(k, e, b1, b2, tag, now) {
+            Some(h) => Ok((h, true)),
+            None => self.evict_local(k, e, b1, b2, tag, now),
         }
-        for b in [b1, b2] {
-            if let Some(i) = self.claim_free(b, tag) {
-                let m = self.slots[i].meta.load(Ordering::Acquire);
-                self.write(i, m + VERSION_STEP, k, e, now);
-                return Ok((Handle { t: self, i }, true));
-            }
-        }
-        self.counts[c].fetch_sub(1, Ordering::AcqRel);
-        self.evict_local(k, e, b1, b2, tag, now)
     }
 
     /// Replaces an expired entry of `k`'s buckets with `k`.

@@ -491,19 +491,10 @@ impl Worker {
         if want == 0 {
             return;
         }
-        let mut w = rt.port.fq.fill(want);
-        let mut put = 0;
-        while put < w.capacity() {
-            let Some(addr) = self.free.pop() else { break };
-            if !w.insert_once(addr) {
-                self.free.push(addr);
-                break;
-            }
-            self.owner[(addr >> self.frame_shift) as usize] = tag_fill(p);
-            put += 1;
-        }
-        w.commit();
-        rt.in_fill += put;
+        let (owner, shift) = (&mut self.owner, self.frame_shift);
+        rt.in_fill += rt.port.refill(&mut self.free, want, |addr| {
+            owner[(addr >> shift) as usize] = tag_fill(p)
+        });
     }
 
     fn commands(&mut self) {

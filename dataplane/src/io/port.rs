@@ -161,6 +161,29 @@ impl Port {
         }
     }
 
+    /// Moves up to `want` frames from `free` into the fill ring, calling `on_put` for each;
+    /// returns how many went in.
+    pub(crate) fn refill(
+        &mut self,
+        free: &mut Vec<u64>,
+        want: u32,
+        mut on_put: impl FnMut(u64),
+    ) -> u32 {
+        let mut w = self.fq.fill(want);
+        let mut put = 0;
+        while put < w.capacity() {
+            let Some(addr) = free.pop() else { break };
+            if !w.insert_once(addr) {
+                free.push(addr);
+                break;
+            }
+            on_put(addr);
+            put += 1;
+        }
+        w.commit();
+        put
+    }
+
     /// Frames on the TX ring the kernel has not taken yet.
     pub(crate) fn tx_pending(&self) -> u32 {
         self.tx.pending()

@@ -245,17 +245,7 @@ impl Xconnect {
             if want == 0 {
                 continue;
             }
-            let mut w = port.fq.fill(want);
-            let mut put = 0;
-            while put < w.capacity() {
-                let Some(addr) = self.free.pop() else { break };
-                if !w.insert_once(addr) {
-                    self.free.push(addr);
-                    break;
-                }
-                put += 1;
-            }
-            w.commit();
+            let put = port.refill(&mut self.free, want, |_| {});
             self.in_fill[p] += put;
         }
     }
