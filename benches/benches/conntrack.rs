@@ -4,7 +4,6 @@
 //! and 2 threads, over a table pre-filled with 1M flows; then the memory each takes for 1M
 //! flows (RSS growth, printed once). Results and the choice: conntrack/README.md.
 
-use std::hash::Hash;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +84,7 @@ impl Map for Dash {
                 v.packets.fetch_add(1, Ordering::Relaxed);
                 v.bytes.fetch_add(60, Ordering::Relaxed);
                 v.expires.store(21600, Ordering::Relaxed);
+                v.state.store(State::Established as u32, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -110,6 +110,7 @@ impl Map for Papaya {
                 v.packets.fetch_add(1, Ordering::Relaxed);
                 v.bytes.fetch_add(60, Ordering::Relaxed);
                 v.expires.store(21600, Ordering::Relaxed);
+                v.state.store(State::Established as u32, Ordering::Relaxed);
                 true
             }
             None => false,
