@@ -1,4 +1,10 @@
-//! Service load balancing for Vireo's fast path: service tables and Maglev backend selection.
+//! Service load balancing for Vireo's fast path.
 //!
-//! The tables arrive with the services issue; until then the pipeline has no service stage
-//! (`vireo_dataplane::pipeline::STAGES`).
+//! - [`maglev`]: Maglev consistent hashing (NSDI'16), with weights and a seed shared by all
+//!   nodes, built off the fast path.
+//!
+//! Service tables and the pipeline's service stage arrive with the services issue.
+
+pub mod maglev;
+
+pub use maglev::{Maglev, MaglevError, PRIMES};
