@@ -34,6 +34,17 @@ struct Value {
     bytes: AtomicU64,
 }
 
+impl Value {
+    /// What the fast path does to a found flow: counters, lifetime, state.
+    fn touch(&self) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(60, Ordering::Relaxed);
+        self.expires.store(21600, Ordering::Relaxed);
+        self.state
+            .store(State::Established as u32, Ordering::Relaxed);
+    }
+}
+
 trait Map: Sync {
     fn name(&self) -> &'static str;
     /// Looks up and, on a hit, updates counters (as the fast path does).
@@ -81,10 +92,7 @@ impl Map for Dash {
     fn hit(&self, k: &Key) -> bool {
         match self.0.get(k) {
             Some(v) => {
-                v.packets.fetch_add(1, Ordering::Relaxed);
-                v.bytes.fetch_add(60, Ordering::Relaxed);
-                v.expires.store(21600, Ordering::Relaxed);
-                v.state.store(State::Established as u32, Ordering::Relaxed);
+                v.touch();
                 true
             }
             None => false,
@@ -107,10 +115,7 @@ impl Map for Papaya {
     fn hit(&self, k: &Key) -> bool {
         match self.0.pin().get(k) {
             Some(v) => {
-                v.packets.fetch_add(1, Ordering::Relaxed);
-                v.bytes.fetch_add(60, Ordering::Relaxed);
-                v.expires.store(21600, Ordering::Relaxed);
-                v.state.store(State::Established as u32, Ordering::Relaxed);
+                v.touch();
                 true
             }
             None => false,

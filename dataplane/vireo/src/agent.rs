@@ -408,7 +408,8 @@ impl Agent {
             return;
         };
         let sig = dir_signature(&src.manifests);
-        if sig != self.source_sig {
+        let reread = sig != self.source_sig;
+        if reread {
             self.source_sig = sig;
             let m = source::load_dir(&src.manifests);
             for e in &m.errors {
@@ -426,7 +427,7 @@ impl Agent {
         }
         let me = self.cfg.node.clone().unwrap_or_default();
         self.reconcile_pods(&me);
-        self.publish_overlay(&me);
+        self.publish_overlay(&me, reread);
     }
 
     /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
@@ -473,7 +474,9 @@ impl Agent {
 
     /// Publishes this node, the other nodes (with resolved next hops), the ipcache and the
     /// identities.
-    fn publish_overlay(&mut self, me: &str) {
+    /// Next hops are re-checked every time; the ipcache is rebuilt only when the manifests were
+    /// read again (`reread`), since nothing else changes it.
+    fn publish_overlay(&mut self, me: &str, reread: bool) {
         let uplink = self.ifaces.values().find(|a| a.cfg.role == Role::Uplink);
         let t = self.tables.current();
         let local = match (self.view.nodes.get(me), uplink) {
@@ -505,24 +508,23 @@ impl Agent {
         if let Some(c) = self.view.nodes.get(me).and_then(|n| n.pod_cidr) {
             gateways.push(gateway(c));
         }
-        let ipcache = self.view.ipcache(me);
+        let ipcache = reread.then(|| self.view.ipcache(me));
         let mut identities: rustc_hash::FxHashSet<u32> = self.view.vni_identities().collect();
         identities.extend(self.static_ids.iter().map(|(i, _)| i.0));
-        let same = t.local == local
+        let same = ipcache.is_none()
+            && t.local == local
             && t.nodes == nodes
             && t.gateways == gateways
-            && t.identities == identities
-            && t.ipcache.len() == ipcache.len()
-            && ipcache
-                .iter()
-                .all(|(n, e)| t.ipcache.lookup(u32::from(n.network())) == Some(e));
+            && t.identities == identities;
         if !same {
             self.tables.update(|t| {
                 t.local = local;
                 t.nodes = nodes;
                 t.gateways = gateways;
-                t.ipcache = ipcache;
                 t.identities = identities;
+                if let Some(c) = ipcache {
+                    t.ipcache = c;
+                }
             });
         }
     }
