@@ -96,6 +96,8 @@ pub struct Tables {
     /// The connection-tracking table (shared, mutable; the same one in every snapshot, so
     /// flows survive table updates and configuration reloads).
     pub ct: Option<std::sync::Arc<vireo_conntrack::Table>>,
+    /// Service frontends, backends and Maglev tables.
+    pub services: Arc<vireo_lb::ServiceTable>,
 }
 
 impl Tables {

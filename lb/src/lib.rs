@@ -1,10 +1,12 @@
 //! Service load balancing for Vireo's fast path.
 //!
-//! - [`maglev`]: Maglev consistent hashing (NSDI'16), with weights and a seed shared by all
-//!   nodes, built off the fast path.
-//!
-//! Service tables and the pipeline's service stage arrive with the services issue.
+//! - [`maglev`]: the per-service backend table (prime size, seed shared by all nodes,
+//!   weights), built off the fast path.
+//! - [`service`]: service ports, their frontends and backends, and the [`ServiceTable`] the
+//!   pipeline's `service` stage looks them up in.
 
 pub mod maglev;
+pub mod service;
 
-pub use maglev::{Maglev, MaglevError, PRIMES};
+pub use maglev::{Maglev, MaglevError, DEFAULT_M, PRIMES};
+pub use service::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};

@@ -42,8 +42,17 @@ struct {
 	__type(value, struct vireo_if_stats);
 } stats SEC(".maps");
 
-/* True when the frame is IPv4/UDP to the configured VXLAN port. */
-static __always_inline int is_our_vxlan(struct xdp_md *ctx, __u16 port)
+/* Service frontends the uplink hands to userspace (value unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VIREO_MAX_FRONTENDS);
+	__type(key, struct vireo_frontend);
+	__type(value, __u8);
+} frontends SEC(".maps");
+
+/* True when the dataplane owns this uplink frame: IPv4/UDP to the configured VXLAN port, or
+ * TCP/UDP to a service frontend. Anything else (the host's own traffic) stays in the kernel. */
+static __always_inline int uplink_owns(struct xdp_md *ctx, __u16 port)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -54,15 +63,25 @@ static __always_inline int is_our_vxlan(struct xdp_md *ctx, __u16 port)
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
 	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP || ip->ihl < 5)
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
 		return 0;
-	/* Fragments other than the first carry no UDP header. */
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return 0;
+	/* Fragments other than the first carry no ports. */
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
+	/* TCP and UDP both start with the two ports. */
 	udp = (void *)ip + ip->ihl * 4;
 	if ((void *)(udp + 1) > end)
 		return 0;
-	return udp->dest == bpf_htons(port);
+	if (ip->protocol == IPPROTO_UDP && udp->dest == bpf_htons(port))
+		return 1;
+	struct vireo_frontend fe = {
+		.addr = ip->daddr,
+		.port = udp->dest,
+		.proto = ip->protocol,
+	};
+	return bpf_map_lookup_elem(&frontends, &fe) != 0;
 }
 
 SEC("xdp")
@@ -80,7 +99,7 @@ int vireo_steer(struct xdp_md *ctx)
 	if (!st)
 		return XDP_PASS;
 
-	if (cfg->role == VIREO_ROLE_UPLINK && !is_our_vxlan(ctx, cfg->vxlan_port)) {
+	if (cfg->role == VIREO_ROLE_UPLINK && !uplink_owns(ctx, cfg->vxlan_port)) {
 		st->passed++;
 		return XDP_PASS;
 	}

@@ -18,6 +18,17 @@ struct vireo_if_cfg {
 	__u32 pad2;
 };
 
+/* Most service frontends (NodePorts, external and LoadBalancer IPs) the uplink steers. */
+#define VIREO_MAX_FRONTENDS 65536
+
+/* A service frontend: destination address and port (network byte order) and IP protocol. */
+struct vireo_frontend {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
 struct vireo_if_stats {
 	__u64 steered;   /* redirected into an AF_XDP socket */
 	__u64 passed;    /* left to the kernel (uplink traffic we do not own) */

@@ -9,6 +9,7 @@
 //! process, so the kernel removes the program when the process dies, however it dies
 //! (fail-open: the node keeps its own networking).
 
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -26,14 +27,16 @@ use skel::{SteerSkel, SteerSkelBuilder};
 pub const MAX_IFACES: u32 = 1024;
 /// Rx queues per interface that can hold a socket (mirrors `VIREO_MAX_QUEUES`).
 pub const MAX_QUEUES: u32 = 8;
+/// Service frontends the uplink can steer (mirrors `VIREO_MAX_FRONTENDS`).
+pub const MAX_FRONTENDS: u32 = 65536;
 
 /// What an attached interface is to the dataplane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// A pod's host-side veth: every frame goes to userspace.
     Pod,
-    /// The node's uplink: only VXLAN to our port (later: service VIPs, NodePorts) goes to
-    /// userspace; everything else stays in the kernel.
+    /// The node's uplink: only VXLAN to our port and TCP/UDP to service frontends (NodePorts,
+    /// external and LoadBalancer IPs) go to userspace; everything else stays in the kernel.
     Uplink,
 }
 
@@ -265,6 +268,30 @@ impl Steering {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(map_err("xsks")(e)),
         }
+    }
+
+    /// Replaces the service frontends (address, port, IP protocol) the uplink steers to
+    /// userspace: NodePorts on the node's address, external and LoadBalancer IPs.
+    pub fn set_frontends(&self, want: &[(std::net::Ipv4Addr, u16, u8)]) -> Result<(), Error> {
+        check_range("frontends", want.len() as u32, MAX_FRONTENDS)?;
+        let key = |ip: &std::net::Ipv4Addr, port: u16, proto: u8| {
+            let mut k = vec![0u8; 8];
+            k[..4].copy_from_slice(&ip.octets());
+            k[4..6].copy_from_slice(&port.to_be_bytes());
+            k[6] = proto;
+            k
+        };
+        let want: HashSet<Vec<u8>> = want.iter().map(|(ip, p, pr)| key(ip, *p, *pr)).collect();
+        let map = &self.skel.maps.frontends;
+        let have: HashSet<Vec<u8>> = map.keys().collect();
+        for k in have.difference(&want) {
+            let _ = map.delete(k);
+        }
+        for k in want.difference(&have) {
+            map.update(k, &[1u8], MapFlags::ANY)
+                .map_err(map_err("frontends"))?;
+        }
+        Ok(())
     }
 
     /// The counters of a slot, summed over CPUs.
