@@ -62,8 +62,14 @@ pub enum Dir {
     Egress = 0,
     /// Opened from elsewhere towards a local pod.
     Ingress = 1,
-    /// A service flow, keyed by the address the client used.
+    /// A service flow, keyed by the tuple the client sent (to the service address).
     Service = 2,
+    /// The reverse translation of a service flow, keyed by the backend's reply.
+    RevNat = 3,
+    /// A client's backend under session affinity (key: client, service address, port).
+    Affinity = 4,
+    /// The Ethernet address an external client was last seen behind (key: its address).
+    Neigh = 5,
 }
 
 /// A flow key: the 5-tuple (ICMP echo: the identifier as both ports) plus direction.
@@ -103,7 +109,10 @@ impl Key {
             dir: match w1 as u8 {
                 0 => Dir::Egress,
                 1 => Dir::Ingress,
-                _ => Dir::Service,
+                2 => Dir::Service,
+                3 => Dir::RevNat,
+                4 => Dir::Affinity,
+                _ => Dir::Neigh,
             },
         }
     }
@@ -133,17 +142,24 @@ impl Key {
     }
 }
 
-/// A NAT record: what the client addressed and the backend chosen, so replies are reverse-NAT'd.
+/// A NAT record: the addresses and ports a tracked packet is rewritten to. What it means
+/// depends on the key's direction:
+/// - [`Dir::Service`] (keyed by the tuple the client sent): the packet leaves as
+///   `src:sport → dst:dport` (source-NAT'd or not; `dst` is the chosen backend);
+/// - [`Dir::RevNat`] (keyed by the backend's reply tuple): the reply leaves as
+///   `src:sport → dst:dport` (the service address back to the client);
+/// - [`Dir::Affinity`]: `dst:dport` is the client's backend;
+/// - [`Dir::Neigh`]: `src` and `sport` hold an Ethernet address (first 4 bytes, last 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Nat {
-    /// The service address the client used.
-    pub vip: u32,
-    /// Its port.
-    pub vport: u16,
-    /// The chosen backend.
-    pub backend: u32,
-    /// The backend's port.
-    pub bport: u16,
+    /// Source address to write (host byte order).
+    pub src: u32,
+    /// Source port to write.
+    pub sport: u16,
+    /// Destination address to write.
+    pub dst: u32,
+    /// Destination port to write.
+    pub dport: u16,
 }
 
 /// What a new entry starts with.
@@ -227,9 +243,9 @@ struct Slot {
     /// state | flags << 8
     state: AtomicU32,
     identity: AtomicU32,
-    nat_vip: AtomicU32,
-    nat_backend: AtomicU32,
-    /// vport << 16 | bport
+    nat_src: AtomicU32,
+    nat_dst: AtomicU32,
+    /// sport << 16 | dport
     nat_ports: AtomicU32,
     packets: AtomicU64,
     bytes: AtomicU64,
@@ -556,15 +572,15 @@ impl Table {
             .store(e.state as u32 | u32::from(fl) << 8, Ordering::Relaxed);
         s.identity.store(e.identity, Ordering::Relaxed);
         let n = e.nat.unwrap_or(Nat {
-            vip: 0,
-            vport: 0,
-            backend: 0,
-            bport: 0,
+            src: 0,
+            sport: 0,
+            dst: 0,
+            dport: 0,
         });
-        s.nat_vip.store(n.vip, Ordering::Relaxed);
-        s.nat_backend.store(n.backend, Ordering::Relaxed);
+        s.nat_src.store(n.src, Ordering::Relaxed);
+        s.nat_dst.store(n.dst, Ordering::Relaxed);
         s.nat_ports.store(
-            u32::from(n.vport) << 16 | u32::from(n.bport),
+            u32::from(n.sport) << 16 | u32::from(n.dport),
             Ordering::Relaxed,
         );
         s.packets.store(1, Ordering::Relaxed);
@@ -664,10 +680,10 @@ impl<'a> Handle<'a> {
         }
         let ports = s.nat_ports.load(Ordering::Relaxed);
         Some(Nat {
-            vip: s.nat_vip.load(Ordering::Relaxed),
-            vport: (ports >> 16) as u16,
-            backend: s.nat_backend.load(Ordering::Relaxed),
-            bport: ports as u16,
+            src: s.nat_src.load(Ordering::Relaxed),
+            sport: (ports >> 16) as u16,
+            dst: s.nat_dst.load(Ordering::Relaxed),
+            dport: ports as u16,
         })
     }
 
@@ -690,6 +706,17 @@ impl<'a> Handle<'a> {
             .t
             .now()
             .saturating_add(next.lifetime(&self.t.cfg.lifetimes));
+        if s.expires.load(Ordering::Relaxed) != exp {
+            s.expires.store(exp, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the entry for `secs` from now, whatever its state's lifetime (session affinity
+    /// and learnt neighbours have lifetimes of their own).
+    #[inline]
+    pub fn refresh(&self, secs: u32) {
+        let exp = self.t.now().saturating_add(secs);
+        let s = self.slot();
         if s.expires.load(Ordering::Relaxed) != exp {
             s.expires.store(exp, Ordering::Relaxed);
         }

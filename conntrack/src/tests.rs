@@ -119,10 +119,10 @@ fn limits_evict_expired_first_then_ct_full() {
 fn nat_records_round_trip() {
     let (t, _) = table(10, 10);
     let nat = Nat {
-        vip: 0x0a60_0001,
-        vport: 80,
-        backend: 0x0af4_0105,
-        bport: 8080,
+        src: 0x0a60_0001,
+        sport: 80,
+        dst: 0x0af4_0105,
+        dport: 8080,
     };
     let (h, _) = t
         .insert(
@@ -139,6 +139,13 @@ fn nat_records_round_trip() {
     let d = t.dump(10);
     assert_eq!(d.len(), 2);
     assert!(d.iter().any(|e| e.nat == Some(nat)));
+    // Every direction survives the key's round trip through the table.
+    for dir in [Dir::Service, Dir::RevNat, Dir::Affinity, Dir::Neigh] {
+        let k = Key { dir, ..key(9, TCP) };
+        t.insert(&k, new(State::SynSent)).unwrap();
+        assert!(t.lookup(&k).is_some());
+        assert!(t.dump(10).iter().any(|e| e.dir == dir));
+    }
 }
 
 #[test]
@@ -241,4 +248,19 @@ fn at_the_limit_expired_entries_anywhere_make_room() {
     }
     assert_eq!(ok, 64, "every new flow found room among the expired ones");
     assert_eq!(t.counts().1, 64);
+}
+
+#[test]
+fn refresh_sets_a_lifetime_of_its_own() {
+    let (t, clock) = table(10, 10);
+    let k = Key {
+        dir: Dir::Affinity,
+        ..key(1, UDP)
+    };
+    let (h, _) = t.insert(&k, new(State::New)).unwrap();
+    h.refresh(10800);
+    clock.advance(10799);
+    assert!(t.lookup(&k).is_some());
+    clock.advance(1);
+    assert!(t.lookup(&k).is_none());
 }

@@ -26,6 +26,104 @@ pub fn csum_replace16(csum: u16, old: u16, new: u16) -> u16 {
     !(sum as u16)
 }
 
+/// Replaces a 32-bit word covered by a checksum (an address), RFC 1624.
+#[inline]
+pub fn csum_replace32(csum: u16, old: u32, new: u32) -> u16 {
+    let c = csum_replace16(csum, (old >> 16) as u16, (new >> 16) as u16);
+    csum_replace16(c, old as u16, new as u16)
+}
+
+/// Rewrites the addresses and ports of the TCP or UDP packet whose IPv4 header (no options)
+/// starts at `ip[0]`, patching the IPv4 and L4 checksums incrementally. The caller has checked
+/// that the L4 header is there (20 bytes for TCP, 8 for UDP).
+pub fn ipv4_rewrite(ip: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
+    let word = |b: &[u8], o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let half = |b: &[u8], o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
+    let (osrc, odst) = (word(ip, 12), word(ip, 16));
+    let l4 = IPV4_MIN_HLEN;
+    let (osport, odport) = (half(ip, l4), half(ip, l4 + 2));
+    let mut c = half(ip, 10);
+    c = csum_replace32(csum_replace32(c, osrc, src), odst, dst);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[12..16].copy_from_slice(&src.to_be_bytes());
+    ip[16..20].copy_from_slice(&dst.to_be_bytes());
+    ip[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    ip[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+    let co = l4 + if ip[9] == 6 { 16 } else { 6 };
+    let old = half(ip, co);
+    if ip[9] == 17 && old == 0 {
+        return; // UDP without a checksum stays without one
+    }
+    let mut c = csum_replace32(csum_replace32(old, osrc, src), odst, dst);
+    c = csum_replace16(csum_replace16(c, osport, sport), odport, dport);
+    if ip[9] == 17 && c == 0 {
+        c = 0xffff;
+    }
+    ip[co..co + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Rewrites the frame in `buf` (Ethernet + IPv4 without options) in place into an ICMP
+/// "destination unreachable" for its sender, from `from`, quoting the original IPv4 header and
+/// 8 bytes of payload (RFC 792). `mtu` is the next-hop MTU for `FragRequired` (RFC 1191), else
+/// 0. The Ethernet addresses are left to the caller. Returns the new frame length, or `None`
+/// when the frame is too short to hold the reply.
+pub fn icmp_unreachable(
+    buf: &mut [u8],
+    from: [u8; 4],
+    reason: smoltcp::wire::Icmpv4DstUnreachable,
+    mtu: u16,
+) -> Option<usize> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Address,
+        Ipv4Packet, Ipv4Repr,
+    };
+    let mut quote = [0u8; IPV4_MIN_HLEN + 8];
+    let n = quote.len().min(buf.len().checked_sub(ETH_HLEN)?);
+    quote[..n].copy_from_slice(&buf[ETH_HLEN..ETH_HLEN + n]);
+    let sender = Ipv4Address::new(quote[12], quote[13], quote[14], quote[15]);
+    let orig_dst = Ipv4Address::new(quote[16], quote[17], quote[18], quote[19]);
+    let orig_total = u16::from_be_bytes([quote[2], quote[3]]);
+
+    let icmp_len = 8 + quote.len();
+    let total = ETH_HLEN + IPV4_MIN_HLEN + icmp_len;
+    if buf.len() < total {
+        return None;
+    }
+    let caps = ChecksumCapabilities::default();
+    EthernetFrame::new_unchecked(&mut buf[..total]).set_ethertype(EthernetProtocol::Ipv4);
+    Ipv4Repr {
+        src_addr: Ipv4Address::from(from),
+        dst_addr: sender,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp_len,
+        hop_limit: 64,
+    }
+    .emit(
+        &mut Ipv4Packet::new_unchecked(&mut buf[ETH_HLEN..total]),
+        &caps,
+    );
+    let icmp_buf = &mut buf[ETH_HLEN + IPV4_MIN_HLEN..total];
+    Icmpv4Repr::DstUnreachable {
+        reason,
+        header: Ipv4Repr {
+            src_addr: sender,
+            dst_addr: orig_dst,
+            next_header: IpProtocol::from(quote[9]),
+            payload_len: usize::from(orig_total).saturating_sub(IPV4_MIN_HLEN),
+            hop_limit: quote[8],
+        },
+        data: &quote[IPV4_MIN_HLEN..],
+    }
+    .emit(&mut Icmpv4Packet::new_unchecked(&mut *icmp_buf), &caps);
+    // smoltcp leaves the next-hop MTU at zero and rebuilds the quoted header: write the MTU
+    // and the sender's exact header, then the checksum again.
+    icmp_buf[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp_buf[8..8 + quote.len()].copy_from_slice(&quote);
+    Icmpv4Packet::new_unchecked(&mut *icmp_buf).fill_checksum();
+    Some(total)
+}
+
 /// Decrements the TTL of the IPv4 header at `ip` and patches its checksum. Returns the TTL
 /// before the decrement; a TTL of 0 or 1 is left untouched (the caller drops the packet).
 #[inline]

@@ -87,6 +87,9 @@ fn score(slot_hash: u64, backend_hash: u64) -> (u64, u64) {
     (fmix(slot_hash ^ backend_hash), backend_hash)
 }
 
+/// The slots a backend holds, weakest on top: (score, slot).
+type Held = BinaryHeap<Reverse<((u64, u64), u32)>>;
+
 /// Quotas proportional to the weights, adding up to `m`: the floor of each share, then one more
 /// to the largest remainders (ties to the higher name hash).
 fn quotas(weights: &[u64], hashes: &[u64], m: u64) -> Vec<u64> {
@@ -140,7 +143,7 @@ impl Maglev {
         // Deferred acceptance: `below[s]` is the score of the backend slot s proposed to last;
         // it next proposes to the best backend scoring below that.
         let mut below = vec![(u64::MAX, u64::MAX); m as usize];
-        let mut held: Vec<BinaryHeap<Reverse<((u64, u64), u32)>>> = quota
+        let mut held: Vec<Held> = quota
             .iter()
             .map(|q| BinaryHeap::with_capacity(*q as usize + 1))
             .collect();

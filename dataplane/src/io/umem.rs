@@ -250,6 +250,11 @@ impl Frames for UmemFrames<'_> {
     fn headroom(&self, addr: u64) -> usize {
         (addr & self.frame_mask) as usize
     }
+
+    #[inline]
+    fn room(&self, addr: u64) -> usize {
+        (self.frame_mask + 1 - (addr & self.frame_mask)) as usize
+    }
 }
 
 pub(crate) fn page_size() -> usize {

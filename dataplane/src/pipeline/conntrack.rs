@@ -25,6 +25,9 @@ use crate::wire::{ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     let Some(ct) = t.ct.as_deref() else { return };
     for d in batch.descs_mut() {
+        if d.ct != CtVerdict::Untracked {
+            continue; // a service flow: the `service` stage tracked it
+        }
         let routed = match d.verdict {
             Verdict::Tx { slot } => t.iface(slot).is_some_and(|i| i.role == IfRole::Pod),
             Verdict::Continue(Kind::Encap { .. }) => true,
@@ -47,7 +50,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
 }
 
 /// A packet's L4 identity: (ports, TCP flags), or `None` when it is not tracked.
-fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
+pub(super) fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
     let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
     match proto {
         TCP => {
@@ -72,6 +75,16 @@ fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
     }
 }
 
+/// The state a packet moves its flow to.
+#[inline]
+pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) -> State {
+    match (proto, s) {
+        (TCP, Some(s)) => tcp_next(s, reply, flags),
+        (TCP, None) => tcp_first(flags),
+        (_, s) => other_next(s.unwrap_or(State::New), reply),
+    }
+}
+
 fn track(ct: &Table, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
     let proto = ip[9];
@@ -92,11 +105,7 @@ fn track(ct: &Table, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
         proto,
         dir,
     };
-    let next = |s: Option<State>, reply: bool| match (proto, s) {
-        (TCP, Some(s)) => tcp_next(s, reply, flags),
-        (TCP, None) => tcp_first(flags),
-        (_, s) => other_next(s.unwrap_or(State::New), reply),
-    };
+    let next = |s: Option<State>, reply: bool| next_state(proto, s, reply, flags);
     if let Some(h) = ct.lookup(&key) {
         h.update(next(h.state(), false), false, d.len);
         return Ok(CtVerdict::Established);

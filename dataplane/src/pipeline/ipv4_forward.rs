@@ -5,7 +5,9 @@
 //! - A local destination is delivered: TTL decremented (dropped at zero), MACs rewritten (source:
 //!   the host-side veth, i.e. the pod's gateway; destination: the pod).
 //! - A destination the ipcache places on another node goes to `vxlan_encap`, TTL decremented.
-//! - Anything else is an unknown destination. A decapsulated packet is only ever delivered
+//! - Anything else is an unknown destination.
+//! - Frames the `service` stage translated had their source checked there; from the uplink,
+//!   only those come here. A decapsulated packet is only ever delivered
 //!   locally.
 
 use super::{for_each_pending, Batch, Desc, Frames, Kind, Verdict};
@@ -31,7 +33,8 @@ fn forward(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
     let ip = &buf[l3..];
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    if !d.from_tunnel {
+    // The `service` stage checked the source of what it translated.
+    if !d.from_tunnel && !d.nat {
         match t.iface(d.in_slot).map(|i| i.role) {
             Some(IfRole::Pod) => match t.endpoint(src) {
                 Some(ep) if ep.slot == d.in_slot => d.src_identity = ep.identity,

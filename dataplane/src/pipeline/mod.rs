@@ -9,6 +9,7 @@ mod arp;
 mod conntrack;
 mod ipv4_forward;
 mod parse;
+mod service;
 mod vxlan_decap;
 mod vxlan_encap;
 
@@ -25,6 +26,8 @@ pub trait Frames {
     fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]>;
     /// Bytes free in front of `addr` within its frame (where outer headers can go).
     fn headroom(&self, addr: u64) -> usize;
+    /// Bytes from `addr` to the end of its frame (how long a reply built in place may be).
+    fn room(&self, addr: u64) -> usize;
 }
 
 /// What the parse stage found; tells later stages which frames are theirs.
@@ -91,8 +94,10 @@ pub struct Desc {
     pub src_identity: u32,
     /// Arrived through the tunnel (decapsulated): never sent back into it.
     pub from_tunnel: bool,
-    /// Conntrack's view of the packet, once the `conntrack` stage has seen it.
+    /// Conntrack's view of the packet, once the `service` or `conntrack` stage has seen it.
     pub ct: CtVerdict,
+    /// Translated by the `service` stage, which also checked its source.
+    pub nat: bool,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -107,6 +112,7 @@ impl Desc {
             src_identity: 0,
             from_tunnel: false,
             ct: CtVerdict::Untracked,
+            nat: false,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -195,6 +201,7 @@ pipeline!(
     parse,        // Ethernet + IPv4 header validation; ARP and uplink VXLAN are set aside
     vxlan_decap,  // outer headers checked and stripped; the sender's identity from the VNI
     arp,          // answer pods' ARP requests for their gateway
+    service,      // service frontends: DNAT to a Maglev backend (conntrack wins); reverse NAT
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
     conntrack,    // known flows skip policy; new ones get a policy verdict, then an entry
     vxlan_encap,  // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
@@ -232,6 +239,10 @@ impl Frames for VecFrames {
     fn headroom(&self, addr: u64) -> usize {
         addr as usize % self.frame_size
     }
+    #[inline]
+    fn room(&self, addr: u64) -> usize {
+        self.frame_size - addr as usize % self.frame_size
+    }
 }
 
 /// Calls `f` on each frame still waiting for `kind`'s stage, with its bytes. A frame whose bytes
@@ -257,5 +268,7 @@ pub(crate) fn for_each_pending<F: Frames>(
     }
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,7 @@ fn stages_are_listed_in_order() {
             "parse",
             "vxlan_decap",
             "arp",
+            "service",
             "ipv4_forward",
             "conntrack",
             "vxlan_encap"

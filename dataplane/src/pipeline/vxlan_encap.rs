@@ -8,16 +8,15 @@
 //! so PMTU discovery works. Without DF it is dropped and counted (`too_big_no_df`): Vireo does
 //! not fragment; pods get an MTU of uplink − 50, so only a misconfigured pod meets this.
 
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
-};
+use smoltcp::wire::Icmpv4DstUnreachable;
 
 use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{LocalNode, Tables};
-use crate::wire::{vxlan_src_port, VxlanRepr, ETH_HLEN, IPV4_MIN_HLEN, VXLAN_OVERHEAD};
+use crate::wire::{
+    icmp_unreachable, set_macs, vxlan_src_port, VxlanRepr, ETH_HLEN,
+    VXLAN_OVERHEAD,
+};
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
     for d in batch.descs_mut() {
@@ -101,52 +100,7 @@ fn frag_needed(buf: &mut [u8], t: &Tables, in_slot: u16, mtu: u16) -> Option<usi
     let gw = *t.gateways.first()?;
     let our_mac = t.iface(in_slot)?.mac;
     let pod_mac: [u8; 6] = buf[6..12].try_into().ok()?;
-    // The original IPv4 header and the first 8 bytes of its payload (RFC 792).
-    let mut quote = [0u8; IPV4_MIN_HLEN + 8];
-    let n = quote.len().min(buf.len() - ETH_HLEN);
-    quote[..n].copy_from_slice(&buf[ETH_HLEN..ETH_HLEN + n]);
-    let pod_ip = Ipv4Address::new(quote[12], quote[13], quote[14], quote[15]);
-    let orig_dst = Ipv4Address::new(quote[16], quote[17], quote[18], quote[19]);
-    let orig_total = u16::from_be_bytes([quote[2], quote[3]]);
-
-    let icmp_len = 8 + quote.len();
-    let total = ETH_HLEN + IPV4_MIN_HLEN + icmp_len;
-    if buf.len() < total {
-        return None;
-    }
-    let caps = ChecksumCapabilities::default();
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..total]);
-    eth.set_dst_addr(EthernetAddress(pod_mac));
-    eth.set_src_addr(EthernetAddress(our_mac));
-    eth.set_ethertype(EthernetProtocol::Ipv4);
-    Ipv4Repr {
-        src_addr: gw,
-        dst_addr: pod_ip,
-        next_header: IpProtocol::Icmp,
-        payload_len: icmp_len,
-        hop_limit: 64,
-    }
-    .emit(
-        &mut Ipv4Packet::new_unchecked(&mut buf[ETH_HLEN..total]),
-        &caps,
-    );
-    let icmp_buf = &mut buf[ETH_HLEN + IPV4_MIN_HLEN..total];
-    Icmpv4Repr::DstUnreachable {
-        reason: Icmpv4DstUnreachable::FragRequired,
-        header: Ipv4Repr {
-            src_addr: pod_ip,
-            dst_addr: orig_dst,
-            next_header: IpProtocol::from(quote[9]),
-            payload_len: usize::from(orig_total).saturating_sub(IPV4_MIN_HLEN),
-            hop_limit: quote[8],
-        },
-        data: &quote[IPV4_MIN_HLEN..],
-    }
-    .emit(&mut Icmpv4Packet::new_unchecked(&mut *icmp_buf), &caps);
-    // smoltcp leaves the next-hop MTU (RFC 1191) at zero, and rebuilds the quoted header:
-    // write the MTU and the sender's exact header, then the checksum again.
-    icmp_buf[6..8].copy_from_slice(&mtu.to_be_bytes());
-    icmp_buf[8..8 + quote.len()].copy_from_slice(&quote);
-    Icmpv4Packet::new_unchecked(&mut *icmp_buf).fill_checksum();
-    Some(total)
+    let len = icmp_unreachable(buf, gw.octets(), Icmpv4DstUnreachable::FragRequired, mtu)?;
+    set_macs(buf, &pod_mac, &our_mac);
+    Some(len)
 }

@@ -1,0 +1,480 @@
+//! Stage `service`: kube-proxy's job. TCP and UDP to a service frontend (ClusterIP, NodePort,
+//! external or LoadBalancer IP) are translated to a backend; the backends' replies are
+//! translated back.
+//!
+//! - **New flow:** the service's Maglev table picks the backend from a hash of the 5-tuple
+//!   that every node computes alike (sessionAffinity ClientIP: from the client's address, and
+//!   the choice is remembered for the affinity timeout). The choice is recorded in conntrack
+//!   twice: a `service` entry keyed by what the client sent and a `revnat` entry keyed by the
+//!   backend's reply.
+//! - **Known flow:** its conntrack entry decides, whatever the Maglev table says now, so an
+//!   established connection keeps its backend when backends come and go. Terminating backends
+//!   keep their flows and get no new ones.
+//! - **Replies** from a backend are matched by their `revnat` entry and leave with the service
+//!   address as their source.
+//! - **From outside** (the uplink steers NodePorts, external and LoadBalancer IPs here): with
+//!   externalTrafficPolicy Cluster the source becomes this node's address (so replies come
+//!   back through this node), with Local only this node's backends serve and the client's
+//!   address is kept. Replies to outside clients leave on the uplink towards the Ethernet
+//!   address the client's packets came from.
+//! - **No backend:** the client gets ICMP port unreachable from the service address; counted
+//!   as `no_backend`. A LoadBalancer client outside `loadBalancerSourceRanges` is dropped
+//!   (`lb_source_range`).
+//!
+//! Everything this stage translated carries `nat` (its source was checked here) and its
+//! conntrack verdict, so `ipv4_forward` routes it and `conntrack` leaves it alone.
+
+use smoltcp::wire::Icmpv4DstUnreachable;
+use vireo_conntrack::table::{TCP, UDP};
+use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State, Table};
+use vireo_lb::{FrontendKind, Service};
+
+use super::conntrack::{l4, next_state};
+use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
+use crate::counters::{BatchCounts, DropReason};
+use crate::tables::{IfRole, Tables};
+use crate::wire::{icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, set_macs, ETH_HLEN};
+
+/// Identity of clients outside the cluster (Cilium's reserved `world`).
+const WORLD: u32 = 2;
+/// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
+/// so they never meet the host's own connections.
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
+/// Ports tried before a new flow is dropped as `snat_no_port`.
+const SNAT_TRIES: u32 = 16;
+/// How long a learnt client Ethernet address lives without traffic.
+const NEIGH_SECS: u32 = 600;
+
+/// Length of an ICMP error quoting 28 bytes, with its Ethernet header.
+const REJECT_LEN: u32 = (ETH_HLEN + 20 + 8 + 28) as u32;
+
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
+    let Some(ct) = t.ct.as_deref() else { return };
+    if t.services.services().is_empty() {
+        return;
+    }
+    for d in batch.descs_mut() {
+        if !matches!(d.verdict, Verdict::Continue(Kind::Ipv4 { .. })) {
+            continue;
+        }
+        let Some(buf) = frames.frame(d.addr, d.len) else {
+            d.verdict = Verdict::Drop(DropReason::TruncatedEthernet);
+            continue;
+        };
+        match service(d, buf, t, ct) {
+            Outcome::Pass => {}
+            Outcome::Verdict(v) => d.verdict = v,
+            Outcome::NoBackend => {
+                // The reply may be longer than the request: build it in the frame's room.
+                let len = d.len.max(REJECT_LEN);
+                let fits = frames.room(d.addr) >= len as usize;
+                d.verdict = match frames.frame(d.addr, len) {
+                    Some(buf) if fits => reject(d, buf),
+                    _ => Verdict::Drop(DropReason::NoBackend),
+                };
+                if matches!(d.verdict, Verdict::Tx { .. }) {
+                    c.drop(DropReason::NoBackend); // answered, and counted
+                }
+            }
+        }
+    }
+}
+
+/// What the stage made of a frame.
+enum Outcome {
+    /// Not a service packet: the next stages decide.
+    Pass,
+    /// Translated (or dropped).
+    Verdict(Verdict),
+    /// For a service without a backend: to be answered with ICMP.
+    NoBackend,
+}
+
+/// The packet's addresses, ports and TCP flags.
+#[derive(Clone, Copy)]
+struct Tuple {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+impl Tuple {
+    fn key(&self, dir: Dir) -> Key {
+        Key {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            dir,
+        }
+    }
+}
+
+/// Where a frame came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Pod,
+    Uplink,
+    Tunnel,
+}
+
+/// Splitmix64's finaliser.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The flow's hash for Maglev: a fixed function of the 5-tuple, so every node picks the same
+/// backend for the same flow.
+#[inline]
+fn flow_hash(p: &Tuple) -> u64 {
+    let a = u64::from(p.src) << 32 | u64::from(p.dst);
+    let b = u64::from(p.sport) << 24 | u64::from(p.dport) << 8 | u64::from(p.proto);
+    mix(a ^ mix(b))
+}
+
+fn service(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Outcome {
+    match translate(d, buf, t, ct) {
+        Some(Verdict::Drop(DropReason::NoBackend)) => Outcome::NoBackend,
+        Some(v) => Outcome::Verdict(v),
+        None => Outcome::Pass,
+    }
+}
+
+/// `None`: not a service packet. A service without a backend gives `Drop(NoBackend)`, which
+/// [`service`] turns into an answer.
+fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Verdict> {
+    let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
+        return None;
+    };
+    let l3 = usize::from(l3);
+    let ip = &buf[l3..];
+    let proto = ip[9];
+    // Only TCP and UDP, and only first fragments carry ports.
+    if !matches!(proto, TCP | UDP) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let (sport, dport, flags) = match l4(proto, &ip[20..total]) {
+        Ok(Some(p)) => p,
+        Ok(None) => return None,
+        Err(r) => return Some(Verdict::Drop(r)),
+    };
+    let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+    let p = Tuple {
+        src: word(12),
+        dst: word(16),
+        sport,
+        dport,
+        proto,
+    };
+    let origin = if d.from_tunnel {
+        Origin::Tunnel
+    } else {
+        match t.iface(d.in_slot)?.role {
+            IfRole::Pod => Origin::Pod,
+            IfRole::Uplink => Origin::Uplink,
+        }
+    };
+    if t.services.is_backend(p.src, p.sport, p.proto) {
+        if let Some(h) = ct.lookup(&p.key(Dir::RevNat)) {
+            if let Some(nat) = h.nat() {
+                check_source(d, t, &p, origin)?;
+                let svc = Key {
+                    src: nat.dst,
+                    dst: nat.src,
+                    sport: nat.dport,
+                    dport: nat.sport,
+                    proto,
+                    dir: Dir::Service,
+                };
+                let svc = ct.lookup(&svc);
+                let next = next_state(proto, svc.and_then(|s| s.state()), true, flags);
+                if let Some(s) = svc {
+                    s.update(next, true, d.len);
+                }
+                h.update(next, true, d.len);
+                return Some(translated(d, buf, t, ct, nat, CtVerdict::Reply));
+            }
+        }
+    }
+    if origin == Origin::Tunnel {
+        return None; // translated on the client's node already
+    }
+    if let Some(h) = ct.lookup(&p.key(Dir::Service)) {
+        if let Some(nat) = h.nat() {
+            check_source(d, t, &p, origin)?;
+            let next = next_state(proto, h.state(), false, flags);
+            h.update(next, false, d.len);
+            let rev = revnat_key(&nat, proto);
+            match ct.lookup(&rev) {
+                Some(r) => r.update(next, false, d.len),
+                // Evicted under pressure: put it back, replies need it.
+                None => {
+                    let _ = ct.insert(&rev, revnat_entry(&p, next, d));
+                }
+            }
+            if origin == Origin::Uplink {
+                learn_neighbour(ct, p.src, buf);
+            }
+            return Some(translated(d, buf, t, ct, nat, CtVerdict::Established));
+        }
+    }
+    let (kind, svc) = t.services.lookup(p.dst, p.dport, p.proto)?;
+    check_source(d, t, &p, origin)?;
+    if !svc.source_allowed(kind, p.src) {
+        return Some(Verdict::Drop(DropReason::LbSourceRange));
+    }
+    let local_only = svc.spec.external_local && kind != FrontendKind::ClusterIp;
+    let Some((backend, bport)) = choose(ct, svc, &p, local_only) else {
+        return Some(Verdict::Drop(DropReason::NoBackend));
+    };
+    // Outside clients of an externalTrafficPolicy Cluster frontend are source-NAT'd to this
+    // node, so the backend (perhaps on another node) answers through it.
+    let snat = origin == Origin::Uplink && !local_only;
+    let first = next_state(proto, None, false, flags);
+    let mut nat = Nat {
+        src: p.src,
+        sport: p.sport,
+        dst: backend,
+        dport: bport,
+    };
+    if snat {
+        let node = u32::from(t.local?.ip);
+        let span = u32::from(SNAT_PORTS.end() - SNAT_PORTS.start()) + 1;
+        let h = flow_hash(&p) as u32;
+        let mut found = false;
+        for i in 0..SNAT_TRIES {
+            nat.src = node;
+            nat.sport = SNAT_PORTS.start() + ((h.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+            match ct.insert(&revnat_key(&nat, proto), revnat_entry(&p, first, d)) {
+                Ok((_, true)) => {
+                    found = true;
+                    break;
+                }
+                Ok((_, false)) => continue, // that port is some other flow's
+                Err(Full) => return Some(Verdict::Drop(DropReason::CtFull)),
+            }
+        }
+        if !found {
+            return Some(Verdict::Drop(DropReason::SnatNoPort));
+        }
+    } else if let Err(Full) = ct.insert(&revnat_key(&nat, proto), revnat_entry(&p, first, d)) {
+        return Some(Verdict::Drop(DropReason::CtFull));
+    }
+    let entry = NewEntry {
+        state: first,
+        identity: d.src_identity,
+        nat: Some(nat),
+        bytes: d.len,
+    };
+    let verdict = match ct.insert(&p.key(Dir::Service), entry) {
+        Ok((_, true)) => CtVerdict::New,
+        // Another worker took this flow a moment ago: follow its choice.
+        Ok((h, false)) => {
+            let _ = ct.remove(&revnat_key(&nat, proto));
+            nat = h.nat()?;
+            CtVerdict::Established
+        }
+        Err(Full) => {
+            let _ = ct.remove(&revnat_key(&nat, proto));
+            return Some(Verdict::Drop(DropReason::CtFull));
+        }
+    };
+    if origin == Origin::Uplink {
+        learn_neighbour(ct, p.src, buf);
+    }
+    Some(translated(d, buf, t, ct, nat, verdict))
+}
+
+/// A pod must send from its own address; outside clients are `world`. `None` when the
+/// source is forged: the frame is left for `ipv4_forward`, which drops it as `invalid_source`.
+fn check_source(d: &mut Desc, t: &Tables, p: &Tuple, origin: Origin) -> Option<()> {
+    match origin {
+        Origin::Pod => {
+            let ep = t.endpoint(p.src).filter(|ep| ep.slot == d.in_slot)?;
+            d.src_identity = ep.identity;
+        }
+        Origin::Uplink => d.src_identity = WORLD,
+        Origin::Tunnel => {}
+    }
+    Some(())
+}
+
+/// The backend for a new flow, honouring session affinity.
+fn choose(ct: &Table, svc: &Service, p: &Tuple, local_only: bool) -> Option<(u32, u16)> {
+    let Some(timeout) = svc.spec.affinity_timeout else {
+        let b = svc.select(flow_hash(p), local_only)?;
+        return Some((u32::from(b.ip), b.port));
+    };
+    let key = Key {
+        src: p.src,
+        dst: p.dst,
+        sport: 0,
+        dport: p.dport,
+        proto: p.proto,
+        dir: Dir::Affinity,
+    };
+    if let Some(h) = ct.lookup(&key) {
+        match h.nat() {
+            Some(n) if svc.takes_new_flows(n.dst, n.dport, local_only) => {
+                h.refresh(timeout);
+                return Some((n.dst, n.dport));
+            }
+            // Its backend is gone or terminating: choose again.
+            _ => {
+                ct.remove(&key);
+            }
+        }
+    }
+    let b = svc.select(mix(u64::from(p.src) ^ 0xa1f1_7e00), local_only)?;
+    let chosen = (u32::from(b.ip), b.port);
+    let e = NewEntry {
+        state: State::New,
+        identity: 0,
+        nat: Some(Nat {
+            src: 0,
+            sport: 0,
+            dst: chosen.0,
+            dport: chosen.1,
+        }),
+        bytes: 0,
+    };
+    if let Ok((h, _)) = ct.insert(&key, e) {
+        h.refresh(timeout);
+    }
+    Some(chosen)
+}
+
+/// The `revnat` key of a flow translated by `nat`: the backend's reply.
+fn revnat_key(nat: &Nat, proto: u8) -> Key {
+    Key {
+        src: nat.dst,
+        dst: nat.src,
+        sport: nat.dport,
+        dport: nat.sport,
+        proto,
+        dir: Dir::RevNat,
+    }
+}
+
+/// The `revnat` entry of a flow: replies leave from the service address to the client.
+fn revnat_entry(p: &Tuple, state: State, d: &Desc) -> NewEntry {
+    NewEntry {
+        state,
+        identity: d.src_identity,
+        nat: Some(Nat {
+            src: p.dst,
+            sport: p.dport,
+            dst: p.src,
+            dport: p.sport,
+        }),
+        bytes: 0,
+    }
+}
+
+/// Remembers the Ethernet address an outside client's packets came from, to answer it.
+fn learn_neighbour(ct: &Table, ip: u32, buf: &[u8]) {
+    let mac = [buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]];
+    let nat = Nat {
+        src: u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        sport: u16::from_be_bytes([mac[4], mac[5]]),
+        dst: 0,
+        dport: 0,
+    };
+    let key = neigh_key(ip);
+    if let Some(h) = ct.lookup(&key) {
+        if h.nat() == Some(nat) {
+            h.refresh(NEIGH_SECS);
+            return;
+        }
+        ct.remove(&key);
+    }
+    let e = NewEntry {
+        state: State::New,
+        identity: 0,
+        nat: Some(nat),
+        bytes: 0,
+    };
+    if let Ok((h, _)) = ct.insert(&key, e) {
+        h.refresh(NEIGH_SECS);
+    }
+}
+
+fn neigh_key(ip: u32) -> Key {
+    Key {
+        src: ip,
+        dst: 0,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        dir: Dir::Neigh,
+    }
+}
+
+/// Applies `nat` to the packet and routes it: to a pod or the tunnel through `ipv4_forward`,
+/// or, for a client outside the cluster, out of the uplink.
+fn translated(
+    d: &mut Desc,
+    buf: &mut [u8],
+    t: &Tables,
+    ct: &Table,
+    nat: Nat,
+    verdict: CtVerdict,
+) -> Verdict {
+    ipv4_rewrite(&mut buf[ETH_HLEN..], nat.src, nat.sport, nat.dst, nat.dport);
+    d.nat = true;
+    d.ct = verdict;
+    let inside = t.endpoint(nat.dst).is_some()
+        || t.ipcache
+            .lookup(nat.dst)
+            .is_some_and(|e| e.tunnel.is_some());
+    if inside {
+        return Verdict::Continue(Kind::Ipv4 {
+            l3: ETH_HLEN as u16,
+        });
+    }
+    let Some(local) = t.local else {
+        return Verdict::Drop(DropReason::UnknownDestination);
+    };
+    let Some(mac) = ct.lookup(&neigh_key(nat.dst)).and_then(|h| h.nat()) else {
+        return Verdict::Drop(DropReason::NoNeighbor);
+    };
+    let m = mac.src.to_be_bytes();
+    let p = mac.sport.to_be_bytes();
+    if ipv4_dec_ttl(&mut buf[ETH_HLEN..]) <= 1 {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    set_macs(
+        buf,
+        &[m[0], m[1], m[2], m[3], p[0], p[1]],
+        &local.uplink_mac,
+    );
+    Verdict::Tx {
+        slot: local.uplink_slot,
+    }
+}
+
+/// Answers the client with ICMP port unreachable from the service address, back out of the
+/// interface it came in on.
+fn reject(d: &mut Desc, buf: &mut [u8]) -> Verdict {
+    let vip = [buf[30], buf[31], buf[32], buf[33]];
+    let (dst, src) = (
+        [buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]],
+        [buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]],
+    );
+    match icmp_unreachable(buf, vip, Icmpv4DstUnreachable::PortUnreachable, 0) {
+        Some(len) => {
+            set_macs(buf, &dst, &src);
+            d.len = len as u32;
+            d.nat = true;
+            Verdict::Tx { slot: d.in_slot }
+        }
+        None => Verdict::Drop(DropReason::NoBackend),
+    }
+}
