@@ -18,13 +18,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vireo_dataplane::counters::{BatchCounts, DropReason};
-use vireo_dataplane::fixtures::{arp_request_from_a, two_pods, udp_from_a, GATEWAY, POD_A, POD_B};
+use vireo_dataplane::fixtures::{
+    arp_request_from_a, two_pods, two_pods_with_ct, udp_from_a, GATEWAY, POD_A, POD_B,
+};
 use vireo_dataplane::pipeline::{run, Batch, Desc, VecFrames, Verdict, BATCH};
 use vireo_dataplane::tables::Tables;
+use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 
 /// Frame stride, as in the AF_XDP UMEM.
 const FS: usize = 2048;
@@ -142,6 +146,41 @@ fn pipeline_benches(c: &mut Criterion) {
     check(&mixed, &t, expected_mixed);
     bench_case(c, "forward_64B_batch64", &fwd, &t);
     bench_case(c, "mixed_arp_unknown_ttl_fwd_batch64", &mixed, &t);
+
+    // Services: one established UDP flow from pod A to a ClusterIP whose backend is pod B,
+    // against the same forward with connection tracking (the baseline of the same run): the
+    // difference is the `service` stage (two conntrack lookups, the rewrite).
+    let (mut ct, _clock) = two_pods_with_ct(1024, 1024);
+    check(&fwd, &ct, |_| Verdict::Tx { slot: POD_B.2 });
+    bench_case(c, "forward_ct_64B_batch64", &fwd, &ct);
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let spec = ServiceSpec {
+        name: "default/echo".into(),
+        port_name: String::new(),
+        port: 7,
+        proto: 17,
+        frontends: vec![Frontend {
+            kind: FrontendKind::ClusterIp,
+            ip: vip,
+            port: 7,
+            proto: 17,
+        }],
+        backends: vec![Backend {
+            ip: POD_B.0,
+            port: 7,
+            local: true,
+            terminating: false,
+            weight: 1,
+        }],
+        affinity_timeout: None,
+        source_ranges: Vec::new(),
+        external_local: false,
+    };
+    let svc = Service::new(spec, 16381, 0).expect("valid service");
+    ct.services = Arc::new(ServiceTable::new(vec![Arc::new(svc)]));
+    let to_vip: Vec<Vec<u8>> = (0..BATCH).map(|_| udp64(vip, 64)).collect();
+    check(&to_vip, &ct, |_| Verdict::Tx { slot: POD_B.2 });
+    bench_case(c, "service_clusterip_udp_established_batch64", &to_vip, &ct);
 }
 
 criterion_group!(benches, pipeline_benches);
