@@ -8,7 +8,8 @@
 //!   twice: a `service` entry keyed by what the client sent and a `revnat` entry keyed by the
 //!   backend's reply.
 //! - **Known flow:** its conntrack entry decides, whatever the Maglev table says now, so an
-//!   established connection keeps its backend when backends come and go. Terminating backends
+//!   established connection keeps its backend when backends come and go (as long as the
+//!   service's frontend exists: deleting the Service ends its flows). Terminating backends
 //!   keep their flows and get no new ones.
 //! - **Replies** from a backend are matched by their `revnat` entry and leave with the service
 //!   address as their source.
@@ -206,6 +207,9 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
     if origin == Origin::Tunnel {
         return None; // translated on the client's node already
     }
+    // Only packets to a frontend can belong to a service flow: everything else is done with
+    // one hash lookup, without touching conntrack.
+    let (kind, svc) = t.services.lookup(p.dst, p.dport, p.proto)?;
     if let Some(h) = ct.lookup(&p.key(Dir::Service)) {
         if let Some(nat) = h.nat() {
             check_source(d, t, &p, origin)?;
@@ -225,7 +229,6 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
             return Some(translated(d, buf, t, ct, nat, CtVerdict::Established));
         }
     }
-    let (kind, svc) = t.services.lookup(p.dst, p.dport, p.proto)?;
     check_source(d, t, &p, origin)?;
     if !svc.source_allowed(kind, p.src) {
         return Some(Verdict::Drop(DropReason::LbSourceRange));

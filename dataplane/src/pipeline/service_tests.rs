@@ -8,7 +8,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 
 use super::*;
-use crate::fixtures::{tcp, two_pods_with_ct, POD_A, POD_B, POD_C, UPLINK};
+use crate::fixtures::{tcp, two_pods_with_ct, IDS, POD_A, POD_B, POD_C, UPLINK};
 use crate::tables::Tables;
 use crate::wire::{ipv4_header_checksum, VXLAN_OVERHEAD};
 
@@ -268,4 +268,62 @@ fn a_forged_source_is_not_translated() {
     let forged = tcp((POD_C, POD_A.1), (VIP, POD_A.3), 40000, 80, SYN);
     let (d, _, _) = run_one(&t, POD_A.2, &forged);
     assert_eq!(d.verdict, Verdict::Drop(DropReason::InvalidSource));
+}
+
+/// `inner` (an Ethernet frame) as VXLAN from the remote node, with identity `vni`.
+fn from_tunnel(inner: &[u8], vni: u32) -> Vec<u8> {
+    use crate::fixtures::{REMOTE, VXLAN_PORT};
+    use crate::wire::VxlanRepr;
+    let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
+    out[VXLAN_OVERHEAD..].copy_from_slice(inner);
+    VxlanRepr {
+        src_mac: REMOTE.1,
+        dst_mac: UPLINK.1,
+        src_ip: REMOTE.0.octets(),
+        dst_ip: UPLINK.2.octets(),
+        src_port: 50000,
+        dst_port: VXLAN_PORT,
+        vni,
+    }
+    .emit(&mut out, inner.len());
+    out
+}
+
+#[test]
+fn a_remote_backend_answers_an_outside_client_through_this_node() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_services(&mut t, vec![spec(vec![backend(POD_C, false, false)])]);
+    let syn = tcp(CLIENT, (UPLINK.2, UPLINK.1), 45000, 30080, SYN);
+    let (d, out, _) = run_one(&t, UPLINK.0, &syn);
+    assert_eq!(d.verdict, Verdict::Tx { slot: UPLINK.0 }, "encapsulated");
+    let (src, sport, dst, _) = tcp_tuple(&out);
+    assert_eq!((src, dst), (UPLINK.2, POD_C));
+    // The backend's node sends the reply back through the tunnel, to this node's address.
+    let reply = tcp(
+        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
+        (UPLINK.2, UPLINK.1),
+        8080,
+        sport,
+        SYN | ACK,
+    );
+    let (d, out, _) = run_one(&t, UPLINK.0, &from_tunnel(&reply, IDS[2]));
+    assert_eq!(d.verdict, Verdict::Tx { slot: UPLINK.0 });
+    assert_eq!(d.ct, CtVerdict::Reply);
+    assert_eq!(&out[0..6], &CLIENT.1);
+    assert_eq!(tcp_tuple(&out), (UPLINK.2, 30080, CLIENT.0, 45000));
+}
+
+#[test]
+fn truncated_or_odd_packets_to_a_vip_are_dropped_or_passed_not_translated() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_services(&mut t, vec![spec(vec![backend(POD_B.0, true, false)])]);
+    let mut f = tcp(a_mac(), (VIP, POD_A.3), 40000, 80, SYN);
+    // Claim a total length that stops inside the TCP header.
+    f[16..18].copy_from_slice(&30u16.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = crate::wire::ipv4_header_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let (d, _, _) = run_one(&t, POD_A.2, &f);
+    assert!(matches!(d.verdict, Verdict::Drop(_)), "{d:?}");
+    assert!(!d.nat);
 }
