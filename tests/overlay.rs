@@ -1,5 +1,6 @@
-//! The sandbox cluster and `vireo connectivity test` (root only): every basic path works across
-//! two nodes, bad VXLAN is a counted drop, and `sandbox down` leaves nothing behind.
+//! The sandbox cluster and `vireo connectivity test` (root only): every basic path and every
+//! service path works across two nodes, bad VXLAN is a counted drop, and `sandbox down` leaves
+//! nothing behind.
 
 mod common;
 
@@ -30,6 +31,8 @@ impl Sandbox {
         std::process::Command::new(VIREO)
             .args(args)
             .env("VIREO_SANDBOX", &self.0)
+            // Every check runs.
+            .env_remove("VIREO_CONNECTIVITY_CHECKS")
             .output()
             .expect("running vireo")
     }
@@ -79,7 +82,8 @@ fn sandbox_connectivity_and_bad_vxlan() {
     let s = Sandbox::up();
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
-    assert_eq!(st["pods"].as_array().unwrap().len(), 6);
+    // 3 pods per node, and 2 service backends (app: echo) on each.
+    assert_eq!(st["pods"].as_array().unwrap().len(), 10);
 
     // The connectivity table, as CI and users see it.
     let o = s.vireo(&["connectivity", "test", "--json"]);
@@ -93,7 +97,23 @@ fn sandbox_connectivity_and_bad_vxlan() {
         .collect();
     assert!(failed.is_empty(), "failed checks: {failed:#?}");
     assert_eq!(report["failed"], 0);
-    assert!(report["passed"].as_u64().unwrap() >= 8);
+    assert!(report["passed"].as_u64().unwrap() >= 16);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for want in [
+        "service-clusterip-spread",
+        "service-reply-source",
+        "service-nodeport-underlay",
+        "service-affinity",
+        "service-backend-removal",
+        "service-no-backend",
+    ] {
+        assert!(names.contains(&want), "check {want} did not run: {names:?}");
+    }
     assert!(o.status.success());
 
     // Apply: a new pod on node-2 is realised and reachable across nodes; a malformed document
@@ -197,4 +217,6 @@ fn sandbox_connectivity_and_bad_vxlan() {
     let o = s.vireo(&["sandbox", "down"]);
     assert!(o.status.success());
     assert!(s.netns().is_empty(), "left behind: {:?}", s.netns());
+    let state = std::path::PathBuf::from(format!("/run/vireo/sandbox-{}", s.0));
+    assert!(!state.exists(), "left behind: {}", state.display());
 }

@@ -1,7 +1,8 @@
 //! What the manifests say about the cluster, reduced to what the dataplane needs: nodes with
 //! their underlay address and pod CIDR, pods with their address, node and security labels, and
-//! the identities of those labels. From it, the overlay tables of one node: the ipcache,
-//! the identities a VNI may carry, and the other nodes.
+//! the identities of those labels, and the Services' ports with their backends (see
+//! [`crate::services`]). From it, the tables of one node: the ipcache, the identities a VNI may
+//! carry, the other nodes, and the service specs.
 //!
 //! Conventions shared by the sandbox (acting as kubelet + CNI) and the agent: a pod's host-side
 //! veth is `lxc` + 8 hex digits of a hash of `namespace/name`, and its MAC is `0a:58:` + its IPv4
@@ -11,8 +12,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use vireo_lb::service::{TCP, UDP};
+use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
+use crate::services::{self, ServicePortView};
 use crate::source::Manifests;
 
 /// A node.
@@ -41,6 +45,27 @@ pub struct PodView {
     pub labels: Labels,
     /// Its identity.
     pub identity: Identity,
+    /// Its own labels, as written (what Service selectors match).
+    pub pod_labels: BTreeMap<String, String>,
+    /// `spec.containers[].ports[]` (what a named `targetPort` resolves against).
+    pub ports: Vec<ContainerPortView>,
+    /// Its Ready condition is True, or it has none (the sandbox writes no conditions).
+    pub ready: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// Phase Succeeded or Failed: it serves nothing any more.
+    pub terminal: bool,
+}
+
+/// One `containers[].ports[]` entry of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPortView {
+    /// Its name (may be empty).
+    pub name: String,
+    /// `containerPort`.
+    pub port: u16,
+    /// IP protocol (6 TCP, 17 UDP; others are left out).
+    pub proto: u8,
 }
 
 /// The cluster as the manifests describe it.
@@ -52,6 +77,9 @@ pub struct ClusterView {
     pub pods: BTreeMap<(String, String), PodView>,
     /// Identities of the pods' label sets.
     pub identities: IdentityAllocator,
+    /// Service ports with their backends, as any node sees them (see
+    /// [`ClusterView::service_specs`] for one node's).
+    pub services: Vec<ServicePortView>,
     /// Objects left out, one line each.
     pub warnings: Vec<String>,
 }
@@ -129,11 +157,42 @@ impl ClusterView {
                 .and_then(|n| n.metadata.labels.as_ref())
                 .unwrap_or(&empty);
             let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels);
-            pods.push((ns.clone(), name.clone(), node, ip, labels));
+            pods.push((ns.clone(), name.clone(), node, ip, labels, p));
         }
         v.identities = IdentityAllocator::from_sets(pods.iter().map(|p| &p.4));
-        for (ns, name, node, ip, labels) in pods {
+        for (ns, name, node, ip, labels, p) in pods {
             let identity = v.identities.get(&labels).unwrap_or(Identity::INIT);
+            let status = p.status.as_ref();
+            // As Kubernetes, but a pod without a Ready condition counts as ready: the
+            // sandbox (kubelet here) writes none.
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == "Ready")
+                .is_none_or(|c| c.status == "True");
+            let terminal = matches!(
+                status.and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            let ports = p
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|cp| {
+                    let proto = match cp.protocol.as_deref() {
+                        None | Some("TCP") => TCP,
+                        Some("UDP") => UDP,
+                        _ => return None,
+                    };
+                    Some(ContainerPortView {
+                        name: cp.name.clone().unwrap_or_default(),
+                        port: u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?,
+                        proto,
+                    })
+                })
+                .collect();
             v.pods.insert(
                 (ns.clone(), name.clone()),
                 PodView {
@@ -143,10 +202,22 @@ impl ClusterView {
                     ip,
                     labels,
                     identity,
+                    pod_labels: p.metadata.labels.clone().unwrap_or_default(),
+                    ports,
+                    ready,
+                    terminating: p.metadata.deletion_timestamp.is_some(),
+                    terminal,
                 },
             );
         }
+        v.services = services::service_ports(m, &v.pods, &mut v.warnings);
         v
+    }
+
+    /// The service ports as node `me` (underlay address `node_ip`, if known) serves them:
+    /// NodePort frontends on `node_ip`, backends on `me` marked local.
+    pub fn service_specs(&self, me: &str, node_ip: Option<Ipv4Addr>) -> Vec<ServiceSpec> {
+        self.services.iter().map(|s| s.spec(me, node_ip)).collect()
     }
 
     /// The pods on `node`.
@@ -155,7 +226,8 @@ impl ClusterView {
     }
 
     /// The ipcache as node `me` sees it: pods (with the node to tunnel to when remote), nodes
-    /// (`host` for itself, `remote-node` for the others), and `world` for everything else.
+    /// (`host` for itself; `remote-node`, tunnelled to that node, for the others), and `world`
+    /// for everything else.
     pub fn ipcache(&self, me: &str) -> IpCache {
         let mut c = IpCache::default();
         let host32 = |ip: Ipv4Addr| Ipv4Net::new(ip, 32).expect("/32 is valid");
@@ -167,18 +239,14 @@ impl ClusterView {
             },
         );
         for n in self.nodes.values() {
-            let identity = if n.name == me {
-                Identity::HOST
+            // Another node's own address is reached through the tunnel to it, so a backend
+            // pod's reply to a client source-NATed to that node goes back the way it came.
+            let (identity, tunnel) = if n.name == me {
+                (Identity::HOST, None)
             } else {
-                Identity::REMOTE_NODE
+                (Identity::REMOTE_NODE, Some(n.ip))
             };
-            c.insert(
-                host32(n.ip),
-                IpCacheEntry {
-                    identity,
-                    tunnel: None,
-                },
-            );
+            c.insert(host32(n.ip), IpCacheEntry { identity, tunnel });
         }
         for p in self.pods.values() {
             let tunnel = if p.node == me {
@@ -275,6 +343,11 @@ spec: {containers: []}
         assert_eq!(l("10.244.1.10").tunnel, None);
         assert_eq!(l("192.168.100.11").identity, Identity::HOST);
         assert_eq!(l("192.168.100.12").identity, Identity::REMOTE_NODE);
+        assert_eq!(
+            l("192.168.100.12").tunnel,
+            Some("192.168.100.12".parse().unwrap())
+        );
+        assert_eq!(l("192.168.100.11").tunnel, None);
         assert_eq!(l("8.8.8.8").identity, Identity::WORLD);
         let ids: Vec<u32> = v.vni_identities().collect();
         assert!(

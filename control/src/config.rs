@@ -130,6 +130,29 @@ impl Default for AfXdpConfig {
     }
 }
 
+/// Service load balancing: the Maglev tables every service port gets. Every node must use
+/// the same values, so that each picks the same backend for a flow (Cilium's
+/// `maglev.tableSize` and `maglev.hashSeed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// Slots per Maglev table: one of the primes of [`vireo_lb::PRIMES`] (default 16381).
+    /// Larger tables spread backends more evenly and move fewer flows when backends change;
+    /// each costs 2 bytes per slot per service port.
+    pub maglev_table_size: u32,
+    /// Seed of the Maglev hashes (default 0).
+    pub hash_seed: u64,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            maglev_table_size: vireo_lb::DEFAULT_M,
+            hash_seed: 0,
+        }
+    }
+}
+
 /// Where the cluster's objects come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +200,10 @@ pub struct Config {
     /// lifetimes in seconds (tcp_established 21600, tcp_syn 60, tcp_close 10, non_tcp 60).
     #[serde(default)]
     pub conntrack: vireo_conntrack::Config,
+    /// Services: Maglev table size (`maglev_table_size`, default 16381) and hash seed
+    /// (`hash_seed`, default 0), Cilium's `maglev.tableSize` and `maglev.hashSeed`.
+    #[serde(default)]
+    pub services: ServicesConfig,
 }
 
 fn default_vxlan_port() -> u16 {
@@ -308,6 +335,13 @@ impl Config {
                 ));
             }
         }
+        let m = self.services.maglev_table_size;
+        if !vireo_lb::PRIMES.contains(&m) {
+            return Err(bad(
+                "services.maglev_table_size".into(),
+                format!("{m} must be one of {:?}", vireo_lb::PRIMES),
+            ));
+        }
         if self.workers.is_empty() {
             return Err(bad(
                 "workers".into(),
@@ -421,6 +455,15 @@ mod tests {
         assert_eq!(c.vxlan_port, 8472);
         assert_eq!(c.workers.len(), 1);
         assert_eq!(c.af_xdp.frame_size, 2048);
+        assert_eq!(c.services.maglev_table_size, 16381);
+        assert_eq!(c.services.hash_seed, 0);
+        let c = Config::parse(
+            "services: {maglev_table_size: 251, hash_seed: 18446744073709551615}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.services.maglev_table_size, 251);
+        assert_eq!(c.services.hash_seed, u64::MAX);
     }
 
     #[test]
@@ -437,6 +480,9 @@ mod tests {
             ("interfaces:\n  - {name: a, role: pod}\n  - {name: a, role: pod}\n", "interfaces[1].name"),
             ("interfaces:\n  - {name: a, role: uplink, endpoint: {ip: 1.2.3.4, mac: '02:00:00:00:00:01'}}\n", "interfaces[0].endpoint"),
             ("bogus: 1\n", "bogus"),
+            ("services: {maglev_table_size: 1000}\n", "services.maglev_table_size"),
+            ("services: {hash_seed: -1}\n", "services.hash_seed"),
+            ("services: {table_size: 251}\n", "table_size"),
         ];
         for (text, field) in cases {
             let e = err(text);

@@ -5,4 +5,5 @@
 pub mod cluster;
 pub mod config;
 pub mod neigh;
+pub mod services;
 pub mod source;

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_yaml::Value;
 
 /// Everything read from a directory.
@@ -20,6 +22,10 @@ pub struct Manifests {
     pub nodes: BTreeMap<String, Node>,
     /// Pods by (namespace, name).
     pub pods: BTreeMap<(String, String), Pod>,
+    /// Services by (namespace, name).
+    pub services: BTreeMap<(String, String), Service>,
+    /// EndpointSlices (`discovery.k8s.io/v1`) by (namespace, name).
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
     /// Objects of other kinds (later issues read them), with where they came from.
     pub others: Vec<Other>,
     /// One line per problem: `path:line: message`.
@@ -184,14 +190,9 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             Err(e) => bad(m, e),
         },
         ("v1", "Pod") => match serde_yaml::from_value::<Pod>(v) {
-            Ok(o) => match o.metadata.name.clone() {
-                Some(n) => {
-                    let ns = o
-                        .metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into());
-                    m.pods.insert((ns, n), o);
+            Ok(o) => match namespaced(&o.metadata) {
+                Some(key) => {
+                    m.pods.insert(key, o);
                 }
                 None => m
                     .errors
@@ -199,6 +200,30 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
+        ("v1", "Service") => match serde_yaml::from_value::<Service>(v) {
+            Ok(o) => match namespaced(&o.metadata) {
+                Some(key) => {
+                    m.services.insert(key, o);
+                }
+                None => m
+                    .errors
+                    .push(format!("{origin}: Service without metadata.name")),
+            },
+            Err(e) => bad(m, e),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match serde_yaml::from_value::<EndpointSlice>(v) {
+                Ok(o) => match namespaced(&o.metadata) {
+                    Some(key) => {
+                        m.endpoint_slices.insert(key, o);
+                    }
+                    None => m
+                        .errors
+                        .push(format!("{origin}: EndpointSlice without metadata.name")),
+                },
+                Err(e) => bad(m, e),
+            }
+        }
         _ => m.others.push(Other {
             api_version,
             kind,
@@ -206,6 +231,18 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             origin: origin.to_string(),
         }),
     }
+}
+
+/// `(namespace, name)` of a namespaced object; the namespace defaults to `default`, as
+/// `kubectl apply` without `-n` would.
+fn namespaced(meta: &ObjectMeta) -> Option<(String, String)> {
+    let name = meta.name.clone().filter(|n| !n.is_empty())?;
+    let ns = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    Some((ns, name))
 }
 
 #[cfg(test)]
@@ -269,6 +306,40 @@ metadata: {name: p}
             m.errors[1].contains("dir/f.yaml:16 (items[2])") && m.errors[1].contains("Pod"),
             "{}",
             m.errors[1]
+        );
+    }
+
+    #[test]
+    fn services_and_endpoint_slices() {
+        let text = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.1.10], conditions: {ready: true}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: x}
+";
+        let mut m = Manifests::default();
+        load_text(&mut m, text, Path::new("s.yaml"));
+        assert!(m.services.contains_key(&("x".into(), "web".into())));
+        assert!(m
+            .endpoint_slices
+            .contains_key(&("default".into(), "web-abc".into())));
+        assert!(m.others.is_empty());
+        assert_eq!(m.errors.len(), 1, "{:?}", m.errors);
+        assert!(
+            m.errors[0].contains("s.yaml:13: Service without metadata.name"),
+            "{}",
+            m.errors[0]
         );
     }
 

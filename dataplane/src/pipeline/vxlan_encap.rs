@@ -14,8 +14,7 @@ use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{LocalNode, Tables};
 use crate::wire::{
-    icmp_unreachable, set_macs, vxlan_src_port, VxlanRepr, ETH_HLEN,
-    VXLAN_OVERHEAD,
+    icmp_unreachable, set_macs, vxlan_src_port, VxlanRepr, ETH_HLEN, VXLAN_OVERHEAD,
 };
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {

@@ -14,8 +14,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use vireo_control::cluster::{gateway, pod_ifname, pod_mac, ClusterView};
 use vireo_control::config::{
-    format_mac, Config, EndpointConfig, InterfaceConfig, Role, XdpModeConfig,
+    format_mac, Config, EndpointConfig, InterfaceConfig, Role, ServicesConfig, XdpModeConfig,
 };
+use vireo_control::services::{frontend_kind_name, proto_name, ServiceTableBuilder};
 use vireo_control::{neigh, source};
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
@@ -54,6 +55,10 @@ pub struct Agent {
     source_sig: Vec<(PathBuf, std::time::SystemTime, u64)>,
     /// Identities of statically configured endpoints.
     static_ids: IdentityAllocator,
+    /// Builds the service table, keeping the last build's Maglev tables for reuse.
+    service_builder: ServiceTableBuilder,
+    /// The `services` configuration the published service table was built with.
+    services_built_with: Option<ServicesConfig>,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -111,6 +116,8 @@ pub fn run(config_path: &Path) -> Result<()> {
         view: ClusterView::default(),
         source_sig: Vec::new(),
         static_ids: IdentityAllocator::default(),
+        service_builder: ServiceTableBuilder::default(),
+        services_built_with: None,
     };
     agent.tables.update(|t| t.vxlan_port = cfg.vxlan_port);
     agent.anchor_umems()?;
@@ -428,6 +435,52 @@ impl Agent {
         let me = self.cfg.node.clone().unwrap_or_default();
         self.reconcile_pods(&me);
         self.publish_overlay(&me, reread);
+        self.publish_services(&me, reread);
+    }
+
+    /// Builds the service table from the manifests, publishes it in `Tables.services`, and
+    /// programs the uplink to steer its NodePort, external and LoadBalancer frontends. Only
+    /// when the manifests were read again (`reread`) or the `services` configuration changed;
+    /// service ports whose spec, table size and seed are unchanged keep their Maglev tables.
+    /// The table is published before the uplink steers new frontends to it.
+    fn publish_services(&mut self, me: &str, reread: bool) {
+        let sc = self.cfg.services;
+        if !reread && self.services_built_with == Some(sc) {
+            return;
+        }
+        self.services_built_with = Some(sc);
+        let started = Instant::now();
+        let node_ip = self.view.nodes.get(me).map(|n| n.ip);
+        let specs = self.view.service_specs(me, node_ip);
+        let built = self
+            .service_builder
+            .build(specs, sc.maglev_table_size, sc.hash_seed);
+        for w in &built.warnings {
+            tracing::warn!("services: {w}");
+        }
+        let steered: Vec<(std::net::Ipv4Addr, u16, u8)> = built
+            .table
+            .steered()
+            .iter()
+            .map(|f| (f.ip, f.port, f.proto))
+            .collect();
+        let ports = built.table.services().len();
+        let table = Arc::new(built.table);
+        self.tables.update(|t| t.services = table);
+        if let Err(e) = self.steering.set_frontends(&steered) {
+            tracing::warn!(
+                frontends = steered.len(),
+                "steering service frontends from the uplink: {e}"
+            );
+        }
+        tracing::info!(
+            service_ports = ports,
+            built = built.built,
+            reused = built.reused,
+            steered = steered.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "service table published"
+        );
     }
 
     /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
@@ -572,7 +625,34 @@ impl Agent {
                     "next_hop_mac": n.next_hop_mac.map(|m| format_mac(&m)),
                 })).collect::<Vec<_>>(),
             }),
-            other => bail!("unknown map {other:?} (ct, endpoints, ipcache, identities, nodes)"),
+            "services" => json!(t
+                .services
+                .services()
+                .iter()
+                .map(|s| service_json(&s.spec))
+                .collect::<Vec<_>>()),
+            "maglev" => json!(t
+                .services
+                .services()
+                .iter()
+                .map(|s| {
+                    let slots: serde_json::Map<String, Value> = s
+                        .slot_counts()
+                        .into_iter()
+                        .map(|(name, n)| (name, json!(n)))
+                        .collect();
+                    json!({
+                        "service": s.spec.name,
+                        "port": s.spec.port,
+                        "protocol": proto_name(s.spec.proto),
+                        "table_size": s.maglev.size(),
+                        "slots": slots,
+                    })
+                })
+                .collect::<Vec<_>>()),
+            other => bail!(
+                "unknown map {other:?} (ct, endpoints, ipcache, identities, nodes, services, maglev)"
+            ),
         })
     }
 
@@ -676,6 +756,31 @@ impl Agent {
         self.workers.clear();
         tracing::info!("vireo agent stopped; all interfaces detached");
     }
+}
+
+/// One service port as `vireo map get services` shows it.
+fn service_json(s: &vireo_lb::ServiceSpec) -> Value {
+    json!({
+        "service": s.name,
+        "port": s.port,
+        "port_name": s.port_name,
+        "protocol": proto_name(s.proto),
+        "frontends": s.frontends.iter().map(|f| json!({
+            "kind": frontend_kind_name(f.kind),
+            "ip": f.ip.to_string(),
+            "port": f.port,
+        })).collect::<Vec<_>>(),
+        "backends": s.backends.iter().map(|b| json!({
+            "ip": b.ip.to_string(),
+            "port": b.port,
+            "local": b.local,
+            "terminating": b.terminating,
+            "weight": b.weight,
+        })).collect::<Vec<_>>(),
+        "affinity_timeout": s.affinity_timeout,
+        "source_ranges": s.source_ranges.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
+        "external_traffic_policy": if s.external_local { "Local" } else { "Cluster" },
+    })
 }
 
 /// File names, mtimes and sizes in `dir`: a change in any of them means "read again".

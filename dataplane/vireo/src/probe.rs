@@ -31,6 +31,46 @@ pub enum Probe {
         /// Pause this many milliseconds after each 64 KiB (a long-lived, slow connection).
         #[arg(long, default_value_t = 0)]
         pace_ms: u64,
+        /// The server is an `echo-server`: print the backend it names first as
+        /// `{"backend": IP, "peer": ADDR}`, and require its verdict on the stream at the end.
+        #[arg(long)]
+        whoami: bool,
+        /// After this many bytes, print `{"paused": N}` and wait (at most TIMEOUT) for a line
+        /// on stdin before sending the rest.
+        #[arg(long)]
+        pause_at: Option<u64>,
+    },
+    /// A service backend that says who it is, until TIMEOUT or MAX_CONNS connections: each TCP
+    /// connection first gets the line `IP PEER` (this server's address, the client it sees),
+    /// then its test stream is checked and answered with `ok BYTES` or `bad BYTES FIRST_BAD`;
+    /// each UDP datagram is answered with `IP PEER PAYLOAD`.
+    EchoServer {
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
+        #[arg(long)]
+        udp: Option<SocketAddr>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[arg(long, default_value_t = 1000)]
+        max_conns: u32,
+    },
+    /// COUNT attempts, each over a new connection (or a new UDP socket), asking an
+    /// `echo-server` (behind TO) who it is; prints which backend answered each, or the error
+    /// (`refused`: ECONNREFUSED, from ICMP port unreachable or a reset to the SYN; `timeout`).
+    Whoami {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        /// UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// UDP: connect the socket, so that an ICMP error is reported (as `refused`).
+        #[arg(long)]
+        connect: bool,
+        /// Time each attempt may take, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        wait_ms: u64,
     },
     /// Send COUNT TCP SYNs from FROM (this pod's address) to TO, each from another source port.
     SynFlood {
@@ -158,28 +198,42 @@ pub fn run(p: Probe) -> Result<()> {
             bytes,
             timeout,
             pace_ms,
+            whoami,
+            pause_at,
+        } => tcp_client(to, bytes, timeout, pace_ms, whoami, pause_at),
+        Probe::EchoServer {
+            tcp,
+            udp,
+            timeout,
+            max_conns,
+        } => echo_server(tcp, udp, timeout, max_conns),
+        Probe::Whoami {
+            to,
+            count,
+            udp,
+            connect,
+            wait_ms,
         } => {
-            let t0 = Instant::now();
-            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-                .with_context(|| format!("connect {to}"))?;
-            c.set_write_timeout(Some(Duration::from_secs(timeout)))?;
-            let mut s = Stream::new();
-            let mut buf = vec![0u8; 1 << 16];
-            let mut sent = 0u64;
-            while sent < bytes {
-                let n = ((bytes - sent) as usize).min(buf.len());
-                s.fill(&mut buf[..n]);
-                c.write_all(&buf[..n])?;
-                sent += n as u64;
-                if pace_ms > 0 {
-                    std::thread::sleep(Duration::from_millis(pace_ms));
-                }
-            }
-            c.shutdown(std::net::Shutdown::Write)?;
-            let mut rest = Vec::new();
-            let _ = c.read_to_end(&mut rest);
-            let secs = t0.elapsed().as_secs_f64();
-            say(json!({"bytes": sent, "seconds": secs, "mbit_s": sent as f64 * 8.0 / secs / 1e6}));
+            let wait = Duration::from_millis(wait_ms);
+            let answers: Vec<serde_json::Value> = (0..count)
+                .map(|i| {
+                    let t = Instant::now();
+                    let r = if udp {
+                        whoami_udp(to, i, connect, wait)
+                    } else {
+                        whoami_tcp(to, wait)
+                    };
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    match r {
+                        Ok(mut v) => {
+                            v["ms"] = json!(ms);
+                            v
+                        }
+                        Err(e) => json!({"error": error_kind(&e), "ms": ms}),
+                    }
+                })
+                .collect();
+            say(json!({"to": to.to_string(), "answers": answers}));
             Ok(())
         }
         Probe::SynFlood { from, to, count } => syn_flood(from, to, count),
@@ -236,6 +290,249 @@ pub fn run(p: Probe) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn tcp_client(
+    to: SocketAddr,
+    bytes: u64,
+    timeout: u64,
+    pace_ms: u64,
+    whoami: bool,
+    pause_at: Option<u64>,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connect {to}"))?;
+    c.set_write_timeout(Some(Duration::from_secs(timeout)))?;
+    c.set_read_timeout(Some(Duration::from_secs(timeout)))?;
+    let mut backend = None;
+    if whoami {
+        let line = read_line(&mut c).context("reading the backend's name")?;
+        let (ip, peer) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        say(json!({"backend": ip, "peer": peer}));
+        backend = Some(ip.to_string());
+    }
+    let mut s = Stream::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut sent = 0u64;
+    let mut pause = pause_at.filter(|&p| p < bytes);
+    while sent < bytes {
+        let mut n = ((bytes - sent) as usize).min(buf.len());
+        if let Some(p) = pause {
+            n = n.min((p - sent) as usize);
+        }
+        s.fill(&mut buf[..n]);
+        c.write_all(&buf[..n])?;
+        sent += n as u64;
+        if pause == Some(sent) {
+            pause = None;
+            say(json!({"paused": sent}));
+            wait_for_stdin(Duration::from_secs(timeout));
+        } else if pace_ms > 0 {
+            std::thread::sleep(Duration::from_millis(pace_ms));
+        }
+    }
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let secs = t0.elapsed().as_secs_f64();
+    let verdict = String::from_utf8_lossy(&rest).trim().to_string();
+    say(
+        json!({"bytes": sent, "seconds": secs, "mbit_s": sent as f64 * 8.0 / secs / 1e6,
+               "backend": backend, "verdict": whoami.then_some(&verdict)}),
+    );
+    if whoami && verdict != format!("ok {sent}") {
+        bail!("the backend's verdict on {sent} bytes: {verdict:?}");
+    }
+    Ok(())
+}
+
+/// Reads one line (without its newline) byte by byte, so nothing after it is consumed.
+fn read_line(c: &mut TcpStream) -> Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 256 {
+        if c.read(&mut b)? == 0 {
+            bail!("connection closed before a line");
+        }
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
+    bail!("line too long")
+}
+
+/// Blocks until a line (or end of file) on stdin, or `max`.
+fn wait_for_stdin(max: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut l = String::new();
+        let _ = std::io::stdin().read_line(&mut l);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(max);
+}
+
+fn echo_server(
+    tcp: Option<SocketAddr>,
+    udp: Option<SocketAddr>,
+    timeout: u64,
+    max_conns: u32,
+) -> Result<()> {
+    if tcp.is_none() && udp.is_none() {
+        bail!("nothing to serve: give --tcp and/or --udp");
+    }
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let listener = match tcp {
+        Some(a) => {
+            let l = TcpListener::bind(a).with_context(|| format!("listen {a}"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let datagrams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(a) = udp {
+        let s = UdpSocket::bind(a).with_context(|| format!("bind {a}"))?;
+        let me = s.local_addr()?.ip();
+        let count = datagrams.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while Instant::now() < deadline
+                && count.load(std::sync::atomic::Ordering::Relaxed) < 100_000
+            {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let mut reply = format!("{me} {from} ").into_bytes();
+                reply.extend_from_slice(&buf[..n.min(1024)]);
+                let _ = s.send_to(&reply, from);
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    say(
+        json!({"listening": {"tcp": tcp.map(|a| a.to_string()), "udp": udp.map(|a| a.to_string())}}),
+    );
+    let mut conns = 0u32;
+    while Instant::now() < deadline && conns < max_conns {
+        let Some(l) = &listener else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        match l.accept() {
+            Ok((c, peer)) => {
+                conns += 1;
+                std::thread::spawn(move || serve_backend_conn(c, peer, deadline));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => bail!("accept: {e}"),
+        }
+    }
+    say(
+        json!({"connections": conns, "datagrams": datagrams.load(std::sync::atomic::Ordering::Relaxed)}),
+    );
+    Ok(())
+}
+
+/// One connection of an echo server: name ourselves, check the test stream, give the verdict.
+fn serve_backend_conn(mut c: TcpStream, peer: SocketAddr, deadline: Instant) {
+    let mut run = || -> std::io::Result<()> {
+        c.set_nonblocking(false)?;
+        let me = c.local_addr()?.ip();
+        c.write_all(format!("{me} {peer}\n").as_bytes())?;
+        let (mut got, mut bad_at) = (0u64, None);
+        let mut s = Stream::new();
+        let (mut buf, mut want) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            c.set_read_timeout(Some(left))?;
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            s.fill(&mut want[..n]);
+            if bad_at.is_none() && buf[..n] != want[..n] {
+                let i = buf[..n]
+                    .iter()
+                    .zip(&want[..n])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                bad_at = Some(got + i as u64);
+            }
+            got += n as u64;
+        }
+        let verdict = match bad_at {
+            None => format!("ok {got}\n"),
+            Some(at) => format!("bad {got} {at}\n"),
+        };
+        c.write_all(verdict.as_bytes())
+    };
+    let _ = run();
+}
+
+/// One TCP attempt: connect, read the backend's `IP PEER` line.
+fn whoami_tcp(to: SocketAddr, wait: Duration) -> Result<serde_json::Value> {
+    let t = Instant::now();
+    let mut c = TcpStream::connect_timeout(&to, wait)?;
+    c.set_read_timeout(Some(
+        wait.saturating_sub(t.elapsed())
+            .max(Duration::from_millis(1)),
+    ))?;
+    let line = read_line(&mut c)?;
+    let (ip, peer) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    Ok(json!({"backend": ip, "peer": peer}))
+}
+
+/// One UDP attempt from a new socket (a new source port): the reply's source address
+/// (`recvfrom`) and the backend named in it.
+fn whoami_udp(to: SocketAddr, i: u32, connect: bool, wait: Duration) -> Result<serde_json::Value> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let msg = format!("whoami {i}");
+    if connect {
+        s.connect(to)?;
+        s.send(msg.as_bytes())?;
+    } else {
+        s.send_to(msg.as_bytes(), to)?;
+    }
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+        }
+        s.set_read_timeout(Some(left))?;
+        let (n, from) = s.recv_from(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let mut parts = text.splitn(3, ' ');
+        let (ip, peer, payload) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        if payload == msg {
+            return Ok(json!({"backend": ip, "peer": peer, "from": from.to_string()}));
+        }
+    }
+}
+
+/// `refused`, `timeout`, or the error itself.
+fn error_kind(e: &anyhow::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+        Some(K::ConnectionRefused) => "refused".into(),
+        Some(K::ConnectionReset) => "reset".into(),
+        Some(K::TimedOut | K::WouldBlock) => "timeout".into(),
+        _ => format!("{e:#}"),
     }
 }
 

@@ -35,6 +35,17 @@ pub const CT_MAX_TCP: usize = 4096;
 /// Underlay MTU; pods get 50 less (the VXLAN overhead).
 pub const UNDERLAY_MTU: u16 = 1500;
 const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
+/// The underlay bridge's own address, in the underlay namespace: a client "outside" the nodes
+/// (NodePort checks). The bridge is connected to nothing real.
+pub const UNDERLAY_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+
+/// The default sandbox's service backends: pods labelled `app: echo`, this many per node on the
+/// first two nodes, with container ports `http` (TCP) and `udp` (UDP).
+pub const ECHO_PODS_PER_NODE: usize = 2;
+/// Container port `http` of the echo pods.
+pub const ECHO_HTTP_PORT: u16 = 8080;
+/// Container port `udp` of the echo pods.
+pub const ECHO_UDP_PORT: u16 = 8081;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SandboxName {
@@ -75,6 +86,10 @@ pub struct PodState {
     pub ip: Ipv4Addr,
     pub ifname: String,
     pub labels: BTreeMap<String, String>,
+    /// `spec.containers` as written (their named ports resolve Services' target ports); null:
+    /// one container without ports.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub containers: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -211,6 +226,28 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
     netns_add(st, &ul)?;
     sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
     sh(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+    // An address of its own on the bridge (a new bridge has none), so that a client can run in
+    // the underlay namespace.
+    if sh(&["ip", "-n", &ul, "-4", "addr", "show", "dev", "br0"])?
+        .trim()
+        .is_empty()
+    {
+        sh(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_CLIENT}/24"),
+            "dev",
+            "br0",
+        ])?;
+    }
+    // Its traffic must leave with complete checksums, as frames from a real NIC arrive
+    // (AF_XDP copy mode loses CHECKSUM_PARTIAL; see the pods' veths).
+    sh(&[
+        "ip", "netns", "exec", &ul, "ethtool", "-K", "br0", "tx", "off",
+    ])?;
     for i in 1..=o.nodes {
         let node = format!("node-{i}");
         let ns = format!("{}-{node}", st.name);
@@ -280,6 +317,8 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
                 })
                 .collect();
             realize_pods(st, pods)?;
+            realize_pods(st, echo_pods(o.nodes))?;
+            st.objects.extend(echo_services()?);
         }
     }
     write_manifests(st)?;
@@ -288,6 +327,79 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
         agents.push(start_agent(st, i)?);
     }
     wait_ready(st, &mut agents)
+}
+
+/// The default sandbox's service backends: `echo-node-N-J`, labelled `app: echo`, with container
+/// ports `http` (8080/TCP) and `udp` (8081/UDP).
+fn echo_pods(nodes: usize) -> Vec<Pod> {
+    (1..=nodes.min(2))
+        .flat_map(|i| (1..=ECHO_PODS_PER_NODE).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("echo-node-{i}-{j}"), "namespace": "default",
+                             "labels": {"app": "echo"}},
+                "spec": {"nodeName": format!("node-{i}"), "containers": [{
+                    "name": "echo", "image": "sandbox",
+                    "ports": [
+                        {"name": "http", "containerPort": ECHO_HTTP_PORT, "protocol": "TCP"},
+                        {"name": "udp", "containerPort": ECHO_UDP_PORT, "protocol": "UDP"},
+                    ],
+                }]},
+            }))
+            .expect("a valid Pod")
+        })
+        .collect()
+}
+
+/// The default sandbox's Services (default namespace, fixed cluster IPs from 10.96.0.0/16):
+/// `echo` (TCP 80 and UDP 81 over the echo pods), `echo-np` (NodePort 30080,
+/// externalTrafficPolicy Cluster), `echo-sticky` (sessionAffinity ClientIP) and `empty` (a
+/// selector that matches no pod).
+fn echo_services() -> Result<Vec<serde_json::Value>> {
+    let http = json!({"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"});
+    let udp = json!({"name": "udp", "port": 81, "targetPort": "udp", "protocol": "UDP"});
+    let svc = |name: &str, ip: &str, spec: serde_json::Value| -> Result<serde_json::Value> {
+        let mut v = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                     "selector": {"app": "echo"}},
+        });
+        for (k, x) in spec.as_object().into_iter().flatten() {
+            v["spec"][k] = x.clone();
+        }
+        // Checked against the Kubernetes type, as Pods are.
+        let typed: k8s_openapi::api::core::v1::Service = serde_json::from_value(v.clone())
+            .with_context(|| format!("the sandbox's Service {name}"))?;
+        Ok(serde_json::to_value(typed)?)
+    };
+    Ok(vec![
+        svc("echo", "10.96.0.10", json!({"ports": [http, udp]}))?,
+        svc(
+            "echo-np",
+            "10.96.0.11",
+            json!({"type": "NodePort", "externalTrafficPolicy": "Cluster",
+                   "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                              "nodePort": 30080, "protocol": "TCP"}]}),
+        )?,
+        svc(
+            "echo-sticky",
+            "10.96.0.12",
+            json!({"sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10800}},
+                   "ports": [http]}),
+        )?,
+        svc(
+            "empty",
+            "10.96.0.13",
+            json!({"selector": {"app": "no-such-pod"},
+                   "ports": [{"name": "http", "port": 80, "targetPort": ECHO_HTTP_PORT,
+                              "protocol": "TCP"},
+                             {"name": "udp", "port": 81, "targetPort": ECHO_UDP_PORT,
+                              "protocol": "UDP"}]}),
+        )?,
+    ])
 }
 
 /// Applies a manifest directory: new pods are placed and created, changed pods get their new
@@ -306,6 +418,14 @@ fn apply_dir(st: &mut State, dir: &Path, write: bool) -> Result<()> {
             "vireo: {}: the sandbox makes its own Nodes; Node {n} ignored",
             dir.display()
         );
+    }
+    // Services and EndpointSlices go to the agents as written (the sandbox realises nothing
+    // for them).
+    for o in m.services.values() {
+        objects.push(serde_json::to_value(o)?);
+    }
+    for o in m.endpoint_slices.values() {
+        objects.push(serde_json::to_value(o)?);
     }
     for o in &m.others {
         objects.push(serde_json::to_value(&o.value)?);
@@ -347,12 +467,17 @@ fn realize_pods(st: &mut State, pods: Vec<Pod>) -> Result<()> {
             .clone()
             .unwrap_or_else(|| "default".into());
         let labels = p.metadata.labels.clone().unwrap_or_default();
+        let containers = match p.spec.as_ref().map(|s| &s.containers) {
+            Some(c) if !c.is_empty() => serde_json::to_value(c)?,
+            _ => serde_json::Value::Null,
+        };
         if let Some(existing) = st
             .pods
             .iter_mut()
             .find(|x| x.namespace == ns && x.name == name)
         {
             existing.labels = labels;
+            existing.containers = containers;
             continue;
         }
         let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
@@ -370,7 +495,7 @@ fn realize_pods(st: &mut State, pods: Vec<Pod>) -> Result<()> {
                 st.nodes[(rr - 1) % st.nodes.len()].name.clone()
             }
         };
-        create_pod(st, &ns, &name, &node, labels)?;
+        create_pod(st, &ns, &name, &node, labels, containers)?;
     }
     Ok(())
 }
@@ -381,6 +506,7 @@ fn create_pod(
     name: &str,
     node: &str,
     labels: BTreeMap<String, String>,
+    containers: serde_json::Value,
 ) -> Result<()> {
     let n = st.node(node)?.clone();
     let used: Vec<Ipv4Addr> = st
@@ -445,6 +571,7 @@ fn create_pod(
         ip,
         ifname,
         labels,
+        containers,
     });
     st.save()
 }
@@ -463,6 +590,13 @@ fn sanitize(s: &str) -> String {
 
 /// Writes the realised objects the agents read.
 fn write_manifests(st: &State) -> Result<()> {
+    publish(st, &[])
+}
+
+/// Writes the realised objects the agents read, leaving out the pods `without` (as if they had
+/// been deleted; their namespaces and veths stay, and `publish(st, &[])` brings them back).
+/// `vireo connectivity test` removes a service backend this way.
+pub fn publish(st: &State, without: &[&PodState]) -> Result<()> {
     let mut nodes: Vec<serde_json::Value> = vec![serde_json::to_value(Namespace {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some("default".into()),
@@ -483,11 +617,21 @@ fn write_manifests(st: &State) -> Result<()> {
     let pods: Vec<serde_json::Value> = st
         .pods
         .iter()
+        .filter(|p| {
+            !without
+                .iter()
+                .any(|w| w.namespace == p.namespace && w.name == p.name)
+        })
         .map(|p| {
+            let containers = if p.containers.is_null() {
+                json!([{"name": "main", "image": "sandbox"}])
+            } else {
+                p.containers.clone()
+            };
             json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
-                "spec": {"nodeName": p.node, "containers": [{"name": "main", "image": "sandbox"}]},
+                "spec": {"nodeName": p.node, "containers": containers},
                 "status": {"phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]},
             })
         })
@@ -599,6 +743,11 @@ fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until every agent has attached its pods and knows every pod (after `publish`).
+pub fn wait_agents(st: &State) -> Result<()> {
+    wait_ready(st, &mut [])
 }
 
 /// Whether `pid` is one of our agents (not a recycled pid).
@@ -776,5 +925,41 @@ mod tests {
         assert!(parse_name("toolongname").is_err());
         assert!(parse_name("a-b").is_err());
         assert_eq!(sanitize("kube.system_x"), "kube-system-x");
+    }
+
+    #[test]
+    fn default_services_and_their_backends() {
+        let svcs = echo_services().unwrap();
+        let ips: Vec<Ipv4Addr> = svcs
+            .iter()
+            .map(|s| s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap())
+            .collect();
+        let range: Ipv4Net = "10.96.0.0/16".parse().unwrap();
+        assert_eq!(ips.len(), 4);
+        assert!(ips.iter().all(|ip| range.contains(ip)));
+        let mut distinct = ips.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ips.len());
+        let np = svcs
+            .iter()
+            .find(|s| s["metadata"]["name"] == "echo-np")
+            .unwrap();
+        assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080);
+        assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
+        let sticky = svcs
+            .iter()
+            .find(|s| s["metadata"]["name"] == "echo-sticky")
+            .unwrap();
+        assert_eq!(sticky["spec"]["sessionAffinity"], "ClientIP");
+        let pods = echo_pods(2);
+        assert_eq!(pods.len(), 2 * ECHO_PODS_PER_NODE);
+        let ports = pods[0].spec.as_ref().unwrap().containers[0]
+            .ports
+            .clone()
+            .unwrap();
+        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        assert_eq!(ports[1].protocol.as_deref(), Some("UDP"));
+        assert_eq!(echo_pods(1).len(), ECHO_PODS_PER_NODE);
     }
 }

@@ -208,7 +208,151 @@ pub fn render_map(map: &str, v: &Value) -> String {
                 );
             }
         }
+        "services" => {
+            let _ = writeln!(
+                o,
+                "{:<28} {:<10} {:<36} {:<34} {:<9}  POLICY",
+                "SERVICE", "PORT", "FRONTEND", "BACKEND", "AFFINITY"
+            );
+            for e in rows(v) {
+                let name = match e["port_name"].as_str() {
+                    Some(p) if !p.is_empty() => format!("{} ({p})", s(&e["service"])),
+                    _ => s(&e["service"]),
+                };
+                let port = format!("{}/{}", s(&e["port"]), s(&e["protocol"]));
+                let frontends: Vec<String> = rows(&e["frontends"])
+                    .iter()
+                    .map(|f| format!("{}:{} {}", s(&f["ip"]), s(&f["port"]), s(&f["kind"])))
+                    .collect();
+                let mut backends: Vec<String> = rows(&e["backends"])
+                    .iter()
+                    .map(|b| {
+                        let mut t = format!("{}:{}", s(&b["ip"]), s(&b["port"]));
+                        if b["local"] == true {
+                            t.push_str(" local");
+                        }
+                        if b["terminating"] == true {
+                            t.push_str(" terminating");
+                        }
+                        if b["weight"].as_u64().is_some_and(|w| w != 1) {
+                            t.push_str(&format!(" w{}", s(&b["weight"])));
+                        }
+                        t
+                    })
+                    .collect();
+                if backends.is_empty() {
+                    backends.push("(none)".into());
+                }
+                let affinity = match e["affinity_timeout"].as_u64() {
+                    Some(t) => format!("{t}s"),
+                    None => "-".into(),
+                };
+                let mut policy = s(&e["external_traffic_policy"]);
+                let ranges: Vec<String> = rows(&e["source_ranges"]).iter().map(s).collect();
+                if !ranges.is_empty() {
+                    policy.push_str(&format!(" from {}", ranges.join(",")));
+                }
+                for i in 0..frontends.len().max(backends.len()) {
+                    let first = i == 0;
+                    let line = format!(
+                        "{:<28} {:<10} {:<36} {:<34} {:<9}  {}",
+                        if first { name.as_str() } else { "" },
+                        if first { port.as_str() } else { "" },
+                        frontends.get(i).map(String::as_str).unwrap_or(""),
+                        backends.get(i).map(String::as_str).unwrap_or(""),
+                        if first { affinity.as_str() } else { "" },
+                        if first { policy.as_str() } else { "" },
+                    );
+                    let _ = writeln!(o, "{}", line.trim_end());
+                }
+            }
+        }
+        "maglev" => {
+            let _ = writeln!(
+                o,
+                "{:<28} {:<10} {:>7}  {:<22} {:>7} {:>7}",
+                "SERVICE", "PORT", "TABLE", "BACKEND", "SLOTS", "SHARE"
+            );
+            for e in rows(v) {
+                let port = format!("{}/{}", s(&e["port"]), s(&e["protocol"]));
+                let size = e["table_size"].as_u64().unwrap_or(0);
+                let mut slots: Vec<(String, u64)> = e["slots"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(b, n)| (b.clone(), n.as_u64().unwrap_or(0)))
+                    .collect();
+                slots.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                if slots.is_empty() {
+                    slots.push(("(no backend)".into(), 0));
+                }
+                for (i, (b, n)) in slots.iter().enumerate() {
+                    let share = if size > 0 {
+                        format!("{:.1}%", *n as f64 * 100.0 / size as f64)
+                    } else {
+                        "-".into()
+                    };
+                    let first = i == 0;
+                    let _ = writeln!(
+                        o,
+                        "{:<28} {:<10} {:>7}  {:<22} {:>7} {:>7}",
+                        if first {
+                            s(&e["service"])
+                        } else {
+                            String::new()
+                        },
+                        if first { port.as_str() } else { "" },
+                        if first {
+                            size.to_string()
+                        } else {
+                            String::new()
+                        },
+                        b,
+                        n,
+                        share
+                    );
+                }
+            }
+        }
         _ => o = format!("{v:#}\n"),
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn services_and_maglev_tables() {
+        let v = json!([{
+            "service": "default/echo", "port": 80, "port_name": "http", "protocol": "TCP",
+            "frontends": [
+                {"kind": "ClusterIP", "ip": "10.96.0.10", "port": 80},
+                {"kind": "NodePort", "ip": "192.168.100.11", "port": 30080},
+            ],
+            "backends": [
+                {"ip": "10.244.1.10", "port": 8080, "local": true, "terminating": false, "weight": 1},
+                {"ip": "10.244.2.10", "port": 8080, "local": false, "terminating": true, "weight": 1},
+                {"ip": "10.244.2.11", "port": 8080, "local": false, "terminating": false, "weight": 1},
+            ],
+            "affinity_timeout": 10800, "source_ranges": ["10.0.0.0/8"],
+            "external_traffic_policy": "Local",
+        }]);
+        let t = render_map("services", &v);
+        assert_eq!(t.lines().count(), 4, "{t}");
+        assert!(t.contains("default/echo (http)") && t.contains("80/TCP"));
+        assert!(t.contains("192.168.100.11:30080 NodePort"));
+        assert!(t.contains("10.244.2.10:8080 terminating"));
+        assert!(t.contains("Local from 10.0.0.0/8") && t.contains("10800s"));
+        let m = json!([{
+            "service": "default/echo", "port": 80, "protocol": "TCP", "table_size": 251,
+            "slots": {"10.244.1.10:8080": 125, "10.244.2.11:8080": 126},
+        }]);
+        let t = render_map("maglev", &m);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(t.lines().nth(1).unwrap().contains("10.244.2.11:8080"));
+        assert!(t.contains("50.2%"));
+    }
 }
