@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: build Vireo, bring up the sandbox cluster on this machine (2 nodes, 3 pods each,
+# The main job: build Vireo, bring up the sandbox cluster on this machine (2 nodes, pods, Services,
 # one agent per node, VXLAN between them; no Kubernetes needed) and print its connectivity
 # table. The sandbox stays up for you to explore; `vireo sandbox down` removes all of it.
 set -euo pipefail

@@ -443,6 +443,21 @@ pub fn validate_ifname(n: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The DaemonSet's configuration (deploy/vireo-agent.yaml) is valid.
+    #[test]
+    fn the_daemonset_config_parses() {
+        use serde::Deserialize;
+        let text = include_str!("../../deploy/vireo-agent.yaml");
+        let cm = serde_yaml::Deserializer::from_str(text)
+            .map(serde_yaml::Value::deserialize)
+            .filter_map(Result::ok)
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("a ConfigMap");
+        let yaml = cm["data"]["vireo.yaml"].as_str().expect("vireo.yaml");
+        let cfg = Config::parse(yaml, Path::new("vireo.yaml")).expect("valid");
+        assert_eq!(cfg.services.maglev_table_size, 16381);
+    }
+
     fn err(text: &str) -> String {
         Config::parse(text, Path::new("t.yaml"))
             .unwrap_err()

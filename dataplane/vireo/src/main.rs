@@ -107,7 +107,7 @@ enum ConnectivityCmd {
 
 #[derive(Subcommand)]
 enum MapCmd {
-    /// Print one table: ct, endpoints, ipcache, identities or nodes.
+    /// Print one table: ct, endpoints, ipcache, identities, nodes, services or maglev.
     Get {
         /// The table.
         map: String,
