@@ -276,13 +276,12 @@ impl ClusterView {
     }
 }
 
+/// Two nodes (node-1 at 192.168.100.11, node-2 at .12, pod CIDRs 10.244.1/2.0/24) as
+/// manifests, for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::source::load_text;
-
-    const TEXT: &str = "\
-apiVersion: v1
+macro_rules! two_nodes_yaml {
+    () => {
+        "apiVersion: v1
 kind: Node
 metadata: {name: node-1}
 spec: {podCIDR: 10.244.1.0/24}
@@ -293,7 +292,20 @@ kind: Node
 metadata: {name: node-2}
 spec: {podCIDR: 10.244.2.0/24}
 status: {addresses: [{type: InternalIP, address: 192.168.100.12}]}
----
+"
+    };
+}
+#[cfg(test)]
+pub(crate) use two_nodes_yaml;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::load_text;
+
+    const TEXT: &str = concat!(
+        two_nodes_yaml!(),
+        "---
 apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: default, labels: {app: web}}
@@ -310,7 +322,8 @@ apiVersion: v1
 kind: Pod
 metadata: {name: pending, namespace: default}
 spec: {containers: []}
-";
+",
+    );
 
     fn view() -> ClusterView {
         let mut m = Manifests::default();

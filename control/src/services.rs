@@ -739,19 +739,7 @@ mod tests {
     use crate::cluster::ClusterView;
     use crate::source::load_text;
 
-    const NODES: &str = "\
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.100.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 192.168.100.12}]}
-";
+    const NODES: &str = crate::cluster::two_nodes_yaml!();
 
     const ME: &str = "node-1";
 

@@ -105,8 +105,13 @@ pub fn vxlan_from_c(dst: Ipv4Addr, vni: u32, payload: &[u8]) -> Vec<u8> {
     let mut inner = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut inner, payload)
         .expect("writing to a Vec cannot fail");
+    vxlan_from_remote(&inner, vni)
+}
+
+/// `inner` (an Ethernet frame) encapsulated by the remote node towards us, VNI `vni`.
+pub fn vxlan_from_remote(inner: &[u8], vni: u32) -> Vec<u8> {
     let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
-    out[VXLAN_OVERHEAD..].copy_from_slice(&inner);
+    out[VXLAN_OVERHEAD..].copy_from_slice(inner);
     VxlanRepr {
         src_mac: REMOTE.1,
         dst_mac: UPLINK.1,

@@ -8,7 +8,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 
 use super::*;
-use crate::fixtures::{tcp, two_pods_with_ct, IDS, POD_A, POD_B, POD_C, UPLINK};
+use crate::fixtures::{tcp, two_pods_with_ct, vxlan_from_remote, IDS, POD_A, POD_B, POD_C, UPLINK};
 use crate::tables::Tables;
 use crate::wire::{ipv4_header_checksum, VXLAN_OVERHEAD};
 
@@ -270,25 +270,6 @@ fn a_forged_source_is_not_translated() {
     assert_eq!(d.verdict, Verdict::Drop(DropReason::InvalidSource));
 }
 
-/// `inner` (an Ethernet frame) as VXLAN from the remote node, with identity `vni`.
-fn from_tunnel(inner: &[u8], vni: u32) -> Vec<u8> {
-    use crate::fixtures::{REMOTE, VXLAN_PORT};
-    use crate::wire::VxlanRepr;
-    let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
-    out[VXLAN_OVERHEAD..].copy_from_slice(inner);
-    VxlanRepr {
-        src_mac: REMOTE.1,
-        dst_mac: UPLINK.1,
-        src_ip: REMOTE.0.octets(),
-        dst_ip: UPLINK.2.octets(),
-        src_port: 50000,
-        dst_port: VXLAN_PORT,
-        vni,
-    }
-    .emit(&mut out, inner.len());
-    out
-}
-
 #[test]
 fn a_remote_backend_answers_an_outside_client_through_this_node() {
     let (mut t, _) = two_pods_with_ct(64, 64);
@@ -306,7 +287,7 @@ fn a_remote_backend_answers_an_outside_client_through_this_node() {
         sport,
         SYN | ACK,
     );
-    let (d, out, _) = run_one(&t, UPLINK.0, &from_tunnel(&reply, IDS[2]));
+    let (d, out, _) = run_one(&t, UPLINK.0, &vxlan_from_remote(&reply, IDS[2]));
     assert_eq!(d.verdict, Verdict::Tx { slot: UPLINK.0 });
     assert_eq!(d.ct, CtVerdict::Reply);
     assert_eq!(&out[0..6], &CLIENT.1);

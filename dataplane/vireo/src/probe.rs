@@ -133,6 +133,41 @@ impl Stream {
     }
 }
 
+/// Checks received bytes against the test stream, however they arrive in pieces.
+struct Checker {
+    stream: Stream,
+    want: Vec<u8>,
+    /// Bytes seen.
+    got: u64,
+    /// Offset of the first byte that differs from the stream.
+    bad_at: Option<u64>,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Checker {
+            stream: Stream::new(),
+            want: vec![0u8; 1 << 16],
+            got: 0,
+            bad_at: None,
+        }
+    }
+    /// Checks the next piece (at most 64 KiB).
+    fn feed(&mut self, data: &[u8]) {
+        let want = &mut self.want[..data.len()];
+        self.stream.fill(want);
+        if self.bad_at.is_none() && data != &want[..] {
+            let i = data
+                .iter()
+                .zip(&*want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            self.bad_at = Some(self.got + i as u64);
+        }
+        self.got += data.len() as u64;
+    }
+}
+
 /// Prints one line; a reader that went away is no reason to panic.
 fn say(v: impl std::fmt::Display) {
     let mut o = std::io::stdout().lock();
@@ -165,25 +200,16 @@ pub fn run(p: Probe) -> Result<()> {
             };
             c.set_nonblocking(false)?;
             c.set_read_timeout(Some(Duration::from_secs(timeout)))?;
-            let (mut got, mut bad_at) = (0u64, None);
-            let mut s = Stream::new();
-            let (mut buf, mut want) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            let mut check = Checker::new();
+            let mut buf = vec![0u8; 1 << 16];
             while Instant::now() < deadline {
                 let n = c.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
-                s.fill(&mut want[..n]);
-                if bad_at.is_none() && buf[..n] != want[..n] {
-                    let i = buf[..n]
-                        .iter()
-                        .zip(&want[..n])
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    bad_at = Some(got + i as u64);
-                }
-                got += n as u64;
+                check.feed(&buf[..n]);
             }
+            let (got, bad_at) = (check.got, check.bad_at);
             let ok = got == bytes && bad_at.is_none();
             say(
                 json!({"peer": peer.to_string(), "bytes": got, "expected": bytes, "intact": bad_at.is_none(), "first_bad_byte": bad_at, "ok": ok}),
@@ -446,9 +472,8 @@ fn serve_backend_conn(mut c: TcpStream, peer: SocketAddr, deadline: Instant) {
         c.set_nonblocking(false)?;
         let me = c.local_addr()?.ip();
         c.write_all(format!("{me} {peer}\n").as_bytes())?;
-        let (mut got, mut bad_at) = (0u64, None);
-        let mut s = Stream::new();
-        let (mut buf, mut want) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        let mut check = Checker::new();
+        let mut buf = vec![0u8; 1 << 16];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -459,20 +484,11 @@ fn serve_backend_conn(mut c: TcpStream, peer: SocketAddr, deadline: Instant) {
             if n == 0 {
                 break;
             }
-            s.fill(&mut want[..n]);
-            if bad_at.is_none() && buf[..n] != want[..n] {
-                let i = buf[..n]
-                    .iter()
-                    .zip(&want[..n])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                bad_at = Some(got + i as u64);
-            }
-            got += n as u64;
+            check.feed(&buf[..n]);
         }
-        let verdict = match bad_at {
-            None => format!("ok {got}\n"),
-            Some(at) => format!("bad {got} {at}\n"),
+        let verdict = match check.bad_at {
+            None => format!("ok {}\n", check.got),
+            Some(at) => format!("bad {} {at}\n", check.got),
         };
         c.write_all(verdict.as_bytes())
     };
