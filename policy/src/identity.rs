@@ -76,6 +76,10 @@ impl fmt::Display for Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Labels(BTreeMap<String, String>);
 
+/// First number of CIDR identities: node-local identities of the address blocks policies name
+/// (as Cilium's local identities, above the 24 bits a VNI carries: they never cross the tunnel).
+pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
+
 /// The label that carries a pod's namespace.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// The prefix under which a namespace's own labels are attached to its pods.

@@ -2,12 +2,23 @@
 //!
 //! - [`identity`]: security identities (Cilium's reserved ones, and endpoint identities derived
 //!   from label sets);
-//! - [`ipcache`]: IP or CIDR → identity and tunnel endpoint, with longest-prefix match.
-//!
-//! Rules and compiled verdict tables arrive with the policy issue.
+//! - [`ipcache`]: IP or CIDR → identity and tunnel endpoint, with longest-prefix match;
+//! - [`rules`]: policies as Vireo holds them, whatever manifest they came from;
+//! - [`engine`]: what a set of policies decides for one endpoint, direction and peer, and why;
+//! - [`compiled`]: the same, compiled per endpoint identity for the fast path, recompiled
+//!   incrementally.
 
+pub mod compiled;
+pub mod engine;
 pub mod identity;
 pub mod ipcache;
+pub mod rules;
 
+pub use compiled::{Compiler, EndpointPolicy, PolicyTables};
+pub use engine::{decide, Decision, PeerInfo, Verdict};
 pub use identity::{Identity, IdentityAllocator, Labels};
 pub use ipcache::{IpCache, IpCacheEntry};
+pub use rules::{
+    Action, Direction, Entity, Op, Origin, Peer, Policy, PortRange, Proto, Requirement, Rule,
+    Selector,
+};

@@ -1,0 +1,560 @@
+//! Policies compiled for the fast path: per endpoint identity, a verdict table keyed by
+//! (direction, remote identity) holding port ranges, so a new flow's verdict is one hash lookup
+//! and a scan of a few entries.
+//!
+//! Addresses outside the cluster get identities too, as in Cilium: every block a CIDR rule
+//! names (nets and their excepts) becomes a node-local *CIDR identity* (from
+//! [`CIDR_IDENTITY_BASE`]); an address takes the identity of the most specific block holding
+//! it, or `world`. A CIDR rule then selects the CIDR identities inside its block and outside its
+//! excepts, and everything is identity-based.
+//!
+//! [`Compiler`] keeps the inputs and recomputes only what a change touches: a changed identity
+//! (labels) recomputes its own table and the tables whose rules select it, a changed policy the
+//! tables of the identities it selects. Each table is built whole and then swapped in, so an
+//! endpoint never passes through a default-allow state while its policy is updated.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::engine::{rule_matches, PeerInfo, Verdict};
+use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
+use crate::rules::{Action, Direction, Origin, Peer, Policy, PortRange, Rule};
+
+#[cfg(test)]
+mod tests;
+
+/// One compiled rule entry: ports and what they get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    ports: PortRange,
+    action: Action,
+    /// The rule it came from.
+    rule: Arc<Origin>,
+}
+
+/// Index of a direction.
+fn di(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// The compiled policy of one endpoint identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    enforced: [bool; 2],
+    by_peer: FxHashMap<(u8, u32), Vec<Entry>>,
+    /// Entries whose peers are everyone (identities not known yet included).
+    any: [Vec<Entry>; 2],
+}
+
+/// A fast-path verdict: the verdict and the deciding rule (`None`: a default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup<'a> {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The deciding rule; `None` for default deny or allow.
+    pub rule: Option<&'a Origin>,
+}
+
+impl EndpointPolicy {
+    /// The verdict for `peer` in direction `d` on `proto`/`port`.
+    #[inline]
+    pub fn lookup(&self, d: Direction, peer: u32, proto: u8, port: u16) -> Lookup<'_> {
+        let i = di(d);
+        let specific = self.by_peer.get(&(i as u8, peer)).map(Vec::as_slice);
+        let mut allow = None;
+        for e in specific.unwrap_or(&[]).iter().chain(&self.any[i]) {
+            if !e.ports.covers(proto, port) {
+                continue;
+            }
+            match e.action {
+                Action::Deny => {
+                    return Lookup {
+                        verdict: Verdict::Denied,
+                        rule: Some(&e.rule),
+                    }
+                }
+                Action::Allow => allow = allow.or(Some(&*e.rule)),
+            }
+        }
+        match allow {
+            Some(r) => Lookup {
+                verdict: Verdict::Allowed,
+                rule: Some(r),
+            },
+            None => Lookup {
+                verdict: if self.enforced[i] {
+                    Verdict::Denied
+                } else {
+                    Verdict::Allowed
+                },
+                rule: None,
+            },
+        }
+    }
+
+    /// Whether default deny is in force for `d`.
+    pub fn enforced(&self, d: Direction) -> bool {
+        self.enforced[di(d)]
+    }
+
+    /// Entries in the table (for the operator and benchmarks).
+    pub fn entries(&self) -> usize {
+        self.by_peer.values().map(Vec::len).sum::<usize>() + self.any[0].len() + self.any[1].len()
+    }
+}
+
+/// What the fast path reads: compiled tables by endpoint identity, CIDR identities, and the
+/// rules' origins.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyTables {
+    tables: FxHashMap<u32, Arc<EndpointPolicy>>,
+    /// CIDR blocks → identity, most specific first.
+    cidrs: Arc<Vec<(Ipv4Net, u32)>>,
+}
+
+impl PolicyTables {
+    /// The table of endpoint identity `id`; `None`: no policy selects it (allow all).
+    #[inline]
+    pub fn get(&self, id: u32) -> Option<&EndpointPolicy> {
+        self.tables.get(&id).map(Arc::as_ref)
+    }
+
+    /// The verdict for an endpoint of identity `subject`.
+    #[inline]
+    pub fn lookup(
+        &self,
+        subject: u32,
+        d: Direction,
+        peer: u32,
+        proto: u8,
+        port: u16,
+    ) -> Lookup<'_> {
+        match self.get(subject) {
+            Some(t) => t.lookup(d, peer, proto, port),
+            None => Lookup {
+                verdict: Verdict::Allowed,
+                rule: None,
+            },
+        }
+    }
+
+    /// The identity of an address outside the cluster: its most specific policy CIDR, or world.
+    #[inline]
+    pub fn world_identity(&self, ip: Ipv4Addr) -> u32 {
+        self.cidrs
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map_or(Identity::WORLD.0, |(_, id)| *id)
+    }
+
+    /// Whether any endpoint is under policy (when not, the fast path skips policy entirely).
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Identities with a table.
+    pub fn subjects(&self) -> usize {
+        self.tables.len()
+    }
+}
+
+/// Labels of the reserved identities (`reserved:<name>`).
+pub fn reserved_labels() -> Vec<(Identity, Labels)> {
+    Identity::RESERVED
+        .iter()
+        .filter(|(i, _)| *i != Identity::UNKNOWN)
+        .map(|(i, n)| (*i, Labels::new([(format!("reserved:{n}"), String::new())])))
+        .collect()
+}
+
+/// Keeps policies and identities and recompiles what changes touch.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    /// Policies by a key of the caller's (e.g. `kind/namespace/name`), with their rules'
+    /// peer sets.
+    policies: BTreeMap<String, Vec<Compiled>>,
+    /// Known identities (pods, reserved, CIDR) and their labels.
+    identities: BTreeMap<u32, Labels>,
+    /// CIDR identity by block.
+    cidr_ids: BTreeMap<Ipv4Net, u32>,
+    /// Current tables.
+    tables: FxHashMap<u32, Arc<EndpointPolicy>>,
+    cidrs: Arc<Vec<(Ipv4Net, u32)>>,
+    /// How many endpoint tables the last change rebuilt (for tests and the operator).
+    pub last_recomputed: usize,
+}
+
+/// A policy with its rules' peer sets.
+#[derive(Debug, Clone)]
+struct Compiled {
+    policy: Policy,
+    /// Per rule (ingress then egress): its direction, origin, whether its peers are everyone,
+    /// and else the identities they select.
+    rules: Vec<FlatRule>,
+}
+
+#[derive(Debug, Clone)]
+struct FlatRule {
+    dir: Direction,
+    rule: Rule,
+    origin: Arc<Origin>,
+    /// Peers are everyone: compiled into the `any` list.
+    everyone: bool,
+    /// Identities the rule's peers select.
+    peers: FxHashSet<u32>,
+}
+
+impl Compiler {
+    /// A compiler that knows the reserved identities.
+    pub fn new() -> Compiler {
+        let mut c = Compiler::default();
+        for (i, l) in reserved_labels() {
+            c.identities.insert(i.0, l);
+        }
+        c
+    }
+
+    /// The peer description of identity `id` (address unused: CIDR identities are matched by
+    /// their block).
+    fn peer(&self, id: u32, labels: &Labels) -> PeerInfo {
+        PeerInfo {
+            identity: Identity(id),
+            labels: labels.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// Whether rule `r` selects identity `id`.
+    fn selects(&self, r: &Rule, id: u32, labels: &Labels) -> bool {
+        let block = self
+            .cidr_ids
+            .iter()
+            .find(|(_, i)| **i == id)
+            .map(|(n, _)| *n);
+        let peer = self.peer(id, labels);
+        let any_port = |r: &Rule| Rule {
+            ports: Vec::new(),
+            ..r.clone()
+        };
+        match block {
+            // A CIDR identity: selected by CIDR rules whose block holds it and no except does,
+            // and by everything that selects world.
+            Some(b) => {
+                let world = PeerInfo {
+                    identity: Identity::WORLD,
+                    labels: Labels::new([("reserved:world", "")]),
+                    ip: Ipv4Addr::UNSPECIFIED,
+                };
+                r.peers.iter().any(|p| match p {
+                    Peer::Cidr { net, except } => {
+                        net.contains(&b) && !except.iter().any(|x| x.contains(&b))
+                    }
+                    other => crate::engine::peer_matches(other, &world),
+                }) && r.requires.iter().all(|s| s.matches(&world.labels))
+            }
+            None => {
+                // World outside every listed block: CIDR rules select it only if their block is
+                // everything.
+                let zero = Ipv4Net::default();
+                if id == Identity::WORLD.0
+                    && r.peers.iter().any(|p| {
+                        matches!(p, Peer::Cidr { net, except } if *net == zero && except.is_empty())
+                    })
+                {
+                    return r.requires.iter().all(|s| s.matches(labels));
+                }
+                rule_matches(&any_port(r), &peer, 0, 0)
+            }
+        }
+    }
+
+    /// Sets (or replaces) the policies under `key`. Only the rules of these policies are
+    /// matched against the identities, and only the tables of the endpoints they selected or
+    /// select are rebuilt.
+    pub fn set_policies(&mut self, key: &str, policies: Vec<Policy>) {
+        let mut touched = self.subjects_of(key);
+        self.policies.remove(key);
+        let new_ids = self.sync_cidr_identities(&policies);
+        if !policies.is_empty() {
+            let compiled = policies
+                .into_iter()
+                .map(|p| self.compile_policy(p))
+                .collect();
+            self.policies.insert(key.to_string(), compiled);
+        }
+        touched.extend(self.subjects_of(key));
+        // New CIDR identities are peers the other policies' rules may select.
+        for id in new_ids {
+            if let Some(l) = self.identities.get(&id).cloned() {
+                touched.extend(self.update_peer_sets(id, Some(&l)));
+            }
+        }
+        self.recompute(&touched);
+    }
+
+    /// Removes the policies under `key`.
+    pub fn remove_policies(&mut self, key: &str) {
+        self.set_policies(key, Vec::new());
+    }
+
+    /// Sets (or replaces) the labels of identity `id`.
+    pub fn set_identity(&mut self, id: Identity, labels: Labels) {
+        if self.identities.get(&id.0) == Some(&labels) {
+            self.last_recomputed = 0;
+            return;
+        }
+        self.identities.insert(id.0, labels.clone());
+        let mut touched = self.update_peer_sets(id.0, Some(&labels));
+        touched.insert(id.0);
+        self.recompute(&touched);
+    }
+
+    /// Forgets identity `id`.
+    pub fn remove_identity(&mut self, id: Identity) {
+        if self.identities.remove(&id.0).is_none() {
+            return;
+        }
+        let mut touched = self.update_peer_sets(id.0, None);
+        touched.insert(id.0);
+        self.recompute(&touched);
+    }
+
+    /// The identities selected as subjects by the policies under `key`.
+    fn subjects_of(&self, key: &str) -> BTreeSet<u32> {
+        let Some(ps) = self.policies.get(key) else {
+            return BTreeSet::new();
+        };
+        self.identities
+            .iter()
+            .filter(|(id, _)| **id >= Identity::FIRST_ENDPOINT && **id < CIDR_IDENTITY_BASE)
+            .filter(|(_, l)| {
+                ps.iter()
+                    .any(|c| c.policy.node_selector.is_none() && c.policy.subject.matches(l))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Updates every rule's peer set for identity `id` (gone when `labels` is `None`); returns
+    /// the subjects of the policies whose rules changed.
+    fn update_peer_sets(&mut self, id: u32, labels: Option<&Labels>) -> BTreeSet<u32> {
+        let mut changed_keys = Vec::new();
+        let keys: Vec<String> = self.policies.keys().cloned().collect();
+        for key in keys {
+            let mut changed = false;
+            let n = self.policies[&key].len();
+            for pi in 0..n {
+                for ri in 0..self.policies[&key][pi].rules.len() {
+                    let f = &self.policies[&key][pi].rules[ri];
+                    if f.everyone {
+                        continue;
+                    }
+                    let now = labels.is_some_and(|l| self.selects(&f.rule, id, l));
+                    let was = f.peers.contains(&id);
+                    if now != was {
+                        let peers =
+                            &mut self.policies.get_mut(&key).expect("key")[pi].rules[ri].peers;
+                        if now {
+                            peers.insert(id);
+                        } else {
+                            peers.remove(&id);
+                        }
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                changed_keys.push(key);
+            }
+        }
+        changed_keys
+            .iter()
+            .flat_map(|k| self.subjects_of(k))
+            .collect()
+    }
+
+    /// Gives every block `policies` name a CIDR identity, drops the blocks no policy names any
+    /// more, and returns the new identities.
+    fn sync_cidr_identities(&mut self, policies: &[Policy]) -> Vec<u32> {
+        let mut blocks: BTreeSet<Ipv4Net> = BTreeSet::new();
+        let all = self
+            .policies
+            .values()
+            .flatten()
+            .map(|c| &c.policy)
+            .chain(policies.iter());
+        for p in all {
+            for r in p.ingress.iter().chain(&p.egress) {
+                for peer in &r.peers {
+                    if let Peer::Cidr { net, except } = peer {
+                        blocks.insert(*net);
+                        blocks.extend(except.iter().copied());
+                    }
+                }
+            }
+        }
+        blocks.remove(&Ipv4Net::default());
+        let gone: Vec<(Ipv4Net, u32)> = self
+            .cidr_ids
+            .iter()
+            .filter(|(b, _)| !blocks.contains(b))
+            .map(|(b, i)| (*b, *i))
+            .collect();
+        for (b, id) in gone {
+            self.cidr_ids.remove(&b);
+            self.identities.remove(&id);
+            let _ = self.update_peer_sets(id, None);
+        }
+        let mut next = self
+            .cidr_ids
+            .values()
+            .max()
+            .map_or(CIDR_IDENTITY_BASE, |m| m + 1);
+        let mut new = Vec::new();
+        for b in &blocks {
+            if !self.cidr_ids.contains_key(b) {
+                self.cidr_ids.insert(*b, next);
+                self.identities.insert(
+                    next,
+                    Labels::new([
+                        (format!("cidr:{b}"), String::new()),
+                        ("reserved:world".into(), String::new()),
+                    ]),
+                );
+                new.push(next);
+                next += 1;
+            }
+        }
+        let mut cidrs: Vec<(Ipv4Net, u32)> = self.cidr_ids.iter().map(|(n, i)| (*n, *i)).collect();
+        cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        self.cidrs = Arc::new(cidrs);
+        new
+    }
+
+    /// A policy with its rules' peer sets against every known identity.
+    fn compile_policy(&self, policy: Policy) -> Compiled {
+        let mut rules = Vec::new();
+        for (dir, list) in [
+            (Direction::Ingress, &policy.ingress),
+            (Direction::Egress, &policy.egress),
+        ] {
+            for r in list {
+                let everyone = r.requires.is_empty()
+                    && r.peers
+                        .iter()
+                        .any(|x| matches!(x, Peer::Any | Peer::Entity(crate::rules::Entity::All)));
+                let peers = if everyone {
+                    FxHashSet::default()
+                } else {
+                    self.identities
+                        .iter()
+                        .filter(|(id, l)| self.selects(r, **id, l))
+                        .map(|(id, _)| *id)
+                        .collect()
+                };
+                rules.push(FlatRule {
+                    dir,
+                    rule: r.clone(),
+                    origin: Arc::new(r.origin.clone()),
+                    everyone,
+                    peers,
+                });
+            }
+        }
+        Compiled { policy, rules }
+    }
+
+    /// Builds the tables of `subjects` whole and swaps them in.
+    fn recompute(&mut self, subjects: &BTreeSet<u32>) {
+        self.last_recomputed = subjects.len();
+        for id in subjects {
+            let Some(labels) = self.identities.get(id) else {
+                self.tables.remove(id);
+                continue;
+            };
+            match self.compile_one(labels) {
+                Some(t) => {
+                    self.tables.insert(*id, Arc::new(t));
+                }
+                None => {
+                    self.tables.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The table of an endpoint with `labels`; `None` when no policy selects it.
+    fn compile_one(&self, labels: &Labels) -> Option<EndpointPolicy> {
+        let mut t = EndpointPolicy::default();
+        let mut selected = false;
+        for c in self.policies.values().flatten() {
+            let p = &c.policy;
+            if p.node_selector.is_some() || !p.subject.matches(labels) {
+                continue;
+            }
+            selected = true;
+            t.enforced[0] |= p.enforce_ingress;
+            t.enforced[1] |= p.enforce_egress;
+            for f in &c.rules {
+                let i = di(f.dir);
+                let ports: Vec<PortRange> = if f.rule.ports.is_empty() {
+                    vec![PortRange::ALL]
+                } else {
+                    f.rule
+                        .ports
+                        .iter()
+                        .filter(|pr| !(f.rule.action == Action::Allow && pr.l7))
+                        .copied()
+                        .collect()
+                };
+                for ports in ports {
+                    let e = Entry {
+                        ports,
+                        action: f.rule.action,
+                        rule: f.origin.clone(),
+                    };
+                    if f.everyone {
+                        t.any[i].push(e);
+                    } else {
+                        for peer in &f.peers {
+                            t.by_peer
+                                .entry((i as u8, *peer))
+                                .or_default()
+                                .push(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        selected.then_some(t)
+    }
+
+    /// A snapshot for the fast path (shares unchanged tables with the previous one).
+    pub fn tables(&self) -> PolicyTables {
+        PolicyTables {
+            tables: self.tables.clone(),
+            cidrs: self.cidrs.clone(),
+        }
+    }
+
+    /// The policies (for `decide`).
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policies
+            .values()
+            .flatten()
+            .map(|c| c.policy.clone())
+            .collect()
+    }
+
+    /// The labels of identity `id` (pods, reserved and CIDR identities).
+    pub fn labels(&self, id: u32) -> Option<&Labels> {
+        self.identities.get(&id)
+    }
+}

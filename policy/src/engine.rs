@@ -1,0 +1,176 @@
+//! The meaning of a set of policies: for one endpoint, one direction and one peer, the verdict
+//! and the rules that decided it.
+//!
+//! Semantics (Cilium's, which Kubernetes NetworkPolicy shares for what it can express):
+//! - an endpoint that no policy selects for a direction allows everything in it; once a policy
+//!   that enforces that direction selects it, the direction is default-deny except what the
+//!   rules allow;
+//! - allow rules add up; a matching deny rule beats every allow;
+//! - a port that carries L7 rules is not allowed by its rule (Vireo does not enforce L7, and
+//!   must never be wider than what the user wrote);
+//! - CIDR peers match addresses outside the cluster (world and CIDR identities), as in Cilium;
+//!   pods and nodes are matched by their identities.
+//!
+//! [`decide`] is the reference: `vireo policy trace` explains verdicts with it, and the
+//! compiled tables the fast path reads ([`crate::compiled`]) are checked against it.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
+use crate::rules::{Action, Direction, Entity, Origin, Peer, Policy, Rule};
+
+/// The other side of a flow, as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its security identity.
+    pub identity: Identity,
+    /// Its labels (`k8s:…` for pods, `reserved:…` for reserved identities).
+    pub labels: Labels,
+    /// Its address (for CIDR rules).
+    pub ip: Ipv4Addr,
+}
+
+impl PeerInfo {
+    /// Whether the peer is outside the cluster (world, or an address only CIDR rules name).
+    pub fn is_world(&self) -> bool {
+        self.identity == Identity::WORLD || self.identity.0 >= CIDR_IDENTITY_BASE
+    }
+}
+
+/// A verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The packet may pass.
+    Allowed,
+    /// It may not.
+    Denied,
+}
+
+/// A verdict with its reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The rules that decided it: the matching deny rules, or else the matching allow rules.
+    /// Empty when no rule matched (default allow or default deny).
+    pub rules: Vec<Origin>,
+    /// Some policy selects the endpoint for this direction (default deny is in force).
+    pub enforced: bool,
+}
+
+impl Decision {
+    /// Why, in words: the rules, or the default that applied.
+    pub fn reason(&self) -> String {
+        if !self.rules.is_empty() {
+            let r: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
+            return r.join("; ");
+        }
+        match (self.verdict, self.enforced) {
+            (Verdict::Denied, _) => "default deny (selected by a policy, no rule allows)".into(),
+            (Verdict::Allowed, false) => "default allow (no policy selects the endpoint)".into(),
+            (Verdict::Allowed, true) => "allowed".into(),
+        }
+    }
+}
+
+/// Whether `peer` is one of `e`.
+pub fn entity_matches(e: Entity, peer: &PeerInfo) -> bool {
+    let id = peer.identity;
+    match e {
+        Entity::All => true,
+        Entity::World => peer.is_world(),
+        Entity::Cluster => !peer.is_world(),
+        Entity::Host => id == Identity::HOST,
+        Entity::RemoteNode => id == Identity::REMOTE_NODE,
+        Entity::Health => id == Identity::HEALTH,
+        Entity::Init => id == Identity::INIT,
+        Entity::Unmanaged => id == Identity::UNMANAGED,
+    }
+}
+
+/// Whether `peer` matches `p` (ignoring ports).
+pub fn peer_matches(p: &Peer, peer: &PeerInfo) -> bool {
+    match p {
+        Peer::Any => true,
+        Peer::Entity(e) => entity_matches(*e, peer),
+        Peer::Endpoints(sel) => sel.matches(&peer.labels),
+        Peer::Cidr { net, except } => {
+            peer.is_world()
+                && net.contains(&peer.ip)
+                && !except.iter().any(|x| x.contains(&peer.ip))
+        }
+    }
+}
+
+/// Whether `r` applies to `peer` and `proto`/`port`. An allow rule's L7 ports do not count.
+pub fn rule_matches(r: &Rule, peer: &PeerInfo, proto: u8, port: u16) -> bool {
+    let ports = r.ports.is_empty()
+        || r.ports
+            .iter()
+            .any(|pr| pr.covers(proto, port) && !(r.action == Action::Allow && pr.l7));
+    ports
+        && r.peers.iter().any(|p| peer_matches(p, peer))
+        && r.requires.iter().all(|s| s.matches(&peer.labels))
+}
+
+/// The policies that select an endpoint with `labels`.
+pub fn selecting<'a>(
+    policies: &'a [Policy],
+    labels: &'a Labels,
+) -> impl Iterator<Item = &'a Policy> {
+    policies
+        .iter()
+        .filter(move |p| p.node_selector.is_none() && p.subject.matches(labels))
+}
+
+/// The verdict for traffic in direction `d` of the endpoint with `labels`, with `peer` on the
+/// other side, IP protocol `proto` and the endpoint-side `port` for ingress (the destination
+/// port; for egress, the destination port on the peer).
+pub fn decide(
+    policies: &[Policy],
+    labels: &Labels,
+    d: Direction,
+    peer: &PeerInfo,
+    proto: u8,
+    port: u16,
+) -> Decision {
+    let mut enforced = false;
+    let (mut allows, mut denies) = (Vec::new(), Vec::new());
+    for p in selecting(policies, labels) {
+        enforced |= p.enforces(d);
+        for r in p.rules(d) {
+            if rule_matches(r, peer, proto, port) {
+                match r.action {
+                    Action::Allow => allows.push(r.origin.clone()),
+                    Action::Deny => denies.push(r.origin.clone()),
+                }
+            }
+        }
+    }
+    if !denies.is_empty() {
+        return Decision {
+            verdict: Verdict::Denied,
+            rules: denies,
+            enforced,
+        };
+    }
+    if !enforced {
+        return Decision {
+            verdict: Verdict::Allowed,
+            rules: allows,
+            enforced,
+        };
+    }
+    Decision {
+        verdict: if allows.is_empty() {
+            Verdict::Denied
+        } else {
+            Verdict::Allowed
+        },
+        rules: allows,
+        enforced,
+    }
+}

@@ -1,0 +1,359 @@
+//! Policy rules as Vireo holds them, whatever manifest they came from (CiliumNetworkPolicy,
+//! CiliumClusterwideNetworkPolicy, NetworkPolicy): who a policy selects, and per direction the
+//! allow and deny rules with their peers and ports.
+//!
+//! Labels carry a source, as in Cilium: `k8s:app`, `reserved:host`; a selector key without a
+//! source (or with `any:`) matches the key from any source.
+
+use std::fmt;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::identity::Labels;
+
+/// A label selector requirement's operator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum Op {
+    /// The key is present with one of the values (`matchLabels` is `In` with one value).
+    In(Vec<String>),
+    /// The key is absent, or present with none of the values.
+    NotIn(Vec<String>),
+    /// The key is present.
+    Exists,
+    /// The key is absent.
+    DoesNotExist,
+}
+
+/// One requirement of a selector: `key` with its source (`k8s:app`, `any:app`,
+/// `reserved:host`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Requirement {
+    /// `source:key`.
+    pub key: String,
+    /// What the value must be.
+    pub op: Op,
+}
+
+/// A label selector: every requirement must hold. No requirement selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Selector {
+    /// The requirements (ANDed).
+    pub reqs: Vec<Requirement>,
+}
+
+/// Splits `source:key` into (source, key); a key without a source is `any`.
+pub fn split_source(key: &str) -> (&str, &str) {
+    match key.split_once(':') {
+        Some((src, k)) if matches!(src, "k8s" | "reserved" | "any" | "cidr" | "unspec") => (src, k),
+        _ => ("any", key),
+    }
+}
+
+/// Adds the `any:` source to a key written without one.
+pub fn with_source(key: &str) -> String {
+    let (src, k) = split_source(key);
+    format!("{src}:{k}")
+}
+
+impl Selector {
+    /// A selector that selects everything.
+    pub fn all() -> Selector {
+        Selector::default()
+    }
+
+    /// `key = value` (keys as in [`Requirement::key`]).
+    pub fn label(key: &str, value: &str) -> Selector {
+        Selector {
+            reqs: vec![Requirement {
+                key: with_source(key),
+                op: Op::In(vec![value.to_string()]),
+            }],
+        }
+    }
+
+    /// This selector, also requiring `other`'s requirements.
+    pub fn and(mut self, other: &Selector) -> Selector {
+        self.reqs.extend(other.reqs.iter().cloned());
+        self
+    }
+
+    /// The values `labels` has for `key` (a source-qualified key; `any:` matches all sources).
+    fn values<'a>(labels: &'a Labels, key: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let (src, k) = split_source(key);
+        let (src, k) = (src.to_string(), k.to_string());
+        labels.iter().filter_map(move |(lk, v)| {
+            let (ls, lkey) = split_source(lk);
+            (lkey == k && (src == "any" || ls == src)).then_some(v)
+        })
+    }
+
+    /// Whether `labels` satisfies every requirement.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.reqs.iter().all(|r| {
+            let mut vals = Self::values(labels, &r.key);
+            match &r.op {
+                Op::In(want) => vals.any(|v| want.iter().any(|w| w == v)),
+                Op::NotIn(bad) => vals.all(|v| !bad.iter().any(|w| w == v)),
+                Op::Exists => vals.next().is_some(),
+                Op::DoesNotExist => vals.next().is_none(),
+            }
+        })
+    }
+
+    /// Whether it selects everything.
+    pub fn is_all(&self) -> bool {
+        self.reqs.is_empty()
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reqs.is_empty() {
+            return f.write_str("{}");
+        }
+        let parts: Vec<String> = self
+            .reqs
+            .iter()
+            .map(|r| match &r.op {
+                Op::In(v) if v.len() == 1 => format!("{}={}", r.key, v[0]),
+                Op::In(v) => format!("{} in ({})", r.key, v.join(",")),
+                Op::NotIn(v) => format!("{} notin ({})", r.key, v.join(",")),
+                Op::Exists => r.key.clone(),
+                Op::DoesNotExist => format!("!{}", r.key),
+            })
+            .collect();
+        write!(f, "{{{}}}", parts.join(", "))
+    }
+}
+
+/// Traffic direction, from the selected endpoint's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Towards the endpoint.
+    Ingress,
+    /// From the endpoint.
+    Egress,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Allow (rules add up).
+    Allow,
+    /// Deny (beats any allow).
+    Deny,
+}
+
+/// An L4 protocol as policies name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Proto {
+    /// TCP (6).
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP (17).
+    #[serde(rename = "UDP")]
+    Udp,
+    /// Any protocol (Cilium's `ANY`).
+    #[serde(rename = "ANY")]
+    Any,
+}
+
+impl Proto {
+    /// Parses `TCP`, `UDP`, `ANY` in any case.
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "ANY" => Some(Proto::Any),
+            _ => None,
+        }
+    }
+
+    /// Whether this covers IP protocol `p`.
+    pub fn covers(self, p: u8) -> bool {
+        match self {
+            Proto::Tcp => p == 6,
+            Proto::Udp => p == 17,
+            Proto::Any => true,
+        }
+    }
+}
+
+/// Ports a rule covers: `lo..=hi` of `proto`. `lo == 0` means every port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PortRange {
+    /// First port (0: all).
+    pub lo: u16,
+    /// Last port.
+    pub hi: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// The user attached L7 rules (HTTP, Kafka, DNS) to this port: Vireo does not enforce L7,
+    /// so the port is not allowed by this rule (fail closed).
+    pub l7: bool,
+}
+
+impl PortRange {
+    /// Every port of every protocol.
+    pub const ALL: PortRange = PortRange {
+        lo: 0,
+        hi: 0,
+        proto: Proto::Any,
+        l7: false,
+    };
+
+    /// Whether this covers `port` of IP protocol `p`.
+    pub fn covers(&self, p: u8, port: u16) -> bool {
+        self.proto.covers(p) && (self.lo == 0 || (self.lo..=self.hi).contains(&port))
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Any => "ANY",
+        };
+        match (self.lo, self.hi) {
+            (0, _) => write!(f, "*/{proto}"),
+            (l, h) if l == h => write!(f, "{l}/{proto}"),
+            (l, h) => write!(f, "{l}-{h}/{proto}"),
+        }
+    }
+}
+
+/// Cilium's entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    /// The local node.
+    Host,
+    /// Other nodes.
+    RemoteNode,
+    /// Outside the cluster (and CIDR identities).
+    World,
+    /// Everything inside the cluster.
+    Cluster,
+    /// Health endpoints.
+    Health,
+    /// Endpoints whose identity is not resolved yet.
+    Init,
+    /// Pods not managed by the dataplane.
+    Unmanaged,
+    /// Everything.
+    All,
+}
+
+impl Entity {
+    /// Parses an entity name.
+    pub fn parse(s: &str) -> Option<Entity> {
+        Some(match s {
+            "host" => Entity::Host,
+            "remote-node" => Entity::RemoteNode,
+            "world" => Entity::World,
+            "cluster" => Entity::Cluster,
+            "health" => Entity::Health,
+            "init" => Entity::Init,
+            "unmanaged" => Entity::Unmanaged,
+            "all" => Entity::All,
+            _ => return None,
+        })
+    }
+}
+
+/// Who a rule is about on the other side.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    /// Endpoints whose labels match (fromEndpoints/toEndpoints; NetworkPolicy pod and
+    /// namespace selectors, combined).
+    Endpoints(Selector),
+    /// An entity.
+    Entity(Entity),
+    /// Addresses in `net` but in none of `except` (fromCIDR, fromCIDRSet, ipBlock).
+    Cidr {
+        /// The block.
+        net: Ipv4Net,
+        /// Holes in it.
+        except: Vec<Ipv4Net>,
+    },
+    /// Anyone (a rule with ports only).
+    Any,
+}
+
+/// Where a rule came from, for `policy trace` and drop events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Origin {
+    /// `CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy` or `NetworkPolicy`.
+    pub kind: String,
+    /// `namespace/name`, or the name of a cluster-wide policy.
+    pub name: String,
+    /// Which rule: `ingress[0]`, `egressDeny[1]`, `specs[1].ingress[0]`, …
+    pub rule: String,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.kind, self.name, self.rule)
+    }
+}
+
+/// One rule of one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Rule {
+    /// Allow or deny.
+    pub action: Action,
+    /// The peer must match one of these (ORed).
+    pub peers: Vec<Peer>,
+    /// And every one of these (fromRequires / toRequires of the policy).
+    pub requires: Vec<Selector>,
+    /// Ports covered (ORed); empty: every port.
+    pub ports: Vec<PortRange>,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// One policy (one `spec`, or one entry of `specs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Policy {
+    /// Where it came from (`rule` empty).
+    pub origin: Origin,
+    /// Endpoints it applies to (a namespaced policy includes its namespace here).
+    pub subject: Selector,
+    /// Cluster-wide policies may select nodes instead of endpoints (nodeSelector): they apply
+    /// to the host endpoint of matching nodes.
+    pub node_selector: Option<Selector>,
+    /// It puts selected endpoints into default-deny for ingress.
+    pub enforce_ingress: bool,
+    /// And for egress.
+    pub enforce_egress: bool,
+    /// Ingress rules (allow and deny).
+    pub ingress: Vec<Rule>,
+    /// Egress rules.
+    pub egress: Vec<Rule>,
+    /// What the user should know (L7 rules not enforced, fields ignored).
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    /// The rules of one direction.
+    pub fn rules(&self, d: Direction) -> &[Rule] {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Whether it puts its endpoints into default-deny for `d`.
+    pub fn enforces(&self, d: Direction) -> bool {
+        match d {
+            Direction::Ingress => self.enforce_ingress,
+            Direction::Egress => self.enforce_egress,
+        }
+    }
+}
