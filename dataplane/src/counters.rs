@@ -46,6 +46,7 @@ drop_reasons! {
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer headers.";
     TcpInvalidFlags => "tcp_invalid_flags", "TCP flags no stack sends (SYN+FIN, SYN+RST, FIN without ACK, none): not tracked.";
     CtFull => "ct_full", "A new flow with the conntrack table at its limit and nothing expired to evict.";
+    PolicyDenied => "policy_denied", "A new flow the endpoint's policy denies (a deny rule, or default deny).";
     NoBackend => "no_backend", "A service with no backend taking new flows: answered with ICMP port unreachable.";
     LbSourceRange => "lb_source_range", "A client outside a LoadBalancer service's loadBalancerSourceRanges.";
     SnatNoPort => "snat_no_port", "No free source port to source-NAT a NodePort or external flow to the node's address.";

@@ -5,8 +5,10 @@
 //! - [`tables`]: immutable snapshots published by the control side, read without locks.
 //! - [`io`]: UMEM, AF_XDP sockets (on `xdpilone`), system checks. The only `unsafe` code.
 //! - [`worker`]: pinned threads that own sockets and move batches between them.
+//! - [`events`]: drop events for `vireo monitor`.
 
 pub mod counters;
+pub mod events;
 pub mod fixtures;
 pub mod io;
 pub mod pipeline;

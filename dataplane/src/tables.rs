@@ -74,6 +74,19 @@ pub struct RemoteNode {
     pub next_hop_mac: Option<Mac>,
 }
 
+/// Why policy dropped a new flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDrop {
+    /// Which side's policy: the source's egress or the destination's ingress.
+    pub direction: vireo_policy::Direction,
+    /// Identities of both ends.
+    pub src_identity: u32,
+    /// Destination identity.
+    pub dst_identity: u32,
+    /// The deny rule, or `None` for default deny.
+    pub rule: Option<Arc<vireo_policy::Origin>>,
+}
+
 /// One snapshot of everything the fast path looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -98,9 +111,112 @@ pub struct Tables {
     pub ct: Option<std::sync::Arc<vireo_conntrack::Table>>,
     /// Service frontends, backends and Maglev tables.
     pub services: Arc<vireo_lb::ServiceTable>,
+    /// Compiled policy per endpoint identity.
+    pub policy: Arc<vireo_policy::PolicyTables>,
+    /// Where drop events go while `vireo monitor` listens (the same in every snapshot).
+    pub monitor: Arc<crate::events::Monitor>,
 }
 
 impl Tables {
+    /// The security identity of `ip` as policy sees it: a local endpoint's, the ipcache's (pods
+    /// and nodes elsewhere), else the CIDR identity of an address outside the cluster.
+    #[inline]
+    pub fn identity_of(&self, ip: u32) -> u32 {
+        if let Some(ep) = self.endpoints.get(&ip) {
+            return ep.identity;
+        }
+        match self.ipcache.lookup(ip) {
+            Some(e) => e.identity.0,
+            None => self.policy.world_identity(Ipv4Addr::from(ip)),
+        }
+    }
+
+    /// Judges a new flow from `src` (identity `src_id`) to `dst`:`port`, and reports a denial to
+    /// the monitor (with its rule) when one listens. True when denied.
+    #[inline]
+    pub fn policy_drop(
+        &self,
+        in_slot: u16,
+        (src, sport): (u32, u16),
+        src_id: u32,
+        (dst, dport): (u32, u16),
+        proto: u8,
+    ) -> bool {
+        let port = if proto == 1 { 0 } else { dport };
+        let Some(pd) = self.policy_denies(src, src_id, dst, proto, port) else {
+            return false;
+        };
+        if self.monitor.is_on() {
+            self.monitor.push(crate::events::DropEvent {
+                reason: crate::counters::DropReason::PolicyDenied,
+                in_slot,
+                src: Ipv4Addr::from(src),
+                dst: Ipv4Addr::from(dst),
+                proto,
+                sport,
+                dport,
+                src_identity: pd.src_identity,
+                dst_identity: pd.dst_identity,
+                direction: Some(pd.direction),
+                rule: pd.rule,
+            });
+        }
+        true
+    }
+
+    /// The policy verdict for a new flow from `src` (identity `src_id`) to `dst`:`port`: the
+    /// source's egress policy if it is a local endpoint, then the destination's ingress policy
+    /// if that is local. `None`: allowed.
+    #[inline]
+    pub fn policy_denies(
+        &self,
+        src: u32,
+        src_id: u32,
+        dst: u32,
+        proto: u8,
+        port: u16,
+    ) -> Option<PolicyDrop> {
+        use vireo_policy::{Direction, Verdict};
+        if self.policy.is_empty() {
+            return None;
+        }
+        let world = |id: u32, ip: u32| {
+            if id == vireo_policy::Identity::WORLD.0 {
+                self.policy.world_identity(Ipv4Addr::from(ip))
+            } else {
+                id
+            }
+        };
+        let src_id = world(src_id, src);
+        let dst_id = self.identity_of(dst);
+        if let Some(ep) = self.endpoints.get(&src) {
+            let l = self
+                .policy
+                .lookup(ep.identity, Direction::Egress, dst_id, proto, port);
+            if l.verdict == Verdict::Denied {
+                return Some(PolicyDrop {
+                    direction: Direction::Egress,
+                    src_identity: src_id,
+                    dst_identity: dst_id,
+                    rule: l.rule.cloned(),
+                });
+            }
+        }
+        if let Some(ep) = self.endpoints.get(&dst) {
+            let l = self
+                .policy
+                .lookup(ep.identity, Direction::Ingress, src_id, proto, port);
+            if l.verdict == Verdict::Denied {
+                return Some(PolicyDrop {
+                    direction: Direction::Ingress,
+                    src_identity: src_id,
+                    dst_identity: dst_id,
+                    rule: l.rule.cloned(),
+                });
+            }
+        }
+        None
+    }
     /// The interface in `slot`, if attached.
     #[inline]
     pub fn iface(&self, slot: u16) -> Option<&Interface> {

@@ -59,7 +59,7 @@ pub struct Lookup<'a> {
     /// The verdict.
     pub verdict: Verdict,
     /// The deciding rule; `None` for default deny or allow.
-    pub rule: Option<&'a Origin>,
+    pub rule: Option<&'a Arc<Origin>>,
 }
 
 impl EndpointPolicy {
@@ -80,7 +80,7 @@ impl EndpointPolicy {
                         rule: Some(&e.rule),
                     }
                 }
-                Action::Allow => allow = allow.or(Some(&*e.rule)),
+                Action::Allow => allow = allow.or(Some(&e.rule)),
             }
         }
         match allow {

@@ -3,9 +3,10 @@
 //!
 //! - A packet of a known flow updates its entry (state, counters, lifetime) and skips policy:
 //!   policy is stateful, as in Cilium.
-//! - The first packet of a flow gets its policy verdict first (the policy issue adds the
-//!   evaluation at the marked hook; until then every flow is allowed), then an entry. A full
-//!   table drops the new flow (`ct_full`); flows already tracked are never hurt.
+//! - The first packet of a flow gets its policy verdict first (the source's egress policy if it
+//!   is a local pod, the destination's ingress policy if that is one), then an entry; a denied
+//!   flow is dropped as `policy_denied` and gets no entry. A full table drops the new flow
+//!   (`ct_full`); flows already tracked are never hurt.
 //! - TCP flags no stack sends are dropped and not tracked (`tcp_invalid_flags`).
 //!
 //! Keys carry a direction, as Cilium's tuples do: `egress` for flows a local pod opened,
@@ -42,7 +43,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
         if u16::from_be_bytes([buf[12], buf[13]]) != ETHERTYPE_IPV4 {
             continue; // an ARP reply on its way back
         }
-        match track(ct, d, buf) {
+        match track(ct, t, d, buf) {
             Ok(v) => d.ct = v,
             Err(r) => d.verdict = Verdict::Drop(r),
         }
@@ -85,7 +86,7 @@ pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) ->
     }
 }
 
-fn track(ct: &Table, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
+fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
     let proto = ip[9];
     let Some((sport, dport, flags)) = l4(proto, &ip[IPV4_MIN_HLEN..])? else {
@@ -121,8 +122,17 @@ fn track(ct: &Table, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
             return Ok(CtVerdict::Reply);
         }
     }
-    // A new flow. Policy hook: the policy issue evaluates the flow here and drops it before it
-    // gets an entry; until then every flow is allowed.
+    // A new flow: policy first (the source's egress here, the destination's ingress if it is
+    // ours); a denied flow gets no entry, so its next packet is judged again.
+    if t.policy_drop(
+        d.in_slot,
+        (key.src, sport),
+        d.src_identity,
+        (key.dst, dport),
+        proto,
+    ) {
+        return Err(DropReason::PolicyDenied);
+    }
     let first = if proto == TCP {
         tcp_first(flags)
     } else {

@@ -182,9 +182,20 @@ macro_rules! pipeline {
         #[inline]
         pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
             $( $stage::run(batch, frames, tables, counts); )*
+            let monitor = tables.monitor.is_on();
             for d in batch.descs_mut() {
                 match d.verdict {
-                    Verdict::Drop(r) => counts.drop(r),
+                    Verdict::Drop(r) => {
+                        counts.drop(r);
+                        // Policy drops were reported where they were judged, with their rule.
+                        if monitor && r != DropReason::PolicyDenied {
+                            if let Some(buf) = frames.frame(d.addr, d.len) {
+                                let mut e = crate::events::DropEvent::from_frame(r, d.in_slot, buf);
+                                e.src_identity = d.src_identity;
+                                tables.monitor.push(e);
+                            }
+                        }
+                    }
                     Verdict::Tx { .. } => {}
                     // A frame no stage claimed: every kind has a stage, so this is a bug; drop.
                     Verdict::Continue(_) => {
@@ -268,6 +279,8 @@ pub(crate) fn for_each_pending<F: Frames>(
     }
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]

@@ -237,6 +237,17 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
     let Some((backend, bport)) = choose(ct, svc, &p, local_only) else {
         return Some(Verdict::Drop(DropReason::NoBackend));
     };
+    // Policy, as Cilium applies it to service flows: against the chosen backend (the client's
+    // egress, and the backend's ingress if it is ours).
+    if t.policy_drop(
+        d.in_slot,
+        (p.src, p.sport),
+        d.src_identity,
+        (backend, bport),
+        proto,
+    ) {
+        return Some(Verdict::Drop(DropReason::PolicyDenied));
+    }
     // Outside clients of an externalTrafficPolicy Cluster frontend are source-NAT'd to this
     // node, so the backend (perhaps on another node) answers through it.
     let snat = origin == Origin::Uplink && !local_only;

@@ -1,0 +1,202 @@
+//! Policy in the pipeline: new flows are judged (egress at the source, ingress at the
+//! destination), replies of allowed flows pass through conntrack, denied flows get no entry.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use vireo_policy::{
+    Action, Compiler, Identity, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
+};
+
+use super::*;
+use crate::fixtures::{tcp, two_pods_with_ct, vxlan_from_remote, IDS, POD_A, POD_B, POD_C};
+use crate::tables::Tables;
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn labels(app: &str) -> Labels {
+    Labels::new([
+        ("k8s:app", app),
+        ("k8s:io.kubernetes.pod.namespace", "default"),
+    ])
+}
+
+fn origin(rule: &str) -> Origin {
+    Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "default/p".into(),
+        rule: rule.into(),
+    }
+}
+
+/// Pod B (app=b) takes ingress only from app=a on TCP 80; pod C (app=c, on the other node)
+/// may not send to B at all (explicit deny).
+fn with_policy(t: &mut Tables) {
+    let mut c = Compiler::new();
+    c.set_identity(Identity(IDS[0]), labels("a"));
+    c.set_identity(Identity(IDS[1]), labels("b"));
+    c.set_identity(Identity(IDS[2]), labels("c"));
+    let p = Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "b"),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        ingress: vec![
+            Rule {
+                action: Action::Allow,
+                peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
+                requires: Vec::new(),
+                ports: vec![PortRange {
+                    lo: 80,
+                    hi: 80,
+                    proto: Proto::Tcp,
+                    l7: false,
+                }],
+                origin: origin("ingress[0]"),
+            },
+            Rule {
+                action: Action::Deny,
+                peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
+                requires: Vec::new(),
+                ports: Vec::new(),
+                origin: origin("ingressDeny[0]"),
+            },
+        ],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    c.set_policies("default/p", vec![p]);
+    t.policy = Arc::new(c.tables());
+}
+
+fn run_one(t: &Tables, slot: u16, f: &[u8]) -> (Desc, BatchCounts) {
+    let mut mem = VecFrames::new(BATCH, 2048);
+    let mut b = Batch::default();
+    mem.write(256, f);
+    assert!(b.push(Desc::new(256, f.len() as u32, slot)));
+    let mut c = BatchCounts::default();
+    run(&mut b, &mut mem, t, &mut c);
+    (b.descs()[0], c)
+}
+
+fn a_to_b(port: u16, flags: u8) -> Vec<u8> {
+    tcp((POD_A.0, POD_A.1), (POD_B.0, POD_A.3), 40000, port, flags)
+}
+
+#[test]
+fn an_allowed_port_passes_and_its_replies_too() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    let (d, _) = run_one(&t, POD_A.2, &a_to_b(80, SYN));
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_B.2 });
+    assert_eq!(d.ct, CtVerdict::New);
+    let reply = tcp((POD_B.0, POD_B.1), (POD_A.0, POD_B.3), 80, 40000, SYN | ACK);
+    let (d, _) = run_one(&t, POD_B.2, &reply);
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
+    assert_eq!(d.ct, CtVerdict::Reply);
+}
+
+#[test]
+fn other_ports_fall_to_default_deny_and_get_no_entry() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    let (d, c) = run_one(&t, POD_A.2, &a_to_b(81, SYN));
+    assert_eq!(d.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    assert_eq!(c.drops[DropReason::PolicyDenied as usize], 1);
+    // Judged again, still denied: no entry was made.
+    let (d, _) = run_one(&t, POD_A.2, &a_to_b(81, ACK));
+    assert_eq!(d.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    // B is not selected for egress: it may open flows to A on any port.
+    let b_to_a = tcp((POD_B.0, POD_B.1), (POD_A.0, POD_B.3), 5000, 9999, SYN);
+    let (d, _) = run_one(&t, POD_B.2, &b_to_a);
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
+}
+
+#[test]
+fn ingress_from_the_tunnel_uses_the_vni_identity_and_deny_wins() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    let from_c = tcp(
+        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
+        (POD_B.0, POD_B.3),
+        40000,
+        80,
+        SYN,
+    );
+    let (d, _) = run_one(
+        &t,
+        crate::fixtures::UPLINK.0,
+        &vxlan_from_remote(&from_c, IDS[2]),
+    );
+    assert_eq!(d.verdict, Verdict::Drop(DropReason::PolicyDenied));
+    // The same packet with identity app=a is allowed on port 80.
+    let (d, _) = run_one(
+        &t,
+        crate::fixtures::UPLINK.0,
+        &vxlan_from_remote(&from_c, IDS[0]),
+    );
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_B.2 });
+}
+
+#[test]
+fn world_addresses_get_cidr_identities() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    assert_eq!(
+        t.identity_of(u32::from(Ipv4Addr::new(9, 9, 9, 9))),
+        Identity::WORLD.0
+    );
+    assert_eq!(t.identity_of(u32::from(POD_B.0)), IDS[1]);
+}
+
+#[test]
+fn the_monitor_sees_policy_drops_with_their_rule_and_other_drops_too() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    t.monitor.set(true);
+    run_one(&t, POD_A.2, &a_to_b(81, SYN));
+    let from_c = tcp(
+        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
+        (POD_B.0, POD_B.3),
+        40000,
+        80,
+        SYN,
+    );
+    run_one(
+        &t,
+        crate::fixtures::UPLINK.0,
+        &vxlan_from_remote(&from_c, IDS[2]),
+    );
+    // An unknown destination is reported too, from the frame.
+    run_one(
+        &t,
+        POD_A.2,
+        &tcp(
+            (POD_A.0, POD_A.1),
+            (Ipv4Addr::new(10, 9, 9, 9), POD_A.3),
+            1,
+            2,
+            SYN,
+        ),
+    );
+    let (ev, lost) = t.monitor.drain(10);
+    assert_eq!(lost, 0);
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert_eq!(ev[0].reason, DropReason::PolicyDenied);
+    assert_eq!((ev[0].src, ev[0].dst, ev[0].dport), (POD_A.0, POD_B.0, 81));
+    assert_eq!((ev[0].src_identity, ev[0].dst_identity), (IDS[0], IDS[1]));
+    assert_eq!(ev[0].direction, Some(vireo_policy::Direction::Ingress));
+    assert!(ev[0].rule.is_none(), "default deny");
+    assert_eq!(
+        ev[1].rule.as_ref().map(|r| r.rule.as_str()),
+        Some("ingressDeny[0]")
+    );
+    assert_eq!(ev[2].reason, DropReason::UnknownDestination);
+    assert_eq!(ev[2].src_identity, IDS[0]);
+    // Nobody listening: nothing queued.
+    t.monitor.set(false);
+    run_one(&t, POD_A.2, &a_to_b(81, SYN));
+    assert!(t.monitor.drain(10).0.is_empty());
+}
