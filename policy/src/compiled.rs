@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::engine::{rule_matches, PeerInfo, Verdict};
+use crate::engine::{identity_matches, Verdict};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
 use crate::rules::{Action, Direction, Origin, Peer, Policy, PortRange, Rule};
 
@@ -184,6 +184,8 @@ pub struct Compiler {
     identities: BTreeMap<u32, Labels>,
     /// CIDR identity by block.
     cidr_ids: BTreeMap<Ipv4Net, u32>,
+    /// And block by CIDR identity.
+    cidr_by_id: FxHashMap<u32, Ipv4Net>,
     /// Current tables.
     tables: FxHashMap<u32, Arc<EndpointPolicy>>,
     cidrs: Arc<Vec<(Ipv4Net, u32)>>,
@@ -221,58 +223,20 @@ impl Compiler {
         c
     }
 
-    /// The peer description of identity `id` (address unused: CIDR identities are matched by
-    /// their block).
-    fn peer(&self, id: u32, labels: &Labels) -> PeerInfo {
-        PeerInfo {
-            identity: Identity(id),
-            labels: labels.clone(),
-            ip: Ipv4Addr::UNSPECIFIED,
-        }
-    }
-
-    /// Whether rule `r` selects identity `id`.
+    /// Whether rule `r`'s peers (any port) select identity `id` with `labels`.
     fn selects(&self, r: &Rule, id: u32, labels: &Labels) -> bool {
-        let block = self
-            .cidr_ids
-            .iter()
-            .find(|(_, i)| **i == id)
-            .map(|(n, _)| *n);
-        let peer = self.peer(id, labels);
-        let any_port = |r: &Rule| Rule {
-            ports: Vec::new(),
-            ..r.clone()
-        };
-        match block {
-            // A CIDR identity: selected by CIDR rules whose block holds it and no except does,
-            // and by everything that selects world.
-            Some(b) => {
-                let world = PeerInfo {
-                    identity: Identity::WORLD,
-                    labels: Labels::new([("reserved:world", "")]),
-                    ip: Ipv4Addr::UNSPECIFIED,
-                };
-                r.peers.iter().any(|p| match p {
-                    Peer::Cidr { net, except } => {
-                        net.contains(&b) && !except.iter().any(|x| x.contains(&b))
-                    }
-                    other => crate::engine::peer_matches(other, &world),
-                }) && r.requires.iter().all(|s| s.matches(&world.labels))
+        let block = self.cidr_by_id.get(&id);
+        let zero = Ipv4Net::default();
+        r.peers.iter().any(|p| match (p, block) {
+            // A CIDR identity: selected by CIDR rules whose block holds it and no except does.
+            (Peer::Cidr { net, except }, Some(b)) => {
+                net.contains(b) && !except.iter().any(|x| x.contains(b))
             }
-            None => {
-                // World outside every listed block: CIDR rules select it only if their block is
-                // everything.
-                let zero = Ipv4Net::default();
-                if id == Identity::WORLD.0
-                    && r.peers.iter().any(|p| {
-                        matches!(p, Peer::Cidr { net, except } if *net == zero && except.is_empty())
-                    })
-                {
-                    return r.requires.iter().all(|s| s.matches(labels));
-                }
-                rule_matches(&any_port(r), &peer, 0, 0)
-            }
-        }
+            // World outside every listed block: only a CIDR rule for everything selects it (its
+            // excepts are listed blocks, so they do not hold it).
+            (Peer::Cidr { net, .. }, None) => id == Identity::WORLD.0 && *net == zero,
+            (other, _) => identity_matches(other, Identity(id), labels),
+        }) && r.requires.iter().all(|s| s.matches(labels))
     }
 
     /// Sets (or replaces) the policies under `key`. Only the rules of these policies are
@@ -409,6 +373,7 @@ impl Compiler {
             .collect();
         for (b, id) in gone {
             self.cidr_ids.remove(&b);
+            self.cidr_by_id.remove(&id);
             self.identities.remove(&id);
             let _ = self.update_peer_sets(id, None);
         }
@@ -421,6 +386,7 @@ impl Compiler {
         for b in &blocks {
             if !self.cidr_ids.contains_key(b) {
                 self.cidr_ids.insert(*b, next);
+                self.cidr_by_id.insert(next, *b);
                 self.identities.insert(
                     next,
                     Labels::new([
@@ -474,32 +440,49 @@ impl Compiler {
     /// Builds the tables of `subjects` whole and swaps them in.
     fn recompute(&mut self, subjects: &BTreeSet<u32>) {
         self.last_recomputed = subjects.len();
+        // Endpoints selected by the same policies have the same table: build it once and
+        // share it.
+        let mut memo: FxHashMap<Vec<*const Compiled>, Option<Arc<EndpointPolicy>>> =
+            FxHashMap::default();
+        let mut out = Vec::with_capacity(subjects.len());
         for id in subjects {
             let Some(labels) = self.identities.get(id) else {
-                self.tables.remove(id);
+                out.push((*id, None));
                 continue;
             };
-            match self.compile_one(labels) {
+            let selecting: Vec<&Compiled> = self
+                .policies
+                .values()
+                .flatten()
+                .filter(|c| c.policy.node_selector.is_none() && c.policy.subject.matches(labels))
+                .collect();
+            let key: Vec<*const Compiled> = selecting.iter().map(|c| *c as *const _).collect();
+            let t = memo
+                .entry(key)
+                .or_insert_with(|| Self::compile_one(&selecting).map(Arc::new))
+                .clone();
+            out.push((*id, t));
+        }
+        for (id, t) in out {
+            match t {
                 Some(t) => {
-                    self.tables.insert(*id, Arc::new(t));
+                    self.tables.insert(id, t);
                 }
                 None => {
-                    self.tables.remove(id);
+                    self.tables.remove(&id);
                 }
             }
         }
     }
 
-    /// The table of an endpoint with `labels`; `None` when no policy selects it.
-    fn compile_one(&self, labels: &Labels) -> Option<EndpointPolicy> {
+    /// The table of an endpoint selected by `selecting`; `None` when nothing selects it.
+    fn compile_one(selecting: &[&Compiled]) -> Option<EndpointPolicy> {
+        if selecting.is_empty() {
+            return None;
+        }
         let mut t = EndpointPolicy::default();
-        let mut selected = false;
-        for c in self.policies.values().flatten() {
+        for c in selecting {
             let p = &c.policy;
-            if p.node_selector.is_some() || !p.subject.matches(labels) {
-                continue;
-            }
-            selected = true;
             t.enforced[0] |= p.enforce_ingress;
             t.enforced[1] |= p.enforce_egress;
             for f in &c.rules {
@@ -533,7 +516,7 @@ impl Compiler {
                 }
             }
         }
-        selected.then_some(t)
+        Some(t)
     }
 
     /// A snapshot for the fast path (shares unchanged tables with the previous one).

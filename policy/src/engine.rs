@@ -35,7 +35,7 @@ pub struct PeerInfo {
 impl PeerInfo {
     /// Whether the peer is outside the cluster (world, or an address only CIDR rules name).
     pub fn is_world(&self) -> bool {
-        self.identity == Identity::WORLD || self.identity.0 >= CIDR_IDENTITY_BASE
+        is_world(self.identity)
     }
 }
 
@@ -76,13 +76,12 @@ impl Decision {
     }
 }
 
-/// Whether `peer` is one of `e`.
-pub fn entity_matches(e: Entity, peer: &PeerInfo) -> bool {
-    let id = peer.identity;
+/// Whether identity `id` is one of `e`.
+pub fn entity_matches(e: Entity, id: Identity) -> bool {
     match e {
         Entity::All => true,
-        Entity::World => peer.is_world(),
-        Entity::Cluster => !peer.is_world(),
+        Entity::World => is_world(id),
+        Entity::Cluster => !is_world(id),
         Entity::Host => id == Identity::HOST,
         Entity::RemoteNode => id == Identity::REMOTE_NODE,
         Entity::Health => id == Identity::HEALTH,
@@ -94,15 +93,29 @@ pub fn entity_matches(e: Entity, peer: &PeerInfo) -> bool {
 /// Whether `peer` matches `p` (ignoring ports).
 pub fn peer_matches(p: &Peer, peer: &PeerInfo) -> bool {
     match p {
-        Peer::Any => true,
-        Peer::Entity(e) => entity_matches(*e, peer),
-        Peer::Endpoints(sel) => sel.matches(&peer.labels),
         Peer::Cidr { net, except } => {
             peer.is_world()
                 && net.contains(&peer.ip)
                 && !except.iter().any(|x| x.contains(&peer.ip))
         }
+        other => identity_matches(other, peer.identity, &peer.labels),
     }
+}
+
+/// Whether identity `id` with `labels` matches a peer that is not a CIDR (CIDR peers are
+/// matched by address, or by CIDR identity in [`crate::compiled`]).
+pub fn identity_matches(p: &Peer, id: Identity, labels: &Labels) -> bool {
+    match p {
+        Peer::Any => true,
+        Peer::Entity(e) => entity_matches(*e, id),
+        Peer::Endpoints(sel) => sel.matches(labels),
+        Peer::Cidr { .. } => false,
+    }
+}
+
+/// Whether `id` is outside the cluster (world, or a CIDR identity).
+pub fn is_world(id: Identity) -> bool {
+    id == Identity::WORLD || id.0 >= CIDR_IDENTITY_BASE
 }
 
 /// Whether `r` applies to `peer` and `proto`/`port`. An allow rule's L7 ports do not count.

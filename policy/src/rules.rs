@@ -79,20 +79,15 @@ impl Selector {
         self
     }
 
-    /// The values `labels` has for `key` (a source-qualified key; `any:` matches all sources).
-    fn values<'a>(labels: &'a Labels, key: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let (src, k) = split_source(key);
-        let (src, k) = (src.to_string(), k.to_string());
-        labels.iter().filter_map(move |(lk, v)| {
-            let (ls, lkey) = split_source(lk);
-            (lkey == k && (src == "any" || ls == src)).then_some(v)
-        })
-    }
-
-    /// Whether `labels` satisfies every requirement.
+    /// Whether `labels` satisfies every requirement. No allocation: selectors are matched
+    /// against every identity when policies compile.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.reqs.iter().all(|r| {
-            let mut vals = Self::values(labels, &r.key);
+            let (src, k) = split_source(&r.key);
+            let mut vals = labels.iter().filter_map(|(lk, v)| {
+                let (ls, lkey) = split_source(lk);
+                (lkey == k && (src == "any" || ls == src)).then_some(v)
+            });
             match &r.op {
                 Op::In(want) => vals.any(|v| want.iter().any(|w| w == v)),
                 Op::NotIn(bad) => vals.all(|v| !bad.iter().any(|w| w == v)),

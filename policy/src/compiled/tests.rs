@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::engine::decide;
+use crate::engine::{decide, PeerInfo};
 use crate::rules::{Entity, Op, Proto, Requirement, Selector};
 
 /// A small deterministic generator (xorshift), so one proptest seed describes a whole world.
