@@ -77,6 +77,10 @@ pub struct ClusterView {
     pub pods: BTreeMap<(String, String), PodView>,
     /// Identities of the pods' label sets.
     pub identities: IdentityAllocator,
+    /// Labels of every namespace the manifests name (Namespace objects and the namespaces of
+    /// pods), with `kubernetes.io/metadata.name` added as Kubernetes does (see
+    /// [`namespace_labels`]).
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Service ports with their backends, as any node sees them (see
     /// [`ClusterView::service_specs`] for one node's).
     pub services: Vec<ServicePortView>,
@@ -98,6 +102,22 @@ pub fn pod_ifname(namespace: &str, name: &str) -> String {
 pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// The label Kubernetes puts on every namespace, with the namespace's name as its value.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A namespace's labels as Kubernetes serves them: as written in its Namespace object (if the
+/// manifests have one), plus `kubernetes.io/metadata.name: <name>`, which the API server sets
+/// on every namespace (NetworkPolicy namespace selectors rely on it).
+pub fn namespace_labels(m: &Manifests, ns: &str) -> BTreeMap<String, String> {
+    let mut l = m
+        .namespaces
+        .get(ns)
+        .and_then(|n| n.metadata.labels.clone())
+        .unwrap_or_default();
+    l.insert(NAMESPACE_NAME_LABEL.to_string(), ns.to_string());
+    l
 }
 
 /// The pods' gateway on a node: the first address of its pod CIDR.
@@ -136,6 +156,9 @@ impl ClusterView {
                 },
             );
         }
+        for ns in m.namespaces.keys() {
+            v.namespaces.insert(ns.clone(), namespace_labels(m, ns));
+        }
         let mut pods = Vec::new();
         for ((ns, name), p) in &m.pods {
             let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -150,13 +173,11 @@ impl ClusterView {
                 // Not scheduled or not running yet: nothing to route.
                 continue;
             };
-            let empty = BTreeMap::new();
-            let ns_labels = m
+            let ns_labels = v
                 .namespaces
-                .get(ns)
-                .and_then(|n| n.metadata.labels.as_ref())
-                .unwrap_or(&empty);
-            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels);
+                .entry(ns.clone())
+                .or_insert_with(|| namespace_labels(m, ns));
+            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &*ns_labels);
             pods.push((ns.clone(), name.clone(), node, ip, labels, p));
         }
         v.identities = IdentityAllocator::from_sets(pods.iter().map(|p| &p.4));
@@ -342,6 +363,28 @@ spec: {containers: []}
         assert_eq!(a.identity, b.identity, "same labels, same identity");
         assert!(!a.identity.is_reserved());
         assert_eq!(v.pods_on("node-2").count(), 1);
+        assert_eq!(
+            a.labels
+                .get("k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name"),
+            Some("default"),
+            "Kubernetes' automatic namespace label, without a Namespace object"
+        );
+        assert_eq!(v.namespaces["default"][NAMESPACE_NAME_LABEL], "default");
+    }
+
+    #[test]
+    fn namespace_labels_add_the_automatic_name_label() {
+        let mut m = Manifests::default();
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n";
+        load_text(&mut m, text, std::path::Path::new("n.yaml"));
+        let l = namespace_labels(&m, "x");
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l["ns"].as_str(), l[NAMESPACE_NAME_LABEL].as_str()),
+            ("x", "x")
+        );
+        assert_eq!(namespace_labels(&m, "y")[NAMESPACE_NAME_LABEL], "y");
+        assert_eq!(ClusterView::from_manifests(&m).namespaces["x"], l);
     }
 
     #[test]

@@ -5,5 +5,6 @@
 pub mod cluster;
 pub mod config;
 pub mod neigh;
+pub mod netpol;
 pub mod services;
 pub mod source;

@@ -4,6 +4,10 @@
 //! uses, so everything after this point is one code path.
 //!
 //! A malformed document is reported with its file and line, and the rest still loads.
+//!
+//! Network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy) are
+//! kept as written ([`PolicyDocument`]): [`crate::netpol`] reads them, so that a policy it cannot
+//! fully read still fails closed instead of disappearing here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,9 @@ pub struct Manifests {
     pub services: BTreeMap<(String, String), Service>,
     /// EndpointSlices (`discovery.k8s.io/v1`) by (namespace, name).
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    /// Network policies as written, by (kind, namespace, name); the namespace is empty for
+    /// cluster-wide ones. A later document with the same key replaces an earlier one.
+    pub policies: BTreeMap<(PolicyKind, String, String), PolicyDocument>,
     /// Objects of other kinds (later issues read them), with where they came from.
     pub others: Vec<Other>,
     /// One line per problem: `path:line: message`.
@@ -40,6 +47,43 @@ pub struct Other {
     /// `kind`.
     pub kind: String,
     /// The object as written.
+    pub value: Value,
+    /// `path:line` of its document.
+    pub origin: String,
+}
+
+/// The kinds of network policy the source keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+    /// `cilium.io/v2` CiliumNetworkPolicy.
+    CiliumNetworkPolicy,
+    /// `cilium.io/v2` CiliumClusterwideNetworkPolicy.
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// The kind as manifests name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        }
+    }
+}
+
+/// A network policy document, as written.
+#[derive(Debug, Clone)]
+pub struct PolicyDocument {
+    /// Its kind.
+    pub kind: PolicyKind,
+    /// Its namespace (`default` when not written); `None` for a cluster-wide policy.
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+    /// The whole object as written.
     pub value: Value,
     /// `path:line` of its document.
     pub origin: String,
@@ -224,6 +268,10 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
                 Err(e) => bad(m, e),
             }
         }
+        ("networking.k8s.io/v1", "NetworkPolicy")
+        | ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+            add_policy(m, &kind, v, origin)
+        }
         _ => m.others.push(Other {
             api_version,
             kind,
@@ -231,6 +279,42 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             origin: origin.to_string(),
         }),
     }
+}
+
+/// Keeps a policy document as written; only its name is checked here.
+fn add_policy(m: &mut Manifests, kind: &str, v: Value, origin: &str) {
+    let kind = match kind {
+        "NetworkPolicy" => PolicyKind::NetworkPolicy,
+        "CiliumNetworkPolicy" => PolicyKind::CiliumNetworkPolicy,
+        _ => PolicyKind::CiliumClusterwideNetworkPolicy,
+    };
+    let meta = v.get("metadata");
+    let text = |key: &str| {
+        meta.and_then(|md| md.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let Some(name) = text("name") else {
+        m.errors
+            .push(format!("{origin}: {} without metadata.name", kind.name()));
+        return;
+    };
+    let namespace = match kind {
+        PolicyKind::CiliumClusterwideNetworkPolicy => None,
+        _ => Some(text("namespace").unwrap_or_else(|| "default".into())),
+    };
+    let key = (kind, namespace.clone().unwrap_or_default(), name.clone());
+    m.policies.insert(
+        key,
+        PolicyDocument {
+            kind,
+            namespace,
+            name,
+            value: v,
+            origin: origin.to_string(),
+        },
+    );
 }
 
 /// `(namespace, name)` of a namespaced object; the namespace defaults to `default`, as
@@ -293,8 +377,17 @@ metadata: {name: p}
         assert_eq!(m.nodes.len(), 1);
         assert_eq!(m.pods.len(), 2, "{:?}", m.errors);
         assert!(m.pods.contains_key(&("default".into(), "b".into())));
-        assert_eq!(m.others.len(), 1);
-        assert_eq!(m.others[0].kind, "CiliumNetworkPolicy");
+        assert!(m.others.is_empty());
+        let (key, p) = m.policies.iter().next().unwrap();
+        assert_eq!(
+            key,
+            &(
+                PolicyKind::CiliumNetworkPolicy,
+                "default".to_string(),
+                "p".to_string()
+            )
+        );
+        assert_eq!(p.origin, "dir/f.yaml:32");
         assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
         assert!(m.errors[0].starts_with("dir/f.yaml:15:"), "{}", m.errors[0]);
         assert!(
@@ -341,6 +434,56 @@ metadata: {namespace: x}
             "{}",
             m.errors[0]
         );
+    }
+
+    #[test]
+    fn network_policies_are_kept_as_written() {
+        let text = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: x}
+spec: {podSelector: {}}
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: cw, namespace: ignored}
+spec: {endpointSelector: {}}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {namespace: x}
+spec: {endpointSelector: {}}
+---
+apiVersion: cilium.io/v2alpha1
+kind: CiliumNetworkPolicy
+metadata: {name: old}
+";
+        let mut m = Manifests::default();
+        load_text(&mut m, text, Path::new("p.yaml"));
+        let keys: Vec<_> = m.policies.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                (PolicyKind::NetworkPolicy, "x".into(), "np".into()),
+                (
+                    PolicyKind::CiliumClusterwideNetworkPolicy,
+                    String::new(),
+                    "cw".into()
+                ),
+            ]
+        );
+        let cw = &m.policies[&keys[1]];
+        assert_eq!(
+            (cw.namespace.as_deref(), cw.origin.as_str()),
+            (None, "p.yaml:6")
+        );
+        assert_eq!(m.errors.len(), 1, "{:?}", m.errors);
+        assert!(
+            m.errors[0].contains("p.yaml:11: CiliumNetworkPolicy without metadata.name"),
+            "{}",
+            m.errors[0]
+        );
+        assert_eq!(m.others.len(), 1, "other API versions are not read");
     }
 
     #[test]

@@ -536,6 +536,28 @@ impl Compiler {
             .collect()
     }
 
+    /// The endpoint identities it knows (not the reserved or CIDR ones).
+    pub fn endpoint_identities(&self) -> Vec<Identity> {
+        self.identities
+            .keys()
+            .filter(|id| **id >= Identity::FIRST_ENDPOINT && **id < CIDR_IDENTITY_BASE)
+            .map(|id| Identity(*id))
+            .collect()
+    }
+
+    /// The keys of the policies it holds.
+    pub fn policy_keys(&self) -> Vec<String> {
+        self.policies.keys().cloned().collect()
+    }
+
+    /// The policies under `key`.
+    pub fn policies_of(&self, key: &str) -> Vec<&Policy> {
+        self.policies
+            .get(key)
+            .map(|v| v.iter().map(|c| &c.policy).collect())
+            .unwrap_or_default()
+    }
+
     /// The labels of identity `id` (pods, reserved and CIDR identities).
     pub fn labels(&self, id: u32) -> Option<&Labels> {
         self.identities.get(&id)

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vireo_control::cluster::{gateway, pod_ifname, pod_mac, ClusterView};
+use vireo_control::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
 use vireo_control::config::{
     format_mac, Config, EndpointConfig, InterfaceConfig, Role, ServicesConfig, XdpModeConfig,
 };
+use vireo_control::netpol::{self, PolicySet};
 use vireo_control::services::{frontend_kind_name, proto_name, ServiceTableBuilder};
 use vireo_control::{neigh, source};
 use vireo_dataplane::counters::CounterSnapshot;
@@ -51,6 +52,12 @@ pub struct Agent {
     started: Instant,
     /// The cluster as last read from the source.
     view: ClusterView,
+    /// The network policies of the source, as last read (with `view`).
+    policies: PolicySet,
+    /// The policies compiled per endpoint identity (what the fast path enforces).
+    compiler: vireo_policy::Compiler,
+    /// When `vireo monitor` last asked for events (collection stops a few seconds after).
+    monitor_seen: Option<Instant>,
     /// Files and mtimes of the source directory when last read.
     source_sig: Vec<(PathBuf, std::time::SystemTime, u64)>,
     /// Identities of statically configured endpoints.
@@ -114,6 +121,12 @@ pub fn run(config_path: &Path) -> Result<()> {
         ifaces: BTreeMap::new(),
         started: Instant::now(),
         view: ClusterView::default(),
+        policies: PolicySet {
+            policies: Vec::new(),
+            warnings: Vec::new(),
+        },
+        compiler: vireo_policy::Compiler::new(),
+        monitor_seen: None,
         source_sig: Vec::new(),
         static_ids: IdentityAllocator::default(),
         service_builder: ServiceTableBuilder::default(),
@@ -163,7 +176,11 @@ impl Agent {
     fn add_static(&mut self, ifc: &InterfaceConfig) -> Result<()> {
         let id = self
             .static_ids
-            .allocate(&Labels::for_pod("default", [], []))
+            .allocate(&Labels::for_pod(
+                "default",
+                [],
+                &BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "default".to_string())]),
+            ))
             .0;
         self.add_iface(ifc, id, false)
     }
@@ -227,6 +244,16 @@ impl Agent {
             }
             Request::Reload => self.reload(),
             Request::MapGet { map } => self.map_get(&map),
+            Request::PolicyTrace { src, dst, dport } => {
+                let t =
+                    crate::policy::trace(&self.view, &self.policies.policies, &src, &dst, dport)?;
+                Ok(serde_json::to_value(t)?)
+            }
+            Request::PolicyGet => Ok(serde_json::to_value(crate::policy::list(
+                &self.view,
+                &self.policies,
+            ))?),
+            Request::Monitor { max } => Ok(self.monitor(max)),
         }
     }
 
@@ -426,9 +453,14 @@ impl Agent {
             for w in &self.view.warnings {
                 tracing::warn!("manifests: {w}");
             }
+            self.policies = netpol::policies(&m);
+            for w in &self.policies.warnings {
+                tracing::warn!("policies: {w}");
+            }
             tracing::info!(
                 nodes = self.view.nodes.len(),
                 pods = self.view.pods.len(),
+                policies = self.policies.policies.len(),
                 "manifests loaded"
             );
         }
@@ -436,6 +468,134 @@ impl Agent {
         self.reconcile_pods(&me);
         self.publish_overlay(&me, reread);
         self.publish_services(&me, reread);
+        if reread {
+            self.publish_policy();
+        }
+        if self
+            .monitor_seen
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.monitor_seen = None;
+            self.tables.current().monitor.set(false);
+        }
+    }
+
+    /// Compiles the policies for the identities of the pods (and static endpoints) and
+    /// publishes the tables in one snapshot. Only what changed is recompiled: identities whose
+    /// labels changed, policies (by kind and name) whose content changed. Every change is
+    /// applied before the snapshot is published, so no endpoint sees a default-allow moment.
+    fn publish_policy(&mut self) {
+        let started = Instant::now();
+        let want: BTreeMap<u32, Labels> = self
+            .view
+            .identities
+            .iter()
+            .chain(self.static_ids.iter())
+            .map(|(i, l)| (i.0, l.clone()))
+            .collect();
+        for id in self.compiler.endpoint_identities() {
+            if !want.contains_key(&id.0) {
+                self.compiler.remove_identity(id);
+            }
+        }
+        for (id, l) in &want {
+            self.compiler
+                .set_identity(vireo_policy::Identity(*id), l.clone());
+        }
+        let mut groups: BTreeMap<String, Vec<vireo_policy::Policy>> = BTreeMap::new();
+        for p in &self.policies.policies {
+            let key = format!("{} {}", p.origin.kind, p.origin.name);
+            groups.entry(key).or_default().push(p.clone());
+        }
+        let mut changed = 0;
+        for key in self.compiler.policy_keys() {
+            if !groups.contains_key(&key) {
+                self.compiler.remove_policies(&key);
+                changed += 1;
+            }
+        }
+        for (key, ps) in groups {
+            let same = {
+                let have = self.compiler.policies_of(&key);
+                have.len() == ps.len() && have.iter().zip(&ps).all(|(a, b)| *a == b)
+            };
+            if !same {
+                self.compiler.set_policies(&key, ps);
+                changed += 1;
+            }
+        }
+        let tables = Arc::new(self.compiler.tables());
+        let subjects = tables.subjects();
+        self.tables.update(|t| t.policy = tables);
+        tracing::info!(
+            identities = want.len(),
+            policies_changed = changed,
+            endpoints_under_policy = subjects,
+            ms = started.elapsed().as_millis() as u64,
+            "policy published"
+        );
+    }
+
+    /// Drop events since the last call (`vireo monitor`), with identities' labels; turns
+    /// collection on.
+    fn monitor(&mut self, max: usize) -> Value {
+        let t = self.tables.current();
+        if self.monitor_seen.is_none() {
+            t.monitor.set(true);
+        }
+        self.monitor_seen = Some(Instant::now());
+        let (events, lost) = t.monitor.drain(max.clamp(1, 4096));
+        let labels = |id: u32| -> Vec<String> {
+            self.compiler
+                .labels(id)
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| {
+                            if v.is_empty() {
+                                k.to_string()
+                            } else {
+                                format!("{k}={v}")
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let addr = |ip: std::net::Ipv4Addr, port: u16, proto: u8| match proto {
+            6 | 17 => format!("{ip}:{port}"),
+            _ => ip.to_string(),
+        };
+        let events: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let proto = match e.proto {
+                    6 => "TCP".to_string(),
+                    17 => "UDP".to_string(),
+                    1 => "ICMP".to_string(),
+                    p => p.to_string(),
+                };
+                let rule = match (&e.rule, e.direction) {
+                    (Some(r), _) => Value::from(r.to_string()),
+                    (None, Some(_)) => Value::from("default deny"),
+                    (None, None) => Value::Null,
+                };
+                json!({
+                    "type": "drop",
+                    "reason": e.reason.name(),
+                    "interface": t.iface(e.in_slot).map(|i| i.name.clone()),
+                    "src": addr(e.src, e.sport, e.proto),
+                    "dst": addr(e.dst, e.dport, e.proto),
+                    "protocol": proto,
+                    "src_identity": e.src_identity,
+                    "src_labels": labels(e.src_identity),
+                    "dst_identity": e.dst_identity,
+                    "dst_labels": labels(e.dst_identity),
+                    "direction": e.direction,
+                    "rule": rule,
+                })
+            })
+            .collect();
+        json!({"events": events, "lost": lost})
     }
 
     /// Builds the service table from the manifests, publishes it in `Tables.services`, and

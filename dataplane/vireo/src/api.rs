@@ -1,7 +1,9 @@
 //! The agent's local API: one JSON request per line on a Unix socket, one JSON reply per line.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"endpoint_add","interface":{…}}`,
-//! `{"cmd":"endpoint_del","name":"…"}`, `{"cmd":"reload"}`.
+//! `{"cmd":"endpoint_del","name":"…"}`, `{"cmd":"reload"}`, `{"cmd":"map_get","map":"…"}`,
+//! `{"cmd":"policy_trace","src":{…},"dst":{…},"dport":{"port":80,"proto":6}}`,
+//! `{"cmd":"policy_get"}`.
 //! Replies: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +39,23 @@ pub enum Request {
     MapGet {
         /// Which table.
         map: String,
+    },
+    /// What the policies in force decide for one flow, and why (`vireo policy trace`).
+    PolicyTrace {
+        /// Source.
+        src: crate::policy::EndpointSpec,
+        /// Destination.
+        dst: crate::policy::EndpointSpec,
+        /// Destination port and protocol.
+        dport: crate::policy::PortProto,
+    },
+    /// The policies in force (`vireo policy get`).
+    PolicyGet,
+    /// Drop events since the last call (`vireo monitor`); the first call starts collecting,
+    /// and collection stops when nobody has asked for a few seconds.
+    Monitor {
+        /// At most this many events.
+        max: usize,
     },
 }
 

@@ -4,6 +4,7 @@ mod agent;
 mod api;
 mod bench;
 mod connectivity;
+mod policy;
 mod probe;
 mod sandbox;
 mod status;
@@ -120,6 +121,73 @@ enum MapCmd {
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Explain what the policies decide for one flow, and why: the source's egress and the
+    /// destination's ingress, each with the rules (or the default) that decided it; the flow
+    /// passes when both allow it. Live from an agent, or offline with --manifests.
+    ///
+    /// An endpoint is a pod (--src/--dst NAMESPACE/POD, or POD in namespace `default`), an
+    /// address (a pod's, a node's, or one outside the cluster: world), or labels standing in
+    /// for a pod that need not exist (--src-labels/--dst-labels k=v,k2=v2; `reserved:host`,
+    /// `reserved:world`, … for a reserved identity). The namespace of labels is --src-ns/--dst-ns,
+    /// else the value of a `k8s:io.kubernetes.pod.namespace` label, else `default`; its labels
+    /// come from the manifests' Namespace object, plus kubernetes.io/metadata.name.
+    Trace {
+        /// Source: NAMESPACE/POD, POD (namespace `default`) or an IPv4 address.
+        #[arg(long, value_name = "NS/POD|IP", conflicts_with = "src_labels",
+              required_unless_present_any = ["src_labels", "all_pairs"])]
+        src: Option<String>,
+        /// Source given by labels instead: k=v,k2=v2 (or reserved:NAME).
+        #[arg(long, value_name = "K=V,...")]
+        src_labels: Option<String>,
+        /// Namespace of --src-labels (default: its k8s:io.kubernetes.pod.namespace label, else
+        /// `default`).
+        #[arg(long, value_name = "NS", requires = "src_labels")]
+        src_ns: Option<String>,
+        /// Destination: NAMESPACE/POD, POD (namespace `default`) or an IPv4 address.
+        #[arg(long, value_name = "NS/POD|IP", conflicts_with = "dst_labels",
+              required_unless_present_any = ["dst_labels", "all_pairs"])]
+        dst: Option<String>,
+        /// Destination given by labels instead: k=v,k2=v2 (or reserved:NAME).
+        #[arg(long, value_name = "K=V,...")]
+        dst_labels: Option<String>,
+        /// Namespace of --dst-labels (default: its k8s:io.kubernetes.pod.namespace label, else
+        /// `default`).
+        #[arg(long, value_name = "NS", requires = "dst_labels")]
+        dst_ns: Option<String>,
+        /// Destination port and protocol: 80/TCP, 53/udp (TCP if left out).
+        #[arg(long, value_name = "PORT/PROTO", value_parser = policy::parse_dport)]
+        dport: policy::PortProto,
+        /// Read this manifest directory instead of asking an agent.
+        #[arg(long, value_name = "DIR", conflicts_with = "node")]
+        manifests: Option<PathBuf>,
+        /// Print {"verdict":"allowed"|"denied","rules":[...]}: when allowed, the allow rules
+        /// of both sides; when denied, the rules of the side(s) that denied (none for a default
+        /// deny).
+        #[arg(long)]
+        json: bool,
+        /// Every pod to every pod of --manifests, as JSON (for tests).
+        #[arg(long, hide = true, requires = "manifests",
+              conflicts_with_all = ["src", "src_labels", "dst", "dst_labels"])]
+        all_pairs: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The policies in force: kind, name, the endpoints they select, their rules per direction,
+    /// enforcement and warnings. Live from an agent, or offline with --manifests.
+    Get {
+        /// Read this manifest directory instead of asking an agent.
+        #[arg(long, value_name = "DIR", conflicts_with = "node")]
+        manifests: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent.
     Agent {
@@ -152,6 +220,28 @@ enum Cmd {
     /// Show one of an agent's tables.
     #[command(subcommand)]
     Map(MapCmd),
+    /// Network policy: trace a flow's verdict, list the policies in force.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Stream an agent's events, like `cilium monitor`. `--type drop`: every dropped packet,
+    /// with source and destination (address, port, identity and labels), protocol, the reason,
+    /// and for policy drops the side (ingress/egress) and the rule, or the default deny.
+    Monitor {
+        /// Event type (only `drop` so far).
+        #[arg(long = "type", default_value = "drop")]
+        kind: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Traffic endpoints the connectivity test runs inside pods.
     #[command(subcommand, hide = true)]
     Probe(probe::Probe),
@@ -296,6 +386,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Policy(c) => run_policy(c),
+        Cmd::Monitor {
+            kind,
+            api,
+            json,
+            seconds,
+            count,
+        } => monitor(&kind, &api, json, seconds, count),
         Cmd::Probe(p) => probe::run(p),
         Cmd::Reload { api } => {
             let v = api::call(&api.path()?, &api::Request::Reload)?;
@@ -313,5 +411,120 @@ fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             rounds,
         }),
+    }
+}
+
+fn endpoint_arg(
+    pod: Option<String>,
+    labels: Option<String>,
+    ns: Option<String>,
+    flag: &str,
+) -> Result<policy::EndpointSpec> {
+    match (pod, labels) {
+        (Some(p), _) => policy::EndpointSpec::parse_pod(&p),
+        (None, Some(l)) => policy::EndpointSpec::parse_labels(&l, ns.as_deref()),
+        (None, None) => anyhow::bail!("give --{flag} or --{flag}-labels"),
+    }
+    .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// `vireo monitor`: polls the agent for events and prints them as they come.
+fn monitor(
+    kind: &str,
+    api: &ApiArgs,
+    json: bool,
+    seconds: Option<u64>,
+    count: Option<usize>,
+) -> Result<()> {
+    if kind != "drop" {
+        anyhow::bail!("--type {kind}: only `drop` events exist so far");
+    }
+    let path = api.path()?;
+    let until = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    let (mut seen, mut lost) = (0usize, 0u64);
+    loop {
+        let v = api::call(&path, &api::Request::Monitor { max: 1024 })?;
+        for e in v["events"].as_array().into_iter().flatten() {
+            if json {
+                out!("{}\n", serde_json::to_string(e)?);
+            } else {
+                out!("{}\n", status::render_drop_event(e));
+            }
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+        let now_lost = v["lost"].as_u64().unwrap_or(0);
+        if now_lost > lost {
+            eprintln!("monitor: {} events lost (queue full)", now_lost - lost);
+            lost = now_lost;
+        }
+        if until.is_some_and(|u| std::time::Instant::now() >= u) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn run_policy(c: PolicyCmd) -> Result<()> {
+    match c {
+        PolicyCmd::Trace {
+            src,
+            src_labels,
+            src_ns,
+            dst,
+            dst_labels,
+            dst_ns,
+            dport,
+            manifests,
+            json,
+            all_pairs,
+            api,
+        } => {
+            if all_pairs {
+                let dir = manifests.expect("clap requires --manifests");
+                let (view, set) = policy::load_offline(&dir)?;
+                out!("{}\n", policy::all_pairs(&view, &set.policies, dport));
+                return Ok(());
+            }
+            let src = endpoint_arg(src, src_labels, src_ns, "src")?;
+            let dst = endpoint_arg(dst, dst_labels, dst_ns, "dst")?;
+            let t = match manifests {
+                Some(dir) => {
+                    let (view, set) = policy::load_offline(&dir)?;
+                    policy::trace(&view, &set.policies, &src, &dst, dport)?
+                }
+                None => {
+                    let req = api::Request::PolicyTrace { src, dst, dport };
+                    serde_json::from_value(api::call(&api.path()?, &req)?)?
+                }
+            };
+            if json {
+                out!("{}\n", serde_json::to_string_pretty(&t.short_json())?);
+            } else {
+                out!("{}", policy::render_trace(&t));
+            }
+            Ok(())
+        }
+        PolicyCmd::Get {
+            manifests,
+            json,
+            api,
+        } => {
+            let l = match manifests {
+                Some(dir) => {
+                    let (view, set) = policy::load_offline(&dir)?;
+                    policy::list(&view, &set)
+                }
+                None => serde_json::from_value(api::call(&api.path()?, &api::Request::PolicyGet)?)?,
+            };
+            if json {
+                out!("{}\n", serde_json::to_string_pretty(&l)?);
+            } else {
+                out!("{}", policy::render_list(&l));
+            }
+            Ok(())
+        }
     }
 }

@@ -103,6 +103,40 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// One drop event (`vireo monitor --type drop`) as a line.
+pub fn render_drop_event(e: &Value) -> String {
+    let labels = |k: &str| {
+        let l: Vec<&str> = e[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels."))
+            .collect();
+        l.join(",")
+    };
+    let mut line = format!(
+        "xx drop ({}) on {} {} {} -> {}, identity {} [{}] -> {} [{}]",
+        s(&e["reason"]),
+        s(&e["interface"]),
+        s(&e["protocol"]),
+        s(&e["src"]),
+        s(&e["dst"]),
+        s(&e["src_identity"]),
+        labels("src_labels"),
+        s(&e["dst_identity"]),
+        labels("dst_labels"),
+    );
+    if !e["direction"].is_null() {
+        line.push_str(&format!(
+            ", {} policy: {}",
+            s(&e["direction"]),
+            s(&e["rule"])
+        ));
+    }
+    line
+}
+
 /// Renders `vireo map get NAME` as a table.
 pub fn render_map(map: &str, v: &Value) -> String {
     let mut o = String::new();
