@@ -189,26 +189,16 @@ impl Tables {
         };
         let src_id = world(src_id, src);
         let dst_id = self.identity_of(dst);
-        if let Some(ep) = self.endpoints.get(&src) {
-            let l = self
-                .policy
-                .lookup(ep.identity, Direction::Egress, dst_id, proto, port);
+        // The source's egress (if it is ours), then the destination's ingress (if it is ours).
+        for (ep, d, peer) in [
+            (self.endpoints.get(&src), Direction::Egress, dst_id),
+            (self.endpoints.get(&dst), Direction::Ingress, src_id),
+        ] {
+            let Some(ep) = ep else { continue };
+            let l = self.policy.lookup(ep.identity, d, peer, proto, port);
             if l.verdict == Verdict::Denied {
                 return Some(PolicyDrop {
-                    direction: Direction::Egress,
-                    src_identity: src_id,
-                    dst_identity: dst_id,
-                    rule: l.rule.cloned(),
-                });
-            }
-        }
-        if let Some(ep) = self.endpoints.get(&dst) {
-            let l = self
-                .policy
-                .lookup(ep.identity, Direction::Ingress, src_id, proto, port);
-            if l.verdict == Verdict::Denied {
-                return Some(PolicyDrop {
-                    direction: Direction::Ingress,
+                    direction: d,
                     src_identity: src_id,
                     dst_identity: dst_id,
                     rule: l.rule.cloned(),
