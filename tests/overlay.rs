@@ -1,6 +1,6 @@
-//! The sandbox cluster and `vireo connectivity test` (root only): every basic path and every
-//! service path works across two nodes, bad VXLAN is a counted drop, and `sandbox down` leaves
-//! nothing behind.
+//! The sandbox cluster and `vireo connectivity test` (root only): every basic path, every
+//! service path and every policy check (allowed and denied with real traffic) works across two
+//! nodes, bad VXLAN is a counted drop, and `sandbox down` leaves nothing behind.
 
 mod common;
 
@@ -82,8 +82,9 @@ fn sandbox_connectivity_and_bad_vxlan() {
     let s = Sandbox::up();
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
-    // 3 pods per node, and 2 service backends (app: echo) on each.
-    assert_eq!(st["pods"].as_array().unwrap().len(), 10);
+    // 3 pods per node, 2 service backends (app: echo) on each, the policy checks' server and 3
+    // clients (policy-test) and the network-policy model's pods a, b, c in x, y, z.
+    assert_eq!(st["pods"].as_array().unwrap().len(), 10 + 4 + 9);
 
     // The connectivity table, as CI and users see it.
     let o = s.vireo(&["connectivity", "test", "--json"]);
@@ -97,7 +98,7 @@ fn sandbox_connectivity_and_bad_vxlan() {
         .collect();
     assert!(failed.is_empty(), "failed checks: {failed:#?}");
     assert_eq!(report["failed"], 0);
-    assert!(report["passed"].as_u64().unwrap() >= 16);
+    assert!(report["passed"].as_u64().unwrap() >= 22);
     let names: Vec<&str> = report["checks"]
         .as_array()
         .unwrap()
@@ -111,6 +112,12 @@ fn sandbox_connectivity_and_bad_vxlan() {
         "service-affinity",
         "service-backend-removal",
         "service-no-backend",
+        "policy-l3-allow",
+        "policy-l4-port",
+        "policy-deny",
+        "policy-cidr",
+        "policy-entity",
+        "policy-netpol-model",
     ] {
         assert!(names.contains(&want), "check {want} did not run: {names:?}");
     }

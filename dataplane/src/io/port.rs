@@ -193,14 +193,25 @@ impl Port {
     /// caller).
     #[inline]
     pub(crate) fn push_tx_batch(&mut self, frames: &[(u64, u32)]) -> usize {
-        let mut w = self.tx.transmit(frames.len() as u32);
-        let n = w.insert(frames.iter().map(|&(addr, len)| XdpDesc {
-            addr,
-            len,
-            options: 0,
-        }));
-        w.commit();
-        n as usize
+        // xdpilone re-reads the kernel's consumer index only when its cached view says the
+        // ring is full, so a reservation can come back short while the ring has room. A short
+        // one is followed by a second, which sees the fresh index.
+        let mut sent = 0;
+        for _ in 0..2 {
+            let rest = &frames[sent..];
+            if rest.is_empty() {
+                break;
+            }
+            let mut w = self.tx.transmit(rest.len() as u32);
+            let n = w.insert(rest.iter().map(|&(addr, len)| XdpDesc {
+                addr,
+                len,
+                options: 0,
+            }));
+            w.commit();
+            sent += n as usize;
+        }
+        sent
     }
 }
 

@@ -7,10 +7,18 @@
 //! `echo-sticky`, `empty`) and its `app: echo` pods, which run `vireo probe echo-server` for the
 //! length of each check so that every answer names the backend that gave it.
 //!
+//! The `policy-*` checks apply policies (and, for outside clients, a NodePort Service) for their
+//! own length and remove them at the end, also when they fail: to the default sandbox's pods of
+//! namespace `policy-test` (a server and three clients) and, for `policy-netpol-model`, to its
+//! pods a, b, c of namespaces x, y, z. Each proves with real connections that something is
+//! allowed and something denied (no answer within a second), that the node enforcing the
+//! denial counted it as `policy_denied` (and no other node did), and that everything connects
+//! again once the policy is gone.
+//!
 //! `VIREO_CONNECTIVITY_CHECKS=service,pmtu` runs only the checks whose names contain one of the
 //! comma-separated words.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -56,6 +64,12 @@ pub fn test(sandbox: &str, as_json: bool) -> Result<bool> {
         ("service-affinity", Env::service_affinity),
         ("service-backend-removal", Env::service_backend_removal),
         ("service-no-backend", Env::service_no_backend),
+        ("policy-l3-allow", Env::policy_l3_allow),
+        ("policy-l4-port", Env::policy_l4_port),
+        ("policy-deny", Env::policy_deny),
+        ("policy-cidr", Env::policy_cidr),
+        ("policy-entity", Env::policy_entity),
+        ("policy-netpol-model", Env::policy_netpol_model),
         // Last: it leaves node-1's TCP table full of half-open flows for their SYN lifetime.
         ("conntrack/syn-flood-at-table-limit", Env::syn_flood),
     ];
@@ -1470,6 +1484,887 @@ impl Env {
     }
 }
 
+/// How long a policy check's connection attempt may take: a denied flow's SYNs are dropped, so
+/// its attempt ends in a timeout after this.
+const POLICY_WAIT_MS: u64 = 1000;
+/// The NodePort of the Service `policy-test/policy-np` that `policy-cidr` and `policy-entity`
+/// add while they run (externalTrafficPolicy Local: the server sees the outside client's own
+/// address).
+const POLICY_NODE_PORT: u16 = 30090;
+const POLICY_NP_CLUSTER_IP: &str = "10.96.0.20";
+
+/// One connection attempt of a policy check and what the policies in force must make of it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// Who connects: a pod (`client-other`, `x/a`) or the underlay client.
+    from: String,
+    netns: String,
+    to: SocketAddr,
+    /// The pod that answers when the flow is allowed.
+    server: Ipv4Addr,
+    /// Where it connects to, for people: `server:8080`, `node-2:30090 -> server:8080`.
+    dest: String,
+    allowed: bool,
+    /// The node whose agent drops the flow when it is denied: the destination's for ingress
+    /// policy, the source's for egress.
+    enforcer: String,
+}
+
+impl Attempt {
+    fn label(&self) -> String {
+        format!("{} -> {}", self.from, self.dest)
+    }
+}
+
+/// What a set of attempts showed: the allowed and the denied ones (as labels) and the
+/// `policy_denied` counts of the nodes.
+struct Reached {
+    allowed: Vec<String>,
+    denied: Vec<String>,
+    counted: String,
+}
+
+impl Reached {
+    /// `allowed: A, B; denied: C (no answer in 1000 ms); policy_denied node-2 +1, node-1 +0`,
+    /// with counts instead of lists when they are long.
+    fn brief(&self) -> String {
+        let list = |v: &[String]| {
+            if v.len() <= 4 {
+                v.join(", ")
+            } else {
+                format!("{} flows", v.len())
+            }
+        };
+        let mut parts = Vec::new();
+        if !self.allowed.is_empty() {
+            parts.push(format!("allowed {}", list(&self.allowed)));
+        }
+        if !self.denied.is_empty() {
+            parts.push(format!(
+                "denied {} (no answer in {POLICY_WAIT_MS} ms)",
+                list(&self.denied)
+            ));
+        }
+        parts.push(self.counted.clone());
+        parts.join("; ")
+    }
+}
+
+/// A short name of a sandbox pod: `server` in the policy namespace, `x/a` elsewhere.
+fn short(p: &PodState) -> String {
+    if p.namespace == sandbox::POLICY_NAMESPACE {
+        p.name.clone()
+    } else {
+        format!("{}/{}", p.namespace, p.name)
+    }
+}
+
+/// The policies among `objects`, as `vireo policy get` names them: (kind, `namespace/name` or
+/// the name of a cluster-wide policy).
+fn policy_names(objects: &[Value]) -> BTreeSet<(String, String)> {
+    objects
+        .iter()
+        .filter_map(|o| {
+            let kind = o["kind"].as_str()?;
+            let name = o["metadata"]["name"].as_str()?;
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+            match kind {
+                "NetworkPolicy" | "CiliumNetworkPolicy" => {
+                    Some((kind.to_string(), format!("{ns}/{name}")))
+                }
+                "CiliumClusterwideNetworkPolicy" => Some((kind.to_string(), name.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A CiliumNetworkPolicy in the policy checks' namespace.
+fn cnp(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": name, "namespace": sandbox::POLICY_NAMESPACE},
+        "spec": spec,
+    })
+}
+
+/// A Kubernetes NetworkPolicy.
+fn netpol(ns: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    })
+}
+
+/// The policy server's ingress policy: `spec` with its endpoint selector.
+fn server_policy(name: &str, mut spec: Value) -> Value {
+    spec["endpointSelector"] = json!({"matchLabels": {"app": "policy-server"}});
+    cnp(name, spec)
+}
+
+/// One case of the Kubernetes network-policy model: its policies and the truth table upstream's
+/// e2e test (`test/e2e/network/netpol/network_policy.go`) expects.
+struct ModelCase {
+    /// Upstream's name for it.
+    name: &'static str,
+    policies: Vec<Value>,
+    /// Whether `from` may connect to `to` (namespace, pod) on TCP 80.
+    allowed: fn((&str, &str), (&str, &str)) -> bool,
+    /// Whether a denied flow from `from` is dropped by its own egress policy (at the source
+    /// node) rather than the destination's ingress policy.
+    egress_denied: fn((&str, &str)) -> bool,
+}
+
+fn model_cases() -> Vec<ModelCase> {
+    let all_pods = json!({});
+    let ns_label = vireo_control::cluster::NAMESPACE_NAME_LABEL;
+    vec![
+        // "should support a 'default-deny-ingress' policy": nothing reaches x.
+        ModelCase {
+            name: "default-deny-ingress",
+            policies: vec![netpol(
+                "x",
+                "deny-ingress",
+                json!({"podSelector": all_pods, "policyTypes": ["Ingress"]}),
+            )],
+            allowed: |_, to| to.0 != "x",
+            egress_denied: |_| false,
+        },
+        // "should enforce policy to allow traffic only from a different namespace, based on
+        // NamespaceSelector": x takes only y.
+        ModelCase {
+            name: "allow-from-namespace-y",
+            policies: vec![netpol(
+                "x",
+                "allow-client-a-via-ns-selector",
+                json!({"podSelector": all_pods, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {ns_label: "y"}}}]}]}),
+            )],
+            allowed: |from, to| to.0 != "x" || from.0 == "y",
+            egress_denied: |_| false,
+        },
+        // "should enforce policy to allow traffic from pods within server namespace based on
+        // PodSelector": x/a takes only x/b.
+        ModelCase {
+            name: "x-a-allows-x-b",
+            policies: vec![netpol(
+                "x",
+                "x-a-allows-x-b",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+            )],
+            allowed: |from, to| to != ("x", "a") || from == ("x", "b"),
+            egress_denied: |_| false,
+        },
+        // "should enforce policy based on PodSelector and NamespaceSelector": x/a takes pod b
+        // of the namespaces other than x (both selectors in one peer: both must match).
+        ModelCase {
+            name: "allow-ns-y-z-pod-b",
+            policies: vec![netpol(
+                "x",
+                "allow-ns-y-z-pod-b-c",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{
+                    "podSelector": {"matchLabels": {"pod": "b"}},
+                    "namespaceSelector": {"matchExpressions": [
+                        {"key": ns_label, "operator": "NotIn", "values": ["x"]}]},
+                }]}]}),
+            )],
+            allowed: |from, to| to != ("x", "a") || (from.1 == "b" && from.0 != "x"),
+            egress_denied: |_| false,
+        },
+        // "should support a 'default-deny-all' policy": nothing reaches x, nothing leaves it
+        // (dropped at the source's node, by its egress policy).
+        ModelCase {
+            name: "default-deny-all",
+            policies: vec![netpol(
+                "x",
+                "deny-all",
+                json!({"podSelector": all_pods, "policyTypes": ["Ingress", "Egress"]}),
+            )],
+            allowed: |from, to| from.0 != "x" && to.0 != "x",
+            egress_denied: |from| from.0 == "x",
+        },
+    ]
+}
+
+/// Policy checks: each applies its policies (and objects) at the start and removes them at the
+/// end, also when it fails; each proves with real connections that something is allowed and
+/// something else denied, and that the right agent counted the denials as `policy_denied`.
+impl Env {
+    /// A pod of the default sandbox's policy namespace.
+    fn policy_pod(&self, name: &str) -> Result<&PodState> {
+        self.st
+            .pods
+            .iter()
+            .find(|p| p.namespace == sandbox::POLICY_NAMESPACE && p.name == name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "the sandbox has no pod {}/{name} (the default sandbox makes it: \
+                     `vireo sandbox up` without --manifests)",
+                    sandbox::POLICY_NAMESPACE
+                )
+            })
+    }
+
+    /// The `policy_denied` counter of every node.
+    fn policy_denied(&self) -> Result<Vec<u64>> {
+        self.st
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(counters(n)?
+                    .pointer("/drops/policy_denied")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// The drop counters of every node.
+    fn drops(&self) -> Result<Vec<Value>> {
+        self.st
+            .nodes
+            .iter()
+            .map(|n| Ok(counters(n)?["drops"].clone()))
+            .collect()
+    }
+
+    /// The policies an agent has in force (`vireo policy get`).
+    fn policies_in_force(&self, n: &NodeState) -> Result<BTreeSet<(String, String)>> {
+        let v = api::call(&n.api, &api::Request::PolicyGet)
+            .with_context(|| format!("{}: policy get", n.name))?;
+        Ok(v["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let kind = p["kind"].as_str()?;
+                // A cluster-wide policy of several specs is listed once per spec.
+                let name = p["name"].as_str()?.split(" specs[").next()?;
+                Some((kind.to_string(), name.to_string()))
+            })
+            .collect())
+    }
+
+    /// Publishes the sandbox's own objects plus `extra` (policies, Services) and waits (at most
+    /// 8 s) until every agent has exactly their policies in force. `extra` empty: the sandbox
+    /// as it was. The wait goes by the policies' names: a changed policy needs a new name.
+    fn publish_objects(&self, extra: &[Value]) -> Result<Duration> {
+        let t = Instant::now();
+        let mut st = self.st.clone();
+        st.objects.extend(extra.iter().cloned());
+        sandbox::publish(&st, &[])?;
+        let want = policy_names(&st.objects);
+        loop {
+            let mut bad = None;
+            for n in &self.st.nodes {
+                let have = self.policies_in_force(n)?;
+                if have != want {
+                    bad = Some(format!(
+                        "{} has policies {have:?} in force, want {want:?}",
+                        n.name
+                    ));
+                    break;
+                }
+            }
+            let Some(bad) = bad else {
+                return Ok(t.elapsed());
+            };
+            if t.elapsed() > Duration::from_secs(8) {
+                bail!("after 8 s, {bad}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a policy check's body, then restores the sandbox's own objects whatever happened,
+    /// and waits until the agents have dropped the check's policies.
+    fn policy_scope<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = body();
+        let restored = self.publish_objects(&[]);
+        let d = r?;
+        restored.context("removing the check's policies")?;
+        Ok(d)
+    }
+
+    /// Echo servers (`vireo probe echo-server`) on `ports` of each pod, for at most `secs`.
+    fn policy_servers(&self, pods: &[&PodState], ports: &[u16], secs: u64) -> Result<Backends> {
+        let mut b = Backends(Vec::new());
+        let secs = secs.to_string();
+        for p in pods {
+            for port in ports {
+                let tcp = format!("{}:{port}", p.ip);
+                b.0.push(self.spawn_probe(p, &["echo-server", "--tcp", &tcp, "--timeout", &secs])?);
+            }
+        }
+        Ok(b)
+    }
+
+    /// An attempt from a pod to a pod, judged by ingress policy (the server's node drops it).
+    fn attempt(&self, from: &PodState, to: &PodState, port: u16, allowed: bool) -> Attempt {
+        Attempt {
+            from: short(from),
+            netns: from.netns.clone(),
+            to: SocketAddr::from((to.ip, port)),
+            server: to.ip,
+            dest: format!("{}:{port}", short(to)),
+            allowed,
+            enforcer: to.node.clone(),
+        }
+    }
+
+    /// An attempt from the underlay client (`world`) to the server's node's NodePort
+    /// `policy-np`.
+    fn world_attempt(&self, server: &PodState, allowed: bool) -> Attempt {
+        let node = self.node(server);
+        Attempt {
+            from: format!("{UNDERLAY_CLIENT} (world)"),
+            netns: self.st.underlay.clone(),
+            to: SocketAddr::from((node.ip, POLICY_NODE_PORT)),
+            server: server.ip,
+            dest: format!(
+                "{}:{POLICY_NODE_PORT} (NodePort, Local) -> {}:{ECHO_HTTP_PORT}",
+                node.name,
+                short(server)
+            ),
+            allowed,
+            enforcer: server.node.clone(),
+        }
+    }
+
+    /// Makes the attempts at once (one `vireo probe reach` per client namespace); their
+    /// answers, in order.
+    fn reach_all(&self, attempts: &[&Attempt]) -> Result<Vec<Answer>> {
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, a) in attempts.iter().enumerate() {
+            groups.entry(a.netns.as_str()).or_default().push(i);
+        }
+        let wait = POLICY_WAIT_MS.to_string();
+        let exe = self.exe.to_str().unwrap_or("vireo");
+        let mut answers: Vec<Answer> = vec![Answer::default(); attempts.len()];
+        std::thread::scope(|s| -> Result<()> {
+            let runs: Vec<_> = groups
+                .iter()
+                .map(|(netns, idx)| {
+                    let mut args = vec![exe.to_string(), "probe".into(), "reach".into()];
+                    for &i in idx {
+                        args.extend(["--to".to_string(), attempts[i].to.to_string()]);
+                    }
+                    args.extend(["--wait-ms".to_string(), wait.clone()]);
+                    let netns = netns.to_string();
+                    s.spawn(move || {
+                        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                        let o = self.exec_in(&netns, &a)?;
+                        if !o.status.success() {
+                            bail!(
+                                "probe reach in {netns}: {}",
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            );
+                        }
+                        parse_answers(&String::from_utf8_lossy(&o.stdout))
+                    })
+                })
+                .collect();
+            for ((_, idx), run) in groups.iter().zip(runs) {
+                let got = run
+                    .join()
+                    .map_err(|_| anyhow!("a probe thread panicked"))??;
+                if got.len() != idx.len() {
+                    bail!(
+                        "probe reach answered {} of {} attempts",
+                        got.len(),
+                        idx.len()
+                    );
+                }
+                for (&i, a) in idx.iter().zip(got) {
+                    answers[i] = a;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(answers)
+    }
+
+    /// Makes the attempts, at once, and checks each against what it should get: an allowed one
+    /// is answered by its server, a denied one gets no answer at all (not a refusal: a policy
+    /// drops silently). An allowed attempt that got no answer is tried once more over a new
+    /// connection, and the detail says so (a SYN lost on the way, not to policy). The denials
+    /// must be counted as `policy_denied` by the node that enforces them, and no other node may
+    /// count any.
+    fn expect_reach(&self, attempts: &[Attempt]) -> Result<Reached> {
+        let before = self.policy_denied()?;
+        let drops_before = self.drops()?;
+        let mut answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
+        let lost: Vec<usize> = (0..attempts.len())
+            .filter(|&i| attempts[i].allowed && answers[i].error.as_deref() == Some("timeout"))
+            .collect();
+        let mut retried = Vec::new();
+        if !lost.is_empty() {
+            let again = self.reach_all(&lost.iter().map(|&i| &attempts[i]).collect::<Vec<_>>())?;
+            for (&i, a) in lost.iter().zip(again) {
+                if a.backend == Some(attempts[i].server) {
+                    retried.push(attempts[i].label());
+                    answers[i] = a;
+                }
+            }
+        }
+        let retried = if retried.is_empty() {
+            String::new()
+        } else {
+            let d = self.drops()?;
+            let lost_drops: Vec<String> = self
+                .st
+                .nodes
+                .iter()
+                .zip(drops_before.iter().zip(&d))
+                .filter_map(|(n, (b, a))| {
+                    let r = "tx_ring_full";
+                    let x = a[r].as_u64()?.saturating_sub(b[r].as_u64().unwrap_or(0));
+                    (x > 0).then(|| format!("{} {r} +{x}", n.name))
+                })
+                .collect();
+            format!(
+                "; answered only when tried again (first attempt lost{}): {}",
+                if lost_drops.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", lost_drops.join(", "))
+                },
+                retried.join(", ")
+            )
+        };
+        let (mut allowed, mut denied, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
+        for (a, ans) in attempts.iter().zip(&answers) {
+            let label = a.label();
+            match (a.allowed, ans.backend, ans.error.as_deref()) {
+                (true, Some(b), _) if b == a.server => allowed.push(label),
+                (false, None, Some("timeout")) => denied.push(label),
+                (want, Some(b), _) => wrong.push(format!(
+                    "{label} answered by {b} in {:.0} ms{}",
+                    ans.ms,
+                    if want {
+                        format!(", not by {}", a.server)
+                    } else {
+                        " although the policy denies it".into()
+                    }
+                )),
+                (want, None, e) => wrong.push(format!(
+                    "{label}: {} after {:.0} ms{}",
+                    e.unwrap_or("no answer"),
+                    ans.ms,
+                    if want {
+                        " although the policy allows it"
+                    } else {
+                        " (a policy drop is silent: want a timeout)"
+                    }
+                )),
+            }
+        }
+        // The denials, counted by the nodes that enforce them (and by no other).
+        let want: Vec<u64> = self
+            .st
+            .nodes
+            .iter()
+            .map(|n| {
+                attempts
+                    .iter()
+                    .filter(|a| !a.allowed && a.enforcer == n.name)
+                    .count() as u64
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let got = loop {
+            let now = self.policy_denied()?;
+            let got: Vec<u64> = now
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect();
+            let enough = got.iter().zip(&want).all(|(g, w)| g >= w);
+            if enough || Instant::now() > deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let counted = format!(
+            "policy_denied {}{retried}",
+            self.st
+                .nodes
+                .iter()
+                .zip(&got)
+                .map(|(n, g)| format!("{} +{g}", n.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Miscounts first: they stay in view when the list of wrong flows is cut short.
+        let mut miscounted = Vec::new();
+        for ((n, g), w) in self.st.nodes.iter().zip(&got).zip(&want) {
+            if g < w {
+                miscounted.push(format!(
+                    "{} counted {g} policy_denied drops for {w} denied flows it enforces",
+                    n.name
+                ));
+            } else if *w == 0 && *g > 0 {
+                miscounted.push(format!(
+                    "{} counted {g} policy_denied drops but enforces none of the denied flows",
+                    n.name
+                ));
+            }
+        }
+        miscounted.append(&mut wrong);
+        let mut wrong = miscounted;
+        if !wrong.is_empty() {
+            let list = |v: &[String]| match v.len() {
+                0 => "none".to_string(),
+                1..=6 => v.join(", "),
+                n => format!("{n} flows"),
+            };
+            let n = wrong.len();
+            if n > 12 {
+                wrong.truncate(10);
+                wrong.push(format!("and {} more", n - 10));
+            }
+            // Other drops the agents counted meanwhile, for the diagnosis.
+            let after = self.drops()?;
+            let other: Vec<String> = self
+                .st
+                .nodes
+                .iter()
+                .zip(drops_before.iter().zip(&after))
+                .flat_map(|(n, (b, a))| {
+                    a.as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(r, _)| r.as_str() != "policy_denied")
+                        .filter_map(move |(r, v)| {
+                            let d = v.as_u64()?.saturating_sub(b[r].as_u64().unwrap_or(0));
+                            (d > 0).then(|| format!("{} {r} +{d}", n.name))
+                        })
+                })
+                .collect();
+            bail!(
+                "{}; (allowed as expected: {}; denied as expected: {}; {counted}; other drops: {})",
+                wrong.join("; "),
+                list(&allowed),
+                list(&denied),
+                if other.is_empty() {
+                    "none".to_string()
+                } else {
+                    other.join(", ")
+                }
+            );
+        }
+        Ok(Reached {
+            allowed,
+            denied,
+            counted,
+        })
+    }
+
+    /// The policy server and its three clients, with echo servers on 8080 and 8081.
+    fn policy_setup(&self) -> Result<([&PodState; 4], Backends)> {
+        let pods = [
+            self.policy_pod("server")?,
+            self.policy_pod("client-allowed")?,
+            self.policy_pod("client-other")?,
+            self.policy_pod("client-local")?,
+        ];
+        let servers = self.policy_servers(&pods[..1], &[ECHO_HTTP_PORT, ECHO_UDP_PORT], 30)?;
+        Ok((pods, servers))
+    }
+
+    /// Before a policy (and after it is gone): every attempt gets through.
+    fn all_reach(&self, attempts: &[Attempt], when: &str) -> Result<()> {
+        let open: Vec<Attempt> = attempts
+            .iter()
+            .map(|a| Attempt {
+                allowed: true,
+                ..a.clone()
+            })
+            .collect();
+        self.expect_reach(&open)
+            .with_context(|| format!("{when}, without the check's policy"))
+            .map(|_| ())
+    }
+
+    /// `fromEndpoints`: only `app: client-allowed` reaches the server (cross-node); the others,
+    /// on the first node and beside the server, are denied by default deny.
+    fn policy_l3_allow(&self) -> Result<String> {
+        let ([srv, allowed, other, local], _s) = self.policy_setup()?;
+        let p = ECHO_HTTP_PORT;
+        let attempts = [
+            self.attempt(allowed, srv, p, true),
+            self.attempt(other, srv, p, false),
+            self.attempt(local, srv, p, false),
+        ];
+        self.all_reach(&attempts, "before")?;
+        let policy = server_policy(
+            "l3-allow",
+            json!({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client-allowed"}}]}]}),
+        );
+        let d = self.policy_scope(|| {
+            let took = self.publish_objects(&[policy])?;
+            let r = self.expect_reach(&attempts)?;
+            Ok(format!(
+                "ingress fromEndpoints app=client-allowed (in force in {:.1}s): {}",
+                took.as_secs_f64(),
+                r.brief()
+            ))
+        })?;
+        self.all_reach(&attempts, "after the policy was removed")?;
+        Ok(format!("{d}; all 3 connect before and after"))
+    }
+
+    /// `toPorts`: the allowed client reaches 8080/TCP and not 8081/TCP.
+    fn policy_l4_port(&self) -> Result<String> {
+        let ([srv, allowed, _, local], _s) = self.policy_setup()?;
+        let attempts = [
+            self.attempt(allowed, srv, ECHO_HTTP_PORT, true),
+            self.attempt(allowed, srv, ECHO_UDP_PORT, false),
+            self.attempt(local, srv, ECHO_HTTP_PORT, false),
+        ];
+        self.all_reach(&attempts, "before")?;
+        let policy = server_policy(
+            "l4-port",
+            json!({"ingress": [{
+                "fromEndpoints": [{"matchLabels": {"app": "client-allowed"}}],
+                "toPorts": [{"ports": [{"port": ECHO_HTTP_PORT.to_string(), "protocol": "TCP"}]}],
+            }]}),
+        );
+        let d = self.policy_scope(|| {
+            self.publish_objects(&[policy])?;
+            let r = self.expect_reach(&attempts)?;
+            Ok(format!(
+                "ingress from app=client-allowed to {ECHO_HTTP_PORT}/TCP: {}",
+                r.brief()
+            ))
+        })?;
+        self.all_reach(&attempts, "after the policy was removed")?;
+        Ok(format!("{d}; all connect before and after"))
+    }
+
+    /// `ingressDeny` beats an allow-all rule: the denied client is dropped, the others pass.
+    fn policy_deny(&self) -> Result<String> {
+        let ([srv, allowed, other, local], _s) = self.policy_setup()?;
+        let p = ECHO_HTTP_PORT;
+        let attempts = [
+            self.attempt(allowed, srv, p, true),
+            self.attempt(local, srv, p, true),
+            self.attempt(other, srv, p, false),
+        ];
+        self.all_reach(&attempts, "before")?;
+        let policy = server_policy(
+            "deny-other",
+            json!({"ingress": [{"fromEntities": ["all"]}],
+                   "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client-other"}}]}]}),
+        );
+        let d = self.policy_scope(|| {
+            self.publish_objects(&[policy])?;
+            let r = self.expect_reach(&attempts)?;
+            Ok(format!(
+                "ingress fromEntities all + ingressDeny app=client-other: {}",
+                r.brief()
+            ))
+        })?;
+        self.all_reach(&attempts, "after the policy was removed")?;
+        Ok(format!("{d}; all connect before and after"))
+    }
+
+    /// The Service `policy-np`: NodePort [`POLICY_NODE_PORT`] on the server, traffic policy
+    /// Local (outside clients keep their address, and with it their `world` identity).
+    fn policy_nodeport(&self) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "policy-np", "namespace": sandbox::POLICY_NAMESPACE},
+            "spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                     "clusterIP": POLICY_NP_CLUSTER_IP, "clusterIPs": [POLICY_NP_CLUSTER_IP],
+                     "selector": {"app": "policy-server"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": ECHO_HTTP_PORT,
+                                "nodePort": POLICY_NODE_PORT, "protocol": "TCP"}]},
+        })
+    }
+
+    /// Publishes `policy-np` (with `policies`) and waits until the server's node balances it to
+    /// the server.
+    fn publish_with_nodeport(&self, srv: &PodState, policies: &[Value]) -> Result<()> {
+        let mut objects = vec![self.policy_nodeport()];
+        objects.extend(policies.iter().cloned());
+        self.publish_objects(&objects)?;
+        let svc = format!("{}/policy-np", sandbox::POLICY_NAMESPACE);
+        let n = self.node(srv);
+        let t = Instant::now();
+        loop {
+            let b = maglev_backends(n, &svc, 80, "TCP")?;
+            if b.as_ref().is_some_and(|b| b.contains(&srv.ip)) {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(8) {
+                bail!(
+                    "after 8 s, {}'s Maglev table for {svc} has backends {b:?}, not {}",
+                    n.name,
+                    srv.ip
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The underlay client's connections through `policy-np` must reach the server with their
+    /// own address (Local traffic policy): otherwise the server would see the node, and the
+    /// check would test nothing.
+    fn world_keeps_its_address(&self, srv: &PodState) -> Result<()> {
+        let to = SocketAddr::from((self.node(srv).ip, POLICY_NODE_PORT));
+        let a = self.whoami(&self.st.underlay, to, 1, &["--wait-ms", "2000"])?;
+        let peer = a.first().map(|a| a.peer.clone()).unwrap_or_default();
+        if !peer.starts_with(&format!("{UNDERLAY_CLIENT}:")) {
+            bail!(
+                "through {to} (externalTrafficPolicy Local) the server saw the client as {peer:?}, not {UNDERLAY_CLIENT}: {:?}",
+                a.first().and_then(|a| a.error.clone())
+            );
+        }
+        Ok(())
+    }
+
+    /// `fromCIDR`: the underlay client (outside the cluster) reaches the server through a
+    /// NodePort (Local) and a pod does not (CIDR rules never match cluster addresses); then a
+    /// `fromCIDRSet` whose `except` holds the client denies it.
+    fn policy_cidr(&self) -> Result<String> {
+        let ([srv, allowed, _, _], _s) = self.policy_setup()?;
+        let cidr = format!("{UNDERLAY_CLIENT}/32");
+        let d = self.policy_scope(|| {
+            self.publish_with_nodeport(srv, &[])?;
+            let pod = self.attempt(allowed, srv, ECHO_HTTP_PORT, false);
+            let world = self.world_attempt(srv, true);
+            self.all_reach(&[pod.clone(), world.clone()], "before")?;
+            self.world_keeps_its_address(srv)?;
+            let only = server_policy("cidr", json!({"ingress": [{"fromCIDR": [cidr]}]}));
+            self.publish_with_nodeport(srv, &[only])?;
+            let r1 = self.expect_reach(&[world.clone(), pod])?;
+            // Another name: the agents' list of policies shows when they have taken it.
+            let except = server_policy(
+                "cidr-except",
+                json!({"ingress": [{"fromCIDRSet": [{"cidr": "192.168.100.0/24", "except": [cidr]}]}]}),
+            );
+            self.publish_with_nodeport(srv, &[except])?;
+            let r2 = self.expect_reach(&[Attempt {
+                allowed: false,
+                ..world
+            }])?;
+            Ok(format!(
+                "fromCIDR {cidr}: {}; fromCIDRSet 192.168.100.0/24 except {cidr}: {}",
+                r1.brief(),
+                r2.brief()
+            ))
+        })?;
+        self.all_reach(
+            &[self.attempt(allowed, srv, ECHO_HTTP_PORT, true)],
+            "after the policy and the NodePort were removed",
+        )?;
+        Ok(d)
+    }
+
+    /// `fromEntities: [cluster]`: pods of both nodes reach the server, the underlay client
+    /// (`world`, through a NodePort with Local traffic policy) does not.
+    fn policy_entity(&self) -> Result<String> {
+        let ([srv, allowed, _, local], _s) = self.policy_setup()?;
+        let d = self.policy_scope(|| {
+            self.publish_with_nodeport(srv, &[])?;
+            let attempts = [
+                self.attempt(allowed, srv, ECHO_HTTP_PORT, true),
+                self.attempt(local, srv, ECHO_HTTP_PORT, true),
+                self.world_attempt(srv, false),
+            ];
+            self.all_reach(&attempts, "before")?;
+            self.world_keeps_its_address(srv)?;
+            let policy = server_policy(
+                "entity-cluster",
+                json!({"ingress": [{"fromEntities": ["cluster"]}]}),
+            );
+            self.publish_with_nodeport(srv, &[policy])?;
+            let r = self.expect_reach(&attempts)?;
+            Ok(format!("ingress fromEntities cluster: {}", r.brief()))
+        })?;
+        self.all_reach(
+            &[self.attempt(allowed, srv, ECHO_HTTP_PORT, true)],
+            "after the policy and the NodePort were removed",
+        )?;
+        Ok(d)
+    }
+
+    /// A part of the Kubernetes network-policy e2e model with real connections: namespaces x,
+    /// y, z with pods a, b, c each, TCP 80 between every pair of pods (72), NetworkPolicies of
+    /// upstream's cases one after the other, each checked against upstream's truth table.
+    fn policy_netpol_model(&self) -> Result<String> {
+        let mut pods = Vec::new();
+        for ns in sandbox::NETPOL_NAMESPACES {
+            for name in sandbox::NETPOL_PODS {
+                pods.push(self.st.pod(&format!("{ns}/{name}")).with_context(|| {
+                    "the network-policy model's pods come with the default sandbox \
+                     (`vireo sandbox up` without --manifests)"
+                })?);
+            }
+        }
+        let _s = self.policy_servers(&pods, &[80], 120)?;
+        let pairs = || {
+            pods.iter()
+                .flat_map(|f| pods.iter().map(move |t| (*f, *t)))
+                .filter(|(f, t)| f.ip != t.ip)
+        };
+        let matrix = |case: Option<&ModelCase>| -> Vec<Attempt> {
+            pairs()
+                .map(|(f, t)| {
+                    let (fp, tp) = (
+                        (f.namespace.as_str(), f.name.as_str()),
+                        (t.namespace.as_str(), t.name.as_str()),
+                    );
+                    let (allowed, at_source) = match case {
+                        Some(c) => ((c.allowed)(fp, tp), (c.egress_denied)(fp)),
+                        None => (true, false),
+                    };
+                    let mut a = self.attempt(f, t, 80, allowed);
+                    if at_source {
+                        a.enforcer = f.node.clone();
+                    }
+                    a
+                })
+                .collect()
+        };
+        let all = matrix(None);
+        self.expect_reach(&all)
+            .context("before any policy: every pod reaches every other")?;
+        let cases = model_cases();
+        let done = self.policy_scope(|| {
+            let mut done = Vec::new();
+            for c in &cases {
+                self.publish_objects(&c.policies)?;
+                let r = self
+                    .expect_reach(&matrix(Some(c)))
+                    .with_context(|| format!("case {}", c.name))?;
+                done.push(format!(
+                    "{}: {} allowed, {} denied ({})",
+                    c.name,
+                    r.allowed.len(),
+                    r.denied.len(),
+                    r.counted
+                ));
+            }
+            Ok(done)
+        })?;
+        self.expect_reach(&all)
+            .context("after the policies were removed: every pod reaches every other")?;
+        Ok(format!(
+            "{} pairs of {} pods over {} nodes, TCP 80, as upstream expects: {}; all {} open before and after",
+            all.len(),
+            pods.len(),
+            self.st.nodes.len().min(2),
+            done.join("; "),
+            all.len()
+        ))
+    }
+}
+
 /// A probe server running in a pod.
 struct ProbeServer {
     child: Child,
@@ -1573,6 +2468,61 @@ mod tests {
         assert_eq!(t.get(&Ipv4Addr::new(10, 244, 1, 13)), Some(&2));
         assert_eq!(errors(&a).as_deref(), Some("refused x2"));
         assert_eq!(errors(&a[..2]), None);
+    }
+
+    #[test]
+    fn netpol_model_truth_tables() {
+        let pods: Vec<(&str, &str)> = sandbox::NETPOL_NAMESPACES
+            .iter()
+            .flat_map(|ns| sandbox::NETPOL_PODS.iter().map(move |p| (*ns, *p)))
+            .collect();
+        let denied = |c: &ModelCase| {
+            pods.iter()
+                .flat_map(|f| pods.iter().map(move |t| (*f, *t)))
+                .filter(|(f, t)| f != t && !(c.allowed)(*f, *t))
+                .count()
+        };
+        // Denied pairs of the 72, as upstream's reachability tables have them.
+        let want = [
+            ("default-deny-ingress", 24),
+            ("allow-from-namespace-y", 15),
+            ("x-a-allows-x-b", 7),
+            ("allow-ns-y-z-pod-b", 6),
+            ("default-deny-all", 42),
+        ];
+        let cases = model_cases();
+        assert_eq!(cases.len(), want.len());
+        for (c, (name, n)) in cases.iter().zip(want) {
+            assert_eq!((c.name, denied(c)), (name, n));
+            let names = policy_names(&c.policies);
+            assert!(names
+                .iter()
+                .all(|(k, n)| k == "NetworkPolicy" && n.starts_with("x/")));
+        }
+        assert!((cases[1].allowed)(("y", "c"), ("x", "a")));
+        assert!(!(cases[3].allowed)(("x", "b"), ("x", "a")));
+        assert!((cases[4].egress_denied)(("x", "c")));
+    }
+
+    #[test]
+    fn policy_names_as_policy_get_lists_them() {
+        let objs = vec![
+            server_policy("l3", json!({})),
+            netpol("x", "deny", json!({})),
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+                   "metadata": {"name": "cw"}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}),
+        ];
+        let n: Vec<(String, String)> = policy_names(&objs).into_iter().collect();
+        let n: Vec<(&str, &str)> = n.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            n,
+            [
+                ("CiliumClusterwideNetworkPolicy", "cw"),
+                ("CiliumNetworkPolicy", "policy-test/l3"),
+                ("NetworkPolicy", "x/deny"),
+            ]
+        );
     }
 
     #[test]

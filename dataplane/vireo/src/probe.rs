@@ -72,6 +72,16 @@ pub enum Probe {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
         wait_ms: u64,
     },
+    /// One TCP attempt to each TO at once (a thread each), asking an `echo-server` who it is;
+    /// prints the answers in the order of TO, as `whoami` does (`timeout`: no answer within
+    /// WAIT_MS, as when a policy drops the SYN).
+    Reach {
+        #[arg(long, required = true, num_args = 1..=64)]
+        to: Vec<SocketAddr>,
+        /// Time each attempt may take, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        wait_ms: u64,
+    },
     /// Send COUNT TCP SYNs from FROM (this pod's address) to TO, each from another source port.
     SynFlood {
         #[arg(long)]
@@ -260,6 +270,36 @@ pub fn run(p: Probe) -> Result<()> {
                 })
                 .collect();
             say(json!({"to": to.to_string(), "answers": answers}));
+            Ok(())
+        }
+        Probe::Reach { to, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms);
+            let attempts: Vec<_> = to
+                .iter()
+                .map(|&t| {
+                    std::thread::spawn(move || {
+                        let t0 = Instant::now();
+                        let r = whoami_tcp(t, wait);
+                        let ms = t0.elapsed().as_secs_f64() * 1e3;
+                        match r {
+                            Ok(mut v) => {
+                                v["ms"] = json!(ms);
+                                v
+                            }
+                            Err(e) => json!({"error": error_kind(&e), "ms": ms}),
+                        }
+                    })
+                })
+                .collect();
+            let answers: Vec<serde_json::Value> = attempts
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| json!({"error": "probe thread failed"}))
+                })
+                .collect();
+            let to: Vec<String> = to.iter().map(ToString::to_string).collect();
+            say(json!({"to": to, "answers": answers}));
             Ok(())
         }
         Probe::SynFlood { from, to, count } => syn_flood(from, to, count),

@@ -47,6 +47,18 @@ pub const ECHO_HTTP_PORT: u16 = 8080;
 /// Container port `udp` of the echo pods.
 pub const ECHO_UDP_PORT: u16 = 8081;
 
+/// The namespace of the default sandbox's pods for the policy checks of `vireo connectivity
+/// test`: a server (`app: policy-server`, TCP 8080 and 8081) on the second node and clients
+/// (`app: client-allowed`, `app: client-other`) on the first and (`app: client-local`) beside
+/// the server. No policy selects them until a check applies one.
+pub const POLICY_NAMESPACE: &str = "policy-test";
+/// The namespaces of the default sandbox's Kubernetes network-policy model (as in upstream's
+/// e2e tests): pods `a`, `b`, `c` (labelled `pod: NAME`) in each, spread over the first two
+/// nodes, serving TCP 80 during the check.
+pub const NETPOL_NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// The pods of each network-policy model namespace.
+pub const NETPOL_PODS: [&str; 3] = ["a", "b", "c"];
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SandboxName {
     /// The sandbox's name: the prefix of everything it makes.
@@ -319,6 +331,8 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
             realize_pods(st, pods)?;
             realize_pods(st, echo_pods(o.nodes))?;
             st.objects.extend(echo_services()?);
+            st.objects.extend(policy_namespaces()?);
+            realize_pods(st, policy_pods(o.nodes))?;
         }
     }
     write_manifests(st)?;
@@ -350,6 +364,85 @@ fn echo_pods(nodes: usize) -> Vec<Pod> {
             .expect("a valid Pod")
         })
         .collect()
+}
+
+/// The Namespaces of the default sandbox's policy pods.
+fn policy_namespaces() -> Result<Vec<serde_json::Value>> {
+    std::iter::once(POLICY_NAMESPACE)
+        .chain(NETPOL_NAMESPACES)
+        .map(|ns| {
+            let n: Namespace = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+            }))?;
+            Ok(serde_json::to_value(n)?)
+        })
+        .collect()
+}
+
+/// The default sandbox's pods for the policy checks: [`POLICY_NAMESPACE`]'s server and clients,
+/// and the network-policy model's pods ([`NETPOL_NAMESPACES`] x [`NETPOL_PODS`]), which
+/// alternate between the first two nodes.
+fn policy_pods(nodes: usize) -> Vec<Pod> {
+    let (first, second) = ("node-1".to_string(), format!("node-{}", nodes.clamp(1, 2)));
+    let pod = |ns: &str,
+               name: &str,
+               node: &str,
+               labels: serde_json::Value,
+               ports: serde_json::Value| {
+        serde_json::from_value::<Pod>(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
+        }))
+        .expect("a valid Pod")
+    };
+    let tcp =
+        |name: &str, port: u16| json!({"name": name, "containerPort": port, "protocol": "TCP"});
+    let mut pods = vec![
+        pod(
+            POLICY_NAMESPACE,
+            "server",
+            &second,
+            json!({"app": "policy-server"}),
+            json!([tcp("http", ECHO_HTTP_PORT), tcp("alt", ECHO_UDP_PORT)]),
+        ),
+        pod(
+            POLICY_NAMESPACE,
+            "client-allowed",
+            &first,
+            json!({"app": "client-allowed"}),
+            json!([]),
+        ),
+        pod(
+            POLICY_NAMESPACE,
+            "client-other",
+            &first,
+            json!({"app": "client-other"}),
+            json!([]),
+        ),
+        pod(
+            POLICY_NAMESPACE,
+            "client-local",
+            &second,
+            json!({"app": "client-local"}),
+            json!([]),
+        ),
+    ];
+    let mut k = 0;
+    for ns in NETPOL_NAMESPACES {
+        for name in NETPOL_PODS {
+            let node = if k % 2 == 0 { &first } else { &second };
+            k += 1;
+            pods.push(pod(
+                ns,
+                name,
+                node,
+                json!({"pod": name}),
+                json!([tcp("serve-80", 80)]),
+            ));
+        }
+    }
+    pods
 }
 
 /// The default sandbox's Services (default namespace, fixed cluster IPs from 10.96.0.0/16):
@@ -426,6 +519,9 @@ fn apply_dir(st: &mut State, dir: &Path, write: bool) -> Result<()> {
     }
     for o in m.endpoint_slices.values() {
         objects.push(serde_json::to_value(o)?);
+    }
+    for o in m.policies.values() {
+        objects.push(serde_json::to_value(&o.value)?);
     }
     for o in &m.others {
         objects.push(serde_json::to_value(&o.value)?);
@@ -961,5 +1057,30 @@ mod tests {
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].protocol.as_deref(), Some("UDP"));
         assert_eq!(echo_pods(1).len(), ECHO_PODS_PER_NODE);
+    }
+
+    #[test]
+    fn default_policy_pods() {
+        let pods = policy_pods(2);
+        assert_eq!(pods.len(), 4 + NETPOL_NAMESPACES.len() * NETPOL_PODS.len());
+        let at = |ns: &str, name: &str| {
+            let p = pods
+                .iter()
+                .find(|p| {
+                    p.metadata.namespace.as_deref() == Some(ns)
+                        && p.metadata.name.as_deref() == Some(name)
+                })
+                .unwrap();
+            p.spec.as_ref().unwrap().node_name.clone().unwrap()
+        };
+        assert_eq!(at(POLICY_NAMESPACE, "server"), "node-2");
+        assert_eq!(at(POLICY_NAMESPACE, "client-local"), "node-2");
+        assert_eq!(at(POLICY_NAMESPACE, "client-allowed"), "node-1");
+        // The model's pods use both nodes.
+        assert_ne!(at("x", "a"), at("x", "b"));
+        assert!(policy_pods(1)
+            .iter()
+            .all(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-1")));
+        assert_eq!(policy_namespaces().unwrap().len(), 4);
     }
 }
