@@ -1896,45 +1896,7 @@ impl Env {
     fn expect_reach(&self, attempts: &[Attempt]) -> Result<Reached> {
         let before = self.policy_denied()?;
         let drops_before = self.drops()?;
-        let mut answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
-        let lost: Vec<usize> = (0..attempts.len())
-            .filter(|&i| attempts[i].allowed && answers[i].error.as_deref() == Some("timeout"))
-            .collect();
-        let mut retried = Vec::new();
-        if !lost.is_empty() {
-            let again = self.reach_all(&lost.iter().map(|&i| &attempts[i]).collect::<Vec<_>>())?;
-            for (&i, a) in lost.iter().zip(again) {
-                if a.backend == Some(attempts[i].server) {
-                    retried.push(attempts[i].label());
-                    answers[i] = a;
-                }
-            }
-        }
-        let retried = if retried.is_empty() {
-            String::new()
-        } else {
-            let d = self.drops()?;
-            let lost_drops: Vec<String> = self
-                .st
-                .nodes
-                .iter()
-                .zip(drops_before.iter().zip(&d))
-                .filter_map(|(n, (b, a))| {
-                    let r = "tx_ring_full";
-                    let x = a[r].as_u64()?.saturating_sub(b[r].as_u64().unwrap_or(0));
-                    (x > 0).then(|| format!("{} {r} +{x}", n.name))
-                })
-                .collect();
-            format!(
-                "; answered only when tried again (first attempt lost{}): {}",
-                if lost_drops.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", lost_drops.join(", "))
-                },
-                retried.join(", ")
-            )
-        };
+        let answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
         let (mut allowed, mut denied, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
         for (a, ans) in attempts.iter().zip(&answers) {
             let label = a.label();
@@ -1989,7 +1951,7 @@ impl Env {
             std::thread::sleep(Duration::from_millis(100));
         };
         let counted = format!(
-            "policy_denied {}{retried}",
+            "policy_denied {}",
             self.st
                 .nodes
                 .iter()
