@@ -22,6 +22,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::engine::{identity_matches, Verdict};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
+use crate::ipcache::{IpCache, IpCacheEntry};
 use crate::rules::{Action, Direction, Origin, Peer, Policy, PortRange, Rule};
 
 #[cfg(test)]
@@ -115,8 +116,8 @@ impl EndpointPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyTables {
     tables: FxHashMap<u32, Arc<EndpointPolicy>>,
-    /// CIDR blocks → identity, most specific first.
-    cidrs: Arc<Vec<(Ipv4Net, u32)>>,
+    /// CIDR blocks → CIDR identity, longest prefix first (the ipcache's LPM).
+    cidrs: Arc<IpCache>,
 }
 
 impl PolicyTables {
@@ -149,9 +150,8 @@ impl PolicyTables {
     #[inline]
     pub fn world_identity(&self, ip: Ipv4Addr) -> u32 {
         self.cidrs
-            .iter()
-            .find(|(n, _)| n.contains(&ip))
-            .map_or(Identity::WORLD.0, |(_, id)| *id)
+            .lookup(u32::from(ip))
+            .map_or(Identity::WORLD.0, |e| e.identity.0)
     }
 
     /// Whether any endpoint is under policy (when not, the fast path skips policy entirely).
@@ -188,7 +188,7 @@ pub struct Compiler {
     cidr_by_id: FxHashMap<u32, Ipv4Net>,
     /// Current tables.
     tables: FxHashMap<u32, Arc<EndpointPolicy>>,
-    cidrs: Arc<Vec<(Ipv4Net, u32)>>,
+    cidrs: Arc<IpCache>,
     /// How many endpoint tables the last change rebuilt (for tests and the operator).
     pub last_recomputed: usize,
 }
@@ -398,8 +398,16 @@ impl Compiler {
                 next += 1;
             }
         }
-        let mut cidrs: Vec<(Ipv4Net, u32)> = self.cidr_ids.iter().map(|(n, i)| (*n, *i)).collect();
-        cidrs.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        let mut cidrs = IpCache::default();
+        for (net, id) in &self.cidr_ids {
+            cidrs.insert(
+                *net,
+                IpCacheEntry {
+                    identity: Identity(*id),
+                    tunnel: None,
+                },
+            );
+        }
         self.cidrs = Arc::new(cidrs);
         new
     }
