@@ -2051,6 +2051,27 @@ impl Env {
             .map(|_| ())
     }
 
+    /// The shape of the simple policy checks: every attempt connects without the policy; with
+    /// it, the allowed ones connect and the denied ones are dropped (and counted); without it
+    /// again, all connect.
+    fn policy_check(&self, attempts: &[Attempt], policy: Value, what: &str) -> Result<String> {
+        self.all_reach(attempts, "before")?;
+        let d = self.policy_scope(|| {
+            let took = self.publish_objects(&[policy])?;
+            let r = self.expect_reach(attempts)?;
+            Ok(format!(
+                "{what} (in force in {:.1}s): {}",
+                took.as_secs_f64(),
+                r.brief()
+            ))
+        })?;
+        self.all_reach(attempts, "after the policy was removed")?;
+        Ok(format!(
+            "{d}; all {} connect before and after",
+            attempts.len()
+        ))
+    }
+
     /// `fromEndpoints`: only `app: client-allowed` reaches the server (cross-node); the others,
     /// on the first node and beside the server, are denied by default deny.
     fn policy_l3_allow(&self) -> Result<String> {
@@ -2061,22 +2082,15 @@ impl Env {
             self.attempt(other, srv, p, false),
             self.attempt(local, srv, p, false),
         ];
-        self.all_reach(&attempts, "before")?;
         let policy = server_policy(
             "l3-allow",
             json!({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client-allowed"}}]}]}),
         );
-        let d = self.policy_scope(|| {
-            let took = self.publish_objects(&[policy])?;
-            let r = self.expect_reach(&attempts)?;
-            Ok(format!(
-                "ingress fromEndpoints app=client-allowed (in force in {:.1}s): {}",
-                took.as_secs_f64(),
-                r.brief()
-            ))
-        })?;
-        self.all_reach(&attempts, "after the policy was removed")?;
-        Ok(format!("{d}; all 3 connect before and after"))
+        self.policy_check(
+            &attempts,
+            policy,
+            "ingress fromEndpoints app=client-allowed",
+        )
     }
 
     /// `toPorts`: the allowed client reaches 8080/TCP and not 8081/TCP.
@@ -2087,7 +2101,6 @@ impl Env {
             self.attempt(allowed, srv, ECHO_UDP_PORT, false),
             self.attempt(local, srv, ECHO_HTTP_PORT, false),
         ];
-        self.all_reach(&attempts, "before")?;
         let policy = server_policy(
             "l4-port",
             json!({"ingress": [{
@@ -2095,16 +2108,11 @@ impl Env {
                 "toPorts": [{"ports": [{"port": ECHO_HTTP_PORT.to_string(), "protocol": "TCP"}]}],
             }]}),
         );
-        let d = self.policy_scope(|| {
-            self.publish_objects(&[policy])?;
-            let r = self.expect_reach(&attempts)?;
-            Ok(format!(
-                "ingress from app=client-allowed to {ECHO_HTTP_PORT}/TCP: {}",
-                r.brief()
-            ))
-        })?;
-        self.all_reach(&attempts, "after the policy was removed")?;
-        Ok(format!("{d}; all connect before and after"))
+        self.policy_check(
+            &attempts,
+            policy,
+            &format!("ingress from app=client-allowed to {ECHO_HTTP_PORT}/TCP"),
+        )
     }
 
     /// `ingressDeny` beats an allow-all rule: the denied client is dropped, the others pass.
@@ -2116,22 +2124,16 @@ impl Env {
             self.attempt(local, srv, p, true),
             self.attempt(other, srv, p, false),
         ];
-        self.all_reach(&attempts, "before")?;
         let policy = server_policy(
             "deny-other",
             json!({"ingress": [{"fromEntities": ["all"]}],
                    "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client-other"}}]}]}),
         );
-        let d = self.policy_scope(|| {
-            self.publish_objects(&[policy])?;
-            let r = self.expect_reach(&attempts)?;
-            Ok(format!(
-                "ingress fromEntities all + ingressDeny app=client-other: {}",
-                r.brief()
-            ))
-        })?;
-        self.all_reach(&attempts, "after the policy was removed")?;
-        Ok(format!("{d}; all connect before and after"))
+        self.policy_check(
+            &attempts,
+            policy,
+            "ingress fromEntities all + ingressDeny app=client-other",
+        )
     }
 
     /// The Service `policy-np`: NodePort [`POLICY_NODE_PORT`] on the server, traffic policy
