@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
 use vireo_lb::service::{TCP, UDP};
 use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
@@ -107,6 +108,26 @@ pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
 /// The label Kubernetes puts on every namespace, with the namespace's name as its value.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// The TCP and UDP `containers[].ports[]` of a pod (others, and port 0, are left out).
+pub(crate) fn container_ports(p: &Pod) -> impl Iterator<Item = ContainerPortView> + '_ {
+    p.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            let proto = match cp.protocol.as_deref() {
+                None | Some("TCP") => TCP,
+                Some("UDP") => UDP,
+                _ => return None,
+            };
+            Some(ContainerPortView {
+                name: cp.name.clone().unwrap_or_default(),
+                port: u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?,
+                proto,
+            })
+        })
+}
+
 /// A namespace's labels as Kubernetes serves them: as written in its Namespace object (if the
 /// manifests have one), plus `kubernetes.io/metadata.name: <name>`, which the API server sets
 /// on every namespace (NetworkPolicy namespace selectors rely on it).
@@ -196,24 +217,7 @@ impl ClusterView {
                 status.and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             );
-            let ports = p
-                .spec
-                .iter()
-                .flat_map(|s| &s.containers)
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|cp| {
-                    let proto = match cp.protocol.as_deref() {
-                        None | Some("TCP") => TCP,
-                        Some("UDP") => UDP,
-                        _ => return None,
-                    };
-                    Some(ContainerPortView {
-                        name: cp.name.clone().unwrap_or_default(),
-                        port: u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?,
-                        proto,
-                    })
-                })
-                .collect();
+            let ports = container_ports(p).collect();
             v.pods.insert(
                 (ns.clone(), name.clone()),
                 PodView {

@@ -62,6 +62,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
+use vireo_lb::service::UDP;
 use vireo_policy::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use vireo_policy::rules::{split_source, with_source};
 use vireo_policy::{
@@ -69,7 +70,7 @@ use vireo_policy::{
     Rule, Selector,
 };
 
-use crate::cluster::namespace_labels;
+use crate::cluster::{container_ports, namespace_labels};
 use crate::source::{Manifests, PolicyDocument, PolicyKind};
 
 /// The policies of a set of manifests.
@@ -123,20 +124,15 @@ fn pod_ports(m: &Manifests) -> Vec<PodPorts> {
         .map(|((ns, _), p)| {
             let ns_labels = namespace_labels(m, ns);
             let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &ns_labels);
-            let ports = p
-                .spec
-                .iter()
-                .flat_map(|s| &s.containers)
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|cp| {
-                    let proto = match cp.protocol.as_deref() {
-                        None | Some("TCP") => Proto::Tcp,
-                        Some("UDP") => Proto::Udp,
-                        _ => return None,
+            let ports = container_ports(p)
+                .filter(|cp| !cp.name.is_empty())
+                .map(|cp| {
+                    let proto = if cp.proto == UDP {
+                        Proto::Udp
+                    } else {
+                        Proto::Tcp
                     };
-                    let name = cp.name.clone().filter(|n| !n.is_empty())?;
-                    let port = u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?;
-                    Some((name, port, proto))
+                    (cp.name, cp.port, proto)
                 })
                 .collect();
             PodPorts { labels, ports }

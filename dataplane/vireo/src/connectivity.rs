@@ -2191,14 +2191,32 @@ impl Env {
         Ok(())
     }
 
+    /// The frame of the checks that reach the server from the world: the NodePort is published
+    /// (with no policy) before `body`, and when both are gone `allowed` reaches the server again.
+    fn nodeport_policy_scope(
+        &self,
+        srv: &PodState,
+        allowed: &PodState,
+        body: impl FnOnce() -> Result<String>,
+    ) -> Result<String> {
+        let d = self.policy_scope(|| {
+            self.publish_with_nodeport(srv, &[])?;
+            body()
+        })?;
+        self.all_reach(
+            &[self.attempt(allowed, srv, ECHO_HTTP_PORT, true)],
+            "after the policy and the NodePort were removed",
+        )?;
+        Ok(d)
+    }
+
     /// `fromCIDR`: the underlay client (outside the cluster) reaches the server through a
     /// NodePort (Local) and a pod does not (CIDR rules never match cluster addresses); then a
     /// `fromCIDRSet` whose `except` holds the client denies it.
     fn policy_cidr(&self) -> Result<String> {
         let ([srv, allowed, _, _], _s) = self.policy_setup()?;
         let cidr = format!("{UNDERLAY_CLIENT}/32");
-        let d = self.policy_scope(|| {
-            self.publish_with_nodeport(srv, &[])?;
+        self.nodeport_policy_scope(srv, allowed, || {
             let pod = self.attempt(allowed, srv, ECHO_HTTP_PORT, false);
             let world = self.world_attempt(srv, true);
             self.all_reach(&[pod.clone(), world.clone()], "before")?;
@@ -2221,20 +2239,14 @@ impl Env {
                 r1.brief(),
                 r2.brief()
             ))
-        })?;
-        self.all_reach(
-            &[self.attempt(allowed, srv, ECHO_HTTP_PORT, true)],
-            "after the policy and the NodePort were removed",
-        )?;
-        Ok(d)
+        })
     }
 
     /// `fromEntities: [cluster]`: pods of both nodes reach the server, the underlay client
     /// (`world`, through a NodePort with Local traffic policy) does not.
     fn policy_entity(&self) -> Result<String> {
         let ([srv, allowed, _, local], _s) = self.policy_setup()?;
-        let d = self.policy_scope(|| {
-            self.publish_with_nodeport(srv, &[])?;
+        self.nodeport_policy_scope(srv, allowed, || {
             let attempts = [
                 self.attempt(allowed, srv, ECHO_HTTP_PORT, true),
                 self.attempt(local, srv, ECHO_HTTP_PORT, true),
@@ -2249,12 +2261,7 @@ impl Env {
             self.publish_with_nodeport(srv, &[policy])?;
             let r = self.expect_reach(&attempts)?;
             Ok(format!("ingress fromEntities cluster: {}", r.brief()))
-        })?;
-        self.all_reach(
-            &[self.attempt(allowed, srv, ECHO_HTTP_PORT, true)],
-            "after the policy and the NodePort were removed",
-        )?;
-        Ok(d)
+        })
     }
 
     /// A part of the Kubernetes network-policy e2e model with real connections: namespaces x,
