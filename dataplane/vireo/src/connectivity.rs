@@ -1498,10 +1498,14 @@ const POLICY_NP_CLUSTER_IP: &str = "10.96.0.20";
 struct Attempt {
     /// Who connects: a pod (`client-other`, `x/a`) or the underlay client.
     from: String,
+    /// Its address.
+    src: Ipv4Addr,
     netns: String,
     to: SocketAddr,
     /// The pod that answers when the flow is allowed.
     server: Ipv4Addr,
+    /// The port it answers on (a NodePort's target port).
+    dport: u16,
     /// Where it connects to, for people: `server:8080`, `node-2:30090 -> server:8080`.
     dest: String,
     allowed: bool,
@@ -1806,9 +1810,11 @@ impl Env {
     fn attempt(&self, from: &PodState, to: &PodState, port: u16, allowed: bool) -> Attempt {
         Attempt {
             from: short(from),
+            src: from.ip,
             netns: from.netns.clone(),
             to: SocketAddr::from((to.ip, port)),
             server: to.ip,
+            dport: port,
             dest: format!("{}:{port}", short(to)),
             allowed,
             enforcer: to.node.clone(),
@@ -1821,9 +1827,11 @@ impl Env {
         let node = self.node(server);
         Attempt {
             from: format!("{UNDERLAY_CLIENT} (world)"),
+            src: UNDERLAY_CLIENT,
             netns: self.st.underlay.clone(),
             to: SocketAddr::from((node.ip, POLICY_NODE_PORT)),
             server: server.ip,
+            dport: ECHO_HTTP_PORT,
             dest: format!(
                 "{}:{POLICY_NODE_PORT} (NodePort, Local) -> {}:{ECHO_HTTP_PORT}",
                 node.name,
@@ -1896,6 +1904,7 @@ impl Env {
     fn expect_reach(&self, attempts: &[Attempt]) -> Result<Reached> {
         let before = self.policy_denied()?;
         let drops_before = self.drops()?;
+        self.drop_events()?;
         let answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
         let (mut allowed, mut denied, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
         for (a, ans) in attempts.iter().zip(&answers) {
@@ -1950,8 +1959,9 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        let told = self.agents_tell(attempts, &mut wrong)?;
         let counted = format!(
-            "policy_denied {}",
+            "policy_denied {}; {told}",
             self.st
                 .nodes
                 .iter()
@@ -2023,6 +2033,97 @@ impl Env {
             denied,
             counted,
         })
+    }
+
+    /// The drop events (`vireo monitor --type drop`) of every node since the last call; the
+    /// first call turns the agents' collection on.
+    fn drop_events(&self) -> Result<Vec<Vec<Value>>> {
+        self.st
+            .nodes
+            .iter()
+            .map(|n| {
+                let v = api::call(&n.api, &api::Request::Monitor { max: 4096 })
+                    .with_context(|| format!("{}: monitor", n.name))?;
+                Ok(v["events"].as_array().cloned().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// What the operator's tools say of the attempts, checked against what the traffic did:
+    /// the enforcing agent's `vireo policy trace` gives each attempt's verdict, and its
+    /// `vireo monitor --type drop` shows each denied flow as a `policy_denied` event with the
+    /// deciding rule (or the default deny). Disagreements go to `wrong`.
+    fn agents_tell(&self, attempts: &[Attempt], wrong: &mut Vec<String>) -> Result<String> {
+        let events = self.drop_events()?;
+        let mut shown = 0;
+        for a in attempts {
+            let (i, n) = self
+                .st
+                .nodes
+                .iter()
+                .enumerate()
+                .find(|(_, n)| n.name == a.enforcer)
+                .with_context(|| format!("no node {}", a.enforcer))?;
+            let trace = api::Request::PolicyTrace {
+                src: crate::policy::EndpointSpec::Ip { ip: a.src },
+                dst: crate::policy::EndpointSpec::Ip { ip: a.server },
+                dport: crate::policy::PortProto {
+                    port: a.dport,
+                    proto: crate::policy::TCP,
+                },
+            };
+            let t =
+                api::call(&n.api, &trace).with_context(|| format!("{}: policy trace", n.name))?;
+            let want = if a.allowed { "allowed" } else { "denied" };
+            if t["verdict"] != want {
+                wrong.push(format!(
+                    "{}: {}'s policy trace says {} (rules {})",
+                    a.label(),
+                    n.name,
+                    t["verdict"],
+                    t["rules"]
+                ));
+            }
+            if a.allowed {
+                continue;
+            }
+            let (src, dst) = (format!("{}:", a.src), format!("{}:{}", a.server, a.dport));
+            let event = events[i].iter().find(|e| {
+                e["reason"] == "policy_denied"
+                    && e["src"].as_str().is_some_and(|s| s.starts_with(&src))
+                    && e["dst"] == dst.as_str()
+            });
+            // The fast path's rule is one the trace names, or the default deny when it names
+            // none.
+            let traced: Vec<&str> = t["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match event.map(|e| (e, e["rule"].as_str())) {
+                Some((_, Some(r)))
+                    if traced.contains(&r) || (traced.is_empty() && r == "default deny") =>
+                {
+                    shown += 1
+                }
+                Some((e, _)) => wrong.push(format!(
+                    "{}: {}'s drop event names another rule than the trace ({traced:?}): {e}",
+                    a.label(),
+                    n.name
+                )),
+                None => wrong.push(format!(
+                    "{}: {}'s monitor shows no policy_denied event from {src}* to {dst}",
+                    a.label(),
+                    n.name,
+                )),
+            }
+        }
+        Ok(format!(
+            "policy trace agrees on {}, monitor shows {shown} drop{} by the traced rule",
+            attempts.len(),
+            if shown == 1 { "" } else { "s" }
+        ))
     }
 
     /// The policy server and its three clients, with echo servers on 8080 and 8081.
