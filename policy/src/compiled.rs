@@ -12,6 +12,11 @@
 //! (labels) recomputes its own table and the tables whose rules select it, a changed policy the
 //! tables of the identities it selects. Each table is built whole and then swapped in, so an
 //! endpoint never passes through a default-allow state while its policy is updated.
+//!
+//! Selectors are matched through an index of identities by label: a selector with an `In`
+//! requirement is tried only on the identities carrying one of its values, and each endpoint
+//! identity keeps the keys of the policies selecting it, so a change costs what it touches, not
+//! policies × identities.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -23,7 +28,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::engine::{identity_matches, Verdict};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
 use crate::ipcache::{IpCache, IpCacheEntry};
-use crate::rules::{Action, Direction, Origin, Peer, Policy, PortRange, Rule};
+use crate::rules::{Action, Direction, Op, Origin, Peer, Policy, PortRange, Rule, Selector};
 
 #[cfg(test)]
 mod tests;
@@ -174,6 +179,59 @@ pub fn reserved_labels() -> Vec<(Identity, Labels)> {
         .collect()
 }
 
+/// Identities by label (key as held, value), so a selector is matched against the identities
+/// that carry one of the values it requires rather than against every identity (Cilium's
+/// selector cache serves the same end).
+#[derive(Debug, Default)]
+struct LabelIndex(FxHashMap<String, FxHashMap<String, FxHashSet<u32>>>);
+
+impl LabelIndex {
+    fn insert(&mut self, id: u32, labels: &Labels) {
+        for (k, v) in labels.iter() {
+            self.0
+                .entry(k.to_string())
+                .or_default()
+                .entry(v.to_string())
+                .or_default()
+                .insert(id);
+        }
+    }
+
+    fn remove(&mut self, id: u32, labels: &Labels) {
+        for (k, v) in labels.iter() {
+            if let Some(vals) = self.0.get_mut(k) {
+                if let Some(ids) = vals.get_mut(v) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        vals.remove(v);
+                    }
+                }
+                if vals.is_empty() {
+                    self.0.remove(k);
+                }
+            }
+        }
+    }
+
+    /// A superset of the identities `sel` selects, from its first `In` requirement; `None`
+    /// when it has none (then every identity is a candidate).
+    fn candidates(&self, sel: &Selector) -> Option<FxHashSet<u32>> {
+        let (r, want) = sel.reqs.iter().find_map(|r| match &r.op {
+            Op::In(want) => Some((r, want)),
+            _ => None,
+        })?;
+        let mut out = FxHashSet::default();
+        for k in r.label_keys() {
+            if let Some(vals) = self.0.get(&k) {
+                for w in want {
+                    out.extend(vals.get(w).into_iter().flatten());
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 /// Keeps policies and identities and recompiles what changes touch.
 #[derive(Debug, Default)]
 pub struct Compiler {
@@ -182,6 +240,10 @@ pub struct Compiler {
     policies: BTreeMap<String, Vec<Compiled>>,
     /// Known identities (pods, reserved, CIDR) and their labels.
     identities: BTreeMap<u32, Labels>,
+    /// The same, by label.
+    index: LabelIndex,
+    /// Per endpoint identity, the keys of the policies that select it.
+    selected_by: FxHashMap<u32, BTreeSet<String>>,
     /// CIDR identity by block.
     cidr_ids: BTreeMap<Ipv4Net, u32>,
     /// And block by CIDR identity.
@@ -218,14 +280,82 @@ impl Compiler {
     pub fn new() -> Compiler {
         let mut c = Compiler::default();
         for (i, l) in reserved_labels() {
-            c.identities.insert(i.0, l);
+            c.put_identity(i.0, l);
         }
         c
     }
 
+    /// Records identity `id`'s labels (and indexes them).
+    fn put_identity(&mut self, id: u32, labels: Labels) {
+        if let Some(old) = self.identities.remove(&id) {
+            self.index.remove(id, &old);
+        }
+        self.index.insert(id, &labels);
+        self.identities.insert(id, labels);
+    }
+
+    /// Forgets identity `id`'s labels; whether it was known.
+    fn drop_identity(&mut self, id: u32) -> bool {
+        match self.identities.remove(&id) {
+            Some(old) => {
+                self.index.remove(id, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The identities (with labels) among which the ones `sel` selects are.
+    fn candidates<'a>(&'a self, sel: &Selector) -> Vec<(u32, &'a Labels)> {
+        match self.index.candidates(sel) {
+            Some(ids) => {
+                let mut v: Vec<(u32, &Labels)> = ids
+                    .into_iter()
+                    .filter_map(|id| Some((id, self.identities.get(&id)?)))
+                    .collect();
+                v.sort_unstable_by_key(|(id, _)| *id);
+                v
+            }
+            None => self.identities.iter().map(|(id, l)| (*id, l)).collect(),
+        }
+    }
+
+    /// The identities among which the ones rule `r`'s peers select are: the union of its
+    /// endpoint selectors' candidates, the CIDR identities and world for CIDR peers; every
+    /// identity when a peer is an entity or everyone.
+    fn rule_candidates(&self, r: &Rule) -> Vec<(u32, &Labels)> {
+        let mut ids: BTreeSet<u32> = BTreeSet::new();
+        for p in &r.peers {
+            match p {
+                Peer::Endpoints(sel) => match self.index.candidates(sel) {
+                    Some(c) => ids.extend(c),
+                    None => return self.candidates(&Selector::all()),
+                },
+                Peer::Cidr { .. } => {
+                    ids.extend(self.cidr_by_id.keys());
+                    ids.insert(Identity::WORLD.0);
+                }
+                Peer::Entity(_) | Peer::Any => return self.candidates(&Selector::all()),
+            }
+        }
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.identities.get(&id)?)))
+            .collect()
+    }
+
     /// Whether rule `r`'s peers (any port) select identity `id` with `labels`.
     fn selects(&self, r: &Rule, id: u32, labels: &Labels) -> bool {
-        let block = self.cidr_by_id.get(&id);
+        Self::rule_selects(&self.cidr_by_id, r, id, labels)
+    }
+
+    /// [`Compiler::selects`], given the blocks of the CIDR identities.
+    fn rule_selects(
+        cidr_by_id: &FxHashMap<u32, Ipv4Net>,
+        r: &Rule,
+        id: u32,
+        labels: &Labels,
+    ) -> bool {
+        let block = cidr_by_id.get(&id);
         let zero = Ipv4Net::default();
         r.peers.iter().any(|p| match (p, block) {
             // A CIDR identity: selected by CIDR rules whose block holds it and no except does.
@@ -244,6 +374,11 @@ impl Compiler {
     /// select are rebuilt.
     pub fn set_policies(&mut self, key: &str, policies: Vec<Policy>) {
         let mut touched = self.subjects_of(key);
+        for id in &touched {
+            if let Some(keys) = self.selected_by.get_mut(id) {
+                keys.remove(key);
+            }
+        }
         self.policies.remove(key);
         let new_ids = self.sync_cidr_identities(&policies);
         if !policies.is_empty() {
@@ -253,7 +388,13 @@ impl Compiler {
                 .collect();
             self.policies.insert(key.to_string(), compiled);
         }
-        touched.extend(self.subjects_of(key));
+        for id in self.subjects_of(key) {
+            self.selected_by
+                .entry(id)
+                .or_default()
+                .insert(key.to_string());
+            touched.insert(id);
+        }
         // New CIDR identities are peers the other policies' rules may select.
         for id in new_ids {
             if let Some(l) = self.identities.get(&id).cloned() {
@@ -274,7 +415,20 @@ impl Compiler {
             self.last_recomputed = 0;
             return;
         }
-        self.identities.insert(id.0, labels.clone());
+        self.put_identity(id.0, labels.clone());
+        if (Identity::FIRST_ENDPOINT..CIDR_IDENTITY_BASE).contains(&id.0) {
+            let keys = self
+                .policies
+                .iter()
+                .filter(|(_, ps)| {
+                    ps.iter().any(|c| {
+                        c.policy.node_selector.is_none() && c.policy.subject.matches(&labels)
+                    })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            self.selected_by.insert(id.0, keys);
+        }
         let mut touched = self.update_peer_sets(id.0, Some(&labels));
         touched.insert(id.0);
         self.recompute(&touched);
@@ -282,9 +436,10 @@ impl Compiler {
 
     /// Forgets identity `id`.
     pub fn remove_identity(&mut self, id: Identity) {
-        if self.identities.remove(&id.0).is_none() {
+        if !self.drop_identity(id.0) {
             return;
         }
+        self.selected_by.remove(&id.0);
         let mut touched = self.update_peer_sets(id.0, None);
         touched.insert(id.0);
         self.recompute(&touched);
@@ -295,14 +450,18 @@ impl Compiler {
         let Some(ps) = self.policies.get(key) else {
             return BTreeSet::new();
         };
-        self.identities
-            .iter()
-            .filter(|(id, _)| **id >= Identity::FIRST_ENDPOINT && **id < CIDR_IDENTITY_BASE)
-            .filter(|(_, l)| {
-                ps.iter()
-                    .any(|c| c.policy.node_selector.is_none() && c.policy.subject.matches(l))
+        ps.iter()
+            .filter(|c| c.policy.node_selector.is_none())
+            .flat_map(|c| {
+                self.candidates(&c.policy.subject)
+                    .into_iter()
+                    .filter(|(id, l)| {
+                        *id >= Identity::FIRST_ENDPOINT
+                            && *id < CIDR_IDENTITY_BASE
+                            && c.policy.subject.matches(l)
+                    })
+                    .map(|(id, _)| id)
             })
-            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -310,32 +469,25 @@ impl Compiler {
     /// the subjects of the policies whose rules changed.
     fn update_peer_sets(&mut self, id: u32, labels: Option<&Labels>) -> BTreeSet<u32> {
         let mut changed_keys = Vec::new();
-        let keys: Vec<String> = self.policies.keys().cloned().collect();
-        for key in keys {
+        let cidr_by_id = &self.cidr_by_id;
+        for (key, ps) in self.policies.iter_mut() {
             let mut changed = false;
-            let n = self.policies[&key].len();
-            for pi in 0..n {
-                for ri in 0..self.policies[&key][pi].rules.len() {
-                    let f = &self.policies[&key][pi].rules[ri];
-                    if f.everyone {
-                        continue;
+            for f in ps.iter_mut().flat_map(|c| &mut c.rules) {
+                if f.everyone {
+                    continue;
+                }
+                let now = labels.is_some_and(|l| Self::rule_selects(cidr_by_id, &f.rule, id, l));
+                if now != f.peers.contains(&id) {
+                    if now {
+                        f.peers.insert(id);
+                    } else {
+                        f.peers.remove(&id);
                     }
-                    let now = labels.is_some_and(|l| self.selects(&f.rule, id, l));
-                    let was = f.peers.contains(&id);
-                    if now != was {
-                        let peers =
-                            &mut self.policies.get_mut(&key).expect("key")[pi].rules[ri].peers;
-                        if now {
-                            peers.insert(id);
-                        } else {
-                            peers.remove(&id);
-                        }
-                        changed = true;
-                    }
+                    changed = true;
                 }
             }
             if changed {
-                changed_keys.push(key);
+                changed_keys.push(key.clone());
             }
         }
         changed_keys
@@ -374,7 +526,7 @@ impl Compiler {
         for (b, id) in gone {
             self.cidr_ids.remove(&b);
             self.cidr_by_id.remove(&id);
-            self.identities.remove(&id);
+            self.drop_identity(id);
             let _ = self.update_peer_sets(id, None);
         }
         let mut next = self
@@ -387,7 +539,7 @@ impl Compiler {
             if !self.cidr_ids.contains_key(b) {
                 self.cidr_ids.insert(*b, next);
                 self.cidr_by_id.insert(next, *b);
-                self.identities.insert(
+                self.put_identity(
                     next,
                     Labels::new([
                         (format!("cidr:{b}"), String::new()),
@@ -427,10 +579,10 @@ impl Compiler {
                 let peers = if everyone {
                     FxHashSet::default()
                 } else {
-                    self.identities
-                        .iter()
-                        .filter(|(id, l)| self.selects(r, **id, l))
-                        .map(|(id, _)| *id)
+                    self.rule_candidates(r)
+                        .into_iter()
+                        .filter(|(id, l)| self.selects(r, *id, l))
+                        .map(|(id, _)| id)
                         .collect()
                 };
                 rules.push(FlatRule {
@@ -454,15 +606,22 @@ impl Compiler {
             FxHashMap::default();
         let mut out = Vec::with_capacity(subjects.len());
         for id in subjects {
-            let Some(labels) = self.identities.get(id) else {
+            if !self.identities.contains_key(id) {
                 out.push((*id, None));
                 continue;
-            };
+            }
+            // The policies selecting it, in the policies' order.
             let selecting: Vec<&Compiled> = self
-                .policies
-                .values()
+                .selected_by
+                .get(id)
+                .into_iter()
                 .flatten()
-                .filter(|c| c.policy.node_selector.is_none() && c.policy.subject.matches(labels))
+                .filter_map(|k| self.policies.get(k))
+                .flatten()
+                .filter(|c| {
+                    c.policy.node_selector.is_none()
+                        && c.policy.subject.matches(&self.identities[id])
+                })
                 .collect();
             let key: Vec<*const Compiled> = selecting.iter().map(|c| *c as *const _).collect();
             let t = memo

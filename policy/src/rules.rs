@@ -51,6 +51,85 @@ pub fn split_source(key: &str) -> (&str, &str) {
     }
 }
 
+/// The label sources [`split_source`] knows.
+const SOURCES: [&str; 5] = ["k8s", "reserved", "any", "cidr", "unspec"];
+
+impl Op {
+    /// Whether the values a key has (none when it is absent) satisfy the operator.
+    fn holds<'a>(&self, mut vals: impl Iterator<Item = &'a str>) -> bool {
+        match self {
+            Op::In(want) => vals.any(|v| want.iter().any(|w| w == v)),
+            Op::NotIn(bad) => vals.all(|v| !bad.iter().any(|w| w == v)),
+            Op::Exists => vals.next().is_some(),
+            Op::DoesNotExist => vals.next().is_none(),
+        }
+    }
+}
+
+impl Requirement {
+    /// The values of the labels this requirement's key names, by lookup: `source:key` is
+    /// itself the label's key; `any:key` (or a bare key) is the key under each source, and the
+    /// bare key itself. `None` when a key is too long for the stack buffer.
+    fn values<'a, 'b>(
+        &self,
+        labels: &'a Labels,
+        out: &'b mut [&'a str; SOURCES.len() + 1],
+    ) -> Option<&'b [&'a str]> {
+        let (src, k) = split_source(&self.key);
+        let mut n = 0;
+        if src != "any" {
+            if let Some(v) = labels.get(&self.key) {
+                out[0] = v;
+                n = 1;
+            }
+            return Some(&out[..n]);
+        }
+        let mut buf = [0u8; 256];
+        for s in SOURCES {
+            let len = s.len() + 1 + k.len();
+            let key = buf.get_mut(..len)?;
+            key[..s.len()].copy_from_slice(s.as_bytes());
+            key[s.len()] = b':';
+            key[s.len() + 1..].copy_from_slice(k.as_bytes());
+            let key = std::str::from_utf8(key).ok()?;
+            if let Some(v) = labels.get(key) {
+                out[n] = v;
+                n += 1;
+            }
+        }
+        // A bare label key is read as `any:` (when it has no known source of its own).
+        if split_source(k).0 == "any" && !k.starts_with("any:") {
+            if let Some(v) = labels.get(k) {
+                out[n] = v;
+                n += 1;
+            }
+        }
+        Some(&out[..n])
+    }
+
+    /// The label keys whose values this requirement reads (as [`Requirement::values`] does).
+    pub(crate) fn label_keys(&self) -> Vec<String> {
+        let (src, k) = split_source(&self.key);
+        if src != "any" {
+            return vec![self.key.clone()];
+        }
+        let mut keys: Vec<String> = SOURCES.iter().map(|s| format!("{s}:{k}")).collect();
+        if split_source(k).0 == "any" && !k.starts_with("any:") {
+            keys.push(k.to_string());
+        }
+        keys
+    }
+
+    /// The same values, by scanning every label.
+    fn values_by_scan<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a str> + 'a {
+        let (src, k) = split_source(&self.key);
+        labels.iter().filter_map(move |(lk, v)| {
+            let (ls, lkey) = split_source(lk);
+            (lkey == k && (src == "any" || ls == src)).then_some(v)
+        })
+    }
+}
+
 /// Adds the `any:` source to a key written without one.
 pub fn with_source(key: &str) -> String {
     let (src, k) = split_source(key);
@@ -80,19 +159,13 @@ impl Selector {
     }
 
     /// Whether `labels` satisfies every requirement. No allocation: selectors are matched
-    /// against every identity when policies compile.
+    /// against every identity when policies compile, so a key is looked up, not scanned for.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.reqs.iter().all(|r| {
-            let (src, k) = split_source(&r.key);
-            let mut vals = labels.iter().filter_map(|(lk, v)| {
-                let (ls, lkey) = split_source(lk);
-                (lkey == k && (src == "any" || ls == src)).then_some(v)
-            });
-            match &r.op {
-                Op::In(want) => vals.any(|v| want.iter().any(|w| w == v)),
-                Op::NotIn(bad) => vals.all(|v| !bad.iter().any(|w| w == v)),
-                Op::Exists => vals.next().is_some(),
-                Op::DoesNotExist => vals.next().is_none(),
+            let mut buf = [""; SOURCES.len() + 1];
+            match r.values(labels, &mut buf) {
+                Some(vals) => r.op.holds(vals.iter().copied()),
+                None => r.op.holds(r.values_by_scan(labels)),
             }
         })
     }
@@ -350,5 +423,68 @@ impl Policy {
             Direction::Ingress => self.enforce_ingress,
             Direction::Egress => self.enforce_egress,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys with and without sources, known and not, nested (`k8s:any:a`), sharing a bare name.
+    fn key() -> impl Strategy<Value = String> {
+        let src = prop::sample::select(vec![
+            "",
+            "k8s:",
+            "reserved:",
+            "any:",
+            "cidr:",
+            "unspec:",
+            "foo:",
+        ]);
+        let name = prop::sample::select(vec!["a", "b", "any:a", "k8s:a", "x:a", "io.k8s/name"]);
+        (src, name).prop_map(|(s, n)| format!("{s}{n}"))
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let vals = prop::collection::vec(prop::sample::select(vec!["1", "2", ""]), 0..3)
+            .prop_map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+        prop_oneof![
+            vals.clone().prop_map(Op::In),
+            vals.prop_map(Op::NotIn),
+            Just(Op::Exists),
+            Just(Op::DoesNotExist),
+        ]
+    }
+
+    proptest! {
+        /// The lookup finds exactly the values the scan over every label finds.
+        #[test]
+        fn lookup_agrees_with_scan(
+            labels in prop::collection::btree_map(key(), prop::sample::select(vec!["1", "2", ""]), 0..8),
+            reqs in prop::collection::vec((key(), op()), 1..4),
+        ) {
+            let labels = Labels::new(labels);
+            for (key, op) in reqs {
+                let r = Requirement { key, op };
+                let mut buf = [""; SOURCES.len() + 1];
+                let mut fast: Vec<&str> = r.values(&labels, &mut buf).expect("short key").to_vec();
+                let mut slow: Vec<&str> = r.values_by_scan(&labels).collect();
+                fast.sort_unstable();
+                slow.sort_unstable();
+                prop_assert_eq!(&fast, &slow, "{}", r.key);
+                let sel = Selector { reqs: vec![r.clone()] };
+                prop_assert_eq!(sel.matches(&labels), r.op.holds(slow.into_iter()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_too_long_for_the_buffer_is_scanned() {
+        let long = "a".repeat(300);
+        let labels = Labels::new([(format!("k8s:{long}"), "v")]);
+        assert!(Selector::label(&long, "v").matches(&labels));
+        assert!(!Selector::label(&long, "w").matches(&labels));
     }
 }
