@@ -132,14 +132,17 @@ impl Key {
     /// splitmix64's finaliser over both words: every key bit reaches every hash bit, so keys
     /// that differ only in a port (a SYN flood) spread over all buckets.
     fn hash(&self) -> u64 {
-        fn mix(mut z: u64) -> u64 {
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         let (a, b) = self.words();
-        mix(a ^ mix(b))
+        mix64(a ^ mix64(b))
     }
+}
+
+/// splitmix64's finaliser: every input bit reaches every output bit.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A NAT record: the addresses and ports a tracked packet is rewritten to. What it means

@@ -142,7 +142,11 @@ impl Tables {
         (dst, dport): (u32, u16),
         proto: u8,
     ) -> bool {
-        let port = if proto == 1 { 0 } else { dport };
+        let port = if proto == vireo_conntrack::table::ICMP {
+            0
+        } else {
+            dport
+        };
         let Some(pd) = self.policy_denies(src, src_id, dst, proto, port) else {
             return false;
         };
@@ -207,6 +211,7 @@ impl Tables {
         }
         None
     }
+
     /// The interface in `slot`, if attached.
     #[inline]
     pub fn iface(&self, slot: u16) -> Option<&Interface> {

@@ -170,6 +170,11 @@ impl PolicyTables {
     }
 }
 
+/// Whether `id` is an endpoint's identity (not a reserved or a CIDR one).
+fn is_endpoint(id: u32) -> bool {
+    (Identity::FIRST_ENDPOINT..CIDR_IDENTITY_BASE).contains(&id)
+}
+
 /// Labels of the reserved identities (`reserved:<name>`).
 pub fn reserved_labels() -> Vec<(Identity, Labels)> {
     Identity::RESERVED
@@ -343,12 +348,8 @@ impl Compiler {
             .collect()
     }
 
-    /// Whether rule `r`'s peers (any port) select identity `id` with `labels`.
-    fn selects(&self, r: &Rule, id: u32, labels: &Labels) -> bool {
-        Self::rule_selects(&self.cidr_by_id, r, id, labels)
-    }
-
-    /// [`Compiler::selects`], given the blocks of the CIDR identities.
+    /// Whether rule `r`'s peers (any port) select identity `id` with `labels`, given the blocks
+    /// of the CIDR identities.
     fn rule_selects(
         cidr_by_id: &FxHashMap<u32, Ipv4Net>,
         r: &Rule,
@@ -371,8 +372,14 @@ impl Compiler {
 
     /// Sets (or replaces) the policies under `key`. Only the rules of these policies are
     /// matched against the identities, and only the tables of the endpoints they selected or
-    /// select are rebuilt.
-    pub fn set_policies(&mut self, key: &str, policies: Vec<Policy>) {
+    /// select are rebuilt. The same policies again change nothing; returns whether they
+    /// differed.
+    pub fn set_policies(&mut self, key: &str, policies: Vec<Policy>) -> bool {
+        let have = self.policies.get(key).map_or(&[][..], Vec::as_slice);
+        if have.len() == policies.len() && have.iter().zip(&policies).all(|(c, p)| c.policy == *p) {
+            self.last_recomputed = 0;
+            return false;
+        }
         let mut touched = self.subjects_of(key);
         for id in &touched {
             if let Some(keys) = self.selected_by.get_mut(id) {
@@ -402,11 +409,12 @@ impl Compiler {
             }
         }
         self.recompute(&touched);
+        true
     }
 
-    /// Removes the policies under `key`.
-    pub fn remove_policies(&mut self, key: &str) {
-        self.set_policies(key, Vec::new());
+    /// Removes the policies under `key`; returns whether there were any.
+    pub fn remove_policies(&mut self, key: &str) -> bool {
+        self.set_policies(key, Vec::new())
     }
 
     /// Sets (or replaces) the labels of identity `id`.
@@ -416,15 +424,11 @@ impl Compiler {
             return;
         }
         self.put_identity(id.0, labels.clone());
-        if (Identity::FIRST_ENDPOINT..CIDR_IDENTITY_BASE).contains(&id.0) {
+        if is_endpoint(id.0) {
             let keys = self
                 .policies
                 .iter()
-                .filter(|(_, ps)| {
-                    ps.iter().any(|c| {
-                        c.policy.node_selector.is_none() && c.policy.subject.matches(&labels)
-                    })
-                })
+                .filter(|(_, ps)| ps.iter().any(|c| c.policy.selects(&labels)))
                 .map(|(k, _)| k.clone())
                 .collect();
             self.selected_by.insert(id.0, keys);
@@ -451,15 +455,10 @@ impl Compiler {
             return BTreeSet::new();
         };
         ps.iter()
-            .filter(|c| c.policy.node_selector.is_none())
             .flat_map(|c| {
                 self.candidates(&c.policy.subject)
                     .into_iter()
-                    .filter(|(id, l)| {
-                        *id >= Identity::FIRST_ENDPOINT
-                            && *id < CIDR_IDENTITY_BASE
-                            && c.policy.subject.matches(l)
-                    })
+                    .filter(|(id, l)| is_endpoint(*id) && c.policy.selects(l))
                     .map(|(id, _)| id)
             })
             .collect()
@@ -581,7 +580,7 @@ impl Compiler {
                 } else {
                     self.rule_candidates(r)
                         .into_iter()
-                        .filter(|(id, l)| self.selects(r, *id, l))
+                        .filter(|(id, l)| Self::rule_selects(&self.cidr_by_id, r, *id, l))
                         .map(|(id, _)| id)
                         .collect()
                 };
@@ -618,10 +617,7 @@ impl Compiler {
                 .flatten()
                 .filter_map(|k| self.policies.get(k))
                 .flatten()
-                .filter(|c| {
-                    c.policy.node_selector.is_none()
-                        && c.policy.subject.matches(&self.identities[id])
-                })
+                .filter(|c| c.policy.selects(&self.identities[id]))
                 .collect();
             let key: Vec<*const Compiled> = selecting.iter().map(|c| *c as *const _).collect();
             let t = memo
@@ -657,12 +653,7 @@ impl Compiler {
                 let ports: Vec<PortRange> = if f.rule.ports.is_empty() {
                     vec![PortRange::ALL]
                 } else {
-                    f.rule
-                        .ports
-                        .iter()
-                        .filter(|pr| !(f.rule.action == Action::Allow && pr.l7))
-                        .copied()
-                        .collect()
+                    f.rule.enforced_ports().copied().collect()
                 };
                 for ports in ports {
                     let e = Entry {
@@ -707,7 +698,7 @@ impl Compiler {
     pub fn endpoint_identities(&self) -> Vec<Identity> {
         self.identities
             .keys()
-            .filter(|id| **id >= Identity::FIRST_ENDPOINT && **id < CIDR_IDENTITY_BASE)
+            .filter(|id| is_endpoint(**id))
             .map(|id| Identity(*id))
             .collect()
     }
@@ -715,14 +706,6 @@ impl Compiler {
     /// The keys of the policies it holds.
     pub fn policy_keys(&self) -> Vec<String> {
         self.policies.keys().cloned().collect()
-    }
-
-    /// The policies under `key`.
-    pub fn policies_of(&self, key: &str) -> Vec<&Policy> {
-        self.policies
-            .get(key)
-            .map(|v| v.iter().map(|c| &c.policy).collect())
-            .unwrap_or_default()
     }
 
     /// The labels of identity `id` (pods, reserved and CIDR identities).

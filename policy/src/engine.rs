@@ -120,10 +120,7 @@ pub fn is_world(id: Identity) -> bool {
 
 /// Whether `r` applies to `peer` and `proto`/`port`. An allow rule's L7 ports do not count.
 pub fn rule_matches(r: &Rule, peer: &PeerInfo, proto: u8, port: u16) -> bool {
-    let ports = r.ports.is_empty()
-        || r.ports
-            .iter()
-            .any(|pr| pr.covers(proto, port) && !(r.action == Action::Allow && pr.l7));
+    let ports = r.ports.is_empty() || r.enforced_ports().any(|pr| pr.covers(proto, port));
     ports
         && r.peers.iter().any(|p| peer_matches(p, peer))
         && r.requires.iter().all(|s| s.matches(&peer.labels))
@@ -134,9 +131,7 @@ pub fn selecting<'a>(
     policies: &'a [Policy],
     labels: &'a Labels,
 ) -> impl Iterator<Item = &'a Policy> {
-    policies
-        .iter()
-        .filter(move |p| p.node_selector.is_none() && p.subject.matches(labels))
+    policies.iter().filter(move |p| p.selects(labels))
 }
 
 /// The verdict for traffic in direction `d` of the endpoint with `labels`, with `peer` on the

@@ -386,6 +386,15 @@ pub struct Rule {
     pub origin: Origin,
 }
 
+impl Rule {
+    /// The ports it applies to: all of them, except an allow rule's L7 ports (Vireo does not
+    /// enforce L7, so such a port is not allowed: fail closed). Empty `ports` is every port.
+    pub fn enforced_ports(&self) -> impl Iterator<Item = &PortRange> {
+        let allow = self.action == Action::Allow;
+        self.ports.iter().filter(move |pr| !(allow && pr.l7))
+    }
+}
+
 /// One policy (one `spec`, or one entry of `specs`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Policy {
@@ -415,6 +424,12 @@ impl Policy {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
         }
+    }
+
+    /// Whether it selects an endpoint with `labels` (a host policy, with a node selector,
+    /// selects no endpoint).
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.node_selector.is_none() && self.subject.matches(labels)
     }
 
     /// Whether it puts its endpoints into default-deny for `d`.

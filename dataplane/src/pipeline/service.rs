@@ -26,9 +26,10 @@
 //! conntrack verdict, so `ipv4_forward` routes it and `conntrack` leaves it alone.
 
 use smoltcp::wire::Icmpv4DstUnreachable;
-use vireo_conntrack::table::{TCP, UDP};
+use vireo_conntrack::table::{mix64 as mix, TCP, UDP};
 use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State, Table};
 use vireo_lb::{FrontendKind, Service};
+use vireo_policy::Identity;
 
 use super::conntrack::{l4, next_state};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
@@ -36,8 +37,6 @@ use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, set_macs, ETH_HLEN};
 
-/// Identity of clients outside the cluster (Cilium's reserved `world`).
-const WORLD: u32 = 2;
 /// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
 /// so they never meet the host's own connections.
 const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
@@ -122,14 +121,6 @@ enum Origin {
     Tunnel,
 }
 
-/// Splitmix64's finaliser.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The flow's hash for Maglev: a fixed function of the 5-tuple, so every node picks the same
 /// backend for the same flow.
 #[inline]
@@ -186,15 +177,8 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
         if let Some(h) = ct.lookup(&p.key(Dir::RevNat)) {
             if let Some(nat) = h.nat() {
                 check_source(d, t, &p, origin)?;
-                let svc = Key {
-                    src: nat.dst,
-                    dst: nat.src,
-                    sport: nat.dport,
-                    dport: nat.sport,
-                    proto,
-                    dir: Dir::Service,
-                };
-                let svc = ct.lookup(&svc);
+                // The client's side of the flow: the packet this reply answers.
+                let svc = ct.lookup(&reply_key(&nat, proto, Dir::Service));
                 let next = next_state(proto, svc.and_then(|s| s.state()), true, flags);
                 if let Some(s) = svc {
                     s.update(next, true, d.len);
@@ -314,7 +298,8 @@ fn check_source(d: &mut Desc, t: &Tables, p: &Tuple, origin: Origin) -> Option<(
             let ep = t.endpoint(p.src).filter(|ep| ep.slot == d.in_slot)?;
             d.src_identity = ep.identity;
         }
-        Origin::Uplink => d.src_identity = WORLD,
+        // Outside clients are Cilium's reserved `world`.
+        Origin::Uplink => d.src_identity = Identity::WORLD.0,
         Origin::Tunnel => {}
     }
     Some(())
@@ -365,16 +350,21 @@ fn choose(ct: &Table, svc: &Service, p: &Tuple, local_only: bool) -> Option<(u32
     Some(chosen)
 }
 
-/// The `revnat` key of a flow translated by `nat`: the backend's reply.
-fn revnat_key(nat: &Nat, proto: u8) -> Key {
+/// The key, in direction `dir`, of a packet answering one translated by `nat`.
+fn reply_key(nat: &Nat, proto: u8, dir: Dir) -> Key {
     Key {
         src: nat.dst,
         dst: nat.src,
         sport: nat.dport,
         dport: nat.sport,
         proto,
-        dir: Dir::RevNat,
+        dir,
     }
+}
+
+/// The `revnat` key of a flow translated by `nat`: the backend's reply.
+fn revnat_key(nat: &Nat, proto: u8) -> Key {
+    reply_key(nat, proto, Dir::RevNat)
 }
 
 /// The `revnat` entry of a flow: replies leave from the service address to the client.
