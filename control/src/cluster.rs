@@ -13,7 +13,6 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
-use vireo_lb::service::{TCP, UDP};
 use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
@@ -115,15 +114,10 @@ pub(crate) fn container_ports(p: &Pod) -> impl Iterator<Item = ContainerPortView
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|cp| {
-            let proto = match cp.protocol.as_deref() {
-                None | Some("TCP") => TCP,
-                Some("UDP") => UDP,
-                _ => return None,
-            };
             Some(ContainerPortView {
                 name: cp.name.clone().unwrap_or_default(),
-                port: u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?,
-                proto,
+                port: services::port_number(cp.container_port)?,
+                proto: services::protocol(cp.protocol.as_deref())?,
             })
         })
 }

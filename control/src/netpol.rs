@@ -71,7 +71,7 @@ use vireo_policy::{
 };
 
 use crate::cluster::{container_ports, namespace_labels};
-use crate::source::{Manifests, PolicyDocument, PolicyKind};
+use crate::source::{first_line, Manifests, PolicyDocument, PolicyKind};
 
 /// The policies of a set of manifests.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +82,19 @@ pub struct PolicySet {
     /// Every problem, one line each, naming the object (`Kind name (file:line): …`): the
     /// policies' own warnings and the policies dropped.
     pub warnings: Vec<String>,
+}
+
+impl PolicySet {
+    /// The policies by the object they come from (`Kind name`), the unit in which the policy
+    /// compiler adds, replaces and removes them.
+    pub fn by_object(&self) -> BTreeMap<String, Vec<Policy>> {
+        let mut groups: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+        for p in &self.policies {
+            let key = format!("{} {}", p.origin.kind, p.origin.name);
+            groups.entry(key).or_default().push(p.clone());
+        }
+        groups
+    }
 }
 
 /// Reads the policies of `m`. Never fails: problems are warnings (see the module doc).
@@ -470,7 +483,7 @@ impl Builder<'_> {
     ) -> BTreeSet<(u16, Proto)> {
         let p = &self.policy;
         let dest = |l: &Labels| match d {
-            Direction::Ingress => p.node_selector.is_none() && p.subject.matches(l),
+            Direction::Ingress => p.selects(l),
             Direction::Egress => peers.iter().any(|peer| match peer {
                 Peer::Endpoints(s) => s.matches(l) && requires.iter().all(|r| r.matches(l)),
                 Peer::Any => requires.iter().all(|r| r.matches(l)),
@@ -627,7 +640,7 @@ fn malformed<T: serde::de::DeserializeOwned>(
     let at = format!("{prefix}{}", locate::<T>(v));
     let at = at.trim_end_matches('.');
     let at = if at.is_empty() { "spec" } else { at };
-    format!("{at}: malformed ({})", first_line(e))
+    format!("{at}: malformed ({})", first_line(&e.to_string()))
 }
 
 /// Paths of the fields of `raw` that did not survive a typed read (`known` is the typed value
@@ -688,12 +701,6 @@ fn written(v: Option<&Value>) -> bool {
         Some(Value::Mapping(m)) => !m.is_empty(),
         Some(_) => true,
     }
-}
-
-/// The first line of an error.
-fn first_line(e: &impl ToString) -> String {
-    let s = e.to_string();
-    s.lines().next().unwrap_or_default().to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1517,10 +1524,7 @@ fn cilium_ports(
 
 /// A port number 1..=65535.
 fn port_number(n: i64, path: &str) -> Result<u16, String> {
-    u16::try_from(n)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{path}: {n} is not a port number"))
+    crate::services::port_number(n).ok_or_else(|| format!("{path}: {n} is not a port number"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1575,14 +1579,14 @@ fn np_fail_closed(obj: &Obj, reason: &str) -> Result<Policy, String> {
 fn np_read(obj: &Obj, pods: &[PodPorts], np: NetworkPolicy) -> Result<Policy, String> {
     let ns = obj.namespace().unwrap_or("default").to_string();
     let mut warnings = Vec::new();
-    let raw = obj.doc.value.get("spec").cloned().filter(|v| !v.is_null());
+    let raw = obj.doc.value.get("spec").filter(|v| !v.is_null());
     if raw.is_none() {
         warnings.push("no spec: it selects every pod of its namespace for ingress".into());
     }
     let spec = np.spec.unwrap_or_default();
     let known = serde_yaml::to_value(&spec).map_err(|e| e.to_string())?;
     let unknown = Unknown::of(
-        raw.as_ref().unwrap_or(&Value::Null),
+        raw.unwrap_or(&Value::Null),
         &known,
         &["ingress", "egress"],
         &["podSelector"],
@@ -1692,11 +1696,7 @@ fn np_rule(
     peers: Option<Vec<NetworkPolicyPeer>>,
     ports: Option<Vec<NetworkPolicyPort>>,
 ) -> Result<RuleIn, String> {
-    let peer_field = if d == Direction::Ingress {
-        "from"
-    } else {
-        "to"
-    };
+    let peer_field = field(d, "");
     let peers = peers.unwrap_or_default();
     let mut out = Vec::new();
     if peers.is_empty() {
@@ -1823,8 +1823,7 @@ mod tests {
 
     const IN: Direction = Direction::Ingress;
     const OUT: Direction = Direction::Egress;
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
+    use vireo_lb::service::{TCP, UDP};
 
     fn load(yaml: &str) -> (Manifests, PolicySet) {
         let mut m = Manifests::default();

@@ -269,7 +269,7 @@ fn classify(ready: bool, serving: bool, terminating: bool) -> Option<bool> {
 }
 
 /// TCP or UDP (the default is TCP); `None` for anything else.
-fn protocol(p: Option<&str>) -> Option<u8> {
+pub(crate) fn protocol(p: Option<&str>) -> Option<u8> {
     match p {
         None | Some("TCP") => Some(TCP),
         Some("UDP") => Some(UDP),
@@ -278,8 +278,8 @@ fn protocol(p: Option<&str>) -> Option<u8> {
 }
 
 /// A port number in 1..=65535.
-fn port_number(p: i32) -> Option<u16> {
-    u16::try_from(p).ok().filter(|p| *p != 0)
+pub(crate) fn port_number(p: impl TryInto<u16>) -> Option<u16> {
+    p.try_into().ok().filter(|p| *p != 0)
 }
 
 /// A service port's `targetPort`.

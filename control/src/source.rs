@@ -176,7 +176,8 @@ fn shift_lines(msg: &str, by: usize) -> String {
     out
 }
 
-fn first_line(s: &str) -> &str {
+/// The first line of a (possibly multi-line) error message.
+pub(crate) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 

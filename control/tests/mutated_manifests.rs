@@ -6,7 +6,6 @@
 //! tables. Every run must end with tables (errors are warnings, never panics), and a
 //! document that cannot be read is reported with its place.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -246,8 +245,9 @@ fn mutated(mutations: &[Mutation]) -> String {
         .join("---\n")
 }
 
-/// The whole control path, as the agent runs it for node-1.
-fn run(text: &str) -> Manifests {
+/// The whole control path, as the agent runs it for node-1: the manifests read and their
+/// policies.
+fn run(text: &str) -> (Manifests, netpol::PolicySet) {
     let mut m = Manifests::default();
     load_text(&mut m, text, Path::new("cluster.yaml"));
     let view = ClusterView::from_manifests(&m);
@@ -259,14 +259,7 @@ fn run(text: &str) -> Manifests {
     for (id, labels) in view.identities.iter() {
         c.set_identity(id, labels.clone());
     }
-    let mut groups: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for p in set.policies {
-        groups
-            .entry(format!("{} {}", p.origin.kind, p.origin.name))
-            .or_default()
-            .push(p);
-    }
-    for (key, ps) in groups {
+    for (key, ps) in set.by_object() {
         c.set_policies(&key, ps);
     }
     let tables = c.tables();
@@ -277,14 +270,13 @@ fn run(text: &str) -> Manifests {
         }
     }
     let _ = ipcache.lookup(u32::from(Ipv4Addr::new(10, 244, 1, 10)));
-    m
+    (m, set)
 }
 
 #[test]
 fn the_cluster_reads_cleanly() {
-    let m = run(CLUSTER);
+    let (m, set) = run(CLUSTER);
     assert!(m.errors.is_empty(), "{:?}", m.errors);
-    let set = netpol::policies(&m);
     assert_eq!(
         set.policies.len(),
         4,
@@ -310,7 +302,7 @@ proptest! {
     #[test]
     fn mutated_manifests_never_panic(ms in prop::collection::vec(mutation(), 1..6)) {
         let text = mutated(&ms);
-        let m = run(&text);
+        let (m, _) = run(&text);
         // Unreadable documents are reported with their place.
         prop_assert!(m.errors.iter().all(|e| e.contains("cluster.yaml")), "{:?}", m.errors);
     }

@@ -486,41 +486,33 @@ impl Agent {
     /// applied before the snapshot is published, so no endpoint sees a default-allow moment.
     fn publish_policy(&mut self) {
         let started = Instant::now();
-        let want: BTreeMap<u32, Labels> = self
+        let want: BTreeMap<u32, &Labels> = self
             .view
             .identities
             .iter()
             .chain(self.static_ids.iter())
-            .map(|(i, l)| (i.0, l.clone()))
+            .map(|(i, l)| (i.0, l))
             .collect();
         for id in self.compiler.endpoint_identities() {
             if !want.contains_key(&id.0) {
                 self.compiler.remove_identity(id);
             }
         }
-        for (id, l) in &want {
-            self.compiler
-                .set_identity(vireo_policy::Identity(*id), l.clone());
+        for (&id, &l) in &want {
+            if self.compiler.labels(id) != Some(l) {
+                self.compiler
+                    .set_identity(vireo_policy::Identity(id), l.clone());
+            }
         }
-        let mut groups: BTreeMap<String, Vec<vireo_policy::Policy>> = BTreeMap::new();
-        for p in &self.policies.policies {
-            let key = format!("{} {}", p.origin.kind, p.origin.name);
-            groups.entry(key).or_default().push(p.clone());
-        }
+        let groups = self.policies.by_object();
         let mut changed = 0;
         for key in self.compiler.policy_keys() {
-            if !groups.contains_key(&key) {
-                self.compiler.remove_policies(&key);
+            if !groups.contains_key(&key) && self.compiler.remove_policies(&key) {
                 changed += 1;
             }
         }
         for (key, ps) in groups {
-            let same = {
-                let have = self.compiler.policies_of(&key);
-                have.len() == ps.len() && have.iter().zip(&ps).all(|(a, b)| *a == b)
-            };
-            if !same {
-                self.compiler.set_policies(&key, ps);
+            if self.compiler.set_policies(&key, ps) {
                 changed += 1;
             }
         }
@@ -562,17 +554,15 @@ impl Agent {
                 .unwrap_or_default()
         };
         let addr = |ip: std::net::Ipv4Addr, port: u16, proto: u8| match proto {
-            6 | 17 => format!("{ip}:{port}"),
+            vireo_lb::service::TCP | vireo_lb::service::UDP => format!("{ip}:{port}"),
             _ => ip.to_string(),
         };
         let events: Vec<Value> = events
             .iter()
             .map(|e| {
                 let proto = match e.proto {
-                    6 => "TCP".to_string(),
-                    17 => "UDP".to_string(),
-                    1 => "ICMP".to_string(),
-                    p => p.to_string(),
+                    vireo_conntrack::table::ICMP => "ICMP".to_string(),
+                    p => proto_name(p),
                 };
                 let rule = match (&e.rule, e.direction) {
                     (Some(r), _) => Value::from(r.to_string()),

@@ -22,10 +22,8 @@ use vireo_policy::identity::NAMESPACE_LABEL;
 use vireo_policy::rules::split_source;
 use vireo_policy::{decide, Action, Direction, Identity, Labels, PeerInfo, Policy, Verdict};
 
-/// TCP's IP protocol number.
-pub const TCP: u8 = 6;
-/// UDP's.
-pub const UDP: u8 = 17;
+pub use vireo_control::services::proto_name;
+pub use vireo_lb::service::{TCP, UDP};
 
 /// The namespace of an endpoint given by labels when neither `--src-ns`/`--dst-ns` nor a
 /// `k8s:io.kubernetes.pod.namespace` label names one.
@@ -43,15 +41,6 @@ pub struct PortProto {
 impl std::fmt::Display for PortProto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.port, proto_name(self.proto))
-    }
-}
-
-/// `TCP`, `UDP`, or the number.
-pub fn proto_name(p: u8) -> String {
-    match p {
-        TCP => "TCP".into(),
-        UDP => "UDP".into(),
-        n => n.to_string(),
     }
 }
 
