@@ -255,9 +255,14 @@ impl Env {
     }
 
     fn probe(&self, p: &PodState, args: &[&str]) -> Result<String> {
+        self.probe_in(&p.netns, args)
+    }
+
+    /// Runs `vireo probe ARGS` in a namespace to its end; what it printed, or its error.
+    fn probe_in(&self, netns: &str, args: &[&str]) -> Result<String> {
         let mut v = vec![self.exe.to_str().unwrap_or("vireo"), "probe"];
         v.extend_from_slice(args);
-        let o = self.exec(p, &v)?;
+        let o = self.exec_in(netns, &v)?;
         if !o.status.success() {
             bail!("{}", String::from_utf8_lossy(&o.stderr).trim());
         }
@@ -423,41 +428,56 @@ impl Env {
 
     fn tcp(&self, from: &PodState, to: &PodState, bytes: u64) -> Result<String> {
         let listen = format!("{}:5201", to.ip);
-        let server = self.spawn_probe(
-            to,
-            &[
-                "tcp-server",
-                "--listen",
-                &listen,
-                "--bytes",
-                &bytes.to_string(),
-                "--timeout",
-                "120",
-            ],
-        )?;
-        let client = self.probe(
-            from,
-            &[
-                "tcp-client",
-                "--to",
-                &listen,
-                "--bytes",
-                &bytes.to_string(),
-                "--timeout",
-                "120",
-            ],
-        );
-        let (ok, report) = server.finish();
-        let client = client?;
-        if !ok {
-            bail!("receiver: {report}");
-        }
-        let v: Value = serde_json::from_str(&client).unwrap_or_default();
+        let v = self.tcp_in(&from.netns, &to.netns, &listen, bytes, 120)?;
         Ok(format!(
             "{} MiB intact at {:.0} Mbit/s",
             bytes >> 20,
             v["mbit_s"].as_f64().unwrap_or(0.0)
         ))
+    }
+
+    /// Sends `bytes` of the test stream from a `tcp-client` in `client_ns` to a `tcp-server` on
+    /// `listen` in `server_ns` (each allowed `timeout` seconds); both must succeed. What the
+    /// client printed.
+    fn tcp_in(
+        &self,
+        client_ns: &str,
+        server_ns: &str,
+        listen: &str,
+        bytes: u64,
+        timeout: u64,
+    ) -> Result<Value> {
+        let (bytes, timeout) = (bytes.to_string(), timeout.to_string());
+        let server = self.spawn_probe_in(
+            server_ns,
+            &[
+                "tcp-server",
+                "--listen",
+                listen,
+                "--bytes",
+                &bytes,
+                "--timeout",
+                &timeout,
+            ],
+        )?;
+        let client = self.probe_in(
+            client_ns,
+            &[
+                "tcp-client",
+                "--to",
+                listen,
+                "--bytes",
+                &bytes,
+                "--timeout",
+                &timeout,
+            ],
+        );
+        let (ok, report) = server.finish();
+        match client {
+            Ok(c) if ok => Ok(serde_json::from_str(&c).unwrap_or_default()),
+            Ok(_) => bail!("receiver: {report}"),
+            Err(e) => bail!("sender: {e:#}; receiver: {report}"),
+        }
     }
 
     fn cross_node_tcp(&self) -> Result<String> {
@@ -794,10 +814,10 @@ fn parse_answers(out: &str) -> Result<Vec<Answer>> {
         .collect())
 }
 
-/// How many answers each backend gave.
-fn tally(answers: &[Answer]) -> BTreeMap<Ipv4Addr, usize> {
+/// How many times each backend appears (answers, connections).
+fn tally(backends: impl IntoIterator<Item = Ipv4Addr>) -> BTreeMap<Ipv4Addr, usize> {
     let mut m = BTreeMap::new();
-    for b in answers.iter().filter_map(|a| a.backend) {
+    for b in backends {
         *m.entry(b).or_insert(0) += 1;
     }
     m
@@ -815,6 +835,30 @@ fn errors(answers: &[Answer]) -> Option<String> {
             .collect::<Vec<_>>()
             .join(", ")
     })
+}
+
+/// Polls `check` on each of `nodes` every 100 ms until no node is wrong, at most 8 s after
+/// `since`; returns the time since `since`. `check` describes what is wrong with a node (the
+/// first wrong node's description goes into the error); an error of `check` ends the wait at
+/// once (the agent answers, or it is down: no reason to wait).
+fn wait_nodes(
+    nodes: &[NodeState],
+    since: Instant,
+    check: impl Fn(&NodeState) -> Result<Option<String>>,
+) -> Result<Duration> {
+    loop {
+        let Some(bad) = nodes
+            .iter()
+            .find_map(|n| check(n).transpose())
+            .transpose()?
+        else {
+            return Ok(since.elapsed());
+        };
+        if since.elapsed() > Duration::from_secs(8) {
+            bail!("after 8 s, {bad}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The backend IPs of one service port in a node's Maglev table (`map get maglev`); `None`
@@ -1023,34 +1067,23 @@ impl Env {
         extra: &[&str],
     ) -> Result<Vec<Answer>> {
         let (to, count) = (to.to_string(), count.to_string());
-        let mut args = vec![
-            self.exe.to_str().unwrap_or("vireo"),
-            "probe",
-            "whoami",
-            "--to",
-            &to,
-            "--count",
-            &count,
-        ];
+        let mut args = vec!["whoami", "--to", &to, "--count", &count];
         args.extend_from_slice(extra);
-        let o = self.exec_in(netns, &args)?;
-        if !o.status.success() {
-            bail!("whoami: {}", String::from_utf8_lossy(&o.stderr).trim());
-        }
-        parse_answers(&String::from_utf8_lossy(&o.stdout))
+        let out = self.probe_in(netns, &args).context("whoami")?;
+        parse_answers(&out)
     }
 
     /// Every answer came from an echo pod; otherwise the errors.
     fn all_answered(&self, answers: &[Answer], what: &str) -> Result<BTreeMap<Ipv4Addr, usize>> {
+        let t = tally(answers.iter().filter_map(|a| a.backend));
         if let Some(e) = errors(answers) {
             bail!(
                 "{} of {} {what} failed ({e}); answered: {}",
                 answers.iter().filter(|a| a.error.is_some()).count(),
                 answers.len(),
-                self.names(&tally(answers))
+                self.names(&t)
             );
         }
-        let t = tally(answers);
         if let Some(ip) = t.keys().find(|ip| self.echo_pod(**ip).is_none()) {
             bail!("{what}: answered by {ip}, which is no echo pod");
         }
@@ -1067,38 +1100,19 @@ impl Env {
         want: &str,
         ok: impl Fn(&[Ipv4Addr]) -> bool,
     ) -> Result<Duration> {
-        let t = Instant::now();
-        loop {
-            let mut bad = None;
-            for n in &self.st.nodes {
-                match maglev_backends(n, svc, port, proto) {
-                    Ok(Some(b)) if ok(&b) => {}
-                    Ok(Some(b)) => {
-                        bad = Some(format!(
-                            "{}'s Maglev table for {svc} {port}/{proto} has backends {b:?}",
-                            n.name
-                        ));
-                        break;
-                    }
-                    Ok(None) => {
-                        bad = Some(format!(
-                            "{} has no Maglev table for {svc} {port}/{proto}",
-                            n.name
-                        ));
-                        break;
-                    }
-                    // The agent answers, or it is down: no reason to wait.
-                    Err(e) => bail!("{e:#}"),
-                }
-            }
-            let Some(bad) = bad else {
-                return Ok(t.elapsed());
-            };
-            if t.elapsed() > Duration::from_secs(8) {
-                bail!("after 8 s, {bad} (want: {want})");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_nodes(&self.st.nodes, Instant::now(), |n| {
+            Ok(match maglev_backends(n, svc, port, proto)? {
+                Some(b) if ok(&b) => None,
+                Some(b) => Some(format!(
+                    "{}'s Maglev table for {svc} {port}/{proto} has backends {b:?} (want: {want})",
+                    n.name
+                )),
+                None => Some(format!(
+                    "{} has no Maglev table for {svc} {port}/{proto} (want: {want})",
+                    n.name
+                )),
+            })
+        })
     }
 
     /// Every node publishes every echo pod as a backend of `svc`.
@@ -1217,42 +1231,8 @@ impl Env {
             );
         }
         let listen = format!("{}:5501", n1.ip);
-        let bytes = (64u64 << 10).to_string();
-        let server = self.spawn_probe_in(
-            &n1.netns,
-            &[
-                "tcp-server",
-                "--listen",
-                &listen,
-                "--bytes",
-                &bytes,
-                "--timeout",
-                "10",
-            ],
-        )?;
-        let client = self.exec_in(
-            ul,
-            &[
-                self.exe.to_str().unwrap_or("vireo"),
-                "probe",
-                "tcp-client",
-                "--to",
-                &listen,
-                "--bytes",
-                &bytes,
-                "--timeout",
-                "10",
-            ],
-        );
-        let (ok, report) = server.finish();
-        let client = client?;
-        if !ok || !client.status.success() {
-            bail!(
-                "TCP from the underlay to {}'s host at {listen}: receiver {report}; sender {}",
-                n1.name,
-                String::from_utf8_lossy(&client.stderr).trim()
-            );
-        }
+        self.tcp_in(ul, &n1.netns, &listen, 64 << 10, 10)
+            .with_context(|| format!("TCP from the underlay to {}'s host at {listen}", n1.name))?;
         Ok(format!(
             "{n}/{n} from {UNDERLAY_CLIENT} to {to}: {} (backends saw {}); {}'s host: ping and TCP :5501 (64 KiB) fine",
             self.names(&t),
@@ -1363,10 +1343,7 @@ impl Env {
         for c in &conns {
             c.expect("paused", Duration::from_secs(10))?;
         }
-        let mut t: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
-        for b in conns.iter().filter_map(|c| c.backend) {
-            *t.entry(b).or_insert(0) += 1;
-        }
+        let t = tally(conns.iter().filter_map(|c| c.backend));
         if t.len() < 2 {
             bail!("{n} connections to {vip} all landed on {}", self.names(&t));
         }
@@ -1554,6 +1531,11 @@ impl Reached {
     }
 }
 
+/// The `policy_denied` count among a node's drop counters (`counters(n)["drops"]`).
+fn policy_denied_of(drops: &Value) -> u64 {
+    drops["policy_denied"].as_u64().unwrap_or(0)
+}
+
 /// A short name of a sandbox pod: `server` in the policy namespace, `x/a` elsewhere.
 fn short(p: &PodState) -> String {
     if p.namespace == sandbox::POLICY_NAMESPACE {
@@ -1700,30 +1682,16 @@ impl Env {
     /// A pod of the default sandbox's policy namespace.
     fn policy_pod(&self, name: &str) -> Result<&PodState> {
         self.st
-            .pods
-            .iter()
-            .find(|p| p.namespace == sandbox::POLICY_NAMESPACE && p.name == name)
-            .ok_or_else(|| {
-                anyhow!(
-                    "the sandbox has no pod {}/{name} (the default sandbox makes it: \
-                     `vireo sandbox up` without --manifests)",
-                    sandbox::POLICY_NAMESPACE
-                )
-            })
+            .pod(&format!("{}/{name}", sandbox::POLICY_NAMESPACE))
+            .context(
+                "the policy checks' pods come with the default sandbox \
+                 (`vireo sandbox up` without --manifests)",
+            )
     }
 
     /// The `policy_denied` counter of every node.
     fn policy_denied(&self) -> Result<Vec<u64>> {
-        self.st
-            .nodes
-            .iter()
-            .map(|n| {
-                Ok(counters(n)?
-                    .pointer("/drops/policy_denied")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0))
-            })
-            .collect()
+        Ok(self.drops()?.iter().map(policy_denied_of).collect())
     }
 
     /// The drop counters of every node.
@@ -1761,26 +1729,11 @@ impl Env {
         st.objects.extend(extra.iter().cloned());
         sandbox::publish(&st, &[])?;
         let want = policy_names(&st.objects);
-        loop {
-            let mut bad = None;
-            for n in &self.st.nodes {
-                let have = self.policies_in_force(n)?;
-                if have != want {
-                    bad = Some(format!(
-                        "{} has policies {have:?} in force, want {want:?}",
-                        n.name
-                    ));
-                    break;
-                }
-            }
-            let Some(bad) = bad else {
-                return Ok(t.elapsed());
-            };
-            if t.elapsed() > Duration::from_secs(8) {
-                bail!("after 8 s, {bad}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_nodes(&self.st.nodes, t, |n| {
+            let have = self.policies_in_force(n)?;
+            Ok((have != want)
+                .then(|| format!("{} has policies {have:?} in force, want {want:?}", n.name)))
+        })
     }
 
     /// Runs a policy check's body, then restores the sandbox's own objects whatever happened,
@@ -1850,13 +1803,12 @@ impl Env {
             groups.entry(a.netns.as_str()).or_default().push(i);
         }
         let wait = POLICY_WAIT_MS.to_string();
-        let exe = self.exe.to_str().unwrap_or("vireo");
         let mut answers: Vec<Answer> = vec![Answer::default(); attempts.len()];
         std::thread::scope(|s| -> Result<()> {
             let runs: Vec<_> = groups
                 .iter()
                 .map(|(netns, idx)| {
-                    let mut args = vec![exe.to_string(), "probe".into(), "reach".into()];
+                    let mut args = vec!["reach".to_string()];
                     for &i in idx {
                         args.extend(["--to".to_string(), attempts[i].to.to_string()]);
                     }
@@ -1864,14 +1816,10 @@ impl Env {
                     let netns = netns.to_string();
                     s.spawn(move || {
                         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                        let o = self.exec_in(&netns, &a)?;
-                        if !o.status.success() {
-                            bail!(
-                                "probe reach in {netns}: {}",
-                                String::from_utf8_lossy(&o.stderr).trim()
-                            );
-                        }
-                        parse_answers(&String::from_utf8_lossy(&o.stdout))
+                        let out = self
+                            .probe_in(&netns, &a)
+                            .with_context(|| format!("probe reach in {netns}"))?;
+                        parse_answers(&out)
                     })
                 })
                 .collect();
@@ -1897,13 +1845,12 @@ impl Env {
 
     /// Makes the attempts, at once, and checks each against what it should get: an allowed one
     /// is answered by its server, a denied one gets no answer at all (not a refusal: a policy
-    /// drops silently). An allowed attempt that got no answer is tried once more over a new
-    /// connection, and the detail says so (a SYN lost on the way, not to policy). The denials
-    /// must be counted as `policy_denied` by the node that enforces them, and no other node may
-    /// count any.
+    /// drops silently). Each attempt is made once: an allowed attempt that got no answer fails
+    /// the check. The denials must be counted as `policy_denied` by the node that enforces
+    /// them, and no other node may count any.
     fn expect_reach(&self, attempts: &[Attempt]) -> Result<Reached> {
-        let before = self.policy_denied()?;
         let drops_before = self.drops()?;
+        let before: Vec<u64> = drops_before.iter().map(policy_denied_of).collect();
         self.drop_events()?;
         let answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
         let (mut allowed, mut denied, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
@@ -2258,22 +2205,16 @@ impl Env {
         objects.extend(policies.iter().cloned());
         self.publish_objects(&objects)?;
         let svc = format!("{}/policy-np", sandbox::POLICY_NAMESPACE);
-        let n = self.node(srv);
-        let t = Instant::now();
-        loop {
+        wait_nodes(std::slice::from_ref(self.node(srv)), Instant::now(), |n| {
             let b = maglev_backends(n, &svc, 80, "TCP")?;
-            if b.as_ref().is_some_and(|b| b.contains(&srv.ip)) {
-                return Ok(());
-            }
-            if t.elapsed() > Duration::from_secs(8) {
-                bail!(
-                    "after 8 s, {}'s Maglev table for {svc} has backends {b:?}, not {}",
-                    n.name,
-                    srv.ip
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok((!b.as_ref().is_some_and(|b| b.contains(&srv.ip))).then(|| {
+                format!(
+                    "{}'s Maglev table for {svc} has backends {b:?}, not {}",
+                    n.name, srv.ip
+                )
+            }))
+        })
+        .map(|_| ())
     }
 
     /// The underlay client's connections through `policy-np` must reach the server with their
@@ -2536,7 +2477,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.len(), 4);
         assert_eq!(a[1].from, "10.96.0.10:81");
-        let t = tally(&a);
+        let t = tally(a.iter().filter_map(|a| a.backend));
         assert_eq!(t.get(&Ipv4Addr::new(10, 244, 1, 13)), Some(&2));
         assert_eq!(errors(&a).as_deref(), Some("refused x2"));
         assert_eq!(errors(&a[..2]), None);

@@ -253,20 +253,13 @@ pub fn run(p: Probe) -> Result<()> {
             let wait = Duration::from_millis(wait_ms);
             let answers: Vec<serde_json::Value> = (0..count)
                 .map(|i| {
-                    let t = Instant::now();
-                    let r = if udp {
-                        whoami_udp(to, i, connect, wait)
-                    } else {
-                        whoami_tcp(to, wait)
-                    };
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
-                    match r {
-                        Ok(mut v) => {
-                            v["ms"] = json!(ms);
-                            v
+                    timed(|| {
+                        if udp {
+                            whoami_udp(to, i, connect, wait)
+                        } else {
+                            whoami_tcp(to, wait)
                         }
-                        Err(e) => json!({"error": error_kind(&e), "ms": ms}),
-                    }
+                    })
                 })
                 .collect();
             say(json!({"to": to.to_string(), "answers": answers}));
@@ -276,20 +269,7 @@ pub fn run(p: Probe) -> Result<()> {
             let wait = Duration::from_millis(wait_ms);
             let attempts: Vec<_> = to
                 .iter()
-                .map(|&t| {
-                    std::thread::spawn(move || {
-                        let t0 = Instant::now();
-                        let r = whoami_tcp(t, wait);
-                        let ms = t0.elapsed().as_secs_f64() * 1e3;
-                        match r {
-                            Ok(mut v) => {
-                                v["ms"] = json!(ms);
-                                v
-                            }
-                            Err(e) => json!({"error": error_kind(&e), "ms": ms}),
-                        }
-                    })
-                })
+                .map(|&t| std::thread::spawn(move || timed(|| whoami_tcp(t, wait))))
                 .collect();
             let answers: Vec<serde_json::Value> = attempts
                 .into_iter()
@@ -374,10 +354,9 @@ fn tcp_client(
     c.set_read_timeout(Some(Duration::from_secs(timeout)))?;
     let mut backend = None;
     if whoami {
-        let line = read_line(&mut c).context("reading the backend's name")?;
-        let (ip, peer) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let (ip, peer) = read_name(&mut c).context("reading the backend's name")?;
         say(json!({"backend": ip, "peer": peer}));
-        backend = Some(ip.to_string());
+        backend = Some(ip);
     }
     let mut s = Stream::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -428,6 +407,13 @@ fn read_line(c: &mut TcpStream) -> Result<String> {
         line.push(b[0]);
     }
     bail!("line too long")
+}
+
+/// Reads an echo server's first line, `IP PEER`: the backend's address and the client it sees.
+fn read_name(c: &mut TcpStream) -> Result<(String, String)> {
+    let line = read_line(c)?;
+    let (ip, peer) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    Ok((ip.to_string(), peer.to_string()))
 }
 
 /// Blocks until a line (or end of file) on stdin, or `max`.
@@ -543,9 +529,22 @@ fn whoami_tcp(to: SocketAddr, wait: Duration) -> Result<serde_json::Value> {
         wait.saturating_sub(t.elapsed())
             .max(Duration::from_millis(1)),
     ))?;
-    let line = read_line(&mut c)?;
-    let (ip, peer) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    let (ip, peer) = read_name(&mut c)?;
     Ok(json!({"backend": ip, "peer": peer}))
+}
+
+/// Makes one attempt and times it: its answer with `ms` added, or `{"error": KIND, "ms": MS}`.
+fn timed(attempt: impl FnOnce() -> Result<serde_json::Value>) -> serde_json::Value {
+    let t = Instant::now();
+    let r = attempt();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    match r {
+        Ok(mut v) => {
+            v["ms"] = json!(ms);
+            v
+        }
+        Err(e) => json!({"error": error_kind(&e), "ms": ms}),
+    }
 }
 
 /// One UDP attempt from a new socket (a new source port): the reply's source address

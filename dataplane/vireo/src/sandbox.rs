@@ -319,13 +319,14 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
                 .map(|k| {
                     let node = format!("node-{}", k / o.pods.max(1) + 1);
                     let j = k % o.pods.max(1) + 1;
-                    serde_json::from_value(json!({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": format!("{node}-pod-{j}"), "namespace": "default",
-                                     "labels": {"app": "sandbox", "pod": format!("{node}-pod-{j}")}},
-                        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "sandbox"}]},
-                    }))
-                    .expect("a valid Pod")
+                    let name = format!("{node}-pod-{j}");
+                    sandbox_pod(
+                        "default",
+                        &name,
+                        &node,
+                        json!({"app": "sandbox", "pod": name}),
+                        json!({"name": "main", "image": "sandbox"}),
+                    )
                 })
                 .collect();
             realize_pods(st, pods)?;
@@ -343,25 +344,41 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
     wait_ready(st, &mut agents)
 }
 
+/// A Pod of the default sandbox: one container, on `node`.
+fn sandbox_pod(
+    ns: &str,
+    name: &str,
+    node: &str,
+    labels: serde_json::Value,
+    container: serde_json::Value,
+) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [container]},
+    }))
+    .expect("a valid Pod")
+}
+
 /// The default sandbox's service backends: `echo-node-N-J`, labelled `app: echo`, with container
 /// ports `http` (8080/TCP) and `udp` (8081/UDP).
 fn echo_pods(nodes: usize) -> Vec<Pod> {
     (1..=nodes.min(2))
         .flat_map(|i| (1..=ECHO_PODS_PER_NODE).map(move |j| (i, j)))
         .map(|(i, j)| {
-            serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("echo-node-{i}-{j}"), "namespace": "default",
-                             "labels": {"app": "echo"}},
-                "spec": {"nodeName": format!("node-{i}"), "containers": [{
+            sandbox_pod(
+                "default",
+                &format!("echo-node-{i}-{j}"),
+                &format!("node-{i}"),
+                json!({"app": "echo"}),
+                json!({
                     "name": "echo", "image": "sandbox",
                     "ports": [
                         {"name": "http", "containerPort": ECHO_HTTP_PORT, "protocol": "TCP"},
                         {"name": "udp", "containerPort": ECHO_UDP_PORT, "protocol": "UDP"},
                     ],
-                }]},
-            }))
-            .expect("a valid Pod")
+                }),
+            )
         })
         .collect()
 }
@@ -384,18 +401,16 @@ fn policy_namespaces() -> Result<Vec<serde_json::Value>> {
 /// alternate between the first two nodes.
 fn policy_pods(nodes: usize) -> Vec<Pod> {
     let (first, second) = ("node-1".to_string(), format!("node-{}", nodes.clamp(1, 2)));
-    let pod = |ns: &str,
-               name: &str,
-               node: &str,
-               labels: serde_json::Value,
-               ports: serde_json::Value| {
-        serde_json::from_value::<Pod>(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
-        }))
-        .expect("a valid Pod")
-    };
+    let pod =
+        |ns: &str, name: &str, node: &str, labels: serde_json::Value, ports: serde_json::Value| {
+            sandbox_pod(
+                ns,
+                name,
+                node,
+                labels,
+                json!({"name": "main", "image": "sandbox", "ports": ports}),
+            )
+        };
     let tcp =
         |name: &str, port: u16| json!({"name": name, "containerPort": port, "protocol": "TCP"});
     let mut pods = vec![
