@@ -213,6 +213,7 @@ impl Agent {
                 last_check = Instant::now();
                 self.check_health()?;
                 self.reconcile();
+                self.monitor_idle();
             }
         }
         let _ = std::fs::remove_file(&sock);
@@ -471,13 +472,6 @@ impl Agent {
         if reread {
             self.publish_policy();
         }
-        if self
-            .monitor_seen
-            .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.monitor_seen = None;
-            self.tables.current().monitor.set(false);
-        }
     }
 
     /// Compiles the policies for the identities of the pods (and static endpoints) and
@@ -526,6 +520,18 @@ impl Agent {
             ms = started.elapsed().as_millis() as u64,
             "policy published"
         );
+    }
+
+    /// Stops collecting drop events a few seconds after `vireo monitor` last asked for them
+    /// (with or without a manifest source).
+    fn monitor_idle(&mut self) {
+        if self
+            .monitor_seen
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.monitor_seen = None;
+            self.tables.current().monitor.set(false);
+        }
     }
 
     /// Drop events since the last call (`vireo monitor`), with identities' labels; turns
