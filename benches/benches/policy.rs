@@ -153,11 +153,8 @@ fn benches(c: &mut Criterion) {
             version += 1;
             // Identity 3 (app-3 in ns-3) is relabelled app-53 and back, in its namespace: it
             // leaves the peer sets of the rules that name app-3 and enters those naming app-53.
-            let mut l = labels(3, version);
-            if version % 2 == 0 {
-                l = labels(53, version);
-            }
-            w.set_identity(Identity(FIRST + 3), l);
+            let app = if version % 2 == 0 { 53 } else { 3 };
+            w.set_identity(Identity(FIRST + 3), labels(app, version));
             black_box(w.last_recomputed)
         })
     });

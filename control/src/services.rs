@@ -478,6 +478,17 @@ fn one_service(
         external_local,
     };
     let mut out: Vec<ServicePortView> = Vec::new();
+    // Without slices, the pods the selector matches serve every port (none without a
+    // selector: the endpoints are managed elsewhere).
+    let selected: Vec<&PodView> = match (&from, selector) {
+        (Backends::Pods(pods), Some(sel)) => pods
+            .values()
+            .filter(|p| {
+                p.namespace == ns && sel.iter().all(|(k, v)| p.pod_labels.get(k) == Some(v))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     if ports.is_empty() {
         warn("spec.ports", "no ports; service left out".into());
@@ -540,17 +551,8 @@ fn one_service(
         let port_name = p.name.clone().unwrap_or_default();
         let backends = match &from {
             Backends::Slices(slices) => from_slices(slices, &port_name, proto),
-            // No selector and no slice: the endpoints are managed elsewhere (none here).
-            Backends::Pods(_) if selector.is_none() => Vec::new(),
-            Backends::Pods(pods) => pods
-                .values()
-                .filter(|p| {
-                    p.namespace == ns
-                        && selector
-                            .into_iter()
-                            .flatten()
-                            .all(|(k, v)| p.pod_labels.get(k) == Some(v))
-                })
+            Backends::Pods(_) => selected
+                .iter()
                 .filter_map(|pod| from_pod(pod, &target, proto, publish_not_ready))
                 .collect(),
         };

@@ -208,8 +208,9 @@ fn label_strings(l: &Labels) -> Vec<String> {
     l.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
-    let pod = |p: &vireo_control::cluster::PodView| Resolved {
+/// A pod of the view as a trace endpoint.
+fn resolved_pod(p: &vireo_control::cluster::PodView) -> Resolved {
+    Resolved {
         info: EndpointInfo {
             name: format!("{}/{}", p.namespace, p.name),
             identity: p.identity.0,
@@ -222,11 +223,14 @@ fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
         ip: p.ip,
         pod: true,
         node_ip_of: None,
-    };
+    }
+}
+
+fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
     match spec {
         EndpointSpec::Pod { namespace, name } => {
             match view.pods.get(&(namespace.clone(), name.clone())) {
-                Some(p) => Ok(pod(p)),
+                Some(p) => Ok(resolved_pod(p)),
                 None => bail!(
                     "unknown pod {namespace}/{name}: not in the manifests, or not scheduled with an address yet"
                 ),
@@ -234,7 +238,7 @@ fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
         }
         EndpointSpec::Ip { ip } => {
             if let Some(p) = view.pods.values().find(|p| p.ip == *ip) {
-                return Ok(pod(p));
+                return Ok(resolved_pod(p));
             }
             if let Some(n) = view.nodes.values().find(|n| n.ip == *ip) {
                 let mut r = reserved("remote-node", Some(*ip))?;
@@ -425,20 +429,7 @@ pub fn trace(
 /// Every pod to every pod (itself included) on `dport`:
 /// `{"pairs":[{"src","dst","verdict","rules"}]}`.
 pub fn all_pairs(view: &ClusterView, policies: &[Policy], dport: PortProto) -> Value {
-    let pods: Vec<Resolved> = view
-        .pods
-        .values()
-        .map(|p| {
-            resolve(
-                view,
-                &EndpointSpec::Pod {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                },
-            )
-            .expect("a pod of the view resolves")
-        })
-        .collect();
+    let pods: Vec<Resolved> = view.pods.values().map(resolved_pod).collect();
     let mut pairs = Vec::with_capacity(pods.len() * pods.len());
     for s in &pods {
         for d in &pods {

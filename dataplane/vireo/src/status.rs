@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use serde_json::Value;
+use vireo_policy::identity::NAMESPACE_LABELS_PREFIX;
 
 /// Renders the agent's status JSON as tables.
 pub fn render(v: &Value) -> String {
@@ -111,7 +112,10 @@ pub fn render_drop_event(e: &Value) -> String {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .filter(|l| !l.starts_with("k8s:io.cilium.k8s.namespace.labels."))
+            .filter(|l| {
+                !l.strip_prefix("k8s:")
+                    .is_some_and(|l| l.starts_with(NAMESPACE_LABELS_PREFIX))
+            })
             .collect();
         l.join(",")
     };
