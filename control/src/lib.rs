@@ -8,3 +8,4 @@ pub mod neigh;
 pub mod netpol;
 pub mod services;
 pub mod source;
+pub mod trace;

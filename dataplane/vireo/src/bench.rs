@@ -921,7 +921,7 @@ impl AgentProc {
                         }
                         last = anyhow!("{ifs} of 2 interfaces attached");
                     }
-                    Err(e) => last = e,
+                    Err(e) => last = e.into(),
                 }
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -1,13 +1,14 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
-mod api;
 mod bench;
 mod connectivity;
-mod policy;
 mod probe;
 mod sandbox;
-mod status;
+
+use vireo_api as api;
+use vireo_api::render as status;
+use vireo_control::trace as policy;
 
 use std::path::PathBuf;
 

@@ -12,10 +12,37 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vireo_control::config::InterfaceConfig;
+use vireo_control::trace::{EndpointSpec, PortProto};
+
+pub mod render;
+
+/// What went wrong talking to (or serving) the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A system call on the socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent answered with an error, or not in the protocol.
+    #[error("{0}")]
+    Agent(String),
+}
+
+/// A result whose error is an [`ApiError`].
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ApiError {
+    let what = what.into();
+    move |source| ApiError::Io { what, source }
+}
 
 /// A request to the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,11 +70,11 @@ pub enum Request {
     /// What the policies in force decide for one flow, and why (`vireo policy trace`).
     PolicyTrace {
         /// Source.
-        src: crate::policy::EndpointSpec,
+        src: EndpointSpec,
         /// Destination.
-        dst: crate::policy::EndpointSpec,
+        dst: EndpointSpec,
         /// Destination port and protocol.
-        dport: crate::policy::PortProto,
+        dport: PortProto,
     },
     /// The policies in force (`vireo policy get`).
     PolicyGet,
@@ -61,23 +88,28 @@ pub enum Request {
 
 /// A request with the channel its reply goes back on.
 pub struct Call {
+    /// The request.
     pub req: Request,
+    /// Where its answer goes: a value, or an error message for the client.
     pub reply: Sender<Result<Value, String>>,
 }
 
 /// Starts serving `path`; requests go to `calls`. Removes a stale socket file first.
 pub fn serve(path: &Path, calls: Sender<Call>) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            bail!("api_socket {}: another agent is serving it", path.display());
+            return Err(ApiError::Agent(format!(
+                "api_socket {}: another agent is serving it",
+                path.display()
+            )));
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
     }
     let listener =
-        UnixListener::bind(path).with_context(|| format!("api_socket {}", path.display()))?;
+        UnixListener::bind(path).map_err(io(format!("api_socket {}", path.display())))?;
     std::thread::Builder::new()
         .name("vireo-api".into())
         .spawn(move || {
@@ -88,7 +120,8 @@ pub fn serve(path: &Path, calls: Sender<Call>) -> Result<PathBuf> {
                     .name("vireo-api-conn".into())
                     .spawn(move || handle(conn, calls));
             }
-        })?;
+        })
+        .map_err(io("starting the API thread"))?;
     Ok(path.to_owned())
 }
 
@@ -125,23 +158,72 @@ fn handle(conn: UnixStream, calls: Sender<Call>) {
 
 /// Sends one request to the agent at `path` and returns its result.
 pub fn call(path: &Path, req: &Request) -> Result<Value> {
-    let mut s = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to the agent at {} (is `vireo agent` running?)",
-            path.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(70)))?;
-    writeln!(s, "{}", serde_json::to_string(req)?)?;
+    let mut s = UnixStream::connect(path).map_err(io(format!(
+        "connecting to the agent at {} (is `vireo agent` running?)",
+        path.display()
+    )))?;
+    let talk = io(format!("talking to the agent at {}", path.display()));
+    let text = serde_json::to_string(req).map_err(|e| ApiError::Agent(e.to_string()))?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).context("the agent's reply is not JSON")?;
+    s.set_read_timeout(Some(Duration::from_secs(70)))
+        .and_then(|()| writeln!(s, "{text}"))
+        .and_then(|()| BufReader::new(&s).read_line(&mut line))
+        .map_err(talk)?;
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| ApiError::Agent(format!("the agent's reply is not JSON: {e}")))?;
     if v["ok"].as_bool() == Some(true) {
         Ok(v["result"].clone())
     } else {
-        Err(anyhow!(
-            "{}",
-            v["error"].as_str().unwrap_or("unknown error")
+        Err(ApiError::Agent(
+            v["error"].as_str().unwrap_or("unknown error").to_string(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vireo_control::trace::parse_dport;
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::PolicyTrace {
+            src: EndpointSpec::parse_pod("x/a").unwrap(),
+            dst: EndpointSpec::parse_labels("reserved:world", None).unwrap(),
+            dport: parse_dport("53/udp").unwrap(),
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert!(text.contains(r#""cmd":"policy_trace""#), "{text}");
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        let get: Request = serde_json::from_str(r#"{"cmd":"policy_get"}"#).unwrap();
+        assert!(matches!(get, Request::PolicyGet));
+    }
+
+    #[test]
+    fn a_served_socket_answers_and_reports_errors() {
+        let dir = std::env::temp_dir().join(format!("vireo-api-test-{}", std::process::id()));
+        let path = dir.join("api.sock");
+        let (tx, rx) = mpsc::channel::<Call>();
+        serve(&path, tx).unwrap();
+        std::thread::spawn(move || {
+            for c in rx {
+                let r = match c.req {
+                    Request::Status => Ok(serde_json::json!({"node": "n1"})),
+                    _ => Err("not here".to_string()),
+                };
+                let _ = c.reply.send(r);
+            }
+        });
+        assert_eq!(call(&path, &Request::Status).unwrap()["node"], "n1");
+        let e = call(&path, &Request::Reload).unwrap_err();
+        assert_eq!(e.to_string(), "not here");
+        // A second agent on the same socket is refused.
+        let (tx2, _rx2) = mpsc::channel::<Call>();
+        assert!(serve(&path, tx2)
+            .unwrap_err()
+            .to_string()
+            .contains("another agent"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
