@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod neigh;
 pub mod netpol;
+pub mod node;
 pub mod services;
 pub mod source;
 pub mod trace;

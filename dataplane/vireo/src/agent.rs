@@ -12,20 +12,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use vireo_control::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
 use vireo_control::config::{
-    format_mac, Config, EndpointConfig, InterfaceConfig, Role, ServicesConfig, XdpModeConfig,
+    format_mac, Config, EndpointConfig, InterfaceConfig, Role, XdpModeConfig,
 };
-use vireo_control::netpol::{self, PolicySet};
-use vireo_control::services::{frontend_kind_name, proto_name, ServiceTableBuilder};
-use vireo_control::{neigh, source};
+use vireo_control::node::{ManifestDir, NodeControl, Source};
+use vireo_control::services::{frontend_kind_name, proto_name};
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
     Endpoint, IfRole, Interface, LocalNode, RemoteNode, TableHandle, Tables,
 };
 use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
-use vireo_policy::{IdentityAllocator, Labels};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
@@ -50,22 +47,12 @@ pub struct Agent {
     workers: Vec<WorkerHandle>,
     ifaces: BTreeMap<String, Attached>,
     started: Instant,
-    /// The cluster as last read from the source.
-    view: ClusterView,
-    /// The network policies of the source, as last read (with `view`).
-    policies: PolicySet,
-    /// The policies compiled per endpoint identity (what the fast path enforces).
-    compiler: vireo_policy::Compiler,
+    /// Where the cluster's objects come from (none: only the configured interfaces).
+    source: Option<Box<dyn Source>>,
+    /// This node's tables as control builds them from the source.
+    control: NodeControl,
     /// When `vireo monitor` last asked for events (collection stops a few seconds after).
     monitor_seen: Option<Instant>,
-    /// Files and mtimes of the source directory when last read.
-    source_sig: Vec<(PathBuf, std::time::SystemTime, u64)>,
-    /// Identities of statically configured endpoints.
-    static_ids: IdentityAllocator,
-    /// Builds the service table, keeping the last build's Maglev tables for reuse.
-    service_builder: ServiceTableBuilder,
-    /// The `services` configuration the published service table was built with.
-    services_built_with: Option<ServicesConfig>,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -120,17 +107,12 @@ pub fn run(config_path: &Path) -> Result<()> {
         workers,
         ifaces: BTreeMap::new(),
         started: Instant::now(),
-        view: ClusterView::default(),
-        policies: PolicySet {
-            policies: Vec::new(),
-            warnings: Vec::new(),
-        },
-        compiler: vireo_policy::Compiler::new(),
+        source: cfg
+            .source
+            .as_ref()
+            .map(|s| Box::new(ManifestDir::new(&s.manifests)) as Box<dyn Source>),
+        control: NodeControl::new(cfg.node.as_deref().unwrap_or_default()),
         monitor_seen: None,
-        source_sig: Vec::new(),
-        static_ids: IdentityAllocator::default(),
-        service_builder: ServiceTableBuilder::default(),
-        services_built_with: None,
     };
     agent.tables.update(|t| t.vxlan_port = cfg.vxlan_port);
     agent.anchor_umems()?;
@@ -174,14 +156,7 @@ impl Agent {
     /// Attaches an interface from the configuration file or the API. Its endpoint, if any, gets
     /// the identity of a pod with no labels in namespace `default`.
     fn add_static(&mut self, ifc: &InterfaceConfig) -> Result<()> {
-        let id = self
-            .static_ids
-            .allocate(&Labels::for_pod(
-                "default",
-                [],
-                &BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "default".to_string())]),
-            ))
-            .0;
+        let id = self.control.static_identity();
         self.add_iface(ifc, id, false)
     }
 
@@ -246,13 +221,13 @@ impl Agent {
             Request::Reload => self.reload(),
             Request::MapGet { map } => self.map_get(&map),
             Request::PolicyTrace { src, dst, dport } => {
-                let t =
-                    crate::policy::trace(&self.view, &self.policies.policies, &src, &dst, dport)?;
+                let (view, set) = (self.control.view(), self.control.policies());
+                let t = crate::policy::trace(view, &set.policies, &src, &dst, dport)?;
                 Ok(serde_json::to_value(t)?)
             }
             Request::PolicyGet => Ok(serde_json::to_value(crate::policy::list(
-                &self.view,
-                &self.policies,
+                self.control.view(),
+                self.control.policies(),
             ))?),
             Request::Monitor { max } => Ok(self.monitor(max)),
         }
@@ -436,86 +411,37 @@ impl Agent {
         });
     }
 
-    /// Brings the tables and the attached pods in line with the source: read again when its
-    /// files changed; next hops re-checked every time.
+    /// Brings the tables and the attached pods in line with the source: control takes in its
+    /// objects when they changed; next hops are re-checked every time.
     fn reconcile(&mut self) {
-        let Some(src) = self.cfg.source.clone() else {
+        let Some(src) = self.source.as_mut() else {
             return;
         };
-        let sig = dir_signature(&src.manifests);
-        let reread = sig != self.source_sig;
-        if reread {
-            self.source_sig = sig;
-            let m = source::load_dir(&src.manifests);
-            for e in &m.errors {
-                tracing::warn!("manifests: {e}");
+        let reread = match src.poll() {
+            Some(m) => {
+                self.control.apply(&m);
+                true
             }
-            self.view = ClusterView::from_manifests(&m);
-            for w in &self.view.warnings {
-                tracing::warn!("manifests: {w}");
-            }
-            self.policies = netpol::policies(&m);
-            for w in &self.policies.warnings {
-                tracing::warn!("policies: {w}");
-            }
-            tracing::info!(
-                nodes = self.view.nodes.len(),
-                pods = self.view.pods.len(),
-                policies = self.policies.policies.len(),
-                "manifests loaded"
-            );
-        }
-        let me = self.cfg.node.clone().unwrap_or_default();
-        self.reconcile_pods(&me);
-        self.publish_overlay(&me, reread);
-        self.publish_services(&me, reread);
-        if reread {
-            self.publish_policy();
-        }
+            None => false,
+        };
+        self.reconcile_pods();
+        self.publish_overlay(reread);
+        self.publish_services();
+        self.publish_policy();
     }
 
-    /// Compiles the policies for the identities of the pods (and static endpoints) and
-    /// publishes the tables in one snapshot. Only what changed is recompiled: identities whose
-    /// labels changed, policies (by kind and name) whose content changed. Every change is
-    /// applied before the snapshot is published, so no endpoint sees a default-allow moment.
+    /// Publishes the compiled policy, when control has a new build.
     fn publish_policy(&mut self) {
         let started = Instant::now();
-        let want: BTreeMap<u32, &Labels> = self
-            .view
-            .identities
-            .iter()
-            .chain(self.static_ids.iter())
-            .map(|(i, l)| (i.0, l))
-            .collect();
-        for id in self.compiler.endpoint_identities() {
-            if !want.contains_key(&id.0) {
-                self.compiler.remove_identity(id);
-            }
-        }
-        for (&id, &l) in &want {
-            if self.compiler.labels(id) != Some(l) {
-                self.compiler
-                    .set_identity(vireo_policy::Identity(id), l.clone());
-            }
-        }
-        let groups = self.policies.by_object();
-        let mut changed = 0;
-        for key in self.compiler.policy_keys() {
-            if !groups.contains_key(&key) && self.compiler.remove_policies(&key) {
-                changed += 1;
-            }
-        }
-        for (key, ps) in groups {
-            if self.compiler.set_policies(&key, ps) {
-                changed += 1;
-            }
-        }
-        let tables = Arc::new(self.compiler.tables());
-        let subjects = tables.subjects();
+        let Some(p) = self.control.build_policy() else {
+            return;
+        };
+        let subjects = p.tables.subjects();
+        let tables = p.tables;
         self.tables.update(|t| t.policy = tables);
         tracing::info!(
-            identities = want.len(),
-            policies_changed = changed,
+            identities = p.identities,
+            policies_changed = p.changed,
             endpoints_under_policy = subjects,
             ms = started.elapsed().as_millis() as u64,
             "policy published"
@@ -544,7 +470,7 @@ impl Agent {
         self.monitor_seen = Some(Instant::now());
         let (events, lost) = t.monitor.drain(max.clamp(1, 4096));
         let labels = |id: u32| -> Vec<String> {
-            self.compiler
+            self.control
                 .labels(id)
                 .map(|l| {
                     l.iter()
@@ -594,67 +520,48 @@ impl Agent {
         json!({"events": events, "lost": lost})
     }
 
-    /// Builds the service table from the manifests, publishes it in `Tables.services`, and
-    /// programs the uplink to steer its NodePort, external and LoadBalancer frontends. Only
-    /// when the manifests were read again (`reread`) or the `services` configuration changed;
-    /// service ports whose spec, table size and seed are unchanged keep their Maglev tables.
-    /// The table is published before the uplink steers new frontends to it.
-    fn publish_services(&mut self, me: &str, reread: bool) {
-        let sc = self.cfg.services;
-        if !reread && self.services_built_with == Some(sc) {
-            return;
-        }
-        self.services_built_with = Some(sc);
+    /// Publishes control's new service table in `Tables.services`, when there is one, and
+    /// programs the uplink to steer its NodePort, external and LoadBalancer frontends. The
+    /// table is published before the uplink steers new frontends to it.
+    fn publish_services(&mut self) {
         let started = Instant::now();
-        let node_ip = self.view.nodes.get(me).map(|n| n.ip);
-        let specs = self.view.service_specs(me, node_ip);
-        let built = self
-            .service_builder
-            .build(specs, sc.maglev_table_size, sc.hash_seed);
-        for w in &built.warnings {
-            tracing::warn!("services: {w}");
-        }
-        let steered: Vec<(std::net::Ipv4Addr, u16, u8)> = built
-            .table
-            .steered()
-            .iter()
-            .map(|f| (f.ip, f.port, f.proto))
-            .collect();
-        let ports = built.table.services().len();
-        let table = Arc::new(built.table);
+        let Some(built) = self.control.build_services(self.cfg.services) else {
+            return;
+        };
+        let table = built.table;
         self.tables.update(|t| t.services = table);
-        if let Err(e) = self.steering.set_frontends(&steered) {
+        if let Err(e) = self.steering.set_frontends(&built.steered) {
             tracing::warn!(
-                frontends = steered.len(),
+                frontends = built.steered.len(),
                 "steering service frontends from the uplink: {e}"
             );
         }
         tracing::info!(
-            service_ports = ports,
+            service_ports = built.ports,
             built = built.built,
             reused = built.reused,
-            steered = steered.len(),
+            steered = built.steered.len(),
             ms = started.elapsed().as_millis() as u64,
             "service table published"
         );
     }
 
     /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
-    fn reconcile_pods(&mut self, me: &str) {
+    fn reconcile_pods(&mut self) {
         let want: BTreeMap<String, (InterfaceConfig, u32)> = self
-            .view
-            .pods_on(me)
+            .control
+            .pod_endpoints()
+            .into_iter()
             .map(|p| {
-                let name = pod_ifname(&p.namespace, &p.name);
                 let ifc = InterfaceConfig {
-                    name: name.clone(),
+                    name: p.ifname.clone(),
                     role: Role::Pod,
                     endpoint: Some(EndpointConfig {
                         ip: p.ip.to_string(),
-                        mac: format_mac(&pod_mac(p.ip)),
+                        mac: format_mac(&p.mac),
                     }),
                 };
-                (name, (ifc, p.identity.0))
+                (p.ifname, (ifc, p.identity))
             })
             .collect();
         let stale: Vec<String> = self
@@ -682,15 +589,14 @@ impl Agent {
     }
 
     /// Publishes this node, the other nodes (with resolved next hops), the ipcache and the
-    /// identities.
-    /// Next hops are re-checked every time; the ipcache is rebuilt only when the manifests were
-    /// read again (`reread`), since nothing else changes it.
-    fn publish_overlay(&mut self, me: &str, reread: bool) {
+    /// identities. Next hops are re-checked every time; the ipcache is rebuilt only when the
+    /// source's objects changed (`reread`), since nothing else changes it.
+    fn publish_overlay(&mut self, reread: bool) {
         let uplink = self.ifaces.values().find(|a| a.cfg.role == Role::Uplink);
         let t = self.tables.current();
-        let local = match (self.view.nodes.get(me), uplink) {
-            (Some(n), Some(u)) => t.iface(u.slot).map(|i| LocalNode {
-                ip: n.ip,
+        let local = match (self.control.node_ip(), uplink) {
+            (Some(ip), Some(u)) => t.iface(u.slot).map(|i| LocalNode {
+                ip,
                 uplink_slot: u.slot,
                 uplink_mac: i.mac,
                 mtu: sys::mtu(&u.cfg.name).unwrap_or(1500),
@@ -698,28 +604,21 @@ impl Agent {
             _ => None,
         };
         let uplink_name = uplink.map(|u| u.cfg.name.clone()).unwrap_or_default();
-        let mut nodes = vireo_dataplane::tables::FastMap::default();
-        for n in self.view.nodes.values().filter(|n| n.name != me) {
-            let hop = neigh::next_hop(n.ip, &uplink_name);
-            let mac = neigh::lookup(hop, &uplink_name);
-            if mac.is_none() && !uplink_name.is_empty() {
-                neigh::nudge(hop);
-            }
-            nodes.insert(
-                u32::from(n.ip),
-                RemoteNode {
-                    name: n.name.clone(),
-                    next_hop_mac: mac,
-                },
-            );
-        }
-        let mut gateways = self.cfg.gateway_addrs();
-        if let Some(c) = self.view.nodes.get(me).and_then(|n| n.pod_cidr) {
-            gateways.push(gateway(c));
-        }
-        let ipcache = reread.then(|| self.view.ipcache(me));
-        let mut identities: rustc_hash::FxHashSet<u32> = self.view.vni_identities().collect();
-        identities.extend(self.static_ids.iter().map(|(i, _)| i.0));
+        let nodes: vireo_dataplane::tables::FastMap<u32, RemoteNode> = self
+            .control
+            .peer_nodes(&uplink_name)
+            .into_iter()
+            .map(|n| {
+                let node = RemoteNode {
+                    name: n.name,
+                    next_hop_mac: n.next_hop_mac,
+                };
+                (u32::from(n.ip), node)
+            })
+            .collect();
+        let gateways = self.control.gateways(self.cfg.gateway_addrs());
+        let ipcache = reread.then(|| self.control.ipcache());
+        let identities = self.control.vni_identities();
         let same = ipcache.is_none()
             && t.local == local
             && t.nodes == nodes
@@ -753,15 +652,7 @@ impl Agent {
                     .iter()
                     .map(|(i, n)| json!({"identity": i.0, "labels": [format!("reserved:{n}")]}))
                     .collect();
-                let mut ids: Vec<(u32, String)> = self
-                    .view
-                    .identities
-                    .iter()
-                    .chain(self.static_ids.iter())
-                    .map(|(i, l)| (i.0, l.canonical()))
-                    .collect();
-                ids.sort();
-                ids.dedup();
+                let ids = self.control.identities();
                 v.extend(ids.into_iter().map(|(i, l)| json!({"identity": i, "labels": l.split(';').collect::<Vec<_>>()})));
                 json!(v)
             }
@@ -819,12 +710,7 @@ impl Agent {
             .values()
             .map(|e| {
                 let ifname = t.iface(e.slot).map(|i| i.name.clone());
-                let pod = self
-                    .view
-                    .pods
-                    .values()
-                    .find(|p| p.ip == e.ip)
-                    .map(|p| format!("{}/{}", p.namespace, p.name));
+                let pod = self.control.pod_name(e.ip);
                 json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod})
             })
             .collect();
@@ -937,21 +823,6 @@ fn service_json(s: &vireo_lb::ServiceSpec) -> Value {
         "source_ranges": s.source_ranges.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
         "external_traffic_policy": if s.external_local { "Local" } else { "Cluster" },
     })
-}
-
-/// File names, mtimes and sizes in `dir`: a change in any of them means "read again".
-fn dir_signature(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((e.path(), m.modified().ok()?, m.len()))
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn xdp_role(r: Role) -> vireo_xdp::Role {

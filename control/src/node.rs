@@ -1,0 +1,527 @@
+//! One node's share of the cluster: from the objects a source delivers to the tables that node's
+//! fast path reads. This is the one way tables are built: the manifest directory feeds it today
+//! ([`ManifestDir`]), and the Kubernetes source feeds it the same [`Manifests`] through the same
+//! [`Source`] interface.
+//!
+//! [`NodeControl`] keeps what the last build knew (the cluster view, the policy set, the
+//! incremental policy compiler, the previous Maglev tables) so that each build redoes only what
+//! changed. It never touches the dataplane: the agent copies what it builds into the workers'
+//! snapshot and attaches the interfaces it names.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use rustc_hash::FxHashSet;
+use vireo_lb::ServiceTable;
+use vireo_policy::{Compiler, Identity, IdentityAllocator, IpCache, Labels, PolicyTables};
+
+use crate::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
+use crate::config::ServicesConfig;
+use crate::netpol::{self, PolicySet};
+use crate::services::ServiceTableBuilder;
+use crate::source::{self, Manifests};
+
+/// Where the objects come from. `poll` never blocks: it answers the complete set of objects when
+/// something changed since the last call, and `None` otherwise.
+pub trait Source {
+    /// The objects, when they changed.
+    fn poll(&mut self) -> Option<Manifests>;
+}
+
+/// A directory of Kubernetes YAML, read again whenever a file in it changes (name, mtime or size).
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    signature: Vec<(PathBuf, SystemTime, u64)>,
+}
+
+impl ManifestDir {
+    /// A source reading `dir`; its first poll reads it.
+    pub fn new(dir: &Path) -> ManifestDir {
+        ManifestDir {
+            dir: dir.to_owned(),
+            signature: Vec::new(),
+        }
+    }
+}
+
+impl Source for ManifestDir {
+    fn poll(&mut self) -> Option<Manifests> {
+        let sig = dir_signature(&self.dir);
+        if sig == self.signature {
+            return None;
+        }
+        self.signature = sig;
+        Some(source::load_dir(&self.dir))
+    }
+}
+
+/// File names, mtimes and sizes in `dir`: a change in any of them means "read again".
+fn dir_signature(dir: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.modified().ok()?, m.len()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A pod of this node as the agent attaches it: its host-side veth and its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEndpoint {
+    /// Host-side veth name ([`pod_ifname`]).
+    pub ifname: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The pod's MAC ([`pod_mac`]).
+    pub mac: [u8; 6],
+    /// Its security identity.
+    pub identity: u32,
+}
+
+/// Another node, as the overlay reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    /// Node name.
+    pub name: String,
+    /// Its underlay address (the tunnel endpoint).
+    pub ip: Ipv4Addr,
+    /// The MAC of the next hop towards it on the uplink, once the kernel has resolved it.
+    pub next_hop_mac: Option<[u8; 6]>,
+}
+
+/// A service table ready to publish, with the frontends the uplink must steer to it.
+#[derive(Debug, Clone)]
+pub struct ServicesBuild {
+    /// The table.
+    pub table: Arc<ServiceTable>,
+    /// (address, port, IP protocol) of the NodePort, external and LoadBalancer frontends.
+    pub steered: Vec<(Ipv4Addr, u16, u8)>,
+    /// Service ports in the table.
+    pub ports: usize,
+    /// Maglev tables built.
+    pub built: usize,
+    /// Maglev tables taken over from the previous build.
+    pub reused: usize,
+}
+
+/// Compiled policy ready to publish.
+#[derive(Debug, Clone)]
+pub struct PolicyBuild {
+    /// The tables.
+    pub tables: Arc<PolicyTables>,
+    /// Identities compiled for.
+    pub identities: usize,
+    /// Policy groups (by kind and name) whose content changed.
+    pub changed: usize,
+}
+
+/// One node's control state: what the source said last, and the builders that turn it into
+/// tables.
+#[derive(Debug)]
+pub struct NodeControl {
+    node: String,
+    view: ClusterView,
+    policies: PolicySet,
+    compiler: Compiler,
+    /// Identities of statically configured endpoints (config file, API).
+    static_ids: IdentityAllocator,
+    service_builder: ServiceTableBuilder,
+    /// The `services` configuration of the last service build.
+    services_built_with: Option<ServicesConfig>,
+    /// The objects changed since the last service and policy builds.
+    services_stale: bool,
+    policy_stale: bool,
+}
+
+impl NodeControl {
+    /// The control state of node `node`, with an empty cluster.
+    pub fn new(node: &str) -> NodeControl {
+        NodeControl {
+            node: node.to_string(),
+            view: ClusterView::default(),
+            policies: PolicySet {
+                policies: Vec::new(),
+                warnings: Vec::new(),
+            },
+            compiler: Compiler::new(),
+            static_ids: IdentityAllocator::default(),
+            service_builder: ServiceTableBuilder::default(),
+            services_built_with: None,
+            services_stale: false,
+            policy_stale: false,
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Takes in the complete set of objects of the source. Problems in it are logged.
+    pub fn apply(&mut self, m: &Manifests) {
+        for e in &m.errors {
+            tracing::warn!("manifests: {e}");
+        }
+        self.view = ClusterView::from_manifests(m);
+        for w in &self.view.warnings {
+            tracing::warn!("manifests: {w}");
+        }
+        self.policies = netpol::policies(m);
+        for w in &self.policies.warnings {
+            tracing::warn!("policies: {w}");
+        }
+        self.services_stale = true;
+        self.policy_stale = true;
+        tracing::info!(
+            nodes = self.view.nodes.len(),
+            pods = self.view.pods.len(),
+            policies = self.policies.policies.len(),
+            "manifests loaded"
+        );
+    }
+
+    /// The cluster as last applied.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// The policies as last applied.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The identity of an endpoint attached from the configuration file or the API: a pod with
+    /// no labels in namespace `default`. A new one is compiled for at the next policy build.
+    pub fn static_identity(&mut self) -> u32 {
+        let known = self.static_ids.iter().count();
+        let id = self.static_ids.allocate(&Labels::for_pod(
+            "default",
+            [],
+            &BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "default".to_string())]),
+        ));
+        if self.static_ids.iter().count() != known {
+            self.policy_stale = true;
+        }
+        id.0
+    }
+
+    /// The labels of an endpoint identity the policies were compiled for.
+    pub fn labels(&self, id: u32) -> Option<&Labels> {
+        self.compiler.labels(id)
+    }
+
+    /// Every identity with its labels (pods and static endpoints, not the reserved ones), sorted
+    /// and without repeats: `(number, canonical labels)`.
+    pub fn identities(&self) -> Vec<(u32, String)> {
+        let mut ids: Vec<(u32, String)> = self
+            .view
+            .identities
+            .iter()
+            .chain(self.static_ids.iter())
+            .map(|(i, l)| (i.0, l.canonical()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The pod of the cluster that has address `ip`, as `namespace/name`.
+    pub fn pod_name(&self, ip: Ipv4Addr) -> Option<String> {
+        self.view
+            .pods
+            .values()
+            .find(|p| p.ip == ip)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+    }
+
+    /// This node's pods, as the agent attaches them.
+    pub fn pod_endpoints(&self) -> Vec<PodEndpoint> {
+        self.view
+            .pods_on(&self.node)
+            .map(|p| PodEndpoint {
+                ifname: pod_ifname(&p.namespace, &p.name),
+                ip: p.ip,
+                mac: pod_mac(p.ip),
+                identity: p.identity.0,
+            })
+            .collect()
+    }
+
+    /// This node's underlay address, once the source names the node.
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.view.nodes.get(&self.node).map(|n| n.ip)
+    }
+
+    /// The other nodes, each with the MAC of its next hop on `uplink` from the kernel's route
+    /// and neighbour tables (asking the kernel to resolve one it does not know yet).
+    pub fn peer_nodes(&self, uplink: &str) -> Vec<PeerNode> {
+        self.view
+            .nodes
+            .values()
+            .filter(|n| n.name != self.node)
+            .map(|n| {
+                let hop = crate::neigh::next_hop(n.ip, uplink);
+                let mac = crate::neigh::lookup(hop, uplink);
+                if mac.is_none() && !uplink.is_empty() {
+                    crate::neigh::nudge(hop);
+                }
+                PeerNode {
+                    name: n.name.clone(),
+                    ip: n.ip,
+                    next_hop_mac: mac,
+                }
+            })
+            .collect()
+    }
+
+    /// Addresses whose ARP requests the dataplane answers: the configured gateways, then the
+    /// gateway of this node's pod CIDR.
+    pub fn gateways(&self, configured: Vec<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        let mut gateways = configured;
+        if let Some(c) = self.view.nodes.get(&self.node).and_then(|n| n.pod_cidr) {
+            gateways.push(gateway(c));
+        }
+        gateways
+    }
+
+    /// IP/CIDR → identity and tunnel endpoint, as this node sees the cluster.
+    pub fn ipcache(&self) -> IpCache {
+        self.view.ipcache(&self.node)
+    }
+
+    /// The identities a VNI may carry: every pod's and every static endpoint's.
+    pub fn vni_identities(&self) -> FxHashSet<u32> {
+        let mut ids: FxHashSet<u32> = self.view.vni_identities().collect();
+        ids.extend(self.static_ids.iter().map(|(i, _)| i.0));
+        ids
+    }
+
+    /// The service table, when the objects or the `services` configuration changed since the
+    /// last build (`None` otherwise). Service ports whose spec, table size and seed are
+    /// unchanged keep their Maglev tables. Problems are logged.
+    pub fn build_services(&mut self, sc: ServicesConfig) -> Option<ServicesBuild> {
+        if !self.services_stale && self.services_built_with == Some(sc) {
+            return None;
+        }
+        self.services_stale = false;
+        self.services_built_with = Some(sc);
+        let specs = self.view.service_specs(&self.node, self.node_ip());
+        let built = self
+            .service_builder
+            .build(specs, sc.maglev_table_size, sc.hash_seed);
+        for w in &built.warnings {
+            tracing::warn!("services: {w}");
+        }
+        let steered = built
+            .table
+            .steered()
+            .iter()
+            .map(|f| (f.ip, f.port, f.proto))
+            .collect();
+        Some(ServicesBuild {
+            ports: built.table.services().len(),
+            table: Arc::new(built.table),
+            steered,
+            built: built.built,
+            reused: built.reused,
+        })
+    }
+
+    /// The policies compiled for the identities of the pods and static endpoints, when the
+    /// objects changed since the last build (`None` otherwise). Only what changed is
+    /// recompiled: identities whose labels changed, policies (by kind and name) whose content
+    /// changed. Every change is applied before the tables are returned, so a snapshot never
+    /// holds a default-allow moment.
+    pub fn build_policy(&mut self) -> Option<PolicyBuild> {
+        if !self.policy_stale {
+            return None;
+        }
+        self.policy_stale = false;
+        let started = Instant::now();
+        let want: BTreeMap<u32, &Labels> = self
+            .view
+            .identities
+            .iter()
+            .chain(self.static_ids.iter())
+            .map(|(i, l)| (i.0, l))
+            .collect();
+        for id in self.compiler.endpoint_identities() {
+            if !want.contains_key(&id.0) {
+                self.compiler.remove_identity(id);
+            }
+        }
+        for (&id, &l) in &want {
+            if self.compiler.labels(id) != Some(l) {
+                self.compiler.set_identity(Identity(id), l.clone());
+            }
+        }
+        let groups = self.policies.by_object();
+        let mut changed = 0;
+        for key in self.compiler.policy_keys() {
+            if !groups.contains_key(&key) && self.compiler.remove_policies(&key) {
+                changed += 1;
+            }
+        }
+        for (key, ps) in groups {
+            if self.compiler.set_policies(&key, ps) {
+                changed += 1;
+            }
+        }
+        let tables = Arc::new(self.compiler.tables());
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
+        Some(PolicyBuild {
+            tables,
+            identities: want.len(),
+            changed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.100.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.100.12}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {app: db}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {podIP: 10.244.2.10}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: db}}]}]
+"#;
+
+    fn manifests(text: &str) -> Manifests {
+        let mut m = Manifests::default();
+        source::load_text(&mut m, text, Path::new("test.yaml"));
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        m
+    }
+
+    #[test]
+    fn a_node_builds_its_share_of_the_cluster() {
+        let mut c = NodeControl::new("node-1");
+        c.apply(&manifests(CLUSTER));
+        assert_eq!(c.node_ip(), Some(Ipv4Addr::new(192, 168, 100, 11)));
+        let eps = c.pod_endpoints();
+        assert_eq!(eps.len(), 1, "only node-1's pods: {eps:?}");
+        assert_eq!(eps[0].ip, Ipv4Addr::new(10, 244, 1, 10));
+        assert_eq!(eps[0].mac, pod_mac(eps[0].ip));
+        assert_eq!(eps[0].ifname, pod_ifname("default", "web"));
+        assert_eq!(
+            c.gateways(vec![]),
+            vec![Ipv4Addr::new(10, 244, 1, 1)],
+            "the pod CIDR's gateway"
+        );
+        assert_eq!(
+            c.pod_name(Ipv4Addr::new(10, 244, 2, 10)).as_deref(),
+            Some("default/db")
+        );
+        let peers = c.peer_nodes("");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].name, "node-2");
+        assert!(c.vni_identities().contains(&eps[0].identity));
+        let ipcache = c.ipcache();
+        let db = ipcache.lookup(u32::from(Ipv4Addr::new(10, 244, 2, 10)));
+        assert_eq!(
+            db.and_then(|e| e.tunnel),
+            Some(Ipv4Addr::new(192, 168, 100, 12))
+        );
+    }
+
+    #[test]
+    fn builds_run_once_per_change() {
+        let mut c = NodeControl::new("node-1");
+        let sc = ServicesConfig::default();
+        c.apply(&manifests(CLUSTER));
+        let s = c.build_services(sc).expect("first build");
+        assert_eq!((s.ports, s.built, s.reused), (1, 1, 0));
+        assert!(
+            s.steered.is_empty(),
+            "a ClusterIP is not steered from the uplink"
+        );
+        assert!(c.build_services(sc).is_none(), "nothing changed");
+        let p = c.build_policy().expect("first policy build");
+        assert_eq!(p.changed, 1);
+        assert!(p.tables.subjects() >= 1, "web is under policy");
+        assert!(c.build_policy().is_none());
+        // The same objects again: services are rebuilt from their old Maglev tables, and no
+        // policy changes.
+        c.apply(&manifests(CLUSTER));
+        let s = c.build_services(sc).unwrap();
+        assert_eq!((s.built, s.reused), (0, 1));
+        assert_eq!(c.build_policy().unwrap().changed, 0);
+        // A new services configuration rebuilds the tables.
+        let other = ServicesConfig { hash_seed: 7, ..sc };
+        assert_eq!(c.build_services(other).unwrap().built, 1);
+    }
+
+    #[test]
+    fn static_endpoints_have_one_identity_known_to_policy() {
+        let mut c = NodeControl::new("node-1");
+        let a = c.static_identity();
+        assert_eq!(c.static_identity(), a);
+        assert!(c.vni_identities().contains(&a));
+        c.build_policy();
+        assert!(c.labels(a).is_some());
+        assert!(c.identities().iter().any(|(i, _)| *i == a));
+    }
+
+    #[test]
+    fn the_manifest_dir_is_read_again_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("vireo-node-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), CLUSTER).unwrap();
+        let mut src = ManifestDir::new(&dir);
+        let m = src.poll().expect("first read");
+        assert_eq!(m.pods.len(), 2);
+        assert!(src.poll().is_none());
+        std::fs::write(
+            dir.join("b.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
+        )
+        .unwrap();
+        assert!(src.poll().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
