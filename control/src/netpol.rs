@@ -61,7 +61,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 use vireo_lb::service::UDP;
 use vireo_policy::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 use vireo_policy::rules::{split_source, with_source};
@@ -596,7 +596,7 @@ fn remove_at(v: &mut Value, path: &[Seg]) {
 /// Where a typed read of `v` as `T` fails: the deepest field or list element whose removal
 /// makes `v` read (the root when none does), as `a.b[0].c`.
 fn locate<T: serde::de::DeserializeOwned>(v: &Value) -> String {
-    let reads = |x: &Value| serde_yaml::from_value::<T>(x.clone()).is_ok();
+    let reads = |x: &Value| serde_yaml_ng::from_value::<T>(x.clone()).is_ok();
     let mut path: Vec<Seg> = Vec::new();
     'down: loop {
         let children: Vec<Seg> = match value_at(v, &path) {
@@ -634,7 +634,7 @@ fn locate<T: serde::de::DeserializeOwned>(v: &Value) -> String {
 /// "`path`: malformed (serde's message)".
 fn malformed<T: serde::de::DeserializeOwned>(
     v: &Value,
-    e: &serde_yaml::Error,
+    e: &serde_yaml_ng::Error,
     prefix: &str,
 ) -> String {
     let at = format!("{prefix}{}", locate::<T>(v));
@@ -654,7 +654,7 @@ fn unknown_paths(raw: &Value, known: &Value, path: &str, out: &mut Vec<String>) 
                 }
                 let name = match key {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
+                    other => serde_yaml_ng::to_string(other)
                         .unwrap_or_default()
                         .trim()
                         .to_string(),
@@ -1021,7 +1021,7 @@ fn cilium_subject(
 
 /// One spec.
 fn cilium_spec(obj: &Obj, pods: &[PodPorts], raw: &Value, prefix: &str) -> Result<Policy, String> {
-    let spec: CSpec = match serde_yaml::from_value(raw.clone()) {
+    let spec: CSpec = match serde_yaml_ng::from_value(raw.clone()) {
         Ok(s) => s,
         Err(e) => {
             let reason = malformed::<CSpec>(raw, &e, prefix);
@@ -1057,7 +1057,7 @@ fn cilium_fail_closed(
     let read = |k: &str| {
         raw.get(k)
             .filter(|v| !v.is_null())
-            .map(|v| serde_yaml::from_value::<LabelSelector>(v.clone()).ok())
+            .map(|v| serde_yaml_ng::from_value::<LabelSelector>(v.clone()).ok())
     };
     let mut ignored = Vec::new();
     let subject = match (read("endpointSelector"), read("nodeSelector")) {
@@ -1116,7 +1116,7 @@ fn cilium_read(
     spec: &CSpec,
     prefix: &str,
 ) -> Result<Policy, String> {
-    let known = serde_yaml::to_value(spec).map_err(|e| format!("{prefix}{e}"))?;
+    let known = serde_yaml_ng::to_value(spec).map_err(|e| format!("{prefix}{e}"))?;
     let unknown = Unknown::of(
         raw,
         &known,
@@ -1532,7 +1532,7 @@ fn port_number(n: i64, path: &str) -> Result<u16, String> {
 
 /// One NetworkPolicy.
 fn network_policy(obj: &Obj, pods: &[PodPorts]) -> Result<Policy, String> {
-    let np: NetworkPolicy = match serde_yaml::from_value(obj.doc.value.clone()) {
+    let np: NetworkPolicy = match serde_yaml_ng::from_value(obj.doc.value.clone()) {
         Ok(np) => np,
         Err(e) => {
             let reason = malformed::<NetworkPolicy>(&obj.doc.value, &e, "");
@@ -1567,7 +1567,7 @@ fn np_fail_closed(obj: &Obj, reason: &str) -> Result<Policy, String> {
         || !types.iter().any(|t| t == "egress");
     let subject = match get("podSelector") {
         None => Some(Selector::all()),
-        Some(v) => serde_yaml::from_value::<LabelSelector>(v.clone())
+        Some(v) => serde_yaml_ng::from_value::<LabelSelector>(v.clone())
             .ok()
             .and_then(|ls| selector(&ls, &pod_key, "podSelector").ok()),
     };
@@ -1584,7 +1584,7 @@ fn np_read(obj: &Obj, pods: &[PodPorts], np: NetworkPolicy) -> Result<Policy, St
         warnings.push("no spec: it selects every pod of its namespace for ingress".into());
     }
     let spec = np.spec.unwrap_or_default();
-    let known = serde_yaml::to_value(&spec).map_err(|e| e.to_string())?;
+    let known = serde_yaml_ng::to_value(&spec).map_err(|e| e.to_string())?;
     let unknown = Unknown::of(
         raw.unwrap_or(&Value::Null),
         &known,

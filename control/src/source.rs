@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 /// Everything read from a directory.
 #[derive(Debug, Clone, Default)]
@@ -144,7 +144,7 @@ fn documents(text: &str) -> Vec<(usize, String)> {
 /// Adds the objects of one file's text.
 pub fn load_text(m: &mut Manifests, text: &str, path: &Path) {
     for (line0, doc) in documents(text) {
-        let v: Value = match serde_yaml::from_str(&doc) {
+        let v: Value = match serde_yaml_ng::from_str(&doc) {
             Ok(v) => v,
             Err(e) => {
                 let line = e.location().map(|l| line0 + l.line() - 1).unwrap_or(line0);
@@ -158,7 +158,7 @@ pub fn load_text(m: &mut Manifests, text: &str, path: &Path) {
     }
 }
 
-/// Rewrites serde_yaml's document-relative "line N" into file lines.
+/// Rewrites serde_yaml_ng's document-relative "line N" into file lines.
 fn shift_lines(msg: &str, by: usize) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
@@ -207,12 +207,12 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
         }
         return;
     }
-    let bad = |m: &mut Manifests, e: serde_yaml::Error| {
+    let bad = |m: &mut Manifests, e: serde_yaml_ng::Error| {
         m.errors
             .push(format!("{origin}: {kind}: {}", first_line(&e.to_string())));
     };
     match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => match serde_yaml::from_value::<Namespace>(v) {
+        ("v1", "Namespace") => match serde_yaml_ng::from_value::<Namespace>(v) {
             Ok(o) => match o.metadata.name.clone() {
                 Some(n) => {
                     m.namespaces.insert(n, o);
@@ -223,7 +223,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Node") => match serde_yaml::from_value::<Node>(v) {
+        ("v1", "Node") => match serde_yaml_ng::from_value::<Node>(v) {
             Ok(o) => match o.metadata.name.clone() {
                 Some(n) => {
                     m.nodes.insert(n, o);
@@ -234,7 +234,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Pod") => match serde_yaml::from_value::<Pod>(v) {
+        ("v1", "Pod") => match serde_yaml_ng::from_value::<Pod>(v) {
             Ok(o) => match namespaced(&o.metadata) {
                 Some(key) => {
                     m.pods.insert(key, o);
@@ -245,7 +245,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Service") => match serde_yaml::from_value::<Service>(v) {
+        ("v1", "Service") => match serde_yaml_ng::from_value::<Service>(v) {
             Ok(o) => match namespaced(&o.metadata) {
                 Some(key) => {
                     m.services.insert(key, o);
@@ -257,7 +257,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             Err(e) => bad(m, e),
         },
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            match serde_yaml::from_value::<EndpointSlice>(v) {
+            match serde_yaml_ng::from_value::<EndpointSlice>(v) {
                 Ok(o) => match namespaced(&o.metadata) {
                     Some(key) => {
                         m.endpoint_slices.insert(key, o);
