@@ -8,7 +8,7 @@ use vireo_policy::{Action, Direction, Entity, Peer, Policy, Proto, Selector};
 
 use super::cilium_schema::{field, nodes, CEgress, CIngress, CRule, CSpec};
 use super::ports::{cilium_ports, PortIn, PortNum};
-use super::read::{malformed, split_path, written, Unknown};
+use super::read::{malformed, read, split_path, written, Unknown};
 use super::selectors::{any_pod, cidr_peer, cilium_key, in_namespace, selector};
 use super::{fail_closed, Builder, Obj, PodPorts, RuleIn};
 
@@ -143,14 +143,14 @@ pub(super) fn cilium_spec(
     raw: &Value,
     prefix: &str,
 ) -> Result<Policy, String> {
-    let spec: CSpec = match serde_yaml_ng::from_value(raw.clone()) {
+    let (spec, unknown) = match read::<CSpec>(raw) {
         Ok(s) => s,
         Err(e) => {
-            let reason = malformed::<CSpec>(raw, &e, prefix);
+            let reason = malformed(&e, prefix);
             return cilium_fail_closed(obj, raw, prefix, &reason);
         }
     };
-    match cilium_read(obj, pods, raw, &spec, prefix) {
+    match cilium_read(obj, pods, raw, &spec, unknown, prefix) {
         Ok(p) => Ok(p),
         Err(reason) => cilium_fail_closed(obj, raw, prefix, &reason),
     }
@@ -192,18 +192,18 @@ pub(super) fn cilium_fail_closed(
 
 pub(super) const CILIUM_SECTIONS: [&str; 4] = ["ingress", "ingressDeny", "egress", "egressDeny"];
 
-/// Reads a well-typed spec; `Err` makes it fail closed.
+/// Reads a well-typed spec (`unknown`: the paths of the fields its read did not know); `Err`
+/// makes it fail closed.
 pub(super) fn cilium_read(
     obj: &Obj,
     pods: &[PodPorts],
     raw: &Value,
     spec: &CSpec,
+    unknown: Vec<String>,
     prefix: &str,
 ) -> Result<Policy, String> {
-    let known = serde_yaml_ng::to_value(spec).map_err(|e| format!("{prefix}{e}"))?;
     let unknown = Unknown::of(
-        raw,
-        &known,
+        unknown,
         &CILIUM_SECTIONS,
         &["endpointSelector", "nodeSelector"],
     );

@@ -1,14 +1,14 @@
 //! The CiliumNetworkPolicy schema (cilium.io/v2) as serde reads it: one `spec` and its rules.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_yaml_ng::Value;
 use vireo_policy::{Direction, Entity, Peer};
 
 use super::read::written;
 
 /// One `spec` (Cilium's `api.Rule`).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "Rule")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CSpec {
@@ -19,12 +19,16 @@ pub(super) struct CSpec {
     pub(super) egress: Option<Vec<CEgress>>,
     pub(super) egress_deny: Option<Vec<CEgress>>,
     pub(super) enable_default_deny: Option<CDefaultDeny>,
+    /// Known (not reported as unknown), not enforced: `description`, `labels` and `log`.
+    #[allow(dead_code)]
     pub(super) description: Option<Value>,
+    #[allow(dead_code)]
     pub(super) labels: Option<Value>,
+    #[allow(dead_code)]
     pub(super) log: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "EnableDefaultDeny")]
 pub(super) struct CDefaultDeny {
     pub(super) ingress: Option<bool>,
@@ -32,7 +36,7 @@ pub(super) struct CDefaultDeny {
 }
 
 /// An `ingress` or `ingressDeny` entry.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "IngressRule")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CIngress {
@@ -51,7 +55,7 @@ pub(super) struct CIngress {
 }
 
 /// An `egress` or `egressDeny` entry.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "EgressRule")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CEgress {
@@ -72,7 +76,7 @@ pub(super) struct CEgress {
     pub(super) authentication: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "CIDRRule")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CCidrRule {
@@ -82,7 +86,7 @@ pub(super) struct CCidrRule {
     pub(super) cidr_group_selector: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "PortRule")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CPortRule {
@@ -96,7 +100,7 @@ pub(super) struct CPortRule {
     pub(super) listener: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename = "PortProtocol")]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CPort {
@@ -106,7 +110,7 @@ pub(super) struct CPort {
 }
 
 /// A port written as a number or a string.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(super) enum StrOrNum {
     Num(i64),

@@ -7,21 +7,21 @@ use vireo_policy::{Action, Direction, Peer, Policy, Selector};
 
 use super::cilium_schema::field;
 use super::ports::np_ports;
-use super::read::{malformed, Unknown};
+use super::read::{malformed, read, Unknown};
 use super::selectors::{any_pod, cidr_peer, in_namespace, namespace_key, pod_key, selector};
 use super::{fail_closed, Builder, Obj, PodPorts, RuleIn};
 
 /// One NetworkPolicy.
 pub(super) fn network_policy(obj: &Obj, pods: &[PodPorts]) -> Result<Policy, String> {
-    let np: NetworkPolicy = match serde_yaml_ng::from_value(obj.doc.value.clone()) {
+    let (np, unknown) = match read::<NetworkPolicy>(&obj.doc.value) {
         Ok(np) => np,
         Err(e) => {
-            let reason = malformed::<NetworkPolicy>(&obj.doc.value, &e, "");
+            let reason = malformed(&e, "");
             let reason = reason.strip_prefix("spec.").unwrap_or(&reason).to_string();
             return np_fail_closed(obj, &reason);
         }
     };
-    match np_read(obj, pods, np) {
+    match np_read(obj, pods, np, unknown) {
         Ok(p) => Ok(p),
         Err(reason) => np_fail_closed(obj, &reason),
     }
@@ -56,8 +56,14 @@ pub(super) fn np_fail_closed(obj: &Obj, reason: &str) -> Result<Policy, String> 
     fail_closed(obj.origin(""), subject, Some(ns), (ingress, egress), reason)
 }
 
-/// Reads a well-typed NetworkPolicy; `Err` makes it fail closed.
-pub(super) fn np_read(obj: &Obj, pods: &[PodPorts], np: NetworkPolicy) -> Result<Policy, String> {
+/// Reads a well-typed NetworkPolicy (`unknown`: the paths of the fields its read did not know);
+/// `Err` makes it fail closed.
+pub(super) fn np_read(
+    obj: &Obj,
+    pods: &[PodPorts],
+    np: NetworkPolicy,
+    unknown: Vec<String>,
+) -> Result<Policy, String> {
     let ns = obj.namespace().unwrap_or("default").to_string();
     let mut warnings = Vec::new();
     let raw = obj.doc.value.get("spec").filter(|v| !v.is_null());
@@ -65,13 +71,13 @@ pub(super) fn np_read(obj: &Obj, pods: &[PodPorts], np: NetworkPolicy) -> Result
         warnings.push("no spec: it selects every pod of its namespace for ingress".into());
     }
     let spec = np.spec.unwrap_or_default();
-    let known = serde_yaml_ng::to_value(&spec).map_err(|e| e.to_string())?;
-    let unknown = Unknown::of(
-        raw.unwrap_or(&Value::Null),
-        &known,
-        &["ingress", "egress"],
-        &["podSelector"],
-    );
+    // Only the spec's unknown fields are reported, as paths inside it.
+    let unknown = unknown
+        .iter()
+        .filter_map(|p| p.strip_prefix("spec."))
+        .map(str::to_string)
+        .collect();
+    let unknown = Unknown::of(unknown, &["ingress", "egress"], &["podSelector"]);
     if !unknown.other.is_empty() {
         warnings.push(format!(
             "unknown fields ignored: {}",

@@ -2,134 +2,90 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::source::first_line;
 
-/// One step of a path into a document.
-#[derive(Clone)]
-pub(super) enum Seg {
-    Key(Value),
-    Idx(usize),
+/// A typed read that failed: the path of the field that failed (`ingress[0].toPorts`, empty
+/// for the root) and serde's message.
+pub(super) struct Malformed {
+    path: String,
+    error: serde_yaml_ng::Error,
 }
 
-pub(super) fn value_at<'v>(v: &'v Value, path: &[Seg]) -> Option<&'v Value> {
-    path.iter().try_fold(v, |v, s| match s {
-        Seg::Key(k) => v.as_mapping()?.get(k),
-        Seg::Idx(i) => v.as_sequence()?.get(*i),
+/// Reads `v` as `T`. `Ok`: the value, with the paths (`a.b[0].c`) of the fields of `v` that `T`
+/// does not know ([`serde_ignored`]; null fields are not reported). `Err`: where and why the
+/// read failed ([`serde_path_to_error`]).
+pub(super) fn read<T: DeserializeOwned>(v: &Value) -> Result<(T, Vec<String>), Malformed> {
+    let mut unknown = Vec::new();
+    let mut note = |p: serde_ignored::Path| {
+        if !value_at(v, &p).is_some_and(Value::is_null) {
+            unknown.push(ignored_path(&p));
+        }
+    };
+    let ignored = serde_ignored::Deserializer::new(v.clone(), &mut note);
+    match serde_path_to_error::deserialize(ignored) {
+        Ok(t) => Ok((t, unknown)),
+        Err(e) => Err(Malformed {
+            path: error_path(e.path()),
+            error: e.into_inner(),
+        }),
+    }
+}
+
+/// The value an ignored field's path leads to in `v`.
+fn value_at<'v>(v: &'v Value, p: &serde_ignored::Path) -> Option<&'v Value> {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => Some(v),
+        Path::Seq { parent, index } => value_at(v, parent)?.as_sequence()?.get(*index),
+        Path::Map { parent, key } => value_at(v, parent)?.as_mapping()?.get(key.as_str()),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => value_at(v, parent),
+    }
+}
+
+/// An ignored field's path as `a.b[0].c`.
+fn ignored_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// A failed field's path as `a.b[0].c`.
+fn error_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    p.iter().fold(String::new(), |out, s| match s {
+        Segment::Seq { index } => format!("{out}[{index}]"),
+        Segment::Map { key } => join(out, key),
+        Segment::Enum { variant } => join(out, variant),
+        Segment::Unknown => join(out, "?"),
     })
 }
 
-pub(super) fn remove_at(v: &mut Value, path: &[Seg]) {
-    let Some((last, parent)) = path.split_last() else {
-        return;
-    };
-    let mut cur = v;
-    for s in parent {
-        let next = match s {
-            Seg::Key(k) => cur.as_mapping_mut().and_then(|m| m.get_mut(k)),
-            Seg::Idx(i) => cur.as_sequence_mut().and_then(|q| q.get_mut(*i)),
-        };
-        match next {
-            Some(n) => cur = n,
-            None => return,
-        }
+/// `path.key`, or `key` at the root.
+fn join(mut path: String, key: &str) -> String {
+    if !path.is_empty() {
+        path.push('.');
     }
-    match (last, cur) {
-        (Seg::Key(k), Value::Mapping(m)) => {
-            m.remove(k);
-        }
-        (Seg::Idx(i), Value::Sequence(q)) if *i < q.len() => {
-            q.remove(*i);
-        }
-        _ => {}
-    }
+    path.push_str(key);
+    path
 }
 
-/// Where a typed read of `v` as `T` fails: the deepest field or list element whose removal
-/// makes `v` read (the root when none does), as `a.b[0].c`.
-pub(super) fn locate<T: serde::de::DeserializeOwned>(v: &Value) -> String {
-    let reads = |x: &Value| serde_yaml_ng::from_value::<T>(x.clone()).is_ok();
-    let mut path: Vec<Seg> = Vec::new();
-    'down: loop {
-        let children: Vec<Seg> = match value_at(v, &path) {
-            Some(Value::Mapping(m)) => m.keys().cloned().map(Seg::Key).collect(),
-            Some(Value::Sequence(q)) => (0..q.len()).map(Seg::Idx).collect(),
-            _ => break,
-        };
-        for c in children {
-            let mut p = path.clone();
-            p.push(c);
-            let mut probe = v.clone();
-            remove_at(&mut probe, &p);
-            if reads(&probe) {
-                path = p;
-                continue 'down;
-            }
-        }
-        break;
-    }
-    let mut out = String::new();
-    for s in path {
-        match s {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k.as_str().unwrap_or("?"));
-            }
-            Seg::Idx(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// "`path`: malformed (serde's message)".
-pub(super) fn malformed<T: serde::de::DeserializeOwned>(
-    v: &Value,
-    e: &serde_yaml_ng::Error,
-    prefix: &str,
-) -> String {
-    let at = format!("{prefix}{}", locate::<T>(v));
+/// "`path`: malformed (serde's message)", the path after `prefix`; `spec` when it is empty.
+pub(super) fn malformed(m: &Malformed, prefix: &str) -> String {
+    let at = format!("{prefix}{}", m.path);
     let at = at.trim_end_matches('.');
     let at = if at.is_empty() { "spec" } else { at };
-    format!("{at}: malformed ({})", first_line(&e.to_string()))
-}
-
-/// Paths of the fields of `raw` that did not survive a typed read (`known` is the typed value
-/// written back): the fields the reader does not know. Null fields are not reported.
-pub(super) fn unknown_paths(raw: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
-    match (raw, known) {
-        (Value::Mapping(r), Value::Mapping(k)) => {
-            for (key, v) in r {
-                if v.is_null() {
-                    continue;
-                }
-                let name = match key {
-                    Value::String(s) => s.clone(),
-                    other => serde_yaml_ng::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                };
-                let p = if path.is_empty() {
-                    name
-                } else {
-                    format!("{path}.{name}")
-                };
-                match k.get(key) {
-                    None => out.push(p),
-                    Some(kv) => unknown_paths(v, kv, &p, out),
-                }
-            }
-        }
-        (Value::Sequence(r), Value::Sequence(k)) => {
-            for (i, (a, b)) in r.iter().zip(k).enumerate() {
-                unknown_paths(a, b, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
+    format!("{at}: malformed ({})", first_line(&m.error.to_string()))
 }
 
 /// Splits `ingress[3].toPorts[0]` into `("ingress", Some(3), "toPorts[0]")`.
@@ -168,9 +124,9 @@ pub(super) struct Unknown {
 }
 
 impl Unknown {
-    pub(super) fn of(raw: &Value, known: &Value, sections: &[&str], subject: &[&str]) -> Unknown {
-        let mut paths = Vec::new();
-        unknown_paths(raw, known, "", &mut paths);
+    /// Sorts `paths` (as [`read`] gives them): inside a rule of one of `sections`, in one of the
+    /// `subject` fields, or elsewhere.
+    pub(super) fn of(paths: Vec<String>, sections: &[&str], subject: &[&str]) -> Unknown {
         let mut u = Unknown::default();
         for p in paths {
             match split_path(&p) {
@@ -187,6 +143,7 @@ impl Unknown {
         u
     }
 
+    /// The unknown fields inside rule `i` of `section`, as paths inside the rule.
     pub(super) fn rule(&self, section: &str, i: usize) -> &[String] {
         self.rules
             .get(&(section.to_string(), i))

@@ -1077,3 +1077,43 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn unknown_null_fields_are_silent_and_errors_name_the_deepest_field() {
+    let text = format!(
+        "{}{}",
+        cnp(
+            "x",
+            "nul",
+            "  endpointSelector: {matchLabels: {app: a}}
+  comment: ~
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: ok}}]
+    toPort: ~"
+        ),
+        cnp(
+            "x",
+            "deep",
+            "  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - toPorts: [{ports: [{port: '80', endPort: [1]}]}]"
+        ),
+    );
+    let (m, set) = load(&text);
+    assert!(
+        !set.warnings.iter().any(|w| w.contains("x/nul")),
+        "{:#?}",
+        set.warnings
+    );
+    let a = pod(&m, "x", &[("app", "a")]);
+    let ok = peer(pod(&m, "x", &[("role", "ok")]));
+    assert!(allowed(&set, &a, IN, &ok, TCP, 80));
+    warned(
+        &set,
+        &[
+            "x/deep",
+            "ingress[0].toPorts[0].ports[0].endPort: malformed",
+            "fail closed",
+        ],
+    );
+}
