@@ -28,7 +28,10 @@ pub(super) fn read<T: DeserializeOwned>(v: &Value) -> Result<(T, Vec<String>), M
     match serde_path_to_error::deserialize(ignored) {
         Ok(t) => Ok((t, unknown)),
         Err(e) => Err(Malformed {
-            path: error_path(e.path()),
+            // `a.b[0].c`; `.` is the root.
+            path: Some(e.path().to_string())
+                .filter(|p| p != ".")
+                .unwrap_or_default(),
             error: e.into_inner(),
         }),
     }
@@ -58,17 +61,6 @@ fn ignored_path(p: &serde_ignored::Path) -> String {
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
-}
-
-/// A failed field's path as `a.b[0].c`.
-fn error_path(p: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    p.iter().fold(String::new(), |out, s| match s {
-        Segment::Seq { index } => format!("{out}[{index}]"),
-        Segment::Map { key } => join(out, key),
-        Segment::Enum { variant } => join(out, variant),
-        Segment::Unknown => join(out, "?"),
-    })
 }
 
 /// `path.key`, or `key` at the root.
