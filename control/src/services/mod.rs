@@ -212,10 +212,10 @@ fn one_service(
 }
 
 /// A Service (or one of its ports) is left out; the warning is given.
-pub(crate) struct LeftOut;
+struct LeftOut;
 
 /// Where warnings go: (field, message).
-pub(crate) type Warn<'a> = dyn FnMut(&str, String) + 'a;
+type Warn<'a> = dyn FnMut(&str, String) + 'a;
 
 /// [`one_service`], the Service left out on `Err`.
 fn read_service(

@@ -6,8 +6,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{port_number, protocol, LeftOut, Warn};
 
 /// A service port's `targetPort`.
-pub(crate) enum Target {
+pub(super) enum Target {
+    /// A port number.
     Number(u16),
+    /// A container port name, looked up on each pod.
     Name(String),
 }
 
