@@ -238,7 +238,7 @@ impl Config {
 
     /// Parses and validates YAML text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let cfg: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             msg: e.to_string().replace('\n', " "),
         })?;
@@ -415,9 +415,15 @@ impl EndpointConfig {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff`: six hexadecimal octets separated by `:`, as the dataplane's own
+/// parser reads them (control does not depend on the dataplane).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    vireo_dataplane::io::sys::parse_mac(s)
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// Formats a MAC.
@@ -448,8 +454,8 @@ mod tests {
     fn the_daemonset_config_parses() {
         use serde::Deserialize;
         let text = include_str!("../../deploy/vireo-agent.yaml");
-        let cm = serde_yaml::Deserializer::from_str(text)
-            .map(serde_yaml::Value::deserialize)
+        let cm = serde_yaml_ng::Deserializer::from_str(text)
+            .map(serde_yaml_ng::Value::deserialize)
             .filter_map(Result::ok)
             .find(|d| d["kind"] == "ConfigMap")
             .expect("a ConfigMap");
@@ -462,6 +468,26 @@ mod tests {
         Config::parse(text, Path::new("t.yaml"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn mac_addresses() {
+        assert_eq!(
+            parse_mac("02:00:0a:F4:01:ff"),
+            Some([0x02, 0, 0x0a, 0xf4, 0x01, 0xff])
+        );
+        for bad in [
+            "",
+            "02:00",
+            "02:00:00:00:00:00:00",
+            "02-00-00-00-00-00",
+            "02:00:00:00:00:100",
+            "g0:00:00:00:00:00",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+        let m = [0x0a, 0x58, 10, 244, 1, 10];
+        assert_eq!(parse_mac(&format_mac(&m)), Some(m));
     }
 
     #[test]

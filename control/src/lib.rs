@@ -1,6 +1,11 @@
-//! Vireo's control side: it reads sources (the agent's configuration file now; a manifest
-//! directory and Kubernetes in later issues) and turns them into the table snapshots the fast
-//! path reads.
+//! Vireo's control side: it reads the agent's configuration file ([`config`]) and a manifest
+//! directory of Kubernetes objects ([`source`]: nodes, namespaces, pods, Services,
+//! EndpointSlices and network policies), and builds from them the table snapshots the fast
+//! path reads: the cluster view and ipcache ([`cluster`]), services ([`services`]), network
+//! policies ([`netpol`]) and next-hop neighbours ([`neigh`]); [`trace`] answers `vireo policy trace` and
+//! `vireo policy get`.
+
+#![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod config;

@@ -3,7 +3,8 @@
 //! `kind: List` all work. Objects are read into the same k8s-openapi types the Kubernetes source
 //! uses, so everything after this point is one code path.
 //!
-//! A malformed document is reported with its file and line, and the rest still loads.
+//! A malformed document is reported with its file and line (and, for an object that does not
+//! fit its type, the field that failed: `spec.ports[0].port: …`), and the rest still loads.
 //!
 //! Network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy) are
 //! kept as written ([`PolicyDocument`]): [`crate::netpol`] reads them, so that a policy it cannot
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_yaml::Value;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
 
 /// Everything read from a directory.
 #[derive(Debug, Clone, Default)]
@@ -144,7 +146,7 @@ fn documents(text: &str) -> Vec<(usize, String)> {
 /// Adds the objects of one file's text.
 pub fn load_text(m: &mut Manifests, text: &str, path: &Path) {
     for (line0, doc) in documents(text) {
-        let v: Value = match serde_yaml::from_str(&doc) {
+        let v: Value = match serde_yaml_ng::from_str(&doc) {
             Ok(v) => v,
             Err(e) => {
                 let line = e.location().map(|l| line0 + l.line() - 1).unwrap_or(line0);
@@ -158,7 +160,7 @@ pub fn load_text(m: &mut Manifests, text: &str, path: &Path) {
     }
 }
 
-/// Rewrites serde_yaml's document-relative "line N" into file lines.
+/// Rewrites serde_yaml_ng's document-relative "line N" into file lines.
 fn shift_lines(msg: &str, by: usize) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
@@ -207,12 +209,11 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
         }
         return;
     }
-    let bad = |m: &mut Manifests, e: serde_yaml::Error| {
-        m.errors
-            .push(format!("{origin}: {kind}: {}", first_line(&e.to_string())));
+    let bad = |m: &mut Manifests, e: String| {
+        m.errors.push(format!("{origin}: {kind}: {e}"));
     };
     match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => match serde_yaml::from_value::<Namespace>(v) {
+        ("v1", "Namespace") => match typed::<Namespace>(v) {
             Ok(o) => match o.metadata.name.clone() {
                 Some(n) => {
                     m.namespaces.insert(n, o);
@@ -223,7 +224,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Node") => match serde_yaml::from_value::<Node>(v) {
+        ("v1", "Node") => match typed::<Node>(v) {
             Ok(o) => match o.metadata.name.clone() {
                 Some(n) => {
                     m.nodes.insert(n, o);
@@ -234,7 +235,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Pod") => match serde_yaml::from_value::<Pod>(v) {
+        ("v1", "Pod") => match typed::<Pod>(v) {
             Ok(o) => match namespaced(&o.metadata) {
                 Some(key) => {
                     m.pods.insert(key, o);
@@ -245,7 +246,7 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("v1", "Service") => match serde_yaml::from_value::<Service>(v) {
+        ("v1", "Service") => match typed::<Service>(v) {
             Ok(o) => match namespaced(&o.metadata) {
                 Some(key) => {
                     m.services.insert(key, o);
@@ -256,19 +257,17 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             },
             Err(e) => bad(m, e),
         },
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            match serde_yaml::from_value::<EndpointSlice>(v) {
-                Ok(o) => match namespaced(&o.metadata) {
-                    Some(key) => {
-                        m.endpoint_slices.insert(key, o);
-                    }
-                    None => m
-                        .errors
-                        .push(format!("{origin}: EndpointSlice without metadata.name")),
-                },
-                Err(e) => bad(m, e),
-            }
-        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => match typed::<EndpointSlice>(v) {
+            Ok(o) => match namespaced(&o.metadata) {
+                Some(key) => {
+                    m.endpoint_slices.insert(key, o);
+                }
+                None => m
+                    .errors
+                    .push(format!("{origin}: EndpointSlice without metadata.name")),
+            },
+            Err(e) => bad(m, e),
+        },
         ("networking.k8s.io/v1", "NetworkPolicy")
         | ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
             add_policy(m, &kind, v, origin)
@@ -280,6 +279,18 @@ fn add_object(m: &mut Manifests, v: Value, origin: &str) {
             origin: origin.to_string(),
         }),
     }
+}
+
+/// Reads `v` as `T`; the error names the field that failed, when not the whole object
+/// (`spec.ports[0].port: invalid type: …`), with serde's message.
+fn typed<T: DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let msg = first_line(&e.inner().to_string()).to_string();
+        match e.path().to_string() {
+            p if p == "." => msg,
+            p => format!("{p}: {msg}"),
+        }
+    })
 }
 
 /// Keeps a policy document as written; only its name is checked here.
@@ -398,6 +409,35 @@ metadata: {name: p}
         );
         assert!(
             m.errors[1].contains("dir/f.yaml:16 (items[2])") && m.errors[1].contains("Pod"),
+            "{}",
+            m.errors[1]
+        );
+    }
+
+    #[test]
+    fn a_bad_field_is_named_with_its_path() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: c}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: http}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: 7
+";
+        let mut m = Manifests::default();
+        load_text(&mut m, text, Path::new("f.yaml"));
+        assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+        assert!(
+            m.errors[0].starts_with(
+                "f.yaml:1: Pod: spec.containers[0].ports[0].containerPort: invalid type"
+            ),
+            "{}",
+            m.errors[0]
+        );
+        assert!(
+            m.errors[1].starts_with("f.yaml:6: Service: metadata: invalid type"),
             "{}",
             m.errors[1]
         );

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use proptest::prelude::*;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 use vireo_control::cluster::ClusterView;
 use vireo_control::netpol;
 use vireo_control::source::{load_text, Manifests};
@@ -178,7 +178,7 @@ fn count(v: &Value) -> usize {
 fn apply(v: &mut Value, n: usize, m: &Mutation) {
     if n == 0 {
         *v = match m {
-            Mutation::Replace(_, i) => serde_yaml::from_str(ODD[*i]).expect("ODD is YAML"),
+            Mutation::Replace(_, i) => serde_yaml_ng::from_str(ODD[*i]).expect("ODD is YAML"),
             Mutation::Remove(_) => Value::Null,
             Mutation::Wrap(_) => Value::Sequence(vec![v.clone()]),
         };
@@ -224,7 +224,7 @@ fn apply(v: &mut Value, n: usize, m: &Mutation) {
 fn mutated(mutations: &[Mutation]) -> String {
     let mut docs: Vec<Value> = CLUSTER
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str(d).expect("CLUSTER is YAML"))
+        .map(|d| serde_yaml_ng::from_str(d).expect("CLUSTER is YAML"))
         .collect();
     for m in mutations {
         let (Mutation::Replace(n, _) | Mutation::Remove(n) | Mutation::Wrap(n)) = m;
@@ -240,7 +240,7 @@ fn mutated(mutations: &[Mutation]) -> String {
         }
     }
     docs.iter()
-        .map(|d| serde_yaml::to_string(d).expect("a Value serialises"))
+        .map(|d| serde_yaml_ng::to_string(d).expect("a Value serialises"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -289,7 +289,7 @@ fn the_mutator_reaches_every_node() {
     let clean = mutated(&[]);
     let total: usize = CLUSTER
         .split("\n---\n")
-        .map(|d| count(&serde_yaml::from_str(d).unwrap()))
+        .map(|d| count(&serde_yaml_ng::from_str(d).unwrap()))
         .sum();
     for n in 0..total {
         assert_ne!(mutated(&[Mutation::Wrap(n)]), clean, "node {n}");

@@ -1,0 +1,333 @@
+//! Users' network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and Kubernetes
+//! NetworkPolicy, as the source keeps them) read into Vireo's policy model
+//! ([`vireo_policy::Policy`]).
+//!
+//! The one rule above all: **what Vireo cannot read or enforce never widens what is allowed.**
+//!
+//! - A policy whose selectors, CIDRs, ports or structure cannot be read is *malformed*: it keeps
+//!   enforcing default deny (for the directions it would have enforced) on the endpoints its
+//!   subject selects, with no rules, and says so in a warning. If even its subject cannot be
+//!   read, a namespaced policy enforces on its whole namespace; a cluster-wide one is dropped
+//!   with a warning (default deny for the whole cluster would cut off everything).
+//! - Fields Vireo does not know are warnings, never a rejection. Inside an allow rule an
+//!   unknown field makes that rule allow nothing (it might have narrowed it); inside a deny
+//!   rule it widens the rule (any peer, or every port, depending on where it is); elsewhere it
+//!   is only reported.
+//! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
+//!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
+//!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
+//!   groups, `authentication`, ICMP rules, the `kube-apiserver` and `ingress` entities, SCTP and
+//!   IPv6 blocks allow nothing. In a deny rule they are replaced by a superset Vireo can
+//!   express (nodes → host + remote-node; FQDNs, groups, CIDR groups → world; services → any
+//!   peer; `kube-apiserver` → host + remote-node + world; ICMP → every protocol and port).
+//!
+//! Cilium semantics followed (see Cilium's `pkg/k8s/apis/cilium.io/utils` and the policy
+//! language docs):
+//! - a namespaced policy's `endpointSelector` always applies in the policy's namespace; its
+//!   `fromEndpoints`/`toEndpoints`/`fromRequires`/`toRequires` selectors are limited to that
+//!   namespace unless they name `io.kubernetes.pod.namespace` or a namespace label
+//!   (`io.cilium.k8s.namespace.labels.*`), or (peers only) a `reserved:` label. In a
+//!   cluster-wide policy such selectors only select pods (`io.kubernetes.pod.namespace`
+//!   exists), as Cilium does;
+//! - a rule with `toPorts` but no peer field applies to every peer on those ports; an empty
+//!   rule `{}` selects nothing (Cilium's documented way of putting an endpoint into default
+//!   deny without allowing anything);
+//! - `fromRequires`/`toRequires` of any rule of a section (allow or deny) of a direction apply
+//!   to every rule of that section, and only to its endpoint peers (and the L4-only wildcard),
+//!   not to entities or CIDRs, as Cilium folds requirements into endpoint selectors;
+//! - a direction is enforced (default deny) when its allow or deny section is present (even
+//!   empty), unless `enableDefaultDeny` says `false` for it; an explicit `true` enforces even
+//!   without a section.
+//!
+//! Kubernetes NetworkPolicy: `podSelector` (in the policy's namespace) is the subject;
+//! `policyTypes` defaults to Ingress, plus Egress when `egress` has rules; a policy affects only
+//! the directions of its `policyTypes` (rules of other directions are ignored, with a
+//! warning); a missing or empty `from`/`to` means every peer; `podSelector` alone means the
+//! policy's namespace; `namespaceSelector` alone means pods of the matching namespaces; both in
+//! one element mean both; `ipBlock` is a CIDR peer (outside the cluster, as Cilium treats it);
+//! `protocol` defaults to TCP.
+//!
+//! Named ports (NetworkPolicy, and Cilium `port: "name"`) are resolved against the container
+//! ports of the pods in the manifests that the rule's *destination* selects: the policy's own
+//! pods for ingress, the peer pods for egress. Every number found is allowed (a warning says so
+//! when there are several); none found, the entry allows nothing. The result depends on the
+//! pods: recompute the policies when pods change.
+//!
+//! Layout: this module holds the entry point, the policy builder and the fail-closed fallback;
+//! `cilium` (with its serde schema in `cilium_schema`) and `k8s` read the two families of
+//! policy; `selectors` reads label selectors and CIDRs, `ports` ports, protocols and named
+//! ports, and `read` the typed reads (unknown fields, where a read fails).
+
+mod cilium;
+mod cilium_schema;
+mod k8s;
+mod ports;
+mod read;
+mod selectors;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use vireo_lb::service::UDP;
+use vireo_policy::{Action, Direction, Labels, Origin, Peer, Policy, Proto, Rule, Selector};
+
+use crate::cluster::{container_ports, namespace_labels};
+use crate::source::{Manifests, PolicyDocument, PolicyKind};
+
+use cilium::cilium_policy;
+use k8s::network_policy;
+use ports::PortIn;
+use selectors::in_namespace;
+
+/// The policies of a set of manifests.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    /// One per NetworkPolicy, per `spec` and per entry of `specs`, in (kind, namespace, name)
+    /// order.
+    pub policies: Vec<Policy>,
+    /// Every problem, one line each, naming the object (`Kind name (file:line): …`): the
+    /// policies' own warnings and the policies dropped.
+    pub warnings: Vec<String>,
+}
+
+impl PolicySet {
+    /// The policies by the object they come from (`Kind name`), the unit in which the policy
+    /// compiler adds, replaces and removes them.
+    pub fn by_object(&self) -> BTreeMap<String, Vec<Policy>> {
+        let mut groups: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+        for p in &self.policies {
+            let key = format!("{} {}", p.origin.kind, p.origin.name);
+            groups.entry(key).or_default().push(p.clone());
+        }
+        groups
+    }
+}
+
+/// Reads the policies of `m`. Never fails: problems are warnings (see the module doc).
+pub fn policies(m: &Manifests) -> PolicySet {
+    let pods = pod_ports(m);
+    let mut set = PolicySet::default();
+    for doc in m.policies.values() {
+        let obj = Obj::new(doc);
+        let out = match doc.kind {
+            PolicyKind::NetworkPolicy => vec![network_policy(&obj, &pods)],
+            _ => cilium_policy(&obj, &pods),
+        };
+        for r in out {
+            match r {
+                Ok(p) => {
+                    set.warnings
+                        .extend(p.warnings.iter().map(|w| format!("{}: {w}", obj.label)));
+                    set.policies.push(p);
+                }
+                Err(w) => set.warnings.push(format!("{}: {w}", obj.label)),
+            }
+        }
+    }
+    set
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces.
+
+/// A pod of the manifests: its security labels and its named container ports.
+struct PodPorts {
+    labels: Labels,
+    /// (name, number, protocol) of every named `containers[].ports[]` entry (TCP or UDP).
+    ports: Vec<(String, u16, Proto)>,
+}
+
+fn pod_ports(m: &Manifests) -> Vec<PodPorts> {
+    m.pods
+        .iter()
+        .map(|((ns, _), p)| {
+            let ns_labels = namespace_labels(m, ns);
+            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &ns_labels);
+            let ports = container_ports(p)
+                .filter(|cp| !cp.name.is_empty())
+                .map(|cp| {
+                    let proto = if cp.proto == UDP {
+                        Proto::Udp
+                    } else {
+                        Proto::Tcp
+                    };
+                    (cp.name, cp.port, proto)
+                })
+                .collect();
+            PodPorts { labels, ports }
+        })
+        .collect()
+}
+
+/// The object a policy comes from, for origins and warnings.
+struct Obj<'a> {
+    doc: &'a PolicyDocument,
+    /// `namespace/name`, or the name of a cluster-wide policy.
+    name: String,
+    /// `Kind name (file:line)`.
+    label: String,
+}
+
+impl<'a> Obj<'a> {
+    fn new(doc: &'a PolicyDocument) -> Obj<'a> {
+        let name = match &doc.namespace {
+            Some(ns) => format!("{ns}/{}", doc.name),
+            None => doc.name.clone(),
+        };
+        let label = format!("{} {name} ({})", doc.kind.name(), doc.origin);
+        Obj { doc, name, label }
+    }
+
+    fn origin(&self, rule: &str) -> Origin {
+        Origin {
+            kind: self.doc.kind.name().to_string(),
+            name: self.name.clone(),
+            rule: rule.to_string(),
+        }
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.doc.namespace.as_deref()
+    }
+}
+
+/// One rule as read.
+#[derive(Debug)]
+struct RuleIn {
+    action: Action,
+    /// Its origin's `rule` (`ingress[0]`, `specs[1].egressDeny[2]`).
+    rule: String,
+    /// The peers Vireo can enforce.
+    peers: Vec<Peer>,
+    /// Some peer field was written (even one Vireo cannot enforce): no L4-only wildcard.
+    l3: bool,
+    /// `None`: every port.
+    ports: Option<Vec<PortIn>>,
+}
+
+/// A policy being built.
+struct Builder<'a> {
+    pods: &'a [PodPorts],
+    policy: Policy,
+}
+
+impl Builder<'_> {
+    fn warn(&mut self, w: String) {
+        self.policy.warnings.push(w);
+    }
+
+    /// Adds the model's rules for `r`: named ports resolved, requirements on endpoint peers.
+    fn add(&mut self, d: Direction, r: RuleIn, requires: &[Selector]) {
+        let peers = if r.l3 {
+            r.peers
+        } else if r.ports.is_some() {
+            vec![Peer::Any]
+        } else {
+            // `{}`: selects no peer.
+            return;
+        };
+        if peers.is_empty() {
+            return;
+        }
+        let ports = match r.ports {
+            None => Vec::new(),
+            Some(list) => {
+                let ports = self.resolve(d, &r.rule, r.action, &peers, requires, list);
+                if ports.is_empty() {
+                    // Every entry was left out: the rule covers nothing (not every port).
+                    return;
+                }
+                ports
+            }
+        };
+        if r.action == Action::Allow {
+            for p in ports.iter().filter(|p| p.l7) {
+                let w = format!(
+                    "{}: L7 rules are not enforced; port {p} is denied (fail closed)",
+                    r.rule
+                );
+                self.warn(w);
+            }
+        }
+        let origin = Origin {
+            rule: r.rule,
+            ..self.policy.origin.clone()
+        };
+        let (with_req, without): (Vec<Peer>, Vec<Peer>) = if requires.is_empty() {
+            (peers, Vec::new())
+        } else {
+            peers
+                .into_iter()
+                .partition(|p| matches!(p, Peer::Endpoints(_) | Peer::Any))
+        };
+        for (peers, requires) in [(with_req, requires.to_vec()), (without, Vec::new())] {
+            if peers.is_empty() {
+                continue;
+            }
+            let rule = Rule {
+                action: r.action,
+                peers,
+                requires,
+                ports: ports.clone(),
+                origin: origin.clone(),
+            };
+            match d {
+                Direction::Ingress => self.policy.ingress.push(rule),
+                Direction::Egress => self.policy.egress.push(rule),
+            }
+        }
+    }
+}
+
+/// What a malformed policy becomes: default deny with no rules, for the directions it would
+/// have enforced, on its subject ((endpoint selector, node selector)); on its whole namespace
+/// when the subject is unreadable; dropped when cluster-wide with an unreadable subject, or
+/// when it enforced nothing (nothing is lost then).
+fn fail_closed(
+    origin: Origin,
+    subject: Option<(Selector, Option<Selector>)>,
+    ns: Option<&str>,
+    (ingress, egress): (bool, bool),
+    reason: &str,
+) -> Result<Policy, String> {
+    let dirs: Vec<&str> = [(ingress, "ingress"), (egress, "egress")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    let dirs = dirs.join(", ");
+    if dirs.is_empty() {
+        return Err(format!(
+            "{reason}; policy dropped (it enforced no default deny)"
+        ));
+    }
+    let (subject, node_selector, whom) = match (subject, ns) {
+        (Some((s, n)), _) => (s, n, "the endpoints it selects".to_string()),
+        (None, Some(ns)) => (
+            in_namespace(ns),
+            None,
+            format!("every pod of namespace {ns} (its subject is unreadable)"),
+        ),
+        (None, None) => {
+            return Err(format!(
+                "{reason}; policy dropped although it enforced default deny ({dirs}): its \
+                 subject is unreadable, and default deny for the whole cluster would cut off \
+                 everything"
+            ))
+        }
+    };
+    Ok(Policy {
+        origin,
+        subject,
+        node_selector,
+        enforce_ingress: ingress,
+        enforce_egress: egress,
+        ingress: Vec::new(),
+        egress: Vec::new(),
+        warnings: vec![format!(
+            "{reason}; its rules are dropped and it keeps enforcing default deny ({dirs}) on \
+             {whom}, with no rules (fail closed)"
+        )],
+    })
+}

@@ -1,0 +1,1119 @@
+//! Tests of the policy readers: Cilium and Kubernetes policies, selectors, ports, named ports,
+//! malformed and unknown fields.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use vireo_policy::{decide, Decision, Identity, PeerInfo, Verdict};
+
+use super::*;
+use crate::source::load_text;
+
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
+use vireo_lb::service::{TCP, UDP};
+
+fn load(yaml: &str) -> (Manifests, PolicySet) {
+    let mut m = Manifests::default();
+    load_text(&mut m, yaml, Path::new("p.yaml"));
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    let set = policies(&m);
+    (m, set)
+}
+
+/// The security labels of a pod in `ns` (with the namespace's labels from `m`).
+fn pod(m: &Manifests, ns: &str, labels: &[(&str, &str)]) -> Labels {
+    let own: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Labels::for_pod(ns, &own, &namespace_labels(m, ns))
+}
+
+fn peer(labels: Labels) -> PeerInfo {
+    PeerInfo {
+        identity: Identity(1000),
+        labels,
+        ip: Ipv4Addr::new(10, 244, 1, 10),
+    }
+}
+
+fn reserved(name: &str) -> PeerInfo {
+    PeerInfo {
+        identity: Identity::reserved(name).unwrap(),
+        labels: Labels::new([(format!("reserved:{name}"), String::new())]),
+        ip: Ipv4Addr::new(192, 168, 100, 1),
+    }
+}
+
+fn world(ip: [u8; 4]) -> PeerInfo {
+    PeerInfo {
+        ip: Ipv4Addr::from(ip),
+        ..reserved("world")
+    }
+}
+
+fn decision(
+    set: &PolicySet,
+    ep: &Labels,
+    d: Direction,
+    p: &PeerInfo,
+    proto: u8,
+    port: u16,
+) -> Decision {
+    decide(&set.policies, ep, d, p, proto, port)
+}
+
+fn allowed(set: &PolicySet, ep: &Labels, d: Direction, p: &PeerInfo, proto: u8, port: u16) -> bool {
+    decision(set, ep, d, p, proto, port).verdict == Verdict::Allowed
+}
+
+fn warned(set: &PolicySet, what: &[&str]) {
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| what.iter().all(|s| w.contains(s))),
+        "no warning with {what:?} in {:#?}",
+        set.warnings
+    );
+}
+
+fn cnp(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, \
+             namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+fn ccnp(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: \
+             {{name: {name}}}\nspec:\n{spec}\n"
+    )
+}
+
+fn np(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: \
+             {name}, namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+const NAMESPACES: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: red}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {team: blue}}
+";
+
+#[test]
+fn match_expressions_each_operator() {
+    let (m, set) = load(&cnp(
+        "x",
+        "ops",
+        "  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints:
+    - matchExpressions:
+      - {key: tier, operator: In, values: [a, b]}
+      - {key: env, operator: NotIn, values: [dev]}
+      - {key: team, operator: Exists}
+      - {key: legacy, operator: DoesNotExist}",
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let web = pod(&m, "x", &[("app", "web")]);
+    let base = [("tier", "a"), ("env", "prod"), ("team", "t")];
+    let ok = |extra: &[(&str, &str)], drop: &str| {
+        let mut l: Vec<(&str, &str)> = base.iter().copied().filter(|(k, _)| *k != drop).collect();
+        l.extend_from_slice(extra);
+        allowed(&set, &web, IN, &peer(pod(&m, "x", &l)), TCP, 80)
+    };
+    assert!(ok(&[], ""), "all requirements hold");
+    assert!(ok(&[], "env"), "NotIn holds when the key is absent");
+    assert!(!ok(&[("tier", "c")], "tier"), "In: other value");
+    assert!(!ok(&[], "tier"), "In: key absent");
+    assert!(!ok(&[("env", "dev")], "env"), "NotIn: excluded value");
+    assert!(!ok(&[], "team"), "Exists: key absent");
+    assert!(!ok(&[("legacy", "1")], ""), "DoesNotExist: key present");
+}
+
+#[test]
+fn label_sources_and_implicit_namespace() {
+    let (m, set) = load(&format!(
+        "{NAMESPACES}{}",
+        cnp(
+            "x",
+            "src",
+            "  endpointSelector: {matchLabels: {k8s:app: web}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {k8s:app: a}
+    - matchLabels: {any:app: b}
+    - matchLabels: {reserved:host: ''}
+    - matchLabels: {app: c, io.kubernetes.pod.namespace: y}
+    - matchLabels: {app: d, io.cilium.k8s.namespace.labels.team: blue}
+  egress:
+  - toEndpoints: [{}]"
+        )
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let web = pod(&m, "x", &[("app", "web")]);
+    let web_y = pod(&m, "y", &[("app", "web")]);
+    let from =
+        |ns: &str, app: &str| allowed(&set, &web, IN, &peer(pod(&m, ns, &[("app", app)])), TCP, 80);
+    // The subject is in the policy's namespace only.
+    assert!(!decision(&set, &web_y, IN, &reserved("world"), TCP, 80).enforced);
+    assert!(decision(&set, &web, IN, &reserved("world"), TCP, 80).enforced);
+    // Peers: the policy's namespace unless the selector names one.
+    assert!(from("x", "a") && !from("y", "a"));
+    assert!(from("x", "b") && !from("y", "b"));
+    assert!(from("y", "c") && !from("x", "c"));
+    assert!(
+        from("y", "d") && !from("x", "d"),
+        "namespace label selects y"
+    );
+    // Sources: `k8s:` only matches the k8s source, `any:` every source.
+    let unspec = |app: &str| {
+        let l = Labels::new([
+            ("unspec:app", app),
+            ("k8s:io.kubernetes.pod.namespace", "x"),
+        ]);
+        allowed(&set, &web, IN, &peer(l), TCP, 80)
+    };
+    assert!(!unspec("a") && unspec("b"));
+    // Reserved labels: no namespace added.
+    assert!(allowed(&set, &web, IN, &reserved("host"), TCP, 80));
+    assert!(!allowed(&set, &web, IN, &reserved("remote-node"), TCP, 80));
+    // toEndpoints `{}`: every pod of the namespace, nothing else.
+    let to = |p: &PeerInfo| allowed(&set, &web, OUT, p, TCP, 443);
+    assert!(to(&peer(pod(&m, "x", &[("app", "z")]))));
+    assert!(!to(&peer(pod(&m, "y", &[("app", "z")]))));
+    assert!(!to(&reserved("world")) && !to(&reserved("host")));
+}
+
+#[test]
+fn from_requires_limits_every_endpoint_rule_of_the_direction() {
+    let (m, set) = load(&cnp(
+        "x",
+        "req",
+        "  endpointSelector: {matchLabels: {env: prod}}
+  ingress:
+  - fromRequires: [{matchLabels: {env: prod}}]
+  - fromEndpoints: [{matchLabels: {role: frontend}}]
+  - toPorts: [{ports: [{port: '9090'}]}]
+  - fromEntities: [host]
+  egress:
+  - toRequires: [{matchLabels: {env: prod}}]
+    toEndpoints: [{matchLabels: {role: db}}]",
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let me = pod(&m, "x", &[("env", "prod")]);
+    let p = |l: &[(&str, &str)]| peer(pod(&m, "x", l));
+    let front_prod = p(&[("role", "frontend"), ("env", "prod")]);
+    let front_dev = p(&[("role", "frontend"), ("env", "dev")]);
+    assert!(allowed(&set, &me, IN, &front_prod, TCP, 80));
+    assert!(!allowed(&set, &me, IN, &front_dev, TCP, 80));
+    // The L4-only rule is an endpoint wildcard: the requirement holds there too.
+    assert!(allowed(&set, &me, IN, &front_prod, TCP, 9090));
+    assert!(!allowed(&set, &me, IN, &front_dev, TCP, 9090));
+    // Entities are not endpoint selectors: no requirement (as Cilium).
+    assert!(allowed(&set, &me, IN, &reserved("host"), TCP, 80));
+    // A requirement alone allows nothing.
+    let prod = p(&[("env", "prod")]);
+    assert!(!allowed(&set, &me, IN, &prod, TCP, 80));
+    // Egress, within one rule.
+    assert!(allowed(
+        &set,
+        &me,
+        OUT,
+        &p(&[("role", "db"), ("env", "prod")]),
+        TCP,
+        5432
+    ));
+    assert!(!allowed(&set, &me, OUT, &p(&[("role", "db")]), TCP, 5432));
+}
+
+#[test]
+fn every_entity() {
+    let names = [
+        "host",
+        "remote-node",
+        "world",
+        "health",
+        "init",
+        "unmanaged",
+    ];
+    for e in names.iter().chain(&["cluster", "all"]) {
+        let (m, set) = load(&cnp(
+            "x",
+            "ent",
+            &format!(
+                "  endpointSelector: {{}}\n  ingress: [{{fromEntities: [{e}]}}]\n  egress: \
+                     [{{toEntities: [{e}]}}]"
+            ),
+        ));
+        assert!(set.warnings.is_empty(), "{e}: {:?}", set.warnings);
+        let me = pod(&m, "x", &[("app", "a")]);
+        let other_pod = peer(pod(&m, "y", &[("app", "b")]));
+        for d in [IN, OUT] {
+            for n in names {
+                let want = *e == n || *e == "all" || (*e == "cluster" && n != "world");
+                assert_eq!(
+                    allowed(&set, &me, d, &reserved(n), TCP, 80),
+                    want,
+                    "entity {e}, peer {n}, {d:?}"
+                );
+            }
+            let cidr_id = PeerInfo {
+                identity: Identity(vireo_policy::identity::CIDR_IDENTITY_BASE + 1),
+                ..world([1, 1, 1, 1])
+            };
+            assert_eq!(
+                allowed(&set, &me, d, &cidr_id, TCP, 80),
+                matches!(*e, "world" | "all"),
+                "entity {e}: a CIDR identity is world"
+            );
+            assert_eq!(
+                allowed(&set, &me, d, &other_pod, TCP, 80),
+                matches!(*e, "cluster" | "all"),
+                "entity {e}: a pod"
+            );
+        }
+    }
+}
+
+#[test]
+fn cidr_and_cidr_set_with_except() {
+    let (m, set) = load(&cnp(
+        "x",
+        "cidr",
+        "  endpointSelector: {}
+  ingress:
+  - fromCIDR: [192.168.0.0/16, 172.16.0.1]
+  - fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12, 10.1.2.3/32]}]
+  egress:
+  - toCIDRSet: [{cidr: 0.0.0.0/0, except: [169.254.0.0/16]}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]",
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let me = pod(&m, "x", &[]);
+    let from = |ip: [u8; 4]| allowed(&set, &me, IN, &world(ip), TCP, 80);
+    assert!(from([192, 168, 3, 4]) && from([172, 16, 0, 1]) && !from([172, 16, 0, 2]));
+    assert!(from([10, 1, 1, 1]) && from([10, 112, 0, 1]));
+    assert!(!from([10, 96, 0, 1]) && !from([10, 111, 255, 255]) && !from([10, 1, 2, 3]));
+    assert!(!from([11, 0, 0, 1]));
+    // A pod inside the block is not a CIDR peer.
+    let pod_in_block = PeerInfo {
+        ip: Ipv4Addr::new(10, 1, 1, 1),
+        ..peer(pod(&m, "x", &[]))
+    };
+    assert!(!allowed(&set, &me, IN, &pod_in_block, TCP, 80));
+    let to = |ip: [u8; 4], port| allowed(&set, &me, OUT, &world(ip), TCP, port);
+    assert!(to([8, 8, 8, 8], 443) && !to([8, 8, 8, 8], 80) && !to([169, 254, 1, 1], 443));
+}
+
+#[test]
+fn to_ports_end_port_protocols_and_l4_only() {
+    let (m, set) = load(&cnp(
+        "x",
+        "ports",
+        "  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts:
+    - ports: [{port: '8000', endPort: 8010, protocol: tcp}, {port: 53, protocol: ANY}]
+    - ports: [{port: '161', protocol: Udp}]
+  - toPorts: [{ports: [{port: '22'}]}]",
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let me = pod(&m, "x", &[]);
+    let a = peer(pod(&m, "x", &[("app", "a")]));
+    let ok = |p: &PeerInfo, proto, port| allowed(&set, &me, IN, p, proto, port);
+    assert!(ok(&a, TCP, 8000) && ok(&a, TCP, 8005) && ok(&a, TCP, 8010));
+    assert!(!ok(&a, TCP, 7999) && !ok(&a, TCP, 8011) && !ok(&a, UDP, 8005));
+    assert!(ok(&a, TCP, 53) && ok(&a, UDP, 53) && ok(&a, 132, 53), "ANY");
+    assert!(ok(&a, UDP, 161) && !ok(&a, TCP, 161));
+    assert!(!ok(&a, TCP, 80));
+    // No peer, ports only: every peer, any protocol (no protocol written = ANY).
+    for p in [&a, &reserved("world"), &reserved("host")] {
+        assert!(ok(p, TCP, 22) && ok(p, UDP, 22));
+    }
+    assert!(!ok(&reserved("world"), TCP, 8005));
+}
+
+#[test]
+fn deny_beats_allow_and_selection_defaults() {
+    let (m, set) = load(&cnp(
+        "x",
+        "deny",
+        "  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEntities: [all]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {role: test}}]
+  - toPorts: [{ports: [{port: '25', protocol: TCP}]}]",
+    ));
+    let web = pod(&m, "x", &[("app", "web")]);
+    let test = peer(pod(&m, "x", &[("role", "test")]));
+    let d = decision(&set, &web, IN, &test, TCP, 80);
+    assert_eq!(d.verdict, Verdict::Denied);
+    assert_eq!(d.rules.len(), 1);
+    assert_eq!(d.rules[0].rule, "ingressDeny[0]");
+    assert_eq!(d.rules[0].name, "x/deny");
+    assert_eq!(d.rules[0].kind, "CiliumNetworkPolicy");
+    assert!(allowed(&set, &web, IN, &reserved("world"), TCP, 80));
+    assert!(!allowed(&set, &web, IN, &reserved("world"), TCP, 25));
+    // Egress: no section, not enforced.
+    let e = decision(&set, &web, OUT, &test, TCP, 80);
+    assert!(e.verdict == Verdict::Allowed && !e.enforced);
+    // An endpoint no policy selects: default allow.
+    let other = pod(&m, "x", &[("app", "other")]);
+    let d = decision(&set, &other, IN, &test, TCP, 25);
+    assert!(d.verdict == Verdict::Allowed && !d.enforced && d.rules.is_empty());
+
+    // Selected with nothing allowed: default deny (`- {}` and `[]` both enforce).
+    let (m, set) = load(&format!(
+        "{}{}",
+        cnp(
+            "x",
+            "a",
+            "  endpointSelector: {matchLabels: {app: a}}\n  ingress: [{}]"
+        ),
+        cnp(
+            "x",
+            "b",
+            "  endpointSelector: {matchLabels: {app: b}}\n  egress: []"
+        ),
+    ));
+    let a = pod(&m, "x", &[("app", "a")]);
+    let b = pod(&m, "x", &[("app", "b")]);
+    let d = decision(&set, &a, IN, &reserved("host"), TCP, 80);
+    assert!(d.verdict == Verdict::Denied && d.enforced && d.rules.is_empty());
+    assert!(allowed(&set, &a, OUT, &reserved("world"), TCP, 80));
+    assert!(!allowed(&set, &b, OUT, &reserved("world"), TCP, 80));
+    assert!(allowed(&set, &b, IN, &reserved("world"), TCP, 80));
+}
+
+#[test]
+fn enable_default_deny() {
+    let (m, set) = load(&cnp(
+        "x",
+        "dd",
+        "  endpointSelector: {}
+  enableDefaultDeny: {ingress: false, egress: true}
+  ingress: [{fromEntities: [host]}]
+  ingressDeny: [{fromEntities: [world]}]",
+    ));
+    let p = &set.policies[0];
+    assert!(!p.enforce_ingress && p.enforce_egress);
+    let me = pod(&m, "x", &[]);
+    assert!(allowed(&set, &me, IN, &reserved("remote-node"), TCP, 80));
+    assert!(
+        !allowed(&set, &me, IN, &reserved("world"), TCP, 80),
+        "denies still apply"
+    );
+    assert!(!allowed(&set, &me, OUT, &reserved("world"), TCP, 80));
+}
+
+#[test]
+fn specs_lists() {
+    let text = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: two, namespace: x}
+specs:
+- endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: b}}]}]
+- endpointSelector: {matchLabels: {app: b}}
+  egress: [{toEndpoints: [{matchLabels: {app: a}}]}]
+";
+    let (m, set) = load(text);
+    assert_eq!(set.policies.len(), 2);
+    let (a, b) = (pod(&m, "x", &[("app", "a")]), pod(&m, "x", &[("app", "b")]));
+    let d = decision(&set, &b, OUT, &peer(a.clone()), TCP, 80);
+    assert_eq!(d.verdict, Verdict::Allowed);
+    assert_eq!(d.rules[0].rule, "specs[1].egress[0]");
+    let d = decision(&set, &a, IN, &peer(b.clone()), TCP, 80);
+    assert_eq!(d.rules[0].rule, "specs[0].ingress[0]");
+    assert!(!allowed(&set, &a, IN, &peer(a.clone()), TCP, 80));
+    assert!(!decision(&set, &a, OUT, &peer(b), TCP, 80).enforced);
+}
+
+#[test]
+fn l7_rules_fail_closed_with_a_warning() {
+    let (m, set) = load(&cnp(
+        "x",
+        "l7",
+        "  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts:
+    - ports: [{port: '80', protocol: TCP}]
+      rules: {http: [{method: GET, path: /}]}
+    - ports: [{port: '81', protocol: TCP}]",
+    ));
+    warned(
+        &set,
+        &[
+            "CiliumNetworkPolicy x/l7 (p.yaml:2)",
+            "ingress[0]: L7 rules are not enforced; port 80/TCP is denied (fail closed)",
+        ],
+    );
+    let p = &set.policies[0];
+    assert!(p.ingress[0].ports.iter().any(|pr| pr.lo == 80 && pr.l7));
+    assert_eq!(p.warnings.len(), 1);
+    let me = pod(&m, "x", &[]);
+    let a = peer(pod(&m, "x", &[("app", "a")]));
+    assert!(!allowed(&set, &me, IN, &a, TCP, 80));
+    assert!(allowed(&set, &me, IN, &a, TCP, 81));
+}
+
+#[test]
+fn to_fqdns_fail_closed() {
+    let (m, set) = load(&cnp(
+        "x",
+        "fqdn",
+        "  endpointSelector: {}
+  egress:
+  - toFQDNs: [{matchName: example.com}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+  - toEndpoints: [{matchLabels: {app: dns}}]",
+    ));
+    warned(
+        &set,
+        &["egress[0]: toFQDNs is not supported", "allows nothing"],
+    );
+    let me = pod(&m, "x", &[]);
+    assert!(!allowed(
+        &set,
+        &me,
+        OUT,
+        &world([93, 184, 215, 14]),
+        TCP,
+        443
+    ));
+    assert!(!allowed(&set, &me, OUT, &peer(pod(&m, "x", &[])), TCP, 443));
+    assert!(allowed(
+        &set,
+        &me,
+        OUT,
+        &peer(pod(&m, "x", &[("app", "dns")])),
+        UDP,
+        53
+    ));
+    assert_eq!(set.policies[0].egress.len(), 1);
+}
+
+#[test]
+fn clusterwide_policies() {
+    let text = format!(
+        "{NAMESPACES}{}{}",
+        ccnp(
+            "cw",
+            "  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{}]
+  - fromEndpoints: [{matchLabels: {role: probe, io.kubernetes.pod.namespace: y}}]
+    toPorts: [{ports: [{port: '9000'}]}]"
+        ),
+        ccnp(
+            "hosts",
+            "  nodeSelector: {matchLabels: {role: worker}}
+  ingress: [{fromEntities: [cluster]}]"
+        )
+    );
+    let (m, set) = load(&text);
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    assert_eq!(set.policies.len(), 2);
+    let host = set
+        .policies
+        .iter()
+        .find(|p| p.origin.name == "hosts")
+        .unwrap();
+    assert_eq!(host.node_selector, Some(Selector::label("role", "worker")));
+    assert!(host.subject.is_all() && host.enforce_ingress);
+    assert_eq!(host.origin.kind, "CiliumClusterwideNetworkPolicy");
+    // No implicit namespace: web pods of every namespace are selected; any pod may
+    // reach them, reserved identities may not (Cilium adds "is a pod" to `{}`).
+    for ns in ["x", "y"] {
+        let web = pod(&m, ns, &[("app", "web")]);
+        assert!(allowed(&set, &web, IN, &peer(pod(&m, "x", &[])), TCP, 80));
+        assert!(allowed(&set, &web, IN, &peer(pod(&m, "y", &[])), TCP, 80));
+        assert!(!allowed(&set, &web, IN, &reserved("host"), TCP, 80));
+    }
+    // The host policy does not select pods.
+    let other = pod(&m, "x", &[("role", "worker")]);
+    assert!(!decision(&set, &other, IN, &reserved("world"), TCP, 80).enforced);
+}
+
+#[test]
+fn network_policy_selectors_or_and() {
+    let text = format!(
+        "{NAMESPACES}{}{}",
+        np(
+            "x",
+            "or",
+            "  podSelector: {matchLabels: {app: or}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: client}}
+    - namespaceSelector: {matchLabels: {team: blue}}"
+        ),
+        np(
+            "x",
+            "and",
+            "  podSelector: {matchLabels: {app: and}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: client}}
+      namespaceSelector: {matchLabels: {team: blue}}
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}
+      podSelector: {matchExpressions: [{key: role, operator: In, values: [admin]}]}"
+        )
+    );
+    let (m, set) = load(&text);
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let client = |ns: &str| peer(pod(&m, ns, &[("role", "client")]));
+    let plain = |ns: &str| peer(pod(&m, ns, &[]));
+    let or = pod(&m, "x", &[("app", "or")]);
+    assert!(
+        allowed(&set, &or, IN, &client("x"), TCP, 80),
+        "pod selector"
+    );
+    assert!(
+        !allowed(&set, &or, IN, &client("default"), TCP, 80),
+        "own namespace"
+    );
+    assert!(
+        allowed(&set, &or, IN, &plain("y"), TCP, 80),
+        "namespace selector"
+    );
+    assert!(!allowed(&set, &or, IN, &plain("x"), TCP, 80));
+    assert!(!allowed(&set, &or, IN, &reserved("world"), TCP, 80));
+    let and = pod(&m, "x", &[("app", "and")]);
+    assert!(allowed(&set, &and, IN, &client("y"), TCP, 80));
+    assert!(!allowed(&set, &and, IN, &client("x"), TCP, 80));
+    assert!(!allowed(&set, &and, IN, &plain("y"), TCP, 80));
+    assert!(allowed(
+        &set,
+        &and,
+        IN,
+        &peer(pod(&m, "x", &[("role", "admin")])),
+        TCP,
+        80
+    ));
+    assert!(!allowed(
+        &set,
+        &and,
+        IN,
+        &peer(pod(&m, "y", &[("role", "admin")])),
+        TCP,
+        80
+    ));
+    // Only the selected pods of the namespace, and only ingress.
+    let d = decision(
+        &set,
+        &pod(&m, "y", &[("app", "or")]),
+        IN,
+        &plain("x"),
+        TCP,
+        80,
+    );
+    assert!(!d.enforced);
+    assert!(!decision(&set, &or, OUT, &plain("x"), TCP, 80).enforced);
+}
+
+#[test]
+fn network_policy_ip_block_ports_and_empty_from() {
+    let (m, set) = load(&np(
+        "x",
+        "ipb",
+        "  podSelector: {}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{port: 80}, {protocol: UDP, port: 5000, endPort: 5010}]
+  - ports: [{port: 22}]
+  egress:
+  - {}",
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let me = pod(&m, "x", &[]);
+    let ok = |ip: [u8; 4], proto, port| allowed(&set, &me, IN, &world(ip), proto, port);
+    assert!(ok([10, 2, 0, 1], TCP, 80) && !ok([10, 1, 0, 1], TCP, 80));
+    assert!(!ok([10, 2, 0, 1], UDP, 80), "protocol defaults to TCP");
+    assert!(ok([10, 2, 0, 1], UDP, 5005) && !ok([10, 2, 0, 1], UDP, 5011));
+    assert!(!ok([11, 0, 0, 1], TCP, 80));
+    // Empty `from`: everyone, on 22/TCP.
+    assert!(ok([11, 0, 0, 1], TCP, 22));
+    assert!(allowed(&set, &me, IN, &reserved("host"), TCP, 22));
+    assert!(!allowed(&set, &me, IN, &reserved("host"), UDP, 22));
+    // `egress: [{}]`: everything (policyTypes defaulted to Ingress and Egress).
+    let p = &set.policies[0];
+    assert!(p.enforce_ingress && p.enforce_egress);
+    assert!(allowed(&set, &me, OUT, &reserved("world"), UDP, 9));
+}
+
+#[test]
+fn network_policy_types() {
+    let text = format!(
+        "{}{}{}",
+        np(
+            "x",
+            "eg",
+            "  podSelector: {matchLabels: {app: eg}}
+  policyTypes: [Egress]
+  ingress: [{}]
+  egress: [{to: [{podSelector: {}}]}]"
+        ),
+        np(
+            "x",
+            "noeg",
+            "  podSelector: {matchLabels: {app: noeg}}\n  egress: []"
+        ),
+        np(
+            "x",
+            "both",
+            "  podSelector: {matchLabels: {app: both}}\n  policyTypes: [Ingress, Egress]"
+        )
+    );
+    let (m, set) = load(&text);
+    warned(
+        &set,
+        &[
+            "x/eg",
+            "ingress rules ignored: policyTypes does not include Ingress",
+        ],
+    );
+    let eg = pod(&m, "x", &[("app", "eg")]);
+    let d = decision(&set, &eg, IN, &reserved("world"), TCP, 80);
+    assert!(d.verdict == Verdict::Allowed && !d.enforced);
+    assert!(allowed(&set, &eg, OUT, &peer(pod(&m, "x", &[])), TCP, 80));
+    assert!(!allowed(&set, &eg, OUT, &reserved("world"), TCP, 80));
+    let noeg = pod(&m, "x", &[("app", "noeg")]);
+    assert!(!decision(&set, &noeg, OUT, &reserved("world"), TCP, 80).enforced);
+    assert!(!allowed(&set, &noeg, IN, &reserved("world"), TCP, 80));
+    let both = pod(&m, "x", &[("app", "both")]);
+    assert!(!allowed(&set, &both, IN, &reserved("host"), TCP, 80));
+    assert!(!allowed(&set, &both, OUT, &reserved("host"), TCP, 80));
+}
+
+const NAMED_PODS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: x, labels: {app: web, v: '2'}}
+spec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 9090}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: y, labels: {app: db}}
+spec: {containers: [{name: c, image: i, ports: [{name: sql, containerPort: 5432}]}]}
+";
+
+#[test]
+fn named_ports() {
+    let text = format!(
+        "{NAMED_PODS}{}{}{}",
+        np(
+            "x",
+            "in",
+            "  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{ports: [{port: http}, {port: dns, protocol: UDP}, {port: nope}]}]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: sql}]"
+        ),
+        np(
+            "x",
+            "one",
+            "  podSelector: {matchLabels: {v: '2'}}\n  ingress: [{ports: [{port: http}]}]"
+        ),
+        np(
+            "x",
+            "none",
+            "  podSelector: {matchLabels: {app: none}}\n  ingress: [{ports: [{port: http}]}]"
+        ),
+    );
+    let (m, set) = load(&text);
+    warned(
+        &set,
+        &["x/in", "ingress[0]: named port \"http\" is 8080, 9090"],
+    );
+    warned(
+        &set,
+        &["x/in", "named port \"nope\" matches no container port"],
+    );
+    warned(
+        &set,
+        &["x/none", "named port \"http\" matches no container port"],
+    );
+    let web1 = pod(&m, "x", &[("app", "web")]);
+    let w = reserved("world");
+    // The subject's pods: 8080 and 9090 (both, for all of them), dns on UDP only.
+    assert!(allowed(&set, &web1, IN, &w, TCP, 8080));
+    assert!(allowed(&set, &web1, IN, &w, TCP, 9090));
+    assert!(allowed(&set, &web1, IN, &w, UDP, 53) && !allowed(&set, &web1, IN, &w, TCP, 53));
+    assert!(!allowed(&set, &web1, IN, &w, TCP, 80));
+    // Egress: resolved against the peer pods.
+    let db = peer(pod(&m, "y", &[("app", "db")]));
+    assert!(allowed(&set, &web1, OUT, &db, TCP, 5432));
+    assert!(!allowed(&set, &web1, OUT, &db, TCP, 8080));
+    // A subject with only web-2: 9090 only.
+    let p = set
+        .policies
+        .iter()
+        .find(|p| p.origin.name == "x/one")
+        .unwrap();
+    assert_eq!(p.ingress[0].ports.len(), 1);
+    assert_eq!(
+        (p.ingress[0].ports[0].lo, p.ingress[0].ports[0].proto),
+        (9090, Proto::Tcp)
+    );
+    // Nothing resolves: the rule allows nothing (and is not "every port").
+    let p = set
+        .policies
+        .iter()
+        .find(|p| p.origin.name == "x/none")
+        .unwrap();
+    assert!(p.ingress.is_empty() && p.enforce_ingress);
+}
+
+#[test]
+fn cilium_named_ports() {
+    let text = format!(
+        "{NAMED_PODS}{}",
+        cnp(
+            "x",
+            "n",
+            "  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{toPorts: [{ports: [{port: dns}]}]}]"
+        )
+    );
+    let (m, set) = load(&text);
+    let web = pod(&m, "x", &[("app", "web")]);
+    let w = reserved("world");
+    assert!(allowed(&set, &web, IN, &w, UDP, 53));
+    assert!(
+        !allowed(&set, &web, IN, &w, TCP, 53),
+        "the container port's protocol"
+    );
+}
+
+#[test]
+fn malformed_policies_fail_closed_with_warnings() {
+    let text = format!(
+        "{NAMESPACES}{}{}{}{}{}{}{}",
+        cnp(
+            "x",
+            "badcidr",
+            "  endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromCIDR: [10.0.0.0/33]}]"
+        ),
+        cnp(
+            "x",
+            "badop",
+            "  endpointSelector: {matchLabels: {app: b}}
+  egress: [{toEndpoints: [{matchExpressions: [{key: k, operator: Near, values: [v]}]}]}]"
+        ),
+        cnp(
+            "x",
+            "badtype",
+            "  endpointSelector: {matchLabels: {app: c}}
+  ingress: [{toPorts: 7}]"
+        ),
+        cnp(
+            "x",
+            "badsubject",
+            "  endpointSelector: {matchExpressions: [{key: k, operator: In}]}
+  ingress: [{fromEntities: [world]}]"
+        ),
+        ccnp(
+            "badcw",
+            "  endpointSelector: 5
+  ingress: [{fromEntities: [world]}]"
+        ),
+        np(
+            "x",
+            "badnp",
+            "  podSelector: {matchLabels: {app: d}}
+  ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]"
+        ),
+        np(
+            "x",
+            "badport",
+            "  podSelector: {matchLabels: {app: e}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: 70000}]}]"
+        ),
+    );
+    let (m, set) = load(&text);
+    warned(
+        &set,
+        &[
+            "x/badcidr",
+            "ingress[0].fromCIDR[0]",
+            "not a CIDR",
+            "fail closed",
+        ],
+    );
+    warned(
+        &set,
+        &[
+            "x/badop",
+            "unknown operator \"Near\"",
+            "default deny (egress)",
+        ],
+    );
+    warned(&set, &["x/badtype", "malformed", "fail closed"]);
+    warned(
+        &set,
+        &[
+            "x/badsubject",
+            "every pod of namespace x (its subject is unreadable)",
+        ],
+    );
+    warned(&set, &["badcw", "dropped"]);
+    warned(
+        &set,
+        &["x/badnp", "ingress[0].from[0].ipBlock", "not a CIDR"],
+    );
+    warned(
+        &set,
+        &[
+            "x/badport",
+            "egress[0].ports[0].port: 70000 is not a port number",
+        ],
+    );
+    assert!(!set.policies.iter().any(|p| p.origin.name == "badcw"));
+    let w = reserved("world");
+    for (app, d) in [("a", IN), ("b", OUT), ("c", IN), ("d", IN), ("e", OUT)] {
+        let me = pod(&m, "x", &[("app", app)]);
+        let dec = decision(&set, &me, d, &w, TCP, 80);
+        assert!(dec.verdict == Verdict::Denied && dec.enforced, "{app}");
+    }
+    let p = set
+        .policies
+        .iter()
+        .find(|p| p.origin.name == "x/badcidr")
+        .unwrap();
+    assert!(p.ingress.is_empty() && !p.enforce_egress);
+    // An unreadable subject holds the whole namespace.
+    let any = pod(&m, "x", &[("app", "zzz")]);
+    assert!(decision(&set, &any, IN, &w, TCP, 80).enforced);
+    assert!(!decision(&set, &pod(&m, "y", &[]), IN, &w, TCP, 80).enforced);
+}
+
+#[test]
+fn unknown_fields_warn_and_never_widen() {
+    let text = format!(
+        "{}{}",
+        cnp(
+            "x",
+            "unk",
+            "  endpointSelector: {matchLabels: {app: a}}
+  comment: hello
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: ok}}]
+  - fromEndpoints: [{matchLabels: {role: typo}}]
+    toPort: [{ports: [{port: '80'}]}]
+  egress: [{toEntities: [all]}]
+  egressDeny:
+  - toEndpoints: [{matchLabels: {role: bad}}]
+    toPorts: [{ports: [{port: '443', endport: 500}]}]"
+        ),
+        np(
+            "x",
+            "unknp",
+            "  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{podSelector: {matchLabel: {role: x}}}]
+  - from: [{podSelector: {matchLabels: {role: ok}}}]"
+        ),
+    );
+    let (m, set) = load(&text);
+    warned(&set, &["x/unk", "unknown fields ignored: comment"]);
+    warned(
+        &set,
+        &[
+            "x/unk",
+            "ingress[1]: unknown fields (toPort)",
+            "allows nothing",
+        ],
+    );
+    warned(&set, &["x/unk", "egressDeny[0]", "widened to every port"]);
+    warned(
+        &set,
+        &[
+            "x/unknp",
+            "ingress[0]: unknown fields (from[0].podSelector.matchLabel)",
+        ],
+    );
+    let a = pod(&m, "x", &[("app", "a")]);
+    let role = |r: &str| peer(pod(&m, "x", &[("role", r)]));
+    assert!(allowed(&set, &a, IN, &role("ok"), TCP, 80));
+    assert!(!allowed(&set, &a, IN, &role("typo"), TCP, 80));
+    assert!(
+        !allowed(&set, &a, OUT, &role("bad"), TCP, 22),
+        "deny widened"
+    );
+    assert!(allowed(&set, &a, OUT, &role("fine"), TCP, 22));
+    let b = pod(&m, "x", &[("app", "b")]);
+    assert!(allowed(&set, &b, IN, &role("ok"), TCP, 80));
+    assert!(!allowed(&set, &b, IN, &role("x"), TCP, 80));
+    assert!(!allowed(&set, &b, IN, &role("other"), TCP, 80));
+}
+
+#[test]
+fn unsupported_peers_allow_nothing_and_widen_denies() {
+    let (m, set) = load(&cnp(
+        "x",
+        "sup",
+        "  endpointSelector: {}
+  ingress:
+  - fromNodes: [{matchLabels: {role: cp}}]
+  - fromEntities: [kube-apiserver]
+  - icmps: [{fields: [{type: 8}]}]
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    authentication: {mode: required}
+  egress: [{toEntities: [all]}]
+  egressDeny:
+  - toEntities: [kube-apiserver]
+    toPorts: [{ports: [{port: '6443', protocol: TCP}]}]
+  - toServices: [{k8sService: {serviceName: s, namespace: x}}]
+    toPorts: [{ports: [{port: '8443', protocol: TCP}]}]
+  - toEndpoints: [{matchLabels: {app: pinger}}]
+    icmps: [{fields: [{type: 8}]}]",
+    ));
+    warned(
+        &set,
+        &["ingress[0]: fromNodes is not supported", "allows nothing"],
+    );
+    warned(
+        &set,
+        &[
+            "ingress[1].fromEntities[0]: entity kube-apiserver",
+            "allows nothing",
+        ],
+    );
+    warned(
+        &set,
+        &["ingress[2]: ICMP rules are not supported", "allows nothing"],
+    );
+    warned(&set, &["ingress[3]: authentication is not supported"]);
+    warned(
+        &set,
+        &["egressDeny[1]: toServices is not supported", "superset"],
+    );
+    assert!(set.policies[0].ingress.is_empty());
+    let me = pod(&m, "x", &[]);
+    for n in ["host", "remote-node", "world"] {
+        assert!(!allowed(&set, &me, IN, &reserved(n), TCP, 80), "{n}");
+        assert!(!allowed(&set, &me, OUT, &reserved(n), TCP, 6443), "{n}");
+        assert!(allowed(&set, &me, OUT, &reserved(n), TCP, 6444), "{n}");
+    }
+    let a = peer(pod(&m, "x", &[("app", "a")]));
+    assert!(!allowed(&set, &me, IN, &a, TCP, 80));
+    assert!(
+        allowed(&set, &me, OUT, &a, TCP, 6443),
+        "a pod is not the API server"
+    );
+    assert!(
+        !allowed(&set, &me, OUT, &a, TCP, 8443),
+        "services: any peer"
+    );
+    let pinger = peer(pod(&m, "x", &[("app", "pinger")]));
+    assert!(!allowed(&set, &me, OUT, &pinger, 1, 0), "ICMP deny");
+    assert!(
+        !allowed(&set, &me, OUT, &pinger, TCP, 80),
+        "widened to every protocol"
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let docs = [
+            cnp("x", "g1", "  7"),
+            cnp("x", "g2", "  endpointSelector: {}\n  ingress: yes"),
+            cnp("x", "g3", "  endpointSelector: {}\n  egress: [7, {toPorts: [{ports: [{port: [1]}]}]}]"),
+            cnp("x", "g4", "  endpointSelector: {matchLabels: 3}"),
+            cnp("x", "g5", "  nodeSelector: {}\n  ingress: []"),
+            cnp("x", "g6", "  endpointSelector: {}\n  ingress: [{fromEntities: [moon]}]"),
+            cnp("x", "g7", "  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: '90', endPort: 80}]}]}]"),
+            ccnp("g8", "  {}"),
+            np("x", "g9", "  podSelector: 7\n  ingress: [{}]"),
+            np("x", "g10", "  policyTypes: [Sideways]"),
+            np("x", "g11", "  ingress: [{from: [{}]}]"),
+            np("x", "g12", "  ingress: [{ports: [{port: http, endPort: 90}]}]"),
+            "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: g13}\nspecs: 5\n".into(),
+            "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: g14}\n".into(),
+            "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: g15}\nspecs: [3, {endpointSelector: {}, egress: [{toEntities: [world]}]}]\n".into(),
+        ];
+    let (_, set) = load(&docs.concat());
+    for name in [
+        "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g10", "g11", "g12", "g13", "g14",
+    ] {
+        warned(&set, &[&format!("{name} (p.yaml")]);
+    }
+    // g15: the readable spec still loads.
+    let g15: Vec<&Policy> = set
+        .policies
+        .iter()
+        .filter(|p| p.origin.name == "g15")
+        .collect();
+    assert_eq!(g15.len(), 1);
+    assert_eq!(g15[0].egress.len(), 1);
+    // Every malformed policy that had a direction keeps it enforced with no rules.
+    for p in &set.policies {
+        if p.origin.name != "g15" {
+            assert!(p.ingress.is_empty() && p.egress.is_empty(), "{}", p.origin);
+        }
+    }
+}
+
+#[test]
+fn unknown_null_fields_are_silent_and_errors_name_the_deepest_field() {
+    let text = format!(
+        "{}{}",
+        cnp(
+            "x",
+            "nul",
+            "  endpointSelector: {matchLabels: {app: a}}
+  comment: ~
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: ok}}]
+    toPort: ~"
+        ),
+        cnp(
+            "x",
+            "deep",
+            "  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - toPorts: [{ports: [{port: '80', endPort: [1]}]}]"
+        ),
+    );
+    let (m, set) = load(&text);
+    assert!(
+        !set.warnings.iter().any(|w| w.contains("x/nul")),
+        "{:#?}",
+        set.warnings
+    );
+    let a = pod(&m, "x", &[("app", "a")]);
+    let ok = peer(pod(&m, "x", &[("role", "ok")]));
+    assert!(allowed(&set, &a, IN, &ok, TCP, 80));
+    warned(
+        &set,
+        &[
+            "x/deep",
+            "ingress[0].toPorts[0].ports[0].endPort: malformed",
+            "fail closed",
+        ],
+    );
+}

@@ -1,0 +1,91 @@
+//! The fast path's service table, built from service specs.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use vireo_lb::{Service, ServiceSpec, ServiceTable};
+
+use super::proto_name;
+
+/// Builds the fast path's [`ServiceTable`] from service specs, keeping each built [`Service`]
+/// so that the next build reuses it (Maglev tables take milliseconds) when its spec, the
+/// table size and the seed are unchanged.
+#[derive(Debug, Default)]
+pub struct ServiceTableBuilder {
+    /// Table size and seed of the services in `built`.
+    params: Option<(u32, u64)>,
+    /// The last build's services by (name, port, protocol).
+    built: BTreeMap<(String, u16, u8), Arc<Service>>,
+}
+
+/// What one build gave.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltServices {
+    /// The table to publish.
+    pub table: ServiceTable,
+    /// Services whose Maglev tables were built.
+    pub built: usize,
+    /// Services taken over from the previous build.
+    pub reused: usize,
+    /// Services left out (their tables could not be built) and frontends claimed twice, one
+    /// line each.
+    pub warnings: Vec<String>,
+}
+
+impl ServiceTableBuilder {
+    /// Builds the table of `specs` with Maglev tables of `m` slots (one of
+    /// [`vireo_lb::PRIMES`]) and hash seed `seed`. A frontend claimed by two service ports
+    /// stays with the first (in the order of `specs`).
+    pub fn build(&mut self, specs: Vec<ServiceSpec>, m: u32, seed: u64) -> BuiltServices {
+        if self.params != Some((m, seed)) {
+            self.built.clear();
+            self.params = Some((m, seed));
+        }
+        let mut out = BuiltServices::default();
+        let mut next = BTreeMap::new();
+        let mut services = Vec::new();
+        let mut claimed: BTreeMap<(Ipv4Addr, u16, u8), String> = BTreeMap::new();
+        for spec in specs {
+            let key = (spec.name.clone(), spec.port, spec.proto);
+            let id = format!("{}:{}/{}", spec.name, spec.port, proto_name(spec.proto));
+            for f in &spec.frontends {
+                let fkey = (f.ip, f.port, f.proto);
+                match claimed.get(&fkey) {
+                    Some(first) if *first != id => out.warnings.push(format!(
+                        "service {id}: frontend {}:{}/{} is already {first}'s; left to it",
+                        f.ip,
+                        f.port,
+                        proto_name(f.proto)
+                    )),
+                    Some(_) => {}
+                    None => {
+                        claimed.insert(fkey, id.clone());
+                    }
+                }
+            }
+            let svc = match self.built.get(&key) {
+                Some(s) if s.spec == spec => {
+                    out.reused += 1;
+                    s.clone()
+                }
+                _ => match Service::new(spec, m, seed) {
+                    Ok(s) => {
+                        out.built += 1;
+                        Arc::new(s)
+                    }
+                    Err(e) => {
+                        out.warnings
+                            .push(format!("service {id}: {e}; service left out"));
+                        continue;
+                    }
+                },
+            };
+            next.insert(key, svc.clone());
+            services.push(svc);
+        }
+        self.built = next;
+        out.table = ServiceTable::new(services);
+        out
+    }
+}
