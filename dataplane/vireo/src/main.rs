@@ -2,13 +2,12 @@
 
 mod agent;
 mod bench;
-mod connectivity;
-mod probe;
-mod sandbox;
 
 use vireo_api as api;
 use vireo_api::render as status;
 use vireo_control::trace as policy;
+use vireo_sandbox as sandbox;
+use vireo_sandbox::{connectivity, probe};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,126 @@
+//! The agents: one `vireo agent` per node, its configuration, starting it in the node's
+//! namespace and waiting until every agent is ready.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vireo_api as api;
+
+use crate::{NodeState, State};
+
+/// TCP conntrack entries per sandbox agent.
+pub const CT_MAX_TCP: usize = 4096;
+
+fn agent_config(st: &State, n: &NodeState) -> String {
+    format!(
+        "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {{manifests: {m}}}\n\
+         # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{{cores: []}}]\n\
+         af_xdp: {{frames: 8192}}\n\
+         # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
+         conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024}}\n\
+         interfaces:\n  - {{name: eth0, role: uplink}}\n",
+        node = n.name,
+        api = n.api.display(),
+        m = st.manifests().display()
+    )
+}
+
+pub(crate) fn start_agent(st: &mut State, i: usize) -> Result<std::process::Child> {
+    let n = st.nodes[i].clone();
+    let cfg = st.dir.join(format!("{}.yaml", n.name));
+    std::fs::write(&cfg, agent_config(st, &n))?;
+    let log = std::fs::File::create(&n.log)?;
+    let exe = std::env::current_exe()?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.netns])
+        .arg(&exe)
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for this command does not stop the cluster.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", n.name))?;
+    st.nodes[i].agent_pid = Some(child.id());
+    st.save()?;
+    Ok(child)
+}
+
+/// Waits until every agent answers, has attached its pods, knows every pod's address (its
+/// ipcache) and the MACs of the other nodes. With the agents' handles (right after starting
+/// them), an agent that dies is reported with its exit status.
+pub(crate) fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in &st.nodes {
+        let want = st.pods.iter().filter(|p| p.node == n.name).count();
+        loop {
+            let get = |m: &str| api::call(&n.api, &api::Request::MapGet { map: m.into() }).ok();
+            let ready = get("nodes")
+                .zip(get("ipcache"))
+                .zip(api::call(&n.api, &api::Request::Status).ok())
+                .is_some_and(|((nodes, ipcache), status)| {
+                    let remote = nodes["remote"].as_array().cloned().unwrap_or_default();
+                    let known: Vec<&str> = ipcache
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["prefix"].as_str())
+                        .collect();
+                    status["endpoints"].as_array().map(Vec::len) == Some(want)
+                        && remote.len() == st.nodes.len() - 1
+                        && remote.iter().all(|r| !r["next_hop_mac"].is_null())
+                        && st
+                            .pods
+                            .iter()
+                            .all(|p| known.contains(&format!("{}/32", p.ip).as_str()))
+                });
+            if ready {
+                break;
+            }
+            let exited = agents
+                .iter_mut()
+                .find(|c| Some(c.id()) == n.agent_pid)
+                .map(|c| c.try_wait().ok().flatten())
+                .unwrap_or_else(|| {
+                    (!pid_alive(n.agent_pid)).then(std::process::ExitStatus::default)
+                });
+            if let Some(status) = exited {
+                bail!(
+                    "the agent of {} exited ({status}); its log ({}):\n{}",
+                    n.name,
+                    n.log.display(),
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of {} is not ready after 60 s; log: {}",
+                    n.name,
+                    n.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every agent has attached its pods and knows every pod (after `publish`).
+pub fn wait_agents(st: &State) -> Result<()> {
+    wait_ready(st, &mut [])
+}
+
+/// Whether `pid` is one of our agents (not a recycled pid).
+pub(crate) fn pid_alive(pid: Option<u32>) -> bool {
+    let Some(pid) = pid else { return false };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let s = String::from_utf8_lossy(&c);
+            s.contains("vireo") && s.contains("agent")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,242 @@
+//! `vireo sandbox up|down|status|apply|exec`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use crate::agents::{pid_alive, start_agent, wait_ready};
+use crate::defaults::{echo_pods, echo_services, policy_namespaces, policy_pods, sandbox_pod};
+use crate::netns::sh;
+use crate::pods::{apply_dir, realize_pods, write_manifests};
+use crate::state::state_dir;
+use crate::{topology, State};
+
+pub struct UpOpts {
+    pub nodes: usize,
+    pub pods: usize,
+    pub manifests: Option<PathBuf>,
+}
+
+pub fn up(name: &str, o: &UpOpts) -> Result<()> {
+    if !(1..=20).contains(&o.nodes) {
+        bail!("--nodes must be 1..=20");
+    }
+    if !(0..=100).contains(&o.pods) {
+        bail!("--pods must be 0..=100");
+    }
+    let dir = state_dir(name);
+    if dir.join("state.json").exists() {
+        bail!("sandbox {name} is already up (`vireo sandbox down` first)");
+    }
+    std::fs::create_dir_all(dir.join("manifests"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut st = State {
+        name: name.to_string(),
+        dir: dir.clone(),
+        underlay: format!("{name}-underlay"),
+        ..Default::default()
+    };
+    st.save()?;
+    let r = build(&mut st, o);
+    if let Err(e) = r {
+        eprintln!("vireo: sandbox up failed, tearing down: {e:#}");
+        let _ = teardown(&st);
+        return Err(e);
+    }
+    print!("{}", render_status(&st));
+    Ok(())
+}
+
+fn build(st: &mut State, o: &UpOpts) -> Result<()> {
+    topology::underlay(st)?;
+    for i in 1..=o.nodes {
+        topology::add_node(st, i)?;
+    }
+    match &o.manifests {
+        Some(d) => apply_dir(st, d, false)?,
+        None => {
+            let pods: Vec<Pod> = (0..o.nodes * o.pods)
+                .map(|k| {
+                    let node = format!("node-{}", k / o.pods.max(1) + 1);
+                    let j = k % o.pods.max(1) + 1;
+                    let name = format!("{node}-pod-{j}");
+                    sandbox_pod(
+                        "default",
+                        &name,
+                        &node,
+                        json!({"app": "sandbox", "pod": name}),
+                        json!({"name": "main", "image": "sandbox"}),
+                    )
+                })
+                .collect();
+            realize_pods(st, pods)?;
+            realize_pods(st, echo_pods(o.nodes))?;
+            st.objects.extend(echo_services()?);
+            st.objects.extend(policy_namespaces()?);
+            realize_pods(st, policy_pods(o.nodes))?;
+        }
+    }
+    write_manifests(st)?;
+    let mut agents = Vec::new();
+    for i in 0..st.nodes.len() {
+        agents.push(start_agent(st, i)?);
+    }
+    wait_ready(st, &mut agents)
+}
+
+pub fn apply(name: &str, dir: &Path) -> Result<()> {
+    let mut st = State::load(name)?;
+    let before = st.pods.len();
+    apply_dir(&mut st, dir, true)?;
+    st.save()?;
+    wait_ready(&st, &mut [])?;
+    println!(
+        "applied {}: {} new pod(s), {} object(s) in force",
+        dir.display(),
+        st.pods.len() - before,
+        st.objects.len()
+    );
+    Ok(())
+}
+
+pub fn down(name: &str) -> Result<()> {
+    let st = match State::load(name) {
+        Ok(st) => st,
+        Err(_) => State {
+            name: name.to_string(),
+            dir: state_dir(name),
+            ..Default::default()
+        },
+    };
+    teardown(&st)?;
+    println!("sandbox {name} is down");
+    Ok(())
+}
+
+fn teardown(st: &State) -> Result<()> {
+    // Agents first, so they detach cleanly.
+    for n in &st.nodes {
+        if pid_alive(n.agent_pid) {
+            let pid = n.agent_pid.unwrap_or(0).to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
+    }
+    let t = Instant::now();
+    while st.nodes.iter().any(|n| pid_alive(n.agent_pid)) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in st.nodes.iter().filter(|n| pid_alive(n.agent_pid)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &n.agent_pid.unwrap_or(0).to_string()])
+            .status();
+    }
+    // Namespaces: those recorded, then any left with our prefix (a crash before the state was
+    // written). Pods first, the underlay last.
+    let mut all: Vec<String> = st.netns.iter().rev().cloned().collect();
+    let prefix = format!("{}-", st.name);
+    if let Ok(list) = sh(&["ip", "netns", "list"]) {
+        for l in list.lines() {
+            let n = l.split_whitespace().next().unwrap_or("");
+            if n.starts_with(&prefix) && !all.iter().any(|x| x == n) {
+                all.push(n.to_string());
+            }
+        }
+    }
+    let mut failed = Vec::new();
+    for ns in all {
+        if sh(&["ip", "netns", "del", &ns]).is_err()
+            && sh(&["ip", "netns", "list"]).is_ok_and(|l| {
+                l.lines()
+                    .any(|x| x.split_whitespace().next() == Some(ns.as_str()))
+            })
+        {
+            failed.push(ns);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&st.dir);
+    if !failed.is_empty() {
+        bail!("could not delete namespaces {failed:?}");
+    }
+    Ok(())
+}
+
+pub fn exec(name: &str, pod: &str, cmd: &[String]) -> Result<i32> {
+    let st = State::load(name)?;
+    let p = st.pod(pod)?;
+    if cmd.is_empty() {
+        bail!("nothing to run: vireo sandbox exec NS/POD -- CMD...");
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", &p.netns])
+        .args(cmd)
+        .status()
+        .with_context(|| format!("running {cmd:?} in {}", p.netns))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+pub fn status(name: &str, as_json: bool) -> Result<()> {
+    let st = State::load(name)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
+    } else {
+        print!("{}", render_status(&st));
+    }
+    Ok(())
+}
+
+fn status_json(st: &State) -> serde_json::Value {
+    json!({
+        "name": st.name,
+        "nodes": st.nodes.iter().map(|n| json!({
+            "name": n.name, "ip": n.ip.to_string(), "pod_cidr": n.pod_cidr.to_string(),
+            "agent": {"pid": n.agent_pid, "running": pid_alive(n.agent_pid), "api": n.api},
+        })).collect::<Vec<_>>(),
+        "pods": st.pods.iter().map(|p| json!({
+            "pod": format!("{}/{}", p.namespace, p.name), "ip": p.ip.to_string(), "node": p.node,
+            "interface": p.ifname,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_status(st: &State) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "Sandbox {} (state: {})\n", st.name, st.dir.display());
+    let _ = writeln!(
+        o,
+        "{:<10} {:<16} {:<16} {:<8} API",
+        "NODE", "UNDERLAY IP", "POD CIDR", "AGENT"
+    );
+    for n in &st.nodes {
+        let agent = if pid_alive(n.agent_pid) {
+            "running"
+        } else {
+            "down"
+        };
+        let _ = writeln!(
+            o,
+            "{:<10} {:<16} {:<16} {:<8} {}",
+            n.name,
+            n.ip.to_string(),
+            n.pod_cidr.to_string(),
+            agent,
+            n.api.display()
+        );
+    }
+    let _ = writeln!(o, "\n{:<32} {:<16} {:<10} INTERFACE", "POD", "IP", "NODE");
+    for p in &st.pods {
+        let _ = writeln!(
+            o,
+            "{:<32} {:<16} {:<10} {}",
+            format!("{}/{}", p.namespace, p.name),
+            p.ip.to_string(),
+            p.node,
+            p.ifname
+        );
+    }
+    o
+}

@@ -1,0 +1,42 @@
+//! The sandbox: a Vireo cluster on one machine, in network namespaces (no Kubernetes needed),
+//! with `vireo connectivity test`, its checks over it, and `vireo probe`, the traffic endpoints
+//! the checks run inside pods. The `vireo` binary parses the arguments and calls in here.
+//!
+//! `vireo sandbox up|down|status|apply|exec`: an underlay (a bridge in a namespace of its own,
+//! connected to nothing real), N node namespaces each with an uplink veth into it, and the pods
+//! of the manifests as namespaces with veths into their node, one `vireo agent` per node inside
+//! its namespace. The sandbox realises the manifests like a small kubelet and CNI plugin: it
+//! gives pods addresses from their node's pod CIDR, creates their veths under the names and MACs
+//! the agent expects (`vireo_control::cluster::{pod_ifname, pod_mac}`), and writes the realised
+//! objects (Nodes, Pods with `status.podIP`, everything else as given) into the directory the
+//! agents watch.
+//!
+//! Everything carries the sandbox's name as prefix and is listed in its state file; `down`
+//! deletes exactly that (and, after a crash that lost the state file, the namespaces with the
+//! prefix), and never touches anything else.
+//!
+//! The agents and probes are the running `vireo` binary itself (`std::env::current_exe`), started
+//! as `vireo agent` and `vireo probe` inside the namespaces.
+
+#![forbid(unsafe_code)]
+
+mod agents;
+mod capture;
+mod commands;
+pub mod connectivity;
+mod defaults;
+mod netns;
+mod pods;
+pub mod probe;
+mod state;
+mod topology;
+
+pub use agents::{wait_agents, CT_MAX_TCP};
+pub use commands::{apply, down, exec, status, up, UpOpts};
+pub use defaults::{
+    ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, NETPOL_NAMESPACES, NETPOL_PODS,
+    POLICY_NAMESPACE,
+};
+pub use pods::publish;
+pub use state::{state_dir, NodeState, PodState, SandboxName, State};
+pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU};

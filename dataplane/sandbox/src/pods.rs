@@ -1,0 +1,276 @@
+//! Manifests -> pods: applying a manifest directory, giving pods their namespaces, addresses
+//! and veths, and writing the realised objects the agents read.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use serde_json::json;
+use vireo_control::cluster::{gateway, pod_ifname, pod_mac};
+use vireo_control::config::format_mac;
+use vireo_control::source;
+
+use crate::netns::{netns_add, sh};
+use crate::state::write_atomic;
+use crate::{PodState, State, UNDERLAY_MTU};
+
+/// Applies a manifest directory: new pods are placed and created, changed pods get their new
+/// labels, everything else is passed to the agents as written.
+pub(crate) fn apply_dir(st: &mut State, dir: &Path, write: bool) -> Result<()> {
+    let m = source::load_dir(dir);
+    for e in &m.errors {
+        eprintln!("vireo: {e}");
+    }
+    let mut objects: Vec<serde_json::Value> = Vec::new();
+    for n in m.namespaces.values() {
+        objects.push(serde_json::to_value(n)?);
+    }
+    for n in m.nodes.keys() {
+        eprintln!(
+            "vireo: {}: the sandbox makes its own Nodes; Node {n} ignored",
+            dir.display()
+        );
+    }
+    // Services and EndpointSlices go to the agents as written (the sandbox realises nothing
+    // for them).
+    for o in m.services.values() {
+        objects.push(serde_json::to_value(o)?);
+    }
+    for o in m.endpoint_slices.values() {
+        objects.push(serde_json::to_value(o)?);
+    }
+    for o in m.policies.values() {
+        objects.push(serde_json::to_value(&o.value)?);
+    }
+    for o in &m.others {
+        objects.push(serde_json::to_value(&o.value)?);
+    }
+    for o in objects {
+        let key = object_key(&o);
+        st.objects.retain(|x| object_key(x) != key);
+        st.objects.push(o);
+    }
+    realize_pods(st, m.pods.into_values().collect())?;
+    if write {
+        write_manifests(st)?;
+    }
+    Ok(())
+}
+
+fn object_key(v: &serde_json::Value) -> (String, String, String, String) {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    (
+        s("/apiVersion"),
+        s("/kind"),
+        s("/metadata/namespace"),
+        s("/metadata/name"),
+    )
+}
+
+pub(crate) fn realize_pods(st: &mut State, pods: Vec<Pod>) -> Result<()> {
+    let mut rr = st.pods.len();
+    for p in pods {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let ns = p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let containers = match p.spec.as_ref().map(|s| &s.containers) {
+            Some(c) if !c.is_empty() => serde_json::to_value(c)?,
+            _ => serde_json::Value::Null,
+        };
+        if let Some(existing) = st
+            .pods
+            .iter_mut()
+            .find(|x| x.namespace == ns && x.name == name)
+        {
+            existing.labels = labels;
+            existing.containers = containers;
+            continue;
+        }
+        let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            Some(n) => {
+                if st.nodes.iter().all(|x| x.name != n) {
+                    eprintln!(
+                        "vireo: pod {ns}/{name}: spec.nodeName {n} is not a sandbox node; skipped"
+                    );
+                    continue;
+                }
+                n
+            }
+            None => {
+                rr += 1;
+                st.nodes[(rr - 1) % st.nodes.len()].name.clone()
+            }
+        };
+        create_pod(st, &ns, &name, &node, labels, containers)?;
+    }
+    Ok(())
+}
+
+fn create_pod(
+    st: &mut State,
+    ns: &str,
+    name: &str,
+    node: &str,
+    labels: BTreeMap<String, String>,
+    containers: serde_json::Value,
+) -> Result<()> {
+    let n = st.node(node)?.clone();
+    let used: Vec<Ipv4Addr> = st
+        .pods
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.ip)
+        .collect();
+    let base = u32::from(n.pod_cidr.network());
+    let ip = (10..250)
+        .map(|k| Ipv4Addr::from(base + k))
+        .find(|ip| !used.contains(ip))
+        .ok_or_else(|| anyhow!("node {node}: pod CIDR {} is full", n.pod_cidr))?;
+    let netns = format!("{}-{}-{}", st.name, sanitize(ns), sanitize(name));
+    netns_add(st, &netns)?;
+    let ifname = pod_ifname(ns, name);
+    let gw = gateway(n.pod_cidr).to_string();
+    let mtu = (UNDERLAY_MTU - 50).to_string();
+    sh(&[
+        "ip", "link", "add", &ifname, "netns", &n.netns, "type", "veth", "peer", "name", "eth0",
+        "netns", &netns,
+    ])?;
+    sh(&["ip", "-n", &n.netns, "link", "set", &ifname, "up"])?;
+    sh(&[
+        "ip",
+        "-n",
+        &netns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &format_mac(&pod_mac(ip)),
+        "mtu",
+        &mtu,
+    ])?;
+    sh(&[
+        "ip",
+        "-n",
+        &netns,
+        "addr",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
+    sh(&[
+        "ip", "-n", &netns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+    ])?;
+    sh(&[
+        "ip", "-n", &netns, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])?;
+    // AF_XDP copy mode loses CHECKSUM_PARTIAL: checksums must be complete when they leave the pod.
+    sh(&[
+        "ip", "netns", "exec", &netns, "ethtool", "-K", "eth0", "tx", "off",
+    ])?;
+    st.pods.push(PodState {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+        netns,
+        ip,
+        ifname,
+        labels,
+        containers,
+    });
+    st.save()
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Writes the realised objects the agents read.
+pub(crate) fn write_manifests(st: &State) -> Result<()> {
+    publish(st, &[])
+}
+
+/// Writes the realised objects the agents read, leaving out the pods `without` (as if they had
+/// been deleted; their namespaces and veths stay, and `publish(st, &[])` brings them back).
+/// `vireo connectivity test` removes a service backend this way.
+pub fn publish(st: &State, without: &[&PodState]) -> Result<()> {
+    let mut nodes: Vec<serde_json::Value> = vec![serde_json::to_value(Namespace {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })?];
+    for n in &st.nodes {
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+            "spec": {"podCIDR": n.pod_cidr.to_string(), "podCIDRs": [n.pod_cidr.to_string()]},
+            "status": {"addresses": [{"type": "InternalIP", "address": n.ip.to_string()},
+                                      {"type": "Hostname", "address": n.name}]},
+        }))?;
+        nodes.push(serde_json::to_value(node)?);
+    }
+    let pods: Vec<serde_json::Value> = st
+        .pods
+        .iter()
+        .filter(|p| {
+            !without
+                .iter()
+                .any(|w| w.namespace == p.namespace && w.name == p.name)
+        })
+        .map(|p| {
+            let containers = if p.containers.is_null() {
+                json!([{"name": "main", "image": "sandbox"}])
+            } else {
+                p.containers.clone()
+            };
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                "spec": {"nodeName": p.node, "containers": containers},
+                "status": {"phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]},
+            })
+        })
+        .collect();
+    let list = |items: Vec<serde_json::Value>| -> Result<String> {
+        Ok(serde_yaml::to_string(
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )?)
+    };
+    let m = st.manifests();
+    write_atomic(&m.join("00-sandbox-nodes.yaml"), &list(nodes)?)?;
+    write_atomic(&m.join("20-objects.yaml"), &list(st.objects.clone())?)?;
+    write_atomic(&m.join("10-pods.yaml"), &list(pods)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(sanitize("kube.system_x"), "kube-system-x");
+    }
+}
