@@ -1,13 +1,13 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
-mod bench;
 mod connectivity;
 mod probe;
 mod sandbox;
 
 use vireo_api as api;
 use vireo_api::render as status;
+use vireo_benches::rate as bench;
 use vireo_control::trace as policy;
 
 use std::path::PathBuf;
