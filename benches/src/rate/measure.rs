@@ -225,3 +225,38 @@ fn wait(d: Duration, stop: &AtomicBool, alive: &mut impl FnMut() -> Result<()>) 
         std::thread::sleep((end - now).min(Duration::from_millis(50)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(delivered: f64, wait: f64) -> Rate {
+        Rate {
+            delivered,
+            wait: [wait, 0.0],
+            ..Rate::default()
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_none() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn contended_rounds_are_left_out_unless_all_are() {
+        let base = [rate(1.0, 0.0), rate(9.0, CONTENDED), rate(3.0, 0.0)];
+        let agent = [rate(0.5, 0.0), rate(0.1, 0.0), rate(1.5, 0.0)];
+        let sel = Selection::new(&base, &agent);
+        assert!(!sel.all);
+        assert_eq!(sel.rounds, [0, 2]);
+        assert_eq!(sel.medians(&base, &agent), (2.0, 1.0));
+
+        let all = [rate(1.0, 0.5), rate(2.0, 0.5)];
+        let sel = Selection::new(&all, &agent[..2]);
+        assert!(sel.all);
+        assert_eq!(sel.rounds, [0, 1]);
+    }
+}

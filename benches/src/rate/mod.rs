@@ -222,3 +222,22 @@ fn progress(opts: &Opts, msg: &str) {
         eprintln!("vireo bench: {msg}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_mode_parses_the_three_names_only() {
+        assert!(matches!(parse_xdp_mode("auto"), Ok(XdpModeConfig::Auto)));
+        assert!(matches!(
+            parse_xdp_mode("native"),
+            Ok(XdpModeConfig::Native)
+        ));
+        assert!(matches!(
+            parse_xdp_mode("generic"),
+            Ok(XdpModeConfig::Generic)
+        ));
+        assert!(parse_xdp_mode("drv").is_err());
+    }
+}

@@ -306,3 +306,47 @@ pub(crate) fn page_size() -> usize {
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Frames;
+
+    fn spec() -> UmemSpec {
+        UmemSpec {
+            frames: 64,
+            frame_size: 2048,
+            fill_size: 64,
+            completion_size: 64,
+            zero_copy: false,
+        }
+    }
+
+    #[test]
+    fn with_template_writes_every_frame() {
+        let t: Vec<u8> = (0..60u8).collect();
+        let u = SharedUmem::with_template(spec(), &t)
+            .expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)");
+        let mut f = u.frames();
+        for i in 0..64u64 {
+            let frame = f.frame(i * 2048, 2048).expect("frame in range");
+            assert_eq!(&frame[..60], &t[..], "frame {i}");
+            assert!(
+                frame[60..].iter().all(|&b| b == 0),
+                "frame {i} past the template"
+            );
+        }
+    }
+
+    #[test]
+    fn with_template_refuses_what_does_not_fit() {
+        assert!(matches!(
+            SharedUmem::with_template(spec(), &[]),
+            Err(IoError::Invalid(_))
+        ));
+        assert!(matches!(
+            SharedUmem::with_template(spec(), &[0; 2049]),
+            Err(IoError::Invalid(_))
+        ));
+    }
+}
