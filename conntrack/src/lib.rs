@@ -6,6 +6,8 @@
 //! - [`clock`]: the injectable clock lifetimes are measured with;
 //! - [`gc`]: the background thread that reaps expired entries a slice at a time.
 
+#![forbid(unsafe_code)]
+
 pub mod clock;
 pub mod gc;
 pub mod state;

@@ -6,9 +6,14 @@
 //! - [`io`]: UMEM, AF_XDP sockets (on `xdpilone`), system checks. The only `unsafe` code.
 //! - [`worker`]: pinned threads that own sockets and move batches between them.
 //! - [`events`]: drop events for `vireo monitor`.
+//! - `fixtures` (feature `fixtures`, and in this crate's tests): frames and tables for tests and
+//!   benchmarks; not part of the production API.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod counters;
 pub mod events;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod io;
 pub mod pipeline;

@@ -116,9 +116,11 @@ impl WorkerHandle {
         &self.spec
     }
 
-    /// The worker's UMEM (to anchor it or bind sockets into it).
-    pub fn umem(&self) -> &SharedUmem {
-        &self.umem
+    /// Anchors the worker's UMEM on `lo` queue 0 unless a socket is bound into it already
+    /// ([`SharedUmem::anchor_on_loopback`]). The UMEM itself is not handed out: code outside
+    /// the worker must not reach its frames or bind sockets the worker does not drive.
+    pub fn anchor_on_loopback(&self) -> Result<(), IoError> {
+        self.umem.anchor_on_loopback()
     }
 
     /// Binds a socket into this worker's UMEM and hands it to the worker, which fills its fill
@@ -352,6 +354,10 @@ impl Worker {
         self.counts.rx += n as u64;
 
         let tables = self.tables.load();
+        // The only view of frame memory. Every frame the pipeline asks for is a descriptor of
+        // `self.batch`: taken off an RX ring above, tagged HELD, on no ring until the loop below
+        // hands it to exactly one TX ring or the free list. This worker drives every socket
+        // bound into its UMEM, so nothing else can give those frames to the kernel meanwhile.
         let mut frames = self.umem.frames();
         pipeline::run(&mut self.batch, &mut frames, &tables, &mut self.counts);
         drop(tables);

@@ -5,6 +5,8 @@
 //! - [`service`]: service ports, their frontends and backends, and the [`ServiceTable`] the
 //!   pipeline's `service` stage looks them up in.
 
+#![forbid(unsafe_code)]
+
 pub mod maglev;
 pub mod service;
 

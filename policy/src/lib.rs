@@ -8,6 +8,8 @@
 //! - [`compiled`]: the same, compiled per endpoint identity for the fast path, recompiled
 //!   incrementally.
 
+#![forbid(unsafe_code)]
+
 pub mod compiled;
 pub mod engine;
 pub mod identity;

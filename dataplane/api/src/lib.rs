@@ -6,6 +6,8 @@
 //! `{"cmd":"policy_get"}`.
 //! Replies: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};

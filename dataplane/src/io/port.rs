@@ -1,4 +1,8 @@
 //! One AF_XDP socket bound to an `(interface, queue)`, with its four rings.
+//!
+//! Its public operations work on descriptors only (frame addresses and lengths, plain
+//! integers): they move them between a caller's free list and the rings, or from one ring to
+//! another, and never make a reference to frame memory (see the `io` module doc).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -148,7 +152,7 @@ impl Port {
     /// call, so this repeats while frames remain, a bounded number of times.
     /// Stops early when a wakeup moved nothing (the device pushes back): the frames stay on
     /// the ring for the next kick.
-    pub(crate) fn kick_tx(&mut self) {
+    pub fn kick_tx(&mut self) {
         for _ in 0..8 {
             let before = self.tx.pending();
             if before == 0 || !self.tx.needs_wakeup() {
@@ -161,14 +165,9 @@ impl Port {
         }
     }
 
-    /// Moves up to `want` frames from `free` into the fill ring, calling `on_put` for each;
-    /// returns how many went in.
-    pub(crate) fn refill(
-        &mut self,
-        free: &mut Vec<u64>,
-        want: u32,
-        mut on_put: impl FnMut(u64),
-    ) -> u32 {
+    /// Moves up to `want` frames from `free` (taken from its end) into the fill ring, calling
+    /// `on_put` for each; returns how many went in. Frames that do not fit stay in `free`.
+    pub fn refill(&mut self, free: &mut Vec<u64>, want: u32, mut on_put: impl FnMut(u64)) -> u32 {
         let mut w = self.fq.fill(want);
         let mut put = 0;
         while put < w.capacity() {
@@ -185,8 +184,82 @@ impl Port {
     }
 
     /// Frames on the TX ring the kernel has not taken yet.
-    pub(crate) fn tx_pending(&self) -> u32 {
+    pub fn tx_pending(&self) -> u32 {
         self.tx.pending()
+    }
+
+    /// Takes up to `max` completed TX frames off the completion ring (one release), calling
+    /// `each` with every address; returns how many were taken.
+    #[inline]
+    pub fn complete(&mut self, max: u32, mut each: impl FnMut(u64)) -> u32 {
+        let mut c = self.fq.complete(max);
+        let mut n = 0;
+        while let Some(addr) = c.read() {
+            each(addr);
+            n += 1;
+        }
+        c.release();
+        n
+    }
+
+    /// Puts up to `want` frames from `free` (taken from its end) on the TX ring with one commit,
+    /// each as a descriptor of `len` bytes; returns how many went on. Frames that do not fit
+    /// stay in `free`. The TX ring is not kicked ([`Port::kick_tx`]).
+    #[inline]
+    pub fn transmit_from(&mut self, free: &mut Vec<u64>, len: u32, want: u32) -> u32 {
+        let mut w = self.tx.transmit(want);
+        let mut put = 0;
+        while put < w.capacity() {
+            let Some(addr) = free.pop() else { break };
+            if !w.insert_once(XdpDesc {
+                addr,
+                len,
+                options: 0,
+            }) {
+                free.push(addr);
+                break;
+            }
+            put += 1;
+        }
+        w.commit();
+        put
+    }
+
+    /// Moves up to `max` received descriptors from this socket's RX ring straight onto `to`'s
+    /// TX ring, unchanged (one reservation and one commit on each ring; no copy of frame data,
+    /// which stays where the kernel wrote it, in the UMEM both sockets share). A descriptor that
+    /// does not fit on `to`'s TX ring goes to `unsent` (its frame is the caller's again).
+    /// Returns `(received, sent)`. `to` is not kicked ([`Port::kick_tx`]).
+    #[inline]
+    pub fn forward_to(
+        &mut self,
+        to: &mut Port,
+        max: u32,
+        mut unsent: impl FnMut(u64),
+    ) -> (u32, u32) {
+        let mut rx = self.rx.receive(max);
+        let n = rx.capacity();
+        if n == 0 {
+            return (0, 0);
+        }
+        let mut tx = to.tx.transmit(n);
+        let room = tx.capacity();
+        let mut sent = 0;
+        while let Some(desc) = rx.read() {
+            let out = XdpDesc {
+                addr: desc.addr,
+                len: desc.len,
+                options: 0,
+            };
+            if sent < room && tx.insert_once(out) {
+                sent += 1;
+            } else {
+                unsent(desc.addr);
+            }
+        }
+        tx.commit();
+        rx.release();
+        (n, sent)
     }
 
     /// Puts frames on the TX ring with one commit; returns how many fit (the rest stay with the

@@ -149,9 +149,48 @@ impl SharedUmem {
     /// Maps and registers a UMEM.
     pub fn new(spec: UmemSpec) -> Result<Self, IoError> {
         spec.validate()?;
-        let len =
-            usize::try_from(spec.bytes()).map_err(|_| IoError::Invalid("UMEM too large".into()))?;
-        let region = Region::map(len)?;
+        let region = Region::map(Self::len(&spec)?)?;
+        Self::register(spec, region)
+    }
+
+    /// Maps a UMEM, writes `template` at the start of every frame, then registers it: a TX-only
+    /// sender's frames, written once. The frames are written before the UMEM is registered and
+    /// before any socket can be bound into it, so neither the kernel nor anyone else sees them
+    /// half-written, and no reference to frame memory is handed out.
+    pub fn with_template(spec: UmemSpec, template: &[u8]) -> Result<Self, IoError> {
+        spec.validate()?;
+        if template.is_empty() || template.len() > spec.frame_size as usize {
+            return Err(IoError::Invalid(format!(
+                "template frame of {} bytes does not fit a {}-byte UMEM frame",
+                template.len(),
+                spec.frame_size
+            )));
+        }
+        let region = Region::map(Self::len(&spec)?)?;
+        let fs = spec.frame_size as usize;
+        for i in 0..spec.frames as usize {
+            // SAFETY: frame `i` spans `i * fs .. (i + 1) * fs`, inside the `frames * frame_size`
+            // bytes just mapped (`i < frames`), and `template.len() <= fs` (checked above). The
+            // mapping is fresh and private: it is not registered with the kernel yet and no
+            // reference into it exists, so this write races with nothing. `template` is caller
+            // memory and cannot overlap the new mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    template.as_ptr(),
+                    region.ptr.as_ptr().add(i * fs),
+                    template.len(),
+                );
+            }
+        }
+        Self::register(spec, region)
+    }
+
+    fn len(spec: &UmemSpec) -> Result<usize, IoError> {
+        usize::try_from(spec.bytes()).map_err(|_| IoError::Invalid("UMEM too large".into()))
+    }
+
+    fn register(spec: UmemSpec, region: Region) -> Result<Self, IoError> {
+        let len = region.len;
         let cfg = UmemConfig {
             fill_size: spec.fill_size,
             complete_size: spec.completion_size,
@@ -211,8 +250,13 @@ impl SharedUmem {
         Ok(port)
     }
 
-    /// The frame memory, for the worker that owns it.
-    pub fn frames(&self) -> UmemFrames<'_> {
+    /// The frame memory, for the worker that owns this UMEM and every socket bound into it.
+    ///
+    /// Crate-private on purpose: the returned view hands out `&mut [u8]` to frames by address,
+    /// which is sound only if the caller asks for frames it holds (taken off an RX ring and not
+    /// yet put on a fill or TX ring) and for no frame twice at once. Only the worker's loop
+    /// calls it, on the frames of its current batch (see the `io` module doc).
+    pub(crate) fn frames(&self) -> UmemFrames<'_> {
         UmemFrames {
             base: self.region.ptr,
             len: self.region.len,
@@ -224,7 +268,7 @@ impl SharedUmem {
 
 /// Access to the frames of a [`SharedUmem`] by address. Only the worker that owns the UMEM
 /// creates one, and it only asks for frames it holds (received and not yet given back).
-pub struct UmemFrames<'a> {
+pub(crate) struct UmemFrames<'a> {
     base: NonNull<u8>,
     len: usize,
     frame_mask: u64,
@@ -261,4 +305,48 @@ pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Frames;
+
+    fn spec() -> UmemSpec {
+        UmemSpec {
+            frames: 64,
+            frame_size: 2048,
+            fill_size: 64,
+            completion_size: 64,
+            zero_copy: false,
+        }
+    }
+
+    #[test]
+    fn with_template_writes_every_frame() {
+        let t: Vec<u8> = (0..60u8).collect();
+        let u = SharedUmem::with_template(spec(), &t)
+            .expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)");
+        let mut f = u.frames();
+        for i in 0..64u64 {
+            let frame = f.frame(i * 2048, 2048).expect("frame in range");
+            assert_eq!(&frame[..60], &t[..], "frame {i}");
+            assert!(
+                frame[60..].iter().all(|&b| b == 0),
+                "frame {i} past the template"
+            );
+        }
+    }
+
+    #[test]
+    fn with_template_refuses_what_does_not_fit() {
+        assert!(matches!(
+            SharedUmem::with_template(spec(), &[]),
+            Err(IoError::Invalid(_))
+        ));
+        assert!(matches!(
+            SharedUmem::with_template(spec(), &[0; 2049]),
+            Err(IoError::Invalid(_))
+        ));
+    }
 }

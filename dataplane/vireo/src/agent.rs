@@ -142,9 +142,7 @@ impl Agent {
                 .with_context(|| format!("interface {}", ifc.name))?;
         }
         for w in &self.workers {
-            w.umem()
-                .anchor_on_loopback()
-                .context("anchoring the UMEM on lo")?;
+            w.anchor_on_loopback().context("anchoring the UMEM on lo")?;
         }
         for ifc in cfg.interfaces.iter().filter(|i| i.role == Role::Pod) {
             self.add_static(ifc)

@@ -1,10 +1,10 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
-mod bench;
 
 use vireo_api as api;
 use vireo_api::render as status;
+use vireo_benches::rate as bench;
 use vireo_control::trace as policy;
 use vireo_sandbox as sandbox;
 use vireo_sandbox::{connectivity, probe};

@@ -8,17 +8,19 @@
 //!   ownership tags), so the rate it reaches is what AF_XDP itself allows on this path.
 //! - [`TxGen`]: one socket that sends the same frame over and over from every UMEM frame.
 //!
-//! The steering program is not attached here (this crate does not depend on `vireo-xdp`): the
-//! caller puts [`Xconnect::fds`] into the XSKMAP and attaches the program to both interfaces.
-//! Every loop is bounded by a stop flag and a time limit.
+//! The steering program is not attached here: the caller puts [`Xconnect::fds`] into the XSKMAP
+//! and attaches the program to both interfaces. Every loop is bounded by a stop flag and a time
+//! limit.
+//!
+//! Both work on descriptors only, through [`Port`]'s public operations: neither ever holds a
+//! reference to frame memory (the generator's frames are written by
+//! [`SharedUmem::with_template`] before its socket is bound). This crate has no `unsafe` code.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xdpilone::xdp::XdpDesc;
-
-use super::{sys, IoError, Port, PortSpec, RingSizes, SharedUmem, UmemSpec};
-use crate::pipeline::{Frames, BATCH};
+use vireo_dataplane::io::{sys, IoError, Port, PortSpec, RingSizes, SharedUmem, UmemSpec};
+use vireo_dataplane::pipeline::BATCH;
 
 /// How often (in loop iterations) the time limit is checked.
 const CLOCK_EVERY: u64 = 1024;
@@ -184,30 +186,11 @@ impl Xconnect {
         let dst = 1 - src;
         let [a, b] = &mut self.ports;
         let (s, d) = if src == 0 { (a, b) } else { (b, a) };
-        let mut rx = s.rx.receive(BATCH as u32);
-        let n = rx.capacity();
+        let (free, mask) = (&mut self.free, self.frame_mask);
+        let (n, sent) = s.forward_to(d, BATCH as u32, |addr| free.push(addr & mask));
         if n == 0 {
             return 0;
         }
-        let mut tx = d.tx.transmit(n);
-        let room = tx.capacity();
-        let mut sent = 0;
-        while let Some(desc) = rx.read() {
-            let out = XdpDesc {
-                addr: desc.addr,
-                len: desc.len,
-                options: 0,
-            };
-            if sent < room && tx.insert_once(out) {
-                sent += 1;
-            } else {
-                self.free.push(desc.addr & self.frame_mask);
-            }
-        }
-        tx.commit();
-        rx.release();
-        drop(tx);
-        drop(rx);
         d.kick_tx();
         self.in_fill[src] = self.in_fill[src].saturating_sub(n);
         self.outstanding[dst] += sent;
@@ -223,15 +206,12 @@ impl Xconnect {
             if self.outstanding[p] == 0 {
                 continue;
             }
-            if port.tx.pending() > 0 {
+            if port.tx_pending() > 0 {
                 port.kick_tx();
             }
-            let mut c = port.fq.complete(self.outstanding[p]);
-            while let Some(addr) = c.read() {
-                self.free.push(addr & self.frame_mask);
-                self.outstanding[p] -= 1;
-            }
-            c.release();
+            let (free, mask) = (&mut self.free, self.frame_mask);
+            let done = port.complete(self.outstanding[p], |addr| free.push(addr & mask));
+            self.outstanding[p] -= done;
         }
     }
 
@@ -307,22 +287,13 @@ impl TxGen {
                 frame.len()
             )));
         }
-        let umem = SharedUmem::new(spec.umem)?;
+        // Every frame holds `frame`, written before the socket is bound.
+        let umem = SharedUmem::with_template(spec.umem, frame)?;
         let fs = u64::from(fs);
         let free: Vec<u64> = (0..u64::from(spec.umem.frames))
             .rev()
             .map(|i| i * fs)
             .collect();
-        {
-            // Nothing is bound yet: every frame is ours to write.
-            let mut mem = umem.frames();
-            for &addr in &free {
-                let buf = mem
-                    .frame(addr, frame.len() as u32)
-                    .ok_or_else(|| IoError::Invalid(format!("UMEM frame {addr} out of range")))?;
-                buf.copy_from_slice(frame);
-            }
-        }
         let port = umem.bind(&PortSpec {
             ifname: spec.ifname.clone(),
             queue: spec.queue,
@@ -371,33 +342,18 @@ impl TxGen {
             }
             // Completions.
             if self.outstanding > 0 {
-                let mut c = self.port.fq.complete(self.outstanding);
-                while let Some(addr) = c.read() {
-                    self.free.push(addr & self.frame_mask);
-                    self.outstanding -= 1;
-                    st.completed += 1;
-                }
-                c.release();
+                let (free, mask) = (&mut self.free, self.frame_mask);
+                let done = self
+                    .port
+                    .complete(self.outstanding, |addr| free.push(addr & mask));
+                self.outstanding -= done;
+                st.completed += u64::from(done);
                 completed.store(st.completed, Ordering::Relaxed);
             }
             // One batch onto the TX ring.
             let n = (self.free.len() as u32).min(BATCH as u32);
             if n > 0 {
-                let mut w = self.port.tx.transmit(n);
-                let mut put = 0;
-                while put < w.capacity() {
-                    let Some(addr) = self.free.pop() else { break };
-                    if !w.insert_once(XdpDesc {
-                        addr,
-                        len: self.len,
-                        options: 0,
-                    }) {
-                        self.free.push(addr);
-                        break;
-                    }
-                    put += 1;
-                }
-                w.commit();
+                let put = self.port.transmit_from(&mut self.free, self.len, n);
                 self.outstanding += put;
                 st.queued += u64::from(put);
             }

@@ -1,0 +1,217 @@
+//! The agent run: `vireo agent` in the node namespace with one worker, driven by the same
+//! generator and measured the same way as the baseline.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use vireo_api::{self as api, Request};
+use vireo_control::config::{format_mac, Config, XdpModeConfig};
+use vireo_dataplane::fixtures::{GATEWAY, POD_A, POD_B};
+
+use super::measure::{find_thread, measure, Rate, Task};
+use super::participants::Sink;
+use super::runs::start_generator;
+use super::topology::{register_pid, signal, unregister_pid, Topology};
+use super::{BUSY_POLL, FRAMES, FWD_CORE, HOST_A, HOST_B, RING, WARM_UP};
+
+/// The agent's configuration file, as JSON (which is YAML), checked with the agent's own
+/// parser. Fields left out get the agent's defaults.
+fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)> {
+    let pod = |name: &str, ip: std::net::Ipv4Addr, mac: &[u8; 6]| {
+        json!({
+            "name": name,
+            "role": "pod",
+            "endpoint": {"ip": ip.to_string(), "mac": format_mac(mac)},
+        })
+    };
+    let mode = match xdp_mode {
+        XdpModeConfig::Auto => "auto",
+        XdpModeConfig::Native => "native",
+        XdpModeConfig::Generic => "generic",
+    };
+    let v = json!({
+        "node": "vireo-bench",
+        "gateways": [GATEWAY.to_string()],
+        "api_socket": dir.join("vireo.sock"),
+        "xdp_mode": mode,
+        "busy_poll": BUSY_POLL,
+        "af_xdp": {
+            "zero_copy": false,
+            "frame_size": 2048,
+            "frames": FRAMES,
+            "rx_ring": RING,
+            "tx_ring": RING,
+            "fill_ring": RING,
+            "completion_ring": RING,
+        },
+        "workers": [{"cores": [FWD_CORE]}],
+        "interfaces": [pod(HOST_A, POD_A.0, &POD_A.1), pod(HOST_B, POD_B.0, &POD_B.1)],
+    });
+    let text = serde_json::to_string_pretty(&v)?;
+    let cfg = Config::parse(&text, Path::new("vireo bench's agent config"))?;
+    Ok((text, cfg))
+}
+
+pub(super) fn run_agent(
+    topo: &Topology,
+    sink: &Sink,
+    window: Duration,
+    xdp_mode: XdpModeConfig,
+    stop: &AtomicBool,
+) -> Result<(Rate, Value)> {
+    let (text, cfg) = agent_config(&topo.dir, xdp_mode)?;
+    let cfg_path = topo.dir.join("agent.yaml");
+    std::fs::write(&cfg_path, text).with_context(|| format!("writing {}", cfg_path.display()))?;
+    let log = topo.dir.join("agent.log");
+    let mut agent = AgentProc::start(&topo.node, &cfg_path, &log)?;
+    let status = agent
+        .wait_ready(&cfg.api_socket, Duration::from_secs(20), stop)
+        .context("the agent did not come up")?;
+    tracing::debug!(%status, "agent up");
+    let limit = WARM_UP + window + Duration::from_secs(30);
+    let (gen, sent) = start_generator(topo, limit)?;
+    gen.wait_ready(Duration::from_secs(15), stop)?;
+    let pid = agent.pid();
+    let worker = Task {
+        pid,
+        tid: find_thread(pid, "vireo-worker-0").unwrap_or(0),
+    };
+    let rate = measure(sink, &sent, [gen.task(), worker], window, stop, || {
+        gen.check()?;
+        agent.check()
+    })?;
+    gen.finish().context("generator")?;
+    let status = api::call(&cfg.api_socket, &Request::Status).context("agent status")?;
+    agent.stop()?;
+    let c = &status["counters"];
+    let rate = Rate {
+        avg_batch: c["rx"].as_u64().unwrap_or(0) as f64
+            / c["batches"].as_u64().unwrap_or(0).max(1) as f64,
+        ..rate
+    };
+    Ok((rate, status))
+}
+
+fn tail(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// `vireo agent` in the node namespace.
+struct AgentProc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    pub(super) fn start(netns: &str, cfg: &Path, log: &Path) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding /proc/self/exe")?;
+        let log_f = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(exe)
+            .arg("agent")
+            .arg("--config")
+            .arg(cfg)
+            .env("VIREO_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_f.try_clone()?)
+            .stderr(log_f);
+        // The agent gets SIGTERM and detaches if this thread dies.
+        vireo_dataplane::io::sys::signal_child_on_parent_death(&mut cmd, libc::SIGTERM);
+        let child = cmd
+            .spawn()
+            .context("starting `ip netns exec … vireo agent`")?;
+        register_pid(child.id());
+        Ok(AgentProc {
+            child: Some(child),
+            log: log.to_owned(),
+        })
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub(super) fn check(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(st) = c.try_wait()? {
+                bail!(
+                    "the agent exited ({st}); its log ends:\n{}",
+                    tail(&self.log)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn wait_ready(
+        &mut self,
+        sock: &Path,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Value> {
+        let end = Instant::now() + timeout;
+        let mut last = anyhow!("no answer");
+        while Instant::now() < end {
+            if stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            self.check()?;
+            if sock.exists() {
+                match api::call(sock, &Request::Status) {
+                    Ok(v) => {
+                        let ifs = v["interfaces"].as_array().map_or(0, |a| {
+                            a.iter().filter(|i| i["xdp_mode"].is_string()).count()
+                        });
+                        if ifs == 2 {
+                            return Ok(v);
+                        }
+                        last = anyhow!("{ifs} of 2 interfaces attached");
+                    }
+                    Err(e) => last = e.into(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.context(format!("agent not ready within {timeout:?}")))
+    }
+
+    /// SIGTERM (the agent detaches), then SIGKILL after 5 s.
+    pub(super) fn stop(&mut self) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = c.id();
+        if c.try_wait()?.is_none() {
+            signal(pid, libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(5);
+            while c.try_wait()?.is_none() {
+                if Instant::now() >= end {
+                    tracing::warn!(pid, "agent ignored SIGTERM; killing it");
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        unregister_pid(pid);
+        Ok(())
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!("stopping the agent: {e:#}");
+        }
+    }
+}
