@@ -1403,8 +1403,8 @@ fn trace_errors_are_one_line() {
         "unknown pod q/a",
     );
     fails(
-        &with(&["--src", "x/a", "--dst", "x/b", "--dport", "80/sctp"]),
-        "is not TCP or UDP",
+        &with(&["--src", "x/a", "--dst", "x/b", "--dport", "80/gre"]),
+        "is not TCP, UDP or SCTP",
     );
     fails(
         &with(&["--src", "x/a", "--dst", "x/b", "--dport", "99999/tcp"]),

@@ -56,7 +56,8 @@ impl std::fmt::Display for PortProto {
     }
 }
 
-/// Parses `--dport`: `PORT[/PROTO]`, the protocol TCP or UDP in any case (TCP when left out).
+/// Parses `--dport`: `PORT[/PROTO]`, the protocol TCP, UDP or SCTP in any case (TCP when left
+/// out).
 pub fn parse_dport(s: &str) -> Result<PortProto, String> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
     let port = match port.trim().parse::<u16>() {
@@ -66,7 +67,8 @@ pub fn parse_dport(s: &str) -> Result<PortProto, String> {
     let proto = match proto.trim().to_ascii_uppercase().as_str() {
         "TCP" => TCP,
         "UDP" => UDP,
-        _ => return Err(format!("protocol {proto:?} is not TCP or UDP")),
+        "SCTP" => vireo_policy::rules::ip_proto::SCTP,
+        _ => return Err(format!("protocol {proto:?} is not TCP, UDP or SCTP")),
     };
     Ok(PortProto { port, proto })
 }
@@ -674,7 +676,8 @@ mod tests {
         );
         assert_eq!(parse_dport("53/UDP").unwrap().proto, UDP);
         assert_eq!(parse_dport("8080").unwrap().proto, TCP);
-        for bad in ["0/TCP", "70000/TCP", "x/TCP", "80/sctp", "80/", ""] {
+        assert_eq!(parse_dport("3868/sctp").unwrap().to_string(), "3868/SCTP");
+        for bad in ["0/TCP", "70000/TCP", "x/TCP", "80/gre", "80/", ""] {
             assert!(parse_dport(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_dport("443/udp").unwrap().to_string(), "443/UDP");

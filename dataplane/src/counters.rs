@@ -31,12 +31,15 @@ drop_reasons! {
     BadIhl => "bad_ihl", "IHL below 5.";
     IpOptions => "ip_options", "IPv4 options are not forwarded.";
     BadTotalLength => "bad_total_length", "IPv4 total length shorter than its header or longer than the frame.";
-    TtlExceeded => "ttl_exceeded", "TTL reached zero.";
+    BadIpChecksum => "bad_ip_checksum", "An IPv4 header whose checksum is wrong.";
+    TtlExceeded => "ttl_exceeded", "TTL would reach zero: answered with ICMP time exceeded when the sender is a pod of this node or outside the cluster.";
     UnknownDestination => "unknown_destination", "No endpoint or route for the destination.";
     MalformedArp => "malformed_arp", "An ARP frame that does not parse.";
     ArpNotForGateway => "arp_not_for_gateway", "An ARP request for an address the dataplane does not answer, or an ARP reply.";
     InvalidSource => "invalid_source", "A pod sent from an address that is not its own.";
-    VxlanMalformed => "vxlan_malformed", "A VXLAN header that is short or has the wrong flags.";
+    VxlanMalformed => "vxlan_malformed", "A VXLAN header that is short or lacks the I flag.";
+    VxlanNotForNode => "vxlan_not_for_node", "VXLAN whose outer destination is not this node's address.";
+    VxlanEcn => "vxlan_ecn", "Outer header marked Congestion Experienced over an inner packet that is not ECN-capable (RFC 6040).";
     VxlanTruncatedInner => "vxlan_truncated_inner", "A VXLAN packet whose inner frame is truncated.";
     VxlanUnknownIdentity => "vxlan_unknown_identity", "A VNI that is no known security identity.";
     VxlanUnknownNode => "vxlan_unknown_node", "VXLAN from an address that is no known node.";
@@ -46,7 +49,9 @@ drop_reasons! {
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer headers.";
     TcpInvalidFlags => "tcp_invalid_flags", "TCP flags no stack sends (SYN+FIN, SYN+RST, FIN without ACK, none): not tracked.";
     CtFull => "ct_full", "A new flow with the conntrack table at its limit and nothing expired to evict.";
-    PolicyDenied => "policy_denied", "A new flow the endpoint's policy denies (a deny rule, or default deny).";
+    PolicyDenied => "policy_denied", "A packet the endpoints' policy denies (a deny rule, or default deny), judged on every packet in a flow's original direction.";
+    IcmpUnrelated => "icmp_unrelated", "An ICMP error that quotes no tracked flow, or not its own receiver's packet.";
+    FragNoFirst => "frag_no_first", "A later IPv4 fragment whose first fragment was not seen (its ports are unknown).";
     NoBackend => "no_backend", "A service with no backend taking new flows: answered with ICMP port unreachable.";
     LbSourceRange => "lb_source_range", "A client outside a LoadBalancer service's loadBalancerSourceRanges.";
     SnatNoPort => "snat_no_port", "No free source port to source-NAT a NodePort or external flow to the node's address.";
@@ -63,7 +68,7 @@ pub const DROP_REASONS: usize = DropReason::ALL.len();
 pub struct Padded<T>(pub T);
 
 /// Counters of one worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerCounters {
     /// Frames received.
     pub rx: Padded<AtomicU64>,
@@ -93,8 +98,21 @@ pub struct KernelDrops {
     pub tx_invalid: u64,
 }
 
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        WorkerCounters {
+            rx: Padded::default(),
+            tx: Padded::default(),
+            batches: Padded::default(),
+            drops: Padded(std::array::from_fn(|_| AtomicU64::new(0))),
+            frames: Padded::default(),
+            kernel: Padded::default(),
+        }
+    }
+}
+
 /// Counts gathered over one batch, flushed into [`WorkerCounters`] once per batch.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct BatchCounts {
     /// Frames received.
     pub rx: u64,
@@ -102,6 +120,20 @@ pub struct BatchCounts {
     pub tx: u64,
     /// Drops by reason.
     pub drops: [u64; DROP_REASONS],
+    /// The last outer IPv4 identification this worker sent (VXLAN; RFC 6864). Kept across
+    /// flushes.
+    pub ip_id: u16,
+}
+
+impl Default for BatchCounts {
+    fn default() -> Self {
+        BatchCounts {
+            rx: 0,
+            tx: 0,
+            drops: [0; DROP_REASONS],
+            ip_id: 0,
+        }
+    }
 }
 
 impl BatchCounts {
@@ -127,7 +159,10 @@ impl WorkerCounters {
                 slot.fetch_add(*n, Ordering::Relaxed);
             }
         }
-        *c = BatchCounts::default();
+        *c = BatchCounts {
+            ip_id: c.ip_id,
+            ..BatchCounts::default()
+        };
     }
 
     /// Records where the frames are (free, in fill rings, waiting for TX completion).

@@ -8,7 +8,7 @@ use etherparse::PacketBuilder;
 use vireo_policy::{Identity, IpCacheEntry};
 
 use crate::tables::{Endpoint, IfRole, Interface, LocalNode, Mac, RemoteNode, Tables};
-use crate::wire::{VxlanRepr, VXLAN_OVERHEAD};
+use crate::wire::{VxlanRepr, ETH_HLEN, VXLAN_OVERHEAD};
 
 /// Pod A: IP, MAC, host-side slot and host-side MAC.
 pub const POD_A: (Ipv4Addr, Mac, u16, Mac) = (
@@ -120,6 +120,9 @@ pub fn vxlan_from_remote(inner: &[u8], vni: u32) -> Vec<u8> {
         src_port: 50000,
         dst_port: VXLAN_PORT,
         vni,
+        tos: inner.get(ETH_HLEN + 1).copied().unwrap_or(0),
+        df: false,
+        id: 1,
     }
     .emit(&mut out, inner.len());
     out
@@ -203,4 +206,12 @@ pub fn two_pods_with_ct(
         clock.clone(),
     )));
     (t, clock)
+}
+
+/// Recomputes the checksum of the IPv4 header (no options) at `frame[l3..]`, after a test
+/// edited it.
+pub fn fix_ip_checksum(frame: &mut [u8], l3: usize) {
+    frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let c = crate::wire::ipv4_header_checksum(&frame[l3..l3 + 20]);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }

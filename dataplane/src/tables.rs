@@ -106,6 +106,8 @@ pub struct Tables {
     pub identities: rustc_hash::FxHashSet<u32>,
     /// VXLAN UDP port.
     pub vxlan_port: u16,
+    /// Set DF on the outer header of VXLAN packets.
+    pub vxlan_df: bool,
     /// The connection-tracking table (shared, mutable; the same one in every snapshot, so
     /// flows survive table updates and configuration reloads).
     pub ct: Option<std::sync::Arc<vireo_conntrack::Table>>,

@@ -225,28 +225,63 @@ pub enum Proto {
     /// UDP (17).
     #[serde(rename = "UDP")]
     Udp,
-    /// Any protocol (Cilium's `ANY`).
+    /// SCTP (132).
+    #[serde(rename = "SCTP")]
+    Sctp,
+    /// Cilium's `ANY`: every protocol with ports (TCP, UDP and SCTP). A port rule never covers
+    /// ICMP or a protocol without ports (GRE, ESP, IPIP, ...).
     #[serde(rename = "ANY")]
     Any,
+    /// Every IP protocol, with ports or not: what a rule without `toPorts` (an L3 rule)
+    /// covers. No manifest spells it.
+    #[serde(rename = "ALL")]
+    All,
+}
+
+/// IP protocol numbers policy tells apart.
+pub mod ip_proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
 }
 
 impl Proto {
-    /// Parses `TCP`, `UDP`, `ANY` in any case.
+    /// Parses `TCP`, `UDP`, `SCTP`, `ANY` in any case.
     pub fn parse(s: &str) -> Option<Proto> {
         match s.to_ascii_uppercase().as_str() {
             "TCP" => Some(Proto::Tcp),
             "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
             "ANY" => Some(Proto::Any),
             _ => None,
         }
     }
 
     /// Whether this covers IP protocol `p`.
+    #[inline]
     pub fn covers(self, p: u8) -> bool {
         match self {
-            Proto::Tcp => p == 6,
-            Proto::Udp => p == 17,
-            Proto::Any => true,
+            Proto::Tcp => p == ip_proto::TCP,
+            Proto::Udp => p == ip_proto::UDP,
+            Proto::Sctp => p == ip_proto::SCTP,
+            Proto::Any => matches!(p, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP),
+            Proto::All => true,
+        }
+    }
+
+    /// The name manifests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+            Proto::Any => "ANY",
+            Proto::All => "ALL",
         }
     }
 }
@@ -266,15 +301,17 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    /// Every port of every protocol.
+    /// Every port of every IP protocol (an L3 rule).
     pub const ALL: PortRange = PortRange {
         lo: 0,
         hi: 0,
-        proto: Proto::Any,
+        proto: Proto::All,
         l7: false,
     };
 
-    /// Whether this covers `port` of IP protocol `p`.
+    /// Whether this covers `port` of IP protocol `p` (`port` is 0 for protocols without
+    /// ports).
+    #[inline]
     pub fn covers(&self, p: u8, port: u16) -> bool {
         self.proto.covers(p) && (self.lo == 0 || (self.lo..=self.hi).contains(&port))
     }
@@ -282,11 +319,7 @@ impl PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.proto {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-            Proto::Any => "ANY",
-        };
+        let proto = self.proto.name();
         match (self.lo, self.hi) {
             (0, _) => write!(f, "*/{proto}"),
             (l, h) if l == h => write!(f, "{l}/{proto}"),

@@ -491,7 +491,7 @@ pub(super) fn cilium_rule(
         // `Some` keeps a rule without peers an L4-only (any peer) rule.
         Some(vec![PortIn {
             num: PortNum::All,
-            proto: Proto::Any,
+            proto: Proto::All,
             l7: false,
         }])
     } else {

@@ -228,7 +228,7 @@ pub(super) fn np_rule(
             }
         }
     }
-    let ports = np_ports(b, &rule, ports)?;
+    let ports = np_ports(&rule, ports)?;
     Ok(RuleIn {
         action: Action::Allow,
         rule,

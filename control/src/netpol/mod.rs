@@ -16,7 +16,7 @@
 //! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
 //!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
 //!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
-//!   groups, `authentication`, ICMP rules, the `kube-apiserver` and `ingress` entities, SCTP and
+//!   groups, `authentication`, ICMP rules, the `kube-apiserver` and `ingress` entities and
 //!   IPv6 blocks allow nothing. In a deny rule they are replaced by a superset Vireo can
 //!   express (nodes → host + remote-node; FQDNs, groups, CIDR groups → world; services → any
 //!   peer; `kube-apiserver` → host + remote-node + world; ICMP → every protocol and port).

@@ -159,8 +159,7 @@ pub(super) fn cilium_ports(
                 None => Proto::Any,
                 Some(s) => match Proto::parse(s) {
                     Some(p) => p,
-                    None if ["SCTP", "ICMP", "ICMPV6"]
-                        .contains(&s.to_ascii_uppercase().as_str()) =>
+                    None if ["ICMP", "ICMPV6"].contains(&s.to_ascii_uppercase().as_str()) =>
                     {
                         if allow {
                             b.warn(format!(
@@ -173,7 +172,7 @@ pub(super) fn cilium_ports(
                             "{path}: protocol {s} is not supported; the deny covers every \
                              protocol (fail closed)"
                         ));
-                        Proto::Any
+                        Proto::All
                     }
                     None => return Err(format!("{path}: unknown protocol {s:?}")),
                 },
@@ -229,7 +228,6 @@ pub(super) fn port_number(n: i64, path: &str) -> Result<u16, String> {
 
 /// The `ports` of a NetworkPolicy rule; `None`: every port.
 pub(super) fn np_ports(
-    b: &mut Builder,
     rule: &str,
     ports: Option<Vec<NetworkPolicyPort>>,
 ) -> Result<Option<Vec<PortIn>>, String> {
@@ -243,12 +241,7 @@ pub(super) fn np_ports(
             let proto = match p.protocol.as_deref().unwrap_or("TCP") {
                 s if s.eq_ignore_ascii_case("TCP") => Proto::Tcp,
                 s if s.eq_ignore_ascii_case("UDP") => Proto::Udp,
-                s if s.eq_ignore_ascii_case("SCTP") => {
-                    b.warn(format!(
-                        "{path}: protocol SCTP is not supported; it allows nothing (fail closed)"
-                    ));
-                    continue;
-                }
+                s if s.eq_ignore_ascii_case("SCTP") => Proto::Sctp,
                 other => return Err(format!("{path}: unknown protocol {other:?}")),
             };
             let num = match &p.port {

@@ -342,6 +342,51 @@ fn to_ports_end_port_protocols_and_l4_only() {
         assert!(ok(p, TCP, 22) && ok(p, UDP, 22));
     }
     assert!(!ok(&reserved("world"), TCP, 8005));
+    // A port rule never covers ICMP or a protocol without ports (GRE 47, ESP 50), even ANY.
+    for proto in [1, 47, 50] {
+        assert!(!ok(&a, proto, 0), "protocol {proto}");
+    }
+}
+
+/// SCTP rules allow SCTP (Kubernetes and Cilium both accept `protocol: SCTP`), exactly their
+/// ports; an L3 rule allows every protocol, with ports or without.
+#[test]
+fn sctp_port_rules_and_l3_rules_for_every_protocol() {
+    let text = format!(
+        "{}---\n{}",
+        cnp(
+            "x",
+            "sctp",
+            "  endpointSelector: {matchLabels: {app: s}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: '3868', protocol: SCTP}]}]
+  - fromEndpoints: [{matchLabels: {app: l3}}]",
+        ),
+        np(
+            "x",
+            "np-sctp",
+            "  podSelector: {matchLabels: {app: n}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: 9899, protocol: SCTP}]",
+        )
+    );
+    let (m, set) = load(&text);
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let a = peer(pod(&m, "x", &[("app", "a")]));
+    let l3 = peer(pod(&m, "x", &[("app", "l3")]));
+    let s = pod(&m, "x", &[("app", "s")]);
+    let n = pod(&m, "x", &[("app", "n")]);
+    assert!(allowed(&set, &s, IN, &a, 132, 3868));
+    assert!(!allowed(&set, &s, IN, &a, 132, 3869));
+    assert!(!allowed(&set, &s, IN, &a, TCP, 3868));
+    assert!(allowed(&set, &n, IN, &a, 132, 9899));
+    assert!(!allowed(&set, &n, IN, &a, UDP, 9899));
+    for (proto, port) in [(132, 1), (TCP, 80), (47, 0), (50, 0), (1, 0)] {
+        assert!(allowed(&set, &s, IN, &l3, proto, port), "L3 rule: {proto}/{port}");
+        assert!(!allowed(&set, &n, IN, &l3, proto, port), "default deny: {proto}/{port}");
+    }
 }
 
 #[test]

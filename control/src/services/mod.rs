@@ -316,6 +316,7 @@ pub fn proto_name(p: u8) -> String {
     match p {
         TCP => "TCP".into(),
         UDP => "UDP".into(),
+        vireo_policy::rules::ip_proto::SCTP => "SCTP".into(),
         other => other.to_string(),
     }
 }

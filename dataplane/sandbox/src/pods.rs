@@ -254,7 +254,7 @@ pub fn publish(st: &State, without: &[&PodState]) -> Result<()> {
         })
         .collect();
     let list = |items: Vec<serde_json::Value>| -> Result<String> {
-        Ok(serde_yaml::to_string(
+        Ok(serde_yaml_ng::to_string(
             &json!({"apiVersion": "v1", "kind": "List", "items": items}),
         )?)
     };

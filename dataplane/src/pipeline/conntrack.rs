@@ -1,6 +1,12 @@
 //! Stage `conntrack`: every routed IPv4 packet (to a local pod or into the tunnel) is matched
 //! against the connection-tracking table.
 //!
+//! - **Every IP protocol is tracked:** TCP, UDP and SCTP by ports, ICMP echo by identifier, every
+//!   other protocol (GRE, ESP, IPIP, other ICMP messages) by addresses and protocol alone (ports
+//!   0), so policy judges them all: an L3 rule allows them, a port rule never does.
+//! - **ICMP errors are related, not free:** an error is looked up by the flow it quotes and
+//!   passes (without policy, like a reply) only when that flow is tracked and the error goes to
+//!   the quoted packet's sender; otherwise it is dropped as `icmp_unrelated`.
 //! - A packet of a known flow updates its entry (state, counters, lifetime) and skips policy:
 //!   policy is stateful, as in Cilium.
 //! - The first packet of a flow gets its policy verdict first (the source's egress policy if it
@@ -16,12 +22,13 @@
 
 use vireo_conntrack::state::{other_next, tcp_first, tcp_flags_invalid, tcp_next};
 use vireo_conntrack::table::{ICMP, TCP, UDP};
+use vireo_policy::rules::ip_proto::SCTP;
 use vireo_conntrack::{Dir, Full, Key, NewEntry, State, Table};
 
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
-use crate::wire::{ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
+use crate::wire::{is_icmp_error, quoted, Quoted, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     let Some(ct) = t.ct.as_deref() else { return };
@@ -50,7 +57,8 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
     }
 }
 
-/// A packet's L4 identity: (ports, TCP flags), or `None` when it is not tracked.
+/// A packet's L4 identity: (ports, TCP flags); ports are 0 for a protocol without them. `None`
+/// for an ICMP error, which belongs to the flow it quotes ([`quoted`]).
 pub(super) fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
     let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
     match proto {
@@ -70,10 +78,43 @@ pub(super) fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropRea
             }
             Ok(Some((port(0), port(2), 0)))
         }
-        // Echo request and reply, by identifier; ICMP errors belong to the flow they quote.
-        ICMP if l4.len() >= 8 && matches!(l4[0], 0 | 8) => Ok(Some((port(4), port(4), 0))),
-        _ => Ok(None),
+        SCTP => {
+            if l4.len() < 12 {
+                return Err(DropReason::TruncatedIp);
+            }
+            Ok(Some((port(0), port(2), 0)))
+        }
+        ICMP if l4.len() < 8 => Err(DropReason::TruncatedIp),
+        // Echo request and reply, by identifier; errors belong to the flow they quote.
+        ICMP if matches!(l4[0], 0 | 8) => Ok(Some((port(4), port(4), 0))),
+        ICMP if is_icmp_error(l4[0]) => Ok(None),
+        // Other ICMP messages and other protocols: by addresses and protocol.
+        _ => Ok(Some((0, 0, 0))),
     }
+}
+
+/// An ICMP error (outer IPv4 header at `ip[0]`) about the packet `q`: related to the flow `q`
+/// belongs to, in either direction, if that flow is tracked here and the error goes to `q`'s
+/// sender; otherwise unrelated.
+pub(super) fn related(ct: &Table, ip: &[u8], q: &Quoted) -> Result<CtVerdict, DropReason> {
+    let to = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    if to != q.src {
+        return Err(DropReason::IcmpUnrelated);
+    }
+    let k = Key {
+        src: q.src,
+        dst: q.dst,
+        sport: q.sport,
+        dport: q.dport,
+        proto: q.proto,
+        dir: Dir::Egress,
+    };
+    for dir in [Dir::Egress, Dir::Ingress] {
+        if ct.lookup(&Key { dir, ..k }).is_some() || ct.lookup(&k.reversed(dir)).is_some() {
+            return Ok(CtVerdict::Related);
+        }
+    }
+    Err(DropReason::IcmpUnrelated)
 }
 
 /// The state a packet moves its flow to.
@@ -88,9 +129,14 @@ pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) ->
 
 fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let ip = &ip[..total];
     let proto = ip[9];
     let Some((sport, dport, flags)) = l4(proto, &ip[IPV4_MIN_HLEN..])? else {
-        return Ok(CtVerdict::Untracked);
+        return match quoted(ip) {
+            Ok(Some(q)) => related(ct, ip, &q),
+            _ => Err(DropReason::IcmpUnrelated),
+        };
     };
     let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
     let dir = if d.from_tunnel {

@@ -2,34 +2,51 @@
 //!
 //! - A packet from a pod must carry that pod's own address (anti-spoofing); its endpoint gives
 //!   the sender's identity.
-//! - A local destination is delivered: TTL decremented (dropped at zero), MACs rewritten (source:
-//!   the host-side veth, i.e. the pod's gateway; destination: the pod).
+//! - A local destination is delivered: TTL decremented, MACs rewritten (source: the host-side
+//!   veth, i.e. the pod's gateway; destination: the pod). A packet whose TTL would reach zero is
+//!   answered with ICMP time exceeded ([`super::icmp`]).
 //! - A destination the ipcache places on another node goes to `vxlan_encap`, TTL decremented.
 //! - Anything else is an unknown destination.
 //! - Frames the `service` stage translated had their source checked there; from the uplink,
 //!   only those come here. A decapsulated packet is only ever delivered
 //!   locally.
 
-use super::{for_each_pending, Batch, Desc, Frames, Kind, Verdict};
+use super::icmp::{answer, Answer};
+use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
-use crate::wire::{ipv4_dec_ttl, set_macs};
+use crate::wire::{ipv4_dec_ttl, set_macs, ICMP_TIME_EXCEEDED};
 
-pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
-    for_each_pending(
-        batch,
-        frames,
-        |k| matches!(k, Kind::Ipv4 { .. }),
-        |d, buf| {
-            let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
-                return;
-            };
-            d.verdict = forward(d, buf, usize::from(l3), t);
-        },
-    );
+/// The answer to a packet whose TTL runs out here.
+const TIME_EXCEEDED: Answer = Answer {
+    typ: ICMP_TIME_EXCEEDED,
+    code: 0,
+    rest: 0,
+    reason: DropReason::TtlExceeded,
+};
+
+pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
+    for d in batch.descs_mut() {
+        let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
+            continue;
+        };
+        let Some(buf) = frames.frame(d.addr, d.len) else {
+            d.verdict = Verdict::Drop(DropReason::TruncatedEthernet);
+            continue;
+        };
+        d.verdict = match forward(d, buf, usize::from(l3), t) {
+            Some(v) => v,
+            None => answer(d, frames, t, c, TIME_EXCEEDED),
+        };
+    }
 }
 
-fn forward(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
+/// The packet's verdict; `None` when its TTL runs out (to be answered).
+fn forward(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Option<Verdict> {
+    Some(route(d, buf, l3, t)).filter(|v| *v != Verdict::Drop(DropReason::TtlExceeded))
+}
+
+fn route(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
     let ip = &buf[l3..];
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);

@@ -7,6 +7,7 @@
 
 mod arp;
 mod conntrack;
+mod icmp;
 mod ipv4_forward;
 mod parse;
 mod service;
@@ -79,6 +80,9 @@ pub enum CtVerdict {
     Established,
     /// A packet of a known flow from the responder.
     Reply,
+    /// An ICMP error about a known flow (translated like it), or one Vireo built: no policy,
+    /// no entry.
+    Related,
 }
 
 /// One frame of a batch.
@@ -98,6 +102,9 @@ pub struct Desc {
     pub ct: CtVerdict,
     /// Translated by the `service` stage, which also checked its source.
     pub nat: bool,
+    /// What the sender sent, before the `service` stage translated it (source, source port,
+    /// destination, destination port): what an ICMP error about it must quote.
+    pub pre_nat: Option<vireo_conntrack::Nat>,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -113,6 +120,7 @@ impl Desc {
             from_tunnel: false,
             ct: CtVerdict::Untracked,
             nat: false,
+            pre_nat: None,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }

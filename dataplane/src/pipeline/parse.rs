@@ -1,5 +1,5 @@
-//! Stage `parse`: checks Ethernet and IPv4 headers with etherparse and classifies the frame:
-//! ARP, IPv4, or (on the uplink) VXLAN to our port.
+//! Stage `parse`: checks Ethernet and IPv4 headers with etherparse (the header checksum too)
+//! and classifies the frame: ARP, IPv4, or (on the uplink) VXLAN to our port.
 
 use etherparse::err::ipv4::{HeaderError, HeaderSliceError};
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
@@ -7,7 +7,7 @@ use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 use super::{for_each_pending, Batch, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
-use crate::wire::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
+use crate::wire::{ipv4_checksum_ok, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for_each_pending(
@@ -63,6 +63,9 @@ fn ipv4(l3: &[u8]) -> Verdict {
     let total = usize::from(ip.total_len());
     if total < IPV4_MIN_HLEN || total > l3.len() {
         return Verdict::Drop(DropReason::BadTotalLength);
+    }
+    if !ipv4_checksum_ok(ip.slice()) {
+        return Verdict::Drop(DropReason::BadIpChecksum);
     }
     Verdict::Continue(Kind::Ipv4 {
         l3: ETH_HLEN as u16,

@@ -26,7 +26,7 @@
 //! conntrack verdict, so `ipv4_forward` routes it and `conntrack` leaves it alone.
 
 use smoltcp::wire::Icmpv4DstUnreachable;
-use vireo_conntrack::table::{mix64 as mix, TCP, UDP};
+use vireo_conntrack::table::{mix64 as mix, ICMP, TCP, UDP};
 use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State, Table};
 use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
@@ -35,7 +35,9 @@ use super::conntrack::{l4, next_state};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
-use crate::wire::{icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, set_macs, ETH_HLEN};
+use crate::wire::{
+    icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, quoted, set_macs, translate_icmp_error, ETH_HLEN,
+};
 
 /// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
 /// so they never meet the host's own connections.
@@ -147,6 +149,9 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
     let l3 = usize::from(l3);
     let ip = &buf[l3..];
     let proto = ip[9];
+    if proto == ICMP {
+        return icmp_error(d, buf, t, ct);
+    }
     // Only TCP and UDP, and only first fragments carry ports.
     if !matches!(proto, TCP | UDP) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
         return None;
@@ -165,14 +170,7 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
         dport,
         proto,
     };
-    let origin = if d.from_tunnel {
-        Origin::Tunnel
-    } else {
-        match t.iface(d.in_slot)?.role {
-            IfRole::Pod => Origin::Pod,
-            IfRole::Uplink => Origin::Uplink,
-        }
-    };
+    let origin = origin(d, t)?;
     if t.services.is_backend(p.src, p.sport, p.proto) {
         if let Some(h) = ct.lookup(&p.key(Dir::RevNat)) {
             if let Some(nat) = h.nat() {
@@ -288,6 +286,82 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
         learn_neighbour(ct, p.src, buf);
     }
     Some(translated(d, buf, t, ct, nat, verdict))
+}
+
+/// An ICMP error about a service flow, translated like that flow and routed to its other end:
+/// from the backend's side (quoting what the backend received), through the flow's `revnat`
+/// entry back to the client, with the service address in the quote and, when the backend
+/// itself sent it, as its source; from the client's side (quoting a reply it received from the
+/// service address), through the `service` entry to the backend. `None`: not about a service
+/// flow (the `conntrack` stage judges it).
+fn icmp_error(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Verdict> {
+    let ip = &buf[ETH_HLEN..];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let q = quoted(&ip[..total]).ok()??;
+    if !matches!(q.proto, TCP | UDP) {
+        return None;
+    }
+    let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+    let (from, to) = (word(12), word(16));
+    if to != q.src {
+        return None; // not for the quoted packet's sender: unrelated
+    }
+    let origin = origin(d, t)?;
+    let answer = |dir: Dir| Key {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        dir,
+    };
+    // The error's own source must be the sender's (anti-spoofing), as for any packet.
+    let p = Tuple {
+        src: from,
+        dst: to,
+        sport: 0,
+        dport: 0,
+        proto: ICMP,
+    };
+    let nat = if t.services.is_backend(q.dst, q.dport, q.proto) {
+        // From the backend's side: the flow's revnat entry (service address → client).
+        ct.lookup(&answer(Dir::RevNat))?.nat()?
+    } else if origin != Origin::Tunnel && t.services.lookup(q.src, q.sport, q.proto).is_some() {
+        // From the client's side, about a reply from the service address: the service entry
+        // (client → backend).
+        ct.lookup(&answer(Dir::Service))?.nat()?
+    } else {
+        return None;
+    };
+    check_source(d, t, &p, origin)?;
+    // Either way the entry translates the quoted packet's answer, so the quote becomes
+    // `nat.dst → nat.src` (what the error's receiver sent), the error goes to `nat.dst`, and
+    // comes from `nat.src` when the quoted packet's receiver itself sent it (a router's address
+    // is left).
+    let ipm = &mut buf[ETH_HLEN..ETH_HLEN + total];
+    let new_src = (from == q.dst).then_some(nat.src);
+    translate_icmp_error(
+        ipm,
+        &q,
+        (nat.dst, nat.dport),
+        (nat.src, nat.sport),
+        new_src,
+        Some(nat.dst),
+    );
+    d.nat = true;
+    d.ct = CtVerdict::Related;
+    Some(deliver(buf, t, ct, nat.dst))
+}
+
+/// Where a frame came from: a pod of this node, the uplink, or the tunnel.
+fn origin(d: &Desc, t: &Tables) -> Option<Origin> {
+    if d.from_tunnel {
+        return Some(Origin::Tunnel);
+    }
+    Some(match t.iface(d.in_slot)?.role {
+        IfRole::Pod => Origin::Pod,
+        IfRole::Uplink => Origin::Uplink,
+    })
 }
 
 /// A pod must send from its own address; outside clients are `world`. `None` when the
@@ -431,13 +505,27 @@ fn translated(
     nat: Nat,
     verdict: CtVerdict,
 ) -> Verdict {
+    let ip = &buf[ETH_HLEN..];
+    let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+    let half = |o: usize| u16::from_be_bytes([ip[o], ip[o + 1]]);
+    d.pre_nat = Some(Nat {
+        src: word(12),
+        sport: half(20),
+        dst: word(16),
+        dport: half(22),
+    });
     ipv4_rewrite(&mut buf[ETH_HLEN..], nat.src, nat.sport, nat.dst, nat.dport);
     d.nat = true;
     d.ct = verdict;
-    let inside = t.endpoint(nat.dst).is_some()
-        || t.ipcache
-            .lookup(nat.dst)
-            .is_some_and(|e| e.tunnel.is_some());
+    deliver(buf, t, ct, nat.dst)
+}
+
+/// Routes a translated packet to `dst`: to a pod or the tunnel through `ipv4_forward`, or, for
+/// a client outside the cluster, out of the uplink towards the Ethernet address it was last
+/// seen behind.
+fn deliver(buf: &mut [u8], t: &Tables, ct: &Table, dst: u32) -> Verdict {
+    let inside = t.endpoint(dst).is_some()
+        || t.ipcache.lookup(dst).is_some_and(|e| e.tunnel.is_some());
     if inside {
         return Verdict::Continue(Kind::Ipv4 {
             l3: ETH_HLEN as u16,
@@ -446,7 +534,7 @@ fn translated(
     let Some(local) = t.local else {
         return Verdict::Drop(DropReason::UnknownDestination);
     };
-    let Some(mac) = ct.lookup(&neigh_key(nat.dst)).and_then(|h| h.nat()) else {
+    let Some(mac) = ct.lookup(&neigh_key(dst)).and_then(|h| h.nat()) else {
         return Verdict::Drop(DropReason::NoNeighbor);
     };
     let m = mac.src.to_be_bytes();
@@ -477,6 +565,7 @@ fn reject(d: &mut Desc, buf: &mut [u8]) -> Verdict {
             set_macs(buf, &dst, &src);
             d.len = len as u32;
             d.nat = true;
+            d.ct = CtVerdict::Related;
             Verdict::Tx { slot: d.in_slot }
         }
         None => Verdict::Drop(DropReason::NoBackend),

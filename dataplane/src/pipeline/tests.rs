@@ -5,11 +5,11 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress};
 
 use super::*;
 use crate::fixtures::{
-    arp_request_from_a, tcp, two_pods, two_pods_with_ct, udp_from_a, vxlan_from_c, GATEWAY, IDS,
+    arp_request_from_a, fix_ip_checksum, tcp, two_pods, two_pods_with_ct, udp_from_a, vxlan_from_c, GATEWAY, IDS,
     POD_A, POD_B, POD_C, REMOTE, UPLINK,
 };
 use crate::tables::Tables;
-use crate::wire::{ipv4_header_checksum, VxlanPacket, VxlanRepr, VXLAN_OVERHEAD};
+use crate::wire::{ipv4_header_checksum, VxlanPacket, VXLAN_OVERHEAD};
 
 const FS: usize = 2048;
 /// Where a received frame starts in its chunk (the kernel's XDP headroom).
@@ -97,20 +97,50 @@ fn forwards_to_local_pod_with_rewritten_macs_and_ttl() {
 }
 
 #[test]
-fn ttl_expiry_and_unknown_destination_are_counted_drops() {
-    let (v, c, ..) = run_frames(&[
-        udp_from_a(POD_B.0, 1, b"x"),
+fn ttl_expiry_is_answered_with_time_exceeded_and_counted() {
+    let sent = udp_from_a(POD_B.0, 1, b"x");
+    let (v, c, mut mem, d) = run_frames(&[
+        sent.clone(),
         udp_from_a(Ipv4Addr::new(10, 9, 9, 9), 64, b"x"),
     ]);
     assert_eq!(
         v,
         vec![
-            Verdict::Drop(DropReason::TtlExceeded),
+            Verdict::Tx { slot: POD_A.2 },
             Verdict::Drop(DropReason::UnknownDestination)
         ]
     );
     assert_eq!(c.drops[DropReason::TtlExceeded as usize], 1);
     assert_eq!(c.drops[DropReason::UnknownDestination as usize], 1);
+    let out = mem.frame(d[0].addr, d[0].len).unwrap().to_vec();
+    assert_eq!(&out[0..6], &POD_A.1, "back to the pod");
+    assert_eq!(&out[6..12], &POD_A.3, "from its gateway's MAC");
+    let p = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ip.header().source_addr(), GATEWAY, "from the pod's gateway");
+    assert_eq!(ip.header().destination_addr(), POD_A.0);
+    assert_eq!((out[34], out[35]), (11, 0), "time exceeded in transit");
+    assert_eq!(&out[42..62], &sent[14..34], "quotes the packet as sent");
+    assert_eq!(d[0].ct, CtVerdict::Related, "not tracked as a flow");
+    // A packet from the tunnel is not answered, only counted.
+    let late = vxlan_from_c(POD_A.0, IDS[2], b"x");
+    let mut late = late;
+    late[VXLAN_OVERHEAD + 14 + 8] = 1;
+    fix_ip_checksum(&mut late, VXLAN_OVERHEAD + 14);
+    let (v, c, ..) = run_on(UPLINK.0, &[late]);
+    assert_eq!(v, vec![Verdict::Drop(DropReason::TtlExceeded)]);
+    assert_eq!(c.drops[DropReason::TtlExceeded as usize], 1);
+}
+
+#[test]
+fn bad_ip_header_checksums_are_counted_drops() {
+    let mut f = udp_from_a(POD_B.0, 64, b"x");
+    f[14 + 10] ^= 0x5a;
+    let (v, c, ..) = run_frames(&[f]);
+    assert_eq!(v, vec![Verdict::Drop(DropReason::BadIpChecksum)]);
+    assert_eq!(c.drops[DropReason::BadIpChecksum as usize], 1);
 }
 
 #[test]
@@ -217,6 +247,7 @@ fn cut_outer(f: &[u8], n: usize) -> Vec<u8> {
     let mut f = f[..n].to_vec();
     f[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
     f[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
+    fix_ip_checksum(&mut f, 14);
     f
 }
 
@@ -224,16 +255,32 @@ fn cut_outer(f: &[u8], n: usize) -> Vec<u8> {
 fn bad_vxlan_is_dropped_with_its_reason() {
     let good = vxlan_from_c(POD_A.0, IDS[2], b"payload!");
     let mut flags = good.clone();
-    flags[42] = 0x0c;
+    flags[42] = 0x04; // reserved bits without the I flag
     let mut unknown_node = good.clone();
     unknown_node[29] = 99;
+    fix_ip_checksum(&mut unknown_node, 14);
+    let mut not_for_us = good.clone();
+    not_for_us[33] = 77;
+    fix_ip_checksum(&mut not_for_us, 14);
+    let mut bad_outer_sum = good.clone();
+    bad_outer_sum[14 + 8] = 3;
+    let mut bad_inner_sum = good.clone();
+    bad_inner_sum[VXLAN_OVERHEAD + 14 + 8] = 3;
+    let mut ce_over_not_ect = good.clone();
+    ce_over_not_ect[14 + 1] = 3;
+    fix_ip_checksum(&mut ce_over_not_ect, 14);
     let unknown_vni = vxlan_from_c(POD_A.0, 424242, b"payload!");
     let mut inner_len_lies = good.clone();
     inner_len_lies[38..40].copy_from_slice(&2000u16.to_be_bytes());
     let not_local = vxlan_from_c(POD_B.0, IDS[2], b"x");
     let mut to_c = vxlan_from_c(POD_C, IDS[2], b"x");
     to_c[VXLAN_OVERHEAD + 14 + 8] = 64;
+    fix_ip_checksum(&mut to_c, VXLAN_OVERHEAD + 14);
     let cases = [
+        (not_for_us, DropReason::VxlanNotForNode),
+        (bad_outer_sum, DropReason::BadIpChecksum),
+        (bad_inner_sum, DropReason::BadIpChecksum),
+        (ce_over_not_ect, DropReason::VxlanEcn),
         (cut_outer(&good, 46), DropReason::VxlanMalformed),
         (flags, DropReason::VxlanMalformed),
         (
@@ -253,12 +300,35 @@ fn bad_vxlan_is_dropped_with_its_reason() {
     assert_eq!(c.drops.iter().sum::<u64>(), cases.len() as u64);
     let (v, ..) = run_on(UPLINK.0, &[not_local]);
     assert_eq!(v[0], Verdict::Tx { slot: POD_B.2 });
+    // Reserved flag bits are ignored (RFC 7348).
+    let mut reserved = vxlan_from_c(POD_B.0, IDS[2], b"x");
+    reserved[42] = 0x0c;
+    reserved[45] = 0xff;
+    let (v, ..) = run_on(UPLINK.0, &[reserved]);
+    assert_eq!(v[0], Verdict::Tx { slot: POD_B.2 });
+}
+
+/// RFC 6040: outer Congestion Experienced marks an ECN-capable inner packet; DSCP is kept.
+#[test]
+fn vxlan_decap_folds_outer_ecn_into_the_inner_packet() {
+    let mut inner = crate::fixtures::udp_from_a(POD_A.0, 64, b"ecn");
+    inner[14 + 1] = 0xb8 | 2; // DSCP EF, ECT(0)
+    fix_ip_checksum(&mut inner, 14);
+    let mut f = crate::fixtures::vxlan_from_remote(&inner, IDS[2]);
+    f[14 + 1] = 3; // CE outside
+    fix_ip_checksum(&mut f, 14);
+    let (v, _, mut mem, d) = run_on(UPLINK.0, &[f]);
+    assert!(matches!(v[0], Verdict::Tx { .. }), "{v:?}");
+    let out = mem.frame(d[0].addr, d[0].len).unwrap();
+    assert_eq!(out[14 + 1], 0xb8 | 3, "CE marked, DSCP kept");
+    assert!(crate::wire::ipv4_checksum_ok(&out[14..34]));
 }
 
 #[test]
 fn too_big_with_df_gets_icmp_fragmentation_needed() {
     let mut f = udp_from_a(POD_C, 64, &vec![0u8; 1480]);
     f[14 + 6] |= 0x40; // DF
+    fix_ip_checksum(&mut f, 14);
     let ip = f[14..34].to_vec();
     let (v, c, mut mem, d) = run_frames(&[f.clone()]);
     assert_eq!(v, vec![Verdict::Tx { slot: POD_A.2 }]);
@@ -279,7 +349,8 @@ fn too_big_with_df_gets_icmp_fragmentation_needed() {
     assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
     let mut ip_after_ttl = ip.clone();
     ip_after_ttl[8] -= 1; // the forward stage had decremented it
-    assert_eq!(&icmp[8..16], &ip_after_ttl[..8]);
+    fix_ip_checksum(&mut ip_after_ttl, 0);
+    assert_eq!(&icmp[8..28], &ip_after_ttl[..20]);
     assert_eq!(&icmp[8 + 12..8 + 20], &ip[12..20]);
     assert!(smoltcp::wire::Icmpv4Packet::new_checked(icmp)
         .unwrap()
@@ -288,12 +359,14 @@ fn too_big_with_df_gets_icmp_fragmentation_needed() {
     // Without DF: dropped, not fragmented.
     let mut big = udp_from_a(POD_C, 64, &vec![0u8; 1480]);
     big[14 + 6] &= !0x40;
+    fix_ip_checksum(&mut big, 14);
     let (v, c, ..) = run_frames(&[big]);
     assert_eq!(v, vec![Verdict::Drop(DropReason::TooBigNoDf)]);
     assert_eq!(c.drops[DropReason::TooBigNoDf as usize], 1);
     // Just fitting: encapsulated.
     let mut fits = udp_from_a(POD_C, 64, &vec![0u8; 1450 - 28]);
     fits[14 + 6] |= 0x40;
+    fix_ip_checksum(&mut fits, 14);
     let (v, ..) = run_frames(&[fits]);
     assert_eq!(v, vec![Verdict::Tx { slot: UPLINK.0 }]);
 }
@@ -302,6 +375,7 @@ fn too_big_with_df_gets_icmp_fragmentation_needed() {
 fn a_pod_cannot_send_from_another_address() {
     let mut f = udp_from_a(POD_B.0, 64, b"spoof");
     f[14 + 12..14 + 16].copy_from_slice(&POD_B.0.octets()); // claims to be B, arrives on A's veth
+    fix_ip_checksum(&mut f, 14);
     let (v, ..) = run_frames(&[f]);
     assert_eq!(v, vec![Verdict::Drop(DropReason::InvalidSource)]);
 }
@@ -374,18 +448,7 @@ fn a_reply_from_the_tunnel_matches_the_egress_flow() {
         40000,
         SYN | ACK,
     );
-    let mut f = vec![0u8; VXLAN_OVERHEAD + inner.len()];
-    f[VXLAN_OVERHEAD..].copy_from_slice(&inner);
-    VxlanRepr {
-        src_mac: REMOTE.1,
-        dst_mac: UPLINK.1,
-        src_ip: REMOTE.0.octets(),
-        dst_ip: UPLINK.2.octets(),
-        src_port: 50001,
-        dst_port: 8472,
-        vni: IDS[2],
-    }
-    .emit(&mut f, inner.len());
+    let f = crate::fixtures::vxlan_from_remote(&inner, IDS[2]);
     let d = run_with(&t, &[(UPLINK.0, f)]);
     assert_eq!(
         (d[0].verdict, d[0].ct),

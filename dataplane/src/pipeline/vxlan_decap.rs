@@ -2,11 +2,15 @@
 //! moving the frame's start (no copy). The sender's security identity comes from the VNI, as in
 //! Cilium. Only packets from known nodes, with a known identity and a whole inner IPv4 frame,
 //! go on; the inner packet is then delivered like any other (and never re-encapsulated).
+//!
+//! RFC 7348: only the I flag is required (reserved bits are ignored), and the outer destination
+//! must be this node. RFC 6040: the outer ECN field is folded into the inner one (Congestion
+//! Experienced outside marks an ECN-capable inner packet, and drops one that is not).
 
 use super::{parse, Batch, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::Tables;
-use crate::wire::{VxlanError, VxlanPacket, ETH_HLEN, VXLAN_INNER};
+use crate::wire::{csum_replace16, ecn_decap, VxlanError, VxlanPacket, ETH_HLEN, VXLAN_INNER};
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for d in batch.descs_mut() {
@@ -19,6 +23,22 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
         };
         match decap(buf, t) {
             Ok((vni, inner_len)) => {
+                let outer_tos = buf[ETH_HLEN + 1];
+                let inner = &mut buf[VXLAN_INNER + ETH_HLEN..];
+                match ecn_decap(outer_tos, inner[1]) {
+                    Some(tos) if tos != inner[1] => {
+                        let old = u16::from_be_bytes([inner[0], inner[1]]);
+                        inner[1] = tos;
+                        let new = u16::from_be_bytes([inner[0], inner[1]]);
+                        let c = u16::from_be_bytes([inner[10], inner[11]]);
+                        inner[10..12].copy_from_slice(&csum_replace16(c, old, new).to_be_bytes());
+                    }
+                    Some(_) => {}
+                    None => {
+                        d.verdict = Verdict::Drop(DropReason::VxlanEcn);
+                        continue;
+                    }
+                }
                 d.addr += VXLAN_INNER as u64;
                 d.len = inner_len as u32;
                 d.src_identity = vni;
@@ -41,6 +61,9 @@ fn decap(buf: &[u8], t: &Tables) -> Result<(u32, usize), DropReason> {
     let inner_len = pkt.inner_len();
     if buf.len() < VXLAN_INNER + inner_len {
         return Err(DropReason::VxlanTruncatedInner);
+    }
+    if t.local.is_none_or(|l| u32::from(l.ip) != pkt.dst_ip()) {
+        return Err(DropReason::VxlanNotForNode);
     }
     if !t.nodes.contains_key(&pkt.src_ip()) {
         return Err(DropReason::VxlanUnknownNode);

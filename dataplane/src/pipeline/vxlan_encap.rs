@@ -4,17 +4,16 @@
 //! (ECMP entropy).
 //!
 //! Path MTU: a packet that does not fit the uplink once encapsulated is answered, if it has DF
-//! set, with ICMP "fragmentation needed" (next-hop MTU = uplink MTU − 50) from the pod's gateway,
-//! so PMTU discovery works. Without DF it is dropped and counted (`too_big_no_df`): Vireo does
+//! set, with ICMP "fragmentation needed" (next-hop MTU = uplink MTU − 50), so PMTU discovery
+//! works, through a ClusterIP too ([`super::icmp`] says from which address). Without DF it is dropped and counted (`too_big_no_df`): Vireo does
 //! not fragment; pods get an MTU of uplink − 50, so only a misconfigured pod meets this.
 
-use smoltcp::wire::Icmpv4DstUnreachable;
-
+use super::icmp::{answer, Answer};
 use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
-use crate::tables::{LocalNode, Tables};
+use crate::tables::Tables;
 use crate::wire::{
-    icmp_unreachable, set_macs, vxlan_src_port, VxlanRepr, ETH_HLEN, VXLAN_OVERHEAD,
+    vxlan_src_port, VxlanRepr, CODE_FRAG_NEEDED, ICMP_DEST_UNREACH, ETH_HLEN, VXLAN_OVERHEAD,
 };
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
@@ -48,14 +47,14 @@ fn encap<F: Frames>(
         if !df {
             return Verdict::Drop(DropReason::TooBigNoDf);
         }
-        c.drop(DropReason::FragNeeded);
-        return match frag_needed(buf, t, d.in_slot, local.mtu - VXLAN_OVERHEAD as u16) {
-            Some(len) => {
-                d.len = len as u32;
-                Verdict::Tx { slot: d.in_slot }
-            }
-            None => Verdict::Drop(DropReason::TooBigNoDf),
+        let mtu = local.mtu - VXLAN_OVERHEAD as u16;
+        let a = Answer {
+            typ: ICMP_DEST_UNREACH,
+            code: CODE_FRAG_NEEDED,
+            rest: u32::from(mtu),
+            reason: DropReason::FragNeeded,
         };
+        return answer(d, frames, t, c, a);
     }
     if frames.headroom(d.addr) < VXLAN_OVERHEAD {
         return Verdict::Drop(DropReason::NoHeadroom);
@@ -65,8 +64,22 @@ fn encap<F: Frames>(
     let Some(out) = frames.frame(addr, (inner_len + VXLAN_OVERHEAD) as u32) else {
         return Verdict::Drop(DropReason::NoHeadroom);
     };
-    let src_port = vxlan_src_port(&out[VXLAN_OVERHEAD + ETH_HLEN..]);
-    outer(&local, mac, tunnel, src_port, t.vxlan_port, d.src_identity).emit(out, inner_len);
+    let inner_ip = &out[VXLAN_OVERHEAD + ETH_HLEN..];
+    let (src_port, tos) = (vxlan_src_port(inner_ip), inner_ip[1]);
+    c.ip_id = c.ip_id.wrapping_add(1);
+    let r = VxlanRepr {
+        src_mac: local.uplink_mac,
+        dst_mac: mac,
+        src_ip: local.ip.octets(),
+        dst_ip: tunnel.to_be_bytes(),
+        src_port,
+        dst_port: t.vxlan_port,
+        vni: d.src_identity,
+        tos,
+        df: t.vxlan_df,
+        id: c.ip_id,
+    };
+    r.emit(out, inner_len);
     d.addr = addr;
     d.len += VXLAN_OVERHEAD as u32;
     Verdict::Tx {
@@ -74,32 +87,3 @@ fn encap<F: Frames>(
     }
 }
 
-fn outer(
-    local: &LocalNode,
-    mac: [u8; 6],
-    tunnel: u32,
-    src_port: u16,
-    dst_port: u16,
-    vni: u32,
-) -> VxlanRepr {
-    VxlanRepr {
-        src_mac: local.uplink_mac,
-        dst_mac: mac,
-        src_ip: local.ip.octets(),
-        dst_ip: tunnel.to_be_bytes(),
-        src_port,
-        dst_port,
-        vni,
-    }
-}
-
-/// Rewrites `buf` in place into an ICMP "fragmentation needed" for the sender, from its
-/// gateway. Returns the new frame length, or `None` when there is no gateway to send it from.
-fn frag_needed(buf: &mut [u8], t: &Tables, in_slot: u16, mtu: u16) -> Option<usize> {
-    let gw = *t.gateways.first()?;
-    let our_mac = t.iface(in_slot)?.mac;
-    let pod_mac: [u8; 6] = buf[6..12].try_into().ok()?;
-    let len = icmp_unreachable(buf, gw.octets(), Icmpv4DstUnreachable::FragRequired, mtu)?;
-    set_macs(buf, &pod_mac, &our_mac);
-    Some(len)
-}

@@ -99,7 +99,7 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
             PortRange {
                 lo,
                 hi: if lo == 8000 { 8080 } else { lo },
-                proto: *g.pick(&[Proto::Tcp, Proto::Udp, Proto::Any]),
+                proto: *g.pick(&[Proto::Tcp, Proto::Udp, Proto::Sctp, Proto::Any]),
                 l7: g.chance(10),
             }
         })
@@ -192,7 +192,7 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
         let sl = now(sid);
         for peer in &peers {
             for d in [Direction::Ingress, Direction::Egress] {
-                for (proto, port) in [(6, 80), (17, 80), (6, 81), (6, 8040), (1, 0), (6, 443)] {
+                for (proto, port) in [(6, 80), (17, 80), (6, 81), (6, 8040), (1, 0), (6, 443), (132, 80), (132, 0), (47, 0), (50, 0)] {
                     let want = decide(&policies, &sl, d, peer, proto, port).verdict;
                     let got = t.lookup(sid.0, d, peer.identity.0, proto, port).verdict;
                     prop_assert_eq!(
@@ -344,4 +344,101 @@ fn default_deny_deny_precedence_and_cidr_identities() {
     c.set_identity(Identity(300), pod_labels("x", "c", true));
     assert_eq!(c.last_recomputed, 1);
     assert!(c.tables().get(300).is_none());
+}
+
+/// Every IP protocol is judged: TCP, UDP and SCTP by port; ICMP and protocols without ports
+/// (GRE, ESP, IPIP) by addresses alone. An L3 rule (no ports) allows them, a port rule (even
+/// `ANY`) never does, default deny denies them. Through the reference and the compiled tables.
+#[test]
+fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones() {
+    let origin = |r: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "x/p".into(),
+        rule: r.into(),
+    };
+    let port_rule = |proto: Proto, lo: u16| Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Endpoints(Selector::label("k8s:app", "b"))],
+        requires: Vec::new(),
+        ports: vec![PortRange {
+            lo,
+            hi: lo,
+            proto,
+            l7: false,
+        }],
+        origin: origin("ingress[0]"),
+    };
+    let l3_rule = Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
+        requires: Vec::new(),
+        ports: Vec::new(),
+        origin: origin("ingress[1]"),
+    };
+    let (gre, esp, ipip, icmp, sctp) = (47u8, 50u8, 4u8, 1u8, 132u8);
+    for (proto, lo) in [(Proto::Any, 0), (Proto::Any, 80), (Proto::Sctp, 80)] {
+        let p = Policy {
+            origin: origin(""),
+            subject: Selector::label("k8s:app", "a"),
+            node_selector: None,
+            enforce_ingress: true,
+            enforce_egress: false,
+            ingress: vec![port_rule(proto, lo), l3_rule.clone()],
+            egress: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut c = Compiler::new();
+        c.set_identity(Identity(300), pod_labels("x", "a", true));
+        c.set_identity(Identity(301), pod_labels("x", "b", true));
+        c.set_identity(Identity(302), pod_labels("x", "c", true));
+        c.set_identity(Identity(303), pod_labels("x", "d", true));
+        c.set_policies("x/p", vec![p.clone()]);
+        let t = c.tables();
+        let subject = pod_labels("x", "a", true);
+        let peer = |id: u32, labels: Labels| PeerInfo {
+            identity: Identity(id),
+            labels,
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+        };
+        let check = |from: u32, labels: Labels, proto: u8, port: u16, want: Verdict| {
+            let got = t.lookup(300, Direction::Ingress, from, proto, port).verdict;
+            let reference = decide(
+                std::slice::from_ref(&p),
+                &subject,
+                Direction::Ingress,
+                &peer(from, labels),
+                proto,
+                port,
+            )
+            .verdict;
+            assert_eq!(got, want, "{proto}/{port} from {from} under {proto:?}/{lo}");
+            assert_eq!(reference, want, "reference: {proto}/{port} from {from}");
+        };
+        let b = || pod_labels("x", "b", true);
+        let c_ = || pod_labels("x", "c", true);
+        let d = || pod_labels("x", "d", true);
+        for portless in [gre, esp, ipip, icmp] {
+            check(301, b(), portless, 0, Verdict::Denied);
+            check(302, c_(), portless, 0, Verdict::Allowed);
+            check(303, d(), portless, 0, Verdict::Denied);
+        }
+        let sctp_ok = lo == 0 || lo == 80;
+        check(
+            301,
+            b(),
+            sctp,
+            80,
+            if sctp_ok { Verdict::Allowed } else { Verdict::Denied },
+        );
+        check(302, c_(), sctp, 9, Verdict::Allowed);
+        check(303, d(), sctp, 80, Verdict::Denied);
+        let tcp_ok = proto == Proto::Any;
+        check(
+            301,
+            b(),
+            6,
+            80,
+            if tcp_ok { Verdict::Allowed } else { Verdict::Denied },
+        );
+    }
 }
