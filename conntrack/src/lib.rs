@@ -6,6 +6,8 @@
 //! - [`clock`]: the injectable clock lifetimes are measured with;
 //! - [`gc`]: the background thread that reaps expired entries a slice at a time.
 
+#![forbid(unsafe_code)]
+
 pub mod clock;
 pub mod gc;
 pub mod state;
@@ -13,7 +15,7 @@ pub mod table;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use state::{Lifetimes, State};
-pub use table::{Config, Dir, Entry, Full, Handle, Key, Nat, NewEntry, Table};
+pub use table::{Config, Dir, Entry, Full, Handle, Key, Nat, NewEntry, PolicyVerdict, Table};
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,8 @@ pub struct Lifetimes {
     pub tcp_established: u32,
     /// A TCP connection being opened (SYN seen, not yet established).
     pub tcp_syn: u32,
-    /// A TCP connection being closed (FIN or RST seen).
+    /// A TCP connection being closed: both sides have sent FIN, or a RST was seen. A
+    /// half-closed connection (FIN from one side only) keeps `tcp_established`.
     pub tcp_close: u32,
     /// Anything but TCP.
     pub non_tcp: u32,
@@ -38,9 +39,10 @@ pub enum State {
     SynRecv = 2,
     /// TCP: handshake done (or picked up mid-stream).
     Established = 3,
-    /// TCP: one side sent FIN.
+    /// TCP: the originator has sent FIN, the responder not yet (half-closed; Cilium's
+    /// `tx_closing`). Lives as long as an established connection.
     FinWait = 4,
-    /// TCP: both sides sent FIN.
+    /// TCP: both sides have sent FIN (`tx_closing` and `rx_closing`): the close lifetime.
     TimeWait = 5,
     /// TCP: reset.
     Closed = 6,
@@ -48,6 +50,9 @@ pub enum State {
     New = 7,
     /// UDP/ICMP: the other side answered.
     Replied = 8,
+    /// TCP: the responder has sent FIN, the originator not yet (half-closed; Cilium's
+    /// `rx_closing`). Lives as long as an established connection.
+    FinWaitReply = 9,
 }
 
 impl State {
@@ -62,17 +67,53 @@ impl State {
             6 => State::Closed,
             7 => State::New,
             8 => State::Replied,
+            9 => State::FinWaitReply,
             _ => return None,
         })
     }
 
-    /// How long a flow in this state lives without traffic.
+    /// How long a flow in this state lives without traffic. The close lifetime applies once
+    /// both directions have sent FIN, or after a RST; a half-closed connection lives as an
+    /// established one (its open direction may still send for a long time).
     pub fn lifetime(self, l: &Lifetimes) -> u32 {
         match self {
             State::SynSent | State::SynRecv => l.tcp_syn,
-            State::Established => l.tcp_established,
-            State::FinWait | State::TimeWait | State::Closed => l.tcp_close,
+            State::Established | State::FinWait | State::FinWaitReply => l.tcp_established,
+            State::TimeWait | State::Closed => l.tcp_close,
             State::New | State::Replied => l.non_tcp,
+        }
+    }
+
+    /// Which directions have closed, as Cilium's (`tx_closing`, `rx_closing`): the originator
+    /// sent FIN (or RST), the responder sent FIN (or RST). A RST closes both.
+    pub fn closing(self) -> (bool, bool) {
+        match self {
+            State::FinWait => (true, false),
+            State::FinWaitReply => (false, true),
+            State::TimeWait | State::Closed => (true, true),
+            _ => (false, false),
+        }
+    }
+
+    /// The state to store when a packet computed `next` from an older read of the flow while
+    /// the entry now holds `cur` (two workers updating one flow at once): the closing
+    /// directions of both are kept (one worker's FIN is not lost to the other's ACK), and a
+    /// RST stays final. Anything else (a reopening SYN, handshake steps, UDP) is `next`.
+    pub(crate) fn merge(cur: State, next: State) -> State {
+        use State::*;
+        let settled = |s: State| matches!(s, Established | FinWait | FinWaitReply | TimeWait);
+        if cur == next || !settled(next) || !(settled(cur) || cur == Closed) {
+            return next;
+        }
+        if cur == Closed {
+            return Closed;
+        }
+        let ((a, b), (x, y)) = (cur.closing(), next.closing());
+        match (a || x, b || y) {
+            (false, false) => Established,
+            (true, false) => FinWait,
+            (false, true) => FinWaitReply,
+            (true, true) => TimeWait,
         }
     }
 }
@@ -98,13 +139,16 @@ pub fn tcp_flags_invalid(f: u8) -> bool {
 }
 
 /// The state of a new TCP flow whose first packet has `flags` (valid ones). A first packet that
-/// is no SYN is a connection picked up mid-stream (after a restart), taken as established.
+/// is no SYN is a connection picked up mid-stream (after a restart), taken as established (as
+/// half-closed by its originator if that packet is a FIN).
 pub fn tcp_first(flags: u8) -> State {
     use tcp_flags::*;
     if flags & RST != 0 {
         State::Closed
     } else if flags & SYN != 0 && flags & ACK == 0 {
         State::SynSent
+    } else if flags & FIN != 0 {
+        State::FinWait
     } else {
         State::Established
     }
@@ -112,35 +156,51 @@ pub fn tcp_first(flags: u8) -> State {
 
 /// The next state of a TCP flow for a packet with `flags`, sent by the originator (`reply`
 /// false) or the responder.
+///
+/// Closing is tracked per direction, as Cilium's `tx_closing`/`rx_closing`: a FIN from the
+/// originator gives [`State::FinWait`], one from the responder [`State::FinWaitReply`] (both
+/// half-closed, with the established lifetime); the other side's FIN then gives
+/// [`State::TimeWait`] (the close lifetime). A RST closes both directions ([`State::Closed`]).
+/// A SYN without ACK from the originator on a closing or closed entry reopens it
+/// ([`State::SynSent`], closing cleared): the port is reused by a new connection.
 pub fn tcp_next(s: State, reply: bool, flags: u8) -> State {
     use tcp_flags::*;
     if flags & RST != 0 {
         return State::Closed;
     }
+    let fin = flags & FIN != 0;
+    let reopen = !reply && flags & SYN != 0 && flags & ACK == 0;
     match s {
         State::SynSent if reply && flags & SYN != 0 && flags & ACK != 0 => State::SynRecv,
         State::SynSent if flags & SYN != 0 => State::SynSent, // retransmitted SYN
-        State::SynSent if reply && flags & ACK != 0 => State::Established, // simultaneous/odd stacks
+        State::SynSent if reply && flags & ACK != 0 => {
+            closing(State::Established, reply, fin) // simultaneous/odd stacks
+        }
         State::SynRecv if !reply && flags & ACK != 0 && flags & SYN == 0 => {
-            next_closing(State::Established, flags)
+            closing(State::Established, reply, fin)
         }
         State::SynRecv => State::SynRecv,
-        State::Established => next_closing(State::Established, flags),
-        State::FinWait if flags & FIN != 0 => State::TimeWait,
-        State::FinWait => State::FinWait,
-        State::TimeWait => State::TimeWait,
-        // A SYN after a close opens the port anew.
-        State::Closed if flags & SYN != 0 && flags & ACK == 0 && !reply => State::SynSent,
+        State::Established => closing(State::Established, reply, fin),
+        State::FinWait | State::FinWaitReply | State::TimeWait | State::Closed if reopen => {
+            State::SynSent
+        }
+        State::FinWait | State::FinWaitReply | State::TimeWait => closing(s, reply, fin),
         State::Closed => State::Closed,
         other => other,
     }
 }
 
-fn next_closing(s: State, flags: u8) -> State {
-    if flags & tcp_flags::FIN != 0 {
-        State::FinWait
-    } else {
-        s
+/// `s` after a packet from the originator (`reply` false) or the responder, with FIN or not.
+fn closing(s: State, reply: bool, fin: bool) -> State {
+    if !fin {
+        return s;
+    }
+    let (tx, rx) = s.closing();
+    match (tx || !reply, rx || reply) {
+        (true, true) => State::TimeWait,
+        (true, false) => State::FinWait,
+        (false, true) => State::FinWaitReply,
+        (false, false) => s,
     }
 }
 
