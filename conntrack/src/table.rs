@@ -934,6 +934,25 @@ impl<'a> Handle<'a> {
         self.now
     }
 
+    /// The slot's generation this handle was found with.
+    #[inline]
+    pub fn generation(&self) -> u16 {
+        self.generation
+    }
+
+    /// A consistent copy of the entry (as [`Table::dump`] shows it, expiry from the handle's
+    /// time); `None` once the handle is stale.
+    pub fn snapshot(&self) -> Option<Entry> {
+        let (w0, w1) =
+            self.stable(|s| (s.k0.load(Ordering::Relaxed), s.k1.load(Ordering::Relaxed)))?;
+        self.entry(Key::from_words(w0, w1), self.now)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn slot_index(&self) -> usize {
+        self.i
+    }
+
     /// Whether the slot still holds this handle's entry (not freed nor reused since).
     #[inline]
     pub fn valid(&self) -> bool {
