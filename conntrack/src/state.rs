@@ -243,8 +243,11 @@ mod tests {
             State::SynRecv,
             State::Established,
             State::FinWait,
+            State::FinWaitReply,
+            State::TimeWait,
         ] {
             assert_eq!(tcp_next(s, true, RST), State::Closed);
+            assert_eq!(tcp_next(s, false, RST | ACK), State::Closed);
         }
         assert_eq!(tcp_first(RST | ACK), State::Closed);
     }
@@ -267,7 +270,75 @@ mod tests {
         assert_eq!(State::Established.lifetime(&l), 21600);
         assert_eq!(State::SynSent.lifetime(&l), 60);
         assert_eq!(State::TimeWait.lifetime(&l), 10);
+        assert_eq!(State::Closed.lifetime(&l), 10);
+        // Half-closed: one direction still sends.
+        assert_eq!(State::FinWait.lifetime(&l), 21600);
+        assert_eq!(State::FinWaitReply.lifetime(&l), 21600);
         assert_eq!(State::Replied.lifetime(&l), 60);
+    }
+
+    #[test]
+    fn closing_is_tracked_per_direction() {
+        let e = State::Established;
+        assert_eq!(tcp_next(e, false, FIN | ACK), State::FinWait);
+        assert_eq!(tcp_next(e, true, FIN | ACK), State::FinWaitReply);
+        // The same side's FIN again (a retransmission) closes nothing more.
+        assert_eq!(tcp_next(State::FinWait, false, FIN | ACK), State::FinWait);
+        assert_eq!(
+            tcp_next(State::FinWaitReply, true, FIN | ACK),
+            State::FinWaitReply
+        );
+        // The other side's FIN closes both.
+        assert_eq!(tcp_next(State::FinWait, true, FIN | ACK), State::TimeWait);
+        assert_eq!(
+            tcp_next(State::FinWaitReply, false, FIN | ACK),
+            State::TimeWait
+        );
+        // Data and ACKs keep a half-closed flow half-closed.
+        assert_eq!(tcp_next(State::FinWait, true, ACK | 0x08), State::FinWait);
+        assert_eq!(
+            tcp_next(State::FinWaitReply, false, ACK),
+            State::FinWaitReply
+        );
+        // The handshake's last ACK carrying a FIN half-closes.
+        assert_eq!(tcp_next(State::SynRecv, false, FIN | ACK), State::FinWait);
+        assert_eq!(tcp_first(FIN | ACK), State::FinWait);
+        assert_eq!(State::FinWait.closing(), (true, false));
+        assert_eq!(State::FinWaitReply.closing(), (false, true));
+        assert_eq!(State::Closed.closing(), (true, true));
+        assert_eq!(State::Established.closing(), (false, false));
+    }
+
+    #[test]
+    fn an_originators_syn_reopens_closing_and_closed_flows() {
+        for s in [
+            State::FinWait,
+            State::FinWaitReply,
+            State::TimeWait,
+            State::Closed,
+        ] {
+            assert_eq!(tcp_next(s, false, SYN), State::SynSent, "{s:?}");
+            // Not from the responder, and not a SYN-ACK.
+            assert_ne!(tcp_next(s, true, SYN), State::SynSent, "{s:?}");
+            assert_ne!(tcp_next(s, false, SYN | ACK), State::SynSent, "{s:?}");
+        }
+        // An open flow's retransmitted SYN does not restart it.
+        assert_eq!(tcp_next(State::Established, false, SYN), State::Established);
+    }
+
+    #[test]
+    fn merge_keeps_both_directions_closing() {
+        use State::*;
+        assert_eq!(State::merge(FinWait, FinWaitReply), TimeWait);
+        assert_eq!(State::merge(FinWaitReply, FinWait), TimeWait);
+        assert_eq!(State::merge(FinWait, Established), FinWait);
+        assert_eq!(State::merge(TimeWait, Established), TimeWait);
+        assert_eq!(State::merge(Closed, Established), Closed);
+        assert_eq!(State::merge(Closed, SynSent), SynSent, "a SYN reopens");
+        assert_eq!(State::merge(TimeWait, SynSent), SynSent);
+        assert_eq!(State::merge(SynSent, SynRecv), SynRecv);
+        assert_eq!(State::merge(New, Replied), Replied);
+        assert_eq!(State::merge(Established, Established), Established);
     }
 
     proptest::proptest! {
@@ -281,6 +352,24 @@ mod tests {
                 s = tcp_next(s, reply, f);
                 proptest::prop_assert!(!matches!(s, State::New | State::Replied));
                 if f & RST != 0 { proptest::prop_assert_eq!(s, State::Closed); }
+            }
+        }
+
+        /// A direction once closing stays closing, unless an originator's SYN reopens the flow.
+        #[test]
+        fn closing_is_monotone_until_a_syn(first in 0u8..=0x3f, pkts in proptest::collection::vec((proptest::bool::ANY, 0u8..=0x3f), 0..40)) {
+            proptest::prop_assume!(!tcp_flags_invalid(first));
+            let mut s = tcp_first(first);
+            for (reply, f) in pkts {
+                if tcp_flags_invalid(f) { continue; }
+                let n = tcp_next(s, reply, f);
+                let ((a, b), (x, y)) = (s.closing(), n.closing());
+                if n != State::SynSent {
+                    proptest::prop_assert!((!a || x) && (!b || y), "{:?} -> {:?}", s, n);
+                    // merge agrees with a single worker's sequence.
+                    proptest::prop_assert_eq!(State::merge(s, n), n);
+                }
+                s = n;
             }
         }
     }
