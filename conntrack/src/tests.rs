@@ -647,7 +647,7 @@ fn stress_no_operation_lands_on_another_flows_entry() {
             }
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
     let workers: Vec<_> = (0..2u32)
         .map(|w| {
             let (t, clock) = (t.clone(), clock.clone());
@@ -658,7 +658,7 @@ fn stress_no_operation_lands_on_another_flows_entry() {
                 let mut stale: Vec<(u32, Handle<'_>)> = Vec::new();
                 let (mut checked, mut reused) = (0u64, 0u64);
                 let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(w);
-                for n in 0..400_000u32 {
+                for n in 0..2_000_000u32 {
                     if n % 256 == 0 && std::time::Instant::now() > deadline {
                         break;
                     }
@@ -741,9 +741,10 @@ fn stress_no_operation_lands_on_another_flows_entry() {
     stop.store(true, Ordering::Relaxed);
     ticker.join().unwrap();
     drop(gc);
+    eprintln!("(packet counts checked, stale handles refused) per worker: {results:?}");
     for (checked, reused) in &results {
-        assert!(*checked > 100, "too few checks: {results:?}");
-        assert!(*reused > 10, "too little slot reuse: {results:?}");
+        assert!(*checked > 50, "too few checks: {results:?}");
+        assert!(*reused > 5, "too little slot reuse: {results:?}");
     }
     assert!(t.counts().0 <= 128);
 }
