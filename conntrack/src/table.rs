@@ -3,7 +3,7 @@
 //! Layout: buckets of 8 slots; a key may live in one of two buckets (two-choice hashing). Each
 //! bucket has an 8-byte *tag word*, one fingerprint byte per slot (0 = empty), so a lookup reads
 //! one word per bucket and touches only slots whose tag matches. A slot is one 64-byte cache
-//! line (see [`Slot`]'s fields): the *live word* (expiry, generation, flags, state), the key,
+//! line (see `Slot`'s fields): the *live word* (expiry, generation, flags, state), the key,
 //! identity, NAT record, policy verdict cache and counters, all atomics updated in place.
 //!
 //! Concurrency:
@@ -1060,7 +1060,7 @@ impl<'a> Handle<'a> {
     /// together; the counters are added only after it succeeded, each by a CAS that checks the
     /// generation again (so a slot freed and reused in between does not get them). When the
     /// entry's state changed since the caller read it (another worker's packet), closing
-    /// directions of both are kept ([`State::merge`]).
+    /// directions of both are kept (`State::merge`).
     pub fn try_update(&self, next: State, reply: bool, bytes: u32) -> bool {
         let s = self.slot();
         let lt = &self.t.cfg.lifetimes;
