@@ -3,16 +3,29 @@
 //! Layout: buckets of 8 slots; a key may live in one of two buckets (two-choice hashing). Each
 //! bucket has an 8-byte *tag word*, one fingerprint byte per slot (0 = empty), so a lookup reads
 //! one word per bucket and touches only slots whose tag matches. A slot is one 64-byte cache
-//! line: a version word, the key, and the entry's fields as atomics, updated in place.
+//! line (see `Slot`'s fields): the *live word* (expiry, generation, flags, state), the key,
+//! identity, NAT record, policy verdict cache and counters, all atomics updated in place.
 //!
 //! Concurrency:
-//! - Lookups take no lock and never wait: they read a slot under its version (seqlock style)
-//!   and skip a slot being written.
+//! - The live word is the slot's seqlock version *and* its state: its generation changes each
+//!   time the slot is claimed or freed, and every change of a used slot is one compare-and-swap
+//!   that checks the generation. A [`Handle`] carries the generation it was found with, so an
+//!   operation through a handle whose slot has since been freed or reused is a no-op.
+//! - Lookups take no lock and never wait: they read a slot's key under its live word (seqlock
+//!   style) and skip a slot being written.
 //! - Inserts of the same key serialise on a one-byte lock of the key's first bucket, so a key is
 //!   never inserted twice; a free slot is claimed by compare-and-swap on the tag word.
-//! - The garbage collector and eviction take only expired entries, by compare-and-swap on the
-//!   version word, so they never race a live flow's updates.
+//! - The garbage collector, eviction, `remove` and `flush` free a slot by compare-and-swap on
+//!   the live word it read: an entry refreshed since (a packet) is never reaped as expired.
 //! - Nothing allocates after construction.
+//!
+//! Memory ordering (the seqlock pattern, correct on weakly ordered CPUs): a writer marks the
+//! live word busy, then `fence(Release)`, then stores the data (Relaxed), then publishes the
+//! live word with a Release store. A reader loads the live word (Acquire), reads the data
+//! (Relaxed), `fence(Acquire)`, and loads the live word again: if the data came from a later
+//! writer, the fences make that writer's busy mark visible to the second load, and the read is
+//! discarded. Later changes of a published live word are read-modify-writes, so they continue
+//! its release sequence: a reader that sees an updated live word still sees the published data.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -31,18 +44,54 @@ pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 
 const LANES: usize = 8;
-/// Buckets an insert at the limit may sweep for expired entries (bounded work: 2048 slots).
+/// Buckets an insert at the limit may sweep for expired entries (bounded work: 2048 slots), at
+/// most once per clock second per table.
 const SWEEP_BUCKETS: usize = 256;
-const EMPTY: u64 = 0;
-const BUSY: u64 = 1;
-const USED: u64 = 2;
-const STATE_MASK: u64 = 3;
-const VERSION_STEP: u64 = 4;
 
-/// The version word `steps` versions after `m`, in slot state `state`.
+// The live word: expires (bits 32..64) | generation (16..32) | flags (8..16) | state (0..8).
+// The flags byte holds the public [`flags`] and the slot's occupancy in its top two bits.
+const OCC_USED: u8 = 0x80;
+const OCC_BUSY: u8 = 0x40;
+const OCC: u8 = OCC_USED | OCC_BUSY;
+/// The bits of the live word a seqlock reader compares: generation and occupancy.
+const VERSION_MASK: u64 = 0xffff_0000 | (OCC as u64) << 8;
+/// Counter words: generation (bits 48..64) | count (0..48, wrapping).
+const COUNT_MASK: u64 = (1 << 48) - 1;
+const POLICY_VALID: u64 = 1 << 33;
+const POLICY_ALLOWED: u64 = 1 << 32;
+
 #[inline]
-fn bump(m: u64, steps: u64, state: u64) -> u64 {
-    ((m & !STATE_MASK) + steps * VERSION_STEP) | state
+fn pack(expires: u32, generation: u16, fl: u8, state: u8) -> u64 {
+    u64::from(expires) << 32 | u64::from(generation) << 16 | u64::from(fl) << 8 | u64::from(state)
+}
+#[inline]
+fn w_expires(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+#[inline]
+fn w_gen(w: u64) -> u16 {
+    (w >> 16) as u16
+}
+#[inline]
+fn w_flags(w: u64) -> u8 {
+    (w >> 8) as u8
+}
+#[inline]
+fn w_used(w: u64) -> bool {
+    w_flags(w) & OCC == OCC_USED
+}
+/// Whether live word `w` is a used slot of generation `g`.
+#[inline]
+fn w_owned(w: u64, g: u16) -> bool {
+    w_used(w) && w_gen(w) == g
+}
+#[inline]
+fn w_expired(w: u64, now: u32) -> bool {
+    w_expires(w) <= now
+}
+#[inline]
+fn tagged(generation: u16, count: u64) -> u64 {
+    u64::from(generation) << 48 | count & COUNT_MASK
 }
 
 /// Entry flags.
@@ -203,10 +252,26 @@ pub struct Entry {
     pub identity: u32,
     /// NAT record.
     pub nat: Option<Nat>,
-    /// Packets (both directions).
+    /// Packets (both directions; the table counts modulo 2^48).
     pub packets: u64,
-    /// Bytes (both directions).
+    /// Bytes (both directions; the table counts modulo 2^48).
     pub bytes: u64,
+    /// TCP: the originator has sent FIN or a RST was seen (Cilium's `tx_closing`).
+    pub tx_closing: bool,
+    /// TCP: the responder has sent FIN or a RST was seen (Cilium's `rx_closing`).
+    pub rx_closing: bool,
+    /// The cached policy verdict, if the fast path stored one.
+    pub policy: Option<PolicyVerdict>,
+}
+
+/// A policy verdict cached in an entry: valid while the policy revision it was computed at is
+/// the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PolicyVerdict {
+    /// The policy revision the verdict was computed at.
+    pub revision: u32,
+    /// Allowed or denied.
+    pub allowed: bool,
 }
 
 /// The table is full and holds nothing expired to make room.
@@ -236,26 +301,39 @@ impl Default for Config {
     }
 }
 
+/// One entry: one 64-byte cache line.
+///
+/// | offset | field | |
+/// |---|---|---|
+/// | 0 | `live` | expires u32 \| generation u16 \| flags u8 \| state u8: seqlock version and state |
+/// | 8 | `k0`, `k1` | the key (written only while the slot is busy) |
+/// | 24 | `identity` | originator's security identity |
+/// | 28 | `nat_src`, `nat_dst`, `nat_ports` | the NAT record |
+/// | 40 | `policy` | generation u16 \| valid, allowed bits \| revision u32 |
+/// | 48 | `packets` | generation u16 \| count u48 |
+/// | 56 | `bytes` | generation u16 \| count u48 |
+///
+/// The policy and counter words carry the generation too, so that a stale handle's
+/// read-modify-write on them fails instead of landing on the slot's next flow.
 #[repr(C, align(64))]
 #[derive(Default)]
 struct Slot {
-    meta: AtomicU64,
+    live: AtomicU64,
     k0: AtomicU64,
     k1: AtomicU64,
-    expires: AtomicU32,
-    /// state | flags << 8
-    state: AtomicU32,
     identity: AtomicU32,
     nat_src: AtomicU32,
     nat_dst: AtomicU32,
     /// sport << 16 | dport
     nat_ports: AtomicU32,
+    policy: AtomicU64,
     packets: AtomicU64,
     bytes: AtomicU64,
 }
 
 /// Bytes of table per entry slot (one cache line).
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+const _: () = assert!(SLOT_BYTES == 64 && std::mem::align_of::<Slot>() == 64);
 
 /// The table.
 pub struct Table {
@@ -266,6 +344,10 @@ pub struct Table {
     counts: [AtomicUsize; 2],
     /// Where the next eviction sweep starts.
     sweep: AtomicUsize,
+    /// The first clock second at which an insert at the limit may sweep again.
+    next_sweep: AtomicU32,
+    /// Sweeps run by inserts at the limit.
+    sweeps: AtomicU64,
     cfg: Config,
     clock: Arc<dyn Clock>,
 }
@@ -280,17 +362,23 @@ impl std::fmt::Debug for Table {
     }
 }
 
-/// A found entry, to read and update.
+/// A found entry, to read and update. It carries the slot's generation and the time it was
+/// found at: once the slot is freed or holds another flow, every operation through the handle
+/// is a no-op (reads return `None`/0), and updates measure lifetimes from that time (so a
+/// worker reads the clock once per batch).
 #[derive(Clone, Copy)]
 pub struct Handle<'a> {
     t: &'a Table,
     i: usize,
+    generation: u16,
+    now: u32,
 }
 
 impl std::fmt::Debug for Handle<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
             .field("slot", &self.i)
+            .field("generation", &self.generation)
             .field("state", &self.state())
             .finish()
     }
@@ -314,6 +402,8 @@ impl Table {
             buckets,
             counts: [AtomicUsize::new(0), AtomicUsize::new(0)],
             sweep: AtomicUsize::new(0),
+            next_sweep: AtomicU32::new(0),
+            sweeps: AtomicU64::new(0),
             cfg,
             clock,
         }
@@ -338,6 +428,11 @@ impl Table {
         )
     }
 
+    /// Sweeps for expired entries run by inserts at the limit (at most one per clock second).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(Ordering::Relaxed)
+    }
+
     /// Bytes the table occupies.
     pub fn memory_bytes(&self) -> usize {
         self.slots.len() * SLOT_BYTES + self.tags.len() * 8 + self.locks.len()
@@ -356,29 +451,49 @@ impl Table {
         (b1, b2, tag)
     }
 
-    /// Reads slot `i`'s key if it is in use and stable: (version word, key).
+    #[inline]
+    fn handle(&self, i: usize, w: u64, now: u32) -> Handle<'_> {
+        Handle {
+            t: self,
+            i,
+            generation: w_gen(w),
+            now,
+        }
+    }
+
+    /// Reads slot `i`'s key if it is in use and stable: (live word, key).
     #[inline]
     fn read_key(&self, i: usize) -> Option<(u64, Key)> {
         let s = &self.slots[i];
-        let m1 = s.meta.load(Ordering::Acquire);
-        if m1 & STATE_MASK != USED {
+        // Acquire: pairs with the writer's publishing Release store (or the RMWs continuing
+        // its release sequence), so the key stores are visible.
+        let w = s.live.load(Ordering::Acquire);
+        if !w_used(w) {
             return None;
         }
         let (w0, w1) = (s.k0.load(Ordering::Relaxed), s.k1.load(Ordering::Relaxed));
+        // Acquire fence: if a key word came from a later writer, that writer's busy mark
+        // (before its Release fence) is visible to the re-load below.
         fence(Ordering::Acquire);
-        (s.meta.load(Ordering::Relaxed) == m1).then(|| (m1, Key::from_words(w0, w1)))
+        let again = s.live.load(Ordering::Relaxed);
+        (again & VERSION_MASK == w & VERSION_MASK).then(|| (w, Key::from_words(w0, w1)))
     }
 
-    /// The slot holding `k`, expired or not.
+    /// The slot holding `k`, expired or not, and its live word.
     #[inline]
-    fn find(&self, k: &Key, b1: usize, b2: usize, tag: u8) -> Option<usize> {
+    fn find(&self, k: &Key, b1: usize, b2: usize, tag: u8) -> Option<(usize, u64)> {
         for b in [b1, b2] {
+            // Relaxed would do (the tag only filters; the key is validated under the live
+            // word), Acquire costs nothing on x86 and makes a just-claimed lane's tag and slot
+            // be seen together.
             let t = self.tags[b].load(Ordering::Acquire);
             for lane in 0..LANES {
                 if (t >> (lane * 8)) as u8 == tag {
                     let i = b * LANES + lane;
-                    if self.read_key(i).is_some_and(|(_, key)| key == *k) {
-                        return Some(i);
+                    if let Some((w, key)) = self.read_key(i) {
+                        if key == *k {
+                            return Some((i, w));
+                        }
                     }
                 }
             }
@@ -386,35 +501,46 @@ impl Table {
         None
     }
 
-    fn expired(&self, i: usize, now: u32) -> bool {
-        self.slots[i].expires.load(Ordering::Relaxed) <= now
-    }
-
-    /// The live entry for `k`. Lock-free; an expired entry counts as absent.
+    /// The live entry for `k`, by the table's clock. Lock-free; an expired entry counts as
+    /// absent.
     #[inline]
     pub fn lookup(&self, k: &Key) -> Option<Handle<'_>> {
+        self.lookup_at(k, self.now())
+    }
+
+    /// The live entry for `k` at time `now` (read once per batch by the caller); the handle's
+    /// updates measure lifetimes from `now`.
+    #[inline]
+    pub fn lookup_at(&self, k: &Key, now: u32) -> Option<Handle<'_>> {
         let (b1, b2, tag) = self.place(k);
-        let i = self.find(k, b1, b2, tag)?;
-        (!self.expired(i, self.now())).then_some(Handle { t: self, i })
+        let (i, w) = self.find(k, b1, b2, tag)?;
+        (!w_expired(w, now)).then(|| self.handle(i, w, now))
     }
 
     /// Inserts `k` unless it is there already (then the existing entry is returned, so two
     /// workers seeing a flow's first packets at once make one entry). At the limit, an expired
     /// entry in the key's buckets makes room; if there is none, `Full`.
     pub fn insert(&self, k: &Key, e: NewEntry) -> Result<(Handle<'_>, bool), Full> {
+        self.insert_at(k, e, self.now())
+    }
+
+    /// [`Table::insert`] at time `now`.
+    pub fn insert_at(&self, k: &Key, e: NewEntry, now: u32) -> Result<(Handle<'_>, bool), Full> {
         let (b1, b2, tag) = self.place(k);
-        let now = self.now();
         let _lock = BucketLock::take(&self.locks[b1]);
-        if let Some(i) = self.find(k, b1, b2, tag) {
-            if !self.expired(i, now) {
-                return Ok((Handle { t: self, i }, false));
+        // Under the lock no other insert of `k` runs; the entry may still be refreshed by a
+        // packet or freed by the collector meanwhile, so the in-place restart is a CAS on the
+        // live word read, retried on a change.
+        while let Some((i, w)) = self.find(k, b1, b2, tag) {
+            if !w_expired(w, now) {
+                return Ok((self.handle(i, w, now), false));
             }
             // Same key, expired: start it afresh in place.
-            let m = self.slots[i].meta.load(Ordering::Acquire);
-            if self.claim_used(i, m) {
-                self.write(i, m + VERSION_STEP, k, &e, now);
-                return Ok((Handle { t: self, i }, true));
+            if let Some(g) = self.claim_used(i, w) {
+                self.write(i, g, k, &e, now);
+                return Ok((self.handle(i, pack(0, g, 0, 0), now), true));
             }
+            std::hint::spin_loop();
         }
         if let Some(h) = self.insert_free(k, &e, b1, b2, tag, now) {
             return Ok((h, true));
@@ -434,8 +560,7 @@ impl Table {
         now: u32,
     ) -> Option<Handle<'_>> {
         let c = class(k.proto);
-        if self.counts[c].fetch_add(1, Ordering::AcqRel) >= self.limit(c) {
-            self.counts[c].fetch_sub(1, Ordering::AcqRel);
+        if !self.reserve(c) {
             return None;
         }
         let (first, second) = if self.used_lanes(b1) <= self.used_lanes(b2) {
@@ -444,14 +569,23 @@ impl Table {
             (b2, b1)
         };
         for b in [first, second] {
-            if let Some(i) = self.claim_free(b, tag) {
-                let m = self.slots[i].meta.load(Ordering::Acquire);
-                self.write(i, m + VERSION_STEP, k, e, now);
-                return Some(Handle { t: self, i });
+            if let Some((i, g)) = self.claim_free(b, tag) {
+                self.write(i, g, k, e, now);
+                return Some(self.handle(i, pack(0, g, 0, 0), now));
             }
         }
-        self.counts[c].fetch_sub(1, Ordering::AcqRel);
+        self.counts[c].fetch_sub(1, Ordering::Relaxed);
         None
+    }
+
+    /// Counts one more entry of class `c` if it is below its limit. Relaxed: the count is a
+    /// limit, it orders nothing.
+    fn reserve(&self, c: usize) -> bool {
+        if self.counts[c].fetch_add(1, Ordering::Relaxed) >= self.limit(c) {
+            self.counts[c].fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn limit(&self, c: usize) -> usize {
@@ -467,38 +601,65 @@ impl Table {
         (0..LANES).filter(|l| (t >> (l * 8)) as u8 != 0).count() as u32
     }
 
-    /// Claims an empty lane of bucket `b` for `tag`; the slot is marked busy.
-    fn claim_free(&self, b: usize, tag: u8) -> Option<usize> {
+    /// Claims an empty lane of bucket `b` for `tag`; the slot is marked busy. Returns the slot
+    /// and its new generation.
+    fn claim_free(&self, b: usize, tag: u8) -> Option<(usize, u16)> {
         loop {
-            let t = self.tags[b].load(Ordering::Acquire);
+            let t = self.tags[b].load(Ordering::Relaxed);
             let lane = (0..LANES).find(|l| (t >> (l * 8)) as u8 == 0)?;
             let nt = t | u64::from(tag) << (lane * 8);
+            // Acquire: the lane's previous freeing (its live-word CAS, before the tag was
+            // cleared with Release) happens-before our writes to the slot.
             if self.tags[b]
-                .compare_exchange(t, nt, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(t, nt, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
                 let i = b * LANES + lane;
                 let s = &self.slots[i];
-                let m = s.meta.load(Ordering::Acquire);
-                s.meta.store(bump(m, 1, BUSY), Ordering::Relaxed);
+                // The lane is ours: its slot is empty and nobody else writes an empty slot
+                // (updates, frees and evictions need a used one), so a plain store marks it.
+                let w = s.live.load(Ordering::Relaxed);
+                debug_assert!(!w_used(w));
+                let g = w_gen(w).wrapping_add(1);
+                s.live.store(pack(0, g, OCC_BUSY, 0), Ordering::Relaxed);
+                // Release fence: the busy mark is ordered before the data stores that follow
+                // (a reader that sees any of them sees the mark on its re-load).
                 fence(Ordering::Release);
-                return Some(i);
+                return Some((i, g));
             }
         }
     }
 
-    /// Takes a used slot (version word `m`) for rewriting: busy if the CAS wins.
-    fn claim_used(&self, i: usize, m: u64) -> bool {
-        m & STATE_MASK == USED
-            && self.slots[i]
-                .meta
-                .compare_exchange(m, bump(m, 1, BUSY), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+    /// Takes a used slot (live word `w`, as read) for rewriting: busy, with the next
+    /// generation, if the CAS wins; it fails if anything changed since `w` was read (a packet
+    /// refreshed the entry, another writer took it). Returns the new generation.
+    fn claim_used(&self, i: usize, w: u64) -> Option<u16> {
+        if !w_used(w) {
+            return None;
+        }
+        let g = w_gen(w).wrapping_add(1);
+        // Acquire on success: the previous generation's stores are ordered before ours.
+        self.slots[i]
+            .live
+            .compare_exchange(
+                w,
+                pack(0, g, OCC_BUSY, 0),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        // Release fence: a CAS's Release would order only what precedes it; the data stores
+        // that follow must not become visible before the busy mark (the weakly-ordered-CPU
+        // bug of a bare CAS then Relaxed stores).
+        fence(Ordering::Release);
+        Some(g)
     }
 
     /// At the limit: an expired entry of `k`'s own buckets makes room; failing that, a bounded
-    /// sweep of the table (from a rotating cursor) reaps expired entries elsewhere and the
-    /// insert is tried once more. Only then is the new flow refused.
+    /// sweep of the table (from a rotating cursor, at most once per clock second per table)
+    /// reaps expired entries elsewhere and the insert is tried once more. Only then is the new
+    /// flow refused. A SYN flood at a full table thus costs one bounded sweep a second, not one
+    /// per dropped packet.
     fn evict_into(
         &self,
         k: &Key,
@@ -508,17 +669,39 @@ impl Table {
         tag: u8,
         now: u32,
     ) -> Result<(Handle<'_>, bool), Full> {
-        if let Ok(r) = self.evict_local(k, e, b1, b2, tag, now) {
-            return Ok(r);
+        if let Some(h) = self.evict_local(k, e, b1, b2, tag, now) {
+            return Ok((h, true));
         }
-        let at = self.sweep.fetch_add(SWEEP_BUCKETS, Ordering::Relaxed) % self.buckets;
-        if self.gc(at, SWEEP_BUCKETS) == 0 {
+        if !self.take_sweep(now) {
             return Err(Full);
         }
-        match self.insert_free(k, e, b1, b2, tag, now) {
-            Some(h) => Ok((h, true)),
-            None => self.evict_local(k, e, b1, b2, tag, now),
+        let at = self.sweep.fetch_add(SWEEP_BUCKETS, Ordering::Relaxed) % self.buckets;
+        if self.gc_at(at, SWEEP_BUCKETS, now) == 0 {
+            return Err(Full);
         }
+        self.insert_free(k, e, b1, b2, tag, now)
+            .or_else(|| self.evict_local(k, e, b1, b2, tag, now))
+            .map(|h| (h, true))
+            .ok_or(Full)
+    }
+
+    /// Whether this insert may sweep now: the first to move `next_sweep` past `now` wins.
+    fn take_sweep(&self, now: u32) -> bool {
+        let next = self.next_sweep.load(Ordering::Relaxed);
+        let won = now >= next
+            && self
+                .next_sweep
+                .compare_exchange(
+                    next,
+                    now.saturating_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if won {
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
+        }
+        won
     }
 
     /// Replaces an expired entry of `k`'s buckets with `k`.
@@ -530,49 +713,56 @@ impl Table {
         b2: usize,
         tag: u8,
         now: u32,
-    ) -> Result<(Handle<'_>, bool), Full> {
+    ) -> Option<Handle<'_>> {
         for b in [b1, b2] {
             for lane in 0..LANES {
                 let i = b * LANES + lane;
-                let Some((m, old)) = self.read_key(i) else {
+                let Some((w, old)) = self.read_key(i) else {
                     continue;
                 };
+                if !w_expired(w, now) {
+                    continue;
+                }
                 let (co, cn) = (class(old.proto), class(k.proto));
-                // An entry of the other protocol class makes room only if ours is below its limit.
-                if co != cn && self.counts[cn].load(Ordering::Acquire) >= self.limit(cn) {
+                // An entry of the other protocol class makes room only if ours is below its
+                // limit (reserved before the claim, so racing evictions cannot overshoot it).
+                if co != cn && !self.reserve(cn) {
                     continue;
                 }
-                if !self.expired(i, now) || !self.claim_used(i, m) {
+                let Some(g) = self.claim_used(i, w) else {
+                    if co != cn {
+                        self.counts[cn].fetch_sub(1, Ordering::Relaxed);
+                    }
                     continue;
+                };
+                if co != cn {
+                    self.counts[co].fetch_sub(1, Ordering::Relaxed);
                 }
-                self.counts[co].fetch_sub(1, Ordering::AcqRel);
-                self.counts[cn].fetch_add(1, Ordering::AcqRel);
                 self.set_tag(b, lane, tag);
-                self.write(i, m + VERSION_STEP, k, e, now);
-                return Ok((Handle { t: self, i }, true));
+                self.write(i, g, k, e, now);
+                return Some(self.handle(i, pack(0, g, 0, 0), now));
             }
         }
-        Err(Full)
+        None
     }
 
     fn set_tag(&self, b: usize, lane: usize, tag: u8) {
         let shift = lane * 8;
-        let _ = self.tags[b].fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+        // Release: a lane cleared here is claimed by a CAS (Acquire) that then sees our
+        // freeing of the slot.
+        let _ = self.tags[b].fetch_update(Ordering::Release, Ordering::Relaxed, |t| {
             Some(t & !(0xffu64 << shift) | u64::from(tag) << shift)
         });
     }
 
-    /// Fills busy slot `i` and publishes it (version word becomes `m`'s successor, used).
-    fn write(&self, i: usize, m: u64, k: &Key, e: &NewEntry, now: u32) {
+    /// Fills busy slot `i` (generation `g`) and publishes it.
+    fn write(&self, i: usize, g: u16, k: &Key, e: &NewEntry, now: u32) {
         let s = &self.slots[i];
         let (w0, w1) = k.words();
+        // Relaxed data stores: ordered after the busy mark by the claim's Release fence, and
+        // before the publication by its Release store.
         s.k0.store(w0, Ordering::Relaxed);
         s.k1.store(w1, Ordering::Relaxed);
-        let life = e.state.lifetime(&self.cfg.lifetimes);
-        s.expires.store(now.saturating_add(life), Ordering::Relaxed);
-        let fl = if e.nat.is_some() { flags::NAT } else { 0 };
-        s.state
-            .store(e.state as u32 | u32::from(fl) << 8, Ordering::Relaxed);
         s.identity.store(e.identity, Ordering::Relaxed);
         let n = e.nat.unwrap_or(Nat {
             src: 0,
@@ -586,33 +776,55 @@ impl Table {
             u32::from(n.sport) << 16 | u32::from(n.dport),
             Ordering::Relaxed,
         );
-        s.packets.store(1, Ordering::Relaxed);
-        s.bytes.store(u64::from(e.bytes), Ordering::Relaxed);
-        s.meta.store(bump(m, 1, USED), Ordering::Release);
+        // Generation-tagged: a stale handle's RMW on these fails from here on.
+        s.policy.store(tagged(g, 0), Ordering::Relaxed);
+        s.packets.store(tagged(g, 1), Ordering::Relaxed);
+        s.bytes
+            .store(tagged(g, u64::from(e.bytes)), Ordering::Relaxed);
+        let life = e.state.lifetime(&self.cfg.lifetimes);
+        let fl = OCC_USED | if e.nat.is_some() { flags::NAT } else { 0 };
+        s.live.store(
+            pack(now.saturating_add(life), g, fl, e.state as u8),
+            Ordering::Release,
+        );
     }
 
     /// Removes `k`'s entry, expired or not. Returns whether there was one.
     pub fn remove(&self, k: &Key) -> bool {
         let (b1, b2, tag) = self.place(k);
         let _lock = BucketLock::take(&self.locks[b1]);
-        match self.find(k, b1, b2, tag) {
-            Some(i) => self.free(i, None),
-            None => false,
+        while let Some((i, w)) = self.find(k, b1, b2, tag) {
+            if self.free(i, w, k) {
+                return true;
+            }
+            std::hint::spin_loop();
         }
+        false
     }
 
-    /// Frees slot `i` if it is used (and, with `expired_at`, expired then).
-    fn free(&self, i: usize, expired_at: Option<u32>) -> bool {
-        let Some((m, key)) = self.read_key(i) else {
-            return false;
-        };
-        if expired_at.is_some_and(|now| !self.expired(i, now)) || !self.claim_used(i, m) {
+    /// Frees slot `i` holding `key` if its live word is still `w` (any change, such as a
+    /// packet's refresh, makes the CAS fail). The generation moves on, so handles to the
+    /// entry go stale.
+    fn free(&self, i: usize, w: u64, key: &Key) -> bool {
+        if !w_used(w) {
             return false;
         }
-        let s = &self.slots[i];
-        s.meta.store(bump(m, 2, EMPTY), Ordering::Release);
+        // Relaxed: freeing publishes no data; the tag's Release below orders it before the
+        // lane's next claim.
+        if self.slots[i]
+            .live
+            .compare_exchange(
+                w,
+                pack(0, w_gen(w).wrapping_add(1), 0, 0),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
         self.set_tag(i / LANES, i % LANES, 0);
-        self.counts[class(key.proto)].fetch_sub(1, Ordering::AcqRel);
+        self.counts[class(key.proto)].fetch_sub(1, Ordering::Relaxed);
         true
     }
 
@@ -623,21 +835,72 @@ impl Table {
 
     /// Reaps expired entries of buckets `start..start + n` (wrapping). Returns how many.
     pub fn gc(&self, start: usize, n: usize) -> usize {
-        let now = self.now();
+        self.gc_at(start, n, self.now())
+    }
+
+    /// [`Table::gc`] at time `now`.
+    pub fn gc_at(&self, start: usize, n: usize, now: u32) -> usize {
         let mut reaped = 0;
         for k in 0..n.min(self.buckets()) {
             let b = (start + k) % self.buckets;
-            let t = self.tags[b].load(Ordering::Acquire);
+            let t = self.tags[b].load(Ordering::Relaxed);
             if t == 0 {
                 continue;
             }
             for lane in 0..LANES {
-                if (t >> (lane * 8)) as u8 != 0 && self.free(b * LANES + lane, Some(now)) {
-                    reaped += 1;
+                if (t >> (lane * 8)) as u8 == 0 {
+                    continue;
+                }
+                let i = b * LANES + lane;
+                if let Some((w, key)) = self.read_key(i) {
+                    // The CAS is on the word whose expiry was checked: an entry refreshed
+                    // since is not reaped.
+                    if w_expired(w, now) && self.free(i, w, &key) {
+                        reaped += 1;
+                    }
                 }
             }
         }
         reaped
+    }
+
+    /// Removes every entry (expired or not) for which `pred(key, nat)` holds; returns how many.
+    /// For an endpoint or a service that goes away: a new pod given an old pod's address
+    /// inherits none of its flows. Lock-free (each entry is freed by CAS on the live word it
+    /// was matched with; an entry rewritten meanwhile for another flow is left alone).
+    pub fn flush(&self, pred: impl Fn(&Key, Option<Nat>) -> bool) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            let Some((w, key)) = self.read_key(i) else {
+                continue;
+            };
+            let h = self.handle(i, w, 0);
+            let nat = if w_flags(w) & flags::NAT != 0 {
+                match h.read_nat() {
+                    Some(nat) => Some(nat),
+                    None => continue, // rewritten since: another flow
+                }
+            } else {
+                None
+            };
+            if !pred(&key, nat) {
+                continue;
+            }
+            // Retry while only the entry's live state changes (packets); stop once the slot
+            // holds another generation.
+            let mut w = w;
+            loop {
+                if self.free(i, w, &key) {
+                    n += 1;
+                    break;
+                }
+                w = self.slots[i].live.load(Ordering::Relaxed);
+                if !w_owned(w, h.generation) {
+                    break;
+                }
+            }
+        }
+        n
     }
 
     /// Copies of the live entries (at most `max`).
@@ -648,9 +911,11 @@ impl Table {
             if v.len() >= max {
                 break;
             }
-            if let Some((_, k)) = self.read_key(i) {
-                if !self.expired(i, now) {
-                    v.push(Handle { t: self, i }.entry(k, now));
+            if let Some((w, k)) = self.read_key(i) {
+                if !w_expired(w, now) {
+                    if let Some(e) = self.handle(i, w, now).entry(k, now) {
+                        v.push(e);
+                    }
                 }
             }
         }
@@ -663,86 +928,234 @@ impl<'a> Handle<'a> {
         &self.t.slots[self.i]
     }
 
-    /// The flow's state.
+    /// The time this handle was found at (lifetimes of its updates count from it).
     #[inline]
-    pub fn state(&self) -> Option<State> {
-        State::from_u8(self.slot().state.load(Ordering::Relaxed) as u8)
+    pub fn now(&self) -> u32 {
+        self.now
     }
 
-    /// The originator's identity.
+    /// The slot's generation this handle was found with.
     #[inline]
-    pub fn identity(&self) -> u32 {
-        self.slot().identity.load(Ordering::Relaxed)
+    pub fn generation(&self) -> u16 {
+        self.generation
     }
 
-    /// The NAT record, if any.
-    pub fn nat(&self) -> Option<Nat> {
+    /// A consistent copy of the entry (as [`Table::dump`] shows it, expiry from the handle's
+    /// time); `None` once the handle is stale.
+    pub fn snapshot(&self) -> Option<Entry> {
+        let (w0, w1) =
+            self.stable(|s| (s.k0.load(Ordering::Relaxed), s.k1.load(Ordering::Relaxed)))?;
+        self.entry(Key::from_words(w0, w1), self.now)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn slot_index(&self) -> usize {
+        self.i
+    }
+
+    /// Whether the slot still holds this handle's entry (not freed nor reused since).
+    #[inline]
+    pub fn valid(&self) -> bool {
+        w_owned(self.slot().live.load(Ordering::Relaxed), self.generation)
+    }
+
+    /// Runs `f` on the slot's data and returns its result if the slot held this handle's
+    /// generation throughout (seqlock read).
+    #[inline]
+    fn stable<R>(&self, f: impl FnOnce(&Slot) -> R) -> Option<R> {
         let s = self.slot();
-        if (s.state.load(Ordering::Relaxed) >> 8) as u8 & flags::NAT == 0 {
+        // Acquire: pairs with the publishing Release store (through the release sequence).
+        let w = s.live.load(Ordering::Acquire);
+        if !w_owned(w, self.generation) {
             return None;
         }
-        let ports = s.nat_ports.load(Ordering::Relaxed);
-        Some(Nat {
-            src: s.nat_src.load(Ordering::Relaxed),
-            sport: (ports >> 16) as u16,
-            dst: s.nat_dst.load(Ordering::Relaxed),
-            dport: ports as u16,
+        let r = f(s);
+        // Acquire fence then re-load: data from a later writer implies its busy mark is seen.
+        fence(Ordering::Acquire);
+        w_owned(s.live.load(Ordering::Relaxed), self.generation).then_some(r)
+    }
+
+    /// The flow's state; `None` once the handle is stale.
+    #[inline]
+    pub fn state(&self) -> Option<State> {
+        let w = self.slot().live.load(Ordering::Relaxed);
+        if !w_owned(w, self.generation) {
+            return None;
+        }
+        State::from_u8(w as u8)
+    }
+
+    /// The originator's identity (0, "unknown", once the handle is stale).
+    #[inline]
+    pub fn identity(&self) -> u32 {
+        self.stable(|s| s.identity.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The NAT record, if any. Read consistently: `None` if the slot is being rewritten or
+    /// holds another flow (never a mix of two records).
+    pub fn nat(&self) -> Option<Nat> {
+        self.read_nat()
+    }
+
+    fn read_nat(&self) -> Option<Nat> {
+        self.stable(|s| {
+            if w_flags(s.live.load(Ordering::Relaxed)) & flags::NAT == 0 {
+                return None;
+            }
+            let ports = s.nat_ports.load(Ordering::Relaxed);
+            Some(Nat {
+                src: s.nat_src.load(Ordering::Relaxed),
+                sport: (ports >> 16) as u16,
+                dst: s.nat_dst.load(Ordering::Relaxed),
+                dport: ports as u16,
+            })
+        })
+        .flatten()
+    }
+
+    /// The cached policy verdict, if one was stored for this entry.
+    #[inline]
+    pub fn policy(&self) -> Option<PolicyVerdict> {
+        let p = self.slot().policy.load(Ordering::Relaxed);
+        (p >> 48 == u64::from(self.generation) && p & POLICY_VALID != 0).then_some(PolicyVerdict {
+            revision: p as u32,
+            allowed: p & POLICY_ALLOWED != 0,
         })
     }
 
-    /// Records a packet: counters, the new state (if it changed), the lifetime it gives.
+    /// The fast path's check: the cached verdict if it was computed at policy `revision` (one
+    /// load and one compare), else `None` (evaluate policy and [`Handle::set_policy`]).
+    #[inline]
+    pub fn policy_at(&self, revision: u32) -> Option<bool> {
+        let p = self.slot().policy.load(Ordering::Relaxed);
+        let want = u64::from(self.generation) << 48 | POLICY_VALID | u64::from(revision);
+        (p & !POLICY_ALLOWED == want).then_some(p & POLICY_ALLOWED != 0)
+    }
+
+    /// Caches a policy verdict in the entry. A no-op (false) once the handle is stale.
+    #[inline]
+    pub fn set_policy(&self, revision: u32, allowed: bool) -> bool {
+        let g = u64::from(self.generation);
+        let new =
+            g << 48 | POLICY_VALID | if allowed { POLICY_ALLOWED } else { 0 } | u64::from(revision);
+        self.slot()
+            .policy
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                (p >> 48 == g && p != new).then_some(new)
+            })
+            .is_ok()
+    }
+
+    /// Records a packet: counters, the new state (if it changed), the lifetime it gives, from
+    /// the time the handle was found at. A no-op once the handle is stale.
     #[inline]
     pub fn update(&self, next: State, reply: bool, bytes: u32) {
-        let s = self.slot();
-        s.packets.fetch_add(1, Ordering::Relaxed);
-        s.bytes.fetch_add(u64::from(bytes), Ordering::Relaxed);
-        let old = s.state.load(Ordering::Relaxed);
-        let fl = (old >> 8) as u8 | if reply { flags::REPLY_SEEN } else { 0 };
-        let new = next as u32 | u32::from(fl) << 8;
-        if new != old {
-            // A concurrent update of the same flow may win; either result is a valid state.
-            let _ = s
-                .state
-                .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed);
-        }
-        let exp = self
-            .t
-            .now()
-            .saturating_add(next.lifetime(&self.t.cfg.lifetimes));
-        if s.expires.load(Ordering::Relaxed) != exp {
-            s.expires.store(exp, Ordering::Relaxed);
-        }
+        self.try_update(next, reply, bytes);
     }
 
-    /// Keeps the entry for `secs` from now, whatever its state's lifetime (session affinity
-    /// and learnt neighbours have lifetimes of their own).
+    /// [`Handle::update`], returning whether it applied (false: the handle is stale).
+    ///
+    /// One CAS on the live word checks the generation and sets state, flags and expiry
+    /// together; the counters are added only after it succeeded, each by a CAS that checks the
+    /// generation again (so a slot freed and reused in between does not get them). When the
+    /// entry's state changed since the caller read it (another worker's packet), closing
+    /// directions of both are kept (`State::merge`).
+    pub fn try_update(&self, next: State, reply: bool, bytes: u32) -> bool {
+        let s = self.slot();
+        let lt = &self.t.cfg.lifetimes;
+        let mut cur = s.live.load(Ordering::Relaxed);
+        loop {
+            if !w_owned(cur, self.generation) {
+                return false;
+            }
+            let old = State::from_u8(cur as u8);
+            let st = old.map_or(next, |o| State::merge(o, next));
+            let mut exp = self.now.saturating_add(st.lifetime(lt));
+            if old == Some(st) {
+                // Same state: never shorten what a worker with a later clock reading set.
+                exp = exp.max(w_expires(cur));
+            }
+            let fl = w_flags(cur) | if reply { flags::REPLY_SEEN } else { 0 };
+            let new = pack(exp, self.generation, fl, st as u8);
+            if new == cur {
+                break;
+            }
+            // Relaxed: an RMW continues the publication's release sequence; it publishes no
+            // other data.
+            match s
+                .live
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(w) => cur = w,
+            }
+        }
+        self.add(&s.packets, 1);
+        self.add(&s.bytes, u64::from(bytes));
+        true
+    }
+
+    /// Adds `n` to a generation-tagged counter word if it is still this handle's.
+    #[inline]
+    fn add(&self, c: &AtomicU64, n: u64) {
+        let g = u64::from(self.generation);
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            (v >> 48 == g).then(|| g << 48 | (v + n) & COUNT_MASK)
+        });
+    }
+
+    /// Keeps the entry for `secs` from the handle's time, whatever its state's lifetime
+    /// (session affinity and learnt neighbours have lifetimes of their own). A no-op once the
+    /// handle is stale.
     #[inline]
     pub fn refresh(&self, secs: u32) {
-        let exp = self.t.now().saturating_add(secs);
+        let exp = self.now.saturating_add(secs);
         let s = self.slot();
-        if s.expires.load(Ordering::Relaxed) != exp {
-            s.expires.store(exp, Ordering::Relaxed);
+        let mut cur = s.live.load(Ordering::Relaxed);
+        while w_owned(cur, self.generation) && w_expires(cur) != exp {
+            let new = cur & 0xffff_ffff | u64::from(exp) << 32;
+            match s
+                .live
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(w) => cur = w,
+            }
         }
     }
 
-    fn entry(&self, k: Key, now: u32) -> Entry {
-        let s = self.slot();
-        let st = s.state.load(Ordering::Relaxed);
-        Entry {
+    fn entry(&self, k: Key, now: u32) -> Option<Entry> {
+        let g = u64::from(self.generation);
+        let (w, identity, packets, bytes) = self.stable(|s| {
+            (
+                s.live.load(Ordering::Relaxed),
+                s.identity.load(Ordering::Relaxed),
+                s.packets.load(Ordering::Relaxed),
+                s.bytes.load(Ordering::Relaxed),
+            )
+        })?;
+        let state = State::from_u8(w as u8);
+        let (tx_closing, rx_closing) = state.map_or((false, false), State::closing);
+        let count = |c: u64| (c >> 48 == g).then_some(c & COUNT_MASK);
+        Some(Entry {
             src: Ipv4Addr::from(k.src),
             dst: Ipv4Addr::from(k.dst),
             sport: k.sport,
             dport: k.dport,
             proto: k.proto,
             dir: k.dir,
-            state: State::from_u8(st as u8),
-            expires_in: i64::from(s.expires.load(Ordering::Relaxed)) - i64::from(now),
-            reply_seen: (st >> 8) as u8 & flags::REPLY_SEEN != 0,
-            identity: s.identity.load(Ordering::Relaxed),
-            nat: self.nat(),
-            packets: s.packets.load(Ordering::Relaxed),
-            bytes: s.bytes.load(Ordering::Relaxed),
-        }
+            state,
+            expires_in: i64::from(w_expires(w)) - i64::from(now),
+            reply_seen: w_flags(w) & flags::REPLY_SEEN != 0,
+            identity,
+            nat: self.read_nat(),
+            packets: count(packets)?,
+            bytes: count(bytes)?,
+            tx_closing,
+            rx_closing,
+            policy: self.policy(),
+        })
     }
 }
 
@@ -751,6 +1164,7 @@ struct BucketLock<'a>(&'a AtomicBool);
 
 impl<'a> BucketLock<'a> {
     fn take(l: &'a AtomicBool) -> Self {
+        // Acquire/Release: what one insert wrote under the lock is seen by the next.
         while l
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
