@@ -2,8 +2,9 @@
 //! directory of Kubernetes objects ([`source`]: nodes, namespaces, pods, Services,
 //! EndpointSlices and network policies), and builds from them the table snapshots the fast
 //! path reads: the cluster view and ipcache ([`cluster`]), services ([`services`]), network
-//! policies ([`netpol`]) and next-hop neighbours ([`neigh`]); [`trace`] answers `vireo policy trace` and
-//! `vireo policy get`.
+//! policies ([`netpol`]) and next-hop neighbours ([`neigh`]). [`node`] is the one interface
+//! every source feeds: it builds one node's tables from the objects a [`node::Source`]
+//! delivers. [`trace`] answers `vireo policy trace` and `vireo policy get`.
 
 #![forbid(unsafe_code)]
 

@@ -34,7 +34,7 @@ def main():
     good = inner(inner_dst)
     packets = {
         "short": b"\x08\x00\x00",
-        "flags": vxlan(0x0C, vni) + good,
+        "flags": vxlan(0x04, vni) + good,  # no I flag (reserved bits alone are ignored, RFC 7348)
         "unknown_vni": vxlan(0x08, 0xABCDEF) + good,
         "truncated_inner": vxlan(0x08, vni) + good[:20],
         "valid": vxlan(0x08, vni) + good,
