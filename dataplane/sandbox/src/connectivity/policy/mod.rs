@@ -14,6 +14,7 @@ use crate::{PodState, ECHO_HTTP_PORT, ECHO_UDP_PORT, UNDERLAY_CLIENT};
 use super::{maglev_backends, wait_nodes, Backends, Env};
 
 mod netpol_model;
+mod protocols;
 mod reach;
 
 /// How long a policy check's connection attempt may take: a denied flow's SYNs are dropped, so
