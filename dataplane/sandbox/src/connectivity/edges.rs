@@ -29,7 +29,11 @@ impl Env {
     /// A client on the first node that is no service backend.
     fn plain_client(&self) -> Result<&PodState> {
         if self.echo.iter().any(|p| p.ip == self.a.ip) {
-            bail!("{} is a service backend: no plain client on {}", self.a.name, self.a.node);
+            bail!(
+                "{} is a service backend: no plain client on {}",
+                self.a.name,
+                self.a.node
+            );
         }
         Ok(&self.a)
     }
@@ -285,7 +289,7 @@ impl Env {
             self.publish_objects(&[self.pmtu_service()])?;
             wait_nodes(std::slice::from_ref(&n1), Instant::now(), |n| {
                 let b = maglev_backends(n, &svc, 80, "TCP")?;
-                Ok((!b.as_ref().is_some_and(|b| b == &[srv.ip])).then(|| {
+                Ok((b.as_deref() != Some(&[srv.ip][..])).then(|| {
                     format!(
                         "{}'s Maglev table for {svc} has backends {b:?}, not {}",
                         n.name, srv.ip
