@@ -93,9 +93,7 @@ fn del(a: &Agent, p: &Pod) {
 
 #[test]
 fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
-    if !can_run() {
-        return;
-    }
+    require_capabilities(&[]);
     let mut node = Node::new("c", 2);
     let agent = node.agent(2);
     let pid = agent.pid();

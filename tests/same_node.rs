@@ -16,9 +16,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn pods_ping_and_stream_through_the_agent_and_not_without_it() {
-    if !can_run() {
-        return;
-    }
+    require_capabilities(&[]);
     let _g = serial();
     let node = Node::new("a", 2);
     let agent = node.agent(2);
@@ -71,9 +69,7 @@ fn pods_ping_and_stream_through_the_agent_and_not_without_it() {
 
 #[test]
 fn kill_9_leaves_no_xdp_program_within_2s() {
-    if !can_run() {
-        return;
-    }
+    require_capabilities(&[]);
     let _g = serial();
     let node = Node::new("k", 2);
     let agent = node.agent(2);
@@ -96,9 +92,7 @@ fn kill_9_leaves_no_xdp_program_within_2s() {
 
 #[test]
 fn malformed_frames_are_counted_and_forwarding_goes_on() {
-    if !can_run() {
-        return;
-    }
+    require_capabilities(&[]);
     let _g = serial();
     let node = Node::new("m", 2);
     let agent = node.agent(2);
@@ -167,9 +161,7 @@ fn xdp_counters(a: &Agent, name: &str) -> (u64, u64) {
 
 #[test]
 fn uplink_steers_only_vxlan_and_the_host_keeps_its_traffic() {
-    if !can_run() {
-        return;
-    }
+    require_capabilities(&[]);
     let _g = serial();
     let mut node = Node::new("u", 2);
     node.add_uplink();

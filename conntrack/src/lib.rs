@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod flush;
 pub mod frag;
 pub mod gc;
 pub mod state;

@@ -174,6 +174,10 @@ pub struct Config {
     /// VXLAN UDP port steered from the uplink.
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// Set DF on the outer header of VXLAN packets (default off, as Linux's vxlan device:
+    /// the underlay may fragment them).
+    #[serde(default)]
+    pub vxlan_df: bool,
     /// Unix socket of the agent's API.
     #[serde(default = "default_api_socket")]
     pub api_socket: PathBuf,

@@ -117,6 +117,12 @@ pub struct Tables {
     pub policy: Arc<vireo_policy::PolicyTables>,
     /// Where drop events go while `vireo monitor` listens (the same in every snapshot).
     pub monitor: Arc<crate::events::Monitor>,
+    /// The first fragments' ports of fragmented datagrams (shared, mutable; the same in every
+    /// snapshot).
+    pub frags: Arc<vireo_conntrack::FragTable>,
+    /// This snapshot's number, set when it is published; a tracked flow's cached policy verdict
+    /// holds while it was taken under the current revision.
+    pub revision: u32,
 }
 
 impl Tables {
@@ -255,14 +261,19 @@ impl Tables {
     }
 }
 
-/// The published snapshot: one writer (the control side) swaps, many workers read.
+/// The published snapshot: one writer (the control side) swaps, many workers read. Every
+/// published snapshot gets the next revision.
 #[derive(Debug, Default)]
-pub struct TableHandle(ArcSwap<Tables>);
+pub struct TableHandle(ArcSwap<Tables>, std::sync::atomic::AtomicU32);
 
 impl TableHandle {
-    /// A handle publishing `t`.
-    pub fn new(t: Tables) -> Self {
-        TableHandle(ArcSwap::from_pointee(t))
+    /// A handle publishing `t` (as revision 1).
+    pub fn new(mut t: Tables) -> Self {
+        t.revision = 1;
+        TableHandle(
+            ArcSwap::from_pointee(t),
+            std::sync::atomic::AtomicU32::new(1),
+        )
     }
 
     /// The current snapshot, for a batch. Lock-free.
@@ -276,8 +287,10 @@ impl TableHandle {
         self.0.load_full()
     }
 
-    /// Publishes a new snapshot atomically.
-    pub fn publish(&self, t: Tables) {
+    /// Publishes a new snapshot atomically, as the next revision.
+    pub fn publish(&self, mut t: Tables) {
+        let r = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        t.revision = r.max(1);
         self.0.store(Arc::new(t));
     }
 

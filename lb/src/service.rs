@@ -153,7 +153,17 @@ impl Service {
         self.spec.backends.get(usize::from(*idx.get(i)?))
     }
 
-    /// Whether `ip:port` is a backend that takes new flows (for session affinity).
+    /// Whether `ip:port` is one of this service port's backends, terminating ones included
+    /// (a backend that is gone is not).
+    pub fn has_backend(&self, ip: u32, port: u16) -> bool {
+        self.spec
+            .backends
+            .iter()
+            .any(|b| u32::from(b.ip) == ip && b.port == port)
+    }
+
+    /// Whether `ip:port` is a backend that takes new flows (not terminating; local when
+    /// `local_only`).
     pub fn takes_new_flows(&self, ip: u32, port: u16, local_only: bool) -> bool {
         self.spec.backends.iter().any(|b| {
             u32::from(b.ip) == ip && b.port == port && !b.terminating && (b.local || !local_only)
@@ -219,11 +229,33 @@ impl ServiceTable {
         Some((*k, self.services.get(*i as usize)?))
     }
 
-    /// Whether `ip:port/proto` is some service's backend (its packets may be replies to
-    /// reverse-translate).
+    /// Whether `ip:port/proto` is, or lately was, some service's backend (its packets may be
+    /// replies to reverse-translate). A backend that left the endpoint list stays here for as
+    /// long as the control side keeps it in [`ServiceTable::with_former_backends`], so that
+    /// the replies of its established flows are still translated from conntrack.
     #[inline]
     pub fn is_backend(&self, ip: u32, port: u16, proto: u8) -> bool {
         self.backends.contains(&(ip, port, proto))
+    }
+
+    /// Every frontend `(ip, port, proto)`.
+    pub fn frontends(&self) -> impl Iterator<Item = (u32, u16, u8)> + '_ {
+        self.by_frontend.keys().copied()
+    }
+
+    /// The backends `(ip, port, proto)` of every service port (the ones reverse translation
+    /// looks for).
+    pub fn backends(&self) -> impl Iterator<Item = (u32, u16, u8)> + '_ {
+        self.backends.iter().copied()
+    }
+
+    /// Adds backends that left the endpoint lists but may still have flows in conntrack.
+    pub fn with_former_backends(
+        mut self,
+        former: impl IntoIterator<Item = (u32, u16, u8)>,
+    ) -> Self {
+        self.backends.extend(former);
+        self
     }
 
     /// The services.

@@ -19,19 +19,66 @@ pub fn helper(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Skips (returns false) unless we are root with the tools the tests need.
-pub fn can_run() -> bool {
-    // SAFETY-free check: root owns /proc/self/status' Uid line 0.
+/// The external tools every end-to-end test (and the sandbox it may start) calls.
+const TOOLS: &[&str] = &["ip", "ethtool", "ping", "python3", "timeout"];
+
+/// Panics, naming what is missing, unless this process can run the end-to-end tests: root, a
+/// kernel that lets it use BPF (the agent attaches XDP programs), and [`TOOLS`] and `extra`
+/// (a test's own tools) on `PATH`. A test that cannot run fails; it never passes by skipping.
+pub fn require_capabilities(extra: &[&str]) {
     let uid0 = std::fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false);
-    if !uid0 {
-        eprintln!("skipping: the end-to-end tests need root");
+    assert!(
+        uid0,
+        "the end-to-end tests need root (uid 0): they create network namespaces and attach XDP \
+         programs; run them as root (`bash scripts/test.sh` does)"
+    );
+    if let Err(e) = bpf_usable() {
+        panic!(
+            "the end-to-end tests need BPF: creating a BPF map failed ({e}); the kernel must \
+             have BPF enabled and this process needs CAP_BPF"
+        );
     }
-    uid0
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .chain(extra)
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the end-to-end tests need {} on PATH (`bash scripts/setup.sh` installs them)",
+        missing.join(", ")
+    );
+}
+
+/// Whether the kernel lets this process use BPF: creates (and closes) a one-entry array map.
+fn bpf_usable() -> std::io::Result<()> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries; the rest
+    // zero.
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[2 /* BPF_MAP_TYPE_ARRAY */, 4, 4, 1]);
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size passed; the kernel only reads
+    // it. The returned descriptor is ours and closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, /* BPF_MAP_CREATE */
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor the kernel just gave us.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
 }
 
 /// Runs a command, returning its output (never panics on a non-zero status).

@@ -159,8 +159,7 @@ pub(super) fn cilium_ports(
                 None => Proto::Any,
                 Some(s) => match Proto::parse(s) {
                     Some(p) => p,
-                    None if ["ICMP", "ICMPV6"].contains(&s.to_ascii_uppercase().as_str()) =>
-                    {
+                    None if ["ICMP", "ICMPV6"].contains(&s.to_ascii_uppercase().as_str()) => {
                         if allow {
                             b.warn(format!(
                                 "{path}: protocol {s} is not supported; it allows nothing \

@@ -384,8 +384,14 @@ fn sctp_port_rules_and_l3_rules_for_every_protocol() {
     assert!(allowed(&set, &n, IN, &a, 132, 9899));
     assert!(!allowed(&set, &n, IN, &a, UDP, 9899));
     for (proto, port) in [(132, 1), (TCP, 80), (47, 0), (50, 0), (1, 0)] {
-        assert!(allowed(&set, &s, IN, &l3, proto, port), "L3 rule: {proto}/{port}");
-        assert!(!allowed(&set, &n, IN, &l3, proto, port), "default deny: {proto}/{port}");
+        assert!(
+            allowed(&set, &s, IN, &l3, proto, port),
+            "L3 rule: {proto}/{port}"
+        );
+        assert!(
+            !allowed(&set, &n, IN, &l3, proto, port),
+            "default deny: {proto}/{port}"
+        );
     }
 }
 

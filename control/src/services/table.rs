@@ -3,10 +3,16 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vireo_lb::{Service, ServiceSpec, ServiceTable};
 
 use super::proto_name;
+
+/// How long a backend that left every endpoint list is still reverse-translated: Cilium's
+/// and Vireo's default TCP established lifetime, so its established flows keep their replies
+/// (reverse NAT comes from conntrack alone, whatever the endpoint list says now).
+pub const FORMER_BACKEND_RETENTION: Duration = Duration::from_secs(21600);
 
 /// Builds the fast path's [`ServiceTable`] from service specs, keeping each built [`Service`]
 /// so that the next build reuses it (Maglev tables take milliseconds) when its spec, the
@@ -17,6 +23,10 @@ pub struct ServiceTableBuilder {
     params: Option<(u32, u64)>,
     /// The last build's services by (name, port, protocol).
     built: BTreeMap<(String, u16, u8), Arc<Service>>,
+    /// Backends (address, port, protocol) that left the endpoint lists, and when.
+    former: BTreeMap<(u32, u16, u8), Instant>,
+    /// The backends of the last build.
+    last_backends: Vec<(u32, u16, u8)>,
 }
 
 /// What one build gave.
@@ -85,7 +95,23 @@ impl ServiceTableBuilder {
             services.push(svc);
         }
         self.built = next;
-        out.table = ServiceTable::new(services);
+        let table = ServiceTable::new(services);
+        let now = Instant::now();
+        let before: Vec<(u32, u16, u8)> = self.last_backends.drain(..).collect();
+        let current: std::collections::BTreeSet<(u32, u16, u8)> = table.backends().collect();
+        for b in before.into_iter().filter(|b| !current.contains(b)) {
+            self.former.entry(b).or_insert(now);
+        }
+        self.former.retain(|b, left| {
+            !current.contains(b) && now.duration_since(*left) < FORMER_BACKEND_RETENTION
+        });
+        self.last_backends = current.into_iter().collect();
+        out.table = table.with_former_backends(self.former.keys().copied());
         out
+    }
+
+    /// Backends that left the endpoint lists and are still reverse-translated.
+    pub fn former_backends(&self) -> impl Iterator<Item = (u32, u16, u8)> + '_ {
+        self.former.keys().copied()
     }
 }

@@ -7,12 +7,17 @@
 //! - **ICMP errors are related, not free:** an error is looked up by the flow it quotes and
 //!   passes (without policy, like a reply) only when that flow is tracked and the error goes to
 //!   the quoted packet's sender; otherwise it is dropped as `icmp_unrelated`.
-//! - A packet of a known flow updates its entry (state, counters, lifetime) and skips policy:
-//!   policy is stateful, as in Cilium.
+//! - **Every packet in a flow's original direction gets the current verdict,** as in Cilium's
+//!   `bpf_lxc` (only replies and related packets skip policy): the verdict is cached in the
+//!   entry with the tables' revision it was taken under, so a packet pays one compare while
+//!   nothing changed, and revoking an allow cuts an established flow at the next snapshot
+//!   (`policy_denied`; the entry stays, so an allow given back resumes it).
 //! - The first packet of a flow gets its policy verdict first (the source's egress policy if it
 //!   is a local pod, the destination's ingress policy if that is one), then an entry; a denied
 //!   flow is dropped as `policy_denied` and gets no entry. A full table drops the new flow
 //!   (`ct_full`); flows already tracked are never hurt.
+//! - A later fragment is tracked with its datagram's ports (the `fragments` stage found them).
+//! - The clock is read once per batch.
 //! - TCP flags no stack sends are dropped and not tracked (`tcp_invalid_flags`).
 //!
 //! Keys carry a direction, as Cilium's tuples do: `egress` for flows a local pod opened,
@@ -22,19 +27,53 @@
 
 use vireo_conntrack::state::{other_next, tcp_first, tcp_flags_invalid, tcp_next};
 use vireo_conntrack::table::{ICMP, TCP, UDP};
+use vireo_conntrack::{Dir, Full, Handle, Key, NewEntry, State, Table};
 use vireo_policy::rules::ip_proto::SCTP;
-use vireo_conntrack::{Dir, Full, Key, NewEntry, State, Table};
 
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{is_icmp_error, quoted, Quoted, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
+/// The conntrack table at one batch's time: every operation of a batch uses the same `now`.
+#[derive(Clone, Copy)]
+pub(super) struct Ct<'a> {
+    table: &'a Table,
+    now: u32,
+}
+
+impl<'a> Ct<'a> {
+    /// The table, with the clock read now.
+    #[inline]
+    pub(super) fn new(table: &'a Table) -> Self {
+        Ct {
+            table,
+            now: table.now(),
+        }
+    }
+    /// The live entry of `k`.
+    #[inline]
+    pub(super) fn lookup(&self, k: &Key) -> Option<Handle<'a>> {
+        self.table.lookup_at(k, self.now)
+    }
+    /// Inserts `k` unless it is there ([`Table::insert_at`]).
+    #[inline]
+    pub(super) fn insert(&self, k: &Key, e: NewEntry) -> Result<(Handle<'a>, bool), Full> {
+        self.table.insert_at(k, e, self.now)
+    }
+    /// Removes `k`'s entry.
+    #[inline]
+    pub(super) fn remove(&self, k: &Key) -> bool {
+        self.table.remove(k)
+    }
+}
+
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
-    let Some(ct) = t.ct.as_deref() else { return };
+    let Some(table) = t.ct.as_deref() else { return };
+    let ct = Ct::new(table);
     for d in batch.descs_mut() {
         if d.ct != CtVerdict::Untracked {
-            continue; // a service flow: the `service` stage tracked it
+            continue; // a service flow (the `service` stage tracked it), or an ICMP answer
         }
         let routed = match d.verdict {
             Verdict::Tx { slot } => t.iface(slot).is_some_and(|i| i.role == IfRole::Pod),
@@ -50,7 +89,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
         if u16::from_be_bytes([buf[12], buf[13]]) != ETHERTYPE_IPV4 {
             continue; // an ARP reply on its way back
         }
-        match track(ct, t, d, buf) {
+        match track(&ct, t, d, buf) {
             Ok(v) => d.ct = v,
             Err(r) => d.verdict = Verdict::Drop(r),
         }
@@ -93,10 +132,58 @@ pub(super) fn l4(proto: u8, l4: &[u8]) -> Result<Option<(u16, u16, u8)>, DropRea
     }
 }
 
+/// The L4 identity of the packet `d` (IPv4 header at `ip[0]`): a later fragment's from its
+/// first fragment (a TCP one as a plain ACK), others from their header ([`l4`]).
+#[inline]
+pub(super) fn ports(d: &Desc, ip: &[u8]) -> Result<Option<(u16, u16, u8)>, DropReason> {
+    match d.frag_ports {
+        Some((s, p)) => Ok(Some((s, p, if ip[9] == TCP { ACK } else { 0 }))),
+        None => l4(ip[9], &ip[IPV4_MIN_HLEN..]),
+    }
+}
+
+/// TCP's ACK flag.
+const ACK: u8 = 0x10;
+
+/// The state a packet moves its flow to.
+#[inline]
+pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) -> State {
+    match (proto, s) {
+        (TCP, Some(s)) => tcp_next(s, reply, flags),
+        (TCP, None) => tcp_first(flags),
+        (_, s) => other_next(s.unwrap_or(State::New), reply),
+    }
+}
+
+/// Whether the current policy denies a packet in the original direction of the tracked flow
+/// `h`, from `src` (identity `src_id`) to `dst`: the verdict cached in the entry while it was
+/// taken under this snapshot's revision, else the policy's (then cached). A denial is reported
+/// to the monitor when one listens.
+#[inline]
+pub(super) fn denied_again(
+    h: &Handle<'_>,
+    t: &Tables,
+    in_slot: u16,
+    src: (u32, u16),
+    src_id: u32,
+    dst: (u32, u16),
+    proto: u8,
+) -> bool {
+    match h.policy_at(t.revision) {
+        Some(true) => false,
+        Some(false) if !t.monitor.is_on() => true,
+        _ => {
+            let denied = t.policy_drop(in_slot, src, src_id, dst, proto);
+            h.set_policy(t.revision, !denied);
+            denied
+        }
+    }
+}
+
 /// An ICMP error (outer IPv4 header at `ip[0]`) about the packet `q`: related to the flow `q`
 /// belongs to, in either direction, if that flow is tracked here and the error goes to `q`'s
 /// sender; otherwise unrelated.
-pub(super) fn related(ct: &Table, ip: &[u8], q: &Quoted) -> Result<CtVerdict, DropReason> {
+pub(super) fn related(ct: &Ct<'_>, ip: &[u8], q: &Quoted) -> Result<CtVerdict, DropReason> {
     let to = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     if to != q.src {
         return Err(DropReason::IcmpUnrelated);
@@ -117,22 +204,12 @@ pub(super) fn related(ct: &Table, ip: &[u8], q: &Quoted) -> Result<CtVerdict, Dr
     Err(DropReason::IcmpUnrelated)
 }
 
-/// The state a packet moves its flow to.
-#[inline]
-pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) -> State {
-    match (proto, s) {
-        (TCP, Some(s)) => tcp_next(s, reply, flags),
-        (TCP, None) => tcp_first(flags),
-        (_, s) => other_next(s.unwrap_or(State::New), reply),
-    }
-}
-
-fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
+fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let ip = &ip[..total];
     let proto = ip[9];
-    let Some((sport, dport, flags)) = l4(proto, &ip[IPV4_MIN_HLEN..])? else {
+    let Some((sport, dport, flags)) = ports(d, ip)? else {
         return match quoted(ip) {
             Ok(Some(q)) => related(ct, ip, &q),
             _ => Err(DropReason::IcmpUnrelated),
@@ -153,7 +230,11 @@ fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Drop
         dir,
     };
     let next = |s: Option<State>, reply: bool| next_state(proto, s, reply, flags);
+    let (src, dst) = ((key.src, sport), (key.dst, dport));
     if let Some(h) = ct.lookup(&key) {
+        if denied_again(&h, t, d.in_slot, src, d.src_identity, dst, proto) {
+            return Err(DropReason::PolicyDenied);
+        }
         h.update(next(h.state(), false), false, d.len);
         return Ok(CtVerdict::Established);
     }
@@ -170,13 +251,7 @@ fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Drop
     }
     // A new flow: policy first (the source's egress here, the destination's ingress if it is
     // ours); a denied flow gets no entry, so its next packet is judged again.
-    if t.policy_drop(
-        d.in_slot,
-        (key.src, sport),
-        d.src_identity,
-        (key.dst, dport),
-        proto,
-    ) {
+    if t.policy_drop(d.in_slot, src, d.src_identity, dst, proto) {
         return Err(DropReason::PolicyDenied);
     }
     let first = if proto == TCP {
@@ -191,7 +266,10 @@ fn track(ct: &Table, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Drop
         bytes: d.len,
     };
     match ct.insert(&key, e) {
-        Ok((_, true)) => Ok(CtVerdict::New),
+        Ok((h, true)) => {
+            h.set_policy(t.revision, true);
+            Ok(CtVerdict::New)
+        }
         // Another worker created it a moment ago.
         Ok((h, false)) => {
             h.update(next(h.state(), false), false, d.len);

@@ -7,6 +7,7 @@
 
 mod arp;
 mod conntrack;
+mod fragments;
 mod icmp;
 mod ipv4_forward;
 mod parse;
@@ -105,6 +106,9 @@ pub struct Desc {
     /// What the sender sent, before the `service` stage translated it (source, source port,
     /// destination, destination port): what an ICMP error about it must quote.
     pub pre_nat: Option<vireo_conntrack::Nat>,
+    /// A later IPv4 fragment: its datagram's (source, destination) ports, from the first
+    /// fragment (the `fragments` stage).
+    pub frag_ports: Option<(u16, u16)>,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -121,6 +125,7 @@ impl Desc {
             ct: CtVerdict::Untracked,
             nat: false,
             pre_nat: None,
+            frag_ports: None,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -220,6 +225,7 @@ pipeline!(
     parse,        // Ethernet + IPv4 header validation; ARP and uplink VXLAN are set aside
     vxlan_decap,  // outer headers checked and stripped; the sender's identity from the VNI
     arp,          // answer pods' ARP requests for their gateway
+    fragments,    // later IPv4 fragments get their datagram's ports from the first fragment
     service,      // service frontends: DNAT to a Maglev backend (conntrack wins); reverse NAT
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
     conntrack,    // known flows skip policy; new ones get a policy verdict, then an entry
@@ -289,6 +295,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 
 #[cfg(test)]
 mod policy_tests;
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]

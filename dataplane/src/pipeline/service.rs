@@ -27,16 +27,17 @@
 
 use smoltcp::wire::Icmpv4DstUnreachable;
 use vireo_conntrack::table::{mix64 as mix, ICMP, TCP, UDP};
-use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State, Table};
+use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State};
 use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
 
-use super::conntrack::{l4, next_state};
+use super::conntrack::{denied_again, next_state, ports, Ct};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{
-    icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, quoted, set_macs, translate_icmp_error, ETH_HLEN,
+    icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, ipv4_set_addrs, quoted, set_macs,
+    translate_icmp_error, ETH_HLEN,
 };
 
 /// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
@@ -51,10 +52,11 @@ const NEIGH_SECS: u32 = 600;
 const REJECT_LEN: u32 = (ETH_HLEN + 20 + 8 + 28) as u32;
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
-    let Some(ct) = t.ct.as_deref() else { return };
+    let Some(table) = t.ct.as_deref() else { return };
     if t.services.services().is_empty() {
         return;
     }
+    let ct = &Ct::new(table);
     for d in batch.descs_mut() {
         if !matches!(d.verdict, Verdict::Continue(Kind::Ipv4 { .. })) {
             continue;
@@ -132,7 +134,7 @@ fn flow_hash(p: &Tuple) -> u64 {
     mix(a ^ mix(b))
 }
 
-fn service(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Outcome {
+fn service(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Outcome {
     match translate(d, buf, t, ct) {
         Some(Verdict::Drop(DropReason::NoBackend)) => Outcome::NoBackend,
         Some(v) => Outcome::Verdict(v),
@@ -142,7 +144,7 @@ fn service(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Outcome {
 
 /// `None`: not a service packet. A service without a backend gives `Drop(NoBackend)`, which
 /// [`service`] turns into an answer.
-fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Verdict> {
+fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Verdict> {
     let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
         return None;
     };
@@ -152,12 +154,12 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
     if proto == ICMP {
         return icmp_error(d, buf, t, ct);
     }
-    // Only TCP and UDP, and only first fragments carry ports.
-    if !matches!(proto, TCP | UDP) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+    // Only TCP and UDP (a later fragment with its datagram's ports).
+    if !matches!(proto, TCP | UDP) {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
-    let (sport, dport, flags) = match l4(proto, &ip[20..total]) {
+    let (sport, dport, flags) = match ports(d, &ip[..total]) {
         Ok(Some(p)) => p,
         Ok(None) => return None,
         Err(r) => return Some(Verdict::Drop(r)),
@@ -193,8 +195,27 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
     // one hash lookup, without touching conntrack.
     let (kind, svc) = t.services.lookup(p.dst, p.dport, p.proto)?;
     if let Some(h) = ct.lookup(&p.key(Dir::Service)) {
-        if let Some(nat) = h.nat() {
+        // A UDP client whose backend is gone moves to a live one (as Cilium re-selects; the
+        // flow starts afresh). TCP keeps its entry: its connection is the backend's.
+        let gone = |n: &Nat| proto == UDP && !svc.has_backend(n.dst, n.dport);
+        if let Some(nat) = h.nat().filter(|n| gone(n)) {
+            ct.remove(&p.key(Dir::Service));
+            ct.remove(&revnat_key(&nat, proto));
+        } else if let Some(nat) = h.nat() {
             check_source(d, t, &p, origin)?;
+            // Policy on every packet of the flow, against its backend (cached per revision).
+            let backend = (nat.dst, nat.dport);
+            if denied_again(
+                &h,
+                t,
+                d.in_slot,
+                (p.src, p.sport),
+                d.src_identity,
+                backend,
+                proto,
+            ) {
+                return Some(Verdict::Drop(DropReason::PolicyDenied));
+            }
             let next = next_state(proto, h.state(), false, flags);
             h.update(next, false, d.len);
             let rev = revnat_key(&nat, proto);
@@ -260,9 +281,14 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
         if !found {
             return Some(Verdict::Drop(DropReason::SnatNoPort));
         }
-    } else if let Err(Full) = ct.insert(&revnat_key(&nat, proto), revnat_entry(&p, first, d)) {
-        return Some(Verdict::Drop(DropReason::CtFull));
     }
+    // Whether this packet made the revnat entry (a racing worker may have made the same one:
+    // then it is that worker's, and never removed here).
+    let made_revnat = snat
+        || match ct.insert(&revnat_key(&nat, proto), revnat_entry(&p, first, d)) {
+            Ok((_, made)) => made,
+            Err(Full) => return Some(Verdict::Drop(DropReason::CtFull)),
+        };
     let entry = NewEntry {
         state: first,
         identity: d.src_identity,
@@ -270,15 +296,22 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
         bytes: d.len,
     };
     let verdict = match ct.insert(&p.key(Dir::Service), entry) {
-        Ok((_, true)) => CtVerdict::New,
+        Ok((h, true)) => {
+            h.set_policy(t.revision, true);
+            CtVerdict::New
+        }
         // Another worker took this flow a moment ago: follow its choice.
         Ok((h, false)) => {
-            let _ = ct.remove(&revnat_key(&nat, proto));
+            if made_revnat {
+                ct.remove(&revnat_key(&nat, proto));
+            }
             nat = h.nat()?;
             CtVerdict::Established
         }
         Err(Full) => {
-            let _ = ct.remove(&revnat_key(&nat, proto));
+            if made_revnat {
+                ct.remove(&revnat_key(&nat, proto));
+            }
             return Some(Verdict::Drop(DropReason::CtFull));
         }
     };
@@ -294,7 +327,7 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Ver
 /// itself sent it, as its source; from the client's side (quoting a reply it received from the
 /// service address), through the `service` entry to the backend. `None`: not about a service
 /// flow (the `conntrack` stage judges it).
-fn icmp_error(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Table) -> Option<Verdict> {
+fn icmp_error(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Verdict> {
     let ip = &buf[ETH_HLEN..];
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let q = quoted(&ip[..total]).ok()??;
@@ -380,7 +413,7 @@ fn check_source(d: &mut Desc, t: &Tables, p: &Tuple, origin: Origin) -> Option<(
 }
 
 /// The backend for a new flow, honouring session affinity.
-fn choose(ct: &Table, svc: &Service, p: &Tuple, local_only: bool) -> Option<(u32, u16)> {
+fn choose(ct: &Ct<'_>, svc: &Service, p: &Tuple, local_only: bool) -> Option<(u32, u16)> {
     let Some(timeout) = svc.spec.affinity_timeout else {
         let b = svc.select(flow_hash(p), local_only)?;
         return Some((u32::from(b.ip), b.port));
@@ -457,7 +490,7 @@ fn revnat_entry(p: &Tuple, state: State, d: &Desc) -> NewEntry {
 }
 
 /// Remembers the Ethernet address an outside client's packets came from, to answer it.
-fn learn_neighbour(ct: &Table, ip: u32, buf: &[u8]) {
+fn learn_neighbour(ct: &Ct<'_>, ip: u32, buf: &[u8]) {
     let mac = [buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]];
     let nat = Nat {
         src: u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]),
@@ -501,20 +534,27 @@ fn translated(
     d: &mut Desc,
     buf: &mut [u8],
     t: &Tables,
-    ct: &Table,
+    ct: &Ct<'_>,
     nat: Nat,
     verdict: CtVerdict,
 ) -> Verdict {
     let ip = &buf[ETH_HLEN..];
     let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
     let half = |o: usize| u16::from_be_bytes([ip[o], ip[o + 1]]);
+    let (sport, dport) = d.frag_ports.unwrap_or((half(20), half(22)));
     d.pre_nat = Some(Nat {
         src: word(12),
-        sport: half(20),
+        sport,
         dst: word(16),
-        dport: half(22),
+        dport,
     });
-    ipv4_rewrite(&mut buf[ETH_HLEN..], nat.src, nat.sport, nat.dst, nat.dport);
+    if d.frag_ports.is_some() {
+        // A later fragment: no L4 header to rewrite (its checksum, in the first fragment,
+        // covers the whole datagram and was patched there).
+        ipv4_set_addrs(&mut buf[ETH_HLEN..], nat.src, nat.dst);
+    } else {
+        ipv4_rewrite(&mut buf[ETH_HLEN..], nat.src, nat.sport, nat.dst, nat.dport);
+    }
     d.nat = true;
     d.ct = verdict;
     deliver(buf, t, ct, nat.dst)
@@ -523,9 +563,9 @@ fn translated(
 /// Routes a translated packet to `dst`: to a pod or the tunnel through `ipv4_forward`, or, for
 /// a client outside the cluster, out of the uplink towards the Ethernet address it was last
 /// seen behind.
-fn deliver(buf: &mut [u8], t: &Tables, ct: &Table, dst: u32) -> Verdict {
-    let inside = t.endpoint(dst).is_some()
-        || t.ipcache.lookup(dst).is_some_and(|e| e.tunnel.is_some());
+fn deliver(buf: &mut [u8], t: &Tables, ct: &Ct<'_>, dst: u32) -> Verdict {
+    let inside =
+        t.endpoint(dst).is_some() || t.ipcache.lookup(dst).is_some_and(|e| e.tunnel.is_some());
     if inside {
         return Verdict::Continue(Kind::Ipv4 {
             l3: ETH_HLEN as u16,

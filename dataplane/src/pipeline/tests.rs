@@ -5,8 +5,8 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress};
 
 use super::*;
 use crate::fixtures::{
-    arp_request_from_a, fix_ip_checksum, tcp, two_pods, two_pods_with_ct, udp_from_a, vxlan_from_c, GATEWAY, IDS,
-    POD_A, POD_B, POD_C, REMOTE, UPLINK,
+    arp_request_from_a, fix_ip_checksum, tcp, two_pods, two_pods_with_ct, udp_from_a, vxlan_from_c,
+    GATEWAY, IDS, POD_A, POD_B, POD_C, REMOTE, UPLINK,
 };
 use crate::tables::Tables;
 use crate::wire::{ipv4_header_checksum, VxlanPacket, VXLAN_OVERHEAD};
@@ -62,6 +62,7 @@ fn stages_are_listed_in_order() {
             "parse",
             "vxlan_decap",
             "arp",
+            "fragments",
             "service",
             "ipv4_forward",
             "conntrack",

@@ -13,7 +13,7 @@ use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::Tables;
 use crate::wire::{
-    vxlan_src_port, VxlanRepr, CODE_FRAG_NEEDED, ICMP_DEST_UNREACH, ETH_HLEN, VXLAN_OVERHEAD,
+    vxlan_src_port, VxlanRepr, CODE_FRAG_NEEDED, ETH_HLEN, ICMP_DEST_UNREACH, VXLAN_OVERHEAD,
 };
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &mut BatchCounts) {
@@ -86,4 +86,3 @@ fn encap<F: Frames>(
         slot: local.uplink_slot,
     }
 }
-

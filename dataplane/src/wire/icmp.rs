@@ -70,7 +70,13 @@ pub fn icmp_unreachable(
     reason: smoltcp::wire::Icmpv4DstUnreachable,
     mtu: u16,
 ) -> Option<usize> {
-    icmp_error(buf, from, ICMP_DEST_UNREACH, u8::from(reason), u32::from(mtu))
+    icmp_error(
+        buf,
+        from,
+        ICMP_DEST_UNREACH,
+        u8::from(reason),
+        u32::from(mtu),
+    )
 }
 
 /// The packet an ICMP error quotes, as the flow it belongs to sees it.
@@ -96,29 +102,36 @@ pub struct Quoted {
 /// parameter problem).
 #[inline]
 pub fn is_icmp_error(t: u8) -> bool {
-    matches!(t, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM)
+    matches!(
+        t,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+    )
 }
 
+/// An ICMP error whose quote names no flow: too short for the quoted header and the first
+/// 8 bytes of a first fragment with ports (or an ICMP echo's identifier), or an error about an
+/// error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unquotable;
+
 /// The packet quoted by the ICMP error whose IPv4 header (no options) starts at `ip[0]`:
-/// `Ok(None)` when `ip` is no ICMP error, `Err(())` when it is one but its quote is too short
-/// to name a flow (the quoted header and the first 8 bytes of a first fragment with ports, or an
-/// ICMP echo's identifier).
-pub fn quoted(ip: &[u8]) -> Result<Option<Quoted>, ()> {
+/// `Ok(None)` when `ip` is no ICMP error, [`Unquotable`] when its quote names no flow.
+pub fn quoted(ip: &[u8]) -> Result<Option<Quoted>, Unquotable> {
     if ip.len() < IPV4_MIN_HLEN + 8 || ip[9] != 1 || !is_icmp_error(ip[IPV4_MIN_HLEN]) {
         return Ok(None);
     }
     let at = IPV4_MIN_HLEN + 8;
-    let q = ip.get(at..).ok_or(())?;
+    let q = ip.get(at..).ok_or(Unquotable)?;
     if q.len() < IPV4_MIN_HLEN || q[0] >> 4 != 4 {
-        return Err(());
+        return Err(Unquotable);
     }
     let hlen = usize::from(q[0] & 0xf) * 4;
     if hlen < IPV4_MIN_HLEN || q.len() < hlen + 8 {
-        return Err(());
+        return Err(Unquotable);
     }
     // Only a first fragment's quote carries the ports.
     if u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
-        return Err(());
+        return Err(Unquotable);
     }
     let word = |o: usize| u32::from_be_bytes([q[o], q[o + 1], q[o + 2], q[o + 3]]);
     let half = |o: usize| u16::from_be_bytes([q[o], q[o + 1]]);
@@ -127,7 +140,7 @@ pub fn quoted(ip: &[u8]) -> Result<Option<Quoted>, ()> {
         6 | 17 | 132 => (half(hlen), half(hlen + 2)),
         // An error about an echo request or reply: the identifier, as the echo is tracked.
         1 if matches!(q[hlen], 0 | 8) => (half(hlen + 4), half(hlen + 4)),
-        1 => return Err(()), // an error about an error is never sent (RFC 1122)
+        1 => return Err(Unquotable), // an error about an error is never sent (RFC 1122)
         _ => (0, 0),
     };
     Ok(Some(Quoted {
@@ -230,11 +243,11 @@ mod tests {
         echo[20] = 8;
         assert_eq!(quoted(&echo), Ok(None));
         // Too short to name a flow.
-        assert_eq!(quoted(&ip[..20 + 8 + 24]), Err(()));
+        assert_eq!(quoted(&ip[..20 + 8 + 24]), Err(Unquotable));
         // A quote of a later fragment has no ports.
         let mut frag = ip.to_vec();
         frag[28 + 7] = 1;
-        assert_eq!(quoted(&frag), Err(()));
+        assert_eq!(quoted(&frag), Err(Unquotable));
     }
 
     #[test]

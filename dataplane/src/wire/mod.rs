@@ -177,7 +177,10 @@ mod tests {
         let mut h = header(64, 6, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(ipv4_checksum_ok(&h));
         h[8] = 63;
-        assert!(!ipv4_checksum_ok(&h), "a changed TTL without a new checksum");
+        assert!(
+            !ipv4_checksum_ok(&h),
+            "a changed TTL without a new checksum"
+        );
         let mut h = header(64, 17, [9; 8]);
         ipv4_set_addrs(&mut h, 0x0a00_0001, 0x0a60_000a);
         assert!(ipv4_checksum_ok(&h));
@@ -192,4 +195,3 @@ mod tests {
         assert_eq!(h, before);
     }
 }
-

@@ -156,8 +156,7 @@ pub fn ecn_decap(outer_tos: u8, inner_tos: u8) -> Option<u8> {
 pub fn flow_hash(ip: &[u8]) -> u16 {
     let w = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
     let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    let ports = if ip.len() >= IPV4_MIN_HLEN + 4 && matches!(ip[9], 6 | 17 | 132) && !fragment
-    {
+    let ports = if ip.len() >= IPV4_MIN_HLEN + 4 && matches!(ip[9], 6 | 17 | 132) && !fragment {
         w(IPV4_MIN_HLEN)
     } else {
         0
@@ -277,7 +276,11 @@ mod vxlan_tests {
         later[20..24].copy_from_slice(&[1, 2, 3, 4]); // payload, not ports
         assert_eq!(flow_hash(&first), flow_hash(&later));
         first[6] = 0;
-        assert_ne!(flow_hash(&first), flow_hash(&later), "unfragmented: ports count");
+        assert_ne!(
+            flow_hash(&first),
+            flow_hash(&later),
+            "unfragmented: ports count"
+        );
     }
 
     #[test]

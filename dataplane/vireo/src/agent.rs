@@ -114,7 +114,10 @@ pub fn run(config_path: &Path) -> Result<()> {
         control: NodeControl::new(cfg.node.as_deref().unwrap_or_default()),
         monitor_seen: None,
     };
-    agent.tables.update(|t| t.vxlan_port = cfg.vxlan_port);
+    agent.tables.update(|t| {
+        t.vxlan_port = cfg.vxlan_port;
+        t.vxlan_df = cfg.vxlan_df;
+    });
     agent.anchor_umems()?;
     agent.reconcile();
     let result = agent.serve(&term, &hup);
@@ -242,6 +245,7 @@ impl Agent {
             ("af_xdp", new.af_xdp == self.cfg.af_xdp),
             ("api_socket", new.api_socket == self.cfg.api_socket),
             ("vxlan_port", new.vxlan_port == self.cfg.vxlan_port),
+            ("vxlan_df", new.vxlan_df == self.cfg.vxlan_df),
             ("xdp_mode", new.xdp_mode == self.cfg.xdp_mode),
             ("busy_poll", new.busy_poll == self.cfg.busy_poll),
         ] {
@@ -401,12 +405,21 @@ impl Agent {
             }
         }
         let slot = att.slot;
+        let before = self.tables.current();
         self.tables.update(|t| {
             t.remove_iface(slot);
             if t.local.is_some_and(|l| l.uplink_slot == slot) {
                 t.local = None;
             }
         });
+        // The endpoint's flows go with it (published first, so no packet makes them anew):
+        // a pod that gets its address later inherits none of them.
+        if let Some(ct) = before.ct.as_deref() {
+            for ep in before.endpoints.values().filter(|e| e.slot == slot) {
+                let n = ct.flush(vireo_conntrack::flush::endpoint(u32::from(ep.ip)));
+                tracing::debug!(ip = %ep.ip, flows = n, "endpoint's conntrack entries flushed");
+            }
+        }
     }
 
     /// Brings the tables and the attached pods in line with the source: control takes in its
@@ -527,7 +540,17 @@ impl Agent {
             return;
         };
         let table = built.table;
-        self.tables.update(|t| t.services = table);
+        let before = self.tables.current();
+        self.tables.update(|t| t.services = table.clone());
+        // A frontend that is gone takes its flows with it (a new Service given its address
+        // inherits none).
+        if let Some(ct) = before.ct.as_deref() {
+            let now: std::collections::BTreeSet<_> = table.frontends().collect();
+            for (ip, port, proto) in before.services.frontends().filter(|f| !now.contains(f)) {
+                let n = ct.flush(vireo_conntrack::flush::frontend(ip, port, proto));
+                tracing::debug!(%ip, port, proto, flows = n, "frontend's conntrack entries flushed");
+            }
+        }
         if let Err(e) = self.steering.set_frontends(&built.steered) {
             tracing::warn!(
                 frontends = built.steered.len(),
@@ -632,6 +655,23 @@ impl Agent {
                     t.ipcache = c;
                 }
             });
+            // Remote pods gone from the ipcache take their flows here with them.
+            let now = self.tables.current();
+            if let Some(ct) = now.ct.as_deref() {
+                let hosts = |c: &vireo_policy::IpCache| -> std::collections::BTreeSet<u32> {
+                    c.iter()
+                        .filter(|(n, e)| n.prefix_len() == 32 && e.tunnel.is_some())
+                        .map(|(n, _)| u32::from(n.addr()))
+                        .collect()
+                };
+                let kept = hosts(&now.ipcache);
+                let gone: std::collections::BTreeSet<u32> =
+                    hosts(&t.ipcache).difference(&kept).copied().collect();
+                if !gone.is_empty() {
+                    let n = ct.flush(vireo_conntrack::flush::endpoints(gone));
+                    tracing::debug!(flows = n, "conntrack entries of remote pods gone flushed");
+                }
+            }
         }
     }
 

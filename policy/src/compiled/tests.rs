@@ -192,7 +192,18 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
         let sl = now(sid);
         for peer in &peers {
             for d in [Direction::Ingress, Direction::Egress] {
-                for (proto, port) in [(6, 80), (17, 80), (6, 81), (6, 8040), (1, 0), (6, 443), (132, 80), (132, 0), (47, 0), (50, 0)] {
+                for (proto, port) in [
+                    (6, 80),
+                    (17, 80),
+                    (6, 81),
+                    (6, 8040),
+                    (1, 0),
+                    (6, 443),
+                    (132, 80),
+                    (132, 0),
+                    (47, 0),
+                    (50, 0),
+                ] {
                     let want = decide(&policies, &sl, d, peer, proto, port).verdict;
                     let got = t.lookup(sid.0, d, peer.identity.0, proto, port).verdict;
                     prop_assert_eq!(
@@ -428,7 +439,11 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             b(),
             sctp,
             80,
-            if sctp_ok { Verdict::Allowed } else { Verdict::Denied },
+            if sctp_ok {
+                Verdict::Allowed
+            } else {
+                Verdict::Denied
+            },
         );
         check(302, c_(), sctp, 9, Verdict::Allowed);
         check(303, d(), sctp, 80, Verdict::Denied);
@@ -438,7 +453,11 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             b(),
             6,
             80,
-            if tcp_ok { Verdict::Allowed } else { Verdict::Denied },
+            if tcp_ok {
+                Verdict::Allowed
+            } else {
+                Verdict::Denied
+            },
         );
     }
 }
