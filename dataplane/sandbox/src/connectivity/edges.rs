@@ -303,44 +303,57 @@ impl Env {
             self.set_mtu(srv, UNDERLAY_MTU)?;
             let before = counters(&n1)?;
             let bytes = 4u64 << 20;
-            let out = self
-                .probe(
-                    client,
-                    &[
-                        "tcp-client",
-                        "--to",
-                        &to.to_string(),
-                        "--bytes",
-                        &bytes.to_string(),
-                        "--whoami",
-                        "--timeout",
-                        "20",
-                    ],
-                )
-                .with_context(|| {
-                    format!(
-                        "{} ({UNDERLAY_MTU}-byte MTU) -> {to} -> {} across a {inner}-byte tunnel",
-                        client.name, srv.name
-                    )
-                })?;
-            let icmp = delta(&before, &counters(&n1)?, "/drops/frag_needed");
-            let route = self.exec(
+            let out = self.probe(
                 client,
-                &["ip", "route", "get", &PMTU_CLUSTER_IP.to_string()],
-            )?;
-            let route = String::from_utf8_lossy(&route.stdout)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+                &[
+                    "tcp-client",
+                    "--to",
+                    &to.to_string(),
+                    "--bytes",
+                    &bytes.to_string(),
+                    "--whoami",
+                    "--timeout",
+                    "20",
+                ],
+            );
+            let icmp = delta(&before, &counters(&n1)?, "/drops/frag_needed");
+            let route_to = |ip: Ipv4Addr| -> Result<String> {
+                let o = self.exec(client, &["ip", "route", "get", &ip.to_string()])?;
+                Ok(String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            };
+            let route = route_to(PMTU_CLUSTER_IP)?;
+            // The client never sent to the backend's own address: an ICMP error quoting it (the
+            // translated packet instead of the one the client sent) would show here.
+            let direct = route_to(srv.ip)?;
+            let seen = format!(
+                "frag_needed +{icmp} on {}; client route to the ClusterIP: {route}; to the \
+                 backend: {direct}",
+                n1.name
+            );
+            let out = out.with_context(|| {
+                format!(
+                    "{} ({UNDERLAY_MTU}-byte MTU) -> {to} -> {} across a {inner}-byte tunnel ({seen})",
+                    client.name, srv.name
+                )
+            })?;
             if !route.contains(&format!("mtu {inner}")) {
                 bail!(
                     "the client did not learn PMTU {inner} for the ClusterIP (no ICMP quoting \
-                     {PMTU_CLUSTER_IP} reached it; frag_needed +{icmp} on {}): {route}",
-                    n1.name
+                     {PMTU_CLUSTER_IP} reached it): {seen}"
                 );
             }
             if icmp == 0 {
-                bail!("{} counted no frag_needed; route: {route}", n1.name);
+                bail!("no frag_needed counted: {seen}");
+            }
+            if direct.contains(&format!("mtu {inner}")) {
+                bail!(
+                    "the client learnt PMTU {inner} for the backend's address {}, which it never \
+                     sent to (the ICMP quoted the translated packet): {seen}",
+                    srv.ip
+                );
             }
             let last: Value = out
                 .lines()

@@ -18,9 +18,15 @@
 //! `VIREO_CONNECTIVITY_CHECKS=service,pmtu` runs only the checks whose names contain one of the
 //! comma-separated words.
 //!
+//! `service-half-close`, `service-fragmented-udp` and `service-pmtu` prove the fast path's edge
+//! cases through ClusterIPs: a half-closed connection outlives the agents' conntrack close
+//! lifetime (the sandbox sets it to [`crate::CT_TCP_CLOSE`] s), UDP datagrams fragmented both
+//! ways arrive whole, and the path MTU is learnt for the ClusterIP. `policy-other-protocols`
+//! judges GRE, SCTP and spoofed ICMP errors; `policy-revocation` cuts an established stream.
+//!
 //! Here: the runner, its table and JSON, and what the checks share (running probes in pods,
-//! counters, answers); the checks by family are in `datapath`, `conntrack`, `services` and
-//! `policy`.
+//! counters, answers); the checks by family are in `datapath`, `conntrack`, `services`,
+//! `edges` and `policy`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
