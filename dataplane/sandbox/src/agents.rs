@@ -12,13 +12,19 @@ use crate::{NodeState, State};
 /// TCP conntrack entries per sandbox agent.
 pub const CT_MAX_TCP: usize = 4096;
 
+/// The sandbox agents' conntrack `tcp_close` lifetime in seconds (Cilium's default is 10):
+/// short, so that `service-half-close` proves in seconds that a half-closed connection outlives
+/// it. The other lifetimes keep their defaults.
+pub const CT_TCP_CLOSE: u32 = 2;
+
 fn agent_config(st: &State, n: &NodeState) -> String {
     format!(
         "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {{manifests: {m}}}\n\
          # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{{cores: []}}]\n\
          af_xdp: {{frames: 8192}}\n\
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
-         conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024}}\n\
+         # A short close lifetime: `service-half-close` outlives it in seconds.\n\
+         conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024, lifetimes: {{tcp_close: {CT_TCP_CLOSE}}}}}\n\
          interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),

@@ -31,7 +31,7 @@ pub mod probe;
 mod state;
 mod topology;
 
-pub use agents::{wait_agents, CT_MAX_TCP};
+pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
 pub use commands::{apply, down, exec, status, up, UpOpts};
 pub use defaults::{
     ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, NETPOL_NAMESPACES, NETPOL_PODS,

@@ -18,9 +18,15 @@
 //! `VIREO_CONNECTIVITY_CHECKS=service,pmtu` runs only the checks whose names contain one of the
 //! comma-separated words.
 //!
+//! `service-half-close`, `service-fragmented-udp` and `service-pmtu` prove the fast path's edge
+//! cases through ClusterIPs: a half-closed connection outlives the agents' conntrack close
+//! lifetime (the sandbox sets it to [`crate::CT_TCP_CLOSE`] s), UDP datagrams fragmented both
+//! ways arrive whole, and the path MTU is learnt for the ClusterIP. `policy-other-protocols`
+//! judges GRE, SCTP and spoofed ICMP errors; `policy-revocation` cuts an established stream.
+//!
 //! Here: the runner, its table and JSON, and what the checks share (running probes in pods,
-//! counters, answers); the checks by family are in `datapath`, `conntrack`, `services` and
-//! `policy`.
+//! counters, answers); the checks by family are in `datapath`, `conntrack`, `services`,
+//! `edges` and `policy`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,6 +42,7 @@ use crate::{NodeState, PodState, State};
 
 mod conntrack;
 mod datapath;
+mod edges;
 mod policy;
 mod services;
 
@@ -69,12 +76,17 @@ pub fn test(sandbox: &str, as_json: bool) -> Result<bool> {
         ("service-affinity", Env::service_affinity),
         ("service-backend-removal", Env::service_backend_removal),
         ("service-no-backend", Env::service_no_backend),
+        ("service-half-close", Env::service_half_close),
+        ("service-fragmented-udp", Env::service_fragmented_udp),
+        ("service-pmtu", Env::service_pmtu),
         ("policy-l3-allow", Env::policy_l3_allow),
         ("policy-l4-port", Env::policy_l4_port),
         ("policy-deny", Env::policy_deny),
         ("policy-cidr", Env::policy_cidr),
         ("policy-entity", Env::policy_entity),
         ("policy-netpol-model", Env::policy_netpol_model),
+        ("policy-other-protocols", Env::policy_other_protocols),
+        ("policy-revocation", Env::policy_revocation),
         // Last: it leaves node-1's TCP table full of half-open flows for their SYN lifetime.
         ("conntrack/syn-flood-at-table-limit", Env::syn_flood),
     ];
@@ -357,6 +369,24 @@ fn parse_answers(out: &str) -> Result<Vec<Answer>> {
         .collect())
 }
 
+/// The first JSON value in a probe's output (what follows it, such as its stderr, is ignored).
+fn first_json(out: &str) -> Result<Value> {
+    let start = out.find('{').ok_or_else(|| anyhow!("no JSON in {out:?}"))?;
+    serde_json::Deserializer::from_str(&out[start..])
+        .into_iter::<Value>()
+        .next()
+        .ok_or_else(|| anyhow!("no JSON in {out:?}"))?
+        .with_context(|| format!("parsing {out:?}"))
+}
+
+/// Milliseconds since the Unix epoch, as the probes stamp their samples (same machine).
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// How many times each backend appears (answers, connections).
 fn tally(backends: impl IntoIterator<Item = Ipv4Addr>) -> BTreeMap<Ipv4Addr, usize> {
     let mut m = BTreeMap::new();
@@ -501,5 +531,12 @@ mod tests {
         assert_eq!(t.get(&Ipv4Addr::new(10, 244, 1, 13)), Some(&2));
         assert_eq!(errors(&a).as_deref(), Some("refused x2"));
         assert_eq!(errors(&a[..2]), None);
+    }
+
+    #[test]
+    fn first_json_skips_what_follows() {
+        let v = first_json(r#"{"count": 3, "by": {"3868": 3}} some stderr {"x": 1}"#).unwrap();
+        assert_eq!(v["by"]["3868"], 3);
+        assert!(first_json("nothing").is_err());
     }
 }

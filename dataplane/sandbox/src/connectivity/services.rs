@@ -100,7 +100,7 @@ impl Env {
     }
 
     /// The service port of `proto` on the cluster IP, and its node port if any.
-    fn frontend(&self, name: &str, proto: &str) -> Result<(SocketAddr, Option<u16>)> {
+    pub(super) fn frontend(&self, name: &str, proto: &str) -> Result<(SocketAddr, Option<u16>)> {
         let s = self.service(name)?;
         let ip: Ipv4Addr = s["spec"]["clusterIP"]
             .as_str()

@@ -16,6 +16,7 @@ pub(super) fn echo_server(
     udp: Option<SocketAddr>,
     timeout: u64,
     max_conns: u32,
+    answer_delay: Duration,
 ) -> Result<()> {
     if tcp.is_none() && udp.is_none() {
         bail!("nothing to serve: give --tcp and/or --udp");
@@ -62,7 +63,7 @@ pub(super) fn echo_server(
         match l.accept() {
             Ok((c, peer)) => {
                 conns += 1;
-                std::thread::spawn(move || serve_backend_conn(c, peer, deadline));
+                std::thread::spawn(move || serve_backend_conn(c, peer, deadline, answer_delay));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(2));
@@ -77,7 +78,12 @@ pub(super) fn echo_server(
 }
 
 /// One connection of an echo server: name ourselves, check the test stream, give the verdict.
-fn serve_backend_conn(mut c: TcpStream, peer: SocketAddr, deadline: Instant) {
+fn serve_backend_conn(
+    mut c: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+    answer_delay: Duration,
+) {
     let mut run = || -> std::io::Result<()> {
         c.set_nonblocking(false)?;
         let me = c.local_addr()?.ip();
@@ -96,6 +102,8 @@ fn serve_backend_conn(mut c: TcpStream, peer: SocketAddr, deadline: Instant) {
             }
             check.feed(&buf[..n]);
         }
+        // Half-closed by the client: answer later (the connection must stay up meanwhile).
+        std::thread::sleep(answer_delay.min(deadline.saturating_duration_since(Instant::now())));
         let verdict = match check.bad_at {
             None => format!("ok {}\n", check.got),
             Some(at) => format!("bad {} {at}\n", check.got),

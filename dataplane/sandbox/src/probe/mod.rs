@@ -10,11 +10,15 @@ use clap::Subcommand;
 use serde_json::json;
 
 mod echo;
+mod edge;
 mod flood;
+mod raw;
 mod stream;
 
 use echo::{echo_server, timed, whoami_tcp, whoami_udp};
+use edge::{tcp_sink, udp_big, udp_sizes};
 use flood::syn_flood;
+use raw::{parse_recv_proto, parse_send_proto, raw_recv, raw_send};
 use stream::{tcp_client, Checker};
 
 #[derive(Subcommand, Debug, Clone)]
@@ -61,6 +65,10 @@ pub enum Probe {
         timeout: u64,
         #[arg(long, default_value_t = 1000)]
         max_conns: u32,
+        /// Wait this long after a connection's end of stream (the client's FIN) before giving
+        /// the verdict: a half-closed connection that must stay up.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60000))]
+        answer_delay_ms: u64,
     },
     /// COUNT attempts, each over a new connection (or a new UDP socket), asking an
     /// `echo-server` (behind TO) who it is; prints which backend answered each, or the error
@@ -116,6 +124,63 @@ pub enum Probe {
         count: u32,
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+    },
+    /// Send COUNT packets of PROTO (icmp: port unreachable errors quoting a UDP flow that never
+    /// existed; gre; sctp: INIT chunks to PORT) to DST through a raw socket, INTERVAL_MS apart
+    /// (at most 10 s).
+    RawSend {
+        #[arg(long, value_parser = parse_send_proto)]
+        proto: u8,
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        count: u32,
+        /// SCTP: the destination port.
+        #[arg(long, default_value_t = 3868)]
+        port: u16,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
+        interval_ms: u64,
+    },
+    /// Count the packets of PROTO (a number, or icmp, gre, sctp) from FROM arriving in this
+    /// namespace for SECONDS (a raw socket sees a copy of each); prints
+    /// `{"count": N, "by": {KEY: N}}`, KEY the destination port (SCTP), `TYPE/CODE` (ICMP) or
+    /// `all`.
+    RawRecv {
+        #[arg(long, value_parser = parse_recv_proto)]
+        proto: u8,
+        #[arg(long)]
+        from: Option<std::net::Ipv4Addr>,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
+        seconds: u64,
+    },
+    /// Echo each UDP datagram whole (up to 64 KiB) and print its length, one line each, until
+    /// TIMEOUT or MAX datagrams.
+    UdpSizes {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        #[arg(long, default_value_t = 1000)]
+        max: u32,
+    },
+    /// Send COUNT datagrams of SIZE bytes (each from a new source port) and require each back
+    /// whole from TO within WAIT_MS.
+    UdpBig {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65507))]
+        size: u64,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        wait_ms: u64,
+    },
+    /// Accept one TCP connection and read it for SECONDS; print the bytes and when they came.
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=120))]
+        seconds: u64,
     },
 }
 
@@ -183,7 +248,14 @@ pub fn run(p: Probe) -> Result<()> {
             udp,
             timeout,
             max_conns,
-        } => echo_server(tcp, udp, timeout, max_conns),
+            answer_delay_ms,
+        } => echo_server(
+            tcp,
+            udp,
+            timeout,
+            max_conns,
+            Duration::from_millis(answer_delay_ms),
+        ),
         Probe::Whoami {
             to,
             count,
@@ -224,6 +296,30 @@ pub fn run(p: Probe) -> Result<()> {
             Ok(())
         }
         Probe::SynFlood { from, to, count } => syn_flood(from, to, count),
+        Probe::RawSend {
+            proto,
+            dst,
+            count,
+            port,
+            interval_ms,
+        } => raw_send(proto, dst, count, port, interval_ms),
+        Probe::RawRecv {
+            proto,
+            from,
+            seconds,
+        } => raw_recv(proto, from, seconds),
+        Probe::UdpSizes {
+            listen,
+            timeout,
+            max,
+        } => udp_sizes(listen, timeout, max),
+        Probe::UdpBig {
+            to,
+            size,
+            count,
+            wait_ms,
+        } => udp_big(to, size as usize, count, Duration::from_millis(wait_ms)),
+        Probe::TcpSink { listen, seconds } => tcp_sink(listen, seconds),
         Probe::UdpEcho {
             listen,
             count,
@@ -277,5 +373,124 @@ pub fn run(p: Probe) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        probe: Probe,
+    }
+
+    fn parse(args: &str) -> Result<Probe, clap::Error> {
+        Cli::try_parse_from(std::iter::once("probe").chain(args.split_whitespace()))
+            .map(|c| c.probe)
+    }
+
+    #[test]
+    fn raw_send_arguments() {
+        let p = parse("raw-send --proto gre --dst 10.244.2.10 --count 40").unwrap();
+        assert!(matches!(
+            p,
+            Probe::RawSend {
+                proto: 47,
+                count: 40,
+                port: 3868,
+                interval_ms: 2,
+                ..
+            }
+        ));
+        let p = parse("raw-send --proto 132 --dst 10.244.2.10 --count 1 --port 3869").unwrap();
+        assert!(matches!(
+            p,
+            Probe::RawSend {
+                proto: 132,
+                port: 3869,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("raw-send --proto ICMP --dst 10.0.0.1 --count 3").unwrap(),
+            Probe::RawSend { proto: 1, .. }
+        ));
+        // Only the protocols it can build, and bounded counts.
+        assert!(parse("raw-send --proto 6 --dst 10.0.0.1 --count 3").is_err());
+        assert!(parse("raw-send --proto gre --dst 10.0.0.1 --count 0").is_err());
+        assert!(parse("raw-send --proto gre --dst 10.0.0.1 --count 10001").is_err());
+        assert!(parse("raw-send --proto gre --dst nowhere --count 1").is_err());
+    }
+
+    #[test]
+    fn raw_recv_arguments() {
+        let p = parse("raw-recv --proto 47 --seconds 3 --from 10.244.1.12").unwrap();
+        assert!(matches!(
+            p,
+            Probe::RawRecv {
+                proto: 47,
+                seconds: 3,
+                from: Some(_)
+            }
+        ));
+        assert!(matches!(
+            parse("raw-recv --proto sctp --seconds 1").unwrap(),
+            Probe::RawRecv {
+                proto: 132,
+                from: None,
+                ..
+            }
+        ));
+        assert!(parse("raw-recv --proto 0 --seconds 1").is_err());
+        assert!(parse("raw-recv --proto 256 --seconds 1").is_err());
+        assert!(parse("raw-recv --proto 47 --seconds 61").is_err());
+        assert!(parse("raw-recv --proto 47").is_err());
+    }
+
+    #[test]
+    fn udp_and_sink_arguments() {
+        let p = parse("udp-big --to 10.96.0.10:81 --size 4000 --count 24").unwrap();
+        assert!(matches!(
+            p,
+            Probe::UdpBig {
+                size: 4000,
+                count: 24,
+                wait_ms: 1000,
+                ..
+            }
+        ));
+        assert!(parse("udp-big --to 10.96.0.10:81 --size 65508 --count 1").is_err());
+        let p = parse("udp-sizes --listen 10.244.1.10:8081").unwrap();
+        assert!(matches!(
+            p,
+            Probe::UdpSizes {
+                timeout: 20,
+                max: 1000,
+                ..
+            }
+        ));
+        let p = parse("tcp-sink --listen 10.244.2.10:5501 --seconds 8").unwrap();
+        assert!(matches!(p, Probe::TcpSink { seconds: 8, .. }));
+        assert!(parse("tcp-sink --listen 10.244.2.10:5501 --seconds 0").is_err());
+        let p = parse("echo-server --tcp 10.244.1.10:8080 --answer-delay-ms 4000").unwrap();
+        assert!(matches!(
+            p,
+            Probe::EchoServer {
+                answer_delay_ms: 4000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("echo-server --tcp 10.244.1.10:8080").unwrap(),
+            Probe::EchoServer {
+                answer_delay_ms: 0,
+                ..
+            }
+        ));
+        assert!(parse("echo-server --tcp 10.244.1.10:8080 --answer-delay-ms 60001").is_err());
     }
 }

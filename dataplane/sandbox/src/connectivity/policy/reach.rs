@@ -56,7 +56,7 @@ pub(super) fn policy_names(objects: &[Value]) -> BTreeSet<(String, String)> {
 /// something else denied, and that the right agent counted the denials as `policy_denied`.
 impl Env {
     /// A pod of the default sandbox's policy namespace.
-    pub(super) fn policy_pod(&self, name: &str) -> Result<&PodState> {
+    pub(in crate::connectivity) fn policy_pod(&self, name: &str) -> Result<&PodState> {
         self.st
             .pod(&format!("{}/{name}", sandbox::POLICY_NAMESPACE))
             .context(
@@ -99,7 +99,7 @@ impl Env {
     /// Publishes the sandbox's own objects plus `extra` (policies, Services) and waits (at most
     /// 8 s) until every agent has exactly their policies in force. `extra` empty: the sandbox
     /// as it was. The wait goes by the policies' names: a changed policy needs a new name.
-    pub(super) fn publish_objects(&self, extra: &[Value]) -> Result<Duration> {
+    pub(in crate::connectivity) fn publish_objects(&self, extra: &[Value]) -> Result<Duration> {
         let t = Instant::now();
         let mut st = self.st.clone();
         st.objects.extend(extra.iter().cloned());
@@ -123,7 +123,7 @@ impl Env {
     }
 
     /// Echo servers (`vireo probe echo-server`) on `ports` of each pod, for at most `secs`.
-    pub(super) fn policy_servers(
+    pub(in crate::connectivity) fn policy_servers(
         &self,
         pods: &[&PodState],
         ports: &[u16],
