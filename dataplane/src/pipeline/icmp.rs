@@ -6,12 +6,15 @@
 //! sent (so PMTU discovery and errors work through a ClusterIP); otherwise the pod's gateway for
 //! a pod of this node, and this node's address for a client outside the cluster. A packet that
 //! came through the tunnel is not answered (its sender's node answers first: it routes the
-//! packet too); it is counted.
+//! packet too); it is counted. As RFC 1122 says, no error is sent about an ICMP error or a
+//! later fragment, or to an address that names no single host.
 
 use super::{CtVerdict, Desc, Frames, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
-use crate::wire::{icmp_error, quoted, translate_icmp_error, ETH_HLEN, ICMP_ERROR_FRAME};
+use crate::wire::{
+    icmp_error, may_answer, quoted, translate_icmp_error, ETH_HLEN, ICMP_ERROR_FRAME,
+};
 
 /// An ICMP error to answer a frame with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,11 @@ pub(crate) fn answer<F: Frames>(
     let Some(from) = source(d, t) else {
         return Verdict::Drop(a.reason);
     };
+    // Never about an ICMP error, a later fragment, or to an address that is no host.
+    match frames.frame(d.addr, d.len) {
+        Some(buf) if buf.len() > ETH_HLEN && may_answer(&buf[ETH_HLEN..]) => {}
+        _ => return Verdict::Drop(a.reason),
+    }
     // The error may be longer than the offending frame: build it in the frame's room.
     let len = d.len.max(ICMP_ERROR_FRAME as u32);
     if frames.room(d.addr) < len as usize {

@@ -36,8 +36,8 @@ use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{
-    icmp_unreachable, ipv4_dec_ttl, ipv4_rewrite, ipv4_set_addrs, quoted, set_macs,
-    translate_icmp_error, ETH_HLEN,
+    icmp_unreachable, ipv4_dec_ttl, ipv4_fragment, ipv4_rewrite, ipv4_set_addrs, may_answer,
+    quoted, set_macs, translate_icmp_error, ETH_HLEN,
 };
 
 /// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
@@ -73,7 +73,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &
                 let len = d.len.max(REJECT_LEN);
                 let fits = frames.room(d.addr) >= len as usize;
                 d.verdict = match frames.frame(d.addr, len) {
-                    Some(buf) if fits => reject(d, buf),
+                    Some(buf) if fits && may_answer(&buf[ETH_HLEN..]) => reject(d, buf),
                     _ => Verdict::Drop(DropReason::NoBackend),
                 };
                 if matches!(d.verdict, Verdict::Tx { .. }) {
@@ -152,6 +152,10 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
     let ip = &buf[l3..];
     let proto = ip[9];
     if proto == ICMP {
+        // A later fragment's payload is no ICMP header.
+        if ipv4_fragment(ip).1 != 0 {
+            return None;
+        }
         return icmp_error(d, buf, t, ct);
     }
     // Only TCP and UDP (a later fragment with its datagram's ports).
@@ -541,7 +545,7 @@ fn translated(
     let ip = &buf[ETH_HLEN..];
     let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
     let half = |o: usize| u16::from_be_bytes([ip[o], ip[o + 1]]);
-    let (sport, dport) = d.frag_ports.unwrap_or((half(20), half(22)));
+    let (sport, dport) = d.frag_ports.unwrap_or_else(|| (half(20), half(22)));
     d.pre_nat = Some(Nat {
         src: word(12),
         sport,

@@ -62,6 +62,22 @@ pub fn icmp_error(buf: &mut [u8], from: [u8; 4], typ: u8, code: u8, rest: u32) -
     Some(ICMP_ERROR_FRAME)
 }
 
+/// Whether the packet whose IPv4 header starts at `ip[0]` may be answered with an ICMP error
+/// (RFC 1122 3.2.2): not an ICMP error itself, not a later fragment, and not from an address
+/// that names no single host (0, broadcast, multicast, class E, loopback).
+pub fn may_answer(ip: &[u8]) -> bool {
+    if ip.len() < IPV4_MIN_HLEN {
+        return false;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    let error = ip[9] == 1
+        && ip.len() > usize::from(ip[0] & 0xf) * 4
+        && is_icmp_error(ip[usize::from(ip[0] & 0xf) * 4]);
+    let nobody = src[0] == 0 || src[0] == 127 || src[0] >= 224;
+    !(later_fragment || error || nobody)
+}
+
 /// [`icmp_error`] for "destination unreachable", with the next-hop MTU (0 unless `reason` is
 /// fragmentation needed).
 pub fn icmp_unreachable(
@@ -248,6 +264,26 @@ mod tests {
         let mut frag = ip.to_vec();
         frag[28 + 7] = 1;
         assert_eq!(quoted(&frag), Err(Unquotable));
+    }
+
+    #[test]
+    fn errors_are_never_sent_about_errors_fragments_or_non_hosts() {
+        let f = udp_frame();
+        assert!(may_answer(&f[ETH_HLEN..]));
+        let mut e = udp_frame();
+        let n = icmp_error(&mut e, [10, 96, 0, 10], ICMP_DEST_UNREACH, 3, 0).unwrap();
+        assert!(!may_answer(&e[ETH_HLEN..n]), "an error about an error");
+        let mut echo = e[..n].to_vec();
+        echo[ETH_HLEN + 20] = 8;
+        assert!(may_answer(&echo[ETH_HLEN..]), "an echo request may be answered");
+        let mut later = udp_frame();
+        later[ETH_HLEN + 7] = 1;
+        assert!(!may_answer(&later[ETH_HLEN..]), "a later fragment");
+        for first in [0u8, 127, 224, 239, 240, 255] {
+            let mut g = udp_frame();
+            g[ETH_HLEN + 12] = first;
+            assert!(!may_answer(&g[ETH_HLEN..]), "source {first}.x");
+        }
     }
 
     #[test]
