@@ -1873,7 +1873,7 @@ fn fuzz_every_stage() {
     let default_cases = if cfg!(debug_assertions) {
         30_000
     } else {
-        300_000
+        1_000_000
     };
     let cases = env_u64("VIREO_FUZZ_CASES").unwrap_or(default_cases);
     let seed = env_u64("VIREO_FUZZ_SEED").unwrap_or(0x5eed_f00d);
