@@ -1712,6 +1712,11 @@ fn nonzero(v: &[u64; DROP_REASONS]) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+thread_local! {
+    /// Set while `pipeline::run` runs: its panics are findings, captured quietly.
+    static IN_PIPELINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A panic's message and place, captured by the hook.
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
 
@@ -1727,7 +1732,16 @@ fn install_hook() {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("panic at {at}: {msg}"));
+        if IN_PIPELINE.with(|f| f.get()) {
+            *PANIC.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("panic at {at}: {msg}"));
+        } else {
+            // The harness's own panic (an assertion of this file): say it.
+            eprintln!(
+                "panicked at {at}: {msg}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+        }
     }));
 }
 
@@ -1747,9 +1761,11 @@ fn run_batch(
     }
     t.monitor.set(monitor);
     let mut counts = BatchCounts::default();
+    IN_PIPELINE.with(|f| f.set(true));
     let r = catch_unwind(AssertUnwindSafe(|| {
         pipeline::run(&mut batch, mem, t, &mut counts)
     }));
+    IN_PIPELINE.with(|f| f.set(false));
     if r.is_err() {
         let m = PANIC
             .lock()
@@ -2019,6 +2035,9 @@ fn fuzz_every_stage() {
                 continue;
             };
             let f: &[u8] = f;
+            if f.len() < 14 + 28 {
+                continue;
+            }
             let (l3, to) = if d.addr < inp.addr && f.len() >= VXLAN + 34 {
                 (VXLAN + 14, SentTo::Tunnel)
             } else if slot == UPLINK.0 {
@@ -2026,7 +2045,7 @@ fn fuzz_every_stage() {
             } else {
                 (14, SentTo::Pod(slot))
             };
-            if f.len() < l3 + 24 || f[l3 - 2..l3] != [8, 0] {
+            if f.len() < l3 + 28 || f[l3 - 2..l3] != [8, 0] {
                 continue;
             }
             let g = |o: usize| {
