@@ -1933,9 +1933,11 @@ fn reproducer(
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
+    let v = std::env::var(name).ok()?.replace('_', "");
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
 }
 
 #[test]
