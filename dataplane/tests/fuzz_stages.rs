@@ -1769,7 +1769,7 @@ fn install_hook() {
             // The harness's own panic (an assertion of this file): say it.
             eprintln!(
                 "panicked at {at}: {msg}\n{}",
-                std::backtrace::Backtrace::force_capture()
+                std::backtrace::Backtrace::capture()
             );
         }
     }));
