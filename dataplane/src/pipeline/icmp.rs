@@ -13,7 +13,7 @@ use super::{CtVerdict, Desc, Frames, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{
-    icmp_error, may_answer, quoted, translate_icmp_error, ETH_HLEN, ICMP_ERROR_FRAME,
+    icmp_error, is_host, may_answer, quoted, translate_icmp_error, ETH_HLEN, ICMP_ERROR_FRAME,
 };
 
 /// An ICMP error to answer a frame with.
@@ -56,9 +56,13 @@ pub(crate) fn answer<F: Frames>(
     let Some(from) = source(d, t) else {
         return Verdict::Drop(a.reason);
     };
-    // Never about an ICMP error, a later fragment, or to an address that is no host.
+    // Never about an ICMP error, a later fragment, or to an address that is no host (the
+    // sender as it sent the packet, before any translation).
     match frames.frame(d.addr, d.len) {
-        Some(buf) if buf.len() > ETH_HLEN && may_answer(&buf[ETH_HLEN..]) => {}
+        Some(buf)
+            if buf.len() > ETH_HLEN
+                && may_answer(&buf[ETH_HLEN..])
+                && d.pre_nat.is_none_or(|p| is_host(p.src)) => {}
         _ => return Verdict::Drop(a.reason),
     }
     // The error may be longer than the offending frame: build it in the frame's room.

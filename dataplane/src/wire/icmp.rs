@@ -69,13 +69,20 @@ pub fn may_answer(ip: &[u8]) -> bool {
     if ip.len() < IPV4_MIN_HLEN {
         return false;
     }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
     let error = ip[9] == 1
         && ip.len() > usize::from(ip[0] & 0xf) * 4
         && is_icmp_error(ip[usize::from(ip[0] & 0xf) * 4]);
-    let nobody = src[0] == 0 || src[0] == 127 || src[0] >= 224;
-    !(later_fragment || error || nobody)
+    !(later_fragment || error) && is_host(src)
+}
+
+/// Whether `addr` (host byte order) can name a single host an ICMP error may go to: not 0/8,
+/// loopback, multicast, class E or broadcast.
+#[inline]
+pub fn is_host(addr: u32) -> bool {
+    let first = (addr >> 24) as u8;
+    first != 0 && first != 127 && first < 224
 }
 
 /// [`icmp_error`] for "destination unreachable", with the next-hop MTU (0 unless `reason` is
