@@ -282,7 +282,10 @@ mod tests {
         assert!(!may_answer(&e[ETH_HLEN..n]), "an error about an error");
         let mut echo = e[..n].to_vec();
         echo[ETH_HLEN + 20] = 8;
-        assert!(may_answer(&echo[ETH_HLEN..]), "an echo request may be answered");
+        assert!(
+            may_answer(&echo[ETH_HLEN..]),
+            "an echo request may be answered"
+        );
         let mut later = udp_frame();
         later[ETH_HLEN + 7] = 1;
         assert!(!may_answer(&later[ETH_HLEN..]), "a later fragment");
