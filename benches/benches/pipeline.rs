@@ -29,9 +29,6 @@ use vireo_dataplane::fixtures::{
 use vireo_dataplane::pipeline::{run, Batch, Desc, VecFrames, Verdict, BATCH};
 use vireo_dataplane::tables::Tables;
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
-use vireo_policy::{
-    Action, Compiler, Identity, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
-};
 
 /// Frame stride, as in the AF_XDP UMEM.
 const FS: usize = 2048;
@@ -161,7 +158,7 @@ fn pipeline_benches(c: &mut Criterion) {
     // allows pod A on UDP. The established packets are judged again, from the verdict cached
     // in their entry (one compare while the snapshot's revision is the one it was taken at).
     let mut pol = ct.clone();
-    pol.policy = Arc::new(b_allows_a_on_udp());
+    pol.policy = Arc::new(vireo_dataplane::fixtures::b_allows_a_on_udp());
     check(&fwd, &pol, |_| Verdict::Tx { slot: POD_B.2 });
     bench_case(c, "forward_ct_policy_established_batch64", &fwd, &pol);
     let vip = Ipv4Addr::new(10, 96, 0, 10);
@@ -192,48 +189,6 @@ fn pipeline_benches(c: &mut Criterion) {
     let to_vip: Vec<Vec<u8>> = (0..BATCH).map(|_| udp64(vip, 64)).collect();
     check(&to_vip, &ct, |_| Verdict::Tx { slot: POD_B.2 });
     bench_case(c, "service_clusterip_udp_established_batch64", &to_vip, &ct);
-}
-
-/// Compiled policy: pod B (identity `IDS[1]`) takes ingress from pod A (`IDS[0]`) on UDP.
-fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
-    use vireo_dataplane::fixtures::IDS;
-    let labels = |app: &str| {
-        Labels::new([
-            ("k8s:app", app),
-            ("k8s:io.kubernetes.pod.namespace", "default"),
-        ])
-    };
-    let origin = |rule: &str| Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/bench".into(),
-        rule: rule.into(),
-    };
-    let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    let p = Policy {
-        origin: origin(""),
-        subject: Selector::label("k8s:app", "b"),
-        node_selector: None,
-        enforce_ingress: true,
-        enforce_egress: false,
-        ingress: vec![Rule {
-            action: Action::Allow,
-            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
-            requires: Vec::new(),
-            ports: vec![PortRange {
-                lo: 0,
-                hi: 0,
-                proto: Proto::Udp,
-                l7: false,
-            }],
-            origin: origin("ingress[0]"),
-        }],
-        egress: Vec::new(),
-        warnings: Vec::new(),
-    };
-    c.set_policies("default/bench", vec![p]);
-    c.tables()
 }
 
 criterion_group!(benches, pipeline_benches);

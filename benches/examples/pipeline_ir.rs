@@ -12,11 +12,8 @@
 use std::sync::Arc;
 
 use vireo_dataplane::counters::BatchCounts;
-use vireo_dataplane::fixtures::{two_pods_with_ct, udp_from_a, IDS, POD_B};
+use vireo_dataplane::fixtures::{b_allows_a_on_udp, two_pods_with_ct, udp_from_a, POD_B};
 use vireo_dataplane::pipeline::{run, Batch, Desc, VecFrames, BATCH};
-use vireo_policy::{
-    Action, Compiler, Identity, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
-};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,7 +21,7 @@ fn main() {
     let no_policy = args.iter().any(|a| a == "--no-policy");
     let (mut t, _clock) = two_pods_with_ct(1024, 1024);
     if !no_policy {
-        t.policy = Arc::new(policy());
+        t.policy = Arc::new(b_allows_a_on_udp());
     }
     let frame = udp_from_a(POD_B.0, 64, &[0x5a; 18]);
     let mut mem = VecFrames::new(BATCH, 2048);
@@ -45,47 +42,4 @@ fn main() {
             .count() as u64;
     }
     println!("{tx} of {} packets forwarded", n * BATCH);
-}
-
-/// Pod B takes ingress from pod A on UDP.
-fn policy() -> vireo_policy::PolicyTables {
-    let labels = |app: &str| {
-        Labels::new([
-            ("k8s:app", app),
-            ("k8s:io.kubernetes.pod.namespace", "default"),
-        ])
-    };
-    let origin = |rule: &str| Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/ir".into(),
-        rule: rule.into(),
-    };
-    let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    c.set_policies(
-        "default/ir",
-        vec![Policy {
-            origin: origin(""),
-            subject: Selector::label("k8s:app", "b"),
-            node_selector: None,
-            enforce_ingress: true,
-            enforce_egress: false,
-            ingress: vec![Rule {
-                action: Action::Allow,
-                peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
-                requires: Vec::new(),
-                ports: vec![PortRange {
-                    lo: 0,
-                    hi: 0,
-                    proto: Proto::Udp,
-                    l7: false,
-                }],
-                origin: origin("ingress[0]"),
-            }],
-            egress: Vec::new(),
-            warnings: Vec::new(),
-        }],
-    );
-    c.tables()
 }

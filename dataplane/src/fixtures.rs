@@ -215,3 +215,49 @@ pub fn fix_ip_checksum(frame: &mut [u8], l3: usize) {
     let c = crate::wire::ipv4_header_checksum(&frame[l3..l3 + 20]);
     frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
+
+/// Compiled policy: pod B (identity `IDS[1]`, app=b) takes ingress from pod A (`IDS[0]`,
+/// app=a) on UDP, every port; nothing else selects anything. For benchmarks of the
+/// established path under policy.
+pub fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
+    use vireo_policy::{
+        Action, Compiler, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
+    };
+    let labels = |app: &str| {
+        Labels::new([
+            ("k8s:app", app),
+            ("k8s:io.kubernetes.pod.namespace", "default"),
+        ])
+    };
+    let origin = |rule: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "default/bench".into(),
+        rule: rule.into(),
+    };
+    let mut c = Compiler::new();
+    c.set_identity(Identity(IDS[0]), labels("a"));
+    c.set_identity(Identity(IDS[1]), labels("b"));
+    let p = Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "b"),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        ingress: vec![Rule {
+            action: Action::Allow,
+            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
+            requires: Vec::new(),
+            ports: vec![PortRange {
+                lo: 0,
+                hi: 0,
+                proto: Proto::Udp,
+                l7: false,
+            }],
+            origin: origin("ingress[0]"),
+        }],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    c.set_policies("default/bench", vec![p]);
+    c.tables()
+}
