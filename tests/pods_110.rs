@@ -69,28 +69,6 @@ fn assert_no_leak(a: &Agent) {
     }
 }
 
-fn add(a: &Agent, p: &Pod) {
-    let o = a.cli(&[
-        "endpoint", "add", "--ifname", &p.host_if, "--ip", &p.ip, "--mac", &p.mac,
-    ]);
-    assert!(
-        o.status.success(),
-        "endpoint add {}: {}",
-        p.host_if,
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn del(a: &Agent, p: &Pod) {
-    let o = a.cli(&["endpoint", "del", "--ifname", &p.host_if]);
-    assert!(
-        o.status.success(),
-        "endpoint del {}: {}",
-        p.host_if,
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
     require_capabilities(&[]);
@@ -106,7 +84,7 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
     }
     let t = Instant::now();
     for p in &node.pods[2..] {
-        add(&agent, p);
+        agent.endpoint_add(p);
     }
     let add_ms = t.elapsed().as_millis() as f64 / (PODS - 2) as f64;
     let st = agent.status();
@@ -155,14 +133,14 @@ fn a_hundred_and_ten_pods_come_and_go_at_runtime() {
         .expect("ping");
     for round in 0..2 {
         for p in &node.pods[40 + round * 10..60 + round * 10] {
-            del(&agent, p);
+            agent.endpoint_del(p);
         }
         assert!(
             !node.ping(45 + round * 10, 0, 1),
             "a detached pod still forwards"
         );
         for p in &node.pods[40 + round * 10..60 + round * 10] {
-            add(&agent, p);
+            agent.endpoint_add(p);
         }
     }
     let out = flow.wait_with_output().expect("ping");

@@ -224,3 +224,37 @@ fn uplink_steers_only_vxlan_and_the_host_keeps_its_traffic() {
     // Pods still work beside it.
     assert!(node.ping(0, 1, 1));
 }
+
+/// The conntrack entries (`vireo map get ct --json`) that name `ip` as source or destination.
+fn ct_entries_of(a: &Agent, ip: &str) -> usize {
+    let o = a.cli(&["map", "get", "ct", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ct JSON");
+    v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["src"] == ip || e["dst"] == ip)
+        .count()
+}
+
+#[test]
+fn a_detached_endpoint_takes_its_flows_and_a_pod_given_its_address_inherits_none() {
+    require_capabilities(&[]);
+    let _g = serial();
+    let node = Node::new("f", 3);
+    let agent = node.agent(3);
+    assert!(node.ping(0, 1, 2), "ping a->b; log:\n{}", agent.log_text());
+    assert!(node.ping(0, 2, 2), "ping a->c");
+    let (b, c) = (&node.pods[1], &node.pods[2]);
+    assert!(ct_entries_of(&agent, &b.ip) > 0, "b's flow tracked");
+    assert!(ct_entries_of(&agent, &c.ip) > 0, "c's flow tracked");
+    agent.endpoint_del(b);
+    assert_eq!(ct_entries_of(&agent, &b.ip), 0, "b's flows flushed with it");
+    assert!(ct_entries_of(&agent, &c.ip) > 0, "c's flows untouched");
+    // A pod that gets b's address (here: b again, attached anew) starts with no flows.
+    agent.endpoint_add(b);
+    assert_eq!(ct_entries_of(&agent, &b.ip), 0, "no entry inherited");
+    assert!(node.ping(0, 1, 2), "the new pod is reachable");
+    assert!(ct_entries_of(&agent, &b.ip) > 0);
+}

@@ -422,6 +422,30 @@ impl Agent {
         run(&v)
     }
 
+    /// `vireo endpoint add` for `p`; panics with the agent's message when it fails.
+    pub fn endpoint_add(&self, p: &Pod) {
+        let o = self.cli(&[
+            "endpoint", "add", "--ifname", &p.host_if, "--ip", &p.ip, "--mac", &p.mac,
+        ]);
+        assert!(
+            o.status.success(),
+            "endpoint add {}: {}",
+            p.host_if,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `vireo endpoint del` for `p`; panics with the agent's message when it fails.
+    pub fn endpoint_del(&self, p: &Pod) {
+        let o = self.cli(&["endpoint", "del", "--ifname", &p.host_if]);
+        assert!(
+            o.status.success(),
+            "endpoint del {}: {}",
+            p.host_if,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

@@ -197,15 +197,32 @@ pub fn render_map(map: &str, v: &Value) -> String {
             );
             let _ = writeln!(
                 o,
-                "{:<5} {:<8} {:<22} {:<22} {:<12} {:>7} {:>9} {:>10}  NAT",
-                "PROTO", "DIR", "SOURCE", "DESTINATION", "STATE", "EXPIRES", "IDENTITY", "PACKETS"
+                "{:<5} {:<8} {:<22} {:<22} {:<12} {:<7} {:>7} {:>9} {:>10}  NAT",
+                "PROTO",
+                "DIR",
+                "SOURCE",
+                "DESTINATION",
+                "STATE",
+                "CLOSING",
+                "EXPIRES",
+                "IDENTITY",
+                "PACKETS"
             );
             for e in rows(&v["entries"]) {
                 let proto = match e["proto"].as_u64() {
                     Some(6) => "TCP".to_string(),
                     Some(17) => "UDP".into(),
                     Some(1) => "ICMP".into(),
-                    p => format!("{p:?}"),
+                    Some(132) => "SCTP".into(),
+                    Some(p) => p.to_string(),
+                    None => "?".into(),
+                };
+                // Which directions have closed (Cilium's TxClosing/RxClosing).
+                let closing = match (e["tx_closing"].as_bool(), e["rx_closing"].as_bool()) {
+                    (Some(true), Some(true)) => "tx+rx",
+                    (Some(true), _) => "tx",
+                    (_, Some(true)) => "rx",
+                    _ => "-",
                 };
                 let nat = if e["nat"].is_null() {
                     "-".to_string()
@@ -214,12 +231,13 @@ pub fn render_map(map: &str, v: &Value) -> String {
                 };
                 let _ = writeln!(
                     o,
-                    "{:<5} {:<8} {:<22} {:<22} {:<12} {:>7} {:>9} {:>10}  {nat}",
+                    "{:<5} {:<8} {:<22} {:<22} {:<12} {:<7} {:>7} {:>9} {:>10}  {nat}",
                     proto,
                     s(&e["dir"]),
                     format!("{}:{}", s(&e["src"]), s(&e["sport"])),
                     format!("{}:{}", s(&e["dst"]), s(&e["dport"])),
                     s(&e["state"]),
+                    closing,
                     s(&e["expires_in"]),
                     s(&e["identity"]),
                     s(&e["packets"])
@@ -392,5 +410,29 @@ mod tests {
         assert_eq!(t.lines().count(), 3, "{t}");
         assert!(t.lines().nth(1).unwrap().contains("10.244.2.11:8080"));
         assert!(t.contains("50.2%"));
+    }
+
+    #[test]
+    fn conntrack_entries_show_which_directions_closed() {
+        let entry = |proto: u64, tx: bool, rx: bool| {
+            json!({"proto": proto, "dir": "service", "src": "10.244.1.10", "sport": 40000,
+                   "dst": "10.96.0.10", "dport": 80, "state": "established",
+                   "tx_closing": tx, "rx_closing": rx, "expires_in": 21600,
+                   "identity": 1000, "packets": 4, "nat": null})
+        };
+        let v = json!({"tcp": 4, "max_tcp": 100, "other": 0, "max_other": 100, "entries": [
+            entry(6, false, false), entry(6, true, false), entry(6, false, true),
+            entry(6, true, true), entry(132, false, false),
+        ]});
+        let t = render_map("ct", &v);
+        let rows: Vec<&str> = t.lines().skip(3).collect();
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(t.lines().nth(2).unwrap().contains("CLOSING"), "{t}");
+        let closing: Vec<&str> = rows
+            .iter()
+            .map(|r| r.split_whitespace().nth(5).unwrap())
+            .collect();
+        assert_eq!(closing, ["-", "tx", "rx", "tx+rx", "-"], "{t}");
+        assert!(rows[4].starts_with("SCTP"), "{t}");
     }
 }

@@ -43,13 +43,10 @@ pub(super) struct Ct<'a> {
 }
 
 impl<'a> Ct<'a> {
-    /// The table, with the clock read now.
+    /// The table at the time `now` (the batch's).
     #[inline]
-    pub(super) fn new(table: &'a Table) -> Self {
-        Ct {
-            table,
-            now: table.now(),
-        }
+    pub(super) fn new(table: &'a Table, now: u32) -> Self {
+        Ct { table, now }
     }
     /// The live entry of `k`.
     #[inline]
@@ -70,7 +67,7 @@ impl<'a> Ct<'a> {
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     let Some(table) = t.ct.as_deref() else { return };
-    let ct = Ct::new(table);
+    let ct = Ct::new(table, batch.now());
     for d in batch.descs_mut() {
         if d.ct != CtVerdict::Untracked {
             continue; // a service flow (the `service` stage tracked it), or an ICMP answer
@@ -204,6 +201,25 @@ pub(super) fn related(ct: &Ct<'_>, ip: &[u8], q: &Quoted) -> Result<CtVerdict, D
     Err(DropReason::IcmpUnrelated)
 }
 
+/// A packet in the original direction of the tracked flow `h`: judged again, then counted.
+/// `None` when the handle went stale between lookup and update (the entry expired and its
+/// slot was reused by another flow): the packet is then no packet of a known flow.
+pub(super) fn known(
+    h: &Handle<'_>,
+    t: &Tables,
+    d: &Desc,
+    src: (u32, u16),
+    dst: (u32, u16),
+    proto: u8,
+    flags: u8,
+) -> Option<Result<CtVerdict, DropReason>> {
+    if denied_again(h, t, d.in_slot, src, d.src_identity, dst, proto) {
+        return Some(Err(DropReason::PolicyDenied));
+    }
+    h.try_update(next_state(proto, h.state(), false, flags), false, d.len)
+        .then_some(Ok(CtVerdict::Established))
+}
+
 fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
@@ -231,12 +247,11 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
     };
     let next = |s: Option<State>, reply: bool| next_state(proto, s, reply, flags);
     let (src, dst) = ((key.src, sport), (key.dst, dport));
-    if let Some(h) = ct.lookup(&key) {
-        if denied_again(&h, t, d.in_slot, src, d.src_identity, dst, proto) {
-            return Err(DropReason::PolicyDenied);
-        }
-        h.update(next(h.state(), false), false, d.len);
-        return Ok(CtVerdict::Established);
+    if let Some(v) = ct
+        .lookup(&key)
+        .and_then(|h| known(&h, t, d, src, dst, proto, flags))
+    {
+        return v;
     }
     let reverse: &[Dir] = if d.from_tunnel {
         &[Dir::Egress]

@@ -18,7 +18,7 @@ use crate::tables::Tables;
 use crate::wire::{ipv4_fragment, IPV4_MIN_HLEN};
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
-    let mut now = None;
+    let now = batch.now();
     for d in batch.descs_mut() {
         let Verdict::Continue(Kind::Ipv4 { l3 }) = d.verdict else {
             continue;
@@ -38,7 +38,6 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
             proto: ip[9],
             ip_id: u16::from_be_bytes([ip[4], ip[5]]),
         };
-        let now = *now.get_or_insert_with(|| t.ct.as_ref().map_or(0, |c| c.now()));
         if offset == 0 {
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
             if total < IPV4_MIN_HLEN + 4 {

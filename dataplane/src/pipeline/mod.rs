@@ -77,7 +77,8 @@ pub enum CtVerdict {
     Untracked,
     /// The first packet of a flow: its policy verdict was taken and an entry created.
     New,
-    /// A packet of a known flow, in the originator's direction (policy not evaluated again).
+    /// A packet of a known flow, in the originator's direction (judged again by the current
+    /// policy, from the verdict cached in the entry while the policy is unchanged).
     Established,
     /// A packet of a known flow from the responder.
     Reply,
@@ -136,6 +137,9 @@ impl Desc {
 pub struct Batch {
     descs: [Desc; BATCH],
     len: usize,
+    /// The conntrack clock, read once as the batch enters the pipeline: every table operation
+    /// of the batch (fragments, services, conntrack) uses this time.
+    now: u32,
 }
 
 impl Default for Batch {
@@ -143,6 +147,7 @@ impl Default for Batch {
         Batch {
             descs: [Desc::new(0, 0, 0); BATCH],
             len: 0,
+            now: 0,
         }
     }
 }
@@ -183,6 +188,11 @@ impl Batch {
     pub fn descs_mut(&mut self) -> &mut [Desc] {
         &mut self.descs[..self.len]
     }
+    /// The batch's time on the conntrack clock (set by [`run`]).
+    #[inline]
+    pub(crate) fn now(&self) -> u32 {
+        self.now
+    }
 }
 
 /// Runs `$stage::run` for each stage in order and records the order in [`STAGES`].
@@ -194,6 +204,8 @@ macro_rules! pipeline {
         /// Runs a batch through every stage. Afterwards each frame's verdict is `Tx` or `Drop`.
         #[inline]
         pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
+            // One clock read per batch.
+            batch.now = tables.ct.as_ref().map_or(0, |c| c.now());
             $( $stage::run(batch, frames, tables, counts); )*
             let monitor = tables.monitor.is_on();
             for d in batch.descs_mut() {
@@ -228,8 +240,8 @@ pipeline!(
     fragments,    // later IPv4 fragments get their datagram's ports from the first fragment
     service,      // service frontends: DNAT to a Maglev backend (conntrack wins); reverse NAT
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
-    conntrack,    // known flows skip policy; new ones get a policy verdict, then an entry
-    vxlan_encap,  // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
+    conntrack, // every flow tracked; original-direction packets judged (cached verdict); new ones get an entry
+    vxlan_encap, // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
 );
 
 /// Frame memory backed by a plain buffer: for tests and benchmarks.

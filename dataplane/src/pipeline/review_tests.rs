@@ -542,3 +542,144 @@ fn a_half_closed_connection_through_a_clusterip_is_answered_after_the_close_life
     let (d, ..) = run_one(&t, POD_B.2, &from_b(ACK));
     assert_ne!(d.ct, CtVerdict::Reply, "expired after both FINs");
 }
+
+/// An ICMP error from pod A about `quoting` (a frame A received).
+fn error_from_a(quoting: &[u8], typ: u8, code: u8) -> Vec<u8> {
+    let mut f = quoting.to_vec();
+    f.resize(f.len().max(crate::wire::ICMP_ERROR_FRAME), 0);
+    let n = icmp_error(&mut f, POD_A.0.octets(), typ, code, 0).unwrap();
+    f.truncate(n);
+    f[0..6].copy_from_slice(&POD_A.3);
+    f[6..12].copy_from_slice(&POD_A.1);
+    f
+}
+
+#[test]
+fn an_icmp_error_from_a_client_about_a_service_reply_reaches_the_backend_about_its_own_address() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_service(&mut t, service(UDP, &[(POD_B.0, true)]), &[]);
+    let sent = ip_frame(a(), to_vip_via_a(), UDP, (7, 0), &udp(5000, 80, b"q"));
+    assert_eq!(
+        run_one(&t, POD_A.2, &sent).0.verdict,
+        Verdict::Tx { slot: POD_B.2 }
+    );
+    let reply = ip_frame(b(), to_a_via_b(), UDP, (8, 0), &udp(8080, 5000, b"r"));
+    let (d, got, _) = run_one(&t, POD_B.2, &reply);
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
+    assert_eq!(&got[26..30], &VIP.octets(), "A sees the reply from the VIP");
+    // A's socket is gone: its kernel answers the reply (VIP:80 -> A:5000) to the VIP.
+    let err = error_from_a(&got, 3, 3);
+    assert_eq!(&err[30..34], &VIP.octets());
+    let (d, out, _) = run_one(&t, POD_A.2, &err);
+    assert_eq!(
+        (d.verdict, d.ct),
+        (Verdict::Tx { slot: POD_B.2 }, CtVerdict::Related)
+    );
+    let ip = &out[14..];
+    assert!(ipv4_checksum_ok(&ip[..20]));
+    assert_eq!(&ip[12..16], &POD_A.0.octets());
+    assert_eq!(&ip[16..20], &POD_B.0.octets(), "to the backend");
+    assert_eq!(inet_checksum(&ip[20..]), 0, "ICMP checksum");
+    let q = quoted(ip).unwrap().unwrap();
+    assert_eq!(
+        (q.src, q.sport, q.dst, q.dport),
+        (u32::from(POD_B.0), 8080, u32::from(POD_A.0), 5000),
+        "the quote is what B sent"
+    );
+    assert!(ipv4_checksum_ok(&ip[28..48]), "quoted header checksum");
+    // Without the service flow, the same error is unrelated.
+    let (fresh, _) = two_pods_with_ct(64, 64);
+    let mut lone = fresh;
+    with_service(&mut lone, service(UDP, &[(POD_B.0, true)]), &[]);
+    assert_eq!(
+        run_one(&lone, POD_A.2, &err).0.verdict,
+        Verdict::Drop(DropReason::IcmpUnrelated)
+    );
+}
+
+/// A clock that counts its reads.
+#[derive(Default)]
+struct CountingClock(std::sync::atomic::AtomicU32);
+
+impl vireo_conntrack::Clock for CountingClock {
+    fn now(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        5
+    }
+}
+
+#[test]
+fn the_clock_is_read_once_per_batch() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    let clock = Arc::new(CountingClock::default());
+    t.ct = Some(Arc::new(vireo_conntrack::Table::new(
+        vireo_conntrack::Config::default(),
+        clock.clone(),
+    )));
+    with_service(&mut t, service(UDP, &[(POD_B.0, true)]), &[]);
+    // A batch that visits every stage with a table: a fragmented datagram (first and later
+    // fragment), service flows, direct flows and a reply.
+    let mut frames = vec![
+        (
+            POD_A.2,
+            ip_frame(
+                a(),
+                to_b_via_a(),
+                UDP,
+                (9, 0x2000),
+                &udp(5001, 53, b"first..."),
+            ),
+        ),
+        (POD_A.2, ip_frame(a(), to_b_via_a(), UDP, (9, 2), b"later")),
+    ];
+    for i in 0..20u16 {
+        frames.push((
+            POD_A.2,
+            ip_frame(a(), to_vip_via_a(), UDP, (i, 0), &udp(6000 + i, 80, b"s")),
+        ));
+        frames.push((
+            POD_A.2,
+            ip_frame(a(), to_b_via_a(), UDP, (i, 0), &udp(7000 + i, 53, b"d")),
+        ));
+        frames.push((
+            POD_B.2,
+            ip_frame(b(), to_a_via_b(), UDP, (i, 0), &udp(53, 7000 + i, b"r")),
+        ));
+    }
+    let (d, ..) = run_batch(&t, &frames);
+    assert!(
+        d.iter().all(|d| matches!(d.verdict, Verdict::Tx { .. })),
+        "{d:?}"
+    );
+    assert_eq!(d[1].frag_ports, Some((5001, 53)));
+    assert_eq!(clock.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_packet_whose_entry_went_stale_after_lookup_is_not_counted_as_established() {
+    let (t, _) = two_pods_with_ct(64, 64);
+    let dgram = ip_frame(a(), to_b_via_a(), UDP, (5, 0), &udp(5000, 53, b"q"));
+    let (d, ..) = run_one(&t, POD_A.2, &dgram);
+    assert_eq!(d.ct, CtVerdict::New);
+    let ct = t.ct.as_deref().unwrap();
+    let key = vireo_conntrack::Key {
+        src: u32::from(POD_A.0),
+        dst: u32::from(POD_B.0),
+        sport: 5000,
+        dport: 53,
+        proto: UDP,
+        dir: vireo_conntrack::Dir::Egress,
+    };
+    let h = ct.lookup(&key).expect("tracked");
+    let src = (key.src, 5000);
+    let dst = (key.dst, 53);
+    let mut d = Desc::new(0, dgram.len() as u32, POD_A.2);
+    d.src_identity = IDS[0];
+    assert_eq!(
+        conntrack::known(&h, &t, &d, src, dst, UDP, 0),
+        Some(Ok(CtVerdict::Established))
+    );
+    // The entry expires and its slot is freed (and may be reused) before the update.
+    assert!(ct.remove(&key));
+    assert_eq!(conntrack::known(&h, &t, &d, src, dst, UDP, 0), None);
+}

@@ -56,7 +56,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, c: &
     if t.services.services().is_empty() {
         return;
     }
-    let ct = &Ct::new(table);
+    let ct = &Ct::new(table, batch.now());
     for d in batch.descs_mut() {
         if !matches!(d.verdict, Verdict::Continue(Kind::Ipv4 { .. })) {
             continue;
@@ -365,8 +365,12 @@ fn icmp_error(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<V
         ct.lookup(&answer(Dir::RevNat))?.nat()?
     } else if origin != Origin::Tunnel && t.services.lookup(q.src, q.sport, q.proto).is_some() {
         // From the client's side, about a reply from the service address: the service entry
-        // (client → backend).
-        ct.lookup(&answer(Dir::Service))?.nat()?
+        // (client → backend). A frontend address is no host: without that flow the error has
+        // nowhere to go.
+        match ct.lookup(&answer(Dir::Service)).and_then(|h| h.nat()) {
+            Some(nat) => nat,
+            None => return Some(Verdict::Drop(DropReason::IcmpUnrelated)),
+        }
     } else {
         return None;
     };
