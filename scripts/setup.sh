@@ -3,7 +3,7 @@
 set -euo pipefail
 
 PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config gcc-multilib m4 bpftool
-      iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3)
+      iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3 valgrind)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -333,6 +333,8 @@ fn a_stale_handle_is_a_no_op_after_its_slot_is_reused() {
     assert!(!a.reply_seen);
     assert_eq!(after.nat(), Some(nat_of(j)));
     assert_eq!(after.identity(), 0x1000_0000 | j);
+    assert!(after.set_policy(7, true) && after.allowed_at(7));
+    assert!(!old.allowed_at(7), "never the new flow's verdict");
 }
 
 #[test]
@@ -398,9 +400,12 @@ fn policy_verdicts_are_cached_per_entry() {
         })
     );
     assert_eq!(h.policy_at(1), Some(true));
+    assert!(h.allowed_at(1));
     assert_eq!(h.policy_at(2), None, "another revision: evaluate again");
+    assert!(!h.allowed_at(2));
     assert!(h.set_policy(2, false));
     assert_eq!(h.policy_at(2), Some(false));
+    assert!(!h.allowed_at(2), "a cached denial is no allow");
     // Another lookup of the same entry sees it; a new entry starts without one.
     assert_eq!(t.lookup(&key(6, TCP)).unwrap().policy_at(2), Some(false));
     let (g, _) = t.insert(&key(7, TCP), new(State::SynSent)).unwrap();

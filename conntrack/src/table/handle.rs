@@ -141,6 +141,15 @@ impl<'a> Handle<'a> {
         (p & !POLICY_ALLOWED == want).then_some(p & POLICY_ALLOWED != 0)
     }
 
+    /// The fast path's check for the common case: whether the entry holds an allow taken at
+    /// policy `revision` (one load and one compare). False means: ask [`Handle::policy_at`].
+    #[inline(always)]
+    pub fn allowed_at(&self, revision: u32) -> bool {
+        let want =
+            u64::from(self.generation) << 48 | POLICY_VALID | POLICY_ALLOWED | u64::from(revision);
+        self.slot().policy.load(Ordering::Relaxed) == want
+    }
+
     /// Caches a policy verdict in the entry. A no-op (false) once the handle is stale.
     #[inline]
     pub fn set_policy(&self, revision: u32, allowed: bool) -> bool {

@@ -152,11 +152,16 @@ pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) ->
     }
 }
 
+/// Whether established flows are judged again. Always, except in a build for the benchmark
+/// that measures what judging costs (`benches/rejudge-cost.sh` builds with
+/// `--cfg vireo_no_rejudge` for its baseline).
+pub(super) const REJUDGE: bool = cfg!(not(vireo_no_rejudge));
+
 /// Whether the current policy denies a packet in the original direction of the tracked flow
 /// `h`, from `src` (identity `src_id`) to `dst`: the verdict cached in the entry while it was
 /// taken under this snapshot's revision, else the policy's (then cached). A denial is reported
 /// to the monitor when one listens.
-#[inline]
+#[inline(always)]
 pub(super) fn denied_again(
     h: &Handle<'_>,
     t: &Tables,
@@ -166,15 +171,29 @@ pub(super) fn denied_again(
     dst: (u32, u16),
     proto: u8,
 ) -> bool {
-    match h.policy_at(t.revision) {
-        Some(true) => false,
-        Some(false) if !t.monitor.is_on() => true,
-        _ => {
-            let denied = t.policy_drop(in_slot, src, src_id, dst, proto);
-            h.set_policy(t.revision, !denied);
-            denied
-        }
+    // The common case, one load and one compare: allowed, and nothing changed since.
+    !h.allowed_at(t.revision) && judge(h, t, in_slot, src, src_id, dst, proto)
+}
+
+/// [`denied_again`] off the common path: a denial cached at this revision (reported again
+/// when the monitor listens), or a verdict to take anew and cache.
+#[cold]
+#[inline(never)]
+fn judge(
+    h: &Handle<'_>,
+    t: &Tables,
+    in_slot: u16,
+    src: (u32, u16),
+    src_id: u32,
+    dst: (u32, u16),
+    proto: u8,
+) -> bool {
+    if h.policy_at(t.revision) == Some(false) && !t.monitor.is_on() {
+        return true;
     }
+    let denied = t.policy_drop(in_slot, src, src_id, dst, proto);
+    h.set_policy(t.revision, !denied);
+    denied
 }
 
 /// An ICMP error (outer IPv4 header at `ip[0]`) about the packet `q`: related to the flow `q`
@@ -213,7 +232,7 @@ pub(super) fn known(
     proto: u8,
     flags: u8,
 ) -> Option<Result<CtVerdict, DropReason>> {
-    if denied_again(h, t, d.in_slot, src, d.src_identity, dst, proto) {
+    if REJUDGE && denied_again(h, t, d.in_slot, src, d.src_identity, dst, proto) {
         return Some(Err(DropReason::PolicyDenied));
     }
     h.try_update(next_state(proto, h.state(), false, flags), false, d.len)

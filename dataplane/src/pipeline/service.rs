@@ -31,7 +31,7 @@ use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State};
 use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
 
-use super::conntrack::{denied_again, next_state, ports, Ct};
+use super::conntrack::{denied_again, next_state, ports, Ct, REJUDGE};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
@@ -209,15 +209,17 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
             check_source(d, t, &p, origin)?;
             // Policy on every packet of the flow, against its backend (cached per revision).
             let backend = (nat.dst, nat.dport);
-            if denied_again(
-                &h,
-                t,
-                d.in_slot,
-                (p.src, p.sport),
-                d.src_identity,
-                backend,
-                proto,
-            ) {
+            if REJUDGE
+                && denied_again(
+                    &h,
+                    t,
+                    d.in_slot,
+                    (p.src, p.sport),
+                    d.src_identity,
+                    backend,
+                    proto,
+                )
+            {
                 return Some(Verdict::Drop(DropReason::PolicyDenied));
             }
             let next = next_state(proto, h.state(), false, flags);
