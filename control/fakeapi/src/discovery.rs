@@ -57,20 +57,31 @@ fn group_doc(name: &str, versions: &[String]) -> Value {
 }
 
 pub(crate) fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().iter().map(|(g, vs)| group_doc(g, vs)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .map(|(g, vs)| group_doc(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub(crate) fn api_group(reg: &Registry, group: &str) -> Option<Value> {
-    reg.groups().iter().find(|(g, _)| g == group).map(|(g, vs)| {
-        let mut d = group_doc(g, vs);
-        d["kind"] = json!("APIGroup");
-        d["apiVersion"] = json!("v1");
-        d
-    })
+    reg.groups()
+        .iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut d = group_doc(g, vs);
+            d["kind"] = json!("APIGroup");
+            d["apiVersion"] = json!("v1");
+            d
+        })
 }
 
-fn types_at<'a>(reg: &'a Registry, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceType> {
+fn types_at<'a>(
+    reg: &'a Registry,
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'a ResourceType> {
     reg.all()
         .filter(move |t| t.group == group && t.versions.iter().any(|v| v == version))
 }
@@ -126,7 +137,9 @@ pub(crate) const AGGREGATED_V2: &str =
 pub(crate) fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|first| {
         let f = first.replace(' ', "");
-        f.contains("g=apidiscovery.k8s.io") && f.contains("v=v2") && !f.contains("v=v2beta1")
+        f.contains("g=apidiscovery.k8s.io")
+            && f.contains("v=v2")
+            && !f.contains("v=v2beta1")
             && f.contains("as=APIGroupDiscoveryList")
     })
 }

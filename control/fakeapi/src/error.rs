@@ -75,8 +75,12 @@ impl ApiError {
 
     /// 404 NotFound for a named object of a resource.
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified()))
-            .with_details(rt, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified()),
+        )
+        .with_details(rt, name)
     }
 
     /// 404 NotFound for anything else (an unknown path or resource).
@@ -109,7 +113,11 @@ impl ApiError {
 
     /// 422 Invalid: an object the server will not accept.
     pub fn invalid(kind: &str, name: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {why}"))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {why}"),
+        )
     }
 
     /// 400 BadRequest.

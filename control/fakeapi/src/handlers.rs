@@ -98,7 +98,10 @@ impl Req {
 }
 
 /// Answers one request.
-pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let delay = *app.faults.delay.lock().unwrap_or_else(|e| e.into_inner());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -130,7 +133,11 @@ pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp
     let content_type = hdr(header::CONTENT_TYPE);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(error_response(&ApiError::bad_request(format!("reading the body: {e}")))),
+        Err(e) => {
+            return Ok(error_response(&ApiError::bad_request(format!(
+                "reading the body: {e}"
+            ))))
+        }
     };
     let r = Req {
         method,
@@ -139,7 +146,9 @@ pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp
         content_type,
         body,
     };
-    let resp = route(&app, &path, &r).await.unwrap_or_else(|e| error_response(&e));
+    let resp = route(&app, &path, &r)
+        .await
+        .unwrap_or_else(|e| error_response(&e));
     if app.log_requests.load(Ordering::Relaxed) {
         tracing::info!(method = %r.method, %path, code = resp.status().as_u16(), "request");
     } else {
@@ -170,12 +179,18 @@ async fn route(app: &App, path: &str, r: &Req) -> Result<Response<Body>, ApiErro
             only_get(r)?;
             Ok(json_response(200, &discovery::version()))
         }
-        ["healthz"] | ["readyz"] | ["livez"] => Ok(full(StatusCode::OK, "text/plain", b"ok".to_vec())),
+        ["healthz"] | ["readyz"] | ["livez"] => {
+            Ok(full(StatusCode::OK, "text/plain", b"ok".to_vec()))
+        }
         ["api"] => {
             only_get(r)?;
             if app.aggregated_discovery && discovery::wants_aggregated(&r.accept) {
                 let doc = discovery::aggregated(&app.store.registry(), true);
-                return Ok(full(StatusCode::OK, discovery::AGGREGATED_V2, serde_json::to_vec(&doc).unwrap_or_default()));
+                return Ok(full(
+                    StatusCode::OK,
+                    discovery::AGGREGATED_V2,
+                    serde_json::to_vec(&doc).unwrap_or_default(),
+                ));
             }
             Ok(json_response(200, &discovery::api_versions(&app.address)))
         }
@@ -184,7 +199,11 @@ async fn route(app: &App, path: &str, r: &Req) -> Result<Response<Body>, ApiErro
             let reg = app.store.registry();
             if app.aggregated_discovery && discovery::wants_aggregated(&r.accept) {
                 let doc = discovery::aggregated(&reg, false);
-                return Ok(full(StatusCode::OK, discovery::AGGREGATED_V2, serde_json::to_vec(&doc).unwrap_or_default()));
+                return Ok(full(
+                    StatusCode::OK,
+                    discovery::AGGREGATED_V2,
+                    serde_json::to_vec(&doc).unwrap_or_default(),
+                ));
             }
             Ok(json_response(200, &discovery::api_group_list(&reg)))
         }
@@ -193,9 +212,16 @@ async fn route(app: &App, path: &str, r: &Req) -> Result<Response<Body>, ApiErro
             // An empty OpenAPI v2 document (kubectl decodes it as protobuf; an empty message is
             // an empty document): kubectl then validates and patches from its built-in types.
             if r.accept.contains("protobuf") {
-                Ok(full(StatusCode::OK, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", Vec::new()))
+                Ok(full(
+                    StatusCode::OK,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    Vec::new(),
+                ))
             } else {
-                Ok(json_response(200, &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}})))
+                Ok(json_response(
+                    200,
+                    &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
+                ))
             }
         }
         ["openapi", "v3"] => {
@@ -223,7 +249,12 @@ struct Target<'a> {
     watch_path: bool,
 }
 
-fn target<'a>(app: &App, group: &str, version: &str, rest: &[&'a str]) -> Result<Target<'a>, ApiError> {
+fn target<'a>(
+    app: &App,
+    group: &str,
+    version: &str,
+    rest: &[&'a str],
+) -> Result<Target<'a>, ApiError> {
     let (watch_path, rest) = match rest {
         ["watch", tail @ ..] => (true, tail),
         _ => (false, rest),
@@ -245,7 +276,10 @@ fn target<'a>(app: &App, group: &str, version: &str, rest: &[&'a str]) -> Result
         [p, n, s] => (*p, Some(*n), Some(*s)),
         _ => return Err(not_found()),
     };
-    let rt = app.store.resolve(group, version, plural).ok_or_else(not_found)?;
+    let rt = app
+        .store
+        .resolve(group, version, plural)
+        .ok_or_else(not_found)?;
     if rt.namespaced && ns.is_none() && name.is_some() {
         return Err(not_found());
     }
@@ -266,7 +300,13 @@ fn target<'a>(app: &App, group: &str, version: &str, rest: &[&'a str]) -> Result
     })
 }
 
-async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    app: &App,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    r: &Req,
+) -> Result<Response<Body>, ApiError> {
     if rest.is_empty() {
         only_get(r)?;
         return discovery::api_resource_list(&app.store.registry(), group, version)
@@ -275,7 +315,11 @@ async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req)
     }
     let t = target(app, group, version, rest)?;
     let rt = &t.rt;
-    let ns_or_none = if rt.namespaced { t.ns.unwrap_or("") } else { "" };
+    let ns_or_none = if rt.namespaced {
+        t.ns.unwrap_or("")
+    } else {
+        ""
+    };
     let part = if t.status { Part::Status } else { Part::Main };
     let store = &app.store;
     match (t.name, &r.method) {
@@ -303,21 +347,41 @@ async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req)
             let page = store.list_at(rt, version, t.ns, &sel, None, None, None)?;
             let mut deleted = Vec::new();
             for o in page.items {
-                let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
-                let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let ns = o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let name = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 match store.delete_at(rt, version, &ns, &name, None, r.dry_run()) {
                     Ok(d) => deleted.push(d),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(json_response(200, &list_doc(rt, version, deleted, store.resource_version(), None, 0)))
+            Ok(json_response(
+                200,
+                &list_doc(rt, version, deleted, store.resource_version(), None, 0),
+            ))
         }
         (Some(name), &Method::GET) => {
             let obj = store.get_at(rt, version, ns_or_none, name)?;
             if wants_table(&r.accept) {
                 let rv = store.resource_version();
-                return Ok(json_response(200, &table(rt, &[obj], rv, None, IncludeObject::parse(r.q("includeObject")))));
+                return Ok(json_response(
+                    200,
+                    &table(
+                        rt,
+                        &[obj],
+                        rv,
+                        None,
+                        IncludeObject::parse(r.q("includeObject")),
+                    ),
+                ));
             }
             Ok(json_response(200, &obj))
         }
@@ -331,8 +395,9 @@ async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req)
             let opts: Value = if r.body.is_empty() {
                 json!({})
             } else {
-                serde_json::from_slice(&r.body)
-                    .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+                serde_json::from_slice(&r.body).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding DeleteOptions: {e}"))
+                })?
             };
             let pre = opts.get("preconditions").map(|p| {
                 let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
@@ -352,13 +417,16 @@ async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req)
             if let Some(uid) = gone.pointer("/metadata/uid") {
                 details["uid"] = uid.clone();
             }
-            Ok(json_response(200, &json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Success",
-                "details": details,
-            })))
+            Ok(json_response(
+                200,
+                &json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": details,
+                }),
+            ))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",
@@ -369,22 +437,32 @@ async fn resource(app: &App, group: &str, version: &str, rest: &[&str], r: &Req)
 
 fn selectors(r: &Req) -> Result<Selectors, ApiError> {
     Ok(Selectors {
-        labels: LabelSelector::parse(r.q("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?,
-        fields: FieldSelector::parse(r.q("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?,
+        labels: LabelSelector::parse(r.q("labelSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?,
+        fields: FieldSelector::parse(r.q("fieldSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?,
     })
 }
 
 fn parse_rv(s: Option<&str>) -> Result<Option<u64>, ApiError> {
     match s {
         None | Some("") => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}: it must be a number"))),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resourceVersion {v:?}: it must be a number"
+            ))
+        }),
     }
 }
 
-fn list_doc(rt: &ResourceType, version: &str, items: Vec<Value>, rv: u64, cont: Option<String>, remaining: usize) -> Value {
+fn list_doc(
+    rt: &ResourceType,
+    version: &str,
+    items: Vec<Value>,
+    rv: u64,
+    cont: Option<String>,
+    remaining: usize,
+) -> Value {
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
@@ -402,18 +480,39 @@ fn list(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response<Body>,
     let sel = selectors(r)?;
     let limit = match r.q("limit") {
         None | Some("") => None,
-        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        ),
     };
     let rv = parse_rv(r.q("resourceVersion"))?;
-    let page = app.store.list_at(&t.rt, version, t.ns, &sel, limit, r.q("continue"), rv)?;
+    let page = app
+        .store
+        .list_at(&t.rt, version, t.ns, &sel, limit, r.q("continue"), rv)?;
     if wants_table(&r.accept) {
         let include = IncludeObject::parse(r.q("includeObject"));
         return Ok(json_response(
             200,
-            &table(&t.rt, &page.items, page.rv, page.continue_token.as_deref(), include),
+            &table(
+                &t.rt,
+                &page.items,
+                page.rv,
+                page.continue_token.as_deref(),
+                include,
+            ),
         ));
     }
-    Ok(json_response(200, &list_doc(&t.rt, version, page.items, page.rv, page.continue_token, page.remaining)))
+    Ok(json_response(
+        200,
+        &list_doc(
+            &t.rt,
+            version,
+            page.items,
+            page.rv,
+            page.continue_token,
+            page.remaining,
+        ),
+    ))
 }
 
 fn start_watch(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response<Body>, ApiError> {
@@ -427,9 +526,9 @@ fn start_watch(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response
     };
     let timeout = match r.q("timeoutSeconds") {
         None | Some("") => None,
-        Some(s) => Some(Duration::from_secs(
-            s.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?,
-        )),
+        Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+        })?)),
     };
     let params = WatchParams {
         rt: t.rt.clone(),
@@ -444,7 +543,13 @@ fn start_watch(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     match app.store.watch_at(&t.rt, t.ns, from) {
         Ok(start) => {
-            tokio::spawn(watch::run(params, start, tx, app.bookmark_every, app.shutdown.clone()));
+            tokio::spawn(watch::run(
+                params,
+                start,
+                tx,
+                app.bookmark_every,
+                app.shutdown.clone(),
+            ));
         }
         Err(e) => {
             // As the real server does: 200, then one ERROR event, then the end.
@@ -452,7 +557,9 @@ fn start_watch(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response
         }
     }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     resp.headers_mut()
@@ -461,7 +568,15 @@ fn start_watch(app: &App, t: &Target, version: &str, r: &Req) -> Result<Response
 }
 
 #[allow(clippy::too_many_arguments)]
-fn patch_object(app: &App, t: &Target, version: &str, ns: &str, name: &str, part: Part, r: &Req) -> Result<Response<Body>, ApiError> {
+fn patch_object(
+    app: &App,
+    t: &Target,
+    version: &str,
+    ns: &str,
+    name: &str,
+    part: Part,
+    r: &Req,
+) -> Result<Response<Body>, ApiError> {
     let rt = &t.rt;
     let kind = PatchType::from_content_type(&r.content_type).ok_or_else(|| {
         ApiError::unsupported_media_type(format!(
@@ -470,15 +585,22 @@ fn patch_object(app: &App, t: &Target, version: &str, ns: &str, name: &str, part
         ))
     })?;
     let doc: Value = if kind == PatchType::Apply {
-        serde_yaml_ng::from_slice(&r.body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        serde_yaml_ng::from_slice(&r.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
     } else {
-        serde_json::from_slice(&r.body).map_err(|e| ApiError::bad_request(format!("error decoding the patch as JSON: {e}")))?
+        serde_json::from_slice(&r.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding the patch as JSON: {e}")))?
     };
     let store = &app.store;
-    if kind == PatchType::Apply && store.get_at(rt, version, ns, name).is_err() && part == Part::Main {
+    if kind == PatchType::Apply
+        && store.get_at(rt, version, ns, name).is_err()
+        && part == Part::Main
+    {
         let mut obj = doc;
         if !obj.is_object() {
-            return Err(ApiError::bad_request("an applied configuration must be an object"));
+            return Err(ApiError::bad_request(
+                "an applied configuration must be an object",
+            ));
         }
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});

@@ -81,7 +81,10 @@ fn collect(path: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), Error> 
             out.push(path.to_path_buf());
         }
     } else {
-        return Err(io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or directory",
+        )));
     }
     Ok(())
 }
@@ -115,7 +118,9 @@ spec:
 "#;
         let objs = load_str(&store, text, "test").unwrap();
         assert_eq!(objs.len(), 3);
-        let p = store.get("cilium.io/v2", "CiliumNetworkPolicy", Some("team"), "p").unwrap();
+        let p = store
+            .get("cilium.io/v2", "CiliumNetworkPolicy", Some("team"), "p")
+            .unwrap();
         assert_eq!(p["spec"]["endpointSelector"], serde_json::json!({}));
         assert!(load_str(&store, "a: [", "bad").is_err());
     }

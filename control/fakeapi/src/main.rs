@@ -55,7 +55,9 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), objects = objs.len(), "loaded");
     }
     if let Some(path) = &args.kubeconfig {
-        server.write_kubeconfig(path).context("writing the kubeconfig")?;
+        server
+            .write_kubeconfig(path)
+            .context("writing the kubeconfig")?;
         tracing::info!(path = %path.display(), "kubeconfig written");
     }
     println!("{}", server.url());

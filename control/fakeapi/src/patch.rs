@@ -38,8 +38,8 @@ impl PatchType {
 pub fn apply(kind: PatchType, target: &mut Value, patch: &Value) -> Result<(), String> {
     match kind {
         PatchType::Json => {
-            let p: json_patch::Patch =
-                serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| format!("invalid JSON patch: {e}"))?;
             json_patch::patch(target, &p).map_err(|e| e.to_string())
         }
         PatchType::Merge => {
@@ -255,7 +255,10 @@ mod tests {
             .collect();
         assert_eq!(names, ["b", "a", "c"]);
         assert_eq!(pod["spec"]["containers"][1]["image"], "a:2");
-        assert_eq!(pod["spec"]["containers"][1]["ports"], json!([{"containerPort": 80}]));
+        assert_eq!(
+            pod["spec"]["containers"][1]["ports"],
+            json!([{"containerPort": 80}])
+        );
     }
 
     #[test]
@@ -278,7 +281,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o["l"], json!([1, 2]));
-        assert!(apply(PatchType::Json, &mut o, &json!([{"op": "test", "path": "/l/0", "value": 9}])).is_err());
+        assert!(apply(
+            PatchType::Json,
+            &mut o,
+            &json!([{"op": "test", "path": "/l/0", "value": 9}])
+        )
+        .is_err());
         assert!(apply(PatchType::Json, &mut o, &json!({"not": "a list"})).is_err());
     }
 }

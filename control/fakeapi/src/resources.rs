@@ -188,9 +188,7 @@ pub fn version_priority(a: &str, b: &str) -> Ordering {
         Some((major, stage, n.parse().ok()?))
     }
     match (parse(a), parse(b)) {
-        (Some((ma, sa, na)), Some((mb, sb, nb))) => {
-            sb.cmp(&sa).then(mb.cmp(&ma)).then(nb.cmp(&na))
-        }
+        (Some((ma, sa, na)), Some((mb, sb, nb))) => sb.cmp(&sa).then(mb.cmp(&ma)).then(nb.cmp(&na)),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
         (None, None) => a.cmp(b),
@@ -226,15 +224,60 @@ fn builtin(
 /// The built-in resource types.
 pub fn builtins() -> Vec<ResourceType> {
     vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true, &[]),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            false,
+            &["ns"],
+            true,
+            &[],
+        ),
         builtin("", "v1", "nodes", "Node", false, &["no"], true, &[]),
         builtin("", "v1", "pods", "Pod", true, &["po"], true, &["all"]),
-        builtin("", "v1", "services", "Service", true, &["svc"], true, &["all"]),
-        builtin("", "v1", "endpoints", "Endpoints", true, &["ep"], false, &[]),
+        builtin(
+            "",
+            "v1",
+            "services",
+            "Service",
+            true,
+            &["svc"],
+            true,
+            &["all"],
+        ),
+        builtin(
+            "",
+            "v1",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            false,
+            &[],
+        ),
         builtin("", "v1", "events", "Event", true, &["ev"], false, &[]),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, &[]),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+            &[],
+        ),
         builtin("", "v1", "secrets", "Secret", true, &[], false, &[]),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, &[]),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+            &[],
+        ),
         builtin(
             "discovery.k8s.io",
             "v1",
@@ -255,7 +298,16 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             &[],
         ),
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, &[]),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+            &[],
+        ),
         builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -435,18 +487,30 @@ mod tests {
     fn version_priority_orders_like_the_api() {
         let mut v = vec!["v1alpha1", "foo", "v2", "v1beta2", "v1", "v1beta1", "v10"];
         v.sort_by(|a, b| version_priority(a, b));
-        assert_eq!(v, ["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]);
+        assert_eq!(
+            v,
+            ["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        );
     }
 
     #[test]
     fn crd_parses_and_checks_its_name() {
-        let c = crd("cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies", true, &["cnp"]);
+        let c = crd(
+            "cilium.io",
+            "v2",
+            "CiliumNetworkPolicy",
+            "ciliumnetworkpolicies",
+            true,
+            &["cnp"],
+        );
         let t = ResourceType::from_crd(&c).unwrap();
         assert_eq!(t.kind, "CiliumNetworkPolicy");
         assert!(t.namespaced && t.status_subresource);
         let mut bad = c.clone();
         bad["metadata"]["name"] = json!("wrong");
-        assert!(ResourceType::from_crd(&bad).unwrap_err().contains("metadata.name"));
+        assert!(ResourceType::from_crd(&bad)
+            .unwrap_err()
+            .contains("metadata.name"));
         let mut bad = c;
         bad["spec"]["scope"] = json!("Everywhere");
         assert!(ResourceType::from_crd(&bad).is_err());

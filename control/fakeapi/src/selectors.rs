@@ -44,7 +44,9 @@ fn check_key(k: &str, whole: &str) -> Result<String, String> {
     if ok {
         Ok(k.to_string())
     } else {
-        Err(format!("unable to parse requirement: invalid label key {k:?} in {whole:?}"))
+        Err(format!(
+            "unable to parse requirement: invalid label key {k:?} in {whole:?}"
+        ))
     }
 }
 
@@ -76,7 +78,9 @@ impl LabelSelector {
                 } else if let Some(k) = head.strip_suffix("in") {
                     reqs.push(LabelReq::In(check_key(k, t)?, values));
                 } else {
-                    return Err(format!("unable to parse requirement {t:?}: expected in or notin"));
+                    return Err(format!(
+                        "unable to parse requirement {t:?}: expected in or notin"
+                    ));
                 }
             } else if let Some((k, v)) = t.split_once("!=") {
                 reqs.push(LabelReq::NotEq(check_key(k, t)?, v.trim().into()));

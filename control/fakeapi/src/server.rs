@@ -260,12 +260,17 @@ impl FakeApiServer {
             log_requests: AtomicBool::new(self.opts.log_requests),
         });
         handle.spawn(accept_loop(listener, app, shutdown_rx, stopped_tx));
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { shutdown, stopped });
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Running { shutdown, stopped });
         Ok(())
     }
 
     fn signal_stop(&self) -> Option<std_mpsc::Receiver<()>> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
         let _ = running.shutdown.send(true);
         Some(running.stopped)
     }
@@ -317,7 +322,10 @@ impl FakeApiServer {
 
     /// Whether the server is answering.
     pub fn is_running(&self) -> bool {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The address listened on.

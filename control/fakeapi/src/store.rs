@@ -157,7 +157,9 @@ fn spec_part(obj: &Value) -> Map<String, Value> {
     obj.as_object()
         .map(|m| {
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -188,7 +190,14 @@ impl State {
         let a = self.random();
         let b = self.random();
         let h = format!("{a:016x}{b:016x}");
-        format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+        format!(
+            "{}-{}-4{}-a{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            &h[17..20],
+            &h[20..32]
+        )
     }
 
     fn generated_name(&mut self, prefix: &str) -> String {
@@ -231,7 +240,8 @@ impl State {
         };
         self.objects.get(&key).is_some_and(|m| {
             m.iter().any(|(k, s)| {
-                Some(k) != except && s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)
+                Some(k) != except
+                    && s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)
             })
         })
     }
@@ -248,7 +258,13 @@ impl State {
     }
 
     /// Defaults the real server fills in that clients commonly read.
-    fn apply_defaults(&mut self, rt: &ResourceType, obj: &mut Value, old: Option<&Value>, key: &ObjKey) -> Result<(), ApiError> {
+    fn apply_defaults(
+        &mut self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+        key: &ObjKey,
+    ) -> Result<(), ApiError> {
         let name = key.1.as_str();
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => {
@@ -259,13 +275,11 @@ impl State {
                     obj["spec"] = json!({"finalizers": ["kubernetes"]});
                 }
             }
-            ("", "pods") => {
-                if obj.pointer("/status/phase").is_none() {
-                    if !obj.get("status").is_some_and(Value::is_object) {
-                        obj["status"] = json!({});
-                    }
-                    obj["status"]["phase"] = json!("Pending");
+            ("", "pods") if obj.pointer("/status/phase").is_none() => {
+                if !obj.get("status").is_some_and(Value::is_object) {
+                    obj["status"] = json!({});
                 }
+                obj["status"]["phase"] = json!("Pending");
             }
             ("", "services") => {
                 if !obj.get("spec").is_some_and(Value::is_object) {
@@ -291,8 +305,14 @@ impl State {
                     spec["sessionAffinity"] = json!("None");
                 }
                 let external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
-                let given = spec.get("clusterIP").and_then(Value::as_str).map(str::to_string);
-                match (given, old.and_then(|o| o.pointer("/spec/clusterIP")).cloned()) {
+                let given = spec
+                    .get("clusterIP")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                match (
+                    given,
+                    old.and_then(|o| o.pointer("/spec/clusterIP")).cloned(),
+                ) {
                     (None, Some(prev)) => {
                         obj["spec"]["clusterIP"] = prev.clone();
                         obj["spec"]["clusterIPs"] = json!([prev]);
@@ -322,7 +342,8 @@ impl State {
                     .map_err(|e| ApiError::invalid("CustomResourceDefinition", name, e))?;
                 if let Some(o) = old {
                     let same = o.pointer("/status/acceptedNames") == obj.pointer("/spec/names")
-                        && o.get("status").is_some_and(|s| s.get("conditions").is_some());
+                        && o.get("status")
+                            .is_some_and(|s| s.get("conditions").is_some());
                     if same {
                         obj["status"] = o["status"].clone();
                         return Ok(());
@@ -435,7 +456,10 @@ impl Store {
 
     /// The type at a URL's `group/version/plural`.
     pub(crate) fn resolve(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.lock().registry.by_path(group, version, plural).cloned()
+        self.lock()
+            .registry
+            .by_path(group, version, plural)
+            .cloned()
     }
 
     fn resolve_obj(&self, obj: &Value) -> Result<(ResourceType, String), ApiError> {
@@ -444,7 +468,11 @@ impl Store {
         self.resolve_kind(api_version, kind)
     }
 
-    fn resolve_kind(&self, api_version: &str, kind: &str) -> Result<(ResourceType, String), ApiError> {
+    fn resolve_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(ResourceType, String), ApiError> {
         self.lock()
             .registry
             .by_kind(api_version, kind)
@@ -458,7 +486,9 @@ impl Store {
 
     fn ns_of(rt: &ResourceType, ns: Option<&str>) -> String {
         if rt.namespaced {
-            ns.filter(|n| !n.is_empty()).unwrap_or("default").to_string()
+            ns.filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         }
@@ -505,14 +535,25 @@ impl Store {
     }
 
     /// One object; `namespace` is ignored for cluster-scoped kinds.
-    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let (rt, version) = self.resolve_kind(api_version, kind)?;
         let ns = Self::ns_of(&rt, namespace);
         self.get_at(&rt, &version, &ns, name)
     }
 
     /// The objects of a kind, in one namespace or (`None`) all.
-    pub fn list(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    pub fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
         let (rt, version) = self.resolve_kind(api_version, kind)?;
         let ns = namespace.filter(|_| rt.namespaced);
         Ok(self
@@ -521,13 +562,26 @@ impl Store {
     }
 
     /// Deletes an object and returns it as it was last.
-    pub fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let (rt, version) = self.resolve_kind(api_version, kind)?;
         let ns = Self::ns_of(&rt, namespace);
         self.delete_at(&rt, &version, &ns, name, None, false)
     }
 
-    pub(crate) fn create_at(&self, rt: &ResourceType, version: &str, ns: &str, mut obj: Value, dry_run: bool) -> Result<Value, ApiError> {
+    pub(crate) fn create_at(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         check_shape(rt, &obj)?;
         if let Some(body_ns) = meta_str(&obj, "namespace") {
@@ -579,7 +633,11 @@ impl Store {
             return Err(ApiError::not_found(&ns_type, ns));
         }
         let key = (ns.to_string(), name.clone());
-        if st.objects.get(&rt.key()).is_some_and(|m| m.contains_key(&key)) {
+        if st
+            .objects
+            .get(&rt.key())
+            .is_some_and(|m| m.contains_key(&key))
+        {
             return Err(ApiError::already_exists(rt, &name));
         }
         let mut obj = at_version(obj, rt, rt.preferred_version());
@@ -587,7 +645,9 @@ impl Store {
         let rv = if dry_run { st.rv } else { st.rv + 1 };
         let uid = st.uid();
         {
-            let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata"))?;
+            let meta = obj["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("metadata"))?;
             meta.insert("name".into(), json!(name));
             if rt.namespaced {
                 meta.insert("namespace".into(), json!(ns));
@@ -605,7 +665,10 @@ impl Store {
             return Ok(at_version(obj, rt, version));
         }
         st.rv = rv;
-        st.objects.entry(rt.key()).or_default().insert(key, obj.clone());
+        st.objects
+            .entry(rt.key())
+            .or_default()
+            .insert(key, obj.clone());
         st.after_write(rt, &obj);
         st.emit(
             &self.shared.tx,
@@ -620,7 +683,13 @@ impl Store {
         Ok(at_version(obj, rt, version))
     }
 
-    pub(crate) fn get_at(&self, rt: &ResourceType, version: &str, ns: &str, name: &str) -> Result<Value, ApiError> {
+    pub(crate) fn get_at(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let st = self.lock();
         st.objects
             .get(&rt.key())
@@ -630,7 +699,16 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn update_at(&self, rt: &ResourceType, version: &str, ns: &str, name: &str, obj: Value, part: Part, dry_run: bool) -> Result<Value, ApiError> {
+    pub(crate) fn update_at(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        part: Part,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         check_shape(rt, &obj)?;
         if let Some(body_name) = meta_str(&obj, "name") {
             if body_name != name {
@@ -647,7 +725,16 @@ impl Store {
             }
         }
         let want_rv = meta_str(&obj, "resourceVersion").map(str::to_string);
-        self.modify(rt, version, ns, name, part, dry_run, move |_| Ok(obj), want_rv)
+        self.modify(
+            rt,
+            version,
+            ns,
+            name,
+            part,
+            dry_run,
+            move |_| Ok(obj),
+            want_rv,
+        )
     }
 
     /// Reads, changes and writes one object under the lock; `f` gets the stored object (at
@@ -712,7 +799,13 @@ impl Store {
             Part::Main => {}
         }
         // The server owns these.
-        for field in ["name", "namespace", "uid", "creationTimestamp", "generation"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+        ] {
             match old["metadata"].get(field) {
                 Some(v) => new["metadata"][field] = v.clone(),
                 None => {
@@ -737,7 +830,10 @@ impl Store {
         st.rv += 1;
         let rv = st.rv;
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.objects.entry(rt.key()).or_default().insert(key, new.clone());
+        st.objects
+            .entry(rt.key())
+            .or_default()
+            .insert(key, new.clone());
         st.after_write(rt, &new);
         st.emit(
             &self.shared.tx,
@@ -753,7 +849,15 @@ impl Store {
     }
 
     /// Deletes under the lock; `pre` is the (uid, resourceVersion) precondition.
-    pub(crate) fn delete_at(&self, rt: &ResourceType, version: &str, ns: &str, name: &str, pre: Option<(Option<String>, Option<String>)>, dry_run: bool) -> Result<Value, ApiError> {
+    pub(crate) fn delete_at(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: &str,
+        name: &str,
+        pre: Option<(Option<String>, Option<String>)>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let key = (ns.to_string(), name.to_string());
         let old = st
@@ -764,7 +868,11 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some((uid, rv)) = pre {
             if uid.is_some_and(|u| Some(u.as_str()) != meta_str(&old, "uid")) {
-                return Err(ApiError::conflict(rt, name, "Precondition failed: UID in precondition does not match the UID of the object"));
+                return Err(ApiError::conflict(
+                    rt,
+                    name,
+                    "Precondition failed: UID in precondition does not match the UID of the object",
+                ));
             }
             if rv.is_some_and(|r| Some(r.as_str()) != meta_str(&old, "resourceVersion")) {
                 return Err(ApiError::conflict(rt, name, "the object has been modified; please apply your changes to the latest version and try again"));
@@ -782,11 +890,19 @@ impl Store {
         // What goes with it: a namespace's objects, a CRD's custom resources.
         let mut cascade: Vec<(ResourceKey, ObjKey)> = Vec::new();
         let is_crd = rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions";
-        let crd_type = if is_crd { ResourceType::from_crd(&old).ok() } else { None };
+        let crd_type = if is_crd {
+            ResourceType::from_crd(&old).ok()
+        } else {
+            None
+        };
         if is_ns {
             for (rk, objs) in &st.objects {
                 if st.registry.get(rk).is_some_and(|t| t.namespaced) {
-                    cascade.extend(objs.keys().filter(|k| k.0 == name).map(|k| (rk.clone(), k.clone())));
+                    cascade.extend(
+                        objs.keys()
+                            .filter(|k| k.0 == name)
+                            .map(|k| (rk.clone(), k.clone())),
+                    );
                 }
             }
         }
@@ -844,11 +960,13 @@ impl Store {
             Some(tok) => {
                 let mut parts = tok.splitn(3, '/');
                 let (Some(r), Some(n), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
-                    return Err(ApiError::bad_request(format!("invalid continue token {tok:?}")));
+                    return Err(ApiError::bad_request(format!(
+                        "invalid continue token {tok:?}"
+                    )));
                 };
-                let r: u64 = r
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid continue token {tok:?}")))?;
+                let r: u64 = r.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid continue token {tok:?}"))
+                })?;
                 if r < st.compacted {
                     let mut e = ApiError::expired(r, st.compacted);
                     e.message = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into();
@@ -861,7 +979,9 @@ impl Store {
         let mut remaining = 0;
         let mut last: Option<&ObjKey> = None;
         if let Some(objs) = st.objects.get(&rt.key()) {
-            let range = objs.iter().filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a));
+            let range = objs
+                .iter()
+                .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a));
             for (k, o) in range {
                 if ns.is_some_and(|n| n != k.0) || !sel.matches(o) {
                     continue;
@@ -887,7 +1007,12 @@ impl Store {
         })
     }
 
-    pub(crate) fn watch_at(&self, rt: &ResourceType, ns: Option<&str>, from: WatchFrom) -> Result<WatchStart, ApiError> {
+    pub(crate) fn watch_at(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        from: WatchFrom,
+    ) -> Result<WatchStart, ApiError> {
         let st = self.lock();
         let rx = self.shared.tx.subscribe();
         let key = rt.key();
@@ -927,11 +1052,19 @@ impl Store {
 fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     let name = meta_str(obj, "name").unwrap_or("");
     if !obj.is_object() {
-        return Err(ApiError::bad_request("the body of the request was not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request was not a JSON object",
+        ));
     }
     match obj.get("metadata") {
         None | Some(Value::Object(_)) => {}
-        Some(_) => return Err(ApiError::invalid(&rt.kind, name, "metadata: Invalid value: must be an object")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &rt.kind,
+                name,
+                "metadata: Invalid value: must be an object",
+            ))
+        }
     }
     for field in ["labels", "annotations"] {
         match obj.get("metadata").and_then(|m| m.get(field)) {

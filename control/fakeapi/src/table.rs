@@ -88,13 +88,25 @@ fn text(obj: &Value, pointer: &str) -> Value {
 }
 
 fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, Vec<&'static str>) {
-    let name = column("Name", "string", "name", 0, "Name must be unique within a namespace.");
+    let name = column(
+        "Name",
+        "string",
+        "name",
+        0,
+        "Name must be unique within a namespace.",
+    );
     let age = column("Age", "string", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => (
             vec![
                 name,
-                column("Status", "string", "", 0, "The aggregate status of the containers in this pod."),
+                column(
+                    "Status",
+                    "string",
+                    "",
+                    0,
+                    "The aggregate status of the containers in this pod.",
+                ),
                 age,
                 column("IP", "string", "", 1, "The IP address assigned to the pod."),
                 column("Node", "string", "", 1, "The node the pod is scheduled on."),
@@ -105,13 +117,23 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, Vec<&'static str>) {
             vec![
                 name,
                 column("Type", "string", "", 0, "The type of service."),
-                column("Cluster-IP", "string", "", 0, "The cluster IP of the service."),
+                column(
+                    "Cluster-IP",
+                    "string",
+                    "",
+                    0,
+                    "The cluster IP of the service.",
+                ),
                 age,
             ],
             vec!["", "/spec/type", "/spec/clusterIP", ""],
         ),
         ("", "namespaces") => (
-            vec![name, column("Status", "string", "", 0, "The phase of the namespace."), age],
+            vec![
+                name,
+                column("Status", "string", "", 0, "The phase of the namespace."),
+                age,
+            ],
             vec!["", "/status/phase", ""],
         ),
         _ => (vec![name, age], vec!["", ""]),
@@ -184,8 +206,12 @@ mod tests {
 
     #[test]
     fn accept_header_detection() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
-        assert!(!wants_table("application/json, application/json;as=Table;v=v1;g=meta.k8s.io"));
+        assert!(!wants_table(
+            "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
+        ));
     }
 }

@@ -39,9 +39,9 @@ pub(crate) fn error_line(err: &ApiError) -> Bytes {
 
 impl WatchParams {
     fn in_ns(&self, obj: &Value) -> bool {
-        self.ns.as_deref().is_none_or(|n| {
-            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n)
-        })
+        self.ns
+            .as_deref()
+            .is_none_or(|n| obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
     }
 
     /// The event a client sees for a change, after namespace and selectors: a modification that
@@ -104,7 +104,11 @@ pub(crate) async fn run(
     bookmark_every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let WatchStart { initial, mut rx, rv } = start;
+    let WatchStart {
+        initial,
+        mut rx,
+        rv,
+    } = start;
     for (kind, obj, old) in &initial {
         if let Some(k) = p.filter(*kind, obj, old.as_ref()) {
             if out.send(p.event_line(k, obj)).await.is_err() {
@@ -124,7 +128,8 @@ pub(crate) async fn run(
         }
     };
     tokio::pin!(sleep_until);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let send = tokio::select! {

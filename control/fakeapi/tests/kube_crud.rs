@@ -45,15 +45,27 @@ async fn pods_full_lifecycle_and_errors() {
         // 404 NotFound, and a namespace that does not exist
         assert_eq!(api_code(pods.get("nope").await).0, 404);
         let elsewhere: Api<Pod> = Api::namespaced(c.clone(), "missing");
-        assert_eq!(api_code(elsewhere.create(&pp, &pod("x", "n1", "web")).await).0, 404);
+        assert_eq!(
+            api_code(elsewhere.create(&pp, &pod("x", "n1", "web")).await).0,
+            404
+        );
         // 422 for an invalid name
-        assert_eq!(api_code(pods.create(&pp, &pod("Bad_Name", "n1", "web")).await).0, 422);
+        assert_eq!(
+            api_code(pods.create(&pp, &pod("Bad_Name", "n1", "web")).await).0,
+            422
+        );
 
         // replace, then a stale resourceVersion is a 409 Conflict
         let mut p = pods.get("a").await.unwrap();
         p.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into());
         let replaced = pods.replace("a", &pp, &p).await.unwrap();
-        let rv2: u64 = replaced.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+        let rv2: u64 = replaced
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(rv2 > rv1);
         assert_eq!(replaced.metadata.generation, Some(2));
         let (code, reason) = api_code(pods.replace("a", &pp, &p).await);
@@ -61,7 +73,11 @@ async fn pods_full_lifecycle_and_errors() {
 
         // patches: merge, strategic (containers merged by name), JSON, apply
         let merged = pods
-            .patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})))
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})),
+            )
             .await
             .unwrap();
         assert_eq!(merged.metadata.labels.as_ref().unwrap()["tier"], "front");
@@ -69,24 +85,37 @@ async fn pods_full_lifecycle_and_errors() {
             .patch(
                 "a",
                 &PatchParams::default(),
-                &Patch::Strategic(json!({"spec": {"containers": [{"name": "side", "image": "envoy"}]}})),
+                &Patch::Strategic(
+                    json!({"spec": {"containers": [{"name": "side", "image": "envoy"}]}}),
+                ),
             )
             .await
             .unwrap();
-        let names: Vec<_> = smp.spec.unwrap().containers.into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = smp
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["c", "side"]);
         let jp: json_patch::Patch = serde_json::from_value(json!([
             {"op": "replace", "path": "/metadata/labels/app", "value": "api"}
         ]))
         .unwrap();
-        let jsoned = pods.patch("a", &PatchParams::default(), &Patch::Json::<()>(jp)).await.unwrap();
+        let jsoned = pods
+            .patch("a", &PatchParams::default(), &Patch::Json::<()>(jp))
+            .await
+            .unwrap();
         assert_eq!(jsoned.metadata.labels.as_ref().unwrap()["app"], "api");
         let applied = pods
             .patch(
                 "b",
                 &PatchParams::apply("test"),
-                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"},
-                    "spec": {"containers": [{"name": "c", "image": "x"}]}})),
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+                ),
             )
             .await
             .unwrap();
@@ -94,21 +123,38 @@ async fn pods_full_lifecycle_and_errors() {
 
         // the status subresource: the main resource ignores status, /status only takes it
         let st = pods
-            .patch_status("a", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.0.0.5"}})))
+            .patch_status(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.0.0.5"}})),
+            )
             .await
             .unwrap();
-        assert_eq!(st.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(
+            st.status.as_ref().unwrap().phase.as_deref(),
+            Some("Running")
+        );
         let ignored = pods
-            .patch("a", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}})))
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+            )
             .await
             .unwrap();
         assert_eq!(ignored.status.unwrap().phase.as_deref(), Some("Running"));
 
         // dryRun changes nothing
         let before = server.store().resource_version();
-        pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod("dry", "n1", "web"))
-            .await
-            .unwrap();
+        pods.create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &pod("dry", "n1", "web"),
+        )
+        .await
+        .unwrap();
         assert_eq!(api_code(pods.get("dry").await).0, 404);
         assert_eq!(server.store().resource_version(), before);
 
@@ -121,8 +167,14 @@ async fn pods_full_lifecycle_and_errors() {
 
         pods.delete("a", &DeleteParams::default()).await.unwrap();
         assert_eq!(api_code(pods.get("a").await).0, 404);
-        assert_eq!(api_code(pods.delete("a", &DeleteParams::default()).await).0, 404);
-        assert!(server.store().get("v1", "Pod", Some("default"), "a").is_err());
+        assert_eq!(
+            api_code(pods.delete("a", &DeleteParams::default()).await).0,
+            404
+        );
+        assert!(server
+            .store()
+            .get("v1", "Pod", Some("default"), "a")
+            .is_err());
     })
     .await;
 }
@@ -134,9 +186,12 @@ async fn selectors_pagination_and_all_namespaces() {
         let server = FakeApiServer::start(Options::default()).unwrap();
         let c = client(&server, dir.path()).await;
         let nss: Api<Namespace> = Api::all(c.clone());
-        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap())
-            .await
-            .unwrap();
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap(),
+        )
+        .await
+        .unwrap();
         for (ns, name, node, app) in [
             ("default", "p1", "n1", "web"),
             ("default", "p2", "n2", "web"),
@@ -151,21 +206,74 @@ async fn selectors_pagination_and_all_namespaces() {
         }
         let all: Api<Pod> = Api::all(c.clone());
         let names = |l: kube::core::ObjectList<Pod>| -> Vec<String> {
-            l.items.into_iter().map(|p| p.metadata.name.unwrap()).collect()
+            l.items
+                .into_iter()
+                .map(|p| p.metadata.name.unwrap())
+                .collect()
         };
-        assert_eq!(names(all.list(&ListParams::default()).await.unwrap()).len(), 5);
-        assert_eq!(names(all.list(&ListParams::default().labels("app=web")).await.unwrap()), ["p1", "p2", "p4"]);
-        assert_eq!(names(all.list(&ListParams::default().labels("app in (db,cache)")).await.unwrap()), ["p3", "p5"]);
-        assert_eq!(names(all.list(&ListParams::default().labels("app notin (web),app")).await.unwrap()), ["p3", "p5"]);
-        assert_eq!(names(all.list(&ListParams::default().labels("app!=web")).await.unwrap()), ["p3", "p5"]);
-        assert_eq!(names(all.list(&ListParams::default().fields("spec.nodeName=n1")).await.unwrap()), ["p1", "p3", "p4"]);
         assert_eq!(
-            names(all.list(&ListParams::default().fields("metadata.namespace=team,metadata.name!=p4")).await.unwrap()),
+            names(all.list(&ListParams::default()).await.unwrap()).len(),
+            5
+        );
+        assert_eq!(
+            names(
+                all.list(&ListParams::default().labels("app=web"))
+                    .await
+                    .unwrap()
+            ),
+            ["p1", "p2", "p4"]
+        );
+        assert_eq!(
+            names(
+                all.list(&ListParams::default().labels("app in (db,cache)"))
+                    .await
+                    .unwrap()
+            ),
+            ["p3", "p5"]
+        );
+        assert_eq!(
+            names(
+                all.list(&ListParams::default().labels("app notin (web),app"))
+                    .await
+                    .unwrap()
+            ),
+            ["p3", "p5"]
+        );
+        assert_eq!(
+            names(
+                all.list(&ListParams::default().labels("app!=web"))
+                    .await
+                    .unwrap()
+            ),
+            ["p3", "p5"]
+        );
+        assert_eq!(
+            names(
+                all.list(&ListParams::default().fields("spec.nodeName=n1"))
+                    .await
+                    .unwrap()
+            ),
+            ["p1", "p3", "p4"]
+        );
+        assert_eq!(
+            names(
+                all.list(
+                    &ListParams::default().fields("metadata.namespace=team,metadata.name!=p4")
+                )
+                .await
+                .unwrap()
+            ),
             ["p5"]
         );
         let team: Api<Pod> = Api::namespaced(c.clone(), "team");
-        assert_eq!(names(team.list(&ListParams::default()).await.unwrap()), ["p4", "p5"]);
-        assert_eq!(api_code(all.list(&ListParams::default().labels("a in (b")).await).0, 400);
+        assert_eq!(
+            names(team.list(&ListParams::default()).await.unwrap()),
+            ["p4", "p5"]
+        );
+        assert_eq!(
+            api_code(all.list(&ListParams::default().labels("a in (b")).await).0,
+            400
+        );
 
         // pagination
         let mut seen = Vec::new();
@@ -186,17 +294,32 @@ async fn selectors_pagination_and_all_namespaces() {
         let page = all.list(&ListParams::default().limit(2)).await.unwrap();
         let token = page.metadata.continue_.unwrap();
         let old_rv = page.metadata.resource_version.unwrap();
-        Api::<Pod>::namespaced(c.clone(), "default").create(&PostParams::default(), &pod("p6", "n1", "web")).await.unwrap();
+        Api::<Pod>::namespaced(c.clone(), "default")
+            .create(&PostParams::default(), &pod("p6", "n1", "web"))
+            .await
+            .unwrap();
         server.compact();
-        let (code, reason) = api_code(all.list(&ListParams::default().limit(2).continue_token(&token)).await);
+        let (code, reason) = api_code(
+            all.list(&ListParams::default().limit(2).continue_token(&token))
+                .await,
+        );
         assert_eq!((code, reason.as_str()), (410, "Expired"));
-        let old = ListParams { resource_version: Some(old_rv), ..Default::default() };
+        let old = ListParams {
+            resource_version: Some(old_rv),
+            ..Default::default()
+        };
         assert_eq!(api_code(all.list(&old).await).0, 410);
 
         // deleting a namespace deletes what is in it
         nss.delete("team", &DeleteParams::default()).await.unwrap();
-        assert_eq!(names(all.list(&ListParams::default()).await.unwrap()), ["p1", "p2", "p3", "p6"]);
-        assert_eq!(api_code(nss.delete("default", &DeleteParams::default()).await).0, 403);
+        assert_eq!(
+            names(all.list(&ListParams::default()).await.unwrap()),
+            ["p1", "p2", "p3", "p6"]
+        );
+        assert_eq!(
+            api_code(nss.delete("default", &DeleteParams::default()).await).0,
+            403
+        );
     })
     .await;
 }

@@ -7,7 +7,9 @@ mod common;
 use common::{bounded, client, eventually};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -106,7 +108,10 @@ async fn watch_selectors_see_objects_move_in_and_out() {
         let c = client(&server, dir.path()).await;
         let pods: Api<Pod> = Api::all(c);
         let rv = store.resource_version().to_string();
-        let wp = WatchParams::default().labels("app=web").disable_bookmarks().timeout(20);
+        let wp = WatchParams::default()
+            .labels("app=web")
+            .disable_bookmarks()
+            .timeout(20);
         let mut w = pods.watch(&wp, &rv).await.unwrap().boxed();
         store.create(pod_json("a", "db")).unwrap();
         store.create(pod_json("b", "web")).unwrap();
@@ -122,8 +127,14 @@ async fn watch_selectors_see_objects_move_in_and_out() {
 
         // timeoutSeconds ends the stream.
         let wp = WatchParams::default().timeout(1).disable_bookmarks();
-        let mut w = pods.watch(&wp, &store.resource_version().to_string()).await.unwrap().boxed();
-        let end = tokio::time::timeout(STEP, w.next()).await.expect("the watch did not time out");
+        let mut w = pods
+            .watch(&wp, &store.resource_version().to_string())
+            .await
+            .unwrap()
+            .boxed();
+        let end = tokio::time::timeout(STEP, w.next())
+            .await
+            .expect("the watch did not time out");
         assert!(end.is_none());
     })
     .await;
@@ -145,7 +156,11 @@ fn reflected<K: kube::Resource<DynamicType = D> + Clone, D: Eq + std::hash::Hash
 }
 
 /// Names and resourceVersions in the server's store.
-fn stored(server: &vireo_fakeapi::Store, api_version: &str, kind: &str) -> BTreeMap<String, String> {
+fn stored(
+    server: &vireo_fakeapi::Store,
+    api_version: &str,
+    kind: &str,
+) -> BTreeMap<String, String> {
     server
         .list(api_version, kind, None)
         .unwrap()
@@ -153,7 +168,10 @@ fn stored(server: &vireo_fakeapi::Store, api_version: &str, kind: &str) -> BTree
         .map(|o| {
             (
                 o["metadata"]["name"].as_str().unwrap().to_string(),
-                o["metadata"]["resourceVersion"].as_str().unwrap().to_string(),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect()
@@ -185,7 +203,10 @@ async fn reflector_converges_relists_after_compaction_and_recovers_after_restart
             let (reader, store) = (reader.clone(), store.clone());
             let what = what.to_string();
             async move {
-                eventually(Duration::from_secs(15), &what, || reflected(&reader) == stored(&store, "v1", "Pod")).await;
+                eventually(Duration::from_secs(15), &what, || {
+                    reflected(&reader) == stored(&store, "v1", "Pod")
+                })
+                .await;
             }
         };
         converged("the initial list").await;
@@ -201,13 +222,19 @@ async fn reflector_converges_relists_after_compaction_and_recovers_after_restart
 
         // Compaction: the watch gets 410, the watcher lists again.
         server.compact();
-        eventually(Duration::from_secs(10), "a relist", || *inits.lock().unwrap() > inits_before).await;
+        eventually(Duration::from_secs(10), "a relist", || {
+            *inits.lock().unwrap() > inits_before
+        })
+        .await;
         store.create(pod_json("p6", "web")).unwrap();
         converged("after compaction").await;
 
         // Stop: unreachable; changes made meanwhile are seen after the restart.
         server.stop();
-        assert!(std::net::TcpStream::connect(server.addr()).is_err(), "the port is still open");
+        assert!(
+            std::net::TcpStream::connect(server.addr()).is_err(),
+            "the port is still open"
+        );
         store.delete("v1", "Pod", Some("default"), "p2").unwrap();
         store.create(pod_json("p7", "web")).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
