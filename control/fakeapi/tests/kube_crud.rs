@@ -510,3 +510,32 @@ async fn preloaded_crds_injected_failures_and_delays() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_the_callers_runtime_too() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            FakeApiServer::start_on(Options::default(), tokio::runtime::Handle::current()).unwrap();
+        let c = client(&server, dir.path()).await;
+        let nss: Api<Namespace> = Api::all(c.clone());
+        assert_eq!(
+            nss.list(&ListParams::default()).await.unwrap().items.len(),
+            4
+        );
+        server.stop_async().await;
+        assert!(!server.is_running());
+        assert!(nss.list(&ListParams::default()).await.is_err());
+        server.restart().unwrap();
+        assert_eq!(
+            nss.get("kube-system")
+                .await
+                .unwrap()
+                .metadata
+                .name
+                .as_deref(),
+            Some("kube-system")
+        );
+    })
+    .await;
+}

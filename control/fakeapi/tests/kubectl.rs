@@ -505,7 +505,7 @@ fn kubectl_selectors_pagination_and_errors() {
         .contains("namespaces \"nowhere\" not found"));
     assert!(k.ok(&["delete", "pod", "a", "b"]).contains("deleted"));
     assert_eq!(store.list("v1", "Pod", None).unwrap().len(), 1);
-    assert!(k.ok(&["version"]).contains("Server Version: v1.33"));
+    assert!(k.ok(&["version"]).contains("v1.33"));
     assert!(k.ok(&["api-resources"]).contains("endpointslices"));
 
     // An unreachable server is an error, and after a restart all is back.
@@ -514,4 +514,27 @@ fn kubectl_selectors_pagination_and_errors() {
     assert!(err.contains("refused") || err.contains("connect"), "{err}");
     server.restart().unwrap();
     assert!(k.ok(&["get", "pods", "-A"]).contains("kube-system"));
+}
+
+#[test]
+fn kubectl_with_legacy_discovery_only() {
+    let server = FakeApiServer::start(Options::default().aggregated_discovery(false)).unwrap();
+    let k = Kubectl::new(&server);
+    let crd = vireo_fakeapi::crd(
+        "vireo.io",
+        "v1alpha1",
+        "NodeConfig",
+        "nodeconfigs",
+        false,
+        &["vnc"],
+    );
+    let f = k.write("crd.yaml", &crd);
+    assert!(k.ok(&["apply", "-f", &f]).contains("created"));
+    round_trip(
+        &k,
+        server.store(),
+        json!({"apiVersion": "vireo.io/v1alpha1", "kind": "NodeConfig", "metadata": {"name": "n1"}, "spec": {"mtu": 1500}}),
+        "vnc",
+    );
+    assert!(k.ok(&["api-resources"]).contains("nodeconfigs"));
 }

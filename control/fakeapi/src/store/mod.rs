@@ -899,3 +899,65 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}})
+    }
+
+    fn rv(o: &Value) -> u64 {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn resource_versions_increase_and_no_op_writes_keep_them() {
+        let s = Store::new();
+        let a = s.create(cm("a")).unwrap();
+        let b = s.create(cm("b")).unwrap();
+        assert!(rv(&b) > rv(&a) && s.resource_version() == rv(&b));
+        let same = s.update(a.clone()).unwrap();
+        assert_eq!(rv(&same), rv(&a));
+        let mut changed = a.clone();
+        changed["data"]["a"] = json!("2");
+        let c = s.update(changed.clone()).unwrap();
+        assert!(rv(&c) > rv(&b));
+        assert_eq!(c["metadata"]["generation"], 2);
+        // `a` is stale now.
+        assert_eq!(s.update(changed).unwrap_err().code, 409);
+        assert_eq!(s.create(cm("a")).unwrap_err().reason, "AlreadyExists");
+    }
+
+    #[test]
+    fn deleting_a_crd_deletes_its_objects_and_its_type() {
+        let s = Store::new();
+        for c in crate::resources::cilium_crds() {
+            s.create(c).unwrap();
+        }
+        s.create(json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": "x"}}))
+            .unwrap();
+        s.delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "ciliumclusterwidenetworkpolicies.cilium.io",
+        )
+        .unwrap();
+        assert_eq!(
+            s.list("cilium.io/v2", "CiliumClusterwideNetworkPolicy", None)
+                .unwrap_err()
+                .code,
+            404
+        );
+        assert!(s
+            .resource_types()
+            .iter()
+            .any(|t| t.kind == "CiliumNetworkPolicy"));
+    }
+}
