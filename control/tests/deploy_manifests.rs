@@ -375,6 +375,28 @@ fn examples_validate_and_invalid_ones_are_rejected() {
     assert!(rejected >= 10, "{rejected} invalid examples");
 }
 
+/// The policy examples are policies Vireo reads without a warning: the CRDs' schema and
+/// Vireo's reader agree on them.
+#[test]
+fn the_policy_examples_are_read_by_vireo() {
+    let mut m = vireo_control::source::Manifests::default();
+    for f in [
+        "ciliumnetworkpolicy.yaml",
+        "ciliumclusterwidenetworkpolicy.yaml",
+    ] {
+        let path = root().join("deploy/examples").join(f);
+        vireo_control::source::load_text(&mut m, &std::fs::read_to_string(&path).unwrap(), &path);
+    }
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    let set = vireo_control::netpol::policies(&m);
+    assert!(set.warnings.is_empty(), "{:#?}", set.warnings);
+    assert_eq!(
+        set.policies.len(),
+        3,
+        "the CNP's spec and specs[0], the CCNP's spec"
+    );
+}
+
 /// Writes only on vireo.io kinds and events; reads only what the agent reads; no wildcard.
 #[test]
 fn the_cluster_role_is_least_privilege() {

@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A `VireoEndpoint` has no fields besides its status (no `spec`).
+// kube's printcolumn(...) repeats its keys (`type_`, …) by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(
     CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema,
 )]

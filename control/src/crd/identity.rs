@@ -39,6 +39,8 @@ pub const HEARTBEAT_SECS: i64 = 15 * 60;
 pub const GC_GRACE_SECS: i64 = 2 * HEARTBEAT_SECS;
 
 /// The fields of a `VireoIdentity` (there is no `spec`: they sit at the top level).
+// kube's printcolumn(...) repeats its keys (`type_`, …) by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[kube(
     group = "vireo.io",

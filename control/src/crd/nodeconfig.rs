@@ -41,6 +41,8 @@ use super::validate::FieldError;
 
 /// The settings of the nodes a config applies to. Every field is optional: a config sets
 /// only what it overrides.
+// kube's printcolumn(...) repeats its keys (`type_`, …) by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "vireo.io",
