@@ -633,3 +633,58 @@ fn the_default_node_config_matches_the_configmap() {
     assert!(s.busy_poll);
     assert_eq!(s.services.maglev_table_size, 16381);
 }
+
+/// The checks above can fail: the structural rules flag what the API server refuses, and the
+/// converted schema rejects unknown fields and wrong types but takes null where nullable.
+#[test]
+fn the_schema_checks_themselves_can_fail() {
+    use serde_json::json;
+    let bad = json!({
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "properties": {"labels": {"type": "object"}}},
+            "spec": {
+                "type": "object",
+                "properties": {"a": {"description": "no type"}},
+                "additionalProperties": {"type": "string"},
+            },
+            "list": {"type": "array"},
+            "one": {"type": "object", "anyOf": [{"type": "string"}]},
+        },
+    });
+    let errs = openapi::structural_errors(&bad);
+    for want in [
+        "openAPIV3Schema.properties.metadata: only name and generateName",
+        "openAPIV3Schema.properties.spec: properties and additionalProperties together",
+        "openAPIV3Schema.properties.spec.properties.a: no type",
+        "openAPIV3Schema.properties.list: an array without items",
+        "openAPIV3Schema.properties.one.anyOf[0]: type is not allowed",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{want} not in {errs:#?}"
+        );
+    }
+
+    let schema = openapi::to_json_schema(&json!({
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "n": {"type": "integer", "nullable": true},
+                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                },
+            },
+        },
+    }));
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let ok = |o: Value| v.iter_errors(&o).count() == 0;
+    assert!(ok(
+        json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "labels": {}}})
+    ));
+    assert!(ok(json!({"spec": {"n": null, "free": {"anything": [1]}}})));
+    assert!(!ok(json!({"spec": {"n": "1"}})), "a string is no integer");
+    assert!(!ok(json!({"spec": {"m": 1}})), "unknown field in spec");
+    assert!(!ok(json!({"extra": 1})), "unknown field at the root");
+}
