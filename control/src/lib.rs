@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod crd;
 pub mod neigh;
 pub mod netpol;
 pub mod node;

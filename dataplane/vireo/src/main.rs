@@ -242,6 +242,18 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Print the CustomResourceDefinitions of Vireo's kinds (or, with --cilium, of the
+    /// cilium.io policy kinds, for clusters without Cilium) as a YAML stream; with --out,
+    /// write them and their kustomization.yaml into a directory: `vireo crds --out
+    /// deploy/crds`, `vireo crds --cilium --out deploy/cilium-crds`.
+    Crds {
+        /// Write the files into this directory (created if missing) instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The cilium.io CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy definitions.
+        #[arg(long)]
+        cilium: bool,
+    },
     /// Traffic endpoints the connectivity test runs inside pods.
     #[command(subcommand, hide = true)]
     Probe(probe::Probe),
@@ -394,6 +406,26 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             count,
         } => monitor(&kind, &api, json, seconds, count),
+        Cmd::Crds { out, cilium } => {
+            use vireo_control::crd;
+            let files = if cilium {
+                crd::render_cilium()?
+            } else {
+                crd::render_all()?
+            };
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    crd::write_all(&dir, &files)?;
+                }
+                None => {
+                    for f in files.iter().filter(|f| f.name != "kustomization.yaml") {
+                        out!("---\n{}", f.yaml);
+                    }
+                }
+            }
+            Ok(())
+        }
         Cmd::Probe(p) => probe::run(p),
         Cmd::Reload { api } => {
             let v = api::call(&api.path()?, &api::Request::Reload)?;
