@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use vireo_api as api;
 
-use crate::{NodeState, State};
+use crate::{NodeState, Source, State};
 
 /// TCP conntrack entries per sandbox agent.
 pub const CT_MAX_TCP: usize = 4096;
@@ -18,8 +18,15 @@ pub const CT_MAX_TCP: usize = 4096;
 pub const CT_TCP_CLOSE: u32 = 2;
 
 fn agent_config(st: &State, n: &NodeState) -> String {
+    let source = match st.source {
+        Source::Manifests => format!("{{manifests: {}}}", st.manifests().display()),
+        Source::Kube => format!(
+            "{{kubernetes: {{kubeconfig: {}}}}}",
+            crate::kube::node_kubeconfig(st).display()
+        ),
+    };
     format!(
-        "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {{manifests: {m}}}\n\
+        "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {source}\n\
          # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{{cores: []}}]\n\
          af_xdp: {{frames: 8192}}\n\
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
@@ -28,7 +35,6 @@ fn agent_config(st: &State, n: &NodeState) -> String {
          interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),
-        m = st.manifests().display()
     )
 }
 

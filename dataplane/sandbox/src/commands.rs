@@ -13,12 +13,13 @@ use crate::defaults::{echo_pods, echo_services, policy_namespaces, policy_pods, 
 use crate::netns::sh;
 use crate::pods::{apply_dir, realize_pods, write_manifests};
 use crate::state::state_dir;
-use crate::{topology, State};
+use crate::{topology, Source, State};
 
 pub struct UpOpts {
     pub nodes: usize,
     pub pods: usize,
     pub manifests: Option<PathBuf>,
+    pub source: Source,
 }
 
 pub fn up(name: &str, o: &UpOpts) -> Result<()> {
@@ -38,6 +39,7 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
         name: name.to_string(),
         dir: dir.clone(),
         underlay: format!("{name}-underlay"),
+        source: o.source,
         ..Default::default()
     };
     st.save()?;
@@ -53,6 +55,9 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
 
 fn build(st: &mut State, o: &UpOpts) -> Result<()> {
     topology::underlay(st)?;
+    if st.source == Source::Kube {
+        start_apiserver(st)?;
+    }
     for i in 1..=o.nodes {
         topology::add_node(st, i)?;
     }
@@ -86,6 +91,35 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
         agents.push(start_agent(st, i)?);
     }
     wait_ready(st, &mut agents)
+}
+
+/// Starts `vireo sandbox apiserver` for `st` and waits until it serves.
+fn start_apiserver(st: &mut State) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(st.dir.join("apiserver.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["sandbox", "apiserver", "--sandbox", &st.name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the API server")?;
+    st.apiserver_pid = Some(child.id());
+    st.save()?;
+    crate::kube::wait_apiserver(st, child.id(), Duration::from_secs(10))
+}
+
+/// `vireo sandbox kubeconfig`: the path of a kubeconfig for the sandbox's API server.
+pub fn kubeconfig(name: &str) -> Result<PathBuf> {
+    let st = State::load(name)?;
+    if st.source != Source::Kube {
+        bail!(
+            "sandbox {name} runs on the {} source: no API server (`vireo sandbox up --source kube`)",
+            st.source.as_str()
+        );
+    }
+    Ok(crate::kube::kubeconfig(&st))
 }
 
 pub fn apply(name: &str, dir: &Path) -> Result<()> {
@@ -132,6 +166,12 @@ fn teardown(st: &State) -> Result<()> {
     for n in st.nodes.iter().filter(|n| pid_alive(n.agent_pid)) {
         let _ = Command::new("kill")
             .args(["-KILL", &n.agent_pid.unwrap_or(0).to_string()])
+            .status();
+    }
+    // Then the API server, which nothing needs any more.
+    if pid_alive(st.apiserver_pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &st.apiserver_pid.unwrap_or(0).to_string()])
             .status();
     }
     // Namespaces: those recorded, then any left with our prefix (a crash before the state was
@@ -191,6 +231,11 @@ pub fn status(name: &str, as_json: bool) -> Result<()> {
 fn status_json(st: &State) -> serde_json::Value {
     json!({
         "name": st.name,
+        "source": st.source.as_str(),
+        "apiserver": (st.source == Source::Kube).then(|| json!({
+            "pid": st.apiserver_pid, "running": pid_alive(st.apiserver_pid),
+            "kubeconfig": crate::kube::kubeconfig(st),
+        })),
         "nodes": st.nodes.iter().map(|n| json!({
             "name": n.name, "ip": n.ip.to_string(), "pod_cidr": n.pod_cidr.to_string(),
             "agent": {"pid": n.agent_pid, "running": pid_alive(n.agent_pid), "api": n.api},
@@ -205,7 +250,20 @@ fn status_json(st: &State) -> serde_json::Value {
 fn render_status(st: &State) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "Sandbox {} (state: {})\n", st.name, st.dir.display());
+    let _ = writeln!(o, "Sandbox {} (state: {})", st.name, st.dir.display());
+    let _ = match st.source {
+        Source::Manifests => writeln!(o, "Source: manifests ({})\n", st.manifests().display()),
+        Source::Kube => writeln!(
+            o,
+            "Source: kube (API server {}, kubeconfig {})\n",
+            if pid_alive(st.apiserver_pid) {
+                "running"
+            } else {
+                "down"
+            },
+            crate::kube::kubeconfig(st).display()
+        ),
+    };
     let _ = writeln!(
         o,
         "{:<10} {:<16} {:<16} {:<8} API",

@@ -25,6 +25,7 @@ mod capture;
 mod commands;
 pub mod connectivity;
 mod defaults;
+pub mod kube;
 mod netns;
 mod pods;
 pub mod probe;
@@ -32,11 +33,11 @@ mod state;
 mod topology;
 
 pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
-pub use commands::{apply, down, exec, status, up, UpOpts};
+pub use commands::{apply, down, exec, kubeconfig, status, up, UpOpts};
 pub use defaults::{
     ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, NETPOL_NAMESPACES, NETPOL_PODS,
     POLICY_NAMESPACE,
 };
 pub use pods::publish;
-pub use state::{state_dir, NodeState, PodState, SandboxName, State};
+pub use state::{state_dir, NodeState, PodState, SandboxName, Source, State};
 pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU};

@@ -14,7 +14,7 @@ use vireo_control::source;
 
 use crate::netns::{netns_add, sh};
 use crate::state::write_atomic;
-use crate::{PodState, State, UNDERLAY_MTU};
+use crate::{PodState, Source, State, UNDERLAY_MTU};
 
 /// Applies a manifest directory: new pods are placed and created, changed pods get their new
 /// labels, everything else is passed to the agents as written.
@@ -253,6 +253,12 @@ pub fn publish(st: &State, without: &[&PodState]) -> Result<()> {
             })
         })
         .collect();
+    if st.source == Source::Kube {
+        let mut all = nodes;
+        all.extend(pods);
+        all.extend(st.objects.iter().cloned());
+        return publish_to_apiserver(st, &all);
+    }
     let list = |items: Vec<serde_json::Value>| -> Result<String> {
         Ok(serde_yaml_ng::to_string(
             &json!({"apiVersion": "v1", "kind": "List", "items": items}),
@@ -263,6 +269,19 @@ pub fn publish(st: &State, without: &[&PodState]) -> Result<()> {
     write_atomic(&m.join("20-objects.yaml"), &list(st.objects.clone())?)?;
     write_atomic(&m.join("10-pods.yaml"), &list(pods)?)?;
     Ok(())
+}
+
+/// Writes the objects into the sandbox's API server, deleting those the last publish wrote
+/// that are gone (their keys are kept in `published.json`).
+fn publish_to_apiserver(st: &State, all: &[serde_json::Value]) -> Result<()> {
+    let file = st.dir.join("published.json");
+    let before: Vec<crate::kube::ObjectKey> = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    crate::kube::sync(&crate::kube::kubeconfig(st), all, &before)?;
+    let keys: Vec<crate::kube::ObjectKey> = all.iter().map(crate::kube::key_of).collect();
+    write_atomic(&file, &serde_json::to_string(&keys)?)
 }
 
 #[cfg(test)]

@@ -54,9 +54,35 @@ pub struct PodState {
     pub containers: serde_json::Value,
 }
 
+/// Where the agents read the cluster's objects from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A directory of manifests per agent, written by the sandbox.
+    #[default]
+    Manifests,
+    /// A (fake) Kubernetes API server, watched through a kubeconfig as in a cluster.
+    Kube,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Manifests => "manifests",
+            Source::Kube => "kube",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub name: String,
+    /// The agents' source.
+    #[serde(default)]
+    pub source: Source,
+    /// The API server's process (`--source kube`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver_pid: Option<u32>,
     pub dir: PathBuf,
     pub underlay: String,
     pub nodes: Vec<NodeState>,

@@ -58,9 +58,26 @@ enum SandboxCmd {
         /// Pods per node when no manifests give pods.
         #[arg(long, default_value_t = 3)]
         pods: usize,
-        /// A directory of Kubernetes YAML (Pods, Namespaces, and later Services and policies).
+        /// A directory of Kubernetes YAML (Pods, Namespaces, Services, policies, …).
         #[arg(long)]
         manifests: Option<PathBuf>,
+        /// Where the agents read the cluster's objects: `manifests` (a directory per agent,
+        /// written by the sandbox) or `kube` (a fake Kubernetes API server, watched through a
+        /// kubeconfig as in a cluster; `kubectl` works against it).
+        #[arg(long, value_enum, default_value_t = sandbox::Source::Manifests)]
+        source: sandbox::Source,
+    },
+    /// Print the path of a kubeconfig for the sandbox's API server (`--source kube`):
+    /// `kubectl --kubeconfig "$(vireo sandbox kubeconfig)" get pods -A`.
+    Kubeconfig {
+        #[command(flatten)]
+        sandbox: sandbox::SandboxName,
+    },
+    /// Serve the sandbox's API server (started by `up --source kube`).
+    #[command(hide = true)]
+    Apiserver {
+        #[command(flatten)]
+        sandbox: sandbox::SandboxName,
     },
     /// Delete everything the sandbox made.
     Down {
@@ -367,14 +384,21 @@ fn run(cli: Cli) -> Result<()> {
                 nodes,
                 pods,
                 manifests,
+                source,
             } => sandbox::up(
                 &sandbox.name,
                 &sandbox::UpOpts {
                     nodes,
                     pods,
                     manifests,
+                    source,
                 },
             ),
+            SandboxCmd::Kubeconfig { sandbox } => {
+                println!("{}", sandbox::kubeconfig(&sandbox.name)?.display());
+                Ok(())
+            }
+            SandboxCmd::Apiserver { sandbox } => sandbox::kube::serve_apiserver(&sandbox.name),
             SandboxCmd::Down { sandbox } => sandbox::down(&sandbox.name),
             SandboxCmd::Status { sandbox, json } => sandbox::status(&sandbox.name, json),
             SandboxCmd::Apply { sandbox, dir } => sandbox::apply(&sandbox.name, &dir),
