@@ -443,9 +443,9 @@ impl ClusterIdentities {
     /// so calling again resumes cheaply).
     pub async fn allocate_all(&self, sets: &[Labels]) -> Result<HashMap<Labels, Identity>, Error> {
         let mut seen = HashSet::new();
-        let unique: Vec<&Labels> = sets.iter().filter(|l| seen.insert(*l)).collect();
+        let unique: Vec<Labels> = sets.iter().filter(|l| seen.insert(*l)).cloned().collect();
         futures_util::stream::iter(unique)
-            .map(|l| async move { self.allocate(l).await.map(|id| (l.clone(), id)) })
+            .map(|l: Labels| async move { self.allocate(&l).await.map(|id| (l, id)) })
             .buffer_unordered(self.inner.opts.concurrency.max(1))
             .try_collect()
             .await
@@ -513,6 +513,14 @@ mod tests {
             rv_text: rv.to_string(),
             marked,
         }
+    }
+
+    /// The allocator's futures can run on any worker thread (`tokio::spawn`).
+    #[allow(dead_code)]
+    fn futures_are_send(a: &ClusterIdentities, l: &Labels) {
+        fn send<T: Send>(_: T) {}
+        send(a.allocate(l));
+        send(a.allocate_all(std::slice::from_ref(l)));
     }
 
     #[test]

@@ -230,7 +230,7 @@ impl Retry {
     /// error that retrying cannot fix.
     pub(crate) async fn run<T, F, Fut>(
         &self,
-        op: &dyn Fn() -> String,
+        op: &(dyn Fn() -> String + Sync),
         mut f: F,
     ) -> Result<Result<T, Box<Status>>, Error>
     where
