@@ -301,9 +301,13 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// A kube client for `config`, with the CryptoProvider installed first.
-pub fn client(config: kube::Config) -> Result<kube::Client, Error> {
+/// A kube client for `config`, with the CryptoProvider installed first, and without kube's
+/// own retries of 429/503/504 answers (up to 15, with long back-offs), so that [`Retry`] alone
+/// bounds how long a request is tried. Clients built otherwise work too: each attempt is still
+/// bounded by [`Retry::request_timeout`].
+pub fn client(mut config: kube::Config) -> Result<kube::Client, Error> {
     install_crypto_provider();
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| Error::Api {
         op: "building the client".into(),
         source: e,
