@@ -20,7 +20,9 @@ fn opts(retry: Retry) -> Options {
 }
 
 fn sets(prefix: &str, n: usize) -> Vec<Labels> {
-    (0..n).map(|i| pod("faults", &format!("{prefix}{i}"))).collect()
+    (0..n)
+        .map(|i| pod("faults", &format!("{prefix}{i}")))
+        .collect()
 }
 
 /// Waits until the server holds at least `n` identities.
@@ -53,7 +55,9 @@ async fn server_stopped_mid_allocation_gives_a_clear_error_after_bounded_retries
         let r = job.await.unwrap();
         let took = t0.elapsed();
         match r {
-            Err(Error::Unavailable { attempts, ref op, .. }) => {
+            Err(Error::Unavailable {
+                attempts, ref op, ..
+            }) => {
                 assert_eq!(attempts, 4);
                 assert!(op.contains("VireoIdentity"), "{op}");
                 let msg = r.as_ref().unwrap_err().to_string();
@@ -102,7 +106,10 @@ async fn server_back_within_the_retry_window_means_success() {
         until_created(&server, 50).await;
         server.stop();
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(!ja.is_finished() && !jb.is_finished(), "the batches should be retrying");
+        assert!(
+            !ja.is_finished() && !jb.is_finished(),
+            "the batches should be retrying"
+        );
         server.set_delay(Duration::ZERO);
         server.restart().unwrap();
         let (ra, rb) = (ja.await.unwrap().unwrap(), jb.await.unwrap().unwrap());
@@ -146,7 +153,10 @@ async fn transient_errors_are_retried_and_refusals_are_not() {
         let t0 = Instant::now();
         let e = a.allocate(&pod("faults", "forbidden")).await.unwrap_err();
         assert!(matches!(e, Error::Api { .. }), "{e}");
-        assert!(t0.elapsed() < Duration::from_millis(500), "a 403 is not retried");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "a 403 is not retried"
+        );
         server.fail_next(0, 403);
         // And afterwards all is well.
         assert!(a.allocate(&pod("faults", "forbidden")).await.is_ok());

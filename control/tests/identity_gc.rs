@@ -30,7 +30,10 @@ fn marked(server: &vireo_fakeapi::FakeApiServer, id: Identity) -> bool {
         .store()
         .get("vireo.io/v1alpha1", "VireoIdentity", None, &id.to_string())
         .unwrap()
-        .pointer(&format!("/metadata/annotations/{}", UNUSED_SINCE.replace('/', "~1")))
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            UNUSED_SINCE.replace('/', "~1")
+        ))
         .is_some()
 }
 
@@ -178,16 +181,20 @@ async fn usage_comes_from_published_endpoints() {
                 .await
             })
         };
-        eventually(Duration::from_secs(10), "db's identity to be collected", || {
-            !at_server(&server).contains_key(&idb)
-        })
+        eventually(
+            Duration::from_secs(10),
+            "db's identity to be collected",
+            || !at_server(&server).contains_key(&idb),
+        )
         .await;
         assert!(at_server(&server).contains_key(&iw));
         // The pod goes: its endpoint is deleted, and so is its identity, a grace period later.
         eps.delete("default", "web-0").await.unwrap();
-        eventually(Duration::from_secs(10), "web's identity to be collected", || {
-            at_server(&server).is_empty()
-        })
+        eventually(
+            Duration::from_secs(10),
+            "web's identity to be collected",
+            || at_server(&server).is_empty(),
+        )
         .await;
         task.abort();
     })

@@ -26,7 +26,11 @@ fn check_agreement(
     }
     let ids: HashSet<Identity> = a.values().copied().collect();
     assert_eq!(ids.len(), sets.len(), "a number stands for two label sets");
-    assert_eq!(server.len(), sets.len(), "the server holds extra identities");
+    assert_eq!(
+        server.len(),
+        sets.len(),
+        "the server holds extra identities"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +67,7 @@ async fn ten_thousand_sets_two_agents_different_orders_same_numbers() {
         let b = agent(&server, opts).await;
         let forward = sets.clone();
         let mut shuffled = sets.clone();
-        shuffle(&mut shuffled, 0x5eed_1d5);
+        shuffle(&mut shuffled, 0x05ee_d1d5);
         assert_ne!(forward[..100], shuffled[..100]);
 
         let t0 = Instant::now();
@@ -86,9 +90,11 @@ async fn ten_thousand_sets_two_agents_different_orders_same_numbers() {
         }
         // Both caches end up knowing every identity (including those the other agent created).
         for (who, agent) in [("a", &a), ("b", &b)] {
-            eventually(Duration::from_secs(20), &format!("agent {who}'s cache"), || {
-                agent.snapshot().len() == sets.len()
-            })
+            eventually(
+                Duration::from_secs(20),
+                &format!("agent {who}'s cache"),
+                || agent.snapshot().len() == sets.len(),
+            )
             .await;
             for l in &sets {
                 assert_eq!(agent.get(l), Some(ra[l]));
@@ -132,10 +138,10 @@ async fn same_set_raced_by_two_agents_gets_one_number() {
         for (x, y) in &same {
             let (ta, tb) = (a.clone(), b.clone());
             let (x1, y1) = (x.clone(), y.clone());
-            let (ia, ib) = tokio::join!(
-                async move { ta.allocate(&x1).await.unwrap() },
-                async move { tb.allocate(&y1).await.unwrap() },
-            );
+            let (ia, ib) =
+                tokio::join!(async move { ta.allocate(&x1).await.unwrap() }, async move {
+                    tb.allocate(&y1).await.unwrap()
+                },);
             assert_ne!(ia, ib, "{x} and {y} share a number");
             let (ia2, ib2) = tokio::join!(a.allocate(y), b.allocate(x));
             assert_eq!((ia2.unwrap(), ib2.unwrap()), (ib, ia));

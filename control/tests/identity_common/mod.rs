@@ -91,10 +91,13 @@ pub fn first(l: &Labels) -> Identity {
     candidates(l).next().unwrap()
 }
 
+/// Two label sets.
+pub type Pair = (Labels, Labels);
+
 /// Label sets found by brute force: `pairs` pairs with the same first candidate, and
 /// `adjacent` pairs where the second's first candidate is the first's second one (so that
 /// probing runs into someone else's first choice). A set may be in more than one pair.
-pub fn colliding(pairs: usize, adjacent: usize) -> (Vec<(Labels, Labels)>, Vec<(Labels, Labels)>) {
+pub fn colliding(pairs: usize, adjacent: usize) -> (Vec<Pair>, Vec<Pair>) {
     let mut seen: HashMap<Identity, Labels> = HashMap::new();
     let (mut same, mut next) = (Vec::new(), Vec::new());
     let mut i = 0u64;
@@ -127,7 +130,10 @@ pub fn at_server(server: &FakeApiServer) -> HashMap<Identity, Labels> {
         .into_iter()
         .map(|o| {
             let n: u32 = o["metadata"]["name"].as_str().unwrap().parse().unwrap();
-            (Identity(n), labels_from_json(&o["security-labels"]).unwrap())
+            (
+                Identity(n),
+                labels_from_json(&o["security-labels"]).unwrap(),
+            )
         })
         .collect()
 }
