@@ -4,8 +4,7 @@
 //! path reads: the cluster view and ipcache ([`cluster`]), services ([`services`]), network
 //! policies ([`netpol`]) and next-hop neighbours ([`neigh`]). [`node`] is the one interface
 //! every source feeds: it builds one node's tables from the objects a [`node::Source`]
-//! delivers. [`trace`] answers `vireo policy trace` and `vireo policy get`. [`allocator`]
-//! allocates identities cluster-wide through the Kubernetes API and publishes endpoints.
+//! delivers. [`trace`] answers `vireo policy trace` and `vireo policy get`.
 
 #![forbid(unsafe_code)]
 

@@ -79,6 +79,17 @@ async fn ten_thousand_sets_two_agents_different_orders_same_numbers() {
         eprintln!("10 000 label sets, two agents: {took:?}");
 
         check_agreement(&sets, &ra, &rb, &at_server(&server));
+        let (sa, sb) = (a.stats(), b.stats());
+        eprintln!("agent a: {sa:?}\nagent b: {sb:?}");
+        assert_eq!(
+            sa.created + sb.created,
+            10_000,
+            "each set created exactly once"
+        );
+        assert!(
+            sa.taken + sb.taken >= 50,
+            "the colliding sets should have probed past each other"
+        );
         // Colliding sets got different numbers; one of each pair is past its first choice.
         for (x, y) in &same {
             assert_ne!(ra[x], ra[y]);
@@ -132,6 +143,12 @@ async fn same_set_raced_by_two_agents_gets_one_number() {
         let jb = tokio::spawn(async move { tb.allocate_all(&s2).await });
         let (ra, rb) = (ja.await.unwrap().unwrap(), jb.await.unwrap().unwrap());
         check_agreement(&sets, &ra, &rb, &at_server(&server));
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.created + sb.created, 300);
+        assert!(
+            sa.won_elsewhere + sb.won_elsewhere > 0,
+            "no create raced: {sa:?} {sb:?}"
+        );
 
         // Colliding sets raced from both sides: x by a while y by b, and y by a while x by b.
         let (same, _) = colliding(20, 0);
@@ -155,6 +172,8 @@ async fn identities_other_agents_create_are_learnt_without_asking() {
     let server = server();
     bounded(Duration::from_secs(30), async {
         let a = agent(&server, Options::default()).await;
+        let mut changes = a.changes();
+        changes.borrow_and_update();
         // Another agent (here: straight into the store) creates an identity.
         let l = pod("elsewhere", "web");
         let id = first(&l);
@@ -168,6 +187,7 @@ async fn identities_other_agents_create_are_learnt_without_asking() {
         })
         .await;
         assert_eq!(a.labels(id), Some(l.clone()));
+        assert!(changes.has_changed().unwrap(), "changes() did not tell");
         // A colliding set created elsewhere pushes ours to the next candidate.
         let (same, _) = colliding(1, 0);
         let (x, y) = &same[0];

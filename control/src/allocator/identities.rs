@@ -16,6 +16,7 @@
 //! See the [module documentation](super) for the invariants this keeps.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -175,11 +176,41 @@ impl Cache {
     }
 }
 
+/// What allocations have done so far (for tests, logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Answered from the cache, without a request.
+    pub cache_hits: u64,
+    /// Identities this allocator created.
+    pub created: u64,
+    /// Creates that met 409 and found the same labels: another agent won the race.
+    pub won_elsewhere: u64,
+    /// Candidates passed over because another label set held them.
+    pub taken: u64,
+    /// Identities marked unused that an allocation took back.
+    pub reclaimed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    cache_hits: AtomicU64,
+    created: AtomicU64,
+    won_elsewhere: AtomicU64,
+    taken: AtomicU64,
+    reclaimed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 struct Inner {
     api: Api<DynamicObject>,
     opts: Options,
     cache: Arc<Mutex<Cache>>,
     synced: watch::Receiver<bool>,
+    changes: Arc<watch::Sender<u64>>,
+    counters: Counters,
     task: JoinHandle<()>,
 }
 
@@ -221,13 +252,16 @@ impl ClusterIdentities {
         let api: Api<DynamicObject> = Api::all_with(client, &identity_resource());
         let cache = Arc::new(Mutex::new(Cache::default()));
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run_watch(api.clone(), cache.clone(), tx));
+        let changes = Arc::new(watch::channel(0).0);
+        let task = tokio::spawn(run_watch(api.clone(), cache.clone(), tx, changes.clone()));
         ClusterIdentities {
             inner: Arc::new(Inner {
                 api,
                 opts,
                 cache,
                 synced: rx,
+                changes,
+                counters: Counters::default(),
                 task,
             }),
         }
@@ -240,6 +274,26 @@ impl ClusterIdentities {
     /// The options.
     pub fn options(&self) -> &Options {
         &self.inner.opts
+    }
+
+    /// A counter of cache changes (identities learnt, changed or forgotten, by the watch or
+    /// by this allocator's own requests): wait on it to rebuild what depends on
+    /// [`ClusterIdentities::snapshot`], e.g. when an identity is deleted.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// What allocations have done so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            cache_hits: get(&c.cache_hits),
+            created: get(&c.created),
+            won_elsewhere: get(&c.won_elsewhere),
+            taken: get(&c.taken),
+            reclaimed: get(&c.reclaimed),
+        }
     }
 
     /// Waits (at most [`Options::sync_timeout`]) until the cache has listed every identity once.
@@ -283,6 +337,7 @@ impl ClusterIdentities {
         match parse(o) {
             Ok((id, e)) => {
                 self.lock().upsert(id, e.clone());
+                self.inner.changes.send_modify(|n| *n += 1);
                 Some((id, e))
             }
             Err(why) => {
@@ -301,6 +356,7 @@ impl ClusterIdentities {
             let hit = self.lock().lookup(labels);
             if let Some((id, e)) = hit {
                 if !e.marked {
+                    bump(&self.inner.counters.cache_hits);
                     return Ok(id);
                 }
                 if self.reclaim(id, labels).await? {
@@ -316,12 +372,14 @@ impl ClusterIdentities {
                 }
                 let cached = self.lock().by_id.get(&id).cloned();
                 let probe = match cached {
+                    Some(e) if e.labels == *labels && !e.marked => Probe::Ours,
                     Some(e) if e.labels != *labels && !e.marked => Probe::Taken,
                     _ => self.try_create(id, labels).await?,
                 };
                 match probe {
                     Probe::Ours => return Ok(id),
                     Probe::Taken => {
+                        bump(&self.inner.counters.taken);
                         tried += 1;
                         cand = cands.next();
                     }
@@ -355,6 +413,7 @@ impl ClusterIdentities {
         match retry.run(&op, || api.create(&pp, &obj)).await? {
             Ok(created) => {
                 self.learn(&created);
+                bump(&self.inner.counters.created);
                 tracing::info!(%id, %labels, "created identity");
                 return Ok(Probe::Ours);
             }
@@ -367,6 +426,7 @@ impl ClusterIdentities {
             Ok(o) => match self.learn(&o) {
                 Some((_, e)) if e.labels == *labels => {
                     if !e.marked {
+                        bump(&self.inner.counters.won_elsewhere);
                         tracing::debug!(%id, %labels, "identity created by another agent");
                         return Ok(Probe::Ours);
                     }
@@ -421,6 +481,7 @@ impl ClusterIdentities {
             match retry.run(&op, || api.patch(&name, &pp, &patch)).await? {
                 Ok(o) => {
                     self.learn(&o);
+                    bump(&self.inner.counters.reclaimed);
                     tracing::info!(%id, %labels, "identity in use again: unmarked");
                     return Ok(true);
                 }
@@ -453,7 +514,12 @@ impl ClusterIdentities {
 }
 
 /// Keeps `cache` equal to the server's identities, for as long as the allocator lives.
-async fn run_watch(api: Api<DynamicObject>, cache: Arc<Mutex<Cache>>, synced: watch::Sender<bool>) {
+async fn run_watch(
+    api: Api<DynamicObject>,
+    cache: Arc<Mutex<Cache>>,
+    synced: watch::Sender<bool>,
+    changes: Arc<watch::Sender<u64>>,
+) {
     let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
@@ -479,8 +545,14 @@ async fn run_watch(api: Api<DynamicObject>, cache: Arc<Mutex<Cache>>, synced: wa
             }
         };
         match ev {
-            Event::Init => buffer.clear(),
-            Event::InitApply(o) => buffer.extend(parsed(&o)),
+            Event::Init => {
+                buffer.clear();
+                continue;
+            }
+            Event::InitApply(o) => {
+                buffer.extend(parsed(&o));
+                continue;
+            }
             Event::InitDone => {
                 let n = buffer.len();
                 lock().replace_all(std::mem::take(&mut buffer));
@@ -498,6 +570,7 @@ async fn run_watch(api: Api<DynamicObject>, cache: Arc<Mutex<Cache>>, synced: wa
                 }
             }
         }
+        changes.send_modify(|n| *n += 1);
     }
 }
 

@@ -33,7 +33,7 @@
 //! ```
 //!
 //! - `metadata.name` is the identity, in decimal, in `Identity::FIRST_ENDPOINT..Identity::LIMIT`.
-//! - `security-labels` is the whole label set, exactly as [`Labels`] holds it: each key is
+//! - `security-labels` is the whole label set, exactly as [`vireo_policy::Labels`] holds it: each key is
 //!   `source:key` (`k8s:app`, `k8s:io.cilium.k8s.namespace.labels.team`), each value a string.
 //!   It is the only field read back; it is written once, at creation, and never changed.
 //! - `metadata.labels` copies, for `kubectl get -l`, the `k8s:` labels with the source stripped,
@@ -101,7 +101,7 @@ mod labels;
 pub use candidates::candidates;
 pub use endpoints::{EndpointState, EndpointStatus, Endpoints, PodRef, Publish};
 pub use gc::{GcOptions, GcPlan, GcReport, IdentityGc};
-pub use identities::{ClusterIdentities, Options};
+pub use identities::{ClusterIdentities, Options, Stats};
 pub use labels::{labels_from_json, labels_to_json, metadata_labels};
 
 /// The API group of Vireo's custom resources.
