@@ -6,7 +6,7 @@
 //!    returned): `L` known and not marked unused → its number, without a request. Marked by the
 //!    garbage collector → the mark is removed at the server first ([`ClusterIdentities`]
 //!    "reclaims" it), and if the identity is gone meanwhile, on to step 2.
-//! 2. `L`'s [`candidates`] in order, at most [`Options::max_probes`] of them: a candidate the
+//! 2. `L`'s [`candidates()`] in order, at most [`Options::max_probes`] of them: a candidate the
 //!    cache shows held, unmarked, by another label set is skipped (it cannot be deleted within a
 //!    grace period); otherwise `create` it with `L`. Created → ours. 409 AlreadyExists → GET it:
 //!    `L` → ours (another agent won the race); other labels → the next candidate; 404 (deleted in

@@ -10,7 +10,7 @@
 //!   `VireoIdentity`, so that identities other agents create are learnt too.
 //! - [`IdentityGc`] ([`gc`]): deletes identities no pod has used for a grace period.
 //! - [`Endpoints`] ([`endpoints`]): creates, updates and deletes one `VireoEndpoint` per local pod.
-//! - [`candidates`]: the deterministic sequence of numbers a label set tries.
+//! - [`candidates()`]: the deterministic sequence of numbers a label set tries.
 //!
 //! # Object shapes
 //!
@@ -56,7 +56,7 @@
 //!    garbage collector has marked without first removing the mark at the server (below).
 //! 2. **One label set, one number, whatever the order of events** (in every race but the GC
 //!    race below). Every agent tries `L`'s numbers in the same deterministic order
-//!    ([`candidates`]) and takes the first one that is free or already holds `L`, after looking
+//!    ([`candidates()`]) and takes the first one that is free or already holds `L`, after looking
 //!    `L` up in its cache. Without deletions, numbers only ever get taken, so once `L` holds its
 //!    `j`-th candidate, candidates `0..j` stay held by other label sets and every agent walking
 //!    the sequence, in whatever order and concurrency, stops at the same `j`. A 409 on create is
