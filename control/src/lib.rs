@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod crd;

@@ -133,6 +133,13 @@ impl Labels {
             .collect::<Vec<_>>()
             .join(";")
     }
+
+    /// The stable 64-bit hash identities are numbered from (FNV-1a of [`Labels::canonical`]):
+    /// the same on every machine and build. [`IdentityAllocator::allocate`] tries
+    /// `FIRST_ENDPOINT + hash % (LIMIT - FIRST_ENDPOINT)` first, then the following numbers.
+    pub fn stable_hash(&self) -> u64 {
+        fnv1a(&self.canonical())
+    }
 }
 
 impl fmt::Display for Labels {
@@ -187,6 +194,21 @@ impl IdentityAllocator {
         let mut a = IdentityAllocator::default();
         for l in v {
             a.allocate(l);
+        }
+        a
+    }
+
+    /// An allocator holding exactly this mapping, as allocated elsewhere (cluster-wide
+    /// allocation through the API server). Later [`IdentityAllocator::allocate`] calls probe
+    /// around it. A number or label set given twice keeps its first pairing.
+    pub fn from_mapping(mapping: impl IntoIterator<Item = (Identity, Labels)>) -> Self {
+        let mut a = IdentityAllocator::default();
+        for (id, labels) in mapping {
+            if a.by_id.contains_key(&id) || a.by_labels.contains_key(&labels) {
+                continue;
+            }
+            a.by_labels.insert(labels.clone(), id);
+            a.by_id.insert(id, labels);
         }
         a
     }
@@ -262,6 +284,23 @@ mod tests {
             .map(|i| a.allocate(&pod("ns", &i.to_string())))
             .collect();
         assert_eq!(ids.len(), 5000);
+    }
+
+    #[test]
+    fn from_mapping_keeps_external_numbers_and_stable_hash_is_the_first_choice() {
+        let l = pod("x", "a");
+        let span = u64::from(Identity::LIMIT - Identity::FIRST_ENDPOINT);
+        let first = Identity(Identity::FIRST_ENDPOINT + (l.stable_hash() % span) as u32);
+        assert_eq!(IdentityAllocator::default().allocate(&l), first);
+        let mut a = IdentityAllocator::from_mapping([
+            (Identity(300), l.clone()),
+            (Identity(300), pod("x", "b")),
+            (Identity(301), l.clone()),
+        ]);
+        assert_eq!(a.get(&l), Some(Identity(300)));
+        assert_eq!(a.iter().count(), 1);
+        assert_eq!(a.allocate(&l), Identity(300));
+        assert_ne!(a.allocate(&pod("x", "b")), Identity(300));
     }
 
     #[test]
