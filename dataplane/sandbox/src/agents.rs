@@ -126,13 +126,13 @@ pub fn wait_agents(st: &State) -> Result<()> {
     wait_ready(st, &mut [])
 }
 
-/// Whether `pid` is one of our agents (not a recycled pid).
+/// Whether `pid` is one of our agents or our API server (not a recycled pid).
 pub(crate) fn pid_alive(pid: Option<u32>) -> bool {
     let Some(pid) = pid else { return false };
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let s = String::from_utf8_lossy(&c);
-            s.contains("vireo") && s.contains("agent")
+            s.contains("vireo") && (s.contains("agent") || s.contains("apiserver"))
         })
         .unwrap_or(false)
 }

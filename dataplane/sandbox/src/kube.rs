@@ -97,9 +97,11 @@ pub(crate) fn wait_apiserver(st: &State, pid: u32, within: Duration) -> Result<(
     let t = Instant::now();
     while !kubeconfig(st).exists() {
         if !crate::agents::pid_alive(Some(pid)) {
+            let log = std::fs::read_to_string(st.dir.join("apiserver.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             bail!(
-                "the API server exited; see {}",
-                st.dir.join("apiserver.log").display()
+                "the API server exited: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
             );
         }
         if t.elapsed() > within {
