@@ -184,6 +184,21 @@ impl ClusterView {
                     .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
                     .find_map(|i| i.parse::<Ipv4Addr>().ok())
             });
+            if ip.is_none() {
+                // An address that is no IP at all (not an IPv6 one) is a broken object.
+                let bad = p.status.as_ref().and_then(|s| {
+                    s.pod_ip
+                        .as_deref()
+                        .into_iter()
+                        .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
+                        .find(|i| !i.is_empty() && i.parse::<std::net::IpAddr>().is_err())
+                });
+                if let Some(bad) = bad {
+                    v.warnings.push(format!(
+                        "pod {ns}/{name}: status.podIP: {bad:?} is not an IP address; left out"
+                    ));
+                }
+            }
             let (Some(node), Some(ip)) = (node, ip) else {
                 // Not scheduled or not running yet: nothing to route.
                 continue;
@@ -408,6 +423,33 @@ spec: {containers: []}
             ids.contains(&6)
                 && ids.contains(&v.pods.values().next().unwrap().identity.0)
                 && !ids.contains(&0)
+        );
+    }
+
+    #[test]
+    fn a_pod_with_a_bad_address_is_left_out_with_a_warning() {
+        let mut m = Manifests::default();
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, namespace: x}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 10.244.1.300}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v6, namespace: x}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 'fd00::1'}
+";
+        load_text(&mut m, text, std::path::Path::new("p.yaml"));
+        let v = ClusterView::from_manifests(&m);
+        assert!(v.pods.is_empty());
+        assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
+        assert!(
+            v.warnings[0].starts_with("pod x/bad: status.podIP: \"10.244.1.300\""),
+            "{}",
+            v.warnings[0]
         );
     }
 

@@ -8,7 +8,7 @@
 //! changed. It never touches the dataplane: the agent copies what it builds into the workers'
 //! snapshot and attaches the interfaces it names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,15 +20,49 @@ use vireo_policy::{Compiler, Identity, IdentityAllocator, IpCache, Labels, Polic
 
 use crate::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
 use crate::config::ServicesConfig;
+use crate::kube::UpdateLatency;
 use crate::netpol::{self, PolicySet};
 use crate::services::ServiceTableBuilder;
 use crate::source::{self, Manifests};
 
+/// A function a source calls, from any thread, to have its consumer poll soon.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
 /// Where the objects come from. `poll` never blocks: it answers the complete set of objects when
 /// something changed since the last call, and `None` otherwise.
+///
+/// The consumer (the agent) polls at least once a second, and at once when the source wakes it
+/// ([`Source::set_waker`]); after publishing the tables built from a poll's objects it calls
+/// [`Source::published`].
 pub trait Source {
     /// The objects, when they changed.
     fn poll(&mut self) -> Option<Manifests>;
+
+    /// [`Source::poll`], lending the objects to `apply` instead of handing over a copy (a
+    /// source that keeps them saves the copy): whether they changed (and `apply` ran).
+    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests)) -> bool {
+        match self.poll() {
+            Some(m) => {
+                apply(&m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the function that makes the consumer poll soon; a source that changes on its own
+    /// calls it (once per burst of changes). The default never calls it.
+    fn set_waker(&mut self, _waker: Waker) {}
+
+    /// The tables built from the last poll's objects by `control` are published: the source
+    /// may record how long that took and report the problems of the build.
+    fn published(&mut self, _control: &NodeControl) {}
+
+    /// The source's status, for `vireo status`: at least `kind`, `synced`, `stale_since`,
+    /// `last_error`, `events`, `rebuilds` and `latency` (`count`, `p50_us`, `p99_us`, `max_us`).
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "unknown"})
+    }
 }
 
 /// A directory of Kubernetes YAML, read again whenever a file in it changes (name, mtime or size).
@@ -36,6 +70,15 @@ pub trait Source {
 pub struct ManifestDir {
     dir: PathBuf,
     signature: Vec<(PathBuf, SystemTime, u64)>,
+    /// Reads done.
+    reads: u64,
+    rebuilds: u64,
+    /// When the last read found a change, until published.
+    pending: Option<Instant>,
+    latency: UpdateLatency,
+    /// The first problem of the last read, and how many there were.
+    last_error: Option<String>,
+    errors: usize,
 }
 
 impl ManifestDir {
@@ -44,6 +87,12 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.to_owned(),
             signature: Vec::new(),
+            reads: 0,
+            rebuilds: 0,
+            pending: None,
+            latency: UpdateLatency::default(),
+            last_error: None,
+            errors: 0,
         }
     }
 }
@@ -54,8 +103,35 @@ impl Source for ManifestDir {
         if sig == self.signature {
             return None;
         }
+        let started = Instant::now();
         self.signature = sig;
-        Some(source::load_dir(&self.dir))
+        self.reads += 1;
+        let m = source::load_dir(&self.dir);
+        self.last_error = m.errors.first().cloned();
+        self.errors = m.errors.len();
+        self.pending = Some(started);
+        Some(m)
+    }
+
+    fn published(&mut self, _control: &NodeControl) {
+        if let Some(t) = self.pending.take() {
+            self.latency.record(t.elapsed());
+        }
+        self.rebuilds += 1;
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "manifests",
+            "dir": self.dir,
+            "synced": self.reads > 0,
+            "stale_since": null,
+            "last_error": self.last_error,
+            "errors": self.errors,
+            "events": self.reads,
+            "rebuilds": self.rebuilds,
+            "latency": self.latency.to_json(),
+        })
     }
 }
 
@@ -140,6 +216,8 @@ pub struct NodeControl {
     /// The objects changed since the last service and policy builds.
     services_stale: bool,
     policy_stale: bool,
+    /// The problems of the last apply (logged when they appeared).
+    logged: BTreeSet<(&'static str, String)>,
 }
 
 impl NodeControl {
@@ -158,6 +236,7 @@ impl NodeControl {
             services_built_with: None,
             services_stale: false,
             policy_stale: false,
+            logged: BTreeSet::new(),
         }
     }
 
@@ -168,17 +247,21 @@ impl NodeControl {
 
     /// Takes in the complete set of objects of the source. Problems in it are logged.
     pub fn apply(&mut self, m: &Manifests) {
-        for e in &m.errors {
-            tracing::warn!("manifests: {e}");
-        }
         self.view = ClusterView::from_manifests(m);
-        for w in &self.view.warnings {
-            tracing::warn!("manifests: {w}");
-        }
         self.policies = netpol::policies(m);
-        for w in &self.policies.warnings {
-            tracing::warn!("policies: {w}");
+        // Each problem is logged once, when it appears: a source that rebuilds often (the
+        // Kubernetes source) would repeat every one at every rebuild.
+        let mut problems = BTreeSet::new();
+        for e in m.errors.iter().chain(&self.view.warnings) {
+            problems.insert(("manifests", e.clone()));
         }
+        for w in &self.policies.warnings {
+            problems.insert(("policies", w.clone()));
+        }
+        for (what, p) in problems.difference(&self.logged) {
+            tracing::warn!("{what}: {p}");
+        }
+        self.logged = problems;
         self.services_stale = true;
         self.policy_stale = true;
         tracing::info!(
