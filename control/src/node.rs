@@ -39,11 +39,13 @@ pub trait Source {
     fn poll(&mut self) -> Option<Manifests>;
 
     /// [`Source::poll`], lending the objects to `apply` instead of handing over a copy (a
-    /// source that keeps them saves the copy): whether they changed (and `apply` ran).
-    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests)) -> bool {
+    /// source that keeps them saves the copy), with which kinds of objects changed since the
+    /// last poll ([`Changed::ALL`] from a source that cannot tell): whether they changed (and
+    /// `apply` ran).
+    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests, Changed)) -> bool {
         match self.poll() {
             Some(m) => {
-                apply(&m);
+                apply(&m, Changed::ALL);
                 true
             }
             None => false,
@@ -63,6 +65,27 @@ pub trait Source {
     fn status(&self) -> serde_json::Value {
         serde_json::json!({"kind": "unknown"})
     }
+}
+
+/// Which kinds of objects changed between two polls, so that [`NodeControl::apply_changed`]
+/// redoes only what depends on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Changed {
+    /// Nodes, Namespaces or Pods: everything depends on them.
+    pub workloads: bool,
+    /// Services or EndpointSlices.
+    pub services: bool,
+    /// Network policies.
+    pub policies: bool,
+}
+
+impl Changed {
+    /// Everything may have changed.
+    pub const ALL: Changed = Changed {
+        workloads: true,
+        services: true,
+        policies: true,
+    };
 }
 
 /// A directory of Kubernetes YAML, read again whenever a file in it changes (name, mtime or size).
@@ -247,8 +270,21 @@ impl NodeControl {
 
     /// Takes in the complete set of objects of the source. Problems in it are logged.
     pub fn apply(&mut self, m: &Manifests) {
-        self.view = ClusterView::from_manifests(m);
-        self.policies = netpol::policies(m);
+        self.apply_changed(m, Changed::ALL);
+    }
+
+    /// [`NodeControl::apply`], when only the kinds `changed` changed since the last apply: the
+    /// view is made again when workloads changed, only its services when only services did;
+    /// the policies are read again when workloads or policies changed.
+    pub fn apply_changed(&mut self, m: &Manifests, changed: Changed) {
+        if changed.workloads {
+            self.view = ClusterView::from_manifests(m);
+        } else if changed.services {
+            self.view.refresh_services(m);
+        }
+        if changed.workloads || changed.policies {
+            self.policies = netpol::policies(m);
+        }
         // Each problem is logged once, when it appears: a source that rebuilds often (the
         // Kubernetes source) would repeat every one at every rebuild.
         let mut problems = BTreeSet::new();
@@ -262,14 +298,18 @@ impl NodeControl {
             tracing::warn!("{what}: {p}");
         }
         self.logged = problems;
-        self.services_stale = true;
-        self.policy_stale = true;
-        tracing::info!(
-            nodes = self.view.nodes.len(),
-            pods = self.view.pods.len(),
-            policies = self.policies.policies.len(),
-            "manifests loaded"
-        );
+        self.services_stale |= changed.workloads || changed.services;
+        self.policy_stale |= changed.workloads || changed.policies;
+        if changed == Changed::ALL {
+            tracing::info!(
+                nodes = self.view.nodes.len(),
+                pods = self.view.pods.len(),
+                policies = self.policies.policies.len(),
+                "manifests loaded"
+            );
+        } else {
+            tracing::debug!(?changed, "objects changed");
+        }
     }
 
     /// The cluster as last applied.
@@ -577,6 +617,55 @@ spec:
         // A new services configuration rebuilds the tables.
         let other = ServicesConfig { hash_seed: 7, ..sc };
         assert_eq!(c.build_services(other).unwrap().built, 1);
+    }
+
+    #[test]
+    fn a_partial_apply_is_a_full_one() {
+        let mut m = manifests(CLUSTER);
+        let mut c = NodeControl::new("node-1");
+        c.apply(&m);
+        let sc = ServicesConfig::default();
+        c.build_services(sc).unwrap();
+        c.build_policy().unwrap();
+        // A Service changes: only the services are read again, as a full apply would.
+        let svc = m
+            .services
+            .get_mut(&("default".into(), "web".into()))
+            .unwrap();
+        svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
+        c.apply_changed(
+            &m,
+            Changed {
+                services: true,
+                ..Default::default()
+            },
+        );
+        let full = ClusterView::from_manifests(&m);
+        assert_eq!(
+            format!("{:?}", c.view().services),
+            format!("{:?}", full.services)
+        );
+        assert_eq!(c.view().warnings, full.warnings);
+        assert_eq!(
+            c.build_services(sc).unwrap().table.services()[0].spec.port,
+            81
+        );
+        assert!(c.build_policy().is_none(), "no policy change");
+        // A policy changes: only the policies.
+        m.policies.clear();
+        c.apply_changed(
+            &m,
+            Changed {
+                policies: true,
+                ..Default::default()
+            },
+        );
+        assert!(c.policies().policies.is_empty());
+        assert!(c.build_services(sc).is_none(), "no service change");
+        assert_eq!(c.build_policy().unwrap().changed, 1);
+        // Nothing of interest (another kind): nothing is rebuilt.
+        c.apply_changed(&m, Changed::default());
+        assert!(c.build_services(sc).is_none() && c.build_policy().is_none());
     }
 
     #[test]

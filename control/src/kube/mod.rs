@@ -50,7 +50,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::node::{NodeControl, Source, Waker};
+use crate::node::{Changed, NodeControl, Source, Waker};
 use crate::source::Manifests;
 use assemble::Assembly;
 use events::{attribute, EventRequest, Problem};
@@ -114,6 +114,8 @@ pub struct KubeSource {
     asm: Assembly,
     /// A complete view was delivered once.
     delivered: bool,
+    /// What the last view delivered changed.
+    changed: Changed,
     started: Instant,
     /// How long the first complete view took.
     initial_sync: Option<Duration>,
@@ -134,6 +136,20 @@ impl Debug for KubeSource {
             .field("delivered", &self.delivered)
             .field("rebuilds", &self.rebuilds)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the kinds that changed change in the tables.
+fn changed_of(kinds: &BTreeSet<Kind>) -> Changed {
+    let any = |ks: &[Kind]| ks.iter().any(|k| kinds.contains(k));
+    Changed {
+        workloads: any(&[Kind::Namespace, Kind::Node, Kind::Pod]),
+        services: any(&[Kind::Service, Kind::EndpointSlice]),
+        policies: any(&[
+            Kind::NetworkPolicy,
+            Kind::CiliumNetworkPolicy,
+            Kind::CiliumClusterwideNetworkPolicy,
+        ]),
     }
 }
 
@@ -202,6 +218,7 @@ impl KubeSource {
             stores,
             asm: Assembly::default(),
             delivered: false,
+            changed: Changed::ALL,
             started: Instant::now(),
             initial_sync: None,
             pending: None,
@@ -227,15 +244,25 @@ impl KubeSource {
                 st.first_unpolled.take(),
             )
         };
-        let mut changed = false;
+        let mut kinds = BTreeSet::new();
         for kind in &resync {
-            changed |= self.asm.resync(*kind, self.stores[kind].as_ref());
+            if self.asm.resync(*kind, self.stores[kind].as_ref()) {
+                kinds.insert(*kind);
+            }
         }
         for key in dirty.iter().filter(|k| !resync.contains(&k.kind)) {
             let obj = self.stores[&key.kind].get(&key.namespace, &key.name);
-            changed |= self.asm.refresh(key, obj.as_deref());
+            if self.asm.refresh(key, obj.as_deref()) {
+                kinds.insert(key.kind);
+            }
         }
         self.asm.finish();
+        let changed = !kinds.is_empty();
+        self.changed = if self.delivered {
+            changed_of(&kinds)
+        } else {
+            Changed::ALL
+        };
         if !self.delivered {
             self.delivered = true;
             let took = self.started.elapsed();
@@ -298,10 +325,10 @@ impl Source for KubeSource {
         self.refresh().then(|| self.asm.manifests.clone())
     }
 
-    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests)) -> bool {
+    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests, Changed)) -> bool {
         let changed = self.refresh();
         if changed {
-            apply(&self.asm.manifests);
+            apply(&self.asm.manifests, self.changed);
         }
         changed
     }

@@ -486,7 +486,7 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return;
         };
-        let reread = src.poll_with(&mut |m| self.control.apply(m));
+        let reread = src.poll_with(&mut |m, changed| self.control.apply_changed(m, changed));
         self.reconcile_pods();
         self.publish_overlay(reread);
         self.publish_services();
