@@ -19,13 +19,14 @@ export CRITERION_HOME="$target/criterion-rejudge"
 pin=()
 if [ "$(nproc)" -gt 1 ]; then pin=(taskset -c 1); fi
 
-build() { # $1: target dir, $2: RUSTFLAGS
-  CARGO_TARGET_DIR="$1" RUSTFLAGS="$2" cargo build -q --release -p vireo-benches --example pipeline_ir
-  CARGO_TARGET_DIR="$1" RUSTFLAGS="$2" cargo bench -q -p vireo-benches --bench pipeline --no-run 2>/dev/null
+build() { # $1: target dir; the environment: RUSTFLAGS, if any
+  CARGO_TARGET_DIR="$1" cargo build -q --release -p vireo-benches --example pipeline_ir
+  CARGO_TARGET_DIR="$1" cargo bench -q -p vireo-benches --bench pipeline --no-run 2>/dev/null
 }
 echo "== building the baseline (--cfg vireo_no_rejudge) and the shipped build"
-build "$base_target" "--cfg vireo_no_rejudge"
-build "$target" "${RUSTFLAGS:-}"
+RUSTFLAGS="--cfg vireo_no_rejudge" build "$base_target"
+# The shipped build as `cargo build` makes it (an empty RUSTFLAGS would rebuild everything).
+build "$target"
 
 ir() { # $1: example binary, $2: batches → total instructions
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$1" "$2" 2>&1 |

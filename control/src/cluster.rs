@@ -86,6 +86,8 @@ pub struct ClusterView {
     pub services: Vec<ServicePortView>,
     /// Objects left out, one line each.
     pub warnings: Vec<String>,
+    /// Where the warnings about services start in `warnings` (they come last).
+    services_warnings_from: usize,
 }
 
 /// A pod's host-side interface name.
@@ -140,6 +142,29 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
+/// Each label set once, in the order [`IdentityAllocator::from_sets`] sorts them (FNV-1a of the
+/// canonical text, then the text), each key computed once. `from_sets` formats its key at
+/// every comparison: given the pods' label sets as they come (10 000 pods), sorting took most
+/// of [`ClusterView::from_manifests`]'s time; given this, its sort is one pass. The identities
+/// are the same either way (it sorts and removes repeats itself).
+fn label_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Vec<&'a Labels> {
+    let unique: rustc_hash::FxHashSet<&Labels> = sets.into_iter().collect();
+    let mut v: Vec<(u64, String, &Labels)> = unique
+        .into_iter()
+        .map(|l| {
+            let c = l.canonical();
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in c.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            (h, c, l)
+        })
+        .collect();
+    v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    v.into_iter().map(|(_, _, l)| l).collect()
+}
+
 impl ClusterView {
     /// Reduces manifests to the view.
     pub fn from_manifests(m: &Manifests) -> ClusterView {
@@ -184,6 +209,21 @@ impl ClusterView {
                     .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
                     .find_map(|i| i.parse::<Ipv4Addr>().ok())
             });
+            if ip.is_none() {
+                // An address that is no IP at all (not an IPv6 one) is a broken object.
+                let bad = p.status.as_ref().and_then(|s| {
+                    s.pod_ip
+                        .as_deref()
+                        .into_iter()
+                        .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
+                        .find(|i| !i.is_empty() && i.parse::<std::net::IpAddr>().is_err())
+                });
+                if let Some(bad) = bad {
+                    v.warnings.push(format!(
+                        "pod {ns}/{name}: status.podIP: {bad:?} is not an IP address; left out"
+                    ));
+                }
+            }
             let (Some(node), Some(ip)) = (node, ip) else {
                 // Not scheduled or not running yet: nothing to route.
                 continue;
@@ -195,7 +235,7 @@ impl ClusterView {
             let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &*ns_labels);
             pods.push((ns.clone(), name.clone(), node, ip, labels, p));
         }
-        v.identities = IdentityAllocator::from_sets(pods.iter().map(|p| &p.4));
+        v.identities = IdentityAllocator::from_sets(label_sets(pods.iter().map(|p| &p.4)));
         for (ns, name, node, ip, labels, p) in pods {
             let identity = v.identities.get(&labels).unwrap_or(Identity::INIT);
             let status = p.status.as_ref();
@@ -229,8 +269,17 @@ impl ClusterView {
                 },
             );
         }
+        v.services_warnings_from = v.warnings.len();
         v.services = services::service_ports(m, &v.pods, &mut v.warnings);
         v
+    }
+
+    /// Reads the Services and EndpointSlices of `m` again, keeping the rest of the view: what
+    /// [`ClusterView::from_manifests`] would give when only those kinds changed since the view
+    /// was made (their warnings are replaced).
+    pub fn refresh_services(&mut self, m: &Manifests) {
+        self.warnings.truncate(self.services_warnings_from);
+        self.services = services::service_ports(m, &self.pods, &mut self.warnings);
     }
 
     /// The service ports as node `me` (underlay address `node_ip`, if known) serves them:
@@ -409,6 +458,66 @@ spec: {containers: []}
                 && ids.contains(&v.pods.values().next().unwrap().identity.0)
                 && !ids.contains(&0)
         );
+    }
+
+    #[test]
+    fn a_pod_with_a_bad_address_is_left_out_with_a_warning() {
+        let mut m = Manifests::default();
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, namespace: x}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 10.244.1.300}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v6, namespace: x}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 'fd00::1'}
+";
+        load_text(&mut m, text, std::path::Path::new("p.yaml"));
+        let v = ClusterView::from_manifests(&m);
+        assert!(v.pods.is_empty());
+        assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
+        assert!(
+            v.warnings[0].starts_with("pod x/bad: status.podIP: \"10.244.1.300\""),
+            "{}",
+            v.warnings[0]
+        );
+    }
+
+    #[test]
+    fn label_sets_come_in_the_allocators_order() {
+        let sets: Vec<Labels> = (0..200)
+            .map(|i| {
+                let l = BTreeMap::from([("app".to_string(), format!("a{}", i % 50))]);
+                Labels::for_pod("default", &l, &BTreeMap::new())
+            })
+            .collect();
+        let ours = label_sets(&sets);
+        assert_eq!(ours.len(), 50);
+        let a = IdentityAllocator::from_sets(ours.iter().copied());
+        let b = IdentityAllocator::from_sets(&sets);
+        for l in &sets {
+            assert_eq!(a.get(l), b.get(l));
+        }
+        // Already sorted as the allocator sorts: sorting again changes nothing.
+        let mut again = ours.clone();
+        again.sort_by_key(|l| {
+            let c = l.canonical();
+            (fnv(&c), c)
+        });
+        assert_eq!(again, ours);
+    }
+
+    fn fnv(s: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in s.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
     }
 
     #[test]

@@ -153,12 +153,75 @@ impl Default for ServicesConfig {
     }
 }
 
-/// Where the cluster's objects come from.
+/// Where the cluster's objects come from: one of `source: {manifests: DIR}` and
+/// `source: {kubernetes: {kubeconfig: FILE}}` (`kubernetes: {}`: in-cluster, or `KUBECONFIG`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
+#[serde(try_from = "SourceFields", into = "SourceFields")]
+pub enum SourceConfig {
     /// A directory of Kubernetes YAML, watched for changes (the sandbox's source).
-    pub manifests: PathBuf,
+    Manifests(PathBuf),
+    /// A Kubernetes API server, watched (see [`crate::kube`]).
+    Kubernetes(KubernetesConfig),
+}
+
+/// The Kubernetes source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The kubeconfig file; without one, the in-cluster configuration (the DaemonSet's
+    /// service account), `KUBECONFIG` or `~/.kube/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `source:` as written: exactly one of its fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifests: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<KubernetesConfig>,
+}
+
+impl TryFrom<SourceFields> for SourceConfig {
+    type Error = String;
+
+    fn try_from(f: SourceFields) -> Result<SourceConfig, String> {
+        match (f.manifests, f.kubernetes) {
+            (Some(dir), None) => Ok(SourceConfig::Manifests(dir)),
+            (None, Some(k)) => Ok(SourceConfig::Kubernetes(k)),
+            _ => Err(
+                "source: exactly one of `manifests: DIR` and `kubernetes: {kubeconfig: FILE}` is needed"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl From<SourceConfig> for SourceFields {
+    fn from(s: SourceConfig) -> SourceFields {
+        match s {
+            SourceConfig::Manifests(dir) => SourceFields {
+                manifests: Some(dir),
+                kubernetes: None,
+            },
+            SourceConfig::Kubernetes(k) => SourceFields {
+                manifests: None,
+                kubernetes: Some(k),
+            },
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The manifest directory, for a manifest source.
+    pub fn manifests(&self) -> Option<&Path> {
+        match self {
+            SourceConfig::Manifests(dir) => Some(dir),
+            SourceConfig::Kubernetes(_) => None,
+        }
+    }
 }
 
 /// The whole file.
@@ -291,6 +354,25 @@ impl Config {
                 return Err(bad(
                     format!("af_xdp.{name}"),
                     format!("{v} must be a power of two in 64..=16384"),
+                ));
+            }
+        }
+        if let Some(SourceConfig::Kubernetes(KubernetesConfig {
+            kubeconfig: Some(kc),
+        })) = &self.source
+        {
+            if !kc.is_file() {
+                return Err(bad(
+                    "source.kubernetes.kubeconfig".into(),
+                    format!("{} is not a file", kc.display()),
+                ));
+            }
+        }
+        if let Some(SourceConfig::Manifests(dir)) = &self.source {
+            if dir.as_os_str().is_empty() {
+                return Err(bad(
+                    "source.manifests".into(),
+                    "a directory is needed".into(),
                 ));
             }
         }
@@ -512,6 +594,36 @@ mod tests {
     }
 
     #[test]
+    fn sources() {
+        let c = |t: &str| Config::parse(t, Path::new("t.yaml")).unwrap();
+        let base = "node: n1\ninterfaces: [{name: eth0, role: uplink}]\n";
+        let m = c(&format!("{base}source: {{manifests: /run/m}}\n"));
+        assert_eq!(m.source, Some(SourceConfig::Manifests("/run/m".into())));
+        assert_eq!(
+            m.source.as_ref().and_then(SourceConfig::manifests),
+            Some(Path::new("/run/m"))
+        );
+        let k = c(&format!("{base}source: {{kubernetes: {{}}}}\n"));
+        assert_eq!(
+            k.source,
+            Some(SourceConfig::Kubernetes(KubernetesConfig::default()))
+        );
+        let dir = std::env::temp_dir().join(format!("vireo-cfg-kc-{}", std::process::id()));
+        std::fs::write(&dir, "apiVersion: v1\nkind: Config\n").unwrap();
+        let k = c(&format!(
+            "{base}source:\n  kubernetes:\n    kubeconfig: {}\n",
+            dir.display()
+        ));
+        assert_eq!(
+            k.source,
+            Some(SourceConfig::Kubernetes(KubernetesConfig {
+                kubeconfig: Some(dir.clone())
+            }))
+        );
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
     fn errors_name_the_field_in_one_line() {
         let cases = [
             ("interfaces:\n  - name: a\n    role: pod\n  - name: b\n    role: podd\n", "interfaces[1].role"),
@@ -528,6 +640,10 @@ mod tests {
             ("services: {maglev_table_size: 1000}\n", "services.maglev_table_size"),
             ("services: {hash_seed: -1}\n", "services.hash_seed"),
             ("services: {table_size: 251}\n", "table_size"),
+            ("node: n\nsource: {kubernetes: {kubeconfig: /nonexistent/kc}}\n", "source.kubernetes.kubeconfig"),
+            ("node: n\nsource: {kubernetes: {kubeconfg: /x}}\n", "kubeconfg"),
+            ("node: n\nsource: {kubernets: {}}\n", "source"),
+            ("node: n\nsource: {manifests: /x, kubernetes: {}}\n", "source"),
         ];
         for (text, field) in cases {
             let e = err(text);

@@ -4,7 +4,8 @@
 //! path reads: the cluster view and ipcache ([`cluster`]), services ([`services`]), network
 //! policies ([`netpol`]) and next-hop neighbours ([`neigh`]). [`node`] is the one interface
 //! every source feeds: it builds one node's tables from the objects a [`node::Source`]
-//! delivers. [`trace`] answers `vireo policy trace` and `vireo policy get`.
+//! delivers; [`kube`] is the Kubernetes source (kube-rs watchers on a thread of their own).
+//! [`trace`] answers `vireo policy trace` and `vireo policy get`.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod crd;
+pub mod kube;
 pub mod neigh;
 pub mod netpol;
 pub mod node;

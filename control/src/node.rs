@@ -8,7 +8,7 @@
 //! changed. It never touches the dataplane: the agent copies what it builds into the workers'
 //! snapshot and attaches the interfaces it names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,15 +20,72 @@ use vireo_policy::{Compiler, Identity, IdentityAllocator, IpCache, Labels, Polic
 
 use crate::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
 use crate::config::ServicesConfig;
+use crate::kube::UpdateLatency;
 use crate::netpol::{self, PolicySet};
 use crate::services::ServiceTableBuilder;
 use crate::source::{self, Manifests};
 
+/// A function a source calls, from any thread, to have its consumer poll soon.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
 /// Where the objects come from. `poll` never blocks: it answers the complete set of objects when
 /// something changed since the last call, and `None` otherwise.
+///
+/// The consumer (the agent) polls at least once a second, and at once when the source wakes it
+/// ([`Source::set_waker`]); after publishing the tables built from a poll's objects it calls
+/// [`Source::published`].
 pub trait Source {
     /// The objects, when they changed.
     fn poll(&mut self) -> Option<Manifests>;
+
+    /// [`Source::poll`], lending the objects to `apply` instead of handing over a copy (a
+    /// source that keeps them saves the copy), with which kinds of objects changed since the
+    /// last poll ([`Changed::ALL`] from a source that cannot tell): whether they changed (and
+    /// `apply` ran).
+    fn poll_with(&mut self, apply: &mut dyn FnMut(&Manifests, Changed)) -> bool {
+        match self.poll() {
+            Some(m) => {
+                apply(&m, Changed::ALL);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the function that makes the consumer poll soon; a source that changes on its own
+    /// calls it (once per burst of changes). The default never calls it.
+    fn set_waker(&mut self, _waker: Waker) {}
+
+    /// The tables built from the last poll's objects by `control` are published: the source
+    /// may record how long that took and report the problems of the build.
+    fn published(&mut self, _control: &NodeControl) {}
+
+    /// The source's status, for `vireo status`: at least `kind`, `synced`, `stale_since`,
+    /// `last_error`, `events`, `rebuilds` and `latency` (`count`, `p50_us`, `p99_us`, `max_us`).
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "unknown"})
+    }
+}
+
+/// Which kinds of objects changed between two polls, so that [`NodeControl::apply_changed`]
+/// redoes only what depends on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Changed {
+    /// Nodes, Namespaces or Pods: everything depends on them.
+    pub workloads: bool,
+    /// Services or EndpointSlices.
+    pub services: bool,
+    /// Network policies.
+    pub policies: bool,
+}
+
+impl Changed {
+    /// Everything may have changed.
+    pub const ALL: Changed = Changed {
+        workloads: true,
+        services: true,
+        policies: true,
+    };
 }
 
 /// A directory of Kubernetes YAML, read again whenever a file in it changes (name, mtime or size).
@@ -36,6 +93,15 @@ pub trait Source {
 pub struct ManifestDir {
     dir: PathBuf,
     signature: Vec<(PathBuf, SystemTime, u64)>,
+    /// Reads done.
+    reads: u64,
+    rebuilds: u64,
+    /// When the last read found a change, until published.
+    pending: Option<Instant>,
+    latency: UpdateLatency,
+    /// The first problem of the last read, and how many there were.
+    last_error: Option<String>,
+    errors: usize,
 }
 
 impl ManifestDir {
@@ -44,6 +110,12 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.to_owned(),
             signature: Vec::new(),
+            reads: 0,
+            rebuilds: 0,
+            pending: None,
+            latency: UpdateLatency::default(),
+            last_error: None,
+            errors: 0,
         }
     }
 }
@@ -54,8 +126,35 @@ impl Source for ManifestDir {
         if sig == self.signature {
             return None;
         }
+        let started = Instant::now();
         self.signature = sig;
-        Some(source::load_dir(&self.dir))
+        self.reads += 1;
+        let m = source::load_dir(&self.dir);
+        self.last_error = m.errors.first().cloned();
+        self.errors = m.errors.len();
+        self.pending = Some(started);
+        Some(m)
+    }
+
+    fn published(&mut self, _control: &NodeControl) {
+        if let Some(t) = self.pending.take() {
+            self.latency.record(t.elapsed());
+        }
+        self.rebuilds += 1;
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "manifests",
+            "dir": self.dir,
+            "synced": self.reads > 0,
+            "stale_since": null,
+            "last_error": self.last_error,
+            "errors": self.errors,
+            "events": self.reads,
+            "rebuilds": self.rebuilds,
+            "latency": self.latency.to_json(),
+        })
     }
 }
 
@@ -140,6 +239,8 @@ pub struct NodeControl {
     /// The objects changed since the last service and policy builds.
     services_stale: bool,
     policy_stale: bool,
+    /// The problems of the last apply (logged when they appeared).
+    logged: BTreeSet<(&'static str, String)>,
 }
 
 impl NodeControl {
@@ -158,6 +259,7 @@ impl NodeControl {
             services_built_with: None,
             services_stale: false,
             policy_stale: false,
+            logged: BTreeSet::new(),
         }
     }
 
@@ -168,25 +270,46 @@ impl NodeControl {
 
     /// Takes in the complete set of objects of the source. Problems in it are logged.
     pub fn apply(&mut self, m: &Manifests) {
-        for e in &m.errors {
-            tracing::warn!("manifests: {e}");
+        self.apply_changed(m, Changed::ALL);
+    }
+
+    /// [`NodeControl::apply`], when only the kinds `changed` changed since the last apply: the
+    /// view is made again when workloads changed, only its services when only services did;
+    /// the policies are read again when workloads or policies changed.
+    pub fn apply_changed(&mut self, m: &Manifests, changed: Changed) {
+        if changed.workloads {
+            self.view = ClusterView::from_manifests(m);
+        } else if changed.services {
+            self.view.refresh_services(m);
         }
-        self.view = ClusterView::from_manifests(m);
-        for w in &self.view.warnings {
-            tracing::warn!("manifests: {w}");
+        if changed.workloads || changed.policies {
+            self.policies = netpol::policies(m);
         }
-        self.policies = netpol::policies(m);
+        // Each problem is logged once, when it appears: a source that rebuilds often (the
+        // Kubernetes source) would repeat every one at every rebuild.
+        let mut problems = BTreeSet::new();
+        for e in m.errors.iter().chain(&self.view.warnings) {
+            problems.insert(("manifests", e.clone()));
+        }
         for w in &self.policies.warnings {
-            tracing::warn!("policies: {w}");
+            problems.insert(("policies", w.clone()));
         }
-        self.services_stale = true;
-        self.policy_stale = true;
-        tracing::info!(
-            nodes = self.view.nodes.len(),
-            pods = self.view.pods.len(),
-            policies = self.policies.policies.len(),
-            "manifests loaded"
-        );
+        for (what, p) in problems.difference(&self.logged) {
+            tracing::warn!("{what}: {p}");
+        }
+        self.logged = problems;
+        self.services_stale |= changed.workloads || changed.services;
+        self.policy_stale |= changed.workloads || changed.policies;
+        if changed == Changed::ALL {
+            tracing::info!(
+                nodes = self.view.nodes.len(),
+                pods = self.view.pods.len(),
+                policies = self.policies.policies.len(),
+                "manifests loaded"
+            );
+        } else {
+            tracing::debug!(?changed, "objects changed");
+        }
     }
 
     /// The cluster as last applied.
@@ -494,6 +617,55 @@ spec:
         // A new services configuration rebuilds the tables.
         let other = ServicesConfig { hash_seed: 7, ..sc };
         assert_eq!(c.build_services(other).unwrap().built, 1);
+    }
+
+    #[test]
+    fn a_partial_apply_is_a_full_one() {
+        let mut m = manifests(CLUSTER);
+        let mut c = NodeControl::new("node-1");
+        c.apply(&m);
+        let sc = ServicesConfig::default();
+        c.build_services(sc).unwrap();
+        c.build_policy().unwrap();
+        // A Service changes: only the services are read again, as a full apply would.
+        let svc = m
+            .services
+            .get_mut(&("default".into(), "web".into()))
+            .unwrap();
+        svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
+        c.apply_changed(
+            &m,
+            Changed {
+                services: true,
+                ..Default::default()
+            },
+        );
+        let full = ClusterView::from_manifests(&m);
+        assert_eq!(
+            format!("{:?}", c.view().services),
+            format!("{:?}", full.services)
+        );
+        assert_eq!(c.view().warnings, full.warnings);
+        assert_eq!(
+            c.build_services(sc).unwrap().table.services()[0].spec.port,
+            81
+        );
+        assert!(c.build_policy().is_none(), "no policy change");
+        // A policy changes: only the policies.
+        m.policies.clear();
+        c.apply_changed(
+            &m,
+            Changed {
+                policies: true,
+                ..Default::default()
+            },
+        );
+        assert!(c.policies().policies.is_empty());
+        assert!(c.build_services(sc).is_none(), "no service change");
+        assert_eq!(c.build_policy().unwrap().changed, 1);
+        // Nothing of interest (another kind): nothing is rebuilt.
+        c.apply_changed(&m, Changed::default());
+        assert!(c.build_services(sc).is_none() && c.build_policy().is_none());
     }
 
     #[test]

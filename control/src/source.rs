@@ -183,7 +183,11 @@ pub(crate) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-fn add_object(m: &mut Manifests, v: Value, origin: &str) {
+/// Adds one object (a document as read, with `apiVersion` and `kind`; a `List` adds its
+/// items), or the error it gives, naming `origin`: how every source turns an object into
+/// [`Manifests`] (the manifest directory for each document, the Kubernetes source for each
+/// object of its stores).
+pub fn add_object(m: &mut Manifests, v: Value, origin: &str) {
     let kind = v
         .get("kind")
         .and_then(Value::as_str)

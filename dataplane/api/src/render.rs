@@ -9,7 +9,9 @@ use vireo_policy::identity::NAMESPACE_LABELS_PREFIX;
 pub fn render(v: &Value) -> String {
     let mut o = String::new();
     let node = v["node"].as_str().unwrap_or("-");
-    let _ = writeln!(o, "Node: {node}   uptime: {}s\n", v["uptime_s"]);
+    let _ = writeln!(o, "Node: {node}   uptime: {}s", v["uptime_s"]);
+    render_source(&mut o, &v["source"]);
+    o.push('\n');
     let _ = writeln!(
         o,
         "{:<16} {:>5} {:<7} {:<8} {:<10} {:>6} {:<18} {:>12} {:>10} {:>10}",
@@ -93,6 +95,43 @@ pub fn render(v: &Value) -> String {
         s(&k["tx_invalid"])
     );
     o
+}
+
+/// The source of the cluster's objects (`source` of the status): its kind, whether it is
+/// synced or stale, its counters and its update latency.
+fn render_source(o: &mut String, src: &Value) {
+    if src.is_null() {
+        let _ = writeln!(o, "Source: none");
+        return;
+    }
+    let state = match (src["synced"].as_bool(), src["stale_since"].as_str()) {
+        (_, Some(t)) => format!("STALE since {t}"),
+        (Some(true), None) => "synced".into(),
+        _ => "not synced yet".into(),
+    };
+    let l = &src["latency"];
+    let ms = |x: &Value| match x.as_u64() {
+        Some(us) => format!("{:.1} ms", us as f64 / 1000.0),
+        None => "-".into(),
+    };
+    let _ = writeln!(
+        o,
+        "Source: {}  {state}  events {}  rebuilds {}  update latency p50 {}  p99 {}  max {} ({} updates)",
+        s(&src["kind"]),
+        s(&src["events"]),
+        s(&src["rebuilds"]),
+        ms(&l["p50_us"]),
+        ms(&l["p99_us"]),
+        ms(&l["max_us"]),
+        s(&l["count"]),
+    );
+    if let Some(e) = src["last_error"].as_str() {
+        let at = src["last_error_at"]
+            .as_str()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  last error{at}: {e}");
+    }
 }
 
 /// A JSON scalar as plain text (so width and alignment apply); null is "-".
@@ -379,6 +418,31 @@ pub fn render_map(map: &str, v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_source_line() {
+        let v = json!({"node": "n1", "uptime_s": 5, "source": {
+            "kind": "kube", "synced": true, "stale_since": "2025-01-02T03:04:05.000Z",
+            "last_error": "Pod: watch failed", "last_error_at": "2025-01-02T03:04:05.000Z",
+            "events": 12, "rebuilds": 3,
+            "latency": {"count": 2, "p50_us": 1500, "p99_us": 4000, "max_us": 4000},
+        }});
+        let t = render(&v);
+        assert!(t.contains("Source: kube  STALE since 2025-01-02T03:04:05.000Z  events 12  rebuilds 3  update latency p50 1.5 ms  p99 4.0 ms  max 4.0 ms (2 updates)"), "{t}");
+        assert!(
+            t.contains("  last error (2025-01-02T03:04:05.000Z): Pod: watch failed"),
+            "{t}"
+        );
+        let t = render(&json!({"node": "n1", "uptime_s": 5, "source": null}));
+        assert!(t.contains("Source: none"), "{t}");
+        let t = render(
+            &json!({"source": {"kind": "manifests", "synced": true, "stale_since": null, "latency": {"count": 0}}}),
+        );
+        assert!(
+            t.contains("Source: manifests  synced") && t.contains("p50 -"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn services_and_maglev_tables() {

@@ -14,6 +14,7 @@ use vireo_control::source;
 
 use crate::netns::{netns_add, sh};
 use crate::state::write_atomic;
+use crate::kube::key_of;
 use crate::{PodState, Source, State, UNDERLAY_MTU};
 
 /// Applies a manifest directory: new pods are placed and created, changed pods get their new
@@ -48,8 +49,8 @@ pub(crate) fn apply_dir(st: &mut State, dir: &Path, write: bool) -> Result<()> {
         objects.push(serde_json::to_value(&o.value)?);
     }
     for o in objects {
-        let key = object_key(&o);
-        st.objects.retain(|x| object_key(x) != key);
+        let key = key_of(&o);
+        st.objects.retain(|x| key_of(x) != key);
         st.objects.push(o);
     }
     realize_pods(st, m.pods.into_values().collect())?;
@@ -57,21 +58,6 @@ pub(crate) fn apply_dir(st: &mut State, dir: &Path, write: bool) -> Result<()> {
         write_manifests(st)?;
     }
     Ok(())
-}
-
-fn object_key(v: &serde_json::Value) -> (String, String, String, String) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(|x| x.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    (
-        s("/apiVersion"),
-        s("/kind"),
-        s("/metadata/namespace"),
-        s("/metadata/name"),
-    )
 }
 
 pub(crate) fn realize_pods(st: &mut State, pods: Vec<Pod>) -> Result<()> {
@@ -280,7 +266,7 @@ fn publish_to_apiserver(st: &State, all: &[serde_json::Value]) -> Result<()> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     crate::kube::sync(&crate::kube::kubeconfig(st), all, &before)?;
-    let keys: Vec<crate::kube::ObjectKey> = all.iter().map(crate::kube::key_of).collect();
+    let keys: Vec<crate::kube::ObjectKey> = all.iter().map(key_of).collect();
     write_atomic(&file, &serde_json::to_string(&keys)?)
 }
 

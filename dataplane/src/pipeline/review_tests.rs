@@ -243,12 +243,18 @@ fn revoking_an_allow_cuts_an_established_flow_and_giving_it_back_resumes_it() {
 
 /// B answers A's UDP datagram with an ICMP error, built as B's kernel would.
 fn error_from_b(quoting: &[u8], typ: u8, code: u8) -> Vec<u8> {
+    error_from((POD_B.0, POD_B.1, POD_B.3), quoting, typ, code)
+}
+
+/// An ICMP error from the pod `(ip, mac, its gateway's mac)` about `quoting` (a frame it
+/// received).
+fn error_from(pod: (Ipv4Addr, [u8; 6], [u8; 6]), quoting: &[u8], typ: u8, code: u8) -> Vec<u8> {
     let mut f = quoting.to_vec();
     f.resize(f.len().max(crate::wire::ICMP_ERROR_FRAME), 0);
-    let n = icmp_error(&mut f, POD_B.0.octets(), typ, code, 0).unwrap();
+    let n = icmp_error(&mut f, pod.0.octets(), typ, code, 0).unwrap();
     f.truncate(n);
-    f[0..6].copy_from_slice(&POD_B.3);
-    f[6..12].copy_from_slice(&POD_B.1);
+    f[0..6].copy_from_slice(&pod.2);
+    f[6..12].copy_from_slice(&pod.1);
     f
 }
 
@@ -543,17 +549,6 @@ fn a_half_closed_connection_through_a_clusterip_is_answered_after_the_close_life
     assert_ne!(d.ct, CtVerdict::Reply, "expired after both FINs");
 }
 
-/// An ICMP error from pod A about `quoting` (a frame A received).
-fn error_from_a(quoting: &[u8], typ: u8, code: u8) -> Vec<u8> {
-    let mut f = quoting.to_vec();
-    f.resize(f.len().max(crate::wire::ICMP_ERROR_FRAME), 0);
-    let n = icmp_error(&mut f, POD_A.0.octets(), typ, code, 0).unwrap();
-    f.truncate(n);
-    f[0..6].copy_from_slice(&POD_A.3);
-    f[6..12].copy_from_slice(&POD_A.1);
-    f
-}
-
 #[test]
 fn an_icmp_error_from_a_client_about_a_service_reply_reaches_the_backend_about_its_own_address() {
     let (mut t, _) = two_pods_with_ct(64, 64);
@@ -568,7 +563,7 @@ fn an_icmp_error_from_a_client_about_a_service_reply_reaches_the_backend_about_i
     assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
     assert_eq!(&got[26..30], &VIP.octets(), "A sees the reply from the VIP");
     // A's socket is gone: its kernel answers the reply (VIP:80 -> A:5000) to the VIP.
-    let err = error_from_a(&got, 3, 3);
+    let err = error_from((POD_A.0, POD_A.1, POD_A.3), &got, 3, 3);
     assert_eq!(&err[30..34], &VIP.octets());
     let (d, out, _) = run_one(&t, POD_A.2, &err);
     assert_eq!(

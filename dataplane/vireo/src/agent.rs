@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use vireo_control::config::{
-    format_mac, Config, EndpointConfig, InterfaceConfig, Role, XdpModeConfig,
+    format_mac, Config, EndpointConfig, InterfaceConfig, Role, SourceConfig, XdpModeConfig,
 };
+use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
 use vireo_control::services::{frontend_kind_name, proto_name};
 use vireo_dataplane::counters::CounterSnapshot;
@@ -26,6 +27,16 @@ use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
+
+/// What the agent's loop waits for.
+enum Msg {
+    /// A call on the API socket.
+    Call(Call),
+    /// The source has changes.
+    Wake,
+    /// The API server loop ended.
+    ApiGone,
+}
 
 struct Attached {
     cfg: InterfaceConfig,
@@ -107,10 +118,17 @@ pub fn run(config_path: &Path) -> Result<()> {
         workers,
         ifaces: BTreeMap::new(),
         started: Instant::now(),
-        source: cfg
-            .source
-            .as_ref()
-            .map(|s| Box::new(ManifestDir::new(&s.manifests)) as Box<dyn Source>),
+        source: match &cfg.source {
+            None => None,
+            Some(SourceConfig::Manifests(dir)) => Some(Box::new(ManifestDir::new(dir))),
+            Some(SourceConfig::Kubernetes(k)) => Some(Box::new(
+                KubeSource::new(KubeOptions::new(
+                    cfg.node.as_deref().unwrap_or_default(),
+                    k.kubeconfig.clone(),
+                ))
+                .context("starting the Kubernetes source")?,
+            )),
+        },
         control: NodeControl::new(cfg.node.as_deref().unwrap_or_default()),
         monitor_seen: None,
     };
@@ -162,8 +180,31 @@ impl Agent {
     }
 
     fn serve(&mut self, term: &AtomicBool, hup: &AtomicBool) -> Result<()> {
-        let (tx, rx) = mpsc::channel::<Call>();
+        let (tx, calls) = mpsc::channel::<Call>();
         let sock = api::serve(&self.cfg.api_socket, tx)?;
+        // One queue for the API's calls and the source's wakeups: a forwarder moves the calls
+        // over, and the source's waker sends `Wake` (so a change is taken at once, and an idle
+        // agent only wakes for its once-a-second checks).
+        let (msgs, rx) = mpsc::channel::<Msg>();
+        let fwd = msgs.clone();
+        std::thread::Builder::new()
+            .name("vireo-api-calls".into())
+            .spawn(move || {
+                for call in calls {
+                    if fwd.send(Msg::Call(call)).is_err() {
+                        return;
+                    }
+                }
+                let _ = fwd.send(Msg::ApiGone);
+            })
+            .context("starting the API call forwarder")?;
+        if let Some(src) = self.source.as_mut() {
+            let wake = msgs.clone();
+            src.set_waker(Arc::new(move || {
+                let _ = wake.send(Msg::Wake);
+            }));
+        }
+        drop(msgs);
         tracing::info!(
             api = %sock.display(),
             interfaces = self.ifaces.len(),
@@ -178,12 +219,24 @@ impl Agent {
                 }
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(call) => {
-                    let r = self.handle(call.req).map_err(|e| format!("{e:#}"));
-                    let _ = call.reply.send(r);
+                Ok(Msg::Call(call)) => self.answer(call),
+                Ok(Msg::Wake) => {
+                    // Wakeups queued meanwhile are this one; calls are answered first.
+                    let mut gone = false;
+                    while let Ok(m) = rx.try_recv() {
+                        match m {
+                            Msg::Call(call) => self.answer(call),
+                            Msg::Wake => {}
+                            Msg::ApiGone => gone = true,
+                        }
+                    }
+                    self.reconcile();
+                    if gone {
+                        break;
+                    }
                 }
+                Ok(Msg::ApiGone) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if last_check.elapsed() > Duration::from_secs(1) {
                 last_check = Instant::now();
@@ -194,6 +247,11 @@ impl Agent {
         }
         let _ = std::fs::remove_file(&sock);
         Ok(())
+    }
+
+    fn answer(&mut self, call: Call) {
+        let r = self.handle(call.req).map_err(|e| format!("{e:#}"));
+        let _ = call.reply.send(r);
     }
 
     fn handle(&mut self, req: Request) -> Result<Value> {
@@ -428,17 +486,16 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return;
         };
-        let reread = match src.poll() {
-            Some(m) => {
-                self.control.apply(&m);
-                true
-            }
-            None => false,
-        };
+        let reread = src.poll_with(&mut |m, changed| self.control.apply_changed(m, changed));
         self.reconcile_pods();
         self.publish_overlay(reread);
         self.publish_services();
         self.publish_policy();
+        if reread {
+            if let Some(src) = self.source.as_mut() {
+                src.published(&self.control);
+            }
+        }
     }
 
     /// Publishes the compiled policy, when control has a new build.
@@ -822,6 +879,7 @@ impl Agent {
             "remote_nodes": t.nodes.len(),
             "endpoints": self.endpoints(),
             "uptime_s": self.started.elapsed().as_secs(),
+            "source": self.source.as_ref().map(|s| s.status()),
             "interfaces": ifaces,
             "workers": workers,
             "counters": total,
