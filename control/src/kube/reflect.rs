@@ -116,7 +116,7 @@ where
                 failures += 1;
                 // Every failure while the API server is away would be a line: log the first
                 // ones and then every tenth.
-                if failures <= 3 || failures % 10 == 0 {
+                if failures <= 3 || failures.is_multiple_of(10) {
                     tracing::warn!(%kind, failures, "watch failed: {e}; keeping the last objects");
                 }
                 shared.failed(kind, e);
