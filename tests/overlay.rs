@@ -14,7 +14,7 @@ struct Sandbox(String);
 
 impl Sandbox {
     fn up() -> Sandbox {
-        Sandbox::up_with("vo", &[])
+        Sandbox::up_with("vo", &["--source", "manifests"])
     }
     /// A sandbox named `tag` + this process's id, made by `vireo sandbox up` with `args`.
     fn up_with(tag: &str, args: &[&str]) -> Sandbox {

@@ -189,7 +189,11 @@ impl IdentityAllocator {
     /// the numbering depends only on the sets, not on the order they were seen in.
     pub fn from_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Self {
         let mut v: Vec<&Labels> = sets.into_iter().collect();
-        v.sort_by_key(|l| (fnv1a(&l.canonical()), l.canonical()));
+        // The key is a string built per set: once each, not at every comparison.
+        v.sort_by_cached_key(|l| {
+            let c = l.canonical();
+            (fnv1a(&c), c)
+        });
         v.dedup();
         let mut a = IdentityAllocator::default();
         for l in v {

@@ -61,10 +61,11 @@ enum SandboxCmd {
         /// A directory of Kubernetes YAML (Pods, Namespaces, Services, policies, …).
         #[arg(long)]
         manifests: Option<PathBuf>,
-        /// Where the agents read the cluster's objects: `manifests` (a directory per agent,
-        /// written by the sandbox) or `kube` (a fake Kubernetes API server, watched through a
-        /// kubeconfig as in a cluster; `kubectl` works against it).
-        #[arg(long, value_enum, default_value_t = sandbox::Source::Manifests)]
+        /// Where the agents read the cluster's objects: `kube` (a fake Kubernetes API server
+        /// speaking the real protocol, watched through a kubeconfig as in a cluster; `kubectl`
+        /// works against it: `vireo sandbox kubeconfig`) or `manifests` (a directory per
+        /// agent, written by the sandbox; no API server).
+        #[arg(long, value_enum, default_value_t = sandbox::Source::Kube)]
         source: sandbox::Source,
     },
     /// Print the path of a kubeconfig for the sandbox's API server (`--source kube`):
