@@ -12,9 +12,9 @@ use vireo_control::cluster::{gateway, pod_ifname, pod_mac};
 use vireo_control::config::format_mac;
 use vireo_control::source;
 
+use crate::kube::key_of;
 use crate::netns::{netns_add, sh};
 use crate::state::write_atomic;
-use crate::kube::key_of;
 use crate::{PodState, Source, State, UNDERLAY_MTU};
 
 /// Applies a manifest directory: new pods are placed and created, changed pods get their new
