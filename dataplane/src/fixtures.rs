@@ -216,24 +216,31 @@ pub fn fix_ip_checksum(frame: &mut [u8], l3: usize) {
     frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// The labels of a pod with `app=<app>` in namespace `default`, as policy sees them.
+pub fn app_labels(app: &str) -> vireo_policy::Labels {
+    vireo_policy::Labels::new([
+        ("k8s:app", app),
+        ("k8s:io.kubernetes.pod.namespace", "default"),
+    ])
+}
+
+/// The origin of rule `rule` (empty: the policy itself) of the CiliumNetworkPolicy `name`
+/// (`namespace/name`).
+pub fn cnp_origin(name: &str, rule: &str) -> vireo_policy::Origin {
+    vireo_policy::Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: name.into(),
+        rule: rule.into(),
+    }
+}
+
 /// Compiled policy: pod B (identity `IDS[1]`, app=b) takes ingress from pod A (`IDS[0]`,
 /// app=a) on UDP, every port; nothing else selects anything. For benchmarks of the
 /// established path under policy.
 pub fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
-    use vireo_policy::{
-        Action, Compiler, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
-    };
-    let labels = |app: &str| {
-        Labels::new([
-            ("k8s:app", app),
-            ("k8s:io.kubernetes.pod.namespace", "default"),
-        ])
-    };
-    let origin = |rule: &str| Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/bench".into(),
-        rule: rule.into(),
-    };
+    use vireo_policy::{Action, Compiler, Peer, Policy, PortRange, Proto, Rule, Selector};
+    let labels = app_labels;
+    let origin = |rule: &str| cnp_origin("default/bench", rule);
     let mut c = Compiler::new();
     c.set_identity(Identity(IDS[0]), labels("a"));
     c.set_identity(Identity(IDS[1]), labels("b"));

@@ -35,8 +35,8 @@ use vireo_dataplane::pipeline::{self, Batch, CtVerdict, Desc, Frames, VecFrames,
 use vireo_dataplane::tables::{Endpoint, IfRole, Interface, Mac, RemoteNode, Tables};
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 use vireo_policy::{
-    Action, Compiler, Entity, Identity, IpCacheEntry, Labels, Origin, Peer, Policy, PortRange,
-    Proto, Rule, Selector,
+    Action, Compiler, Entity, Identity, IpCacheEntry, Origin, Peer, Policy, PortRange, Proto, Rule,
+    Selector,
 };
 
 /// Frame size of the fake UMEM.
@@ -110,19 +110,10 @@ const BACKENDS: &[(u32, u16, u8)] = &[
     (POD_E, 80, 6),
 ];
 
-fn labels(app: &str) -> Labels {
-    Labels::new([
-        ("k8s:app", app),
-        ("k8s:io.kubernetes.pod.namespace", "default"),
-    ])
-}
+use vireo_dataplane::fixtures::app_labels as labels;
 
 fn origin(rule: &str) -> Origin {
-    Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/fuzz".into(),
-        rule: rule.into(),
-    }
+    vireo_dataplane::fixtures::cnp_origin("default/fuzz", rule)
 }
 
 fn ports(lo: u16, hi: u16, proto: Proto) -> PortRange {

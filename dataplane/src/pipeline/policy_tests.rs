@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use vireo_policy::{
-    Action, Compiler, Identity, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
+    Action, Compiler, Identity, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
 };
 
 use super::*;
@@ -15,19 +15,10 @@ use crate::tables::Tables;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-fn labels(app: &str) -> Labels {
-    Labels::new([
-        ("k8s:app", app),
-        ("k8s:io.kubernetes.pod.namespace", "default"),
-    ])
-}
+use crate::fixtures::app_labels as labels;
 
 fn origin(rule: &str) -> Origin {
-    Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/p".into(),
-        rule: rule.into(),
-    }
+    crate::fixtures::cnp_origin("default/p", rule)
 }
 
 /// Pod B (app=b) takes ingress only from app=a on TCP 80; pod C (app=c, on the other node)

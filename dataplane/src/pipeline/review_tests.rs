@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 use vireo_policy::{
-    Action, Compiler, Identity, Labels, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
+    Action, Compiler, Identity, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
 };
 
 use super::*;
@@ -100,19 +100,10 @@ fn run_one(t: &Tables, slot: u16, f: &[u8]) -> (Desc, Vec<u8>, BatchCounts) {
     (d[0], f[0].clone(), c)
 }
 
-fn labels(app: &str) -> Labels {
-    Labels::new([
-        ("k8s:app", app),
-        ("k8s:io.kubernetes.pod.namespace", "default"),
-    ])
-}
+use crate::fixtures::app_labels as labels;
 
 fn origin(rule: &str) -> Origin {
-    Origin {
-        kind: "CiliumNetworkPolicy".into(),
-        name: "default/p".into(),
-        rule: rule.into(),
-    }
+    crate::fixtures::cnp_origin("default/p", rule)
 }
 
 /// Publishes, as a new snapshot revision, pod B's ingress from app=a under `rules` (none:
