@@ -23,10 +23,15 @@
 //!   object that does not fit its type) become one Warning Event on the object each
 //!   ([`events`]), beside the warning in the log; the object is left out (a policy fails
 //!   closed), the rest is enforced.
+//! - **Writes.** The `Valid` condition of every VireoNodeConfig ([`nodeconfig_status`]) and the
+//!   VireoEndpoints of this node's pods ([`endpoints`], from [`Source::endpoints`]) are
+//!   written by tasks of the runtime, never by the consumer's thread.
 
 mod assemble;
+mod endpoints;
 pub mod events;
 mod kinds;
+mod nodeconfig_status;
 mod reflect;
 mod runtime;
 mod state;
@@ -50,6 +55,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::allocator::{LocalEndpoint, Retry};
 use crate::node::{Changed, NodeControl, Source, Waker};
 use crate::source::Manifests;
 use assemble::Assembly;
@@ -126,6 +132,9 @@ pub struct KubeSource {
     /// The problems reported (as Events) and still there at the last publish.
     reported: BTreeSet<Problem>,
     events: Option<UnboundedSender<EventRequest>>,
+    /// The VireoNodeConfigs' `Valid` conditions, and this node's VireoEndpoints.
+    status_sync: nodeconfig_status::StatusSync,
+    endpoint_sync: endpoints::EndpointSync,
     /// Last: dropped after everything above, stopping the thread.
     _runtime: Runtime,
 }
@@ -198,6 +207,9 @@ impl KubeSource {
         } else {
             (None, None)
         };
+        let (status_sync, status_task) = nodeconfig_status::StatusSync::new(Retry::default());
+        let (endpoint_sync, endpoint_task) =
+            endpoints::EndpointSync::new(&opts.node, Retry::default());
         let runtime = runtime::start(
             Tasks {
                 kubeconfig: opts.kubeconfig.clone(),
@@ -205,6 +217,7 @@ impl KubeSource {
                 coalesce: opts.coalesce,
                 watchers,
                 events: events_rx,
+                writers: vec![status_task, endpoint_task],
             },
             shared.clone(),
         )?;
@@ -226,6 +239,8 @@ impl KubeSource {
             rebuilds: 0,
             reported: BTreeSet::new(),
             events,
+            status_sync,
+            endpoint_sync,
             _runtime: runtime,
         })
     }
@@ -258,6 +273,9 @@ impl KubeSource {
         }
         self.asm.finish();
         let changed = !kinds.is_empty();
+        if changed || !self.delivered {
+            self.status_sync.observe(&self.asm.manifests);
+        }
         self.changed = if self.delivered {
             changed_of(&kinds)
         } else {
@@ -343,6 +361,13 @@ impl Source for KubeSource {
         }
         self.rebuilds += 1;
         self.report(control);
+    }
+
+    fn endpoints(&mut self, eps: &[LocalEndpoint]) {
+        // Before the first complete view the set would be empty: every endpoint would go.
+        if self.delivered {
+            self.endpoint_sync.set(eps, &self.asm.manifests.pods);
+        }
     }
 
     fn status(&self) -> Value {

@@ -22,6 +22,9 @@ use super::KubeError;
 pub(crate) type Starter =
     Box<dyn FnOnce(Client, Arc<Shared>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// A background task of the source (status and endpoint writers), given the client.
+pub(crate) type Task = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// The running thread; dropping it stops the runtime and joins the thread.
 pub(crate) struct Runtime {
     shutdown: Option<oneshot::Sender<()>>,
@@ -46,6 +49,8 @@ pub(crate) struct Tasks {
     pub coalesce: Duration,
     pub watchers: Vec<Starter>,
     pub events: Option<UnboundedReceiver<EventRequest>>,
+    /// Writers started with the watchers ([`Task`]).
+    pub writers: Vec<Task>,
 }
 
 /// Starts the thread; returns once the client is built (or could not be).
@@ -79,6 +84,9 @@ pub(crate) fn start(tasks: Tasks, shared: Arc<Shared>) -> Result<Runtime, KubeEr
                 }
                 if let Some(rx) = tasks.events {
                     tokio::spawn(events::writer(client.clone(), tasks.node, rx));
+                }
+                for w in tasks.writers {
+                    tokio::spawn(w(client.clone()));
                 }
                 tokio::spawn(coalesce(shared, tasks.coalesce));
                 let _ = shutdown_rx.await;
