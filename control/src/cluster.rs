@@ -84,6 +84,9 @@ pub struct ClusterView {
     /// Service ports with their backends, as any node sees them (see
     /// [`ClusterView::service_specs`] for one node's).
     pub services: Vec<ServicePortView>,
+    /// The label sets of pods that wait for a cluster-wide identity (none with node-local
+    /// identities), sorted: the source's allocator is asked for them.
+    pub unallocated: Vec<Labels>,
     /// Objects left out, one line each.
     pub warnings: Vec<String>,
     /// Where the warnings about services start in `warnings` (they come last).
@@ -165,9 +168,89 @@ fn label_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Vec<&'a Labels>
     v.into_iter().map(|(_, _, l)| l).collect()
 }
 
+/// A pod with an address and a node, before its identity is known.
+struct Placed<'a> {
+    ns: String,
+    name: String,
+    node: String,
+    ip: Ipv4Addr,
+    labels: Labels,
+    identity: Identity,
+    pod: &'a Pod,
+}
+
+/// Gives each pod its identity, and answers the identities in use and the label sets still
+/// without one.
+///
+/// - Node-local ([`Manifests::cluster_identities`] false): numbers from the label sets alone
+///   ([`IdentityAllocator::from_sets`]).
+/// - Cluster-wide: the number of a `VireoIdentity` holding the pod's label set (the lowest,
+///   should two hold it; never one the garbage collector marked, which may be about to go).
+///   A pod whose label set has none yet keeps the identity and labels it had in `prev` while
+///   its new one is allocated (as a Cilium endpoint keeps its identity when its labels
+///   change), as long as that identity still exists; a new pod waits, left out of the view,
+///   as a Cilium endpoint waits for its identity. Either way its label set is in the second
+///   list.
+fn assign_identities(
+    m: &Manifests,
+    prev: &ClusterView,
+    pods: &mut Vec<Placed<'_>>,
+) -> (IdentityAllocator, Vec<Labels>) {
+    if !m.cluster_identities {
+        let ids = IdentityAllocator::from_sets(label_sets(pods.iter().map(|p| &p.labels)));
+        for p in pods.iter_mut() {
+            p.identity = ids.get(&p.labels).unwrap_or(Identity::INIT);
+        }
+        return (ids, Vec::new());
+    }
+    let mut by_labels: rustc_hash::FxHashMap<&Labels, Identity> = Default::default();
+    for (n, ci) in m.identities.iter().filter(|(_, ci)| !ci.marked) {
+        // Ascending numbers: the lowest wins.
+        by_labels.entry(&ci.labels).or_insert(Identity(*n));
+    }
+    let mut used = Vec::new();
+    let mut seen = rustc_hash::FxHashSet::default();
+    let mut waiting = std::collections::BTreeSet::new();
+    pods.retain_mut(|p| {
+        if let Some(id) = by_labels.get(&p.labels) {
+            p.identity = *id;
+        } else {
+            waiting.insert(p.labels.clone());
+            let before = prev
+                .pods
+                .get(&(p.ns.clone(), p.name.clone()))
+                .filter(|old| {
+                    m.identities
+                        .get(&old.identity.0)
+                        .is_some_and(|ci| ci.labels == old.labels)
+                });
+            let Some(old) = before else {
+                return false;
+            };
+            p.identity = old.identity;
+            p.labels = old.labels.clone();
+        }
+        if seen.insert(p.identity) {
+            used.push((p.identity, p.labels.clone()));
+        }
+        true
+    });
+    (
+        IdentityAllocator::from_mapping(used),
+        waiting.into_iter().collect(),
+    )
+}
+
 impl ClusterView {
     /// Reduces manifests to the view.
     pub fn from_manifests(m: &Manifests) -> ClusterView {
+        ClusterView::from_manifests_after(m, &ClusterView::default())
+    }
+
+    /// [`ClusterView::from_manifests`], given the view the previous objects gave: with
+    /// cluster-wide identities, a pod whose label set has no identity yet keeps the one it
+    /// had there (see [`assign_identities`]).
+    pub fn from_manifests_after(m: &Manifests, prev: &ClusterView) -> ClusterView {
         let mut v = ClusterView::default();
         for (name, n) in &m.nodes {
             let ip = n
@@ -233,11 +316,27 @@ impl ClusterView {
                 .entry(ns.clone())
                 .or_insert_with(|| namespace_labels(m, ns));
             let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &*ns_labels);
-            pods.push((ns.clone(), name.clone(), node, ip, labels, p));
+            pods.push(Placed {
+                ns: ns.clone(),
+                name: name.clone(),
+                node,
+                ip,
+                labels,
+                identity: Identity::INIT,
+                pod: p,
+            });
         }
-        v.identities = IdentityAllocator::from_sets(label_sets(pods.iter().map(|p| &p.4)));
-        for (ns, name, node, ip, labels, p) in pods {
-            let identity = v.identities.get(&labels).unwrap_or(Identity::INIT);
+        (v.identities, v.unallocated) = assign_identities(m, prev, &mut pods);
+        for Placed {
+            ns,
+            name,
+            node,
+            ip,
+            labels,
+            identity,
+            pod: p,
+        } in pods
+        {
             let status = p.status.as_ref();
             // As Kubernetes, but a pod without a Ready condition counts as ready: the
             // sandbox (kubelet here) writes none.
@@ -533,5 +632,62 @@ status: {podIP: 'fd00::1'}
             gateway("10.244.1.0/24".parse().unwrap()),
             "10.244.1.1".parse::<Ipv4Addr>().unwrap()
         );
+    }
+
+    /// With cluster-wide identities: the numbers are the VireoIdentity objects', a marked one
+    /// is not taken, a new pod without one waits outside the view, and a pod whose labels
+    /// changed keeps its old number and labels until the new set has one.
+    #[test]
+    fn cluster_wide_identities_come_from_the_objects() {
+        let mut m = Manifests::default();
+        load_text(&mut m, TEXT, std::path::Path::new("t.yaml"));
+        m.cluster_identities = true;
+        let web = view().pods[&("default".into(), "a".into())].labels.clone();
+        let none = ClusterView::from_manifests(&m);
+        assert!(none.pods.is_empty(), "no identity, no pod");
+        assert_eq!(none.unallocated, vec![web.clone()]);
+        assert_eq!(none.identities.iter().count(), 0);
+
+        let held = |labels: &Labels, marked| crate::source::ClusterIdentity {
+            labels: labels.clone(),
+            marked,
+        };
+        m.identities.insert(70_000, held(&web, true));
+        let marked = ClusterView::from_manifests(&m);
+        assert!(marked.pods.is_empty(), "a marked number is not taken");
+        m.identities.insert(70_001, held(&web, false));
+        m.identities.insert(70_002, held(&web, false));
+        let v = ClusterView::from_manifests(&m);
+        assert_eq!(v.pods.len(), 2);
+        assert!(v.unallocated.is_empty());
+        assert!(
+            v.pods.values().all(|p| p.identity == Identity(70_001)),
+            "the lowest unmarked number holding the set"
+        );
+
+        // Pod a's labels change to a set without a number yet.
+        let a = m.pods.get_mut(&("default".into(), "a".into())).unwrap();
+        a.metadata.labels = Some(BTreeMap::from([("app".into(), "api".into())]));
+        let after = ClusterView::from_manifests_after(&m, &v);
+        let pa = &after.pods[&("default".into(), "a".into())];
+        assert_eq!(pa.identity, Identity(70_001), "keeps its number meanwhile");
+        assert_eq!(pa.labels, web, "with the labels that number stands for");
+        assert_eq!(after.unallocated.len(), 1);
+        assert_ne!(after.unallocated[0], web);
+        // Without the previous view (a restart) it waits instead.
+        let fresh = ClusterView::from_manifests(&m);
+        assert!(!fresh.pods.contains_key(&("default".into(), "a".into())));
+        // Once the new set has a number, the pod takes it.
+        let api = after.unallocated[0].clone();
+        m.identities.insert(70_100, held(&api, false));
+        let moved = ClusterView::from_manifests_after(&m, &after);
+        let pa = &moved.pods[&("default".into(), "a".into())];
+        assert_eq!((pa.identity, &pa.labels), (Identity(70_100), &api));
+        assert!(moved.unallocated.is_empty());
+        // A kept number that was deleted meanwhile is not kept.
+        m.identities.remove(&70_100);
+        m.identities.remove(&70_001);
+        let gone = ClusterView::from_manifests_after(&m, &after);
+        assert!(!gone.pods.contains_key(&("default".into(), "a".into())));
     }
 }

@@ -293,7 +293,7 @@ impl NodeControl {
                 let policies = std::thread::Builder::new()
                     .name("vireo-policies".into())
                     .spawn_scoped(s, || netpol::policies(m));
-                let view = ClusterView::from_manifests(m);
+                let view = ClusterView::from_manifests_after(m, &self.view);
                 let policies = match policies {
                     Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
                     Err(_) => netpol::policies(m),

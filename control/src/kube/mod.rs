@@ -30,6 +30,7 @@
 mod assemble;
 mod endpoints;
 pub mod events;
+mod identities;
 mod kinds;
 mod nodeconfig_status;
 mod reflect;
@@ -55,6 +56,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::allocator::gc::GcOptions;
 use crate::allocator::{LocalEndpoint, Retry};
 use crate::node::{Changed, NodeControl, Source, Waker};
 use crate::source::Manifests;
@@ -62,7 +64,7 @@ use assemble::Assembly;
 use events::{attribute, EventRequest, Problem};
 pub use kinds::{Kind, ObjKey};
 use kinds::{KindStore, StoreReader};
-use runtime::{Runtime, Starter, Tasks};
+use runtime::{IdentityTasks, Runtime, Starter, Tasks};
 use state::Shared;
 pub use status::UpdateLatency;
 
@@ -99,6 +101,11 @@ pub struct KubeOptions {
     pub coalesce: Duration,
     /// Whether problems with objects are written as Warning Events (default true).
     pub events: bool,
+    /// Whether pods take cluster-wide identities (`VireoIdentity` objects, allocated by this
+    /// source and garbage-collected; default true) rather than node-local ones.
+    pub cluster_identities: bool,
+    /// How unused identities are collected.
+    pub gc: GcOptions,
 }
 
 impl KubeOptions {
@@ -109,6 +116,8 @@ impl KubeOptions {
             node: node.to_string(),
             coalesce: Duration::from_millis(2),
             events: true,
+            cluster_identities: true,
+            gc: GcOptions::default(),
         }
     }
 }
@@ -135,6 +144,9 @@ pub struct KubeSource {
     /// The VireoNodeConfigs' `Valid` conditions, and this node's VireoEndpoints.
     status_sync: nodeconfig_status::StatusSync,
     endpoint_sync: endpoints::EndpointSync,
+    /// Cluster-wide identities (`None`: node-local): where to ask for label sets, what was
+    /// asked last, the allocator's status, and what the collector must keep.
+    identities: Option<IdentityClient>,
     /// Last: dropped after everything above, stopping the thread.
     _runtime: Runtime,
 }
@@ -148,11 +160,38 @@ impl Debug for KubeSource {
     }
 }
 
+/// The consumer's side of the identity tasks.
+struct IdentityClient {
+    requests: UnboundedSender<Vec<vireo_policy::Labels>>,
+    asked: Vec<vireo_policy::Labels>,
+    status: identities::SharedStatus,
+    in_use: identities::InUse,
+}
+
+impl IdentityClient {
+    /// After a publish: asks for the label sets the view waits for (when they changed), and
+    /// records what is in use.
+    fn published(&mut self, control: &NodeControl) {
+        let view = control.view();
+        if view.unallocated != self.asked {
+            self.asked.clone_from(&view.unallocated);
+            let _ = self.requests.send(self.asked.clone());
+        }
+        let used = view
+            .identities
+            .iter()
+            .map(|(_, l)| l.clone())
+            .chain(view.unallocated.iter().cloned())
+            .collect();
+        *identities::lock(&self.in_use) = Some(used);
+    }
+}
+
 /// What the kinds that changed change in the tables.
 fn changed_of(kinds: &BTreeSet<Kind>) -> Changed {
     let any = |ks: &[Kind]| ks.iter().any(|k| kinds.contains(k));
     Changed {
-        workloads: any(&[Kind::Namespace, Kind::Node, Kind::Pod]),
+        workloads: any(&[Kind::Namespace, Kind::Node, Kind::Pod, Kind::VireoIdentity]),
         services: any(&[Kind::Service, Kind::EndpointSlice]),
         policies: any(&[
             Kind::NetworkPolicy,
@@ -210,6 +249,27 @@ impl KubeSource {
         let (status_sync, status_task) = nodeconfig_status::StatusSync::new(Retry::default());
         let (endpoint_sync, endpoint_task) =
             endpoints::EndpointSync::new(&opts.node, Retry::default());
+        let (id_tasks, id_client) = if opts.cluster_identities {
+            let (tx, rx) = unbounded_channel();
+            let status = identities::SharedStatus::default();
+            let in_use = identities::InUse::default();
+            (
+                Some(IdentityTasks {
+                    requests: rx,
+                    status: status.clone(),
+                    in_use: in_use.clone(),
+                    gc: opts.gc.clone(),
+                }),
+                Some(IdentityClient {
+                    requests: tx,
+                    asked: Vec::new(),
+                    status,
+                    in_use,
+                }),
+            )
+        } else {
+            (None, None)
+        };
         let runtime = runtime::start(
             Tasks {
                 kubeconfig: opts.kubeconfig.clone(),
@@ -218,6 +278,7 @@ impl KubeSource {
                 watchers,
                 events: events_rx,
                 writers: vec![status_task, endpoint_task],
+                identities: id_tasks,
             },
             shared.clone(),
         )?;
@@ -226,10 +287,12 @@ impl KubeSource {
             kinds = Kind::ALL.len(),
             "Kubernetes source started"
         );
+        let mut asm = Assembly::default();
+        asm.manifests.cluster_identities = opts.cluster_identities;
         Ok(KubeSource {
             shared,
             stores,
-            asm: Assembly::default(),
+            asm,
             delivered: false,
             changed: Changed::ALL,
             started: Instant::now(),
@@ -241,6 +304,7 @@ impl KubeSource {
             events,
             status_sync,
             endpoint_sync,
+            identities: id_client,
             _runtime: runtime,
         })
     }
@@ -361,6 +425,9 @@ impl Source for KubeSource {
         }
         self.rebuilds += 1;
         self.report(control);
+        if let Some(ids) = self.identities.as_mut() {
+            ids.published(control);
+        }
     }
 
     fn endpoints(&mut self, eps: &[LocalEndpoint]) {
@@ -397,6 +464,10 @@ impl Source for KubeSource {
             "latency": self.latency.to_json(),
             "initial_sync_ms": self.initial_sync.map(|d| d.as_millis() as u64),
             "problems": self.reported.len(),
+            "identities": match &self.identities {
+                Some(ids) => identities::status_json(&identities::lock(&ids.status)),
+                None => json!({"mode": "node-local"}),
+            },
             "kinds": kinds,
         })
     }

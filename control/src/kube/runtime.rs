@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use super::events::{self, EventRequest};
+use super::identities;
 use super::state::Shared;
 use super::KubeError;
 
@@ -51,6 +52,17 @@ pub(crate) struct Tasks {
     pub events: Option<UnboundedReceiver<EventRequest>>,
     /// Writers started with the watchers ([`Task`]).
     pub writers: Vec<Task>,
+    /// Cluster-wide identities: the allocator's requests, its status, what is in use, and
+    /// the collector's options.
+    pub identities: Option<IdentityTasks>,
+}
+
+/// The cluster-wide identity tasks' inputs.
+pub(crate) struct IdentityTasks {
+    pub requests: UnboundedReceiver<Vec<vireo_policy::Labels>>,
+    pub status: identities::SharedStatus,
+    pub in_use: identities::InUse,
+    pub gc: crate::allocator::gc::GcOptions,
 }
 
 /// Starts the thread; returns once the client is built (or could not be).
@@ -87,6 +99,20 @@ pub(crate) fn start(tasks: Tasks, shared: Arc<Shared>) -> Result<Runtime, KubeEr
                 }
                 for w in tasks.writers {
                     tokio::spawn(w(client.clone()));
+                }
+                if let Some(t) = tasks.identities {
+                    tokio::spawn(identities::allocator(
+                        client.clone(),
+                        t.requests,
+                        t.status.clone(),
+                        shared.clone(),
+                    ));
+                    tokio::spawn(identities::collector(
+                        client.clone(),
+                        t.in_use,
+                        t.status,
+                        t.gc,
+                    ));
                 }
                 tokio::spawn(coalesce(shared, tasks.coalesce));
                 let _ = shutdown_rx.await;
