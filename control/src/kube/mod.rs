@@ -23,11 +23,16 @@
 //!   object that does not fit its type) become one Warning Event on the object each
 //!   ([`events`]), beside the warning in the log; the object is left out (a policy fails
 //!   closed), the rest is enforced.
+//! - **Writes.** The `Valid` condition of every VireoNodeConfig ([`nodeconfig_status`]) and the
+//!   VireoEndpoints of this node's pods ([`endpoints`], from [`Source::endpoints`]) are
+//!   written by tasks of the runtime, never by the consumer's thread.
 
 mod assemble;
+mod endpoints;
 pub mod events;
 mod identities;
 mod kinds;
+mod nodeconfig_status;
 mod reflect;
 mod runtime;
 mod state;
@@ -52,6 +57,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::allocator::gc::GcOptions;
+use crate::allocator::{LocalEndpoint, Retry};
 use crate::node::{Changed, NodeControl, Source, Waker};
 use crate::source::Manifests;
 use assemble::Assembly;
@@ -135,6 +141,9 @@ pub struct KubeSource {
     /// The problems reported (as Events) and still there at the last publish.
     reported: BTreeSet<Problem>,
     events: Option<UnboundedSender<EventRequest>>,
+    /// The VireoNodeConfigs' `Valid` conditions, and this node's VireoEndpoints.
+    status_sync: nodeconfig_status::StatusSync,
+    endpoint_sync: endpoints::EndpointSync,
     /// Cluster-wide identities (`None`: node-local): where to ask for label sets, what was
     /// asked last, the allocator's status, and what the collector must keep.
     identities: Option<IdentityClient>,
@@ -237,6 +246,9 @@ impl KubeSource {
         } else {
             (None, None)
         };
+        let (status_sync, status_task) = nodeconfig_status::StatusSync::new(Retry::default());
+        let (endpoint_sync, endpoint_task) =
+            endpoints::EndpointSync::new(&opts.node, Retry::default());
         let (id_tasks, id_client) = if opts.cluster_identities {
             let (tx, rx) = unbounded_channel();
             let status = identities::SharedStatus::default();
@@ -265,6 +277,7 @@ impl KubeSource {
                 coalesce: opts.coalesce,
                 watchers,
                 events: events_rx,
+                writers: vec![status_task, endpoint_task],
                 identities: id_tasks,
             },
             shared.clone(),
@@ -289,6 +302,8 @@ impl KubeSource {
             rebuilds: 0,
             reported: BTreeSet::new(),
             events,
+            status_sync,
+            endpoint_sync,
             identities: id_client,
             _runtime: runtime,
         })
@@ -322,6 +337,9 @@ impl KubeSource {
         }
         self.asm.finish();
         let changed = !kinds.is_empty();
+        if changed || !self.delivered {
+            self.status_sync.observe(&self.asm.manifests);
+        }
         self.changed = if self.delivered {
             changed_of(&kinds)
         } else {
@@ -409,6 +427,13 @@ impl Source for KubeSource {
         self.report(control);
         if let Some(ids) = self.identities.as_mut() {
             ids.published(control);
+        }
+    }
+
+    fn endpoints(&mut self, eps: &[LocalEndpoint]) {
+        // Before the first complete view the set would be empty: every endpoint would go.
+        if self.delivered {
+            self.endpoint_sync.set(eps, &self.asm.manifests.pods);
         }
     }
 

@@ -23,6 +23,9 @@ use super::KubeError;
 pub(crate) type Starter =
     Box<dyn FnOnce(Client, Arc<Shared>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// A background task of the source (status and endpoint writers), given the client.
+pub(crate) type Task = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// The running thread; dropping it stops the runtime and joins the thread.
 pub(crate) struct Runtime {
     shutdown: Option<oneshot::Sender<()>>,
@@ -47,6 +50,8 @@ pub(crate) struct Tasks {
     pub coalesce: Duration,
     pub watchers: Vec<Starter>,
     pub events: Option<UnboundedReceiver<EventRequest>>,
+    /// Writers started with the watchers ([`Task`]).
+    pub writers: Vec<Task>,
     /// Cluster-wide identities: the allocator's requests, its status, what is in use, and
     /// the collector's options.
     pub identities: Option<IdentityTasks>,
@@ -91,6 +96,9 @@ pub(crate) fn start(tasks: Tasks, shared: Arc<Shared>) -> Result<Runtime, KubeEr
                 }
                 if let Some(rx) = tasks.events {
                     tokio::spawn(events::writer(client.clone(), tasks.node, rx));
+                }
+                for w in tasks.writers {
+                    tokio::spawn(w(client.clone()));
                 }
                 if let Some(t) = tasks.identities {
                     tokio::spawn(identities::allocator(
