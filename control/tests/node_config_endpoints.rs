@@ -284,9 +284,13 @@ impl Agent {
     /// Feeds the source's views to control and hands back the endpoints, as the agent's
     /// reconcile does; `attached` are the pod interfaces attached.
     fn drive(&mut self, src: &mut KubeSource, attached: &[String]) {
-        src.poll_with(&mut |m, changed| self.control.apply_changed(m, changed));
+        let reread = src.poll_with(&mut |m, changed| self.control.apply_changed(m, changed));
         if let Some(p) = self.control.build_policy() {
             self.tables = p.tables;
+        }
+        if reread {
+            // As the agent: the source allocates the identities the view waits for.
+            src.published(&self.control);
         }
         let eps = self
             .control
