@@ -93,6 +93,13 @@ fn server_identities(s: &FakeApiServer) -> BTreeMap<u32, Value> {
         .collect()
 }
 
+/// Creates pod `default/name` on `node` with label `app`.
+fn create_pod(s: &FakeApiServer, name: &str, node: &str, ip: &str, app: &str) {
+    s.store()
+        .create(pod("default", name, node, ip, json!({"app": app})))
+        .unwrap();
+}
+
 fn default_pod_labels(app: &str) -> Labels {
     let pod = BTreeMap::from([("app".to_string(), app.to_string())]);
     let ns = BTreeMap::from([(
@@ -155,15 +162,7 @@ fn two_agents_give_every_pod_the_same_cluster_wide_identity() {
 fn a_label_change_moves_the_pod_to_the_new_identity() {
     let s = server();
     let mut a = Agent::on(&s, "node-1");
-    s.store()
-        .create(pod(
-            "default",
-            "web",
-            "node-1",
-            "10.1.1.5",
-            json!({"app": "web"}),
-        ))
-        .unwrap();
+    create_pod(&s, "web", "node-1", "10.1.1.5", "web");
     until(&mut [&mut a], "the pod with its identity", |g| {
         g.identity("default", "web").is_some()
     });
@@ -206,15 +205,7 @@ fn an_identity_marked_unused_is_taken_back_before_a_new_pod_uses_it() {
     obj["metadata"]["annotations"] = json!({"vireo.io/unused-since": "2026-01-01T00:00:00Z"});
     s.store().create(obj).unwrap();
     let mut a = Agent::on(&s, "node-1");
-    s.store()
-        .create(pod(
-            "default",
-            "db",
-            "node-1",
-            "10.1.1.7",
-            json!({"app": "db"}),
-        ))
-        .unwrap();
+    create_pod(&s, "db", "node-1", "10.1.1.7", "db");
     until(&mut [&mut a], "the pod with its identity", |g| {
         g.identity("default", "db").is_some()
     });
@@ -237,15 +228,7 @@ fn without_the_crd_new_pods_wait_and_the_status_says_why() {
     s.store()
         .create(node("node-1", "192.168.1.1", "10.1.1.0/24"))
         .unwrap();
-    s.store()
-        .create(pod(
-            "default",
-            "web",
-            "node-1",
-            "10.1.1.5",
-            json!({"app": "web"}),
-        ))
-        .unwrap();
+    create_pod(&s, "web", "node-1", "10.1.1.5", "web");
     let mut a = Agent::on(&s, "node-1");
     until(&mut [&mut a], "the allocation to fail", |g| {
         !g.src.status()["identities"]["last_error"].is_null()
