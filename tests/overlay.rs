@@ -147,6 +147,17 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     );
     let pods = String::from_utf8_lossy(&pods.stdout).to_string();
     assert!(pods.contains("pod/node-1-pod-1"), "{pods}");
+    // Each agent writes the VireoEndpoints of its node's pods.
+    let veps = kubectl(&["get", "vireoendpoints", "-A", "-o", "json"]);
+    let veps: serde_json::Value = serde_json::from_slice(&veps.stdout).expect("a list");
+    let vep = veps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["metadata"]["name"] == "node-2-pod-1")
+        .unwrap_or_else(|| panic!("no VireoEndpoint for node-2-pod-1: {veps}"));
+    assert_eq!(vep["status"]["state"], "ready", "{vep}");
+    assert_eq!(vep["status"]["networking"]["nodeName"], "node-2", "{vep}");
     // Identities are cluster-wide objects: each local endpoint's number is a VireoIdentity.
     let ids = kubectl(&["get", "vireoidentities", "-o", "name"]);
     let ids = String::from_utf8_lossy(&ids.stdout).to_string();
