@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
+use rustc_hash::FxHashMap;
 use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
@@ -88,6 +89,10 @@ pub struct ClusterView {
     pub warnings: Vec<String>,
     /// Where the warnings about services start in `warnings` (they come last).
     services_warnings_from: usize,
+    /// Some service port's backends were derived from the pods (a Service without slices).
+    services_read_pods: bool,
+    /// How many pods have each identity.
+    members: FxHashMap<Identity, usize>,
 }
 
 /// A pod's host-side interface name.
@@ -111,16 +116,25 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The TCP and UDP `containers[].ports[]` of a pod (others, and port 0, are left out).
 pub(crate) fn container_ports(p: &Pod) -> impl Iterator<Item = ContainerPortView> + '_ {
+    container_port_fields(p).map(|(name, port, proto)| ContainerPortView {
+        name: name.to_string(),
+        port,
+        proto,
+    })
+}
+
+/// [`container_ports`] as (name, port, protocol), borrowed.
+fn container_port_fields(p: &Pod) -> impl Iterator<Item = (&str, u16, u8)> + '_ {
     p.spec
         .iter()
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|cp| {
-            Some(ContainerPortView {
-                name: cp.name.clone().unwrap_or_default(),
-                port: services::port_number(cp.container_port)?,
-                proto: services::protocol(cp.protocol.as_deref())?,
-            })
+            Some((
+                cp.name.as_deref().unwrap_or_default(),
+                services::port_number(cp.container_port)?,
+                services::protocol(cp.protocol.as_deref())?,
+            ))
         })
 }
 
@@ -142,32 +156,156 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
-/// Each label set once, in the order [`IdentityAllocator::from_sets`] sorts them (FNV-1a of the
-/// canonical text, then the text), each key computed once. `from_sets` formats its key at
-/// every comparison: given the pods' label sets as they come (10 000 pods), sorting took most
-/// of [`ClusterView::from_manifests`]'s time; given this, its sort is one pass. The identities
-/// are the same either way (it sorts and removes repeats itself).
-fn label_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Vec<&'a Labels> {
-    let unique: rustc_hash::FxHashSet<&Labels> = sets.into_iter().collect();
-    let mut v: Vec<(u64, String, &Labels)> = unique
+/// The first IPv4 address of a pod's `status.podIP` / `status.podIPs`.
+fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref().and_then(|s| {
+        s.pod_ip
+            .as_deref()
+            .into_iter()
+            .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
+            .find_map(|i| i.parse::<Ipv4Addr>().ok())
+    })
+}
+
+/// A pod's (ready, terminating, terminal), as [`PodView`] has them.
+fn pod_state(p: &Pod) -> (bool, bool, bool) {
+    let status = p.status.as_ref();
+    // As Kubernetes, but a pod without a Ready condition counts as ready: the sandbox
+    // (kubelet here) writes none.
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
         .into_iter()
-        .map(|l| {
-            let c = l.canonical();
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in c.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .is_none_or(|c| c.status == "True");
+    let terminal = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    (ready, p.metadata.deletion_timestamp.is_some(), terminal)
+}
+
+/// The view of pod `p` on node `node` at `ip` (its identity still [`Identity::INIT`]: see
+/// [`assign_identities`]).
+fn pod_view(
+    (ns, name): (&str, &str),
+    p: &Pod,
+    node: &str,
+    ip: Ipv4Addr,
+    ns_labels: &BTreeMap<String, String>,
+) -> PodView {
+    let (ready, terminating, terminal) = pod_state(p);
+    PodView {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+        ip,
+        labels: Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels),
+        identity: Identity::INIT,
+        pod_labels: p.metadata.labels.clone().unwrap_or_default(),
+        ports: container_ports(p).collect(),
+        ready,
+        terminating,
+        terminal,
+    }
+}
+
+/// Whether `prev` (of the same pod, in the same namespace) is what [`pod_view`] makes of `p`
+/// on `node` at `ip`, given that the namespace's labels did not change (identity aside). Every
+/// input of [`pod_view`] is compared here.
+fn pod_unchanged(prev: &PodView, p: &Pod, node: &str, ip: Ipv4Addr) -> bool {
+    let empty = BTreeMap::new();
+    prev.node == node
+        && prev.ip == ip
+        && *p.metadata.labels.as_ref().unwrap_or(&empty) == prev.pod_labels
+        && pod_state(p) == (prev.ready, prev.terminating, prev.terminal)
+        && container_port_fields(p).eq(prev
+            .ports
+            .iter()
+            .map(|c| (c.name.as_str(), c.port, c.proto)))
+}
+
+/// The identity step: numbers the pods' label sets and gives each pod its set's number.
+///
+/// `pods` are the view's pods, those at `fresh` made anew and the others taken over from the
+/// previous view with their identity; `prev` holds the previous view's identities and how
+/// many of its pods had each, and `gone` the identities of its pods not taken over. The
+/// numbering depends only on the set of label sets ([`IdentityAllocator::from_sets`]): when
+/// that set is the same, `prev` is kept as it is, and only the fresh pods' label sets are
+/// looked up. Answers the identities and how many pods have each.
+fn assign_identities(
+    pods: &mut [((String, String), PodView)],
+    fresh: &[usize],
+    gone: &[Identity],
+    (prev, mut members): (IdentityAllocator, FxHashMap<Identity, usize>),
+) -> (IdentityAllocator, FxHashMap<Identity, usize>) {
+    for id in gone {
+        if let Some(n) = members.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                members.remove(id);
             }
-            (h, c, l)
-        })
+        }
+    }
+    let mut new_sets: Vec<Labels> = Vec::new();
+    for &i in fresh {
+        let p = &mut pods[i].1;
+        match prev.get(&p.labels) {
+            Some(id) => {
+                p.identity = id;
+                *members.entry(id).or_default() += 1;
+            }
+            None => {
+                p.identity = Identity::INIT;
+                if !new_sets.contains(&p.labels) {
+                    new_sets.push(p.labels.clone());
+                }
+            }
+        }
+    }
+    if new_sets.is_empty() && members.len() == prev.len() {
+        return (prev, members);
+    }
+    // Another set of label sets: numbered again, each pod's number translated.
+    let ids = IdentityAllocator::from_sets(
+        prev.iter()
+            .filter(|(id, _)| members.contains_key(id))
+            .map(|(_, l)| l)
+            .chain(&new_sets),
+    );
+    let renumber: FxHashMap<Identity, Identity> = prev
+        .iter()
+        .filter_map(|(old, l)| Some((old, ids.get(l)?)))
         .collect();
-    v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    v.into_iter().map(|(_, _, l)| l).collect()
+    let mut counts: FxHashMap<Identity, usize> = FxHashMap::default();
+    for (_, p) in pods.iter_mut() {
+        let id = match renumber.get(&p.identity) {
+            Some(id) if p.identity != Identity::INIT => *id,
+            _ => ids.get(&p.labels).unwrap_or(Identity::INIT),
+        };
+        p.identity = id;
+        *counts.entry(id).or_default() += 1;
+    }
+    (ids, counts)
 }
 
 impl ClusterView {
     /// Reduces manifests to the view.
     pub fn from_manifests(m: &Manifests) -> ClusterView {
+        ClusterView::rebuild(m, ClusterView::default(), true).0
+    }
+
+    /// [`ClusterView::from_manifests`]`(m)`, taking over from `prev` (the view of earlier
+    /// objects) what the changes leave as it was: the view of each pod whose own fields and
+    /// namespace labels are unchanged, the identities when the set of label sets is the same,
+    /// and the service ports when `services_changed` is false (the Services and EndpointSlices
+    /// are those `prev` was made from) and none of them was derived from pods. Also answers
+    /// whether the service ports were read again.
+    pub fn rebuild(
+        m: &Manifests,
+        mut prev: ClusterView,
+        services_changed: bool,
+    ) -> (ClusterView, bool) {
         let mut v = ClusterView::default();
         for (name, n) in &m.nodes {
             let ip = n
@@ -199,16 +337,23 @@ impl ClusterView {
         for ns in m.namespaces.keys() {
             v.namespaces.insert(ns.clone(), namespace_labels(m, ns));
         }
-        let mut pods = Vec::new();
+        // Namespaces whose labels are those of `prev`: their pods' label sets are too.
+        let mut same_ns: BTreeMap<&str, bool> = BTreeMap::new();
+        // `prev`'s pods, walked along with `m`'s (both in key order).
+        let mut old = std::mem::take(&mut prev.pods).into_iter().peekable();
+        let mut pods = Vec::with_capacity(m.pods.len());
+        // Pods made anew (at these indices of `pods`), and the identities of `prev`'s pods
+        // that were not taken over.
+        let mut fresh = Vec::new();
+        let mut gone = Vec::new();
         for ((ns, name), p) in &m.pods {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            let ip = p.status.as_ref().and_then(|s| {
-                s.pod_ip
-                    .as_deref()
-                    .into_iter()
-                    .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
-                    .find_map(|i| i.parse::<Ipv4Addr>().ok())
-            });
+            let at = (ns.as_str(), name.as_str());
+            while let Some((_, o)) = old.next_if(|((n, k), _)| (n.as_str(), k.as_str()) < at) {
+                gone.push(o.identity);
+            }
+            let old = old.next_if(|((n, k), _)| (n.as_str(), k.as_str()) == at);
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let ip = pod_ip(p);
             if ip.is_none() {
                 // An address that is no IP at all (not an IPv6 one) is a broken object.
                 let bad = p.status.as_ref().and_then(|s| {
@@ -226,52 +371,47 @@ impl ClusterView {
             }
             let (Some(node), Some(ip)) = (node, ip) else {
                 // Not scheduled or not running yet: nothing to route.
+                gone.extend(old.map(|(_, o)| o.identity));
                 continue;
             };
-            let ns_labels = v
-                .namespaces
-                .entry(ns.clone())
-                .or_insert_with(|| namespace_labels(m, ns));
-            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &*ns_labels);
-            pods.push((ns.clone(), name.clone(), node, ip, labels, p));
+            if !v.namespaces.contains_key(ns) {
+                v.namespaces.insert(ns.clone(), namespace_labels(m, ns));
+            }
+            let ns_labels = &v.namespaces[ns];
+            let same = *same_ns
+                .entry(ns)
+                .or_insert_with(|| prev.namespaces.get(ns) == Some(&*ns_labels));
+            match old {
+                Some((key, old)) if same && pod_unchanged(&old, p, node, ip) => {
+                    pods.push((key, old));
+                }
+                other => {
+                    gone.extend(other.map(|(_, o)| o.identity));
+                    fresh.push(pods.len());
+                    let view = pod_view((ns, name), p, node, ip, ns_labels);
+                    pods.push(((ns.clone(), name.clone()), view));
+                }
+            }
         }
-        v.identities = IdentityAllocator::from_sets(label_sets(pods.iter().map(|p| &p.4)));
-        for (ns, name, node, ip, labels, p) in pods {
-            let identity = v.identities.get(&labels).unwrap_or(Identity::INIT);
-            let status = p.status.as_ref();
-            // As Kubernetes, but a pod without a Ready condition counts as ready: the
-            // sandbox (kubelet here) writes none.
-            let ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .find(|c| c.type_ == "Ready")
-                .is_none_or(|c| c.status == "True");
-            let terminal = matches!(
-                status.and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            let ports = container_ports(p).collect();
-            v.pods.insert(
-                (ns.clone(), name.clone()),
-                PodView {
-                    namespace: ns,
-                    name,
-                    node,
-                    ip,
-                    labels,
-                    identity,
-                    pod_labels: p.metadata.labels.clone().unwrap_or_default(),
-                    ports,
-                    ready,
-                    terminating: p.metadata.deletion_timestamp.is_some(),
-                    terminal,
-                },
-            );
-        }
+        gone.extend(old.map(|(_, o)| o.identity));
+        let prev_ids = (
+            std::mem::take(&mut prev.identities),
+            std::mem::take(&mut prev.members),
+        );
+        (v.identities, v.members) = assign_identities(&mut pods, &fresh, &gone, prev_ids);
+        v.pods = pods.into_iter().collect();
         v.services_warnings_from = v.warnings.len();
-        v.services = services::service_ports(m, &v.pods, &mut v.warnings);
-        v
+        let read = services_changed || prev.services_read_pods;
+        if read {
+            let (services, read_pods) = services::service_ports(m, &v.pods, &mut v.warnings);
+            v.services = services;
+            v.services_read_pods = read_pods;
+        } else {
+            v.services = prev.services;
+            v.warnings
+                .extend(prev.warnings.drain(prev.services_warnings_from..));
+        }
+        (v, read)
     }
 
     /// Reads the Services and EndpointSlices of `m` again, keeping the rest of the view: what
@@ -279,7 +419,9 @@ impl ClusterView {
     /// was made (their warnings are replaced).
     pub fn refresh_services(&mut self, m: &Manifests) {
         self.warnings.truncate(self.services_warnings_from);
-        self.services = services::service_ports(m, &self.pods, &mut self.warnings);
+        let (services, read_pods) = services::service_ports(m, &self.pods, &mut self.warnings);
+        self.services = services;
+        self.services_read_pods = read_pods;
     }
 
     /// The service ports as node `me` (underlay address `node_ip`, if known) serves them:
@@ -485,39 +627,6 @@ status: {podIP: 'fd00::1'}
             "{}",
             v.warnings[0]
         );
-    }
-
-    #[test]
-    fn label_sets_come_in_the_allocators_order() {
-        let sets: Vec<Labels> = (0..200)
-            .map(|i| {
-                let l = BTreeMap::from([("app".to_string(), format!("a{}", i % 50))]);
-                Labels::for_pod("default", &l, &BTreeMap::new())
-            })
-            .collect();
-        let ours = label_sets(&sets);
-        assert_eq!(ours.len(), 50);
-        let a = IdentityAllocator::from_sets(ours.iter().copied());
-        let b = IdentityAllocator::from_sets(&sets);
-        for l in &sets {
-            assert_eq!(a.get(l), b.get(l));
-        }
-        // Already sorted as the allocator sorts: sorting again changes nothing.
-        let mut again = ours.clone();
-        again.sort_by_key(|l| {
-            let c = l.canonical();
-            (fnv(&c), c)
-        });
-        assert_eq!(again, ours);
-    }
-
-    fn fnv(s: &str) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in s.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
     }
 
     #[test]

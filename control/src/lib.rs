@@ -17,6 +17,8 @@ pub mod kube;
 pub mod neigh;
 pub mod netpol;
 pub mod node;
+#[cfg(test)]
+mod reuse_tests;
 pub mod services;
 pub mod source;
 pub mod trace;
