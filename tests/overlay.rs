@@ -121,6 +121,8 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     for n in ["node-1", "node-2"] {
         let a = s.json(&["status", "--json", "--node", n]);
         assert_eq!(a["source"]["kind"], "kube", "{n}: {}", a["source"]);
+        assert_eq!(a["source"]["identities"]["mode"], "cluster", "{n}");
+        assert_eq!(a["source"]["identities"]["waiting"], 0, "{n}");
     }
     // Every check passes through the API server, as on the manifest source.
     let names = connectivity_passes(&s);
@@ -145,6 +147,23 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     );
     let pods = String::from_utf8_lossy(&pods.stdout).to_string();
     assert!(pods.contains("pod/node-1-pod-1"), "{pods}");
+    // Identities are cluster-wide objects: each local endpoint's number is a VireoIdentity.
+    let ids = kubectl(&["get", "vireoidentities", "-o", "name"]);
+    let ids = String::from_utf8_lossy(&ids.stdout).to_string();
+    for n in ["node-1", "node-2"] {
+        for ep in s
+            .json(&["map", "get", "endpoints", "--json", "--node", n])
+            .as_array()
+            .unwrap()
+        {
+            let id = ep["identity"].as_u64().unwrap();
+            assert!(
+                ids.lines()
+                    .any(|l| l == format!("vireoidentity.vireo.io/{id}")),
+                "{n}: endpoint identity {id} is no VireoIdentity: {ids}"
+            );
+        }
+    }
     let target = s.json(&["sandbox", "status", "--json"])["pods"]
         .as_array()
         .unwrap()

@@ -223,7 +223,14 @@ fn main() {
         s.samples,
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let server = FakeApiServer::start(Options::default().cilium_crds()).unwrap();
+    // Vireo's CRDs too: pods take cluster-wide identities (VireoIdentity objects), as in a
+    // cluster; the first sync allocates one per label set.
+    let opts = vireo_control::crd::vireo_crds()
+        .into_iter()
+        .fold(Options::default().cilium_crds(), |o, c| {
+            o.crd(serde_json::to_value(c).expect("a CRD as JSON"))
+        });
+    let server = FakeApiServer::start(opts).unwrap();
     let t = Instant::now();
     populate(&server, &s);
     println!(
@@ -242,8 +249,13 @@ fn main() {
         let _ = tx.lock().unwrap().send(());
     }));
     let mut control = NodeControl::new("node-000");
+    // The first view waits for the pods' identities; the one after their allocation has them.
+    let mut first = None;
     let first = loop {
         if let Some(split) = rebuild(&mut src, &mut control, false) {
+            first.get_or_insert(split);
+        }
+        if let Some(split) = first.filter(|_| control.view().unallocated.is_empty()) {
             break split;
         }
         let _ = rx.recv_timeout(Duration::from_millis(100));

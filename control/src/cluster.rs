@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
@@ -85,6 +85,9 @@ pub struct ClusterView {
     /// Service ports with their backends, as any node sees them (see
     /// [`ClusterView::service_specs`] for one node's).
     pub services: Vec<ServicePortView>,
+    /// The label sets of pods that wait for a cluster-wide identity (none with node-local
+    /// identities), sorted: the source's allocator is asked for them.
+    pub unallocated: Vec<Labels>,
     /// Objects left out, one line each.
     pub warnings: Vec<String>,
     /// Where the warnings about services start in `warnings` (they come last).
@@ -93,6 +96,9 @@ pub struct ClusterView {
     services_read_pods: bool,
     /// How many pods have each identity.
     members: FxHashMap<Identity, usize>,
+    /// Pods that keep their previous identity (and labels) while their new label set waits for
+    /// one: never taken over as they are by the next rebuild.
+    provisional: FxHashSet<(String, String)>,
 }
 
 /// A pod's host-side interface name.
@@ -289,7 +295,90 @@ fn assign_identities(
     (ids, counts)
 }
 
+/// The identity step with cluster-wide identities ([`Manifests::cluster_identities`]): each
+/// pod takes the number of a `VireoIdentity` holding its label set (the lowest, should two
+/// hold it; never one the garbage collector marked, which may be about to go). A pod taken over
+/// from the previous view keeps its number while that still holds its labels unmarked.
+///
+/// A pod whose label set has no number yet keeps the number and labels it had before
+/// (`before[i]` for a pod made anew, its own for one taken over) while its new one is
+/// allocated, as a Cilium endpoint keeps its identity when its labels change, as long as that
+/// number still holds those labels; a new pod waits, left out of the view, as a Cilium endpoint
+/// waits for its identity. Either way its label set is in the second list (sorted).
+fn cluster_identities(
+    m: &Manifests,
+    pods: &mut Vec<((String, String), PodView)>,
+    fresh: &[usize],
+    mut before: FxHashMap<usize, (Identity, Labels)>,
+) -> (IdentityAllocator, Vec<Labels>, FxHashSet<(String, String)>) {
+    let holds = |id: Identity, labels: &Labels, marked_ok: bool| {
+        m.identities
+            .get(&id.0)
+            .is_some_and(|ci| ci.labels == *labels && (marked_ok || !ci.marked))
+    };
+    let fresh: rustc_hash::FxHashSet<usize> = fresh.iter().copied().collect();
+    let mut by_labels: Option<FxHashMap<&Labels, Identity>> = None;
+    let mut used = Vec::new();
+    let mut seen = rustc_hash::FxHashSet::default();
+    let mut waiting = std::collections::BTreeSet::new();
+    let mut provisional = FxHashSet::default();
+    let mut i = 0;
+    pods.retain_mut(|(key, p)| {
+        let at = i;
+        i += 1;
+        let taken_over = !fresh.contains(&at);
+        if !(taken_over && holds(p.identity, &p.labels, false)) {
+            let by_labels = by_labels.get_or_insert_with(|| {
+                let mut map = FxHashMap::default();
+                // Ascending numbers: the lowest wins.
+                for (n, ci) in m.identities.iter().filter(|(_, ci)| !ci.marked) {
+                    map.entry(&ci.labels).or_insert(Identity(*n));
+                }
+                map
+            });
+            match by_labels.get(&p.labels) {
+                Some(id) => p.identity = *id,
+                None => {
+                    waiting.insert(p.labels.clone());
+                    let old = if taken_over {
+                        Some((p.identity, p.labels.clone()))
+                    } else {
+                        before.remove(&at)
+                    };
+                    match old.filter(|(id, l)| holds(*id, l, true)) {
+                        Some((id, l)) => {
+                            p.identity = id;
+                            p.labels = l;
+                            provisional.insert(key.clone());
+                        }
+                        None => return false,
+                    }
+                }
+            }
+        }
+        if seen.insert(p.identity) {
+            used.push((p.identity, p.labels.clone()));
+        }
+        true
+    });
+    (
+        IdentityAllocator::from_mapping(used),
+        waiting.into_iter().collect(),
+        provisional,
+    )
+}
+
 impl ClusterView {
+    /// A view that [`ClusterView::rebuild`] takes nothing over from but the pods' previous
+    /// identities (their namespaces are unknown, so every pod is made anew): what a rebuild
+    /// from scratch that keeps a relabelled pod's cluster-wide identity starts from.
+    pub(crate) fn pods_only(self) -> ClusterView {
+        ClusterView {
+            pods: self.pods,
+            ..ClusterView::default()
+        }
+    }
+
     /// Reduces manifests to the view.
     pub fn from_manifests(m: &Manifests) -> ClusterView {
         ClusterView::rebuild(m, ClusterView::default(), true).0
@@ -346,6 +435,8 @@ impl ClusterView {
         // that were not taken over.
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
+        // With cluster-wide identities: the previous number and labels of pods made anew.
+        let mut before = FxHashMap::default();
         for ((ns, name), p) in &m.pods {
             let at = (ns.as_str(), name.as_str());
             while let Some((_, o)) = old.next_if(|((n, k), _)| (n.as_str(), k.as_str()) < at) {
@@ -382,10 +473,19 @@ impl ClusterView {
                 .entry(ns)
                 .or_insert_with(|| prev.namespaces.get(ns) == Some(&*ns_labels));
             match old {
-                Some((key, old)) if same && pod_unchanged(&old, p, node, ip) => {
+                Some((key, old))
+                    if same
+                        && pod_unchanged(&old, p, node, ip)
+                        && !prev.provisional.contains(&key) =>
+                {
                     pods.push((key, old));
                 }
                 other => {
+                    if m.cluster_identities {
+                        if let Some((_, o)) = &other {
+                            before.insert(pods.len(), (o.identity, o.labels.clone()));
+                        }
+                    }
                     gone.extend(other.map(|(_, o)| o.identity));
                     fresh.push(pods.len());
                     let view = pod_view((ns, name), p, node, ip, ns_labels);
@@ -398,7 +498,12 @@ impl ClusterView {
             std::mem::take(&mut prev.identities),
             std::mem::take(&mut prev.members),
         );
-        (v.identities, v.members) = assign_identities(&mut pods, &fresh, &gone, prev_ids);
+        if m.cluster_identities {
+            (v.identities, v.unallocated, v.provisional) =
+                cluster_identities(m, &mut pods, &fresh, before);
+        } else {
+            (v.identities, v.members) = assign_identities(&mut pods, &fresh, &gone, prev_ids);
+        }
         v.pods = pods.into_iter().collect();
         v.services_warnings_from = v.warnings.len();
         let read = services_changed || prev.services_read_pods;
@@ -642,5 +747,62 @@ status: {podIP: 'fd00::1'}
             gateway("10.244.1.0/24".parse().unwrap()),
             "10.244.1.1".parse::<Ipv4Addr>().unwrap()
         );
+    }
+
+    /// With cluster-wide identities: the numbers are the VireoIdentity objects', a marked one
+    /// is not taken, a new pod without one waits outside the view, and a pod whose labels
+    /// changed keeps its old number and labels until the new set has one.
+    #[test]
+    fn cluster_wide_identities_come_from_the_objects() {
+        let mut m = Manifests::default();
+        load_text(&mut m, TEXT, std::path::Path::new("t.yaml"));
+        m.cluster_identities = true;
+        let web = view().pods[&("default".into(), "a".into())].labels.clone();
+        let none = ClusterView::from_manifests(&m);
+        assert!(none.pods.is_empty(), "no identity, no pod");
+        assert_eq!(none.unallocated, vec![web.clone()]);
+        assert_eq!(none.identities.iter().count(), 0);
+
+        let held = |labels: &Labels, marked| crate::source::ClusterIdentity {
+            labels: labels.clone(),
+            marked,
+        };
+        m.identities.insert(70_000, held(&web, true));
+        let marked = ClusterView::from_manifests(&m);
+        assert!(marked.pods.is_empty(), "a marked number is not taken");
+        m.identities.insert(70_001, held(&web, false));
+        m.identities.insert(70_002, held(&web, false));
+        let v = ClusterView::from_manifests(&m);
+        assert_eq!(v.pods.len(), 2);
+        assert!(v.unallocated.is_empty());
+        assert!(
+            v.pods.values().all(|p| p.identity == Identity(70_001)),
+            "the lowest unmarked number holding the set"
+        );
+
+        // Pod a's labels change to a set without a number yet.
+        let a = m.pods.get_mut(&("default".into(), "a".into())).unwrap();
+        a.metadata.labels = Some(BTreeMap::from([("app".into(), "api".into())]));
+        let after = ClusterView::rebuild(&m, v.clone(), true).0;
+        let pa = &after.pods[&("default".into(), "a".into())];
+        assert_eq!(pa.identity, Identity(70_001), "keeps its number meanwhile");
+        assert_eq!(pa.labels, web, "with the labels that number stands for");
+        assert_eq!(after.unallocated.len(), 1);
+        assert_ne!(after.unallocated[0], web);
+        // Without the previous view (a restart) it waits instead.
+        let fresh = ClusterView::from_manifests(&m);
+        assert!(!fresh.pods.contains_key(&("default".into(), "a".into())));
+        // Once the new set has a number, the pod takes it.
+        let api = after.unallocated[0].clone();
+        m.identities.insert(70_100, held(&api, false));
+        let moved = ClusterView::rebuild(&m, after.clone(), true).0;
+        let pa = &moved.pods[&("default".into(), "a".into())];
+        assert_eq!((pa.identity, &pa.labels), (Identity(70_100), &api));
+        assert!(moved.unallocated.is_empty());
+        // A kept number that was deleted meanwhile is not kept.
+        m.identities.remove(&70_100);
+        m.identities.remove(&70_001);
+        let gone = ClusterView::rebuild(&m, after.clone(), true).0;
+        assert!(!gone.pods.contains_key(&("default".into(), "a".into())));
     }
 }

@@ -273,6 +273,10 @@ pub struct Config {
     pub services: ServicesConfig,
 }
 
+/// The environment variable that names the node when the file does not (the DaemonSet sets it
+/// from the pod's `spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "VIREO_NODE_NAME";
+
 fn default_vxlan_port() -> u16 {
     8472
 }
@@ -303,12 +307,28 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates YAML text; `path` is for messages.
+    /// Parses and validates YAML text; `path` is for messages. Without `node`, the node's name
+    /// is taken from the environment variable [`NODE_NAME_ENV`] if set.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_node_env(text, path, std::env::var(NODE_NAME_ENV).ok())
+    }
+
+    /// [`Config::parse`] with `env_node` as the value of [`NODE_NAME_ENV`]: the node's name
+    /// when the text gives none (or an empty one).
+    pub fn parse_with_node_env(
+        text: &str,
+        path: &Path,
+        env_node: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             msg: e.to_string().replace('\n', " "),
         })?;
+        if cfg.node.as_deref().unwrap_or("").is_empty() {
+            if let Some(n) = env_node.filter(|n| !n.is_empty()) {
+                cfg.node = Some(n);
+            }
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -546,8 +566,35 @@ mod tests {
             .find(|d| d["kind"] == "ConfigMap")
             .expect("a ConfigMap");
         let yaml = cm["data"]["vireo.yaml"].as_str().expect("vireo.yaml");
-        let cfg = Config::parse(yaml, Path::new("vireo.yaml")).expect("valid");
+        let cfg = Config::parse_with_node_env(yaml, Path::new("vireo.yaml"), Some("node-1".into()))
+            .expect("valid");
         assert_eq!(cfg.services.maglev_table_size, 16381);
+        // The Kubernetes source, in-cluster; the node's name from VIREO_NODE_NAME.
+        assert_eq!(
+            cfg.source,
+            Some(SourceConfig::Kubernetes(KubernetesConfig::default()))
+        );
+        assert_eq!(cfg.node.as_deref(), Some("node-1"));
+        let e = Config::parse_with_node_env(yaml, Path::new("vireo.yaml"), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("node: a source needs the node's own name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_node_name_comes_from_the_environment_only_when_the_file_has_none() {
+        let text = "node: from-file\n";
+        let p = Path::new("t.yaml");
+        let c = Config::parse_with_node_env(text, p, Some("from-env".into())).unwrap();
+        assert_eq!(c.node.as_deref(), Some("from-file"));
+        let c = Config::parse_with_node_env("{}", p, Some("from-env".into())).unwrap();
+        assert_eq!(c.node.as_deref(), Some("from-env"));
+        let c = Config::parse_with_node_env("node: ''\n", p, Some("from-env".into())).unwrap();
+        assert_eq!(c.node.as_deref(), Some("from-env"));
+        let c = Config::parse_with_node_env("{}", p, Some(String::new())).unwrap();
+        assert_eq!(c.node, None);
     }
 
     fn err(text: &str) -> String {

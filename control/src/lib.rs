@@ -17,6 +17,7 @@ pub mod kube;
 pub mod neigh;
 pub mod netpol;
 pub mod node;
+pub mod nodeconfig;
 #[cfg(test)]
 mod reuse_tests;
 pub mod services;

@@ -16,8 +16,11 @@ use std::time::{Instant, SystemTime};
 
 use rustc_hash::FxHashSet;
 use vireo_lb::ServiceTable;
-use vireo_policy::{Compiler, Identity, IdentityAllocator, IpCache, Labels, PolicyTables};
+use vireo_policy::{
+    Compiler, Direction, Identity, IdentityAllocator, IpCache, Labels, PolicyTables,
+};
 
+use crate::allocator::{EndpointState, EndpointStatus, LocalEndpoint};
 use crate::cluster::{gateway, pod_ifname, pod_mac, ClusterView, NAMESPACE_NAME_LABEL};
 use crate::config::ServicesConfig;
 use crate::kube::UpdateLatency;
@@ -65,6 +68,12 @@ pub trait Source {
     fn status(&self) -> serde_json::Value {
         serde_json::json!({"kind": "unknown"})
     }
+
+    /// This node's pods as their `VireoEndpoint`s are to show them, after every reconcile (the
+    /// same set again when nothing changed). A source that writes them back (the Kubernetes
+    /// source) publishes what changed and deletes those of pods gone from the set, without
+    /// blocking; the default does nothing.
+    fn endpoints(&mut self, _eps: &[LocalEndpoint]) {}
 }
 
 /// Which kinds of objects changed between two polls, so that [`NodeControl::apply_changed`]
@@ -354,8 +363,8 @@ impl NodeControl {
             self.policy_cache = netpol::PolicyCache::default();
         }
         if changed.workloads {
-            self.view = ClusterView::default();
-            // The empty view has no service ports to take over.
+            self.view = std::mem::take(&mut self.view).pods_only();
+            // The view has no service ports to take over.
             let services = true;
             return self.apply_changed(
                 m,
@@ -431,6 +440,45 @@ impl NodeControl {
                 ip: p.ip,
                 mac: pod_mac(p.ip),
                 identity: p.identity.0,
+            })
+            .collect()
+    }
+
+    /// This node's pods as their `VireoEndpoint`s show them: identity and labels, address,
+    /// node, whether `policy` (the tables in force, of revision `revision`) enforces each
+    /// direction, and `ready` when `attached(ifname)` says its interface is attached, else
+    /// `waiting-for-interface`. Sorted by namespace and name.
+    pub fn local_endpoints(
+        &self,
+        policy: &PolicyTables,
+        revision: u64,
+        attached: &dyn Fn(&str) -> bool,
+    ) -> Vec<LocalEndpoint> {
+        let node_ip = self.node_ip();
+        self.view
+            .pods_on(&self.node)
+            .map(|p| {
+                let table = policy.get(p.identity.0);
+                let enforced = |d| table.is_some_and(|t| t.enforced(d));
+                LocalEndpoint {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    status: EndpointStatus {
+                        identity: p.identity,
+                        labels: p.labels.clone(),
+                        ipv4: Some(p.ip),
+                        node_name: self.node.clone(),
+                        node_ip,
+                        ingress_enforcing: enforced(Direction::Ingress),
+                        egress_enforcing: enforced(Direction::Egress),
+                        policy_revision: revision,
+                        state: if attached(&pod_ifname(&p.namespace, &p.name)) {
+                            EndpointState::Ready
+                        } else {
+                            EndpointState::WaitingForInterface
+                        },
+                    },
+                }
             })
             .collect()
     }
@@ -646,6 +694,28 @@ spec:
             db.and_then(|e| e.tunnel),
             Some(Ipv4Addr::new(192, 168, 100, 12))
         );
+    }
+
+    #[test]
+    fn local_endpoints_show_identity_policy_and_state() {
+        let mut c = NodeControl::new("node-1");
+        c.apply(&manifests(CLUSTER));
+        let p = c.build_policy().unwrap();
+        let web = pod_ifname("default", "web");
+        let eps = c.local_endpoints(&p.tables, 3, &|i| i == web);
+        assert_eq!(eps.len(), 1, "only node-1's pods: {eps:?}");
+        let e = &eps[0];
+        assert_eq!((e.namespace.as_str(), e.name.as_str()), ("default", "web"));
+        let s = &e.status;
+        assert_eq!(s.ipv4, Some(Ipv4Addr::new(10, 244, 1, 10)));
+        assert_eq!(s.node_ip, Some(Ipv4Addr::new(192, 168, 100, 11)));
+        assert_eq!(s.identity.0, c.pod_endpoints()[0].identity);
+        assert_eq!(s.labels.get("k8s:app"), Some("web"));
+        assert!(s.ingress_enforcing, "the CNP selects web for ingress");
+        assert!(!s.egress_enforcing);
+        assert_eq!((s.policy_revision, s.state), (3, EndpointState::Ready));
+        let eps = c.local_endpoints(&p.tables, 3, &|_| false);
+        assert_eq!(eps[0].status.state, EndpointState::WaitingForInterface);
     }
 
     #[test]

@@ -35,10 +35,26 @@ pub struct Manifests {
     /// Network policies as written, by (kind, namespace, name); the namespace is empty for
     /// cluster-wide ones. A later document with the same key replaces an earlier one.
     pub policies: BTreeMap<(PolicyKind, String, String), PolicyDocument>,
+    /// The cluster-wide identities (`vireo.io/v1alpha1` VireoIdentity objects) by number.
+    pub identities: BTreeMap<u32, ClusterIdentity>,
+    /// Whether pods take their identities from [`Manifests::identities`] (a source that
+    /// allocates them cluster-wide: the Kubernetes source) rather than from a node-local
+    /// allocation over the label sets (the manifest directory).
+    pub cluster_identities: bool,
     /// Objects of other kinds (later issues read them), with where they came from.
     pub others: Vec<Other>,
     /// One line per problem: `path:line: message`.
     pub errors: Vec<String>,
+}
+
+/// A `VireoIdentity`: the label set a cluster-wide number stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    /// The whole label set (`security-labels`).
+    pub labels: vireo_policy::Labels,
+    /// The garbage collector has marked it unused: it may be deleted and its number reused,
+    /// so it is not taken for a new pod before an allocator has removed the mark.
+    pub marked: bool,
 }
 
 /// An object of a kind this source does not interpret (yet).
@@ -276,6 +292,7 @@ pub fn add_object(m: &mut Manifests, v: Value, origin: &str) {
         | ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
             add_policy(m, &kind, v, origin)
         }
+        ("vireo.io/v1alpha1", "VireoIdentity") => add_identity(m, v, origin),
         _ => m.others.push(Other {
             api_version,
             kind,
@@ -295,6 +312,28 @@ fn typed<T: DeserializeOwned>(v: Value) -> Result<T, String> {
             p => format!("{p}: {msg}"),
         }
     })
+}
+
+/// Reads a `VireoIdentity` (as the cluster-wide allocator does: [`crate::allocator`]).
+fn add_identity(m: &mut Manifests, v: Value, origin: &str) {
+    let read = serde_json::to_value(&v)
+        .map_err(|e| e.to_string())
+        .and_then(|j| {
+            serde_json::from_value::<kube::api::DynamicObject>(j).map_err(|e| e.to_string())
+        })
+        .and_then(|o| crate::allocator::identities::parse(&o));
+    match read {
+        Ok((id, e)) => {
+            m.identities.insert(
+                id.0,
+                ClusterIdentity {
+                    labels: e.labels,
+                    marked: e.marked,
+                },
+            );
+        }
+        Err(e) => m.errors.push(format!("{origin}: VireoIdentity: {e}")),
+    }
 }
 
 /// Keeps a policy document as written; only its name is checked here.

@@ -584,9 +584,11 @@ fn configmap_config() -> Config {
         .into_iter()
         .find(|o| o["kind"] == "ConfigMap")
         .unwrap();
-    Config::parse(
+    // The DaemonSet names the node through VIREO_NODE_NAME.
+    Config::parse_with_node_env(
         cm["data"]["vireo.yaml"].as_str().unwrap(),
         Path::new("vireo.yaml"),
+        Some("node-1".into()),
     )
     .unwrap()
 }

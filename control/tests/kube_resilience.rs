@@ -201,7 +201,11 @@ fn invalid_objects_are_reported_once_and_the_rest_is_enforced() {
 
 /// A source whose waker sends on a channel.
 fn woken(server: FakeApiServer, coalesce: Duration) -> (Fixture, mpsc::Receiver<()>) {
-    let mut fx = source_on(server, |o| KubeOptions { coalesce, ..o });
+    let mut fx = source_on(server, |o| KubeOptions {
+        coalesce,
+        cluster_identities: false,
+        ..o
+    });
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     fx.src.set_waker(Arc::new(move || {

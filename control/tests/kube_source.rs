@@ -185,7 +185,10 @@ fn every_kind_is_seen_created_changed_and_deleted() {
     )
     .unwrap();
     poll_until(&mut fx.src, "vireo.io objects", |m| {
-        other(m, "VireoNodeConfig", "all").is_some() && other(m, "VireoIdentity", "70000").is_some()
+        other(m, "VireoNodeConfig", "all").is_some()
+            && m.identities
+                .get(&70000)
+                .is_some_and(|i| i.labels.get("k8s:app") == Some("web"))
     });
     modify(
         &fx.server,
@@ -222,6 +225,7 @@ fn every_kind_is_seen_created_changed_and_deleted() {
     poll_until(&mut fx.src, "everything deleted", |m| {
         m.policies.is_empty()
             && m.others.is_empty()
+            && m.identities.is_empty()
             && m.endpoint_slices.is_empty()
             && m.services.is_empty()
             && m.pods.is_empty()

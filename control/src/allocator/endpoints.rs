@@ -13,30 +13,35 @@
 //!     "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "web-0", "uid": "…"}]
 //!   },
 //!   "status": {
-//!     "identity": {"id": 1234567, "labels": {"k8s:app": "web", "k8s:io.kubernetes.pod.namespace": "default"}},
-//!     "networking": {"ipv4": "10.244.1.5", "node": "node-1", "nodeIP": "192.168.100.11"},
+//!     "identity": {"id": 1234567, "labels": ["k8s:app=web", "k8s:io.kubernetes.pod.namespace=default"]},
+//!     "networking": {"addressing": [{"ipv4": "10.244.1.5"}], "node": "192.168.100.11", "nodeName": "node-1"},
 //!     "policy": {"ingress": {"enforcing": true}, "egress": {"enforcing": false}, "revision": 7},
 //!     "state": "ready"
 //!   }
 //! }
 //! ```
 //!
-//! `ipv4` and `nodeIP` are left out when unknown; `identity.labels` has the shape of a
-//! `VireoIdentity`'s `security-labels`; `state` is `ready`, `not-ready` or `disconnected`.
-//! `metadata.labels["vireo.io/node"]` lets an agent list its own endpoints.
+//! The status has the shape of [`crate::crd::VireoEndpointStatus`] (the CRD's schema: a real
+//! API server prunes or refuses anything else). `addressing` is empty and `node` left out when
+//! unknown; `identity.labels` are the identity's labels as `source:key=value`, sorted (`source:key`
+//! when the value is empty); `state` is one of the CRD's states (`ready`, `not-ready`,
+//! `waiting-for-interface`, `disconnected`, …). `metadata.labels["vireo.io/node"]` lets an agent
+//! list its own endpoints.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use vireo_policy::{Identity, Labels};
 
-use super::{
-    endpoint_resource, labels_from_json, labels_to_json, refused, Error, Retry, GROUP, VERSION,
+use super::{endpoint_resource, labels_from_json, refused, Error, Retry, GROUP, VERSION};
+use crate::crd::endpoint::{
+    AddressPair, DirectionEnforcement, EndpointIdentity, EndpointNetworking, EndpointPolicy,
+    EndpointState as CrdState, VireoEndpointStatus as CrdStatus,
 };
 
 /// The label naming the node of an endpoint.
@@ -63,29 +68,66 @@ pub enum EndpointState {
     Ready,
     /// Being set up, or its policy is being regenerated.
     NotReady,
+    /// The pod is on the node but its host-side interface is not there yet.
+    WaitingForInterface,
     /// Its interface is gone; the pod is going away.
     Disconnected,
 }
 
 impl EndpointState {
-    /// As in the object: `ready`, `not-ready`, `disconnected`.
+    /// As in the object: `ready`, `not-ready`, `waiting-for-interface`, `disconnected`.
     pub fn as_str(self) -> &'static str {
         match self {
             EndpointState::Ready => "ready",
             EndpointState::NotReady => "not-ready",
+            EndpointState::WaitingForInterface => "waiting-for-interface",
             EndpointState::Disconnected => "disconnected",
         }
     }
 
-    fn parse(s: &str) -> Option<EndpointState> {
-        [
-            EndpointState::Ready,
-            EndpointState::NotReady,
-            EndpointState::Disconnected,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+    fn to_crd(self) -> CrdState {
+        match self {
+            EndpointState::Ready => CrdState::Ready,
+            EndpointState::NotReady => CrdState::NotReady,
+            EndpointState::WaitingForInterface => CrdState::WaitingForInterface,
+            EndpointState::Disconnected => CrdState::Disconnected,
+        }
     }
+
+    fn from_crd(s: CrdState) -> Option<EndpointState> {
+        Some(match s {
+            CrdState::Ready => EndpointState::Ready,
+            CrdState::NotReady => EndpointState::NotReady,
+            CrdState::WaitingForInterface => EndpointState::WaitingForInterface,
+            CrdState::Disconnected => EndpointState::Disconnected,
+            CrdState::WaitingForIdentity | CrdState::Disconnecting => return None,
+        })
+    }
+}
+
+/// A label set as an endpoint shows it: `source:key=value` (`source:key` without a value),
+/// sorted.
+pub fn labels_to_list(labels: &Labels) -> Vec<String> {
+    let mut v: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The label set of a list [`labels_to_list`] made (a key holds no `=`: the first one ends it).
+pub fn labels_from_list(list: &[String]) -> Labels {
+    Labels::new(list.iter().map(|l| match l.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (l.clone(), String::new()),
+    }))
 }
 
 /// What a `VireoEndpoint`'s status says.
@@ -112,74 +154,99 @@ pub struct EndpointStatus {
 }
 
 impl EndpointStatus {
-    /// The `status` object.
+    /// The `status` object, in the CRD's shape.
     pub fn to_json(&self) -> Value {
-        let mut networking = json!({ "node": self.node_name });
-        if let Some(ip) = self.ipv4 {
-            networking["ipv4"] = json!(ip.to_string());
-        }
-        if let Some(ip) = self.node_ip {
-            networking["nodeIP"] = json!(ip.to_string());
-        }
-        json!({
-            "identity": { "id": self.identity.0, "labels": labels_to_json(&self.labels) },
-            "networking": networking,
-            "policy": {
-                "ingress": { "enforcing": self.ingress_enforcing },
-                "egress": { "enforcing": self.egress_enforcing },
-                "revision": self.policy_revision,
-            },
-            "state": self.state.as_str(),
-        })
+        let st = CrdStatus {
+            id: None,
+            identity: Some(EndpointIdentity {
+                id: self.identity.0,
+                labels: labels_to_list(&self.labels),
+            }),
+            networking: Some(EndpointNetworking {
+                addressing: self
+                    .ipv4
+                    .map(|ip| AddressPair {
+                        ipv4: Some(ip.to_string()),
+                        ipv6: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                node: self.node_ip.map(|ip| ip.to_string()),
+                node_name: Some(self.node_name.clone()),
+            }),
+            policy: Some(EndpointPolicy {
+                ingress: DirectionEnforcement {
+                    enforcing: self.ingress_enforcing,
+                },
+                egress: DirectionEnforcement {
+                    enforcing: self.egress_enforcing,
+                },
+                revision: self.policy_revision,
+            }),
+            state: Some(self.state.to_crd()),
+            named_ports: BTreeMap::new(),
+        };
+        serde_json::to_value(st).unwrap_or(Value::Null)
     }
 
     /// Reads a `status` object back.
     pub fn from_json(v: &Value) -> Result<EndpointStatus, String> {
-        let id = v
-            .pointer("/identity/id")
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or("identity.id missing")?;
-        let labels = labels_from_json(v.pointer("/identity/labels").ok_or("labels missing")?)?;
-        let ip = |p: &str| -> Result<Option<Ipv4Addr>, String> {
-            match v.pointer(p) {
-                None | Some(Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .map(Some)
-                    .ok_or_else(|| format!("{p}: not an IPv4 address")),
-            }
+        let st: CrdStatus = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        let identity = st.identity.ok_or("identity missing")?;
+        let net = st.networking.unwrap_or_default();
+        let ip = |s: Option<&String>, what: &str| -> Result<Option<Ipv4Addr>, String> {
+            s.map(|s| {
+                s.parse()
+                    .map_err(|_| format!("{what}: {s:?} is not an IPv4 address"))
+            })
+            .transpose()
         };
-        let flag = |p: &str| v.pointer(p).and_then(Value::as_bool).unwrap_or(false);
+        let policy = st.policy.unwrap_or_default();
         Ok(EndpointStatus {
-            identity: Identity(id),
-            labels,
-            ipv4: ip("/networking/ipv4")?,
-            node_name: v
-                .pointer("/networking/node")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            node_ip: ip("/networking/nodeIP")?,
-            ingress_enforcing: flag("/policy/ingress/enforcing"),
-            egress_enforcing: flag("/policy/egress/enforcing"),
-            policy_revision: v
-                .pointer("/policy/revision")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            state: v
-                .get("state")
-                .and_then(Value::as_str)
-                .and_then(EndpointState::parse)
-                .ok_or("state missing or unknown")?,
+            identity: Identity(identity.id),
+            labels: labels_from_list(&identity.labels),
+            ipv4: ip(
+                net.addressing.first().and_then(|a| a.ipv4.as_ref()),
+                "networking.addressing[0].ipv4",
+            )?,
+            node_name: net.node_name.unwrap_or_default(),
+            node_ip: ip(net.node.as_ref(), "networking.node")?,
+            ingress_enforcing: policy.ingress.enforcing,
+            egress_enforcing: policy.egress.enforcing,
+            policy_revision: policy.revision,
+            state: st
+                .state
+                .and_then(EndpointState::from_crd)
+                .ok_or("state missing or not one Vireo writes")?,
         })
     }
 }
 
-/// The identity labels an endpoint object shows, if it shows any.
+/// A pod of this node and the status its endpoint is to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The status.
+    pub status: EndpointStatus,
+}
+
+/// The identity labels an endpoint object shows, if it shows any (a list of
+/// `source:key=value`, or the object of labels earlier versions wrote).
 pub(crate) fn endpoint_labels(o: &DynamicObject) -> Option<Labels> {
-    labels_from_json(o.data.pointer("/status/identity/labels")?).ok()
+    let v = o.data.pointer("/status/identity/labels")?;
+    match v {
+        Value::Array(items) => {
+            let list: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect();
+            Some(labels_from_list(&list?))
+        }
+        _ => labels_from_json(v).ok(),
+    }
 }
 
 /// What [`Endpoints::publish`] did.
@@ -367,6 +434,60 @@ impl Endpoints {
             Err(s) => Err(refused(op(), s)),
         }
     }
+    /// Deletes the endpoint of pod `namespace/name` if it is still node `node`'s (its
+    /// [`NODE_LABEL`]): a pod that moved to another node keeps the endpoint that node wrote.
+    /// The delete carries the uid and resourceVersion it was read with, so a concurrent
+    /// takeover (409) is seen and read again. True if it deleted it.
+    pub async fn delete_own(&self, namespace: &str, name: &str, node: &str) -> Result<bool, Error> {
+        let api = self.api(namespace);
+        let what = || format!("delete VireoEndpoint {namespace}/{name}");
+        for _ in 0..MAX_CONFLICTS {
+            let Some((o, _)) = self.get(namespace, name).await? else {
+                return Ok(false);
+            };
+            let owner = o.metadata.labels.as_ref().and_then(|l| l.get(NODE_LABEL));
+            if owner.map(String::as_str) != Some(node) {
+                tracing::debug!(endpoint = %format!("{namespace}/{name}"), ?owner, "another node's: kept");
+                return Ok(false);
+            }
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: o.metadata.uid.clone(),
+                    resource_version: o.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match self.retry.run(&what, || api.delete(name, &dp)).await? {
+                Ok(_) => {
+                    tracing::info!(endpoint = %format!("{namespace}/{name}"), "deleted");
+                    return Ok(true);
+                }
+                Err(s) if s.code == 404 => return Ok(false),
+                Err(s) if s.code == 409 => continue,
+                Err(s) => return Err(refused(what(), s)),
+            }
+        }
+        Err(Error::Contended {
+            op: what(),
+            attempts: MAX_CONFLICTS,
+        })
+    }
+
+    /// The endpoints labelled as node `node`'s, as (namespace, name), in every namespace.
+    pub async fn list_own(&self, node: &str) -> Result<Vec<(String, String)>, Error> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &endpoint_resource());
+        let lp = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
+        let op = || format!("list the VireoEndpoints of node {node}");
+        match self.retry.run(&op, || api.list(&lp)).await? {
+            Ok(list) => Ok(list
+                .items
+                .into_iter()
+                .filter_map(|o| Some((o.metadata.namespace?, o.metadata.name?)))
+                .collect()),
+            Err(s) if s.code == 404 => Ok(Vec::new()),
+            Err(s) => Err(refused(op(), s)),
+        }
+    }
 }
 
 /// [`Endpoints::publish`] with a one-off publisher (one discovery request more).
@@ -405,9 +526,10 @@ mod tests {
             state: EndpointState::NotReady,
         };
         let j = st.to_json();
-        assert_eq!(j["identity"]["labels"]["k8s:app"], "web");
-        assert_eq!(j["networking"]["ipv4"], "10.244.1.5");
-        assert!(j["networking"].get("nodeIP").is_none());
+        assert_eq!(j["identity"]["labels"], json!(["k8s:app=web"]));
+        assert_eq!(j["networking"]["addressing"][0]["ipv4"], "10.244.1.5");
+        assert_eq!(j["networking"]["nodeName"], "node-1");
+        assert!(j["networking"].get("node").is_none());
         assert_eq!(j["policy"]["ingress"]["enforcing"], true);
         assert_eq!(j["state"], "not-ready");
         assert_eq!(EndpointStatus::from_json(&j).unwrap(), st);

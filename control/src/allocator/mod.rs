@@ -99,7 +99,7 @@ pub mod identities;
 mod labels;
 
 pub use candidates::candidates;
-pub use endpoints::{EndpointState, EndpointStatus, Endpoints, PodRef, Publish};
+pub use endpoints::{EndpointState, EndpointStatus, Endpoints, LocalEndpoint, PodRef, Publish};
 pub use gc::{GcOptions, GcPlan, GcReport, IdentityGc};
 pub use identities::{ClusterIdentities, Options, Stats};
 pub use labels::{labels_from_json, labels_to_json, metadata_labels};

@@ -180,6 +180,9 @@ pub struct NamedPort {
 pub enum EndpointState {
     /// Attached, but waiting for its identity.
     WaitingForIdentity,
+    /// Its pod is on the node, but its host-side interface is not there yet (the CNI has not
+    /// made it), so nothing is attached.
+    WaitingForInterface,
     /// Attached, its tables not yet published.
     NotReady,
     /// Its tables are published: traffic flows under its policy.

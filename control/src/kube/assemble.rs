@@ -169,7 +169,12 @@ impl Assembly {
                 m.policies
                     .remove(&policy(PolicyKind::CiliumClusterwideNetworkPolicy));
             }
-            Kind::VireoNodeConfig | Kind::VireoIdentity => {}
+            Kind::VireoIdentity => {
+                if let Ok(n) = key.name.parse::<u32>() {
+                    m.identities.remove(&n);
+                }
+            }
+            Kind::VireoNodeConfig => {}
         }
     }
 }
@@ -221,17 +226,56 @@ mod tests {
     fn other_kinds_are_kept_and_dropped_with_their_object() {
         let mut a = Assembly::default();
         let obj: ::kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "vireo.io/v1alpha1", "kind": "VireoIdentity",
-            "metadata": {"name": "1234", "resourceVersion": "5"},
+            "apiVersion": "vireo.io/v1alpha1", "kind": "VireoNodeConfig",
+            "metadata": {"name": "default", "resourceVersion": "5"},
         }))
         .unwrap();
-        let key = ObjKey::of(Kind::VireoIdentity, &obj.metadata);
+        let key = ObjKey::of(Kind::VireoNodeConfig, &obj.metadata);
         assert!(a.refresh(&key, Some(&obj)));
         a.finish();
         assert_eq!(a.manifests.others.len(), 1);
-        assert_eq!(a.manifests.others[0].origin, "kube:VireoIdentity 1234");
+        assert_eq!(a.manifests.others[0].origin, "kube:VireoNodeConfig default");
         assert!(a.refresh(&key, None));
         a.finish();
         assert!(a.manifests.others.is_empty());
+    }
+
+    #[test]
+    fn identities_are_read_and_dropped_with_their_object() {
+        let mut a = Assembly::default();
+        let obj = |rv: &str, marked: bool| -> ::kube::api::DynamicObject {
+            let mut v = serde_json::json!({
+                "apiVersion": "vireo.io/v1alpha1", "kind": "VireoIdentity",
+                "metadata": {"name": "70000", "resourceVersion": rv},
+                "security-labels": {"k8s:app": "web"},
+            });
+            if marked {
+                v["metadata"]["annotations"] =
+                    serde_json::json!({"vireo.io/unused-since": "2026-01-01T00:00:00Z"});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let key = ObjKey::of(Kind::VireoIdentity, &obj("1", false).metadata);
+        assert!(a.refresh(&key, Some(&obj("1", false))));
+        a.finish();
+        let id = &a.manifests.identities[&70_000];
+        assert_eq!(id.labels.get("k8s:app"), Some("web"));
+        assert!(!id.marked);
+        assert!(a.refresh(&key, Some(&obj("2", true))));
+        assert!(a.manifests.identities[&70_000].marked);
+        assert!(a.refresh(&key, None));
+        assert!(a.manifests.identities.is_empty());
+        // A malformed one is an error of its object, not an identity.
+        let bad: ::kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vireo.io/v1alpha1", "kind": "VireoIdentity",
+            "metadata": {"name": "7", "resourceVersion": "3"},
+            "security-labels": {"k8s:app": "web"},
+        }))
+        .unwrap();
+        let bkey = ObjKey::of(Kind::VireoIdentity, &bad.metadata);
+        assert!(a.refresh(&bkey, Some(&bad)));
+        a.finish();
+        assert!(a.manifests.identities.is_empty());
+        assert_eq!(a.object_errors().count(), 1);
     }
 }

@@ -23,10 +23,16 @@
 //!   object that does not fit its type) become one Warning Event on the object each
 //!   ([`events`]), beside the warning in the log; the object is left out (a policy fails
 //!   closed), the rest is enforced.
+//! - **Writes.** The `Valid` condition of every VireoNodeConfig ([`nodeconfig_status`]) and the
+//!   VireoEndpoints of this node's pods ([`endpoints`], from [`Source::endpoints`]) are
+//!   written by tasks of the runtime, never by the consumer's thread.
 
 mod assemble;
+mod endpoints;
 pub mod events;
+mod identities;
 mod kinds;
+mod nodeconfig_status;
 mod reflect;
 mod runtime;
 mod state;
@@ -50,13 +56,15 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::allocator::gc::GcOptions;
+use crate::allocator::{LocalEndpoint, Retry};
 use crate::node::{Changed, NodeControl, Source, Waker};
 use crate::source::Manifests;
 use assemble::Assembly;
 use events::{attribute, EventRequest, Problem};
 pub use kinds::{Kind, ObjKey};
 use kinds::{KindStore, StoreReader};
-use runtime::{Runtime, Starter, Tasks};
+use runtime::{IdentityTasks, Runtime, Starter, Tasks};
 use state::Shared;
 pub use status::UpdateLatency;
 
@@ -93,6 +101,11 @@ pub struct KubeOptions {
     pub coalesce: Duration,
     /// Whether problems with objects are written as Warning Events (default true).
     pub events: bool,
+    /// Whether pods take cluster-wide identities (`VireoIdentity` objects, allocated by this
+    /// source and garbage-collected; default true) rather than node-local ones.
+    pub cluster_identities: bool,
+    /// How unused identities are collected.
+    pub gc: GcOptions,
 }
 
 impl KubeOptions {
@@ -103,6 +116,8 @@ impl KubeOptions {
             node: node.to_string(),
             coalesce: Duration::from_millis(2),
             events: true,
+            cluster_identities: true,
+            gc: GcOptions::default(),
         }
     }
 }
@@ -126,6 +141,12 @@ pub struct KubeSource {
     /// The problems reported (as Events) and still there at the last publish.
     reported: BTreeSet<Problem>,
     events: Option<UnboundedSender<EventRequest>>,
+    /// The VireoNodeConfigs' `Valid` conditions, and this node's VireoEndpoints.
+    status_sync: nodeconfig_status::StatusSync,
+    endpoint_sync: endpoints::EndpointSync,
+    /// Cluster-wide identities (`None`: node-local): where to ask for label sets, what was
+    /// asked last, the allocator's status, and what the collector must keep.
+    identities: Option<IdentityClient>,
     /// Last: dropped after everything above, stopping the thread.
     _runtime: Runtime,
 }
@@ -139,11 +160,38 @@ impl Debug for KubeSource {
     }
 }
 
+/// The consumer's side of the identity tasks.
+struct IdentityClient {
+    requests: UnboundedSender<Vec<vireo_policy::Labels>>,
+    asked: Vec<vireo_policy::Labels>,
+    status: identities::SharedStatus,
+    in_use: identities::InUse,
+}
+
+impl IdentityClient {
+    /// After a publish: asks for the label sets the view waits for (when they changed), and
+    /// records what is in use.
+    fn published(&mut self, control: &NodeControl) {
+        let view = control.view();
+        if view.unallocated != self.asked {
+            self.asked.clone_from(&view.unallocated);
+            let _ = self.requests.send(self.asked.clone());
+        }
+        let used = view
+            .identities
+            .iter()
+            .map(|(_, l)| l.clone())
+            .chain(view.unallocated.iter().cloned())
+            .collect();
+        *identities::lock(&self.in_use) = Some(used);
+    }
+}
+
 /// What the kinds that changed change in the tables.
 fn changed_of(kinds: &BTreeSet<Kind>) -> Changed {
     let any = |ks: &[Kind]| ks.iter().any(|k| kinds.contains(k));
     Changed {
-        workloads: any(&[Kind::Namespace, Kind::Node, Kind::Pod]),
+        workloads: any(&[Kind::Namespace, Kind::Node, Kind::Pod, Kind::VireoIdentity]),
         services: any(&[Kind::Service, Kind::EndpointSlice]),
         policies: any(&[
             Kind::NetworkPolicy,
@@ -198,6 +246,30 @@ impl KubeSource {
         } else {
             (None, None)
         };
+        let (status_sync, status_task) = nodeconfig_status::StatusSync::new(Retry::default());
+        let (endpoint_sync, endpoint_task) =
+            endpoints::EndpointSync::new(&opts.node, Retry::default());
+        let (id_tasks, id_client) = if opts.cluster_identities {
+            let (tx, rx) = unbounded_channel();
+            let status = identities::SharedStatus::default();
+            let in_use = identities::InUse::default();
+            (
+                Some(IdentityTasks {
+                    requests: rx,
+                    status: status.clone(),
+                    in_use: in_use.clone(),
+                    gc: opts.gc.clone(),
+                }),
+                Some(IdentityClient {
+                    requests: tx,
+                    asked: Vec::new(),
+                    status,
+                    in_use,
+                }),
+            )
+        } else {
+            (None, None)
+        };
         let runtime = runtime::start(
             Tasks {
                 kubeconfig: opts.kubeconfig.clone(),
@@ -205,6 +277,8 @@ impl KubeSource {
                 coalesce: opts.coalesce,
                 watchers,
                 events: events_rx,
+                writers: vec![status_task, endpoint_task],
+                identities: id_tasks,
             },
             shared.clone(),
         )?;
@@ -213,10 +287,12 @@ impl KubeSource {
             kinds = Kind::ALL.len(),
             "Kubernetes source started"
         );
+        let mut asm = Assembly::default();
+        asm.manifests.cluster_identities = opts.cluster_identities;
         Ok(KubeSource {
             shared,
             stores,
-            asm: Assembly::default(),
+            asm,
             delivered: false,
             changed: Changed::ALL,
             started: Instant::now(),
@@ -226,6 +302,9 @@ impl KubeSource {
             rebuilds: 0,
             reported: BTreeSet::new(),
             events,
+            status_sync,
+            endpoint_sync,
+            identities: id_client,
             _runtime: runtime,
         })
     }
@@ -258,6 +337,9 @@ impl KubeSource {
         }
         self.asm.finish();
         let changed = !kinds.is_empty();
+        if changed || !self.delivered {
+            self.status_sync.observe(&self.asm.manifests);
+        }
         self.changed = if self.delivered {
             changed_of(&kinds)
         } else {
@@ -343,6 +425,16 @@ impl Source for KubeSource {
         }
         self.rebuilds += 1;
         self.report(control);
+        if let Some(ids) = self.identities.as_mut() {
+            ids.published(control);
+        }
+    }
+
+    fn endpoints(&mut self, eps: &[LocalEndpoint]) {
+        // Before the first complete view the set would be empty: every endpoint would go.
+        if self.delivered {
+            self.endpoint_sync.set(eps, &self.asm.manifests.pods);
+        }
     }
 
     fn status(&self) -> Value {
@@ -372,6 +464,10 @@ impl Source for KubeSource {
             "latency": self.latency.to_json(),
             "initial_sync_ms": self.initial_sync.map(|d| d.as_millis() as u64),
             "problems": self.reported.len(),
+            "identities": match &self.identities {
+                Some(ids) => identities::status_json(&identities::lock(&ids.status)),
+                None => json!({"mode": "node-local"}),
+            },
             "kinds": kinds,
         })
     }

@@ -15,12 +15,16 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use super::events::{self, EventRequest};
+use super::identities;
 use super::state::Shared;
 use super::KubeError;
 
 /// Starts one kind's watcher task, given the client.
 pub(crate) type Starter =
     Box<dyn FnOnce(Client, Arc<Shared>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A background task of the source (status and endpoint writers), given the client.
+pub(crate) type Task = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The running thread; dropping it stops the runtime and joins the thread.
 pub(crate) struct Runtime {
@@ -46,6 +50,19 @@ pub(crate) struct Tasks {
     pub coalesce: Duration,
     pub watchers: Vec<Starter>,
     pub events: Option<UnboundedReceiver<EventRequest>>,
+    /// Writers started with the watchers ([`Task`]).
+    pub writers: Vec<Task>,
+    /// Cluster-wide identities: the allocator's requests, its status, what is in use, and
+    /// the collector's options.
+    pub identities: Option<IdentityTasks>,
+}
+
+/// The cluster-wide identity tasks' inputs.
+pub(crate) struct IdentityTasks {
+    pub requests: UnboundedReceiver<Vec<vireo_policy::Labels>>,
+    pub status: identities::SharedStatus,
+    pub in_use: identities::InUse,
+    pub gc: crate::allocator::gc::GcOptions,
 }
 
 /// Starts the thread; returns once the client is built (or could not be).
@@ -79,6 +96,23 @@ pub(crate) fn start(tasks: Tasks, shared: Arc<Shared>) -> Result<Runtime, KubeEr
                 }
                 if let Some(rx) = tasks.events {
                     tokio::spawn(events::writer(client.clone(), tasks.node, rx));
+                }
+                for w in tasks.writers {
+                    tokio::spawn(w(client.clone()));
+                }
+                if let Some(t) = tasks.identities {
+                    tokio::spawn(identities::allocator(
+                        client.clone(),
+                        t.requests,
+                        t.status.clone(),
+                        shared.clone(),
+                    ));
+                    tokio::spawn(identities::collector(
+                        client.clone(),
+                        t.in_use,
+                        t.status,
+                        t.gc,
+                    ));
                 }
                 tokio::spawn(coalesce(shared, tasks.coalesce));
                 let _ = shutdown_rx.await;

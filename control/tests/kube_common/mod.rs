@@ -41,10 +41,16 @@ pub fn all_crds(o: Options) -> Options {
         ))
 }
 
-/// A server started with `opts`, and a source on it (node `node-1`).
+/// A server started with `opts`, and a source on it (node `node-1`). These tests are about
+/// watching, so the source takes node-local identities: with cluster-wide ones a pod enters
+/// the view only once its identity is allocated, after a publish (`kube_identities.rs` tests
+/// that).
 pub fn start(opts: Options) -> Fixture {
     let server = FakeApiServer::start(opts).expect("fake API server");
-    source_on(server, |o| o)
+    source_on(server, |o| KubeOptions {
+        cluster_identities: false,
+        ..o
+    })
 }
 
 /// A source (options changed by `f`) on `server`.

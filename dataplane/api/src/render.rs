@@ -11,6 +11,7 @@ pub fn render(v: &Value) -> String {
     let node = v["node"].as_str().unwrap_or("-");
     let _ = writeln!(o, "Node: {node}   uptime: {}s", v["uptime_s"]);
     render_source(&mut o, &v["source"]);
+    render_node_config(&mut o, &v["node_config"]);
     o.push('\n');
     let _ = writeln!(
         o,
@@ -414,10 +415,69 @@ pub fn render_map(map: &str, v: &Value) -> String {
     o
 }
 
+/// `Node config: VireoNodeConfig default, fast` (or `file`), then the error of the configs
+/// seen last and the fields that wait for a restart, when there are any. Nothing for an
+/// agent that does not report it.
+fn render_node_config(o: &mut String, nc: &Value) {
+    if nc.is_null() {
+        return;
+    }
+    let names: Vec<&str> = nc["applied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let from = if names.is_empty() {
+        "file".to_string()
+    } else {
+        format!("VireoNodeConfig {}", names.join(", "))
+    };
+    let _ = writeln!(o, "Node config: {from}");
+    if let Some(e) = nc["error"].as_str() {
+        let _ = writeln!(o, "  not applied (last good kept): {e}");
+    }
+    let restart: Vec<&str> = nc["needs_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !restart.is_empty() {
+        let _ = writeln!(o, "  needs a restart: {}", restart.join(", "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_node_config_lines() {
+        let t = render(
+            &json!({"node_config": {"applied": ["default", "fast"], "from": "VireoNodeConfig",
+            "error": "invalid VireoNodeConfig: fast: spec.maglev: x", "needs_restart": ["af_xdp"]}}),
+        );
+        assert!(
+            t.contains("Node config: VireoNodeConfig default, fast\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "  not applied (last good kept): invalid VireoNodeConfig: fast: spec.maglev: x\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("  needs a restart: af_xdp\n"), "{t}");
+        let t =
+            render(&json!({"node_config": {"applied": [], "error": null, "needs_restart": []}}));
+        assert!(
+            t.contains("Node config: file\n") && !t.contains("restart"),
+            "{t}"
+        );
+        assert!(!render(&json!({})).contains("Node config"));
+    }
 
     #[test]
     fn the_source_line() {

@@ -27,6 +27,8 @@ use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
+use crate::nodeconfig::first_view;
+use vireo_control::nodeconfig::NodeConfig;
 
 /// What the agent's loop waits for.
 enum Msg {
@@ -64,10 +66,33 @@ pub struct Agent {
     control: NodeControl,
     /// When `vireo monitor` last asked for events (collection stops a few seconds after).
     monitor_seen: Option<Instant>,
+    /// The configuration file as last read (`cfg` is it with the node's settings).
+    file_cfg: Config,
+    /// The node's settings from the `VireoNodeConfig`s.
+    node_cfg: NodeConfig,
+    /// The source's first view was taken in before the workers started: the first reconcile
+    /// publishes it as a new one.
+    boot_reread: bool,
+    /// Policy builds published (the endpoints' policy revision).
+    policy_revision: u64,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
-    let cfg = Config::load(config_path)?;
+    let file_cfg = Config::load(config_path)?;
+    let mut source: Option<Box<dyn Source>> = match &file_cfg.source {
+        None => None,
+        Some(SourceConfig::Manifests(dir)) => Some(Box::new(ManifestDir::new(dir))),
+        Some(SourceConfig::Kubernetes(k)) => Some(Box::new(
+            KubeSource::new(KubeOptions::new(
+                file_cfg.node.as_deref().unwrap_or_default(),
+                k.kubeconfig.clone(),
+            ))
+            .context("starting the Kubernetes source")?,
+        )),
+    };
+    let mut control = NodeControl::new(file_cfg.node.as_deref().unwrap_or_default());
+    let mut node_cfg = NodeConfig::default();
+    let (cfg, boot_reread) = first_view(&mut source, &mut control, &mut node_cfg, &file_cfg);
     let umem = umem_spec(&cfg);
     sys::check_memlock(umem.bytes() * cfg.workers.len() as u64).map_err(anyhow::Error::msg)?;
 
@@ -118,19 +143,13 @@ pub fn run(config_path: &Path) -> Result<()> {
         workers,
         ifaces: BTreeMap::new(),
         started: Instant::now(),
-        source: match &cfg.source {
-            None => None,
-            Some(SourceConfig::Manifests(dir)) => Some(Box::new(ManifestDir::new(dir))),
-            Some(SourceConfig::Kubernetes(k)) => Some(Box::new(
-                KubeSource::new(KubeOptions::new(
-                    cfg.node.as_deref().unwrap_or_default(),
-                    k.kubeconfig.clone(),
-                ))
-                .context("starting the Kubernetes source")?,
-            )),
-        },
-        control: NodeControl::new(cfg.node.as_deref().unwrap_or_default()),
+        source,
+        control,
         monitor_seen: None,
+        file_cfg,
+        node_cfg,
+        boot_reread,
+        policy_revision: 0,
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
@@ -292,29 +311,26 @@ impl Agent {
         }
     }
 
-    /// Re-reads the file and applies the difference in interfaces and gateways; everything
-    /// else needs a restart and is reported.
+    /// Re-reads the file and applies it with the node's settings ([`Agent::apply_config`]).
     fn reload(&mut self) -> Result<Value> {
-        let new = Config::load(&self.config_path)?;
-        let mut ignored = Vec::new();
-        for (field, same) in [
-            ("conntrack", new.conntrack == self.cfg.conntrack),
-            ("workers", new.workers == self.cfg.workers),
-            ("af_xdp", new.af_xdp == self.cfg.af_xdp),
-            ("api_socket", new.api_socket == self.cfg.api_socket),
-            ("vxlan_port", new.vxlan_port == self.cfg.vxlan_port),
-            ("vxlan_df", new.vxlan_df == self.cfg.vxlan_df),
-            ("xdp_mode", new.xdp_mode == self.cfg.xdp_mode),
-            ("busy_poll", new.busy_poll == self.cfg.busy_poll),
-        ] {
-            if !same {
-                ignored.push(field);
-            }
+        let file = Config::load(&self.config_path)?;
+        let want = self.node_cfg.effective(&file).map_err(anyhow::Error::msg)?;
+        self.file_cfg = file;
+        self.apply_config(want)
+    }
+
+    /// Applies `want` (the file with the node's settings, checked) as far as it can at
+    /// runtime: the difference in interfaces, the gateways, DF on VXLAN, and the Maglev size
+    /// and seed (for the next service build); the fields that need a restart keep their
+    /// running values and are reported ([`crate::nodeconfig::split`]). An interface that
+    /// cannot be attached is an error, after the others are applied.
+    fn apply_config(&mut self, want: Config) -> Result<Value> {
+        let (new, restart) = crate::nodeconfig::split(&self.cfg, &want);
+        if !restart.is_empty() && restart != self.node_cfg.needs_restart {
+            tracing::warn!(fields = ?restart, "these configuration changes need a restart");
         }
-        if !ignored.is_empty() {
-            tracing::warn!(?ignored, "reload: these fields need a restart");
-        }
-        let want: BTreeMap<&str, &InterfaceConfig> = new
+        self.node_cfg.needs_restart.clone_from(&restart);
+        let wanted: BTreeMap<&str, &InterfaceConfig> = new
             .interfaces
             .iter()
             .map(|i| (i.name.as_str(), i))
@@ -323,24 +339,32 @@ impl Agent {
             .ifaces
             .iter()
             .filter(|(_, a)| !a.from_source)
-            .filter(|(n, a)| want.get(n.as_str()) != Some(&&a.cfg))
+            .filter(|(n, a)| wanted.get(n.as_str()) != Some(&&a.cfg))
             .map(|(n, _)| n.clone())
             .collect();
         for n in &gone {
             self.remove_iface(n)?;
         }
         let mut added = Vec::new();
+        let mut failed = Vec::new();
         for ifc in &new.interfaces {
             if !self.ifaces.contains_key(&ifc.name) {
-                self.add_static(ifc)
-                    .with_context(|| format!("interface {}", ifc.name))?;
-                added.push(ifc.name.clone());
+                match self.add_static(ifc) {
+                    Ok(()) => added.push(ifc.name.clone()),
+                    Err(e) => failed.push(format!("interface {}: {e:#}", ifc.name)),
+                }
             }
         }
-        let gws = new.gateway_addrs();
-        self.tables.update(|t| t.gateways = gws);
+        let (gws, df) = (new.gateway_addrs(), new.vxlan_df);
+        self.tables.update(|t| {
+            t.gateways = gws;
+            t.vxlan_df = df;
+        });
         self.cfg = new;
-        Ok(json!({"added": added, "removed": gone, "needs_restart": ignored}))
+        if !failed.is_empty() {
+            bail!("{}", failed.join("; "));
+        }
+        Ok(json!({"added": added, "removed": gone, "needs_restart": restart}))
     }
 
     fn add_iface(&mut self, ifc: &InterfaceConfig, identity: u32, from_source: bool) -> Result<()> {
@@ -486,11 +510,26 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             return;
         };
-        let reread = src.poll_with(&mut |m, changed| self.control.apply_changed(m, changed));
+        let node = self.control.node().to_string();
+        let boot = std::mem::take(&mut self.boot_reread);
+        let mut want_cfg = None;
+        let reread = src.poll_with(&mut |m, changed| {
+            self.control.apply_changed(m, changed);
+            if let Some(c) = self.node_cfg.observe(&node, m, &self.file_cfg) {
+                want_cfg = Some(c);
+            }
+        }) || boot;
+        if let Some(want) = want_cfg {
+            match self.apply_config(want) {
+                Ok(r) => tracing::info!(result = %r, "VireoNodeConfig settings applied"),
+                Err(e) => tracing::warn!("applying the VireoNodeConfig settings: {e:#}"),
+            }
+        }
         self.reconcile_pods();
         self.publish_overlay(reread);
         self.publish_services();
         self.publish_policy();
+        self.publish_endpoints();
         if reread {
             if let Some(src) = self.source.as_mut() {
                 src.published(&self.control);
@@ -507,6 +546,7 @@ impl Agent {
         let subjects = p.tables.subjects();
         let tables = p.tables;
         self.tables.update(|t| t.policy = tables);
+        self.policy_revision += 1;
         tracing::info!(
             identities = p.identities,
             policies_changed = p.changed,
@@ -514,6 +554,19 @@ impl Agent {
             ms = started.elapsed().as_millis() as u64,
             "policy published"
         );
+    }
+
+    /// Hands the source this node's pods as their `VireoEndpoint`s are to show them: ready when
+    /// attached, waiting for their interface otherwise, with the policy in force.
+    fn publish_endpoints(&mut self) {
+        let policy = self.tables.current().policy.clone();
+        let ifaces = &self.ifaces;
+        let eps = self
+            .control
+            .local_endpoints(&policy, self.policy_revision, &|n| ifaces.contains_key(n));
+        if let Some(src) = self.source.as_mut() {
+            src.endpoints(&eps);
+        }
     }
 
     /// Stops collecting drop events a few seconds after `vireo monitor` last asked for them
@@ -880,6 +933,7 @@ impl Agent {
             "endpoints": self.endpoints(),
             "uptime_s": self.started.elapsed().as_secs(),
             "source": self.source.as_ref().map(|s| s.status()),
+            "node_config": self.node_cfg.status(),
             "interfaces": ifaces,
             "workers": workers,
             "counters": total,
