@@ -458,27 +458,63 @@ fn built(c: &NodeControl, p: &Published) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// With cluster-wide identities: `m` with a VireoIdentity for every label set of its pods,
+/// numbered as the node-local allocator would number them, the low bits changed by `salt`
+/// (another salt renumbers every set, as if the objects had been recreated).
+fn with_cluster_identities(mut m: Manifests, salt: u32) -> Manifests {
+    let local = crate::cluster::ClusterView::from_manifests(&m);
+    m.cluster_identities = true;
+    for (id, labels) in local.identities.iter() {
+        let held = crate::source::ClusterIdentity {
+            labels: labels.clone(),
+            marked: false,
+        };
+        m.identities.insert(id.0 ^ salt, held);
+    }
+    m
+}
+
 fn check(ops: &[(u8, u64)]) {
+    check_with(ops, false);
+}
+
+fn check_with(ops: &[(u8, u64)], cluster: bool) {
+    let objects = |w: &World, k: u64| {
+        let m = manifests(w);
+        if cluster {
+            with_cluster_identities(m, (k % 3) as u32)
+        } else {
+            m
+        }
+    };
     let mut w = initial();
     let mut c = NodeControl::new("node-1");
     let mut published = Published::default();
-    c.apply(&manifests(&w));
+    c.apply(&objects(&w, 0));
     published.build(&mut c);
     for (step, &(op, k)) in ops.iter().enumerate() {
-        let changed = change(&mut w, op, k);
-        c.apply_changed(&manifests(&w), changed);
+        let mut changed = change(&mut w, op, k);
+        if cluster {
+            // The identities may have been renumbered: VireoIdentity objects are workloads.
+            changed.workloads = true;
+        }
+        c.apply_changed(&objects(&w, k), changed);
         published.build(&mut c);
         let mut fresh = NodeControl::new("node-1");
         let mut fresh_published = Published::default();
-        fresh.apply(&manifests(&w));
+        fresh.apply(&objects(&w, k));
         fresh_published.build(&mut fresh);
+        assert!(
+            c.view().unallocated.is_empty(),
+            "every label set has a number"
+        );
         let ours = built(&c, &published);
         let theirs = built(&fresh, &fresh_published);
         for ((what, a), (_, b)) in ours.into_iter().zip(theirs) {
             assert!(
                 a == b,
-                "step {step} ({op} {k}: {changed:?}): {what} differ from a fresh apply\n\
-                 incremental: {a}\nfresh: {b}"
+                "step {step} ({op} {k}: {changed:?}, cluster {cluster}): {what} differ from a \
+                 fresh apply\nincremental: {a}\nfresh: {b}"
             );
         }
     }
@@ -489,6 +525,12 @@ proptest! {
     #[test]
     fn incremental_applies_equal_a_fresh_one(ops in prop::collection::vec((0u8..12, any::<u64>()), 1..16)) {
         check(&ops);
+    }
+
+    /// The same with cluster-wide identities, renumbered between steps.
+    #[test]
+    fn incremental_applies_equal_a_fresh_one_with_cluster_identities(ops in prop::collection::vec((0u8..12, any::<u64>()), 1..16)) {
+        check_with(&ops, true);
     }
 }
 
