@@ -5,8 +5,30 @@
 //! endpoint added to a slice, a policy's port) it measures, ~50 times, the time from the write
 //! at the API server to the rebuilt tables, and where the rebuild's time goes.
 //!
+//! Samples alternate between `NodeControl::apply_changed` (which takes over from the last
+//! apply the pods' views, the identities, the service ports and the policy documents read that
+//! a change leaves as they were) and `NodeControl::apply_from_scratch` (the view and every
+//! policy made again, as before), so that both see the same machine (`--scratch 0`: only the
+//! first). The pods take cluster-wide identities (VireoIdentity objects, allocated by the
+//! source), as in a cluster: a new label set is allocated after the change is visible, the pod
+//! keeping its old identity meanwhile. One run on the 2-core development machine (load average
+//! ~1.7, 30 samples each), p50/p99 ms:
+//!
+//! | change                        | apply_changed | from scratch  |
+//! |-------------------------------|---------------|---------------|
+//! | pod label change              | 56.4 / 98.2   | 177.9 / 251.5 |
+//! | new endpoint (EndpointSlice)  | 40.4 / 83.8   | 40.4 / 57.4   |
+//! | policy change (CNP port)      | 46.6 / 60.0   | 87.9 / 112.2  |
+//!
+//! With node-local identities (before they were cluster-wide) the same code measured 41.6/48.6,
+//! 26.6/33.7 and 24.2/29.5 (from scratch 200.7/246.1, 27.1/35.0, 38.7/60.7): the cluster-wide
+//! identity step (an index of every VireoIdentity, the identities in use rebuilt) costs about
+//! 20 ms of a pod change's apply at 10 000 pods; caching it across rebuilds is the next step.
+//!
 //! ```sh
-//! cargo run --release -p vireo-control --example kube_update_latency [-- --samples 50 --pods 10000]
+//! cargo run --release -p vireo-control --example kube_update_latency [-- --samples 50 --pods 10000 --scratch 0]
+//! # one part of the breakdown, many times, for a profiler:
+//! VIREO_BENCH_ONLY="rebuild (" VIREO_BENCH_PARTS=300 perf record -g target/release/examples/kube_update_latency
 //! ```
 
 use std::sync::mpsc;
@@ -19,7 +41,7 @@ use vireo_control::cluster::ClusterView;
 use vireo_control::config::ServicesConfig;
 use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::netpol;
-use vireo_control::node::{NodeControl, Source};
+use vireo_control::node::{Changed, NodeControl, Source};
 use vireo_fakeapi::{FakeApiServer, Options};
 
 struct Scale {
@@ -28,6 +50,8 @@ struct Scale {
     services: usize,
     policies: usize,
     samples: usize,
+    /// Also measure every change with `NodeControl::apply_from_scratch` (samples alternate).
+    scratch: bool,
 }
 
 fn args() -> Scale {
@@ -37,6 +61,7 @@ fn args() -> Scale {
         services: 1_000,
         policies: 1_000,
         samples: 50,
+        scratch: true,
     };
     let a: Vec<String> = std::env::args().skip(1).collect();
     for w in a.chunks(2) {
@@ -47,6 +72,7 @@ fn args() -> Scale {
             "--services" => s.services = v,
             "--policies" => s.policies = v,
             "--samples" => s.samples = v,
+            "--scratch" => s.scratch = v != 0,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -139,13 +165,18 @@ struct Split {
     ipcache: u64,
 }
 
-/// What the agent does with a poll.
-fn rebuild(src: &mut KubeSource, control: &mut NodeControl) -> Option<Split> {
+/// What the agent does with a poll (`scratch`: with `NodeControl::apply_from_scratch`, as
+/// before the rebuild took over what a change leaves as it was).
+fn rebuild(src: &mut KubeSource, control: &mut NodeControl, scratch: bool) -> Option<Split> {
     let t = Instant::now();
     let mut applied = Duration::ZERO;
     let changed = src.poll_with(&mut |m, changed| {
         let a = Instant::now();
-        control.apply_changed(m, changed);
+        if scratch {
+            control.apply_from_scratch(m, changed);
+        } else {
+            control.apply_changed(m, changed);
+        }
         applied = a.elapsed();
     });
     if !changed {
@@ -196,7 +227,14 @@ fn main() {
         s.samples,
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let server = FakeApiServer::start(Options::default().cilium_crds()).unwrap();
+    // Vireo's CRDs too: pods take cluster-wide identities (VireoIdentity objects), as in a
+    // cluster; the first sync allocates one per label set.
+    let opts = vireo_control::crd::vireo_crds()
+        .into_iter()
+        .fold(Options::default().cilium_crds(), |o, c| {
+            o.crd(serde_json::to_value(c).expect("a CRD as JSON"))
+        });
+    let server = FakeApiServer::start(opts).unwrap();
     let t = Instant::now();
     populate(&server, &s);
     println!(
@@ -215,8 +253,13 @@ fn main() {
         let _ = tx.lock().unwrap().send(());
     }));
     let mut control = NodeControl::new("node-000");
+    // The first view waits for the pods' identities; the one after their allocation has them.
+    let mut first = None;
     let first = loop {
-        if let Some(split) = rebuild(&mut src, &mut control) {
+        if let Some(split) = rebuild(&mut src, &mut control, false) {
+            first.get_or_insert(split);
+        }
+        if let Some(split) = first.filter(|_| control.view().unallocated.is_empty()) {
             break split;
         }
         let _ = rx.recv_timeout(Duration::from_millis(100));
@@ -282,20 +325,26 @@ fn main() {
         ("new endpoint (EndpointSlice)", &endpoint_change),
         ("policy change (CNP port)", &policy_change),
     ] {
-        let mut row = Row {
+        let row = |name| Row {
             name,
             e2e: Histogram::new_with_bounds(1, 600_000_000, 3).unwrap(),
             splits: Vec::new(),
             rebuilds: 0,
         };
-        for k in 0..s.samples {
+        // Samples alternate between the two ways of applying, so that both see the same
+        // machine.
+        let mut pair = [row(name), row("  from scratch")];
+        let modes = if s.scratch { 2 } else { 1 };
+        for k in 0..s.samples * modes {
+            let scratch = k % modes == 1;
+            let row = &mut pair[usize::from(scratch)];
             std::thread::sleep(Duration::from_millis(30));
             while rx.try_recv().is_ok() {}
             let t0 = Instant::now();
             let done = change(k + 1);
             loop {
                 let _ = rx.recv_timeout(Duration::from_millis(1000));
-                if let Some(split) = rebuild(&mut src, &mut control) {
+                if let Some(split) = rebuild(&mut src, &mut control, scratch) {
                     row.rebuilds += 1;
                     if done(&control) {
                         row.e2e.saturating_record(t0.elapsed().as_micros() as u64);
@@ -309,7 +358,11 @@ fn main() {
                 );
             }
         }
-        rows.push(row);
+        let [a, b] = pair;
+        rows.push(a);
+        if s.scratch {
+            rows.push(b);
+        }
     }
 
     println!();
@@ -359,7 +412,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    // VIREO_BENCH_ONLY=text: only the parts whose name holds it.
+    let only = std::env::var("VIREO_BENCH_ONLY").unwrap_or_default();
     let part = |what: &str, f: &mut dyn FnMut()| {
+        if !what.contains(only.as_str()) {
+            return;
+        }
         let t = Instant::now();
         for _ in 0..reps {
             f();
@@ -379,14 +437,47 @@ fn main() {
     part("Manifests clone (poll without poll_with)", &mut || {
         let _ = m.clone();
     });
+    // The same objects with one pod's labels changed, and with one policy's port changed.
+    let mut pod_changed = m.clone();
+    if let Some(p) = pod_changed.pods.values_mut().nth(s.pods / 2) {
+        let labels = p.metadata.labels.get_or_insert_with(Default::default);
+        labels.insert("gen".into(), "bench".into());
+    }
+    let mut policy_changed = m.clone();
+    if let Some(d) = policy_changed.policies.values_mut().nth(s.policies / 2) {
+        d.value["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["port"] = "7".into();
+    }
+    let mut view = ClusterView::from_manifests(&m);
+    let mut flip = false;
+    part(
+        "ClusterView::rebuild (one pod's labels changed)",
+        &mut || {
+            flip = !flip;
+            let next = if flip { &pod_changed } else { &m };
+            view = ClusterView::rebuild(next, std::mem::take(&mut view), false).0;
+        },
+    );
+    let mut cache = netpol::PolicyCache::default();
+    let _ = netpol::policies_reusing(&m, &mut cache, true);
+    part("netpol::policies_reusing (one pod changed)", &mut || {
+        let _ = netpol::policies_reusing(&m, &mut cache, true);
+    });
+    part("netpol::policies_reusing (one policy changed)", &mut || {
+        flip = !flip;
+        let next = if flip { &policy_changed } else { &m };
+        let _ = netpol::policies_reusing(next, &mut cache, false);
+    });
     let mut c = NodeControl::new("node-000");
     c.apply(&m);
     part(
-        "NodeControl::apply (both, the old ones dropped)",
+        "NodeControl::apply_from_scratch (the old ones dropped)",
         &mut || {
-            c.apply(&m);
+            c.apply_from_scratch(&m, Changed::ALL);
         },
     );
+    part("NodeControl::apply (nothing changed)", &mut || {
+        c.apply(&m);
+    });
 }
 
 /// The current objects, by making one change and taking the view it delivers.

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
+use rustc_hash::{FxHashMap, FxHashSet};
 use vireo_lb::ServiceSpec;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
@@ -91,6 +92,13 @@ pub struct ClusterView {
     pub warnings: Vec<String>,
     /// Where the warnings about services start in `warnings` (they come last).
     services_warnings_from: usize,
+    /// Some service port's backends were derived from the pods (a Service without slices).
+    services_read_pods: bool,
+    /// How many pods have each identity.
+    members: FxHashMap<Identity, usize>,
+    /// Pods that keep their previous identity (and labels) while their new label set waits for
+    /// one: never taken over as they are by the next rebuild.
+    provisional: FxHashSet<(String, String)>,
 }
 
 /// A pod's host-side interface name.
@@ -114,16 +122,25 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The TCP and UDP `containers[].ports[]` of a pod (others, and port 0, are left out).
 pub(crate) fn container_ports(p: &Pod) -> impl Iterator<Item = ContainerPortView> + '_ {
+    container_port_fields(p).map(|(name, port, proto)| ContainerPortView {
+        name: name.to_string(),
+        port,
+        proto,
+    })
+}
+
+/// [`container_ports`] as (name, port, protocol), borrowed.
+fn container_port_fields(p: &Pod) -> impl Iterator<Item = (&str, u16, u8)> + '_ {
     p.spec
         .iter()
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|cp| {
-            Some(ContainerPortView {
-                name: cp.name.clone().unwrap_or_default(),
-                port: services::port_number(cp.container_port)?,
-                proto: services::protocol(cp.protocol.as_deref())?,
-            })
+            Some((
+                cp.name.as_deref().unwrap_or_default(),
+                services::port_number(cp.container_port)?,
+                services::protocol(cp.protocol.as_deref())?,
+            ))
         })
 }
 
@@ -145,90 +162,199 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
-/// Each label set once, in the order [`IdentityAllocator::from_sets`] sorts them (FNV-1a of the
-/// canonical text, then the text), each key computed once. `from_sets` formats its key at
-/// every comparison: given the pods' label sets as they come (10 000 pods), sorting took most
-/// of [`ClusterView::from_manifests`]'s time; given this, its sort is one pass. The identities
-/// are the same either way (it sorts and removes repeats itself).
-fn label_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Vec<&'a Labels> {
-    let unique: rustc_hash::FxHashSet<&Labels> = sets.into_iter().collect();
-    let mut v: Vec<(u64, String, &Labels)> = unique
+/// The first IPv4 address of a pod's `status.podIP` / `status.podIPs`.
+fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref().and_then(|s| {
+        s.pod_ip
+            .as_deref()
+            .into_iter()
+            .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
+            .find_map(|i| i.parse::<Ipv4Addr>().ok())
+    })
+}
+
+/// A pod's (ready, terminating, terminal), as [`PodView`] has them.
+fn pod_state(p: &Pod) -> (bool, bool, bool) {
+    let status = p.status.as_ref();
+    // As Kubernetes, but a pod without a Ready condition counts as ready: the sandbox
+    // (kubelet here) writes none.
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
         .into_iter()
-        .map(|l| {
-            let c = l.canonical();
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in c.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            (h, c, l)
-        })
-        .collect();
-    v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    v.into_iter().map(|(_, _, l)| l).collect()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .is_none_or(|c| c.status == "True");
+    let terminal = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    (ready, p.metadata.deletion_timestamp.is_some(), terminal)
 }
 
-/// A pod with an address and a node, before its identity is known.
-struct Placed<'a> {
-    ns: String,
-    name: String,
-    node: String,
+/// The view of pod `p` on node `node` at `ip` (its identity still [`Identity::INIT`]: see
+/// [`assign_identities`]).
+fn pod_view(
+    (ns, name): (&str, &str),
+    p: &Pod,
+    node: &str,
     ip: Ipv4Addr,
-    labels: Labels,
-    identity: Identity,
-    pod: &'a Pod,
+    ns_labels: &BTreeMap<String, String>,
+) -> PodView {
+    let (ready, terminating, terminal) = pod_state(p);
+    PodView {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+        ip,
+        labels: Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels),
+        identity: Identity::INIT,
+        pod_labels: p.metadata.labels.clone().unwrap_or_default(),
+        ports: container_ports(p).collect(),
+        ready,
+        terminating,
+        terminal,
+    }
 }
 
-/// Gives each pod its identity, and answers the identities in use and the label sets still
-/// without one.
+/// Whether `prev` (of the same pod, in the same namespace) is what [`pod_view`] makes of `p`
+/// on `node` at `ip`, given that the namespace's labels did not change (identity aside). Every
+/// input of [`pod_view`] is compared here.
+fn pod_unchanged(prev: &PodView, p: &Pod, node: &str, ip: Ipv4Addr) -> bool {
+    let empty = BTreeMap::new();
+    prev.node == node
+        && prev.ip == ip
+        && *p.metadata.labels.as_ref().unwrap_or(&empty) == prev.pod_labels
+        && pod_state(p) == (prev.ready, prev.terminating, prev.terminal)
+        && container_port_fields(p).eq(prev
+            .ports
+            .iter()
+            .map(|c| (c.name.as_str(), c.port, c.proto)))
+}
+
+/// The identity step: numbers the pods' label sets and gives each pod its set's number.
 ///
-/// - Node-local ([`Manifests::cluster_identities`] false): numbers from the label sets alone
-///   ([`IdentityAllocator::from_sets`]).
-/// - Cluster-wide: the number of a `VireoIdentity` holding the pod's label set (the lowest,
-///   should two hold it; never one the garbage collector marked, which may be about to go).
-///   A pod whose label set has none yet keeps the identity and labels it had in `prev` while
-///   its new one is allocated (as a Cilium endpoint keeps its identity when its labels
-///   change), as long as that identity still exists; a new pod waits, left out of the view,
-///   as a Cilium endpoint waits for its identity. Either way its label set is in the second
-///   list.
+/// `pods` are the view's pods, those at `fresh` made anew and the others taken over from the
+/// previous view with their identity; `prev` holds the previous view's identities and how
+/// many of its pods had each, and `gone` the identities of its pods not taken over. The
+/// numbering depends only on the set of label sets ([`IdentityAllocator::from_sets`]): when
+/// that set is the same, `prev` is kept as it is, and only the fresh pods' label sets are
+/// looked up. Answers the identities and how many pods have each.
 fn assign_identities(
-    m: &Manifests,
-    prev: &ClusterView,
-    pods: &mut Vec<Placed<'_>>,
-) -> (IdentityAllocator, Vec<Labels>) {
-    if !m.cluster_identities {
-        let ids = IdentityAllocator::from_sets(label_sets(pods.iter().map(|p| &p.labels)));
-        for p in pods.iter_mut() {
-            p.identity = ids.get(&p.labels).unwrap_or(Identity::INIT);
+    pods: &mut [((String, String), PodView)],
+    fresh: &[usize],
+    gone: &[Identity],
+    (prev, mut members): (IdentityAllocator, FxHashMap<Identity, usize>),
+) -> (IdentityAllocator, FxHashMap<Identity, usize>) {
+    for id in gone {
+        if let Some(n) = members.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                members.remove(id);
+            }
         }
-        return (ids, Vec::new());
     }
-    let mut by_labels: rustc_hash::FxHashMap<&Labels, Identity> = Default::default();
-    for (n, ci) in m.identities.iter().filter(|(_, ci)| !ci.marked) {
-        // Ascending numbers: the lowest wins.
-        by_labels.entry(&ci.labels).or_insert(Identity(*n));
+    let mut new_sets: Vec<Labels> = Vec::new();
+    for &i in fresh {
+        let p = &mut pods[i].1;
+        match prev.get(&p.labels) {
+            Some(id) => {
+                p.identity = id;
+                *members.entry(id).or_default() += 1;
+            }
+            None => {
+                p.identity = Identity::INIT;
+                if !new_sets.contains(&p.labels) {
+                    new_sets.push(p.labels.clone());
+                }
+            }
+        }
     }
+    if new_sets.is_empty() && members.len() == prev.len() {
+        return (prev, members);
+    }
+    // Another set of label sets: numbered again, each pod's number translated.
+    let ids = IdentityAllocator::from_sets(
+        prev.iter()
+            .filter(|(id, _)| members.contains_key(id))
+            .map(|(_, l)| l)
+            .chain(&new_sets),
+    );
+    let renumber: FxHashMap<Identity, Identity> = prev
+        .iter()
+        .filter_map(|(old, l)| Some((old, ids.get(l)?)))
+        .collect();
+    let mut counts: FxHashMap<Identity, usize> = FxHashMap::default();
+    for (_, p) in pods.iter_mut() {
+        let id = match renumber.get(&p.identity) {
+            Some(id) if p.identity != Identity::INIT => *id,
+            _ => ids.get(&p.labels).unwrap_or(Identity::INIT),
+        };
+        p.identity = id;
+        *counts.entry(id).or_default() += 1;
+    }
+    (ids, counts)
+}
+
+/// The identity step with cluster-wide identities ([`Manifests::cluster_identities`]): each
+/// pod takes the number of a `VireoIdentity` holding its label set (the lowest, should two
+/// hold it; never one the garbage collector marked, which may be about to go). A pod taken over
+/// from the previous view keeps its number while that still holds its labels unmarked.
+///
+/// A pod whose label set has no number yet keeps the number and labels it had before
+/// (`before[i]` for a pod made anew, its own for one taken over) while its new one is
+/// allocated, as a Cilium endpoint keeps its identity when its labels change, as long as that
+/// number still holds those labels; a new pod waits, left out of the view, as a Cilium endpoint
+/// waits for its identity. Either way its label set is in the second list (sorted).
+fn cluster_identities(
+    m: &Manifests,
+    pods: &mut Vec<((String, String), PodView)>,
+    fresh: &[usize],
+    mut before: FxHashMap<usize, (Identity, Labels)>,
+) -> (IdentityAllocator, Vec<Labels>, FxHashSet<(String, String)>) {
+    let holds = |id: Identity, labels: &Labels, marked_ok: bool| {
+        m.identities
+            .get(&id.0)
+            .is_some_and(|ci| ci.labels == *labels && (marked_ok || !ci.marked))
+    };
+    let fresh: rustc_hash::FxHashSet<usize> = fresh.iter().copied().collect();
+    let mut by_labels: Option<FxHashMap<&Labels, Identity>> = None;
     let mut used = Vec::new();
     let mut seen = rustc_hash::FxHashSet::default();
     let mut waiting = std::collections::BTreeSet::new();
-    pods.retain_mut(|p| {
-        if let Some(id) = by_labels.get(&p.labels) {
-            p.identity = *id;
-        } else {
-            waiting.insert(p.labels.clone());
-            let before = prev
-                .pods
-                .get(&(p.ns.clone(), p.name.clone()))
-                .filter(|old| {
-                    m.identities
-                        .get(&old.identity.0)
-                        .is_some_and(|ci| ci.labels == old.labels)
-                });
-            let Some(old) = before else {
-                return false;
-            };
-            p.identity = old.identity;
-            p.labels = old.labels.clone();
+    let mut provisional = FxHashSet::default();
+    let mut i = 0;
+    pods.retain_mut(|(key, p)| {
+        let at = i;
+        i += 1;
+        let taken_over = !fresh.contains(&at);
+        if !(taken_over && holds(p.identity, &p.labels, false)) {
+            let by_labels = by_labels.get_or_insert_with(|| {
+                let mut map = FxHashMap::default();
+                // Ascending numbers: the lowest wins.
+                for (n, ci) in m.identities.iter().filter(|(_, ci)| !ci.marked) {
+                    map.entry(&ci.labels).or_insert(Identity(*n));
+                }
+                map
+            });
+            match by_labels.get(&p.labels) {
+                Some(id) => p.identity = *id,
+                None => {
+                    waiting.insert(p.labels.clone());
+                    let old = if taken_over {
+                        Some((p.identity, p.labels.clone()))
+                    } else {
+                        before.remove(&at)
+                    };
+                    match old.filter(|(id, l)| holds(*id, l, true)) {
+                        Some((id, l)) => {
+                            p.identity = id;
+                            p.labels = l;
+                            provisional.insert(key.clone());
+                        }
+                        None => return false,
+                    }
+                }
+            }
         }
         if seen.insert(p.identity) {
             used.push((p.identity, p.labels.clone()));
@@ -238,19 +364,37 @@ fn assign_identities(
     (
         IdentityAllocator::from_mapping(used),
         waiting.into_iter().collect(),
+        provisional,
     )
 }
 
 impl ClusterView {
-    /// Reduces manifests to the view.
-    pub fn from_manifests(m: &Manifests) -> ClusterView {
-        ClusterView::from_manifests_after(m, &ClusterView::default())
+    /// A view that [`ClusterView::rebuild`] takes nothing over from but the pods' previous
+    /// identities (their namespaces are unknown, so every pod is made anew): what a rebuild
+    /// from scratch that keeps a relabelled pod's cluster-wide identity starts from.
+    pub(crate) fn pods_only(self) -> ClusterView {
+        ClusterView {
+            pods: self.pods,
+            ..ClusterView::default()
+        }
     }
 
-    /// [`ClusterView::from_manifests`], given the view the previous objects gave: with
-    /// cluster-wide identities, a pod whose label set has no identity yet keeps the one it
-    /// had there (see [`assign_identities`]).
-    pub fn from_manifests_after(m: &Manifests, prev: &ClusterView) -> ClusterView {
+    /// Reduces manifests to the view.
+    pub fn from_manifests(m: &Manifests) -> ClusterView {
+        ClusterView::rebuild(m, ClusterView::default(), true).0
+    }
+
+    /// [`ClusterView::from_manifests`]`(m)`, taking over from `prev` (the view of earlier
+    /// objects) what the changes leave as it was: the view of each pod whose own fields and
+    /// namespace labels are unchanged, the identities when the set of label sets is the same,
+    /// and the service ports when `services_changed` is false (the Services and EndpointSlices
+    /// are those `prev` was made from) and none of them was derived from pods. Also answers
+    /// whether the service ports were read again.
+    pub fn rebuild(
+        m: &Manifests,
+        mut prev: ClusterView,
+        services_changed: bool,
+    ) -> (ClusterView, bool) {
         let mut v = ClusterView::default();
         for (name, n) in &m.nodes {
             let ip = n
@@ -282,16 +426,25 @@ impl ClusterView {
         for ns in m.namespaces.keys() {
             v.namespaces.insert(ns.clone(), namespace_labels(m, ns));
         }
-        let mut pods = Vec::new();
+        // Namespaces whose labels are those of `prev`: their pods' label sets are too.
+        let mut same_ns: BTreeMap<&str, bool> = BTreeMap::new();
+        // `prev`'s pods, walked along with `m`'s (both in key order).
+        let mut old = std::mem::take(&mut prev.pods).into_iter().peekable();
+        let mut pods = Vec::with_capacity(m.pods.len());
+        // Pods made anew (at these indices of `pods`), and the identities of `prev`'s pods
+        // that were not taken over.
+        let mut fresh = Vec::new();
+        let mut gone = Vec::new();
+        // With cluster-wide identities: the previous number and labels of pods made anew.
+        let mut before = FxHashMap::default();
         for ((ns, name), p) in &m.pods {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            let ip = p.status.as_ref().and_then(|s| {
-                s.pod_ip
-                    .as_deref()
-                    .into_iter()
-                    .chain(s.pod_ips.iter().flatten().map(|i| i.ip.as_str()))
-                    .find_map(|i| i.parse::<Ipv4Addr>().ok())
-            });
+            let at = (ns.as_str(), name.as_str());
+            while let Some((_, o)) = old.next_if(|((n, k), _)| (n.as_str(), k.as_str()) < at) {
+                gone.push(o.identity);
+            }
+            let old = old.next_if(|((n, k), _)| (n.as_str(), k.as_str()) == at);
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let ip = pod_ip(p);
             if ip.is_none() {
                 // An address that is no IP at all (not an IPv6 one) is a broken object.
                 let bad = p.status.as_ref().and_then(|s| {
@@ -309,68 +462,61 @@ impl ClusterView {
             }
             let (Some(node), Some(ip)) = (node, ip) else {
                 // Not scheduled or not running yet: nothing to route.
+                gone.extend(old.map(|(_, o)| o.identity));
                 continue;
             };
-            let ns_labels = v
-                .namespaces
-                .entry(ns.clone())
-                .or_insert_with(|| namespace_labels(m, ns));
-            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &*ns_labels);
-            pods.push(Placed {
-                ns: ns.clone(),
-                name: name.clone(),
-                node,
-                ip,
-                labels,
-                identity: Identity::INIT,
-                pod: p,
-            });
+            if !v.namespaces.contains_key(ns) {
+                v.namespaces.insert(ns.clone(), namespace_labels(m, ns));
+            }
+            let ns_labels = &v.namespaces[ns];
+            let same = *same_ns
+                .entry(ns)
+                .or_insert_with(|| prev.namespaces.get(ns) == Some(&*ns_labels));
+            match old {
+                Some((key, old))
+                    if same
+                        && pod_unchanged(&old, p, node, ip)
+                        && !prev.provisional.contains(&key) =>
+                {
+                    pods.push((key, old));
+                }
+                other => {
+                    if m.cluster_identities {
+                        if let Some((_, o)) = &other {
+                            before.insert(pods.len(), (o.identity, o.labels.clone()));
+                        }
+                    }
+                    gone.extend(other.map(|(_, o)| o.identity));
+                    fresh.push(pods.len());
+                    let view = pod_view((ns, name), p, node, ip, ns_labels);
+                    pods.push(((ns.clone(), name.clone()), view));
+                }
+            }
         }
-        (v.identities, v.unallocated) = assign_identities(m, prev, &mut pods);
-        for Placed {
-            ns,
-            name,
-            node,
-            ip,
-            labels,
-            identity,
-            pod: p,
-        } in pods
-        {
-            let status = p.status.as_ref();
-            // As Kubernetes, but a pod without a Ready condition counts as ready: the
-            // sandbox (kubelet here) writes none.
-            let ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .find(|c| c.type_ == "Ready")
-                .is_none_or(|c| c.status == "True");
-            let terminal = matches!(
-                status.and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            let ports = container_ports(p).collect();
-            v.pods.insert(
-                (ns.clone(), name.clone()),
-                PodView {
-                    namespace: ns,
-                    name,
-                    node,
-                    ip,
-                    labels,
-                    identity,
-                    pod_labels: p.metadata.labels.clone().unwrap_or_default(),
-                    ports,
-                    ready,
-                    terminating: p.metadata.deletion_timestamp.is_some(),
-                    terminal,
-                },
-            );
+        gone.extend(old.map(|(_, o)| o.identity));
+        let prev_ids = (
+            std::mem::take(&mut prev.identities),
+            std::mem::take(&mut prev.members),
+        );
+        if m.cluster_identities {
+            (v.identities, v.unallocated, v.provisional) =
+                cluster_identities(m, &mut pods, &fresh, before);
+        } else {
+            (v.identities, v.members) = assign_identities(&mut pods, &fresh, &gone, prev_ids);
         }
+        v.pods = pods.into_iter().collect();
         v.services_warnings_from = v.warnings.len();
-        v.services = services::service_ports(m, &v.pods, &mut v.warnings);
-        v
+        let read = services_changed || prev.services_read_pods;
+        if read {
+            let (services, read_pods) = services::service_ports(m, &v.pods, &mut v.warnings);
+            v.services = services;
+            v.services_read_pods = read_pods;
+        } else {
+            v.services = prev.services;
+            v.warnings
+                .extend(prev.warnings.drain(prev.services_warnings_from..));
+        }
+        (v, read)
     }
 
     /// Reads the Services and EndpointSlices of `m` again, keeping the rest of the view: what
@@ -378,7 +524,9 @@ impl ClusterView {
     /// was made (their warnings are replaced).
     pub fn refresh_services(&mut self, m: &Manifests) {
         self.warnings.truncate(self.services_warnings_from);
-        self.services = services::service_ports(m, &self.pods, &mut self.warnings);
+        let (services, read_pods) = services::service_ports(m, &self.pods, &mut self.warnings);
+        self.services = services;
+        self.services_read_pods = read_pods;
     }
 
     /// The service ports as node `me` (underlay address `node_ip`, if known) serves them:
@@ -587,39 +735,6 @@ status: {podIP: 'fd00::1'}
     }
 
     #[test]
-    fn label_sets_come_in_the_allocators_order() {
-        let sets: Vec<Labels> = (0..200)
-            .map(|i| {
-                let l = BTreeMap::from([("app".to_string(), format!("a{}", i % 50))]);
-                Labels::for_pod("default", &l, &BTreeMap::new())
-            })
-            .collect();
-        let ours = label_sets(&sets);
-        assert_eq!(ours.len(), 50);
-        let a = IdentityAllocator::from_sets(ours.iter().copied());
-        let b = IdentityAllocator::from_sets(&sets);
-        for l in &sets {
-            assert_eq!(a.get(l), b.get(l));
-        }
-        // Already sorted as the allocator sorts: sorting again changes nothing.
-        let mut again = ours.clone();
-        again.sort_by_key(|l| {
-            let c = l.canonical();
-            (fnv(&c), c)
-        });
-        assert_eq!(again, ours);
-    }
-
-    fn fnv(s: &str) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in s.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
-    }
-
-    #[test]
     fn conventions() {
         let n = pod_ifname("default", "a");
         assert!(n.len() <= 15 && n.starts_with("lxc"));
@@ -668,7 +783,7 @@ status: {podIP: 'fd00::1'}
         // Pod a's labels change to a set without a number yet.
         let a = m.pods.get_mut(&("default".into(), "a".into())).unwrap();
         a.metadata.labels = Some(BTreeMap::from([("app".into(), "api".into())]));
-        let after = ClusterView::from_manifests_after(&m, &v);
+        let after = ClusterView::rebuild(&m, v.clone(), true).0;
         let pa = &after.pods[&("default".into(), "a".into())];
         assert_eq!(pa.identity, Identity(70_001), "keeps its number meanwhile");
         assert_eq!(pa.labels, web, "with the labels that number stands for");
@@ -680,14 +795,14 @@ status: {podIP: 'fd00::1'}
         // Once the new set has a number, the pod takes it.
         let api = after.unallocated[0].clone();
         m.identities.insert(70_100, held(&api, false));
-        let moved = ClusterView::from_manifests_after(&m, &after);
+        let moved = ClusterView::rebuild(&m, after.clone(), true).0;
         let pa = &moved.pods[&("default".into(), "a".into())];
         assert_eq!((pa.identity, &pa.labels), (Identity(70_100), &api));
         assert!(moved.unallocated.is_empty());
         // A kept number that was deleted meanwhile is not kept.
         m.identities.remove(&70_100);
         m.identities.remove(&70_001);
-        let gone = ClusterView::from_manifests_after(&m, &after);
+        let gone = ClusterView::rebuild(&m, after.clone(), true).0;
         assert!(!gone.pods.contains_key(&("default".into(), "a".into())));
     }
 }

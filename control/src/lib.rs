@@ -18,6 +18,8 @@ pub mod neigh;
 pub mod netpol;
 pub mod node;
 pub mod nodeconfig;
+#[cfg(test)]
+mod reuse_tests;
 pub mod services;
 pub mod source;
 pub mod trace;

@@ -93,7 +93,7 @@ impl PolicyKind {
 }
 
 /// A network policy document, as written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyDocument {
     /// Its kind.
     pub kind: PolicyKind,

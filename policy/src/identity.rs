@@ -168,11 +168,17 @@ fn fnv1a(s: &str) -> u64 {
 impl IdentityAllocator {
     /// The identity of `labels`, allocating it if new.
     pub fn allocate(&mut self, labels: &Labels) -> Identity {
-        if let Some(id) = self.by_labels.get(labels) {
-            return *id;
+        match self.by_labels.get(labels) {
+            Some(id) => *id,
+            None => self.insert(labels, fnv1a(&labels.canonical())),
         }
+    }
+
+    /// Allocates new label set `labels`, of stable hash `hash`: at `FIRST_ENDPOINT + hash %
+    /// span`, or the first free number after it.
+    fn insert(&mut self, labels: &Labels, hash: u64) -> Identity {
         let span = u64::from(Identity::LIMIT - Identity::FIRST_ENDPOINT);
-        let mut n = fnv1a(&labels.canonical()) % span;
+        let mut n = hash % span;
         let id = loop {
             let id = Identity(Identity::FIRST_ENDPOINT + n as u32);
             if !self.by_id.contains_key(&id) {
@@ -188,18 +194,33 @@ impl IdentityAllocator {
     /// Builds an allocator for exactly these label sets. Sets are allocated in hash order, so
     /// the numbering depends only on the sets, not on the order they were seen in.
     pub fn from_sets<'a>(sets: impl IntoIterator<Item = &'a Labels>) -> Self {
-        let mut v: Vec<&Labels> = sets.into_iter().collect();
-        // The key is a string built per set: once each, not at every comparison.
-        v.sort_by_cached_key(|l| {
-            let c = l.canonical();
-            (fnv1a(&c), c)
-        });
-        v.dedup();
+        // The key is a string built per set: once each, not at every comparison (nor again
+        // to allocate).
+        let mut v: Vec<(u64, String, &Labels)> = sets
+            .into_iter()
+            .map(|l| {
+                let c = l.canonical();
+                (fnv1a(&c), c, l)
+            })
+            .collect();
+        // (Two different sets may share a text: `a=b;c=d` is also `{a: "b;c=d"}`.)
+        v.sort_unstable_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+        v.dedup_by(|a, b| a.2 == b.2);
         let mut a = IdentityAllocator::default();
-        for l in v {
-            a.allocate(l);
+        for (hash, _, l) in v {
+            a.insert(l, hash);
         }
         a
+    }
+
+    /// How many identities are allocated.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 
     /// An allocator holding exactly this mapping, as allocated elsewhere (cluster-wide

@@ -10,10 +10,10 @@ use super::cilium_schema::{field, nodes, CEgress, CIngress, CRule, CSpec};
 use super::ports::{cilium_ports, PortIn, PortNum};
 use super::read::{malformed, read, split_path, written, Unknown};
 use super::selectors::{any_pod, cidr_peer, cilium_key, in_namespace, selector};
-use super::{fail_closed, Builder, Obj, PodPorts, RuleIn};
+use super::{fail_closed, Builder, Obj, Pods, RuleIn};
 
 /// The policies of one Cilium object: one per `spec` and per entry of `specs`.
-pub(super) fn cilium_policy(obj: &Obj, pods: &[PodPorts]) -> Vec<Result<Policy, String>> {
+pub(super) fn cilium_policy(obj: &Obj, pods: &Pods) -> Vec<Result<Policy, String>> {
     let v = &obj.doc.value;
     let mut out = Vec::new();
     if let Value::Mapping(m) = v {
@@ -139,7 +139,7 @@ pub(super) fn cilium_subject(
 /// One spec.
 pub(super) fn cilium_spec(
     obj: &Obj,
-    pods: &[PodPorts],
+    pods: &Pods,
     raw: &Value,
     prefix: &str,
 ) -> Result<Policy, String> {
@@ -196,7 +196,7 @@ pub(super) const CILIUM_SECTIONS: [&str; 4] = ["ingress", "ingressDeny", "egress
 /// makes it fail closed.
 pub(super) fn cilium_read(
     obj: &Obj,
-    pods: &[PodPorts],
+    pods: &Pods,
     raw: &Value,
     spec: &CSpec,
     unknown: Vec<String>,

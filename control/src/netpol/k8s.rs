@@ -9,10 +9,10 @@ use super::cilium_schema::field;
 use super::ports::np_ports;
 use super::read::{malformed, read, Unknown};
 use super::selectors::{any_pod, cidr_peer, in_namespace, namespace_key, pod_key, selector};
-use super::{fail_closed, Builder, Obj, PodPorts, RuleIn};
+use super::{fail_closed, Builder, Obj, Pods, RuleIn};
 
 /// One NetworkPolicy.
-pub(super) fn network_policy(obj: &Obj, pods: &[PodPorts]) -> Result<Policy, String> {
+pub(super) fn network_policy(obj: &Obj, pods: &Pods) -> Result<Policy, String> {
     let (np, unknown) = match read::<NetworkPolicy>(&obj.doc.value) {
         Ok(np) => np,
         Err(e) => {
@@ -60,7 +60,7 @@ pub(super) fn np_fail_closed(obj: &Obj, reason: &str) -> Result<Policy, String> 
 /// `Err` makes it fail closed.
 pub(super) fn np_read(
     obj: &Obj,
-    pods: &[PodPorts],
+    pods: &Pods,
     np: NetworkPolicy,
     unknown: Vec<String>,
 ) -> Result<Policy, String> {

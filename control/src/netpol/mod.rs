@@ -67,6 +67,7 @@ mod selectors;
 #[cfg(test)]
 mod tests;
 
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 
 use vireo_lb::service::UDP;
@@ -106,26 +107,73 @@ impl PolicySet {
 
 /// Reads the policies of `m`. Never fails: problems are warnings (see the module doc).
 pub fn policies(m: &Manifests) -> PolicySet {
-    let pods = pod_ports(m);
+    policies_reusing(m, &mut PolicyCache::default(), true)
+}
+
+/// What each policy document was read into, to read again only the documents that changed
+/// ([`policies_reusing`]).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyCache {
+    docs: BTreeMap<(PolicyKind, String, String), ReadDoc>,
+}
+
+/// One document and what it was read into.
+#[derive(Debug, Clone)]
+struct ReadDoc {
+    doc: PolicyDocument,
+    /// Its reading looked at the pods (to resolve a named port).
+    read_pods: bool,
+    policies: Vec<Policy>,
+    /// Its lines of [`PolicySet::warnings`].
+    warnings: Vec<String>,
+}
+
+/// [`policies`], reading again only the documents that differ from those `cache` holds (and,
+/// when `pods_changed` (Pods or Namespaces may differ from those of the last call), those
+/// whose reading looked at the pods: named ports); `cache` is left holding `m`'s documents.
+/// The result is [`policies`]`(m)`: a policy is a function of its document, and of the pods'
+/// labels and named ports only through named ports.
+pub fn policies_reusing(m: &Manifests, cache: &mut PolicyCache, pods_changed: bool) -> PolicySet {
+    let pods = Pods::new(m);
+    let mut old = std::mem::take(&mut cache.docs);
     let mut set = PolicySet::default();
-    for doc in m.policies.values() {
-        let obj = Obj::new(doc);
-        let out = match doc.kind {
-            PolicyKind::NetworkPolicy => vec![network_policy(&obj, &pods)],
-            _ => cilium_policy(&obj, &pods),
+    for (key, doc) in &m.policies {
+        let (key, read) = match old.remove_entry(key) {
+            Some((k, r)) if r.doc == *doc && !(r.read_pods && pods_changed) => (k, r),
+            _ => (key.clone(), read_doc(doc, &pods)),
         };
-        for r in out {
-            match r {
-                Ok(p) => {
-                    set.warnings
-                        .extend(p.warnings.iter().map(|w| format!("{}: {w}", obj.label)));
-                    set.policies.push(p);
-                }
-                Err(w) => set.warnings.push(format!("{}: {w}", obj.label)),
-            }
-        }
+        set.policies.extend(read.policies.iter().cloned());
+        set.warnings.extend(read.warnings.iter().cloned());
+        cache.docs.insert(key, read);
     }
     set
+}
+
+/// Reads one document.
+fn read_doc(doc: &PolicyDocument, pods: &Pods) -> ReadDoc {
+    let obj = Obj::new(doc);
+    pods.read.set(false);
+    let out = match doc.kind {
+        PolicyKind::NetworkPolicy => vec![network_policy(&obj, pods)],
+        _ => cilium_policy(&obj, pods),
+    };
+    let mut read = ReadDoc {
+        doc: doc.clone(),
+        read_pods: pods.read.get(),
+        policies: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for r in out {
+        match r {
+            Ok(p) => {
+                read.warnings
+                    .extend(p.warnings.iter().map(|w| format!("{}: {w}", obj.label)));
+                read.policies.push(p);
+            }
+            Err(w) => read.warnings.push(format!("{}: {w}", obj.label)),
+        }
+    }
+    read
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,6 +184,30 @@ struct PodPorts {
     labels: Labels,
     /// (name, number, protocol) of every named `containers[].ports[]` entry (TCP or UDP).
     ports: Vec<(String, u16, Proto)>,
+}
+
+/// The pods of the manifests as policies read them, made at the first read: most policies
+/// never look at them (only named ports do).
+struct Pods<'a> {
+    m: &'a Manifests,
+    list: OnceCell<Vec<PodPorts>>,
+    /// They were read (since this was last set to `false`).
+    read: Cell<bool>,
+}
+
+impl<'a> Pods<'a> {
+    fn new(m: &'a Manifests) -> Pods<'a> {
+        Pods {
+            m,
+            list: OnceCell::new(),
+            read: Cell::new(false),
+        }
+    }
+
+    fn get(&self) -> &[PodPorts] {
+        self.read.set(true);
+        self.list.get_or_init(|| pod_ports(self.m))
+    }
 }
 
 fn pod_ports(m: &Manifests) -> Vec<PodPorts> {
@@ -208,7 +280,7 @@ struct RuleIn {
 
 /// A policy being built.
 struct Builder<'a> {
-    pods: &'a [PodPorts],
+    pods: &'a Pods<'a>,
     policy: Policy,
 }
 

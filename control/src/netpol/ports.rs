@@ -113,6 +113,7 @@ impl Builder<'_> {
             }),
         };
         self.pods
+            .get()
             .iter()
             .filter(|pod| dest(&pod.labels))
             .flat_map(|pod| &pod.ports)

@@ -144,13 +144,14 @@ impl ServicePortView {
 }
 
 /// The service ports of every Service in `m`, with backends from its EndpointSlices or, for
-/// a Service with a selector and no slice, from `pods`. Problems are added to `warnings`,
-/// one line each.
+/// a Service with a selector and no slice, from `pods`; and whether any was derived from
+/// `pods` (else they do not depend on the pods). Problems are added to `warnings`, one line
+/// each.
 pub fn service_ports(
     m: &Manifests,
     pods: &BTreeMap<(String, String), PodView>,
     warnings: &mut Vec<String>,
-) -> Vec<ServicePortView> {
+) -> (Vec<ServicePortView>, bool) {
     let mut slices: BTreeMap<(String, String), Vec<Slice>> = BTreeMap::new();
     let mut labelled: BTreeSet<(String, String)> = BTreeSet::new();
     for ((ns, name), s) in &m.endpoint_slices {
@@ -169,17 +170,19 @@ pub fn service_ports(
         }
     }
     let mut out = Vec::new();
+    let mut read_pods = false;
     for ((ns, name), svc) in &m.services {
         let key = (ns.clone(), name.clone());
         let from = if labelled.contains(&key) {
             Backends::Slices(slices.get(&key).map(Vec::as_slice).unwrap_or(&[]))
         } else {
+            read_pods = true;
             Backends::Pods(pods)
         };
         out.extend(one_service(ns, name, svc, from, warnings));
     }
     out.sort_by(|a, b| (&a.name, a.port, a.proto).cmp(&(&b.name, b.port, b.proto)));
-    out
+    (out, read_pods)
 }
 
 /// TCP or UDP (the default is TCP); `None` for anything else.
