@@ -20,13 +20,12 @@ use ::kube::Client;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
+use super::backoff::Backoff;
 use super::runtime::Task;
 use crate::allocator::{EndpointStatus, Endpoints, LocalEndpoint, PodRef, Retry};
 
 /// First back-off after a failed round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest back-off.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The endpoints wanted, by (namespace, name).
 type Want = BTreeMap<(String, String), (PodRef, EndpointStatus)>;
@@ -77,21 +76,20 @@ async fn run(client: Client, node: String, mut rx: watch::Receiver<Option<Want>>
     // endpoint listed, or one whose write failed).
     let mut have: BTreeMap<(String, String), Option<(PodRef, EndpointStatus)>> = BTreeMap::new();
     let mut listed = false;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF);
     loop {
         let want = rx.borrow_and_update().clone();
         let ok = match &want {
             None => true,
-            Some(want) => sync(&eps, &node, want, &mut have, &mut listed, backoff).await,
+            Some(want) => sync(&eps, &node, want, &mut have, &mut listed, backoff.fresh()).await,
         };
         if ok {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
             if rx.changed().await.is_err() {
                 return;
             }
         } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
         }
     }
 }
@@ -103,11 +101,11 @@ async fn sync(
     want: &Want,
     have: &mut BTreeMap<(String, String), Option<(PodRef, EndpointStatus)>>,
     listed: &mut bool,
-    backoff: Duration,
+    first_failure: bool,
 ) -> bool {
     // Warned at the first failure of a streak, then only logged at debug level.
     let warn = |what: &str, e: &dyn std::fmt::Display| {
-        if backoff == FIRST_BACKOFF {
+        if first_failure {
             tracing::warn!("{what}: {e}");
         } else {
             tracing::debug!("{what}: {e}");

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use vireo_policy::Labels;
 
+use super::backoff::Backoff;
 use super::kinds::Kind;
 use super::state::Shared;
 use super::status::rfc3339;
@@ -67,9 +68,8 @@ pub(crate) fn status_json(s: &IdentityStatus) -> Value {
     })
 }
 
-/// The first back-off after a failed round, and the longest.
+/// The first back-off after a failed round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Allocates the label sets sent on `requests` until the channel closes. Each request is the
 /// whole set the view waits for, replacing the previous one (so a set no pod needs any more is
@@ -84,7 +84,7 @@ pub(crate) async fn allocator(
 ) {
     let ids = ClusterIdentities::new(client, Options::default());
     let mut pending: Vec<Labels> = Vec::new();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF);
     loop {
         if pending.is_empty() {
             match requests.recv().await {
@@ -110,10 +110,9 @@ pub(crate) async fn allocator(
                 "VireoIdentity objects are not served (is the CRD installed?): {} label sets wait for an identity",
                 pending.len()
             );
-            tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{why}");
+            tracing::warn!(retry_in_ms = backoff.delay().as_millis() as u64, "{why}");
             lock(&status).last_error = Some((SystemTime::now(), why));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
             continue;
         }
         let before = ids.stats();
@@ -135,7 +134,7 @@ pub(crate) async fn allocator(
                 Err(e) => {
                     tracing::warn!(
                         sets = pending.len(),
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = backoff.delay().as_millis() as u64,
                         "allocating identities: {e}"
                     );
                     st.last_error = Some((SystemTime::now(), e.to_string()));
@@ -144,10 +143,9 @@ pub(crate) async fn allocator(
             }
         };
         if failed {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
         } else {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
         }
     }
 }

@@ -28,6 +28,7 @@
 //!   written by tasks of the runtime, never by the consumer's thread.
 
 mod assemble;
+mod backoff;
 mod endpoints;
 pub mod events;
 mod identities;

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::backoff::Backoff;
 use super::kinds::Kind;
 use super::runtime::Task;
 use crate::allocator::{Error, Retry};
@@ -29,8 +30,6 @@ use crate::source::Manifests;
 
 /// First back-off after a failed round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest back-off.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Rounds of read-and-write a config's condition gets when it keeps changing under us.
 const MAX_CONFLICTS: u32 = 8;
 
@@ -76,7 +75,7 @@ fn now() -> Time {
 async fn run(client: Client, mut rx: watch::Receiver<BTreeSet<String>>, retry: Retry) {
     let api: Api<DynamicObject> = Api::all_with(client, &Kind::VireoNodeConfig.api_resource());
     let mut pending: BTreeSet<String> = BTreeSet::new();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF);
     loop {
         if pending.is_empty() && rx.changed().await.is_err() {
             return;
@@ -90,7 +89,7 @@ async fn run(client: Client, mut rx: watch::Receiver<BTreeSet<String>>, retry: R
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    if backoff == FIRST_BACKOFF {
+                    if backoff.fresh() {
                         tracing::warn!(config = %name, "writing the Valid condition: {e}");
                     } else {
                         tracing::debug!(config = %name, "writing the Valid condition: {e}");
@@ -100,11 +99,10 @@ async fn run(client: Client, mut rx: watch::Receiver<BTreeSet<String>>, retry: R
             }
         }
         if failed.is_empty() {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
         } else {
             pending = failed;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
         }
     }
 }
