@@ -3,7 +3,8 @@
 set -euo pipefail
 
 PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config gcc-multilib m4 bpftool
-      iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3 python3-venv valgrind)
+      iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3 python3-venv valgrind
+      golang-go golang-github-appc-cni-dev containernetworking-plugins)
 
 missing=()
 for p in "${PKGS[@]}"; do
