@@ -43,7 +43,7 @@ drop_reasons! {
     VxlanTruncatedInner => "vxlan_truncated_inner", "A VXLAN packet whose inner frame is truncated.";
     VxlanUnknownIdentity => "vxlan_unknown_identity", "A VNI that is no known security identity.";
     VxlanUnknownNode => "vxlan_unknown_node", "VXLAN from an address that is no known node.";
-    NoNeighbor => "no_neighbor", "The underlay MAC of the destination node is not resolved yet.";
+    NoNeighbor => "no_neighbor", "The underlay MAC of the destination node (or of the uplink's next hop to the world) is not resolved yet.";
     FragNeeded => "frag_needed", "Too big to encapsulate with DF set: answered with ICMP fragmentation needed.";
     TooBigNoDf => "too_big_no_df", "Too big to encapsulate without DF: dropped, not fragmented.";
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer headers.";
@@ -54,7 +54,9 @@ drop_reasons! {
     FragNoFirst => "frag_no_first", "A later IPv4 fragment whose first fragment was not seen (its ports are unknown).";
     NoBackend => "no_backend", "A service with no backend taking new flows: answered with ICMP port unreachable.";
     LbSourceRange => "lb_source_range", "A client outside a LoadBalancer service's loadBalancerSourceRanges.";
-    SnatNoPort => "snat_no_port", "No free source port to source-NAT a NodePort or external flow to the node's address.";
+    SnatNoPort => "snat_no_port", "No free source port to source-NAT a flow to the node's address (a NodePort or external flow from outside, or a pod's flow to the world).";
+    MasqNoEntry => "masq_no_entry", "A packet from the uplink to the node's address in the masquerade port range (or an ICMP error or echo reply about one) with no conntrack entry: never reaches a pod.";
+    MasqUnsupported => "masq_unsupported_proto", "A pod's packet to the world of a protocol masquerade does not translate (only TCP, UDP and ICMP echo are).";
     NoTxPort => "no_tx_port", "The output interface has no socket on this worker.";
     TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
 }

@@ -74,6 +74,42 @@ pub struct RemoteNode {
     pub next_hop_mac: Option<Mac>,
 }
 
+/// Pod → world source NAT (masquerade): what the `masquerade` stage needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masquerade {
+    /// Source ports (and ICMP echo identifiers) for translated flows, inclusive; the uplink
+    /// steers replies to the node's address in this range.
+    pub ports: (u16, u16),
+    /// The cluster's pod CIDRs: never masqueraded (a destination there is a pod or nothing).
+    pub cluster: Vec<ipnet::Ipv4Net>,
+    /// Destinations that leave the uplink untranslated (Cilium's
+    /// `ipv4-native-routing-cidr`, ip-masq-agent's `nonMasqueradeCIDRs`).
+    pub non_masquerade: Vec<ipnet::Ipv4Net>,
+    /// Ethernet address of the uplink's next hop to the world (the default route's gateway),
+    /// once the kernel has resolved it.
+    pub next_hop_mac: Option<Mac>,
+}
+
+impl Masquerade {
+    /// Whether `port` (host byte order) is in the masquerade range.
+    #[inline]
+    pub fn in_range(&self, port: u16) -> bool {
+        (self.ports.0..=self.ports.1).contains(&port)
+    }
+    /// Whether `ip` is in one of the cluster's pod CIDRs.
+    #[inline]
+    pub fn in_cluster(&self, ip: u32) -> bool {
+        let a = Ipv4Addr::from(ip);
+        self.cluster.iter().any(|n| n.contains(&a))
+    }
+    /// Whether `ip` is in a non-masquerade CIDR.
+    #[inline]
+    pub fn exempt(&self, ip: u32) -> bool {
+        let a = Ipv4Addr::from(ip);
+        self.non_masquerade.iter().any(|n| n.contains(&a))
+    }
+}
+
 /// Why policy dropped a new flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDrop {
@@ -120,6 +156,9 @@ pub struct Tables {
     /// The first fragments' ports of fragmented datagrams (shared, mutable; the same in every
     /// snapshot).
     pub frags: Arc<vireo_conntrack::FragTable>,
+    /// Pod → world masquerade (`None`: off; traffic to the world is then an unknown
+    /// destination).
+    pub masq: Option<Arc<Masquerade>>,
     /// This snapshot's number, set when it is published; a tracked flow's cached policy verdict
     /// holds while it was taken under the current revision.
     pub revision: u32,

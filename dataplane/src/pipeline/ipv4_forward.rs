@@ -7,8 +7,10 @@
 //!   answered with ICMP time exceeded ([`super::icmp`]).
 //! - A destination the ipcache places on another node goes to `vxlan_encap`, TTL decremented.
 //! - Anything else is an unknown destination.
-//! - Frames the `service` stage translated had their source checked there; from the uplink,
-//!   only those come here. A decapsulated packet is only ever delivered
+//! - Frames the `service` or `masquerade` stage translated had their source checked there;
+//!   from the uplink, only those come here (a masqueraded flow's replies, to their pod). A
+//!   pod's traffic to the world left through `masquerade` already (with masquerade off it is
+//!   an unknown destination here). A decapsulated packet is only ever delivered
 //!   locally.
 
 use super::icmp::{answer, Answer};
@@ -57,7 +59,7 @@ fn route(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
                 Some(ep) if ep.slot == d.in_slot => d.src_identity = ep.identity,
                 _ => return Verdict::Drop(DropReason::InvalidSource),
             },
-            // Nothing but VXLAN is steered from the uplink yet.
+            // From the uplink only VXLAN, service frontends and masquerade replies are steered.
             _ => return Verdict::Drop(DropReason::UnknownDestination),
         }
     }

@@ -10,8 +10,10 @@ mod conntrack;
 mod fragments;
 mod icmp;
 mod ipv4_forward;
+mod masquerade;
 mod parse;
 mod service;
+mod snat;
 mod vxlan_decap;
 mod vxlan_encap;
 
@@ -239,6 +241,7 @@ pipeline!(
     arp,          // answer pods' ARP requests for their gateway
     fragments,    // later IPv4 fragments get their datagram's ports from the first fragment
     service,      // service frontends: DNAT to a Maglev backend (conntrack wins); reverse NAT
+    masquerade,   // pod -> world: SNAT to the node's address, out of the uplink; replies back
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
     conntrack, // every flow tracked; original-direction packets judged (cached verdict); new ones get an entry
     vxlan_encap, // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
@@ -305,6 +308,8 @@ pub(crate) fn for_each_pending<F: Frames>(
     }
 }
 
+#[cfg(test)]
+mod masquerade_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

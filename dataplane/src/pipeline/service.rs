@@ -42,9 +42,7 @@ use crate::wire::{
 
 /// Source ports for source-NAT to the node's address: above Linux's default ephemeral range,
 /// so they never meet the host's own connections.
-const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
-/// Ports tried before a new flow is dropped as `snat_no_port`.
-const SNAT_TRIES: u32 = 16;
+const SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// How long a learnt client Ethernet address lives without traffic.
 const NEIGH_SECS: u32 = 600;
 
@@ -269,23 +267,24 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
     };
     if snat {
         let node = u32::from(t.local?.ip);
-        let span = u32::from(SNAT_PORTS.end() - SNAT_PORTS.start()) + 1;
+        let base = nat;
+        let key = |port: u16| {
+            revnat_key(
+                &Nat {
+                    src: node,
+                    sport: port,
+                    ..base
+                },
+                proto,
+            )
+        };
         let h = flow_hash(&p) as u32;
-        let mut found = false;
-        for i in 0..SNAT_TRIES {
-            nat.src = node;
-            nat.sport = SNAT_PORTS.start() + ((h.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
-            match ct.insert(&revnat_key(&nat, proto), revnat_entry(&p, first, d)) {
-                Ok((_, true)) => {
-                    found = true;
-                    break;
-                }
-                Ok((_, false)) => continue, // that port is some other flow's
-                Err(Full) => return Some(Verdict::Drop(DropReason::CtFull)),
+        match super::snat::allocate(ct, SNAT_PORTS, h, key, revnat_entry(&p, first, d)) {
+            Ok(port) => {
+                nat.src = node;
+                nat.sport = port;
             }
-        }
-        if !found {
-            return Some(Verdict::Drop(DropReason::SnatNoPort));
+            Err(r) => return Some(Verdict::Drop(r)),
         }
     }
     // Whether this packet made the revnat entry (a racing worker may have made the same one:

@@ -64,6 +64,7 @@ fn stages_are_listed_in_order() {
             "arp",
             "fragments",
             "service",
+            "masquerade",
             "ipv4_forward",
             "conntrack",
             "vxlan_encap"

@@ -221,6 +221,14 @@ pub fn translate_icmp_error(
             }
         }
     }
+    // A quoted ICMP echo: its identifier (with the quoted ICMP checksum, when quoted).
+    if q.proto == 1 && qh.len() >= q.hlen + 6 {
+        let l4 = q.hlen;
+        let old = half(qh, l4 + 4);
+        let c = csum_replace16(half(qh, l4 + 2), old, q_sport);
+        qh[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+        qh[l4 + 4..l4 + 6].copy_from_slice(&q_sport.to_be_bytes());
+    }
     let icmp = &mut ip[IPV4_MIN_HLEN..];
     icmp[2..4].copy_from_slice(&[0, 0]);
     let c = inet_checksum(icmp);

@@ -72,6 +72,20 @@ pub fn ipv4_rewrite(ip: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
     ip[co..co + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Rewrites the addresses and the identifier of the ICMP echo request or reply whose IPv4
+/// header (no options) starts at `ip[0]`, patching the IPv4 and ICMP checksums incrementally
+/// (the ICMP checksum does not cover the addresses). The caller has checked that the 8 bytes
+/// of the ICMP header are there.
+pub fn icmp_echo_rewrite(ip: &mut [u8], src: u32, dst: u32, id: u16) {
+    ipv4_set_addrs(ip, src, dst);
+    let l4 = IPV4_MIN_HLEN;
+    let old = u16::from_be_bytes([ip[l4 + 4], ip[l4 + 5]]);
+    let c = u16::from_be_bytes([ip[l4 + 2], ip[l4 + 3]]);
+    let c = csum_replace16(c, old, id);
+    ip[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+    ip[l4 + 4..l4 + 6].copy_from_slice(&id.to_be_bytes());
+}
+
 /// Rewrites the source and destination of the IPv4 header at `ip[0]` (no L4 checksum: for
 /// ICMP, whose checksum does not cover the addresses), patching the header checksum.
 pub fn ipv4_set_addrs(ip: &mut [u8], src: u32, dst: u32) {
@@ -185,6 +199,23 @@ mod tests {
         ipv4_set_addrs(&mut h, 0x0a00_0001, 0x0a60_000a);
         assert!(ipv4_checksum_ok(&h));
         assert_eq!(&h[12..20], &[10, 0, 0, 1, 10, 96, 0, 10]);
+    }
+
+    #[test]
+    fn echo_rewrite_keeps_both_checksums_valid() {
+        let mut p = header(64, 1, [3; 8]);
+        p[2..4].copy_from_slice(&36u16.to_be_bytes());
+        let c = ipv4_header_checksum(&p);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
+        let c = inet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        p.extend_from_slice(&icmp);
+        icmp_echo_rewrite(&mut p, 0xc0a8_640b, 0xcb00_710a, 61234);
+        assert!(ipv4_checksum_ok(&p[..20]));
+        assert_eq!(&p[12..20], &[192, 168, 100, 11, 203, 0, 113, 10]);
+        assert_eq!(u16::from_be_bytes([p[24], p[25]]), 61234);
+        assert_eq!(inet_checksum(&p[20..]), 0, "ICMP checksum");
     }
 
     #[test]
