@@ -5,10 +5,15 @@
  * It decides, per frame, whether the dataplane owns it. A pod-facing veth hands every frame to
  * userspace; an uplink hands over only VXLAN to our UDP port and passes everything else to the
  * kernel, so the host's own traffic (SSH, DNS, kubelet) never touches userspace. All state lives
- * in userspace (Katran's split); this program only reads the maps it is given.
+ * in userspace (Katran's split); this program only reads the maps it is given. Besides VXLAN and
+ * service frontends, the uplink hands over the replies of masqueraded flows: TCP/UDP to the
+ * node's address with a destination port in the masquerade range, ICMP echo replies with an
+ * identifier in it, and ICMP errors to the node's address quoting a packet the node sent from a
+ * port (or identifier) in it.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/udp.h>
@@ -50,8 +55,76 @@ struct {
 	__type(value, __u8);
 } frontends SEC(".maps");
 
-/* True when the dataplane owns this uplink frame: IPv4/UDP to the configured VXLAN port, or
- * TCP/UDP to a service frontend. Anything else (the host's own traffic) stays in the kernel. */
+/* The masquerade settings (one entry; addr 0: off). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vireo_masq);
+} masq SEC(".maps");
+
+static __always_inline int masq_port(const struct vireo_masq *m, __u16 port_be)
+{
+	__u16 p = bpf_ntohs(port_be);
+
+	return p >= m->lo && p <= m->hi;
+}
+
+/* True for a reply to a masqueraded flow (see the top of this file); the dataplane drops those
+ * it has no entry for. Later fragments carry no ports: they stay in the kernel. */
+static __always_inline int masq_owns(struct iphdr *ip, void *end)
+{
+	__u32 zero = 0;
+	struct vireo_masq *m = bpf_map_lookup_elem(&masq, &zero);
+	struct icmphdr *ic;
+	struct iphdr *in;
+	void *l4;
+
+	if (!m || !m->addr || ip->daddr != m->addr)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	l4 = (void *)ip + ip->ihl * 4;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > end)
+			return 0;
+		return masq_port(m, udp->dest);
+	}
+	if (ip->protocol != IPPROTO_ICMP)
+		return 0;
+	ic = l4;
+	if ((void *)(ic + 1) > end)
+		return 0;
+	if (ic->type == ICMP_ECHOREPLY)
+		return masq_port(m, ic->un.echo.id);
+	if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED &&
+	    ic->type != ICMP_PARAMETERPROB)
+		return 0;
+	/* The quoted packet: sent by the node, from a port in the range. */
+	in = (void *)(ic + 1);
+	if ((void *)(in + 1) > end || in->ihl != 5 || in->saddr != m->addr)
+		return 0;
+	if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP) {
+		struct udphdr *q = (void *)(in + 1);
+
+		if ((void *)(q + 1) > end)
+			return 0;
+		return masq_port(m, q->source);
+	}
+	if (in->protocol == IPPROTO_ICMP) {
+		struct icmphdr *q = (void *)(in + 1);
+
+		if ((void *)(q + 1) > end)
+			return 0;
+		return q->type == ICMP_ECHO && masq_port(m, q->un.echo.id);
+	}
+	return 0;
+}
+
+/* True when the dataplane owns this uplink frame: IPv4/UDP to the configured VXLAN port,
+ * TCP/UDP to a service frontend, or a masquerade reply. Anything else (the host's own traffic) stays in the kernel. */
 static __always_inline int uplink_owns(struct xdp_md *ctx, __u16 port)
 {
 	void *data = (void *)(long)ctx->data;
@@ -65,6 +138,8 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, __u16 port)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->ihl < 5)
 		return 0;
+	if (masq_owns(ip, end))
+		return 1;
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return 0;
 	/* Fragments other than the first carry no ports. */

@@ -29,6 +29,14 @@ struct vireo_frontend {
 	__u8 pad;
 };
 
+/* Masquerade: replies to pods' flows to the world arrive at the node's address (network byte
+ * order; 0: masquerade off) with a port (or ICMP echo identifier) in lo..=hi (host order). */
+struct vireo_masq {
+	__u32 addr;
+	__u16 lo;
+	__u16 hi;
+};
+
 struct vireo_if_stats {
 	__u64 steered;   /* redirected into an AF_XDP socket */
 	__u64 passed;    /* left to the kernel (uplink traffic we do not own) */

@@ -44,8 +44,9 @@ pub const MAX_FRONTENDS: u32 = 65536;
 pub enum Role {
     /// A pod's host-side veth: every frame goes to userspace.
     Pod,
-    /// The node's uplink: only VXLAN to our port and TCP/UDP to service frontends (NodePorts,
-    /// external and LoadBalancer IPs) go to userspace; everything else stays in the kernel.
+    /// The node's uplink: only VXLAN to our port, TCP/UDP to service frontends (NodePorts,
+    /// external and LoadBalancer IPs) and masquerade replies ([`Steering::set_masquerade`]) go
+    /// to userspace; everything else stays in the kernel.
     Uplink,
 }
 
@@ -303,6 +304,23 @@ impl Steering {
         Ok(())
     }
 
+    /// Sets what the uplink steers for masquerade: replies to `node` (its address) with a port
+    /// or ICMP echo identifier in `lo..=hi`, and ICMP errors about packets it sent from one
+    /// (`None`: masquerade off, nothing steered for it).
+    pub fn set_masquerade(&self, m: Option<(std::net::Ipv4Addr, u16, u16)>) -> Result<(), Error> {
+        let mut v = [0u8; 8];
+        if let Some((ip, lo, hi)) = m {
+            v[..4].copy_from_slice(&ip.octets());
+            v[4..6].copy_from_slice(&lo.to_ne_bytes());
+            v[6..8].copy_from_slice(&hi.to_ne_bytes());
+        }
+        self.skel
+            .maps
+            .masq
+            .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(map_err("masq"))
+    }
+
     /// The counters of a slot, summed over CPUs.
     pub fn counters(&self, slot: u32) -> Result<IfCounters, Error> {
         check_range("slot", slot, MAX_IFACES)?;
@@ -394,6 +412,10 @@ fn link_create(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<O
     // SAFETY: `fd` is a fresh descriptor returned by the kernel, owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+#[path = "steer_tests.rs"]
+mod steer_tests;
 
 #[cfg(test)]
 mod tests {
