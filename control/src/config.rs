@@ -153,6 +153,109 @@ impl Default for ServicesConfig {
     }
 }
 
+/// Pod → world source NAT (masquerade), Cilium's `enable-ipv4-masquerade` with BPF
+/// masquerading and ip-masq-agent's `nonMasqueradeCIDRs`: pods' traffic to addresses outside
+/// every pod CIDR, node and service leaves with the node's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasqueradeConfig {
+    /// Masquerade at all (default on). Off: pods reach nothing outside the cluster.
+    pub enabled: bool,
+    /// Source ports (and ICMP echo identifiers) for translated flows, `LO-HI` (default
+    /// `61000-65535`, above Linux's ephemeral range so the node's own connections never meet
+    /// them). The uplink hands replies in this range to the dataplane.
+    pub port_range: String,
+    /// Destinations that leave untranslated (Cilium's `ipv4-native-routing-cidr`,
+    /// ip-masq-agent's `nonMasqueradeCIDRs`); the cluster's pod CIDRs never are translated.
+    pub non_masquerade_cidrs: Vec<String>,
+}
+
+impl Default for MasqueradeConfig {
+    fn default() -> Self {
+        MasqueradeConfig {
+            enabled: true,
+            port_range: DEFAULT_MASQ_PORTS.into(),
+            non_masquerade_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// The default masquerade port range.
+pub const DEFAULT_MASQ_PORTS: &str = "61000-65535";
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), Linux's default when
+/// it cannot be read.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+impl MasqueradeConfig {
+    /// The port range, parsed (validated by [`Config::validate`]).
+    pub fn ports(&self) -> Result<(u16, u16), String> {
+        let bad = || format!("{:?} is not a port range LO-HI", self.port_range);
+        let (lo, hi) = self.port_range.split_once('-').ok_or_else(bad)?;
+        let (lo, hi) = (
+            lo.trim().parse::<u16>().map_err(|_| bad())?,
+            hi.trim().parse::<u16>().map_err(|_| bad())?,
+        );
+        if lo > hi || lo < 1024 {
+            return Err(format!(
+                "{:?}: LO must be at least 1024 and at most HI",
+                self.port_range
+            ));
+        }
+        Ok((lo, hi))
+    }
+
+    /// The non-masquerade CIDRs, parsed (validated by [`Config::validate`]).
+    pub fn cidrs(&self) -> Vec<ipnet::Ipv4Net> {
+        self.non_masquerade_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let (lo, hi) = self.ports().map_err(|m| ("port_range".to_string(), m))?;
+        let (elo, ehi) = ephemeral_ports();
+        if lo <= ehi && elo <= hi {
+            return Err((
+                "port_range".into(),
+                format!(
+                    "{:?} overlaps the kernel's ephemeral ports {elo}-{ehi} \
+                     (net.ipv4.ip_local_port_range): the node's own connections would lose \
+                     their replies",
+                    self.port_range
+                ),
+            ));
+        }
+        for (i, c) in self.non_masquerade_cidrs.iter().enumerate() {
+            match c.parse::<ipnet::Ipv4Net>() {
+                Ok(n) if n.trunc() == n => {}
+                Ok(n) => {
+                    return Err((
+                        format!("non_masquerade_cidrs[{i}]"),
+                        format!("{c:?} has host bits set (the network is {})", n.trunc()),
+                    ))
+                }
+                Err(_) => {
+                    return Err((
+                        format!("non_masquerade_cidrs[{i}]"),
+                        format!("{c:?} is not an IPv4 CIDR"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where the cluster's objects come from: one of `source: {manifests: DIR}` and
 /// `source: {kubernetes: {kubeconfig: FILE}}` (`kubernetes: {}`: in-cluster, or `KUBECONFIG`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +374,9 @@ pub struct Config {
     /// (`hash_seed`, default 0), Cilium's `maglev.tableSize` and `maglev.hashSeed`.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// Pod → world masquerade: on by default, ports `61000-65535`, no non-masquerade CIDRs.
+    #[serde(default)]
+    pub masquerade: MasqueradeConfig,
 }
 
 /// The environment variable that names the node when the file does not (the DaemonSet sets it
@@ -448,6 +554,9 @@ impl Config {
                 format!("{m} must be one of {:?}", vireo_lb::PRIMES),
             ));
         }
+        self.masquerade
+            .validate()
+            .map_err(|(f, m)| bad(format!("masquerade.{f}"), m))?;
         if self.workers.is_empty() {
             return Err(bad(
                 "workers".into(),
@@ -641,6 +750,30 @@ mod tests {
     }
 
     #[test]
+    fn masquerade_settings() {
+        let c = Config::parse("{}", Path::new("t.yaml")).unwrap();
+        assert!(c.masquerade.enabled);
+        assert_eq!(c.masquerade.ports(), Ok((61000, 65535)));
+        assert!(c.masquerade.cidrs().is_empty());
+        let c = Config::parse(
+            "masquerade: {enabled: false, port_range: ' 62000 - 63000', non_masquerade_cidrs: [10.0.0.0/8, 192.168.0.0/16]}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert!(!c.masquerade.enabled);
+        assert_eq!(c.masquerade.ports(), Ok((62000, 63000)));
+        assert_eq!(
+            c.masquerade.cidrs(),
+            vec![
+                "10.0.0.0/8".parse::<ipnet::Ipv4Net>().unwrap(),
+                "192.168.0.0/16".parse().unwrap()
+            ]
+        );
+        let e = err("masquerade: {port_range: 40000-41000}\n");
+        assert!(e.contains("ephemeral"), "{e}");
+    }
+
+    #[test]
     fn sources() {
         let c = |t: &str| Config::parse(t, Path::new("t.yaml")).unwrap();
         let base = "node: n1\ninterfaces: [{name: eth0, role: uplink}]\n";
@@ -691,6 +824,14 @@ mod tests {
             ("node: n\nsource: {kubernetes: {kubeconfg: /x}}\n", "kubeconfg"),
             ("node: n\nsource: {kubernets: {}}\n", "source"),
             ("node: n\nsource: {manifests: /x, kubernetes: {}}\n", "source"),
+            ("masquerade: {port_range: 61000}\n", "masquerade.port_range"),
+            ("masquerade: {port_range: 65000-61000}\n", "masquerade.port_range"),
+            ("masquerade: {port_range: 80-1000}\n", "masquerade.port_range"),
+            ("masquerade: {port_range: 40000-41000}\n", "masquerade.port_range"),
+            ("masquerade: {port_range: 61000-70000}\n", "masquerade.port_range"),
+            ("masquerade: {non_masquerade_cidrs: [10.0.0.0/8, 10.300.0.0/16]}\n", "masquerade.non_masquerade_cidrs[1]"),
+            ("masquerade: {non_masquerade_cidrs: [10.1.2.3/8]}\n", "masquerade.non_masquerade_cidrs[0]"),
+            ("masquerade: {enable: false}\n", "enable"),
         ];
         for (text, field) in cases {
             let e = err(text);
