@@ -59,7 +59,10 @@ fn steered(s: &Steering, frame: &[u8]) -> bool {
         ..Default::default()
     };
     let out = s.skel.progs.vireo_steer.test_run(input).expect("test run");
-    assert_eq!(out.return_value, 2, "an uplink frame is never dropped (XDP_PASS)");
+    assert_eq!(
+        out.return_value, 2,
+        "an uplink frame is never dropped (XDP_PASS)"
+    );
     let after = s.counters(SLOT).unwrap();
     assert_eq!(
         after.passed + after.no_socket + after.steered,
@@ -96,7 +99,11 @@ fn the_uplink_steers_exactly_the_masquerade_replies() {
         ("udp at the range's ends", udp(61000), true),
         ("tcp at the range's end", tcp(65535), true),
         ("udp below the range", udp(60999), false),
-        ("tcp below the range (the host's ephemeral ports)", tcp(40000), false),
+        (
+            "tcp below the range (the host's ephemeral ports)",
+            tcp(40000),
+            false,
+        ),
         (
             "udp in range to another address",
             ipv4(WORLD, [192, 168, 100, 12], 17, 0, &ports(53, 61500)),
@@ -108,32 +115,74 @@ fn the_uplink_steers_exactly_the_masquerade_replies() {
             false,
         ),
         ("gre", ipv4(WORLD, NODE, 47, 0, &ports(0, 61500)), false),
-        ("echo reply, id in range", ipv4(WORLD, NODE, 1, 0, &icmp(0, 62000, &[0; 8])), true),
-        ("echo reply, id below", ipv4(WORLD, NODE, 1, 0, &icmp(0, 1000, &[0; 8])), false),
-        ("echo request, id in range", ipv4(WORLD, NODE, 1, 0, &icmp(8, 62000, &[0; 8])), false),
+        (
+            "echo reply, id in range",
+            ipv4(WORLD, NODE, 1, 0, &icmp(0, 62000, &[0; 8])),
+            true,
+        ),
+        (
+            "echo reply, id below",
+            ipv4(WORLD, NODE, 1, 0, &icmp(0, 1000, &[0; 8])),
+            false,
+        ),
+        (
+            "echo request, id in range",
+            ipv4(WORLD, NODE, 1, 0, &icmp(8, 62000, &[0; 8])),
+            false,
+        ),
         (
             "unreachable about the node's udp from the range",
-            ipv4(WORLD, NODE, 1, 0, &error_about(3, NODE, 17, &ports(62000, 53))),
+            ipv4(
+                WORLD,
+                NODE,
+                1,
+                0,
+                &error_about(3, NODE, 17, &ports(62000, 53)),
+            ),
             true,
         ),
         (
             "time exceeded about the node's tcp from the range",
-            ipv4(WORLD, NODE, 1, 0, &error_about(11, NODE, 6, &ports(64000, 80))),
+            ipv4(
+                WORLD,
+                NODE,
+                1,
+                0,
+                &error_about(11, NODE, 6, &ports(64000, 80)),
+            ),
             true,
         ),
         (
             "time exceeded about the node's echo with an id in the range",
-            ipv4(WORLD, NODE, 1, 0, &error_about(11, NODE, 1, &icmp(8, 61001, &[]))),
+            ipv4(
+                WORLD,
+                NODE,
+                1,
+                0,
+                &error_about(11, NODE, 1, &icmp(8, 61001, &[])),
+            ),
             true,
         ),
         (
             "unreachable about the node's own udp (ephemeral port)",
-            ipv4(WORLD, NODE, 1, 0, &error_about(3, NODE, 17, &ports(40000, 53))),
+            ipv4(
+                WORLD,
+                NODE,
+                1,
+                0,
+                &error_about(3, NODE, 17, &ports(40000, 53)),
+            ),
             false,
         ),
         (
             "unreachable quoting another sender",
-            ipv4(WORLD, NODE, 1, 0, &error_about(3, [10, 0, 0, 1], 17, &ports(62000, 53))),
+            ipv4(
+                WORLD,
+                NODE,
+                1,
+                0,
+                &error_about(3, [10, 0, 0, 1], 17, &ports(62000, 53)),
+            ),
             false,
         ),
     ];

@@ -40,4 +40,4 @@ pub use defaults::{
 };
 pub use pods::publish;
 pub use state::{state_dir, NodeState, PodState, SandboxName, Source, State};
-pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU};
+pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU, WORLD_ADDR, WORLD_GATEWAY};

@@ -87,6 +87,9 @@ pub struct State {
     pub underlay: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    /// The "world" namespace on the underlay (also listed in `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<String>,
     /// Every network namespace made, in creation order.
     pub netns: Vec<String>,
     /// Objects other than Pods from applied manifests, as written.

@@ -17,8 +17,16 @@ const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
 /// (NodePort checks). The bridge is connected to nothing real.
 pub const UNDERLAY_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 
+/// The "world" namespace's address on the underlay: the nodes' default route goes through it.
+pub const WORLD_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+
+/// The world server's address (TEST-NET-3, on the world namespace's loopback): outside every
+/// pod CIDR and the underlay, and with no route back to the pods, so only masqueraded traffic
+/// can be answered.
+pub const WORLD_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
 /// The underlay: a bridge in a namespace of its own (connected to nothing real), with an
-/// address of its own.
+/// address of its own, and the world beside it ([`world`]).
 pub(crate) fn underlay(st: &mut State) -> Result<()> {
     let ul = st.underlay.clone();
     netns_add(st, &ul)?;
@@ -45,6 +53,48 @@ pub(crate) fn underlay(st: &mut State) -> Result<()> {
     // (AF_XDP copy mode loses CHECKSUM_PARTIAL; see the pods' veths).
     sh(&[
         "ip", "netns", "exec", &ul, "ethtool", "-K", "br0", "tx", "off",
+    ])?;
+    world(st)
+}
+
+/// The "world": a namespace on the underlay (veth into the bridge, [`WORLD_GATEWAY`]) holding
+/// [`WORLD_ADDR`] on its loopback, and no route to any pod CIDR. The nodes route everything
+/// outside the underlay through it (their default route).
+pub(crate) fn world(st: &mut State) -> Result<()> {
+    let ul = st.underlay.clone();
+    let ns = format!("{}-world", st.name);
+    netns_add(st, &ns)?;
+    st.world = Some(ns.clone());
+    st.save()?;
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &ns,
+        "mtu",
+        &UNDERLAY_MTU.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wld",
+        "netns",
+        &ul,
+    ])?;
+    sh(&["ip", "-n", &ul, "link", "set", "wld", "master", "br0", "up"])?;
+    let on = |args: &[&str]| -> Result<String> {
+        let mut v = vec!["ip", "-n", ns.as_str()];
+        v.extend_from_slice(args);
+        sh(&v)
+    };
+    on(&["addr", "add", &format!("{WORLD_GATEWAY}/24"), "dev", "eth0"])?;
+    on(&["addr", "add", &format!("{WORLD_ADDR}/32"), "dev", "lo"])?;
+    on(&["link", "set", "eth0", "up"])?;
+    // Complete checksums, as from a real router (AF_XDP copy mode on the nodes' uplinks).
+    sh(&[
+        "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off",
     ])?;
     Ok(())
 }
@@ -93,6 +143,19 @@ pub(crate) fn add_node(st: &mut State, i: usize) -> Result<()> {
         "eth0",
     ])?;
     sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+    // The world is behind the underlay's router (node namespaces only).
+    sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &WORLD_GATEWAY.to_string(),
+        "dev",
+        "eth0",
+    ])?;
     st.nodes.push(NodeState {
         name: node.clone(),
         netns: ns,

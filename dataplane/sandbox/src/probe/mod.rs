@@ -106,6 +106,9 @@ pub enum Probe {
         to: std::net::SocketAddrV4,
         #[arg(long)]
         count: u32,
+        /// Spread the destination port over this many ports from TO's (a port-range flood).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        dport_span: u16,
     },
     /// Echo up to COUNT UDP datagrams back to their sender.
     UdpEcho {
@@ -295,7 +298,12 @@ pub fn run(p: Probe) -> Result<()> {
             say(json!({"to": to, "answers": answers}));
             Ok(())
         }
-        Probe::SynFlood { from, to, count } => syn_flood(from, to, count),
+        Probe::SynFlood {
+            from,
+            to,
+            count,
+            dport_span,
+        } => syn_flood(from, to, count, dport_span),
         Probe::RawSend {
             proto,
             dst,
