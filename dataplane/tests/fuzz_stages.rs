@@ -1,5 +1,6 @@
-//! Structured fuzzing of the whole pipeline, every stage (parse, vxlan_decap, arp, service,
-//! ipv4_forward, conntrack, vxlan_encap), on populated tables and on the stable toolchain.
+//! Structured fuzzing of the whole pipeline, every stage (parse, vxlan_decap, arp, fragments,
+//! service, masquerade, ipv4_forward, conntrack, vxlan_encap), on populated tables and on the
+//! stable toolchain.
 //!
 //! Valid frames of every kind are generated (ARP, TCP/UDP/ICMP echo/ICMP errors quoting real
 //! and made-up flows/SCTP/GRE/other protocols, fragments, VXLAN from the remote node carrying
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use vireo_dataplane::counters::{BatchCounts, DropReason, DROP_REASONS};
 use vireo_dataplane::fixtures::{self, GATEWAY, IDS, POD_A, POD_B, POD_C, REMOTE, UPLINK};
 use vireo_dataplane::pipeline::{self, Batch, CtVerdict, Desc, Frames, VecFrames, Verdict, BATCH};
-use vireo_dataplane::tables::{Endpoint, IfRole, Interface, Mac, RemoteNode, Tables};
+use vireo_dataplane::tables::{Endpoint, IfRole, Interface, Mac, Masquerade, RemoteNode, Tables};
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
 use vireo_policy::{
     Action, Compiler, Entity, Identity, IpCacheEntry, Origin, Peer, Policy, PortRange, Proto, Rule,
@@ -74,6 +75,12 @@ const CLIENT_MAC: Mac = [2, 0, 0, 0, 0xcc, 1];
 const FAR: u32 = ip(10, 9, 9, 9);
 const FAR_MAC: Mac = [2, 0, 0, 0, 0xcc, 2];
 const INTERNET: u32 = ip(8, 8, 8, 8);
+/// The uplink's next hop to the world, and the destinations not masqueraded (FAR's).
+const NEXT_HOP_MAC: Mac = [2, 0, 0, 0, 0xfe, 1];
+const NON_MASQ: ipnet::Ipv4Net = match ipnet::Ipv4Net::new(Ipv4Addr::new(10, 9, 0, 0), 16) {
+    Ok(n) => n,
+    Err(_) => panic!("a /16"),
+};
 const C_MAC: Mac = [2, 0, 0, 0, 0xc0, 1];
 
 const VIP_HTTP: u32 = ip(10, 96, 0, 10); // TCP 80 -> B:8080 (local), C:8080 (remote)
@@ -382,12 +389,33 @@ fn world() -> World {
     t.policy = Arc::new(policy());
     // A small fragment table (shared by every snapshot), so that it fills and records age.
     t.frags = Arc::new(vireo_conntrack::FragTable::new(16, 30));
+    // Masquerade to the world (FAR's /16 untranslated), through a resolved next hop.
+    t.masq = Some(Arc::new(Masquerade {
+        ports: (61000, 65535),
+        cluster: vec!["10.244.0.0/16".parse().unwrap()],
+        non_masquerade: vec![NON_MASQ],
+        next_hop_mac: Some(NEXT_HOP_MAC),
+    }));
     let mut alt = t.clone();
+    // A range of four ports (it runs out).
+    alt.masq = Some(Arc::new(Masquerade {
+        ports: (61000, 61003),
+        cluster: vec!["10.244.0.0/16".parse().unwrap()],
+        non_masquerade: Vec::new(),
+        next_hop_mac: Some(NEXT_HOP_MAC),
+    }));
     alt.services = Arc::new(services(true));
     alt.policy = Default::default();
     alt.vxlan_df = true;
     let mut nosvc = t.clone();
     nosvc.services = Default::default();
+    // The next hop to the world not resolved yet.
+    nosvc.masq = t.masq.as_deref().map(|m| {
+        Arc::new(Masquerade {
+            next_hop_mac: None,
+            ..m.clone()
+        })
+    });
     let mut noct = t.clone();
     noct.ct = None;
     for (r, t) in [&mut t, &mut alt, &mut nosvc, &mut noct]
@@ -1544,6 +1572,38 @@ fn check(
                             }
                             Ok(()) => true,
                         };
+                        // Nothing from the uplink reaches a pod but the flows it belongs to:
+                        // service frontends (translated there), and replies and errors of
+                        // tracked flows (masquerade's among them).
+                        if ok
+                            && role == IfRole::Pod
+                            && inp.slot == UPLINK.0
+                            && !d.from_tunnel
+                            && d.pre_nat.is_none()
+                            && !matches!(d.ct, CtVerdict::Reply | CtVerdict::Related)
+                        {
+                            bad.push((
+                                Some(i),
+                                format!("from the uplink to a pod with conntrack {:?}", d.ct),
+                            ));
+                        }
+                        // A pod's address leaves on the underlay only to a non-masquerade CIDR
+                        // (an ICMP error keeps the address of the router that sent it).
+                        let src = f
+                            .get(26..30)
+                            .map_or(0, |a| u32::from_be_bytes([a[0], a[1], a[2], a[3]]));
+                        let pod_net = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap();
+                        if ok
+                            && role == IfRole::Uplink
+                            && d.ct != CtVerdict::Related
+                            && pod_net.contains(&Ipv4Addr::from(src))
+                            && !NON_MASQ.contains(&Ipv4Addr::from(dst))
+                        {
+                            bad.push((
+                                Some(i),
+                                "a pod's address sent out of the uplink untranslated".into(),
+                            ));
+                        }
                         if ok
                             && role == IfRole::Pod
                             && t.endpoint(dst).map(|ep| ep.slot) != Some(slot)
@@ -2179,6 +2239,8 @@ fn fuzz_every_stage() {
             "vxlan_unknown_node",
             "no_neighbor",
             "icmp_unrelated",
+            "masq_no_entry",
+            "masq_unsupported_proto",
             "bad_ip_checksum",
             "ip_options",
         ] {
