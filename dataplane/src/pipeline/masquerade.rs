@@ -12,7 +12,7 @@
 //!   related ICMP errors skip policy, as everywhere.
 //! - **Translation:** TCP and UDP get a source port, ICMP echo requests an identifier, from
 //!   the configured range ([`super::snat`], shared with the services' source NAT: a port is
-//!   taken only while no live entry holds it for that peer, 16 candidates, then
+//!   taken only while no live entry holds it for that peer, 32 candidates, then
 //!   `snat_no_port`). The flow is tracked twice, as services are: an `egress` entry keyed by
 //!   what the pod sent (its NAT record: the node's address and port) and a `revnat` entry keyed
 //!   by the world's reply (its NAT record: back to the pod). TTL is decremented (time exceeded

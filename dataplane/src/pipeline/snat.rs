@@ -9,15 +9,22 @@ use vireo_conntrack::{Full, Key, NewEntry};
 use super::conntrack::Ct;
 use crate::counters::DropReason;
 
-/// Ports tried before a new flow is dropped as `snat_no_port`.
-pub(super) const SNAT_TRIES: u32 = 16;
+/// Ports tried before a new flow is dropped as `snat_no_port` (Cilium's
+/// `SNAT_COLLISION_RETRIES`).
+pub(super) const SNAT_TRIES: u32 = 32;
 
-/// The `i`-th port tried for a flow of hash `hash` in `lo..=hi`: from the hash, then in
-/// strides of a prime, so flows spread over the range and a collision moves on.
+/// The `i`-th port tried for a flow of hash `hash` in `lo..=hi`: from the hash first, then
+/// from the hash mixed with `i` (random probing: flows whose first ports collide do not follow
+/// each other through the range, so a range half full costs a few tries, not a run of them).
 #[inline]
 pub(super) fn candidate((lo, hi): (u16, u16), hash: u32, i: u32) -> u16 {
     let span = u32::from(hi - lo) + 1;
-    lo + (hash.wrapping_add(i.wrapping_mul(7919)) % span) as u16
+    let h = if i == 0 {
+        hash
+    } else {
+        vireo_conntrack::table::mix64(u64::from(hash) << 32 | u64::from(i)) as u32
+    };
+    lo + (h % span) as u16
 }
 
 /// Takes a port of `range` for a new flow: inserts `entry` under `key(port)` for the first
