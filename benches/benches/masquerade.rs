@@ -196,7 +196,7 @@ fn masquerade_benches(c: &mut Criterion) {
     });
     let clock2 = clock.clone();
     let expire = move |k: usize| {
-        if k % CYCLE == 0 {
+        if k.is_multiple_of(CYCLE) {
             clock2.advance(61);
         }
     };

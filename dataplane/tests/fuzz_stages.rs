@@ -1592,7 +1592,8 @@ fn check(
                         let src = f
                             .get(26..30)
                             .map_or(0, |a| u32::from_be_bytes([a[0], a[1], a[2], a[3]]));
-                        let pod_net = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap();
+                        let pod_net =
+                            ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap();
                         if ok
                             && role == IfRole::Uplink
                             && d.ct != CtVerdict::Related

@@ -191,7 +191,7 @@ fn egress(
         Err(r) => return drop(r),
     };
     let echo = proto == ICMP && (later || ip[IPV4_MIN_HLEN] == ECHO_REQUEST);
-    if !exempt && !(matches!(proto, TCP | UDP) || echo) {
+    if !(exempt || matches!(proto, TCP | UDP) || echo) {
         return drop(DropReason::MasqUnsupported);
     }
     let Some(next_hop) = m.next_hop_mac else {
