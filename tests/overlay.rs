@@ -247,6 +247,9 @@ fn sandbox_connectivity_and_bad_vxlan() {
         "policy-cidr",
         "policy-entity",
         "policy-netpol-model",
+        "world/pod-to-world",
+        "world/policy-deny-world",
+        "world/port-range-flood",
     ] {
         assert!(
             names.iter().any(|n| n == want),

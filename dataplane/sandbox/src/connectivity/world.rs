@@ -1,7 +1,7 @@
 //! Pod → world checks, against the sandbox's "world" namespace on the underlay (an echo server
 //! on [`WORLD_ADDR`], which has no route to any pod CIDR): pods on both nodes reach it over
 //! TCP, UDP and ping, and the server sees their node's address (and a port of the masquerade
-//! range) as the source; a policy denying `world` blocks it (and removing it restores it); a
+//! range) as the source, and a closed port's RST and ICMP port unreachable come back; a policy denying `world` blocks it (and removing it restores it); a
 //! flood from the world across the port range reaches no pod and is counted `masq_no_entry`.
 
 use std::net::SocketAddr;
@@ -119,6 +119,9 @@ impl Env {
                 if !self.ping_world(p)? {
                     bail!("ping {} -> {WORLD_ADDR} got no answer", p.name);
                 }
+                // A closed port: the world's RST, and its ICMP port unreachable (about the
+                // masqueraded datagram), reach the pod.
+                self.refused(p)?;
                 Ok((tcp, udp))
             })?;
             let i = self
@@ -131,11 +134,32 @@ impl Env {
                 bail!("{} sent only {} frames for it", node.name, tx[i]);
             }
             parts.push(format!(
-                "{} ({}): TCP from {}:{:?}, UDP from :{:?}, ping ok",
+                "{} ({}): TCP from {}:{:?}, UDP from :{:?}, ping ok, closed port refused (RST, ICMP port unreachable)",
                 p.name, node.name, node.ip, tcp, udp
             ));
         }
         Ok(parts.join("; "))
+    }
+
+    /// TCP and UDP to a port the world server does not serve are refused at the pod: the RST
+    /// and the ICMP port unreachable come back through masquerade (the latter translated back).
+    fn refused(&self, p: &PodState) -> Result<()> {
+        let closed = SocketAddr::from((WORLD_ADDR, 9));
+        for extra in [
+            &["--wait-ms", "2000"][..],
+            &["--wait-ms", "2000", "--udp", "--connect"],
+        ] {
+            let a = self.whoami(&p.netns, closed, 1, extra)?;
+            if a.iter().any(|a| a.error.as_deref() != Some("refused")) {
+                bail!(
+                    "{} -> {closed} ({}): {:?}, not refused (the world's answer did not come back)",
+                    p.name,
+                    if extra.len() > 2 { "UDP" } else { "TCP" },
+                    a.iter().map(|a| a.error.clone()).collect::<Vec<_>>()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A CiliumNetworkPolicy allowing pod A's egress only to the cluster blocks its TCP, UDP
