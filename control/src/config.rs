@@ -221,7 +221,9 @@ impl MasqueradeConfig {
             .collect()
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the range and the CIDRs: the field (`port_range`, `non_masquerade_cidrs[1]`)
+    /// and what is wrong.
+    pub fn check(&self) -> Result<(), (String, String)> {
         let (lo, hi) = self.ports().map_err(|m| ("port_range".to_string(), m))?;
         let (elo, ehi) = ephemeral_ports();
         if lo <= ehi && elo <= hi {
@@ -555,7 +557,7 @@ impl Config {
             ));
         }
         self.masquerade
-            .validate()
+            .check()
             .map_err(|(f, m)| bad(format!("masquerade.{f}"), m))?;
         if self.workers.is_empty() {
             return Err(bad(

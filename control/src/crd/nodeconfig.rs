@@ -105,6 +105,26 @@ pub struct VireoNodeConfigSpec {
     /// Connection tracking limits and lifetimes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackSettings>,
+    /// Pod → world masquerade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<MasqueradeSettings>,
+}
+
+/// Pod → world masquerade to the node's address (Cilium's `enable-ipv4-masquerade`,
+/// ip-masq-agent's `nonMasqueradeCIDRs`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasqueradeSettings {
+    /// Masquerade at all (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Source ports and ICMP echo identifiers, `LO-HI` (default `61000-65535`; not
+    /// overlapping the kernel's ephemeral ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<String>,
+    /// Destinations left untranslated, as IPv4 CIDRs (replaced as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
 }
 
 /// An interface to attach.

@@ -9,7 +9,8 @@ use super::nodeconfig::{InterfaceRole, NodeInterface, VireoNodeConfig, XdpMode};
 use super::selector;
 use super::validate::{validate, FieldError};
 use crate::config::{
-    AfXdpConfig, Config, InterfaceConfig, Role, ServicesConfig, WorkerConfig, XdpModeConfig,
+    AfXdpConfig, Config, InterfaceConfig, MasqueradeConfig, Role, ServicesConfig, WorkerConfig,
+    XdpModeConfig,
 };
 
 /// A node's settings, every field resolved.
@@ -33,6 +34,8 @@ pub struct EffectiveSettings {
     pub services: ServicesConfig,
     /// Conntrack limits and lifetimes.
     pub conntrack: vireo_conntrack::Config,
+    /// Pod → world masquerade.
+    pub masquerade: MasqueradeConfig,
     /// The names of the configs that applied, in the order they were layered (the last one
     /// wins where several set a field).
     pub applied: Vec<String>,
@@ -117,6 +120,7 @@ pub fn effective_settings(
         vxlan_df: base.vxlan_df,
         services: base.services,
         conntrack: base.conntrack,
+        masquerade: base.masquerade,
         applied: Vec::new(),
     };
     let mut have_interfaces = false;
@@ -168,6 +172,12 @@ pub fn effective_settings(
                 set(&mut o.non_tcp, l.non_tcp);
             }
         }
+        if let Some(m) = &s.masquerade {
+            let o = &mut out.masquerade;
+            set(&mut o.enabled, m.enabled);
+            set(&mut o.port_range, m.port_range.clone());
+            set(&mut o.non_masquerade_cidrs, m.non_masquerade_cidrs.clone());
+        }
         out.applied.push(name(c).to_owned());
     }
     if !have_interfaces {
@@ -203,6 +213,7 @@ impl EffectiveSettings {
         cfg.vxlan_df = self.vxlan_df;
         cfg.services = self.services;
         cfg.conntrack = self.conntrack;
+        cfg.masquerade = self.masquerade.clone();
     }
 }
 

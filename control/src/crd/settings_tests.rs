@@ -83,6 +83,38 @@ fn a_matching_config_overrides_field_by_field() {
 }
 
 #[test]
+fn masquerade_layers_field_by_field_and_reaches_the_agent_config() {
+    let base = cfg(
+        "default",
+        "interfaces: [{name: eth0, role: uplink}]\n\
+         masquerade: {portRange: 62000-63000, nonMasqueradeCidrs: [10.0.0.0/8]}\n",
+    );
+    let off = cfg(
+        "off",
+        "nodeSelector: {matchLabels: {masq: off}}\nmasquerade: {enabled: false}\n",
+    );
+    let configs = [base, off];
+    let s = effective_settings(&labels(&[("masq", "off")]), &configs).unwrap();
+    assert!(!s.masquerade.enabled, "overridden");
+    assert_eq!(
+        s.masquerade.port_range, "62000-63000",
+        "kept from the default"
+    );
+    assert_eq!(s.masquerade.non_masquerade_cidrs, ["10.0.0.0/8"]);
+    let on = effective_settings(&labels(&[]), &configs).unwrap();
+    assert!(on.masquerade.enabled);
+    let mut file = file_defaults();
+    on.apply_to(&mut file);
+    assert_eq!(file.masquerade.ports(), Ok((62000, 63000)));
+    let d = effective_settings(&labels(&[]), &[default_cfg()]).unwrap();
+    assert_eq!(
+        d.masquerade,
+        file_defaults().masquerade,
+        "the file's defaults"
+    );
+}
+
+#[test]
 fn lists_are_replaced_whole() {
     let one = cfg(
         "one-worker",

@@ -109,6 +109,21 @@ pub fn validate(cfg: &VireoNodeConfig) -> Result<(), Vec<FieldError>> {
             }
         }
     }
+    if let Some(m) = &s.masquerade {
+        let mut c = crate::config::MasqueradeConfig::default();
+        if let Some(r) = &m.port_range {
+            c.port_range.clone_from(r);
+        }
+        if let Some(cidrs) = &m.non_masquerade_cidrs {
+            c.non_masquerade_cidrs.clone_from(cidrs);
+        }
+        if let Err((field, msg)) = c.check() {
+            let field = field
+                .replace("port_range", "portRange")
+                .replace("non_masquerade_cidrs", "nonMasqueradeCidrs");
+            bad(&format!("spec.masquerade.{field}"), msg);
+        }
+    }
     if let Some(v) = &s.vxlan {
         if v.port == Some(0) {
             bad("spec.vxlan.port", "must be 1-65535".into());
@@ -238,6 +253,18 @@ conntrack: {maxTcp: 16777216, maxOther: 64, lifetimes: {tcpEstablished: 3600, tc
         }
         assert!(!is_prime(0) && !is_prime(1) && !is_prime(4) && !is_prime(65535));
         assert!(is_prime(2) && is_prime(3) && is_prime(1009));
+    }
+
+    #[test]
+    fn masquerade_settings_are_checked() {
+        assert!(errors("masquerade: {enabled: false, portRange: 62000-63000, nonMasqueradeCidrs: [10.0.0.0/8]}").is_empty());
+        let e = errors("masquerade: {portRange: 63000-62000}");
+        assert!(e[0].starts_with("spec.masquerade.portRange: "), "{e:?}");
+        let e = errors("masquerade: {nonMasqueradeCidrs: [10.0.0.0/8, bogus]}");
+        assert!(
+            e[0].starts_with("spec.masquerade.nonMasqueradeCidrs[1]: "),
+            "{e:?}"
+        );
     }
 
     #[test]
