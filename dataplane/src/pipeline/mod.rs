@@ -306,6 +306,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 }
 
 #[cfg(test)]
+mod host_tests;
+#[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod review_tests;
