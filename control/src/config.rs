@@ -49,6 +49,9 @@ pub enum Role {
     Pod,
     /// The node's uplink.
     Uplink,
+    /// The dataplane's end of the node's host pair (`vireo_net`): the agent makes and
+    /// attaches it itself; not for the configuration file.
+    Host,
 }
 
 /// XDP attach mode preference.
@@ -480,6 +483,12 @@ impl Config {
                     return Err(bad(
                         format!("interfaces[{i}].endpoint"),
                         "only pod interfaces have an endpoint".into(),
+                    ))
+                }
+                (Role::Host, _) => {
+                    return Err(bad(
+                        format!("interfaces[{i}].role"),
+                        "host is the agent's own host pair, not configured".into(),
                     ))
                 }
                 (Role::Pod, Some(ep)) => {

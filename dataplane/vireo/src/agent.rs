@@ -27,6 +27,9 @@ use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
+
+#[path = "host.rs"]
+mod host;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -222,6 +225,10 @@ impl Agent {
             src.set_waker(Arc::new(move || {
                 let _ = wake.send(Msg::Wake);
             }));
+            let wake = std::sync::Mutex::new(msgs.clone());
+            self.watch_kernel(Arc::new(move || {
+                let _ = wake.lock().map(|w| w.send(Msg::Wake));
+            }));
         }
         drop(msgs);
         tracing::info!(
@@ -367,7 +374,12 @@ impl Agent {
         Ok(json!({"added": added, "removed": gone, "needs_restart": restart}))
     }
 
-    fn add_iface(&mut self, ifc: &InterfaceConfig, identity: u32, from_source: bool) -> Result<()> {
+    pub(crate) fn add_iface(
+        &mut self,
+        ifc: &InterfaceConfig,
+        identity: u32,
+        from_source: bool,
+    ) -> Result<()> {
         let ifindex = sys::ifindex(&ifc.name)?;
         let mac = sys::mac(&ifc.name)?;
         let queues = sys::rx_queues(&ifc.name).min(MAX_QUEUES);
@@ -377,6 +389,7 @@ impl Agent {
         let role = match ifc.role {
             Role::Pod => IfRole::Pod,
             Role::Uplink => IfRole::Uplink,
+            Role::Host => IfRole::Host,
         };
         let endpoint = ifc
             .endpoint
@@ -464,7 +477,7 @@ impl Agent {
         Ok(())
     }
 
-    fn remove_iface(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn remove_iface(&mut self, name: &str) -> Result<()> {
         let Some(mut att) = self.ifaces.remove(name) else {
             bail!("interface {name} is not attached")
         };
@@ -492,6 +505,9 @@ impl Agent {
             t.remove_iface(slot);
             if t.local.is_some_and(|l| l.uplink_slot == slot) {
                 t.local = None;
+            }
+            if t.host.is_some_and(|h| h.slot == slot) {
+                t.host = None;
             }
         });
         // The endpoint's flows go with it (published first, so no packet makes them anew):
@@ -528,6 +544,7 @@ impl Agent {
         self.reconcile_pods();
         self.publish_overlay(reread);
         self.publish_services();
+        self.reconcile_host();
         self.publish_policy();
         self.publish_endpoints();
         if reread {
@@ -700,6 +717,7 @@ impl Agent {
             .iter()
             .filter(|(n, a)| {
                 a.from_source
+                    && a.cfg.role != Role::Host
                     && want
                         .get(*n)
                         .is_none_or(|(c, id)| *c != a.cfg || *id != a.identity)
@@ -941,6 +959,7 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
+        self.remove_host();
         let names: Vec<String> = self.ifaces.keys().cloned().collect();
         for n in names {
             let _ = self.remove_iface(&n);
@@ -977,7 +996,8 @@ fn service_json(s: &vireo_lb::ServiceSpec) -> Value {
 
 fn xdp_role(r: Role) -> vireo_xdp::Role {
     match r {
-        Role::Pod => vireo_xdp::Role::Pod,
+        // The host pair carries only what the node's stack routes to it: all of it is ours.
+        Role::Pod | Role::Host => vireo_xdp::Role::Pod,
         Role::Uplink => vireo_xdp::Role::Uplink,
     }
 }
