@@ -1,13 +1,17 @@
 //! Host ↔ pod checks: the node's stack reaching its pods as the kubelet's probes do (through
 //! the host pair, as identity `host`), a host-network server reached from pods on both nodes,
 //! the node reaching a ClusterIP, and a pod reaching itself through its Service (hairpin,
-//! source-NAT'd to the service loopback address 169.254.42.1).
+//! source-NAT'd to the service loopback address 169.254.42.1), a Service whose backends are
+//! the nodes' own addresses (`host-echo`, as the `kubernetes` Service is) reached from pods on
+//! both nodes, and `fromEntities: host` / `remote-node` policies each allowing one node's
+//! stack and denying the other's (then removed).
 
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 
-use crate::{PodState, ECHO_HTTP_PORT};
+use crate::{NodeState, PodState, ECHO_HTTP_PORT, HOST_ECHO_TARGET};
 
-use super::{errors, parse_answers, Env};
+use super::{counters, errors, parse_answers, Backends, Env};
 
 /// The port of the host-network server the checks start in a node's namespace.
 const HOST_PORT: u16 = 9090;
@@ -135,6 +139,134 @@ impl Env {
         Ok(format!(
             "{}: {own} of 48 answers from itself, client 169.254.42.1",
             p.name
+        ))
+    }
+
+    /// Echo servers on every node's own address (host-network servers), TCP `port`.
+    fn host_servers(&self, port: u16) -> Result<Backends> {
+        let mut b = Backends(Vec::new());
+        for n in &self.st.nodes[..2] {
+            let tcp = format!("{}:{port}", n.ip);
+            b.0.push(
+                self.spawn_probe_in(&n.netns, &["echo-server", "--tcp", &tcp, "--timeout", "30"])?,
+            );
+        }
+        Ok(b)
+    }
+
+    /// `host-echo` (backends: the nodes' addresses) from pods on both nodes: every answer
+    /// comes from a node's own stack, both nodes answer, and each sees the pod's address.
+    pub(super) fn host_network_service(&self) -> Result<String> {
+        let _s = self.host_servers(HOST_ECHO_TARGET)?;
+        let (to, _) = self.frontend("host-echo", "TCP")?;
+        let nodes: Vec<_> = self.st.nodes[..2].iter().map(|n| n.ip).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for p in [&self.a, &self.c] {
+            let a = self.whoami_in(&p.netns, &to.to_string(), 12, false)?;
+            for x in &a {
+                match x.backend {
+                    Some(b) if nodes.contains(&b) && x.peer.starts_with(&format!("{}:", p.ip)) => {
+                        seen.insert(b);
+                    }
+                    _ => bail!("{} → {to}: {x:?}", p.name),
+                }
+            }
+        }
+        if seen.len() < 2 {
+            bail!("only {seen:?} answered: want both nodes");
+        }
+        Ok(format!(
+            "{} and {} → {to}: answered by the nodes {seen:?}",
+            self.a.name, self.c.name
+        ))
+    }
+
+    /// `fromEntities: host` on the policy server (node-2): node-2's stack connects, node-1's
+    /// (remote-node) and a pod beside the server are denied and counted on node-2.
+    pub(super) fn policy_from_host(&self) -> Result<String> {
+        self.entity_policy("host", 1)
+    }
+
+    /// `fromEntities: remote-node` on the policy server: node-1's stack connects, node-2's
+    /// own (host) and a pod beside the server are denied.
+    pub(super) fn policy_from_remote_node(&self) -> Result<String> {
+        self.entity_policy("remote-node", 0)
+    }
+
+    /// The server (on the second node) takes ingress on 8080 from `entity` only: the stack of
+    /// node `allowed` (index) connects, the other node's stack and `client-local` do not (no
+    /// answer in 1 s, counted as `policy_denied` by the server's node); all connect before the
+    /// policy and after it is removed.
+    fn entity_policy(&self, entity: &str, allowed: usize) -> Result<String> {
+        let srv = self.policy_pod("server")?;
+        let local = self.policy_pod("client-local")?;
+        let _s = self.policy_servers(&[srv], &[ECHO_HTTP_PORT], 30)?;
+        let to = format!("{}:{ECHO_HTTP_PORT}", srv.ip);
+        let enforcer = self.node(srv).clone();
+        let from: Vec<(String, &str)> = vec![
+            (
+                self.st.nodes[0].name.clone(),
+                self.st.nodes[0].netns.as_str(),
+            ),
+            (
+                self.st.nodes[1].name.clone(),
+                self.st.nodes[1].netns.as_str(),
+            ),
+            (local.name.clone(), local.netns.as_str()),
+        ];
+        let try_all = |want: &[bool]| -> Result<()> {
+            for ((name, ns), ok) in from.iter().zip(want) {
+                let a = self.probe_in(
+                    ns,
+                    &["whoami", "--to", &to, "--count", "1", "--wait-ms", "1000"],
+                )?;
+                let a = parse_answers(&a)?;
+                let got = a.first().is_some_and(|x| x.backend == Some(srv.ip));
+                if got != *ok {
+                    bail!(
+                        "{name} → server {to}: {} (want {})",
+                        if got { "connected" } else { "no answer" },
+                        if *ok { "connected" } else { "denied" }
+                    );
+                }
+            }
+            Ok(())
+        };
+        try_all(&[true, true, true]).context("before the policy")?;
+        let policy = json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": format!("from-{entity}"), "namespace": crate::POLICY_NAMESPACE},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "policy-server"}},
+                     "ingress": [{"fromEntities": [entity],
+                                  "toPorts": [{"ports": [{"port": ECHO_HTTP_PORT.to_string(),
+                                                          "protocol": "TCP"}]}]}]},
+        });
+        let denied = |n: &NodeState| -> Result<u64> {
+            Ok(counters(n)?["drops"]["policy_denied"].as_u64().unwrap_or(0))
+        };
+        let r = (|| -> Result<u64> {
+            let took = self.publish_objects(&[policy])?;
+            let before = denied(&enforcer)?;
+            let mut want = [false, false, false];
+            want[allowed] = true;
+            try_all(&want)?;
+            let n = denied(&enforcer)? - before;
+            if n == 0 {
+                bail!("{} counted no policy_denied drop", enforcer.name);
+            }
+            let _ = took;
+            Ok(n)
+        })();
+        let restored = self.publish_objects(&[]);
+        let n = r?;
+        restored.context("removing the policy")?;
+        try_all(&[true, true, true]).context("after the policy was removed")?;
+        Ok(format!(
+            "fromEntities {entity}: {} connects; {}, {} denied ({n} policy_denied on {}); all connect before and after",
+            from[allowed].0,
+            from[1 - allowed].0,
+            local.name,
+            enforcer.name
         ))
     }
 
