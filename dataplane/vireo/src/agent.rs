@@ -225,9 +225,9 @@ impl Agent {
             src.set_waker(Arc::new(move || {
                 let _ = wake.send(Msg::Wake);
             }));
-            let wake = std::sync::Mutex::new(msgs.clone());
+            let wake = msgs.clone();
             self.watch_kernel(Arc::new(move || {
-                let _ = wake.lock().map(|w| w.send(Msg::Wake));
+                let _ = wake.send(Msg::Wake);
             }));
         }
         drop(msgs);
