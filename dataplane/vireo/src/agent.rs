@@ -17,7 +17,7 @@ use vireo_control::config::{
 };
 use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
-use vireo_control::services::{frontend_kind_name, proto_name};
+use vireo_control::services::proto_name;
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
@@ -842,7 +842,7 @@ impl Agent {
                 .services
                 .services()
                 .iter()
-                .map(|s| service_json(&s.spec))
+                .map(|s| crate::maps::service_json(&s.spec))
                 .collect::<Vec<_>>()),
             "maglev" => json!(t
                 .services
@@ -967,31 +967,6 @@ impl Agent {
         self.workers.clear();
         tracing::info!("vireo agent stopped; all interfaces detached");
     }
-}
-
-/// One service port as `vireo map get services` shows it.
-fn service_json(s: &vireo_lb::ServiceSpec) -> Value {
-    json!({
-        "service": s.name,
-        "port": s.port,
-        "port_name": s.port_name,
-        "protocol": proto_name(s.proto),
-        "frontends": s.frontends.iter().map(|f| json!({
-            "kind": frontend_kind_name(f.kind),
-            "ip": f.ip.to_string(),
-            "port": f.port,
-        })).collect::<Vec<_>>(),
-        "backends": s.backends.iter().map(|b| json!({
-            "ip": b.ip.to_string(),
-            "port": b.port,
-            "local": b.local,
-            "terminating": b.terminating,
-            "weight": b.weight,
-        })).collect::<Vec<_>>(),
-        "affinity_timeout": s.affinity_timeout,
-        "source_ranges": s.source_ranges.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
-        "external_traffic_policy": if s.external_local { "Local" } else { "Cluster" },
-    })
 }
 
 fn xdp_role(r: Role) -> vireo_xdp::Role {
