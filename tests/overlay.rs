@@ -247,6 +247,13 @@ fn sandbox_connectivity_and_bad_vxlan() {
         "policy-cidr",
         "policy-entity",
         "policy-netpol-model",
+        "host/node-to-own-pods",
+        "host/pods-to-host-network",
+        "host/node-to-clusterip",
+        "host/hairpin",
+        "host/service-hostnet-backend",
+        "host/policy-from-host",
+        "host/policy-from-remote-node",
     ] {
         assert!(
             names.iter().any(|n| n == want),
