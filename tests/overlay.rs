@@ -250,6 +250,13 @@ fn sandbox_connectivity_and_bad_vxlan() {
         "world/pod-to-world",
         "world/policy-deny-world",
         "world/port-range-flood",
+        "host/node-to-own-pods",
+        "host/pods-to-host-network",
+        "host/node-to-clusterip",
+        "host/hairpin",
+        "host/service-hostnet-backend",
+        "host/policy-from-host",
+        "host/policy-from-remote-node",
     ] {
         assert!(
             names.iter().any(|n| n == want),

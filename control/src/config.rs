@@ -49,6 +49,9 @@ pub enum Role {
     Pod,
     /// The node's uplink.
     Uplink,
+    /// The dataplane's end of the node's host pair (`vireo_net`): the agent makes and
+    /// attaches it itself; not for the configuration file.
+    Host,
 }
 
 /// XDP attach mode preference.
@@ -379,6 +382,23 @@ pub struct Config {
     /// Pod → world masquerade: on by default, ports `61000-65535`, no non-masquerade CIDRs.
     #[serde(default)]
     pub masquerade: MasqueradeConfig,
+    /// Whether the node's own stack reaches its pods whatever their ingress policy says
+    /// (`always`, Cilium's `allow-localhost` default on Kubernetes: the kubelet's probes keep
+    /// working under default deny; an explicit `ingressDeny` of `host` still holds) or only
+    /// as policy allows (`policy`).
+    #[serde(default)]
+    pub allow_localhost: AllowLocalhost,
+}
+
+/// [`Config::allow_localhost`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowLocalhost {
+    /// The local host reaches local pods unless a deny rule names it.
+    #[default]
+    Always,
+    /// The local host is a peer like any other.
+    Policy,
 }
 
 /// The environment variable that names the node when the file does not (the DaemonSet sets it
@@ -591,6 +611,12 @@ impl Config {
                     return Err(bad(
                         format!("interfaces[{i}].endpoint"),
                         "only pod interfaces have an endpoint".into(),
+                    ))
+                }
+                (Role::Host, _) => {
+                    return Err(bad(
+                        format!("interfaces[{i}].role"),
+                        "host is the agent's own host pair, not configured".into(),
                     ))
                 }
                 (Role::Pod, Some(ep)) => {

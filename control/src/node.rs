@@ -499,7 +499,9 @@ impl NodeControl {
                 let hop = crate::neigh::next_hop(n.ip, uplink);
                 let mac = crate::neigh::lookup(hop, uplink);
                 if mac.is_none() && !uplink.is_empty() {
-                    crate::neigh::nudge(hop);
+                    if let Err(e) = crate::neigh::resolve(hop, uplink) {
+                        tracing::debug!(%hop, "asking the kernel to resolve: {e}");
+                    }
                 }
                 PeerNode {
                     name: n.name.clone(),

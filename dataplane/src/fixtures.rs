@@ -44,6 +44,40 @@ pub const REMOTE: (Ipv4Addr, Mac) = (
 );
 /// VXLAN port.
 pub const VXLAN_PORT: u16 = 8472;
+/// The host pair: slot and MAC of `vireo_net`, MAC of `vireo_host` (the node's stack).
+pub const HOST_PAIR: (u16, Mac, Mac) =
+    (3, [0x02, 0, 0, 0, 0x4e, 0x01], [0x02, 0, 0, 0, 0x40, 0x01]);
+
+/// Tables with pods A and B, the other node's address (`remote-node`, through the tunnel) and
+/// this node's host pair attached.
+pub fn with_host() -> Tables {
+    let mut t = two_pods();
+    add_host(&mut t);
+    t
+}
+
+/// Adds the host pair of [`with_host`] to `t`.
+pub fn add_host(t: &mut Tables) {
+    t.set_iface(Interface {
+        slot: HOST_PAIR.0,
+        name: "vireo_net".into(),
+        mac: HOST_PAIR.1,
+        role: IfRole::Host,
+    });
+    t.host = Some(crate::tables::HostPort {
+        slot: HOST_PAIR.0,
+        peer_mac: HOST_PAIR.2,
+    });
+    for (ip, identity, tunnel) in [
+        (UPLINK.2, Identity::HOST, None),
+        (REMOTE.0, Identity::REMOTE_NODE, Some(REMOTE.0)),
+    ] {
+        t.ipcache.insert(
+            ipnet::Ipv4Net::new(ip, 32).expect("/32"),
+            IpCacheEntry { identity, tunnel },
+        );
+    }
+}
 
 /// Tables with pods A and B.
 pub fn two_pods() -> Tables {

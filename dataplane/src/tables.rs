@@ -24,6 +24,24 @@ pub enum IfRole {
     Pod,
     /// The node's uplink NIC.
     Uplink,
+    /// The dataplane's end (`vireo_net`) of the node's host pair: the node's own stack sends
+    /// to pods, node ports and ClusterIPs through its peer (`vireo_host`), and gets its
+    /// replies and its traffic from pods back on it (Cilium's `cilium_net`/`cilium_host`).
+    Host,
+}
+
+/// The service loopback address (Cilium's `--ipv4-service-loopback-address`): a pod reaching
+/// itself through a Service (hairpin), or the host reaching itself through one, is source-NAT'd
+/// to it, since Linux drops a packet arriving with one of its own addresses as source.
+pub const SERVICE_LOOPBACK: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+/// The node's host pair, as the fast path uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort {
+    /// Slot of `vireo_net` (role [`IfRole::Host`]).
+    pub slot: u16,
+    /// MAC of its peer `vireo_host`, in the node's stack: frames for the host go to it.
+    pub peer_mac: Mac,
 }
 
 /// An attached interface, by slot.
@@ -134,6 +152,8 @@ pub struct Tables {
     pub gateways: Vec<Ipv4Addr>,
     /// This node, once its underlay is known.
     pub local: Option<LocalNode>,
+    /// The node's host pair, once attached: the way to and from the node's own stack.
+    pub host: Option<HostPort>,
     /// Other nodes by underlay address (host byte order).
     pub nodes: FastMap<u32, RemoteNode>,
     /// IP/CIDR → identity and tunnel endpoint.
@@ -257,6 +277,18 @@ impl Tables {
             }
         }
         None
+    }
+
+    /// Whether `ip` is this node's own address (delivered to its stack through the host pair).
+    #[inline]
+    pub fn is_local_host(&self, ip: u32) -> bool {
+        self.local.is_some_and(|l| u32::from(l.ip) == ip)
+    }
+
+    /// Whether `slot` is the host pair's end.
+    #[inline]
+    pub fn is_host_slot(&self, slot: u16) -> bool {
+        self.host.is_some_and(|h| h.slot == slot)
     }
 
     /// The interface in `slot`, if attached.

@@ -1650,6 +1650,7 @@ fn check(
                         match role {
                             IfRole::Pod => format!("pod{slot}"),
                             IfRole::Uplink => "uplink-plain".to_string(),
+                            IfRole::Host => "host".to_string(),
                         }
                     }
                     _ => {

@@ -121,6 +121,10 @@ impl EndpointPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyTables {
     tables: FxHashMap<u32, Arc<EndpointPolicy>>,
+    /// The local host may reach every local endpoint unless a deny rule says otherwise
+    /// (Cilium's `allow-localhost: always`, its default on Kubernetes, so that the kubelet's
+    /// probes work under default deny).
+    allow_localhost: bool,
     /// CIDR blocks → CIDR identity, longest prefix first (the ipcache's LPM).
     cidrs: Arc<IpCache>,
 }
@@ -143,7 +147,21 @@ impl PolicyTables {
         port: u16,
     ) -> Lookup<'_> {
         match self.get(subject) {
-            Some(t) => t.lookup(d, peer, proto, port),
+            Some(t) => {
+                let l = t.lookup(d, peer, proto, port);
+                // Only a default deny gives way: an explicit deny rule still holds.
+                if self.allow_localhost
+                    && l.rule.is_none()
+                    && d == Direction::Ingress
+                    && peer == Identity::HOST.0
+                {
+                    return Lookup {
+                        verdict: Verdict::Allowed,
+                        rule: None,
+                    };
+                }
+                l
+            }
             None => Lookup {
                 verdict: Verdict::Allowed,
                 rule: None,
@@ -157,6 +175,16 @@ impl PolicyTables {
         self.cidrs
             .lookup(u32::from(ip))
             .map_or(Identity::WORLD.0, |e| e.identity.0)
+    }
+
+    /// Sets whether the local host always reaches local endpoints (see `allow_localhost`).
+    pub fn set_allow_localhost(&mut self, on: bool) {
+        self.allow_localhost = on;
+    }
+
+    /// Whether the local host always reaches local endpoints unless denied explicitly.
+    pub fn allow_localhost(&self) -> bool {
+        self.allow_localhost
     }
 
     /// Whether any endpoint is under policy (when not, the fast path skips policy entirely).
@@ -682,6 +710,7 @@ impl Compiler {
         PolicyTables {
             tables: self.tables.clone(),
             cidrs: self.cidrs.clone(),
+            allow_localhost: true,
         }
     }
 

@@ -81,6 +81,9 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
             realize_pods(st, pods)?;
             realize_pods(st, echo_pods(o.nodes))?;
             st.objects.extend(echo_services()?);
+            let nodes: Vec<_> = st.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
+            st.objects
+                .extend(crate::defaults::host_echo_service(&nodes)?);
             st.objects.extend(policy_namespaces()?);
             realize_pods(st, policy_pods(o.nodes))?;
         }

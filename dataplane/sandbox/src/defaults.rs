@@ -195,6 +195,49 @@ pub(crate) fn echo_services() -> Result<Vec<serde_json::Value>> {
     ])
 }
 
+/// Port of the default sandbox's host-network Service `host-echo` (ClusterIP 10.96.0.14).
+pub const HOST_ECHO_PORT: u16 = 90;
+
+/// The port its backends, the nodes' own addresses, serve on (a host-network server the
+/// connectivity check starts in each node's namespace).
+pub const HOST_ECHO_TARGET: u16 = 9090;
+
+/// The default sandbox's Service with host-network backends, as the `kubernetes` Service is:
+/// `host-echo` (no selector, ClusterIP 10.96.0.14, TCP [`HOST_ECHO_PORT`]) and its
+/// EndpointSlice naming each node's address on [`HOST_ECHO_TARGET`].
+pub(crate) fn host_echo_service(
+    nodes: &[(String, std::net::Ipv4Addr)],
+) -> Result<Vec<serde_json::Value>> {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "host-echo", "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.14", "clusterIPs": ["10.96.0.14"],
+                 "ports": [{"name": "http", "port": HOST_ECHO_PORT,
+                            "targetPort": HOST_ECHO_TARGET, "protocol": "TCP"}]},
+    }))
+    .context("the sandbox's Service host-echo")?;
+    let endpoints: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|(name, ip)| {
+            json!({"addresses": [ip.to_string()], "nodeName": name,
+                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
+        .collect();
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "host-echo-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "host-echo"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": HOST_ECHO_TARGET, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .context("the sandbox's EndpointSlice host-echo-1")?;
+    Ok(vec![
+        serde_json::to_value(svc)?,
+        serde_json::to_value(slice)?,
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -237,6 +280,19 @@ mod tests {
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].protocol.as_deref(), Some("UDP"));
         assert_eq!(echo_pods(1).len(), ECHO_PODS_PER_NODE);
+    }
+
+    #[test]
+    fn host_echo_backends_are_the_nodes() {
+        let ips = [("node-1".to_string(), Ipv4Addr::new(192, 168, 100, 11))];
+        let v = host_echo_service(&ips).unwrap();
+        assert_eq!(v[0]["spec"]["clusterIP"], "10.96.0.14");
+        assert!(v[0]["spec"]["selector"].is_null());
+        assert_eq!(v[1]["endpoints"][0]["addresses"][0], "192.168.100.11");
+        assert_eq!(
+            v[1]["metadata"]["labels"]["kubernetes.io/service-name"],
+            "host-echo"
+        );
     }
 
     #[test]

@@ -35,8 +35,8 @@ mod topology;
 pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
 pub use commands::{apply, down, exec, kubeconfig, status, up, UpOpts};
 pub use defaults::{
-    ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, NETPOL_NAMESPACES, NETPOL_PODS,
-    POLICY_NAMESPACE,
+    ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, HOST_ECHO_PORT, HOST_ECHO_TARGET,
+    NETPOL_NAMESPACES, NETPOL_PODS, POLICY_NAMESPACE,
 };
 pub use pods::publish;
 pub use state::{state_dir, NodeState, PodState, SandboxName, Source, State};

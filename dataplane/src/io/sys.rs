@@ -109,6 +109,48 @@ pub fn mtu(name: &str) -> Option<u16> {
         .ok()
 }
 
+/// Turns off tx checksum offload on `name` (`ethtool -K NAME tx off`, through the
+/// `SIOCETHTOOL` ioctl): AF_XDP copy mode loses the kernel's CHECKSUM_PARTIAL state, so a
+/// veth whose traffic the dataplane forwards must send complete checksums.
+pub fn tx_checksum_off(name: &str) -> Result<(), IoError> {
+    /// `ETHTOOL_STXCSUM`.
+    const STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return Err(IoError::Invalid(format!("bad interface name {name:?}")));
+    }
+    let mut value = EthtoolValue {
+        cmd: STXCSUM,
+        data: 0,
+    };
+    // SAFETY: an all-zero `ifreq` is a valid value (plain integers and pointers).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: plain socket creation, no pointers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(IoError::sys("socket for SIOCETHTOOL", last_errno()));
+    }
+    // SAFETY: `req` names the interface and points at `value`, both alive for the call; the
+    // kernel reads `cmd`/`data` from it for ETHTOOL_STXCSUM.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let errno = last_errno();
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(IoError::sys(format!("tx checksum off on {name}"), errno));
+    }
+    Ok(())
+}
+
 /// Number of rx queues of interface `name` (from sysfs; 1 when unknown).
 pub fn rx_queues(name: &str) -> u32 {
     let dir = Path::new("/sys/class/net").join(name).join("queues");

@@ -1,5 +1,7 @@
 //! Stage `arp`: answers a pod's ARP request for its gateway with the MAC of the host-side veth it
-//! came in on, like Cilium's ARP responder. The reply is built in place with smoltcp's wire types
+//! came in on, like Cilium's ARP responder. On the host pair every request is answered the same
+//! way: the node's stack routes pods and services to `vireo_host`, and each next hop it asks for
+//! there is the dataplane. The reply is built in place with smoltcp's wire types
 //! and sent back out the same interface.
 
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame};
@@ -34,7 +36,8 @@ fn respond(buf: &mut [u8], in_slot: u16, t: &Tables) -> Verdict {
     else {
         return Verdict::Drop(DropReason::MalformedArp);
     };
-    if operation != ArpOperation::Request || !t.is_gateway(target_protocol_addr) {
+    let host = t.is_host_slot(in_slot) && !t.is_local_host(u32::from(target_protocol_addr));
+    if operation != ArpOperation::Request || !(host || t.is_gateway(target_protocol_addr)) {
         return Verdict::Drop(DropReason::ArpNotForGateway);
     }
     let Some(iface) = t.iface(in_slot) else {

@@ -73,7 +73,9 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
             continue; // a service flow (the `service` stage tracked it), or an ICMP answer
         }
         let routed = match d.verdict {
-            Verdict::Tx { slot } => t.iface(slot).is_some_and(|i| i.role == IfRole::Pod),
+            Verdict::Tx { slot } => t
+                .iface(slot)
+                .is_some_and(|i| matches!(i.role, IfRole::Pod | IfRole::Host)),
             Verdict::Continue(Kind::Encap { .. }) => true,
             _ => false,
         };

@@ -39,7 +39,7 @@ fn source(d: &Desc, t: &Tables) -> Option<u32> {
     }
     match t.iface(d.in_slot)?.role {
         IfRole::Pod => t.gateways.first().map(|g| u32::from(*g)),
-        IfRole::Uplink => t.local.map(|l| u32::from(l.ip)),
+        IfRole::Uplink | IfRole::Host => t.local.map(|l| u32::from(l.ip)),
     }
 }
 

@@ -5,6 +5,10 @@
 //! - A local destination is delivered: TTL decremented, MACs rewritten (source: the host-side
 //!   veth, i.e. the pod's gateway; destination: the pod). A packet whose TTL would reach zero is
 //!   answered with ICMP time exceeded ([`super::icmp`]).
+//! - The node's own address (from a pod, the tunnel, or translated by `service`) is delivered
+//!   to the node's stack out of the host pair (`vireo_net`, to `vireo_host`'s MAC).
+//! - From the host pair, the node's stack must send from the node's own address; it is
+//!   identity `host` (1), as in Cilium.
 //! - A destination the ipcache places on another node goes to `vxlan_encap`, TTL decremented.
 //! - Anything else is an unknown destination.
 //! - Frames the `service` or `masquerade` stage translated had their source checked there;
@@ -18,6 +22,7 @@ use super::{Batch, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables};
 use crate::wire::{ipv4_dec_ttl, set_macs, ICMP_TIME_EXCEEDED};
+use vireo_policy::Identity;
 
 /// The answer to a packet whose TTL runs out here.
 const TIME_EXCEEDED: Answer = Answer {
@@ -59,6 +64,9 @@ fn route(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
                 Some(ep) if ep.slot == d.in_slot => d.src_identity = ep.identity,
                 _ => return Verdict::Drop(DropReason::InvalidSource),
             },
+            // The node's own stack: only from the node's address (its routes say `src`).
+            Some(IfRole::Host) if t.is_local_host(src) => d.src_identity = Identity::HOST.0,
+            Some(IfRole::Host) => return Verdict::Drop(DropReason::InvalidSource),
             // From the uplink only VXLAN, service frontends and masquerade replies are steered.
             _ => return Verdict::Drop(DropReason::UnknownDestination),
         }
@@ -72,6 +80,20 @@ fn route(d: &mut Desc, buf: &mut [u8], l3: usize, t: &Tables) -> Verdict {
         }
         set_macs(buf, &ep.mac, &out.mac);
         return Verdict::Tx { slot: ep.slot };
+    }
+    if t.is_local_host(dst) {
+        // To the node's own stack, through the host pair (never back where it came from).
+        let (Some(h), false) = (t.host, t.is_host_slot(d.in_slot) && !d.nat) else {
+            return Verdict::Drop(DropReason::UnknownDestination);
+        };
+        let Some(out) = t.iface(h.slot) else {
+            return Verdict::Drop(DropReason::NoTxPort);
+        };
+        if ipv4_dec_ttl(&mut buf[l3..]) <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        set_macs(buf, &h.peer_mac, &out.mac);
+        return Verdict::Tx { slot: h.slot };
     }
     if d.from_tunnel {
         return Verdict::Drop(DropReason::UnknownDestination);

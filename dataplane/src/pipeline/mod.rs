@@ -309,6 +309,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 }
 
 #[cfg(test)]
+mod host_tests;
+#[cfg(test)]
 mod masquerade_tests;
 #[cfg(test)]
 mod policy_tests;

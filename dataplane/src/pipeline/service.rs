@@ -22,6 +22,13 @@
 //!   as `no_backend`. A LoadBalancer client outside `loadBalancerSourceRanges` is dropped
 //!   (`lb_source_range`).
 //!
+//! - **Hairpin:** a client that its Service sends to itself (a pod, or the node's stack to a
+//!   hostNetwork backend) is source-NAT'd to the service loopback address
+//!   ([`SERVICE_LOOPBACK`], 169.254.42.1), since Linux drops a packet with its own address as
+//!   source; the reply to that address is translated back.
+//! - **From the node's stack** (the host pair): identity `host`; its replies come back to the
+//!   node's address through the host pair.
+//!
 //! Everything this stage translated carries `nat` (its source was checked here) and its
 //! conntrack verdict, so `ipv4_forward` routes it and `conntrack` leaves it alone.
 
@@ -34,7 +41,7 @@ use vireo_policy::Identity;
 use super::conntrack::{denied_again, next_state, ports, Ct, REJUDGE};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
-use crate::tables::{IfRole, Tables};
+use crate::tables::{IfRole, Tables, SERVICE_LOOPBACK};
 use crate::wire::{
     icmp_unreachable, ipv4_dec_ttl, ipv4_fragment, ipv4_rewrite, ipv4_set_addrs, may_answer,
     quoted, set_macs, translate_icmp_error, ETH_HLEN,
@@ -121,6 +128,8 @@ enum Origin {
     Pod,
     Uplink,
     Tunnel,
+    /// The node's own stack, through the host pair.
+    Host,
 }
 
 /// The flow's hash for Maglev: a fixed function of the 5-tuple, so every node picks the same
@@ -265,6 +274,12 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
         dst: backend,
         dport: bport,
     };
+    if backend == p.src && !snat {
+        // Hairpin: a pod (or the host) reaching itself through a Service. Linux drops a
+        // packet from one of its own addresses, so the source becomes the service loopback
+        // address (as in Cilium); the revnat entry turns the reply back.
+        nat.src = u32::from(SERVICE_LOOPBACK);
+    }
     if snat {
         let node = u32::from(t.local?.ip);
         let base = nat;
@@ -403,6 +418,7 @@ fn origin(d: &Desc, t: &Tables) -> Option<Origin> {
     Some(match t.iface(d.in_slot)?.role {
         IfRole::Pod => Origin::Pod,
         IfRole::Uplink => Origin::Uplink,
+        IfRole::Host => Origin::Host,
     })
 }
 
@@ -416,6 +432,9 @@ fn check_source(d: &mut Desc, t: &Tables, p: &Tuple, origin: Origin) -> Option<(
         }
         // Outside clients are Cilium's reserved `world`.
         Origin::Uplink => d.src_identity = Identity::WORLD.0,
+        // The node's stack sends from the node's address (its routes to vireo_host say so).
+        Origin::Host if t.is_local_host(p.src) => d.src_identity = Identity::HOST.0,
+        Origin::Host => return None,
         Origin::Tunnel => {}
     }
     Some(())
@@ -573,8 +592,9 @@ fn translated(
 /// a client outside the cluster, out of the uplink towards the Ethernet address it was last
 /// seen behind.
 fn deliver(buf: &mut [u8], t: &Tables, ct: &Ct<'_>, dst: u32) -> Verdict {
-    let inside =
-        t.endpoint(dst).is_some() || t.ipcache.lookup(dst).is_some_and(|e| e.tunnel.is_some());
+    let inside = t.endpoint(dst).is_some()
+        || t.is_local_host(dst)
+        || t.ipcache.lookup(dst).is_some_and(|e| e.tunnel.is_some());
     if inside {
         return Verdict::Continue(Kind::Ipv4 {
             l3: ETH_HLEN as u16,

@@ -1,6 +1,6 @@
 //! Stage `vxlan_decap`: checks a VXLAN packet from the uplink and strips its outer headers by
 //! moving the frame's start (no copy). The sender's security identity comes from the VNI, as in
-//! Cilium. Only packets from known nodes, with a known identity and a whole inner IPv4 frame,
+//! Cilium; VNI 1 (another node's host stack) is `remote-node` (6) here. Only packets from known nodes, with a known identity and a whole inner IPv4 frame,
 //! go on; the inner packet is then delivered like any other (and never re-encapsulated).
 //!
 //! RFC 7348: only the I flag is required (reserved bits are ignored), and the outer destination
@@ -11,6 +11,7 @@ use super::{parse, Batch, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::Tables;
 use crate::wire::{csum_replace16, ecn_decap, VxlanError, VxlanPacket, ETH_HLEN, VXLAN_INNER};
+use vireo_policy::Identity;
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
     for d in batch.descs_mut() {
@@ -41,7 +42,12 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
                 }
                 d.addr += VXLAN_INNER as u64;
                 d.len = inner_len as u32;
-                d.src_identity = vni;
+                // Another node's own stack sends as `host` (1): here it is `remote-node` (6).
+                d.src_identity = if vni == Identity::HOST.0 {
+                    Identity::REMOTE_NODE.0
+                } else {
+                    vni
+                };
                 d.from_tunnel = true;
                 d.verdict = Verdict::Continue(Kind::Ipv4 {
                     l3: ETH_HLEN as u16,

@@ -17,7 +17,7 @@ use vireo_control::config::{
 };
 use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
-use vireo_control::services::{frontend_kind_name, proto_name};
+use vireo_control::services::proto_name;
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
@@ -28,6 +28,8 @@ use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
 
+#[path = "host.rs"]
+mod host;
 #[path = "masquerade.rs"]
 mod masquerade;
 use crate::nodeconfig::first_view;
@@ -228,6 +230,10 @@ impl Agent {
             src.set_waker(Arc::new(move || {
                 let _ = wake.send(Msg::Wake);
             }));
+            let wake = msgs.clone();
+            self.watch_kernel(Arc::new(move || {
+                let _ = wake.send(Msg::Wake);
+            }));
         }
         drop(msgs);
         tracing::info!(
@@ -373,7 +379,12 @@ impl Agent {
         Ok(json!({"added": added, "removed": gone, "needs_restart": restart}))
     }
 
-    fn add_iface(&mut self, ifc: &InterfaceConfig, identity: u32, from_source: bool) -> Result<()> {
+    pub(crate) fn add_iface(
+        &mut self,
+        ifc: &InterfaceConfig,
+        identity: u32,
+        from_source: bool,
+    ) -> Result<()> {
         let ifindex = sys::ifindex(&ifc.name)?;
         let mac = sys::mac(&ifc.name)?;
         let queues = sys::rx_queues(&ifc.name).min(MAX_QUEUES);
@@ -383,6 +394,7 @@ impl Agent {
         let role = match ifc.role {
             Role::Pod => IfRole::Pod,
             Role::Uplink => IfRole::Uplink,
+            Role::Host => IfRole::Host,
         };
         let endpoint = ifc
             .endpoint
@@ -470,7 +482,7 @@ impl Agent {
         Ok(())
     }
 
-    fn remove_iface(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn remove_iface(&mut self, name: &str) -> Result<()> {
         let Some(mut att) = self.ifaces.remove(name) else {
             bail!("interface {name} is not attached")
         };
@@ -498,6 +510,9 @@ impl Agent {
             t.remove_iface(slot);
             if t.local.is_some_and(|l| l.uplink_slot == slot) {
                 t.local = None;
+            }
+            if t.host.is_some_and(|h| h.slot == slot) {
+                t.host = None;
             }
         });
         // The endpoint's flows go with it (published first, so no packet makes them anew):
@@ -535,6 +550,7 @@ impl Agent {
         self.publish_overlay(reread);
         self.publish_masquerade();
         self.publish_services();
+        self.reconcile_host();
         self.publish_policy();
         self.publish_endpoints();
         if reread {
@@ -551,7 +567,10 @@ impl Agent {
             return;
         };
         let subjects = p.tables.subjects();
-        let tables = p.tables;
+        let mut tables = p.tables;
+        Arc::make_mut(&mut tables).set_allow_localhost(
+            self.cfg.allow_localhost == vireo_control::config::AllowLocalhost::Always,
+        );
         self.tables.update(|t| t.policy = tables);
         self.policy_revision += 1;
         tracing::info!(
@@ -707,6 +726,7 @@ impl Agent {
             .iter()
             .filter(|(n, a)| {
                 a.from_source
+                    && a.cfg.role != Role::Host
                     && want
                         .get(*n)
                         .is_none_or(|(c, id)| *c != a.cfg || *id != a.identity)
@@ -831,7 +851,7 @@ impl Agent {
                 .services
                 .services()
                 .iter()
-                .map(|s| service_json(&s.spec))
+                .map(|s| crate::maps::service_json(&s.spec))
                 .collect::<Vec<_>>()),
             "maglev" => json!(t
                 .services
@@ -948,6 +968,7 @@ impl Agent {
     }
 
     fn shutdown(&mut self) {
+        self.remove_host();
         let names: Vec<String> = self.ifaces.keys().cloned().collect();
         for n in names {
             let _ = self.remove_iface(&n);
@@ -957,34 +978,10 @@ impl Agent {
     }
 }
 
-/// One service port as `vireo map get services` shows it.
-fn service_json(s: &vireo_lb::ServiceSpec) -> Value {
-    json!({
-        "service": s.name,
-        "port": s.port,
-        "port_name": s.port_name,
-        "protocol": proto_name(s.proto),
-        "frontends": s.frontends.iter().map(|f| json!({
-            "kind": frontend_kind_name(f.kind),
-            "ip": f.ip.to_string(),
-            "port": f.port,
-        })).collect::<Vec<_>>(),
-        "backends": s.backends.iter().map(|b| json!({
-            "ip": b.ip.to_string(),
-            "port": b.port,
-            "local": b.local,
-            "terminating": b.terminating,
-            "weight": b.weight,
-        })).collect::<Vec<_>>(),
-        "affinity_timeout": s.affinity_timeout,
-        "source_ranges": s.source_ranges.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
-        "external_traffic_policy": if s.external_local { "Local" } else { "Cluster" },
-    })
-}
-
 fn xdp_role(r: Role) -> vireo_xdp::Role {
     match r {
-        Role::Pod => vireo_xdp::Role::Pod,
+        // The host pair carries only what the node's stack routes to it: all of it is ours.
+        Role::Pod | Role::Host => vireo_xdp::Role::Pod,
         Role::Uplink => vireo_xdp::Role::Uplink,
     }
 }

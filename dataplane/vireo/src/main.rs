@@ -1,6 +1,7 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
+mod maps;
 mod nodeconfig;
 
 use vireo_api as api;

@@ -3,7 +3,7 @@
 //! steer the replies (the node's address and the port range). Re-checked with the overlay's
 //! next hops on every reconcile; published only when something changed.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use vireo_control::config::Role;
@@ -40,7 +40,9 @@ impl Agent {
                 let hop = vireo_control::neigh::next_hop(WORLD_PROBE, &dev);
                 let mac = vireo_control::neigh::lookup(hop, &dev);
                 if mac.is_none() && hop != WORLD_PROBE {
-                    nudge(hop);
+                    if let Err(e) = vireo_control::neigh::resolve(hop, &dev) {
+                        tracing::debug!(%hop, "asking the kernel to resolve the next hop: {e}");
+                    }
                 }
                 let mut cluster: Vec<_> = self
                     .control
@@ -86,12 +88,5 @@ impl Agent {
                 Err(e) => tracing::warn!("steering masquerade replies from the uplink: {e}"),
             }
         }
-    }
-}
-
-/// Asks the kernel to resolve `ip` (a datagram to its discard port, which it must ARP for).
-fn nudge(ip: Ipv4Addr) {
-    if let Ok(s) = UdpSocket::bind("0.0.0.0:0") {
-        let _ = s.send_to(b"vireo-masq", (ip, 9));
     }
 }

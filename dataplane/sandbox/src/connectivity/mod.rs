@@ -48,6 +48,7 @@ use crate::{NodeState, PodState, State};
 mod conntrack;
 mod datapath;
 mod edges;
+mod host;
 mod policy;
 mod services;
 mod world;
@@ -85,6 +86,13 @@ pub fn test(sandbox: &str, as_json: bool) -> Result<bool> {
         ("service-half-close", Env::service_half_close),
         ("service-fragmented-udp", Env::service_fragmented_udp),
         ("service-pmtu", Env::service_pmtu),
+        ("host/node-to-own-pods", Env::host_to_pods),
+        ("host/pods-to-host-network", Env::pods_to_host_network),
+        ("host/node-to-clusterip", Env::host_to_clusterip),
+        ("host/hairpin", Env::hairpin),
+        ("host/service-hostnet-backend", Env::host_network_service),
+        ("host/policy-from-host", Env::policy_from_host),
+        ("host/policy-from-remote-node", Env::policy_from_remote_node),
         ("policy-l3-allow", Env::policy_l3_allow),
         ("policy-l4-port", Env::policy_l4_port),
         ("policy-deny", Env::policy_deny),

@@ -119,7 +119,7 @@ impl Env {
 
     /// Starts an echo server on every `app: echo` pod (TCP 8080 and UDP 8081 on its own
     /// address), serving at most 60 s.
-    fn start_backends(&self) -> Result<Backends> {
+    pub(super) fn start_backends(&self) -> Result<Backends> {
         if self.echo.len() < 2 {
             bail!("the service checks need at least 2 pods labelled app=echo (the default sandbox has them)");
         }
