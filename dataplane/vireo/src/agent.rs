@@ -27,6 +27,9 @@ use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
+
+#[path = "cni.rs"]
+mod cni;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -44,6 +47,8 @@ struct Attached {
     cfg: InterfaceConfig,
     /// Attached because the manifests put a pod on this node (not from the config file).
     from_source: bool,
+    /// Attached for this container's `vireo-cni` registration.
+    cni: Option<String>,
     identity: u32,
     slot: u16,
     ifindex: u32,
@@ -75,6 +80,8 @@ pub struct Agent {
     boot_reread: bool,
     /// Policy builds published (the endpoints' policy revision).
     policy_revision: u64,
+    /// Pods wired by `vireo-cni`.
+    cni: cni::Registry,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -150,12 +157,14 @@ pub fn run(config_path: &Path) -> Result<()> {
         node_cfg,
         boot_reread,
         policy_revision: 0,
+        cni: cni::Registry::new(&cfg.api_socket),
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
         t.vxlan_df = cfg.vxlan_df;
     });
     agent.anchor_umems()?;
+    agent.cni_restore();
     agent.reconcile();
     let result = agent.serve(&term, &hup);
     agent.shutdown();
@@ -308,6 +317,9 @@ impl Agent {
                 self.control.policies(),
             ))?),
             Request::Monitor { max } => Ok(self.monitor(max)),
+            Request::CniAdd { endpoint } => self.cni_add(endpoint),
+            Request::CniDel { container_id } => self.cni_del(&container_id),
+            Request::CniGet { container_id } => self.cni_get(&container_id),
         }
     }
 
@@ -338,7 +350,7 @@ impl Agent {
         let gone: Vec<String> = self
             .ifaces
             .iter()
-            .filter(|(_, a)| !a.from_source)
+            .filter(|(_, a)| !a.from_source && a.cni.is_none())
             .filter(|(n, a)| wanted.get(n.as_str()) != Some(&&a.cfg))
             .map(|(n, _)| n.clone())
             .collect();
@@ -398,6 +410,7 @@ impl Agent {
         let mut att = Attached {
             cfg: ifc.clone(),
             from_source,
+            cni: None,
             identity,
             slot,
             ifindex,
@@ -496,7 +509,8 @@ impl Agent {
         });
         // The endpoint's flows go with it (published first, so no packet makes them anew):
         // a pod that gets its address later inherits none of them.
-        if let Some(ct) = before.ct.as_deref() {
+        // (A sweep of the whole table, skipped when it holds no entry at all.)
+        if let Some(ct) = before.ct.as_deref().filter(|ct| ct.counts() != (0, 0)) {
             for ep in before.endpoints.values().filter(|e| e.slot == slot) {
                 let n = ct.flush(vireo_conntrack::flush::endpoint(u32::from(ep.ip)));
                 tracing::debug!(ip = %ep.ip, flows = n, "endpoint's conntrack entries flushed");
@@ -508,6 +522,7 @@ impl Agent {
     /// objects when they changed; next hops are re-checked every time.
     fn reconcile(&mut self) {
         let Some(src) = self.source.as_mut() else {
+            self.cni_reconcile();
             return;
         };
         let node = self.control.node().to_string();
@@ -526,6 +541,7 @@ impl Agent {
             }
         }
         self.reconcile_pods();
+        self.cni_reconcile();
         self.publish_overlay(reread);
         self.publish_services();
         self.publish_policy();
@@ -560,10 +576,12 @@ impl Agent {
     /// attached, waiting for their interface otherwise, with the policy in force.
     fn publish_endpoints(&mut self) {
         let policy = self.tables.current().policy.clone();
-        let ifaces = &self.ifaces;
+        let (ifaces, cni) = (&self.ifaces, self.cni_attached_pods());
         let eps = self
             .control
-            .local_endpoints(&policy, self.policy_revision, &|n| ifaces.contains_key(n));
+            .local_endpoints(&policy, self.policy_revision, &|n| {
+                ifaces.contains_key(n) || cni.contains(n)
+            });
         if let Some(src) = self.source.as_mut() {
             src.endpoints(&eps);
         }
@@ -678,11 +696,13 @@ impl Agent {
     }
 
     /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
+    /// Pods registered by `vireo-cni` are left to [`Agent::cni_reconcile`].
     fn reconcile_pods(&mut self) {
         let want: BTreeMap<String, (InterfaceConfig, u32)> = self
             .control
             .pod_endpoints()
             .into_iter()
+            .filter(|p| !self.cni.has_pod(&p.namespace, &p.name))
             .map(|p| {
                 let ifc = InterfaceConfig {
                     name: p.ifname.clone(),
@@ -858,8 +878,13 @@ impl Agent {
             .values()
             .map(|e| {
                 let ifname = t.iface(e.slot).map(|i| i.name.clone());
-                let pod = self.control.pod_name(e.ip);
-                json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod})
+                let reg = ifname.as_deref().and_then(|n| self.cni.by_ifname(n));
+                let pod = self.control.pod_name(e.ip).or_else(|| {
+                    let r = reg?;
+                    Some(format!("{}/{}", r.pod_namespace.as_deref()?, r.pod_name.as_deref()?))
+                });
+                let container = reg.map(|r| r.container_id.clone());
+                json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod, "container_id": container})
             })
             .collect();
         v.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));
