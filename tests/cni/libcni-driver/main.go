@@ -14,6 +14,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,7 +27,8 @@ import (
 
 func fail(err error) {
 	out := map[string]interface{}{"code": 0, "msg": err.Error()}
-	if e, ok := err.(*types.Error); ok {
+	var e *types.Error
+	if errors.As(err, &e) {
 		out = map[string]interface{}{"code": e.Code, "msg": e.Msg, "details": e.Details}
 	}
 	b, _ := json.Marshal(out)
