@@ -291,10 +291,7 @@ fn add_check_del_through_libcni() {
     // VERSION, as libcni asks.
     let o = Command::new(&b.driver)
         .args(["version", "vireo-cni"])
-        .env(
-            "CNI_PATH",
-            cni_bin().parent().unwrap().to_str().unwrap().to_string(),
-        )
+        .env("CNI_PATH", cni_bin().parent().unwrap().to_str().unwrap())
         .output()
         .unwrap();
     let v = parse(&o);

@@ -303,7 +303,7 @@ impl Node {
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.0, VIREO, "agent", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

@@ -119,7 +119,7 @@ pub fn mac_of(l: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Creates the veth pair: `host` (up, MTU `mtu`) here, its peer directly in `netns` as
+/// Creates the veth pair: `host` (up, default MTU) here, its peer directly in `netns` as
 /// `ifname` with `mac` and `mtu`. Returns the host side's MAC.
 pub async fn create_veth(
     h: &Handle,
@@ -137,8 +137,9 @@ pub async fn create_veth(
         .mtu(mtu)
         .setns_by_fd(netns.as_raw_fd())
         .build();
+    // The host side keeps the default MTU: the agent, not the veth, decides what is too big
+    // for the tunnel (and answers "fragmentation needed" to a pod that raised its own MTU).
     let msg = one_queue(LinkVeth::new(host, ifname))
-        .mtu(mtu)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();

@@ -31,6 +31,18 @@ use vireo_control::config::format_mac;
 use spec::{code, CniError, Command, Env, IpamLease, NetConf, Result, Wired};
 
 fn main() {
+    // `vireo-cni install BIN_DIR CONF_SRC CONF_DIR`: the DaemonSet's initContainer puts the
+    // plugin and its conflist on the node (no shell needed in the image).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("install")
+        && std::env::var_os("CNI_COMMAND").is_none()
+    {
+        if let Err(e) = install(&argv[2..]) {
+            eprintln!("vireo-cni install: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     let version = serde_json::from_slice::<Value>(&stdin)
@@ -255,4 +267,30 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<()> {
             problems.join("; "),
         ))
     }
+}
+
+/// Copies this binary into `BIN_DIR` and the conflist `CONF_SRC` into `CONF_DIR`, each through
+/// a temporary file renamed into place (a runtime never sees half a file).
+fn install(args: &[String]) -> std::io::Result<()> {
+    use std::path::PathBuf;
+    let [bin_dir, conf_src, conf_dir] = args else {
+        return Err(std::io::Error::other(
+            "usage: vireo-cni install BIN_DIR CONFLIST CONF_DIR",
+        ));
+    };
+    let put = |src: &Path, dir: &str| -> std::io::Result<PathBuf> {
+        let name = src
+            .file_name()
+            .ok_or_else(|| std::io::Error::other(format!("{}: no file name", src.display())))?;
+        let dst = Path::new(dir).join(name);
+        let tmp = Path::new(dir).join(format!(".{}.tmp", name.to_string_lossy()));
+        std::fs::copy(src, &tmp)?;
+        std::fs::rename(&tmp, &dst)?;
+        Ok(dst)
+    };
+    let me = std::env::current_exe()?;
+    let b = put(&me, bin_dir)?;
+    let c = put(Path::new(conf_src), conf_dir)?;
+    eprintln!("vireo-cni: installed {} and {}", b.display(), c.display());
+    Ok(())
 }

@@ -57,7 +57,8 @@ fn bad_input_gets_the_error_object_and_a_nonzero_exit() {
         ("CNI_NETNS", "/var/run/netns/vt-does-not-exist"),
         ("CNI_PATH", "/usr/lib/cni"),
     ];
-    let cases: &[(&[(&str, &str)], &str, u64)] = &[
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Env, &str, u64)] = &[
         (&add, "{not json", 6),
         (
             &add,
