@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run.sh: run as root (the sandbox is made of network namespaces)"; exit 1; }
-cargo build --release -q -p vireo
+cargo build --release -q -p vireo -p vireo-cni
 VIREO=$PWD/target/release/vireo
 if ! "$VIREO" sandbox status >/dev/null 2>&1; then
   "$VIREO" sandbox up "$@"

@@ -388,6 +388,22 @@ pub struct Config {
     /// as policy allows (`policy`).
     #[serde(default)]
     pub allow_localhost: AllowLocalhost,
+    /// The node's CNI conflist, written by the agent from a template once it knows the node's
+    /// pod CIDR (the `host-local` range of every `vireo-cni` plugin in it is set to it), so
+    /// the container runtime sees a configuration only when its agent can wire pods (Cilium's
+    /// `write-cni-conf-when-ready`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_conflist: Option<CniConflistConfig>,
+}
+
+/// [`Config::cni_conflist`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniConflistConfig {
+    /// The conflist to start from (JSON).
+    pub template: PathBuf,
+    /// Where the runtime reads it (e.g. `/etc/cni/net.d/10-vireo.conflist`).
+    pub path: PathBuf,
 }
 
 /// [`Config::allow_localhost`].

@@ -185,6 +185,10 @@ fn dir_signature(dir: &Path) -> Vec<(PathBuf, SystemTime, u64)> {
 /// A pod of this node as the agent attaches it: its host-side veth and its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodEndpoint {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
     /// Host-side veth name ([`pod_ifname`]).
     pub ifname: String,
     /// The pod's address.
@@ -436,6 +440,8 @@ impl NodeControl {
         self.view
             .pods_on(&self.node)
             .map(|p| PodEndpoint {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
                 ifname: pod_ifname(&p.namespace, &p.name),
                 ip: p.ip,
                 mac: pod_mac(p.ip),

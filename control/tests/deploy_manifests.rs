@@ -210,6 +210,7 @@ fn the_base_renders_and_validates() {
         "ClusterRoleBinding/vireo-agent",
         "DaemonSet/vireo-agent",
         "ConfigMap/vireo-config",
+        "ConfigMap/vireo-cni-config",
         "VireoNodeConfig/default",
     ] {
         assert!(kinds.contains(want), "{want} missing from {kinds:?}");
@@ -582,7 +583,7 @@ fn the_readiness_probe_reaches_the_agents_socket() {
 fn configmap_config() -> Config {
     let cm = kubectl_kustomize("deploy")
         .into_iter()
-        .find(|o| o["kind"] == "ConfigMap")
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "vireo-config")
         .unwrap();
     // The DaemonSet names the node through VIREO_NODE_NAME.
     Config::parse_with_node_env(
@@ -689,4 +690,112 @@ fn the_schema_checks_themselves_can_fail() {
     assert!(!ok(json!({"spec": {"n": "1"}})), "a string is no integer");
     assert!(!ok(json!({"spec": {"m": 1}})), "unknown field in spec");
     assert!(!ok(json!({"extra": 1})), "unknown field at the root");
+}
+
+/// The DaemonSet's initContainer installs vireo-cni and the conflist from its ConfigMap into
+/// the host's CNI directories; the conflist names vireo-cni with host-local IPAM and the
+/// agent's socket, in a version the plugin speaks.
+#[test]
+fn the_daemonset_installs_the_cni_plugin_and_its_conflist() {
+    let objects = kubectl_kustomize("deploy");
+    let cm = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "vireo-cni-config")
+        .expect("the CNI ConfigMap");
+    let conflist: Value = serde_json::from_str(
+        cm["data"]["10-vireo.conflist"]
+            .as_str()
+            .expect("the conflist"),
+    )
+    .expect("the conflist is JSON");
+    assert_eq!(conflist["cniVersion"], "1.0.0");
+    assert_eq!(conflist["name"], "vireo");
+    let plugin = &conflist["plugins"][0];
+    assert_eq!(plugin["type"], "vireo-cni");
+    assert_eq!(plugin["ipam"]["type"], "host-local");
+    assert_eq!(
+        plugin["agentSocket"],
+        configmap_config().api_socket.to_str().unwrap(),
+        "the agent's socket, as its configuration has it"
+    );
+    let ds = daemonset();
+    let spec = &ds["spec"]["template"]["spec"];
+    let init = spec["initContainers"]
+        .as_array()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "install-cni")
+        .expect("the install-cni initContainer");
+    let cmd: Vec<&str> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&cmd[..2], ["vireo-cni", "install"]);
+    let sc = &init["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(sc["capabilities"]["add"].is_null(), "no capability added");
+    let mounts: BTreeMap<&str, &str> = init["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap(),
+                m["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let volumes: BTreeMap<&str, &Value> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    // install BIN_DIR: a mount of the host's /opt/cni/bin.
+    assert_eq!(cmd.len(), 3, "the initContainer installs the binary only");
+    assert_eq!(
+        volumes[mounts[cmd[2]]]["hostPath"]["path"].as_str(),
+        Some("/opt/cni/bin")
+    );
+    // The agent writes the conflist from the ConfigMap's template into the host's
+    // /etc/cni/net.d, once it knows the node's pod CIDR.
+    let agent = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("the agent container");
+    let agent_mounts: BTreeMap<&str, &str> = agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap(),
+                m["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let c = configmap_config()
+        .cni_conflist
+        .expect("the agent's configuration names the conflist");
+    let template_dir = c.template.parent().unwrap().to_str().unwrap();
+    assert_eq!(
+        volumes[agent_mounts[template_dir]]["configMap"]["name"],
+        "vireo-cni-config"
+    );
+    assert_eq!(c.template.file_name().unwrap(), "10-vireo.conflist");
+    let out_dir = c.path.parent().unwrap().to_str().unwrap();
+    assert_eq!(
+        volumes[agent_mounts[out_dir]]["hostPath"]["path"].as_str(),
+        Some("/etc/cni/net.d")
+    );
+    assert!(
+        plugin["ipam"].get("ranges").is_none(),
+        "the range is the node's pod CIDR, filled in by the agent"
+    );
 }

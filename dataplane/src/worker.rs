@@ -11,6 +11,8 @@
 //! (in its fill ring or waiting for TX completion) are taken back, so pods can come and go
 //! forever without leaking UMEM.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -62,6 +64,9 @@ pub struct WorkerHandle {
     spec: WorkerSpec,
     umem: Arc<SharedUmem>,
     cmd: Sender<Command>,
+    /// Wakes the worker from its idle `poll()` when a command is sent (one byte; the worker
+    /// polls the other end), so a command waits for no poll timeout.
+    wake: UnixDatagram,
     counters: Arc<WorkerCounters>,
     ports: Arc<Mutex<Vec<PortInfo>>>,
     stop: Arc<AtomicBool>,
@@ -75,6 +80,16 @@ impl WorkerHandle {
     pub fn spawn(spec: WorkerSpec, tables: Arc<TableHandle>) -> Result<Self, IoError> {
         let umem = Arc::new(SharedUmem::new(spec.umem)?);
         let (tx, rx) = mpsc::channel();
+        let (wake, wake_rx) = UnixDatagram::pair()
+            .and_then(|(a, b)| {
+                a.set_nonblocking(true)?;
+                b.set_nonblocking(true)?;
+                Ok((a, b))
+            })
+            .map_err(|e| IoError::Sys {
+                what: "creating the worker's wakeup socket pair".into(),
+                source: e,
+            })?;
         let counters = Arc::new(WorkerCounters::default());
         let ports = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,7 +99,7 @@ impl WorkerHandle {
             tables,
             counters.clone(),
             ports.clone(),
-            rx,
+            (rx, wake_rx),
             stop.clone(),
         );
         let cores = spec.cores.clone();
@@ -104,6 +119,7 @@ impl WorkerHandle {
             spec,
             umem,
             cmd: tx,
+            wake,
             counters,
             ports,
             stop,
@@ -143,6 +159,8 @@ impl WorkerHandle {
         self.cmd
             .send(c)
             .map_err(|_| IoError::Invalid(format!("worker {} has stopped", self.spec.id)))?;
+        // Full means a wakeup is pending already.
+        let _ = self.wake.send(&[1]);
         ack.recv_timeout(ACK_TIMEOUT)
             .map_err(|_| IoError::Invalid(format!("worker {} did not answer", self.spec.id)))
     }
@@ -206,6 +224,8 @@ struct Worker {
     counters: Arc<WorkerCounters>,
     port_info: Arc<Mutex<Vec<PortInfo>>>,
     cmd: Receiver<Command>,
+    /// The read end of [`WorkerHandle`]'s wakeup pair, always the last entry of `pollfds`.
+    wake: UnixDatagram,
     stop: Arc<AtomicBool>,
     busy_poll: bool,
     free: Vec<u64>,
@@ -231,7 +251,7 @@ impl Worker {
         tables: Arc<TableHandle>,
         counters: Arc<WorkerCounters>,
         port_info: Arc<Mutex<Vec<PortInfo>>>,
-        cmd: Receiver<Command>,
+        (cmd, wake): (Receiver<Command>, UnixDatagram),
         stop: Arc<AtomicBool>,
     ) -> Self {
         let n = spec.umem.frames;
@@ -242,14 +262,19 @@ impl Worker {
             tables,
             counters,
             port_info,
+            pollfds: vec![libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }],
             cmd,
+            wake,
             stop,
             busy_poll: spec.busy_poll,
             free: (0..u64::from(n)).rev().map(|i| i * fs).collect(),
             owner: vec![FREE; n as usize],
             ports: Vec::new(),
             by_slot: Vec::new(),
-            pollfds: Vec::new(),
             dirty: Vec::with_capacity(BATCH),
             // Base: enough for an idle socket; high: a busy one, up to 1/16 of the UMEM; reserve:
             // growth never takes the last quarter of the UMEM, which is kept for the bases of
@@ -294,6 +319,14 @@ impl Worker {
                         .flatten()
                         .any(|rt| rt.port.tx_pending() > 0);
                     sys::poll_readable(&mut self.pollfds, if waiting { 1 } else { 10 });
+                    if self
+                        .pollfds
+                        .last()
+                        .is_some_and(|p| p.revents & libc::POLLIN != 0)
+                    {
+                        let mut b = [0u8; 64];
+                        while self.wake.recv(&mut b).is_ok() {}
+                    }
                 }
             }
         }
@@ -581,6 +614,11 @@ impl Worker {
                 events: libc::POLLIN,
                 revents: 0,
             })
+            .chain([libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }])
             .collect();
         let info = live
             .iter()

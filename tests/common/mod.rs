@@ -293,11 +293,17 @@ impl Node {
     /// Starts an agent in the node namespace and waits for its API.
     pub fn agent(&self, pods: usize) -> Agent {
         let cfg = self.config(pods);
+        self.agent_with(&cfg)
+    }
+
+    /// Starts an agent in the node namespace with the configuration file `cfg` (its
+    /// `api_socket` must be [`Node::api`]) and waits for its API.
+    pub fn agent_with(&self, cfg: &Path) -> Agent {
         let log = PathBuf::from(format!("/tmp/{}.log", self.prefix));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.0, VIREO, "agent", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

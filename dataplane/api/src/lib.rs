@@ -3,7 +3,8 @@
 //! Requests: `{"cmd":"status"}`, `{"cmd":"endpoint_add","interface":{…}}`,
 //! `{"cmd":"endpoint_del","name":"…"}`, `{"cmd":"reload"}`, `{"cmd":"map_get","map":"…"}`,
 //! `{"cmd":"policy_trace","src":{…},"dst":{…},"dport":{"port":80,"proto":6}}`,
-//! `{"cmd":"policy_get"}`.
+//! `{"cmd":"policy_get"}`, `{"cmd":"cni_add","endpoint":{…}}`, `{"cmd":"cni_del","container_id":"…"}`,
+//! `{"cmd":"cni_get","container_id":"…"}`.
 //! Replies: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
 
 #![forbid(unsafe_code)]
@@ -86,6 +87,88 @@ pub enum Request {
         /// At most this many events.
         max: usize,
     },
+    /// Register a pod wired by `vireo-cni` and attach its host veth; answered once attached
+    /// (XDP and AF_XDP), with [`CniStatus`].
+    CniAdd {
+        /// The pod's endpoint.
+        endpoint: CniEndpoint,
+    },
+    /// Detach and forget a `vireo-cni` registration; succeeds for an unknown container.
+    CniDel {
+        /// The runtime's container id.
+        container_id: String,
+    },
+    /// A `vireo-cni` registration and whether it is attached ([`CniStatus`], or null).
+    CniGet {
+        /// The runtime's container id.
+        container_id: String,
+    },
+}
+
+/// A pod wired by `vireo-cni`, as it registers it with the agent (and as the agent keeps it,
+/// one JSON file per container in its run directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniEndpoint {
+    /// The runtime's container id (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// The pod's network namespace (`CNI_NETNS`).
+    pub netns: String,
+    /// The interface inside the pod (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The host side of the veth, in the agent's namespace.
+    pub host_ifname: String,
+    /// The pod's address.
+    pub ip: std::net::Ipv4Addr,
+    /// The pod side's MAC (`aa:bb:…`).
+    pub mac: String,
+    /// `K8S_POD_NAMESPACE`, when the runtime gave it.
+    #[serde(default)]
+    pub pod_namespace: Option<String>,
+    /// `K8S_POD_NAME`, when the runtime gave it.
+    #[serde(default)]
+    pub pod_name: Option<String>,
+}
+
+impl CniEndpoint {
+    /// The file a registration is kept in under `dir` (container ids are checked by
+    /// [`valid_container_id`] first).
+    pub fn file(dir: &Path, container_id: &str) -> PathBuf {
+        dir.join(format!("{container_id}.json"))
+    }
+}
+
+/// Whether `id` is a container id the CNI spec allows: non-empty, alphanumerics, `_`, `.` and
+/// `-`, starting with an alphanumeric (so it is also a safe file name).
+pub fn valid_container_id(id: &str) -> bool {
+    id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 255
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Where an agent whose API socket is `socket` keeps its `vireo-cni` registrations: a
+/// directory next to the socket named after it (`/run/vireo/vireo.sock` →
+/// `/run/vireo/vireo.cni.d`).
+pub fn cni_registry_dir(socket: &Path) -> PathBuf {
+    let stem = socket
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "vireo".into());
+    socket.with_file_name(format!("{stem}.cni.d"))
+}
+
+/// The agent's answer to [`Request::CniAdd`] and [`Request::CniGet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniStatus {
+    /// The registration.
+    pub endpoint: CniEndpoint,
+    /// Whether its host veth is attached (XDP program and AF_XDP sockets).
+    pub attached: bool,
+    /// The interface slot, when attached.
+    pub slot: Option<u16>,
+    /// The endpoint's identity (5, `init`, until the Pod is in the source's view).
+    pub identity: Option<u32>,
 }
 
 /// A request with the channel its reply goes back on.
@@ -200,6 +283,39 @@ mod tests {
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
         let get: Request = serde_json::from_str(r#"{"cmd":"policy_get"}"#).unwrap();
         assert!(matches!(get, Request::PolicyGet));
+    }
+
+    #[test]
+    fn cni_requests_and_names() {
+        let ep = CniEndpoint {
+            container_id: "abc-1".into(),
+            netns: "/var/run/netns/p".into(),
+            ifname: "eth0".into(),
+            host_ifname: "lxc01234567".into(),
+            ip: "10.244.1.10".parse().unwrap(),
+            mac: "0a:58:0a:f4:01:0a".into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some("p".into()),
+        };
+        let text = serde_json::to_string(&Request::CniAdd {
+            endpoint: ep.clone(),
+        })
+        .unwrap();
+        assert!(text.contains(r#""cmd":"cni_add""#), "{text}");
+        match serde_json::from_str::<Request>(&text).unwrap() {
+            Request::CniAdd { endpoint } => assert_eq!(endpoint, ep),
+            r => panic!("{r:?}"),
+        }
+        let del: Request = serde_json::from_str(r#"{"cmd":"cni_del","container_id":"x"}"#).unwrap();
+        assert!(matches!(del, Request::CniDel { container_id } if container_id == "x"));
+        assert!(valid_container_id("abc_1.2-x"));
+        for bad in ["", "../x", "a/b", "-a", "a b"] {
+            assert!(!valid_container_id(bad), "{bad:?}");
+        }
+        assert_eq!(
+            cni_registry_dir(Path::new("/run/vireo/vireo.sock")),
+            Path::new("/run/vireo/vireo.cni.d")
+        );
     }
 
     #[test]

@@ -189,18 +189,19 @@ pub fn render_map(map: &str, v: &Value) -> String {
         "endpoints" => {
             let _ = writeln!(
                 o,
-                "{:<16} {:<18} {:<16} {:>9}  POD",
-                "IP", "MAC", "INTERFACE", "IDENTITY"
+                "{:<16} {:<18} {:<16} {:>9}  {:<32} CONTAINER",
+                "IP", "MAC", "INTERFACE", "IDENTITY", "POD"
             );
             for e in rows(v) {
                 let _ = writeln!(
                     o,
-                    "{:<16} {:<18} {:<16} {:>9}  {}",
+                    "{:<16} {:<18} {:<16} {:>9}  {:<32} {}",
                     s(&e["ip"]),
                     s(&e["mac"]),
                     s(&e["interface"]),
                     s(&e["identity"]),
-                    s(&e["pod"])
+                    s(&e["pod"]),
+                    s(&e["container_id"])
                 );
             }
         }

@@ -61,6 +61,16 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
     for i in 1..=o.nodes {
         topology::add_node(st, i)?;
     }
+    // The agents first (a CNI ADD registers the pod with its node's agent), knowing the nodes
+    // and the objects; then the pods, wired through vireo-cni; then the Pods published.
+    crate::cni::plugin_dir()?;
+    crate::cni::write_conflists(st)?;
+    write_manifests(st)?;
+    let mut agents = Vec::new();
+    for i in 0..st.nodes.len() {
+        agents.push(start_agent(st, i)?);
+    }
+    wait_ready(st, &mut agents)?;
     match &o.manifests {
         Some(d) => apply_dir(st, d, false)?,
         None => {
@@ -89,10 +99,6 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
         }
     }
     write_manifests(st)?;
-    let mut agents = Vec::new();
-    for i in 0..st.nodes.len() {
-        agents.push(start_agent(st, i)?);
-    }
     wait_ready(st, &mut agents)
 }
 
@@ -155,7 +161,16 @@ pub fn down(name: &str) -> Result<()> {
 }
 
 fn teardown(st: &State) -> Result<()> {
-    // Agents first, so they detach cleanly.
+    // CNI DEL for every pod while the agents run (they unregister and detach; host-local
+    // releases the address), as a kubelet deleting its pods.
+    if crate::cni::plugin_dir().is_ok() {
+        for p in st.pods.iter().rev() {
+            if let Err(e) = crate::cni::del(st, p) {
+                eprintln!("vireo: {e:#}");
+            }
+        }
+    }
+    // Agents next, so they detach cleanly.
     for n in &st.nodes {
         if pid_alive(n.agent_pid) {
             let pid = n.agent_pid.unwrap_or(0).to_string();
@@ -218,6 +233,24 @@ pub fn exec(name: &str, pod: &str, cmd: &[String]) -> Result<i32> {
         .args(cmd)
         .status()
         .with_context(|| format!("running {cmd:?} in {}", p.netns))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// `vireo sandbox exec --node NODE -- CMD`: CMD in the node's namespace, with `CNI_PATH` and
+/// `CNI_CONFLIST` (the node's conflist) set.
+pub fn exec_node(name: &str, node: &str, cmd: &[String]) -> Result<i32> {
+    let st = State::load(name)?;
+    let n = st.node(node)?;
+    if cmd.is_empty() {
+        bail!("nothing to run: vireo sandbox exec --node NODE -- CMD...");
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", &n.netns])
+        .args(cmd)
+        .env("CNI_PATH", crate::cni::cni_path()?)
+        .env("CNI_CONFLIST", crate::cni::conflist_path(&st, n))
+        .status()
+        .with_context(|| format!("running {cmd:?} in {}", n.netns))?;
     Ok(status.code().unwrap_or(1))
 }
 

@@ -5,11 +5,11 @@
 //! `vireo sandbox up|down|status|apply|exec`: an underlay (a bridge in a namespace of its own,
 //! connected to nothing real), N node namespaces each with an uplink veth into it, and the pods
 //! of the manifests as namespaces with veths into their node, one `vireo agent` per node inside
-//! its namespace. The sandbox realises the manifests like a small kubelet and CNI plugin: it
-//! gives pods addresses from their node's pod CIDR, creates their veths under the names and MACs
-//! the agent expects (`vireo_control::cluster::{pod_ifname, pod_mac}`), and writes the realised
-//! objects (Nodes, Pods with `status.podIP`, everything else as given) into the directory the
-//! agents watch.
+//! its namespace. The sandbox realises the manifests like a small kubelet and container runtime:
+//! it makes each pod's namespace and has `vireo-cni` wire it (run in the node's namespace with
+//! the node's conflist: host-local addresses from the node's pod CIDR, the agent attaching the
+//! veth), and writes the realised objects (Nodes, Pods with `status.podIP` from the CNI result,
+//! everything else as given) into the directory or the API server the agents watch.
 //!
 //! Everything carries the sandbox's name as prefix and is listed in its state file; `down`
 //! deletes exactly that (and, after a crash that lost the state file, the namespaces with the
@@ -22,6 +22,7 @@
 
 mod agents;
 mod capture;
+pub mod cni;
 mod commands;
 pub mod connectivity;
 mod defaults;
@@ -33,7 +34,7 @@ mod state;
 mod topology;
 
 pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
-pub use commands::{apply, down, exec, kubeconfig, status, up, UpOpts};
+pub use commands::{apply, down, exec, exec_node, kubeconfig, status, up, UpOpts};
 pub use defaults::{
     ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, HOST_ECHO_PORT, HOST_ECHO_TARGET,
     NETPOL_NAMESPACES, NETPOL_PODS, POLICY_NAMESPACE,

@@ -1,21 +1,19 @@
-//! Manifests -> pods: applying a manifest directory, giving pods their namespaces, addresses
-//! and veths, and writing the realised objects the agents read.
+//! Manifests -> pods: applying a manifest directory, giving pods their namespaces and having
+//! `vireo-cni` wire them (address, veth, the agent's attachment), and writing the realised
+//! objects the agents read.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use serde_json::json;
-use vireo_control::cluster::{gateway, pod_ifname, pod_mac};
-use vireo_control::config::format_mac;
 use vireo_control::source;
 
 use crate::kube::key_of;
-use crate::netns::{netns_add, sh};
+use crate::netns::netns_add;
 use crate::state::write_atomic;
-use crate::{PodState, Source, State, UNDERLAY_MTU};
+use crate::{PodState, Source, State};
 
 /// Applies a manifest directory: new pods are placed and created, changed pods get their new
 /// labels, everything else is passed to the agents as written.
@@ -103,6 +101,8 @@ pub(crate) fn realize_pods(st: &mut State, pods: Vec<Pod>) -> Result<()> {
     Ok(())
 }
 
+/// Makes the pod's namespace (the runtime's job) and has `vireo-cni` wire it on its node, as
+/// a kubelet would; the address comes from the CNI result.
 fn create_pod(
     st: &mut State,
     ns: &str,
@@ -112,69 +112,20 @@ fn create_pod(
     containers: serde_json::Value,
 ) -> Result<()> {
     let n = st.node(node)?.clone();
-    let used: Vec<Ipv4Addr> = st
-        .pods
-        .iter()
-        .filter(|p| p.node == node)
-        .map(|p| p.ip)
-        .collect();
-    let base = u32::from(n.pod_cidr.network());
-    let ip = (10..250)
-        .map(|k| Ipv4Addr::from(base + k))
-        .find(|ip| !used.contains(ip))
-        .ok_or_else(|| anyhow!("node {node}: pod CIDR {} is full", n.pod_cidr))?;
     let netns = format!("{}-{}-{}", st.name, sanitize(ns), sanitize(name));
     netns_add(st, &netns)?;
-    let ifname = pod_ifname(ns, name);
-    let gw = gateway(n.pod_cidr).to_string();
-    let mtu = (UNDERLAY_MTU - 50).to_string();
-    sh(&[
-        "ip", "link", "add", &ifname, "netns", &n.netns, "type", "veth", "peer", "name", "eth0",
-        "netns", &netns,
-    ])?;
-    sh(&["ip", "-n", &n.netns, "link", "set", &ifname, "up"])?;
-    sh(&[
-        "ip",
-        "-n",
-        &netns,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &format_mac(&pod_mac(ip)),
-        "mtu",
-        &mtu,
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        &netns,
-        "addr",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        "eth0",
-    ])?;
-    sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
-    sh(&[
-        "ip", "-n", &netns, "route", "add", &gw, "dev", "eth0", "scope", "link",
-    ])?;
-    sh(&[
-        "ip", "-n", &netns, "route", "add", "default", "via", &gw, "dev", "eth0",
-    ])?;
-    // AF_XDP copy mode loses CHECKSUM_PARTIAL: checksums must be complete when they leave the pod.
-    sh(&[
-        "ip", "netns", "exec", &netns, "ethtool", "-K", "eth0", "tx", "off",
-    ])?;
+    let added = crate::cni::add(st, &n, ns, name, &netns)
+        .with_context(|| format!("pod {ns}/{name} on {node}"))?;
     st.pods.push(PodState {
         namespace: ns.to_string(),
         name: name.to_string(),
         node: node.to_string(),
         netns,
-        ip,
-        ifname,
+        ip: added.ip,
+        ifname: added.host_ifname,
         labels,
         containers,
+        cni_result: Some(added.result),
     });
     st.save()
 }

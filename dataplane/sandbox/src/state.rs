@@ -52,6 +52,9 @@ pub struct PodState {
     /// one container without ports.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub containers: serde_json::Value,
+    /// `vireo-cni`'s ADD result (DEL's `prevResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_result: Option<serde_json::Value>,
 }
 
 /// Where the agents read the cluster's objects from.

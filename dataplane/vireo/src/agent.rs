@@ -28,8 +28,12 @@ use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
 
+#[path = "cni.rs"]
+mod cni;
 #[path = "host.rs"]
 mod host;
+#[path = "maps.rs"]
+mod maps;
 #[path = "masquerade.rs"]
 mod masquerade;
 use crate::nodeconfig::first_view;
@@ -49,6 +53,8 @@ struct Attached {
     cfg: InterfaceConfig,
     /// Attached because the manifests put a pod on this node (not from the config file).
     from_source: bool,
+    /// Attached for this container's `vireo-cni` registration.
+    cni: Option<String>,
     identity: u32,
     slot: u16,
     ifindex: u32,
@@ -82,6 +88,8 @@ pub struct Agent {
     policy_revision: u64,
     /// Masquerade as last published and steered.
     masq: masquerade::MasqState,
+    /// Pods wired by `vireo-cni`.
+    cni: cni::Registry,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -158,12 +166,14 @@ pub fn run(config_path: &Path) -> Result<()> {
         boot_reread,
         policy_revision: 0,
         masq: Default::default(),
+        cni: cni::Registry::new(&cfg.api_socket),
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
         t.vxlan_df = cfg.vxlan_df;
     });
     agent.anchor_umems()?;
+    agent.cni_restore();
     agent.reconcile();
     let result = agent.serve(&term, &hup);
     agent.shutdown();
@@ -320,6 +330,9 @@ impl Agent {
                 self.control.policies(),
             ))?),
             Request::Monitor { max } => Ok(self.monitor(max)),
+            Request::CniAdd { endpoint } => self.cni_add(endpoint),
+            Request::CniDel { container_id } => self.cni_del(&container_id),
+            Request::CniGet { container_id } => self.cni_get(&container_id),
         }
     }
 
@@ -350,7 +363,7 @@ impl Agent {
         let gone: Vec<String> = self
             .ifaces
             .iter()
-            .filter(|(_, a)| !a.from_source)
+            .filter(|(_, a)| !a.from_source && a.cni.is_none())
             .filter(|(n, a)| wanted.get(n.as_str()) != Some(&&a.cfg))
             .map(|(n, _)| n.clone())
             .collect();
@@ -416,6 +429,7 @@ impl Agent {
         let mut att = Attached {
             cfg: ifc.clone(),
             from_source,
+            cni: None,
             identity,
             slot,
             ifindex,
@@ -517,7 +531,8 @@ impl Agent {
         });
         // The endpoint's flows go with it (published first, so no packet makes them anew):
         // a pod that gets its address later inherits none of them.
-        if let Some(ct) = before.ct.as_deref() {
+        // (A sweep of the whole table, skipped when it holds no entry at all.)
+        if let Some(ct) = before.ct.as_deref().filter(|ct| ct.counts() != (0, 0)) {
             for ep in before.endpoints.values().filter(|e| e.slot == slot) {
                 let n = ct.flush(vireo_conntrack::flush::endpoint(u32::from(ep.ip)));
                 tracing::debug!(ip = %ep.ip, flows = n, "endpoint's conntrack entries flushed");
@@ -529,6 +544,7 @@ impl Agent {
     /// objects when they changed; next hops are re-checked every time.
     fn reconcile(&mut self) {
         let Some(src) = self.source.as_mut() else {
+            self.cni_reconcile();
             return;
         };
         let node = self.control.node().to_string();
@@ -547,6 +563,7 @@ impl Agent {
             }
         }
         self.reconcile_pods();
+        self.cni_reconcile();
         self.publish_overlay(reread);
         self.publish_masquerade();
         self.publish_services();
@@ -586,10 +603,12 @@ impl Agent {
     /// attached, waiting for their interface otherwise, with the policy in force.
     fn publish_endpoints(&mut self) {
         let policy = self.tables.current().policy.clone();
-        let ifaces = &self.ifaces;
+        let (ifaces, cni) = (&self.ifaces, self.cni_attached_pods());
         let eps = self
             .control
-            .local_endpoints(&policy, self.policy_revision, &|n| ifaces.contains_key(n));
+            .local_endpoints(&policy, self.policy_revision, &|n| {
+                ifaces.contains_key(n) || cni.contains(n)
+            });
         if let Some(src) = self.source.as_mut() {
             src.endpoints(&eps);
         }
@@ -704,11 +723,13 @@ impl Agent {
     }
 
     /// Attaches this node's pods whose veth exists, detaches those gone from the manifests.
+    /// Pods registered by `vireo-cni` are left to [`Agent::cni_reconcile`].
     fn reconcile_pods(&mut self) {
         let want: BTreeMap<String, (InterfaceConfig, u32)> = self
             .control
             .pod_endpoints()
             .into_iter()
+            .filter(|p| !self.cni.has_pod(&p.namespace, &p.name))
             .map(|p| {
                 let ifc = InterfaceConfig {
                     name: p.ifname.clone(),
@@ -810,87 +831,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    /// The operator's view of one table (`vireo map get NAME`).
-    fn map_get(&self, map: &str) -> Result<Value> {
-        let t = self.tables.load();
-        Ok(match map {
-            "endpoints" => json!(self.endpoints()),
-            "ipcache" => json!(t
-                .ipcache
-                .iter()
-                .map(|(n, e)| json!({"prefix": n.to_string(), "identity": e.identity.0, "tunnel": e.tunnel.map(|i| i.to_string())}))
-                .collect::<Vec<_>>()),
-            "identities" => {
-                let mut v: Vec<Value> = vireo_policy::Identity::RESERVED
-                    .iter()
-                    .map(|(i, n)| json!({"identity": i.0, "labels": [format!("reserved:{n}")]}))
-                    .collect();
-                let ids = self.control.identities();
-                v.extend(ids.into_iter().map(|(i, l)| json!({"identity": i, "labels": l.split(';').collect::<Vec<_>>()})));
-                json!(v)
-            }
-            "ct" => {
-                let ct = t.ct.as_ref().context("no conntrack table")?;
-                let (tcp, other) = ct.counts();
-                json!({
-                    "tcp": tcp, "other": other,
-                    "max_tcp": ct.config().max_tcp, "max_other": ct.config().max_other,
-                    "entries": ct.dump(10_000),
-                })
-            }
-            "nodes" => json!({
-                "local": t.local.map(|l| json!({"node": self.cfg.node, "ip": l.ip.to_string(), "mtu": l.mtu, "uplink_mac": format_mac(&l.uplink_mac)})),
-                "remote": t.nodes.iter().map(|(ip, n)| json!({
-                    "name": n.name, "ip": std::net::Ipv4Addr::from(*ip).to_string(),
-                    "next_hop_mac": n.next_hop_mac.map(|m| format_mac(&m)),
-                })).collect::<Vec<_>>(),
-            }),
-            "services" => json!(t
-                .services
-                .services()
-                .iter()
-                .map(|s| crate::maps::service_json(&s.spec))
-                .collect::<Vec<_>>()),
-            "maglev" => json!(t
-                .services
-                .services()
-                .iter()
-                .map(|s| {
-                    let slots: serde_json::Map<String, Value> = s
-                        .slot_counts()
-                        .into_iter()
-                        .map(|(name, n)| (name, json!(n)))
-                        .collect();
-                    json!({
-                        "service": s.spec.name,
-                        "port": s.spec.port,
-                        "protocol": proto_name(s.spec.proto),
-                        "table_size": s.maglev.size(),
-                        "slots": slots,
-                    })
-                })
-                .collect::<Vec<_>>()),
-            other => bail!(
-                "unknown map {other:?} (ct, endpoints, ipcache, identities, nodes, services, maglev)"
-            ),
-        })
-    }
-
-    fn endpoints(&self) -> Vec<Value> {
-        let t = self.tables.load();
-        let mut v: Vec<Value> = t
-            .endpoints
-            .values()
-            .map(|e| {
-                let ifname = t.iface(e.slot).map(|i| i.name.clone());
-                let pod = self.control.pod_name(e.ip);
-                json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod})
-            })
-            .collect();
-        v.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));
-        v
     }
 
     /// Interfaces that vanished (a pod deleted without an API call) are detached; a dead

@@ -1,7 +1,6 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
-mod maps;
 mod nodeconfig;
 
 use vireo_api as api;
@@ -102,12 +101,18 @@ enum SandboxCmd {
         /// A directory of Kubernetes YAML.
         dir: PathBuf,
     },
-    /// Run a command inside a pod's network namespace, like `kubectl exec`.
+    /// Run a command inside a pod's network namespace, like `kubectl exec`; or, with
+    /// `--node`, inside a node's namespace with CNI_PATH and CNI_CONFLIST (that node's
+    /// conflist) set, so that any runtime can add a pod to the node.
     Exec {
         #[command(flatten)]
         sandbox: sandbox::SandboxName,
+        /// Run in this node's namespace instead of a pod's.
+        #[arg(long, conflicts_with = "pod")]
+        node: Option<String>,
         /// NAMESPACE/POD (namespace defaults to `default`).
-        pod: String,
+        #[arg(required_unless_present = "node")]
+        pod: Option<String>,
         /// The command, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -405,8 +410,17 @@ fn run(cli: Cli) -> Result<()> {
             SandboxCmd::Down { sandbox } => sandbox::down(&sandbox.name),
             SandboxCmd::Status { sandbox, json } => sandbox::status(&sandbox.name, json),
             SandboxCmd::Apply { sandbox, dir } => sandbox::apply(&sandbox.name, &dir),
-            SandboxCmd::Exec { sandbox, pod, cmd } => {
-                let code = sandbox::exec(&sandbox.name, &pod, &cmd)?;
+            SandboxCmd::Exec {
+                sandbox,
+                node,
+                pod,
+                cmd,
+            } => {
+                let code = match (node, pod) {
+                    (Some(n), _) => sandbox::exec_node(&sandbox.name, &n, &cmd)?,
+                    (None, Some(p)) => sandbox::exec(&sandbox.name, &p, &cmd)?,
+                    (None, None) => unreachable!("clap requires one"),
+                };
                 std::process::exit(code)
             }
         },
