@@ -159,7 +159,9 @@ fn pods() -> Vec<(Identity, Labels)> {
 
 /// Checks every subject × peer × direction × port against `decide`.
 fn agree(c: &Compiler) -> Result<(), TestCaseError> {
-    let t = c.tables();
+    // The reference evaluates the rules alone; allow-localhost is tested on its own.
+    let mut t = c.tables();
+    t.set_allow_localhost(false);
     let policies = c.policies();
     // The labels as the compiler has them now (a test may have changed some).
     let now = |id: Identity| c.labels(id.0).cloned().unwrap_or_default();
@@ -460,4 +462,58 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             },
         );
     }
+}
+
+#[test]
+fn the_local_host_reaches_endpoints_under_default_deny_unless_a_deny_names_it() {
+    let mut c = Compiler::new();
+    c.set_identity(Identity(300), pod_labels("x", "a", false));
+    let origin = |r: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "x/p".into(),
+        rule: r.into(),
+    };
+    let only_remote_node = Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Entity(Entity::RemoteNode)],
+        requires: Vec::new(),
+        ports: Vec::new(),
+        origin: origin("ingress[0]"),
+    };
+    let policy = |ingress: Vec<Rule>| Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "a"),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: true,
+        ingress,
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    c.set_policies("x/p", vec![policy(vec![only_remote_node.clone()])]);
+    let mut t = c.tables();
+    let v = |t: &PolicyTables, d: Direction, peer: Identity| t.lookup(300, d, peer.0, 6, 80).verdict;
+    assert!(t.allow_localhost(), "on by default, as Cilium on Kubernetes");
+    assert_eq!(v(&t, Direction::Ingress, Identity::HOST), Verdict::Allowed);
+    assert_eq!(v(&t, Direction::Ingress, Identity::REMOTE_NODE), Verdict::Allowed);
+    assert_eq!(v(&t, Direction::Ingress, Identity::WORLD), Verdict::Denied);
+    assert_eq!(
+        v(&t, Direction::Egress, Identity::HOST),
+        Verdict::Denied,
+        "only the host's way in: a pod's egress to the host follows its policy"
+    );
+    t.set_allow_localhost(false);
+    assert_eq!(v(&t, Direction::Ingress, Identity::HOST), Verdict::Denied);
+    let deny_host = Rule {
+        action: Action::Deny,
+        peers: vec![Peer::Entity(Entity::Host)],
+        requires: Vec::new(),
+        ports: Vec::new(),
+        origin: origin("ingressDeny[0]"),
+    };
+    c.set_policies("x/p", vec![policy(vec![only_remote_node, deny_host])]);
+    let t = c.tables();
+    let l = t.lookup(300, Direction::Ingress, Identity::HOST.0, 6, 80);
+    assert_eq!(l.verdict, Verdict::Denied, "an explicit deny still holds");
+    assert_eq!(l.rule.map(|r| r.rule.as_str()), Some("ingressDeny[0]"));
 }
