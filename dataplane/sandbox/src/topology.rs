@@ -57,6 +57,20 @@ pub(crate) fn underlay(st: &mut State) -> Result<()> {
     world(st)
 }
 
+/// A veth from namespace `ns` (its `eth0`, underlay MTU) into the underlay's bridge, where its
+/// end is `port`, up.
+fn bridge_port(underlay: &str, ns: &str, port: &str) -> Result<()> {
+    let mtu = UNDERLAY_MTU.to_string();
+    sh(&[
+        "ip", "link", "add", "eth0", "netns", ns, "mtu", &mtu, "type", "veth", "peer", "name",
+        port, "netns", underlay,
+    ])?;
+    sh(&[
+        "ip", "-n", underlay, "link", "set", port, "master", "br0", "up",
+    ])?;
+    Ok(())
+}
+
 /// The "world": a namespace on the underlay (veth into the bridge, [`WORLD_GATEWAY`]) holding
 /// [`WORLD_ADDR`] on its loopback, and no route to any pod CIDR. The nodes route everything
 /// outside the underlay through it (their default route).
@@ -66,24 +80,7 @@ pub(crate) fn world(st: &mut State) -> Result<()> {
     netns_add(st, &ns)?;
     st.world = Some(ns.clone());
     st.save()?;
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        &ns,
-        "mtu",
-        &UNDERLAY_MTU.to_string(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "wld",
-        "netns",
-        &ul,
-    ])?;
-    sh(&["ip", "-n", &ul, "link", "set", "wld", "master", "br0", "up"])?;
+    bridge_port(&ul, &ns, "wld")?;
     let on = |args: &[&str]| -> Result<String> {
         let mut v = vec!["ip", "-n", ns.as_str()];
         v.extend_from_slice(args);
@@ -108,24 +105,7 @@ pub(crate) fn add_node(st: &mut State, i: usize) -> Result<()> {
     netns_add(st, &ns)?;
     // The node's port on the bridge; `vireo connectivity test` captures on it.
     let peer = format!("n{i}");
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        &ns,
-        "mtu",
-        &UNDERLAY_MTU.to_string(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        &ul,
-    ])?;
-    sh(&["ip", "-n", &ul, "link", "set", &peer, "master", "br0", "up"])?;
+    bridge_port(&ul, &ns, &peer)?;
     let ip = Ipv4Addr::new(
         UNDERLAY_NET[0],
         UNDERLAY_NET[1],

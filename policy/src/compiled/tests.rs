@@ -492,10 +492,17 @@ fn the_local_host_reaches_endpoints_under_default_deny_unless_a_deny_names_it() 
     };
     c.set_policies("x/p", vec![policy(vec![only_remote_node.clone()])]);
     let mut t = c.tables();
-    let v = |t: &PolicyTables, d: Direction, peer: Identity| t.lookup(300, d, peer.0, 6, 80).verdict;
-    assert!(t.allow_localhost(), "on by default, as Cilium on Kubernetes");
+    let v =
+        |t: &PolicyTables, d: Direction, peer: Identity| t.lookup(300, d, peer.0, 6, 80).verdict;
+    assert!(
+        t.allow_localhost(),
+        "on by default, as Cilium on Kubernetes"
+    );
     assert_eq!(v(&t, Direction::Ingress, Identity::HOST), Verdict::Allowed);
-    assert_eq!(v(&t, Direction::Ingress, Identity::REMOTE_NODE), Verdict::Allowed);
+    assert_eq!(
+        v(&t, Direction::Ingress, Identity::REMOTE_NODE),
+        Verdict::Allowed
+    );
     assert_eq!(v(&t, Direction::Ingress, Identity::WORLD), Verdict::Denied);
     assert_eq!(
         v(&t, Direction::Egress, Identity::HOST),
