@@ -536,8 +536,10 @@ fn bad_input_leaves_nothing() {
          '{{\"ok\":false,\"error\":\"refused for the test\"}}'\n    f.write(r+'\\n'); f.flush()\n",
         p = fake.to_str().unwrap()
     );
+    // Quiet: `kill` below stops `timeout`, and python then ends on its own 30 s timeout.
     let mut server = Command::new("timeout")
         .args(["30", "python3", "-c", &script])
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let t = Instant::now();

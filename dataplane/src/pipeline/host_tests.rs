@@ -512,12 +512,16 @@ fn from_entities_host_and_remote_node_allow_and_deny() {
     let local = tcp(host(), to_host_pair(POD_B.0), 50000, 80, SYN);
     let remote_inner = tcp((REMOTE.0, REMOTE.1), (POD_B.0, UPLINK.1), 50001, 80, SYN);
     let remote = vxlan_from_remote(&remote_inner, Identity::HOST.0);
-    for (entity, host_ok, remote_ok) in [
-        (Entity::Host, true, false),
-        (Entity::RemoteNode, false, true),
+    // (entity, allow_localhost, host gets in, remote node gets in): the local host gets in
+    // under default deny unless allow-localhost is off.
+    for (entity, localhost, host_ok, remote_ok) in [
+        (Entity::Host, true, true, false),
+        (Entity::RemoteNode, true, true, true),
+        (Entity::RemoteNode, false, false, true),
     ] {
         let mut t = tables();
         b_from_entity(&mut t, entity);
+        Arc::make_mut(&mut t.policy).set_allow_localhost(localhost);
         let v = |ok: bool| {
             if ok {
                 Verdict::Tx { slot: POD_B.2 }
