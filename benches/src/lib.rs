@@ -18,5 +18,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod case;
 pub mod rate;
 pub mod xconnect;
