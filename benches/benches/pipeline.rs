@@ -14,12 +14,18 @@
 //! over that batch. Each block is used by exactly one routine call between two rewrites.
 //! Before timing, each case is run `BLOCKS + 1` times and every verdict is checked.
 //!
-//! `cargo bench -p vireo-benches --bench pipeline` takes about 12 s.
+//! The cases (VXLAN established, new flow through a ClusterIP, conntrack hot and at
+//! 1 M entries, 1 and 2 threads) are in `pipeline_flows.rs`.
+//!
+//! `cargo bench -p vireo-benches --bench pipeline` takes about a minute.
 
 use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
+
+#[path = "pipeline/flows.rs"]
+mod pipeline_flows;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vireo_dataplane::counters::{BatchCounts, DropReason};
@@ -191,5 +197,5 @@ fn pipeline_benches(c: &mut Criterion) {
     bench_case(c, "service_clusterip_udp_established_batch64", &to_vip, &ct);
 }
 
-criterion_group!(benches, pipeline_benches);
+criterion_group!(benches, pipeline_benches, pipeline_flows::flow_benches);
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 //! Frames and tables for tests and benchmarks: two pods on this node, a third on another node
 //! reached over VXLAN.
 
+pub mod scenarios;
+
 use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
@@ -272,12 +274,19 @@ pub fn cnp_origin(name: &str, rule: &str) -> vireo_policy::Origin {
 /// app=a) on UDP, every port; nothing else selects anything. For benchmarks of the
 /// established path under policy.
 pub fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
+    b_allows_on_udp(&["a"])
+}
+
+/// Compiled policy: pod B (app=b) takes ingress on UDP from the pods whose `app` is one of
+/// `apps` (pod A is app=a, pod C on the other node app=c); nothing else selects anything.
+pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
     use vireo_policy::{Action, Compiler, Peer, Policy, PortRange, Proto, Rule, Selector};
     let labels = app_labels;
     let origin = |rule: &str| cnp_origin("default/bench", rule);
     let mut c = Compiler::new();
     c.set_identity(Identity(IDS[0]), labels("a"));
     c.set_identity(Identity(IDS[1]), labels("b"));
+    c.set_identity(Identity(IDS[2]), labels("c"));
     let p = Policy {
         origin: origin(""),
         subject: Selector::label("k8s:app", "b"),
@@ -286,7 +295,10 @@ pub fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
         enforce_egress: false,
         ingress: vec![Rule {
             action: Action::Allow,
-            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
+            peers: apps
+                .iter()
+                .map(|a| Peer::Endpoints(Selector::label("k8s:app", a)))
+                .collect(),
             requires: Vec::new(),
             ports: vec![PortRange {
                 lo: 0,
