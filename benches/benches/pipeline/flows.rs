@@ -157,8 +157,8 @@ pub fn flow_benches(c: &mut Criterion) {
         ("vxlan_established_ct1m", Case::Vxlan, 1_000_000),
         ("new_flow_ct1m", Case::NewFlow, 1_000_000),
     ] {
-        // Room for the prefill and for 2 threads' flows (two entries each) of two flush rounds.
-        let t = case.tables(prefill + 8 * PORTS as usize + 4096);
+        // Room for the prefill (twice: at 3/4 load a bucket pair can be full) and for 2 threads' flows (two entries each) of two flush rounds.
+        let t = case.tables(2 * prefill + 8 * PORTS as usize + 4096);
         prepopulate(&t, prefill);
         for threads in [1, 2] {
             bench(c, name, case, &t, threads);

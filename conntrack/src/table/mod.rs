@@ -168,13 +168,27 @@ struct Slot {
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 const _: () = assert!(SLOT_BYTES == 64 && std::mem::align_of::<Slot>() == 64);
 
+/// A value alone on its 128 bytes (two cache lines: the adjacent-line prefetcher pairs them).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The table.
 pub struct Table {
     slots: Box<[Slot]>,
     tags: Box<[AtomicU64]>,
     locks: Box<[AtomicBool]>,
     buckets: usize,
-    counts: [AtomicUsize; 2],
+    /// Entries by class. Every insert and removal writes them, so they sit on a cache line
+    /// (pair) of their own: next to the read-mostly fields above, every lookup on another core
+    /// would miss after each insert (false sharing between workers).
+    counts: Padded<[AtomicUsize; 2]>,
     /// Where the next eviction sweep starts.
     sweep: AtomicUsize,
     /// The first clock second at which an insert at the limit may sweep again.
@@ -211,7 +225,7 @@ impl Table {
             tags: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             locks: (0..buckets).map(|_| AtomicBool::new(false)).collect(),
             buckets,
-            counts: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            counts: Padded([AtomicUsize::new(0), AtomicUsize::new(0)]),
             sweep: AtomicUsize::new(0),
             next_sweep: AtomicU32::new(0),
             sweeps: AtomicU64::new(0),
