@@ -137,7 +137,11 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     for n in ["node-1", "node-2"] {
         let a = s.json(&["status", "--json", "--node", n]);
         assert_eq!(a["workers"].as_array().map(Vec::len), Some(2), "{n}");
-        assert_eq!(a["counters"]["drops"]["no_tx_port"], 0, "{n}: {}", a["counters"]);
+        assert_eq!(
+            a["counters"]["drops"]["no_tx_port"], 0,
+            "{n}: {}",
+            a["counters"]
+        );
         let h = &a["counters"]["handoff"];
         assert!(
             h["received"].as_u64() <= h["sent"].as_u64(),

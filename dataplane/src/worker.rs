@@ -319,7 +319,7 @@ impl Worker {
             batch: Batch::default(),
             counts: BatchCounts::default(),
             stats_at: std::time::Instant::now(),
-            id: 0,
+            id: spec.id,
             hub: Arc::new(Hub::new(1, 1, fs as usize)),
             handed: vec![false],
         }
@@ -676,6 +676,9 @@ impl Worker {
     }
 }
 
+/// Batches of handed-off frames a worker takes per loop at most.
+const HANDOFF_BATCHES: usize = 4;
+
 /// Handoff to and from the node's other workers ([`crate::handoff`]).
 impl Worker {
     fn attach_hub(&mut self, hub: Arc<Hub>) {
@@ -720,10 +723,23 @@ impl Worker {
         }
     }
 
-    /// Takes up to a batch of frames other workers handed here, copies each into a free frame
-    /// of this worker's UMEM and puts it on this worker's socket of its output interface.
-    /// Returns frames taken.
+    /// Takes the frames other workers handed here, up to [`HANDOFF_BATCHES`] batches (a
+    /// receiver serves several senders and its ring fills faster than one batch a loop drains),
+    /// copies each into a free frame of this worker's UMEM and puts it on this worker's socket
+    /// of its output interface. Returns frames taken.
     fn drain_handoff(&mut self) -> usize {
+        let mut n = 0;
+        for _ in 0..HANDOFF_BATCHES {
+            let k = self.drain_handoff_batch();
+            n += k;
+            if k < BATCH {
+                break;
+            }
+        }
+        n
+    }
+
+    fn drain_handoff_batch(&mut self) -> usize {
         let mut n = 0;
         while n < BATCH {
             let Some(parcel) = self.hub.recv(self.id) else {
@@ -736,6 +752,8 @@ impl Worker {
         }
         if n > 0 {
             self.flush_pending();
+            // Kicked per batch: the next batch may fill the same ring.
+            self.kick();
         }
         n
     }
@@ -832,7 +850,6 @@ mod tests {
             (rx, b),
             Arc::new(AtomicBool::new(false)),
         );
-        w.id = id;
         w.attach_hub(hub.clone());
         (w, counters)
     }
@@ -915,6 +932,21 @@ mod tests {
         all_free(&w);
         assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), 2);
         assert_eq!(hub.queued(0) + hub.queued(1), 0);
+        assert_eq!(hub.free_buffers(), hub.buffers());
+    }
+
+    #[test]
+    fn several_batches_are_drained_per_loop() {
+        let ring = HANDOFF_BATCHES * BATCH + 10;
+        let hub = Arc::new(Hub::new(2, ring, 2048));
+        let (mut w, c) = worker(1, &hub);
+        for _ in 0..ring {
+            hub.send(1, &[3; 60], 4).unwrap();
+        }
+        assert_eq!(w.drain_handoff(), HANDOFF_BATCHES * BATCH);
+        assert_eq!(w.drain_handoff(), 10);
+        all_free(&w);
+        assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), ring as u64);
         assert_eq!(hub.free_buffers(), hub.buffers());
     }
 

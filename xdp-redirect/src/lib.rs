@@ -309,12 +309,7 @@ impl Steering {
         pref: ModePreference,
     ) -> Result<Attachment, Error> {
         check_range("slot", slot, MAX_IFACES)?;
-        let (xsk_base, xsk_queues) = self
-            .ranges()
-            .by_slot
-            .get(&slot)
-            .copied()
-            .unwrap_or((0, 0));
+        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
         let cfg = IfCfg {
             slot,
             role: role.raw(),
@@ -475,7 +470,6 @@ fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), Error> 
     }
     Ok(())
 }
-
 
 /// Mirrors `struct vireo_if_cfg`.
 #[repr(C)]

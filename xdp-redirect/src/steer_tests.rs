@@ -204,13 +204,24 @@ impl Veth12 {
             .stderr(std::process::Stdio::null())
             .status();
         let ok = std::process::Command::new("ip")
-            .args(["link", "add", name, "numrxqueues", "12", "numtxqueues", "12"])
+            .args([
+                "link",
+                "add",
+                name,
+                "numrxqueues",
+                "12",
+                "numtxqueues",
+                "12",
+            ])
             .args(["type", "veth", "peer", "name", &peer])
             .args(["numrxqueues", "12", "numtxqueues", "12"])
             .status()
             .expect("ip")
             .success();
-        assert!(ok, "creating veth {name} with 12 queues (needs CAP_NET_ADMIN)");
+        assert!(
+            ok,
+            "creating veth {name} with 12 queues (needs CAP_NET_ADMIN)"
+        );
         Veth12(name.into())
     }
     fn ifindex(&self) -> u32 {
@@ -241,7 +252,12 @@ fn run_on(s: &Steering, ifindex: u32, queue: u32, frame: &[u8]) -> i32 {
         data_in: Some(frame),
         ..Default::default()
     };
-    s.skel.progs.vireo_steer.test_run(input).expect("test run").return_value as i32
+    s.skel
+        .progs
+        .vireo_steer
+        .test_run(input)
+        .expect("test run")
+        .return_value as i32
 }
 
 #[test]
@@ -265,11 +281,21 @@ fn every_queue_of_a_twelve_queue_interface_gets_a_socket() {
     }
     assert!(s.set_socket(SLOT, 12, fd.as_raw_fd()).is_err());
     let att = s
-        .attach(veth.ifindex(), SLOT, Role::Pod, 8472, ModePreference::Generic)
+        .attach(
+            veth.ifindex(),
+            SLOT,
+            Role::Pod,
+            8472,
+            ModePreference::Generic,
+        )
         .expect("attach to the test veth");
     let frame = ipv4(WORLD, NODE, 17, 0, &ports(1234, 80));
     for q in [0, 7, 8, 11] {
-        assert_eq!(run_on(&s, veth.ifindex(), q, &frame), XDP_REDIRECT, "queue {q}");
+        assert_eq!(
+            run_on(&s, veth.ifindex(), q, &frame),
+            XDP_REDIRECT,
+            "queue {q}"
+        );
     }
     assert_eq!(s.counters(SLOT).unwrap().steered, 4);
     // A queue without a socket is counted, and a pod's frame is not let past the dataplane.

@@ -19,12 +19,12 @@ use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
 use vireo_control::services::proto_name;
 use vireo_dataplane::counters::CounterSnapshot;
+use vireo_dataplane::handoff::{self, Hub};
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
     Endpoint, IfRole, Interface, LocalNode, RemoteNode, TableHandle, Tables,
 };
 use vireo_dataplane::worker::{WorkerHandle, WorkerSpec};
-use vireo_dataplane::handoff::{self, Hub};
 use vireo_xdp::{Attachment, ModePreference, Steering, MAX_IFACES, MAX_QUEUES};
 
 use crate::api::{self, Call, Request};
