@@ -114,7 +114,8 @@ fn connectivity_passes(s: &Sandbox) -> Vec<String> {
 fn sandbox_on_the_kube_source_with_kubectl() {
     require_capabilities(&["tcpdump", "kubectl"]);
     let _g = serial();
-    let s = Sandbox::up_with("vk", &["--source", "kube"]);
+    // Two workers per agent on this pass: frames cross between workers (handoff).
+    let s = Sandbox::up_with("vk", &["--source", "kube", "--workers", "2"]);
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["source"], "kube");
     assert_eq!(st["apiserver"]["running"], true);
@@ -130,6 +131,25 @@ fn sandbox_on_the_kube_source_with_kubectl() {
         names.iter().any(|n| n == "policy-netpol-model"),
         "{names:?}"
     );
+    // With two workers nothing is dropped for want of a socket: a frame for the other
+    // worker's pod is handed off to it.
+    let mut handed = 0;
+    for n in ["node-1", "node-2"] {
+        let a = s.json(&["status", "--json", "--node", n]);
+        assert_eq!(a["workers"].as_array().map(Vec::len), Some(2), "{n}");
+        assert_eq!(
+            a["counters"]["drops"]["no_tx_port"], 0,
+            "{n}: {}",
+            a["counters"]
+        );
+        let h = &a["counters"]["handoff"];
+        assert!(
+            h["received"].as_u64() <= h["sent"].as_u64(),
+            "{n}: more received than sent: {h}"
+        );
+        handed += h["sent"].as_u64().unwrap_or(0);
+    }
+    assert!(handed > 0, "no frame was handed between workers");
 
     // kubectl sees the sandbox's objects and changes it like a cluster.
     let kc = String::from_utf8(s.vireo(&["sandbox", "kubeconfig"]).stdout).unwrap();

@@ -57,7 +57,8 @@ drop_reasons! {
     SnatNoPort => "snat_no_port", "No free source port to source-NAT a flow to the node's address (a NodePort or external flow from outside, or a pod's flow to the world).";
     MasqNoEntry => "masq_no_entry", "A packet from the uplink to the node's address in the masquerade port range (or an ICMP error or echo reply about one) with no conntrack entry: never reaches a pod.";
     MasqUnsupported => "masq_unsupported_proto", "A pod's packet to the world of a protocol masquerade does not translate (only TCP, UDP and ICMP echo are).";
-    NoTxPort => "no_tx_port", "The output interface has no socket on this worker.";
+    NoTxPort => "no_tx_port", "The output interface has no socket on this worker and no worker owns it (it went away).";
+    HandoffFull => "handoff_full", "The output interface belongs to another worker whose handoff ring was full (or no handoff buffer, or no free frame to take it in, was left).";
     TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
 }
 
@@ -85,6 +86,17 @@ pub struct WorkerCounters {
     /// The kernel's own AF_XDP drop counts over this worker's sockets (XDP_STATISTICS),
     /// refreshed about once a second, in [`KernelDrops`] field order.
     pub kernel: Padded<[AtomicU64; 4]>,
+    /// Frames handed off to other workers, and received from them ([`HandoffCounts`] order).
+    pub handoff: Padded<[AtomicU64; 2]>,
+}
+
+/// Frames moved between workers (see [`crate::handoff`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HandoffCounts {
+    /// Handed to another worker (its interface's socket is there).
+    pub sent: u64,
+    /// Taken from other workers and put on this worker's TX rings (or dropped, counted).
+    pub received: u64,
 }
 
 /// Frames the kernel dropped on the way into or out of this worker's sockets.
@@ -109,6 +121,7 @@ impl Default for WorkerCounters {
             drops: Padded(std::array::from_fn(|_| AtomicU64::new(0))),
             frames: Padded::default(),
             kernel: Padded::default(),
+            handoff: Padded::default(),
         }
     }
 }
@@ -125,6 +138,10 @@ pub struct BatchCounts {
     /// The last outer IPv4 identification this worker sent (VXLAN; RFC 6864). Kept across
     /// flushes.
     pub ip_id: u16,
+    /// Frames handed off to other workers.
+    pub handoff_sent: u64,
+    /// Frames received from other workers.
+    pub handoff_received: u64,
 }
 
 impl Default for BatchCounts {
@@ -134,6 +151,8 @@ impl Default for BatchCounts {
             tx: 0,
             drops: [0; DROP_REASONS],
             ip_id: 0,
+            handoff_sent: 0,
+            handoff_received: 0,
         }
     }
 }
@@ -155,6 +174,16 @@ impl WorkerCounters {
         }
         if c.tx > 0 {
             self.tx.0.fetch_add(c.tx, Ordering::Relaxed);
+        }
+        for (g, n) in self
+            .handoff
+            .0
+            .iter()
+            .zip([c.handoff_sent, c.handoff_received])
+        {
+            if n > 0 {
+                g.fetch_add(n, Ordering::Relaxed);
+            }
         }
         for (slot, n) in self.drops.0.iter().zip(c.drops.iter()) {
             if *n > 0 {
@@ -208,6 +237,10 @@ impl WorkerCounters {
                 rx_fill_ring_empty: self.kernel.0[2].load(Ordering::Relaxed),
                 tx_invalid: self.kernel.0[3].load(Ordering::Relaxed),
             },
+            handoff: HandoffCounts {
+                sent: self.handoff.0[0].load(Ordering::Relaxed),
+                received: self.handoff.0[1].load(Ordering::Relaxed),
+            },
         }
     }
 }
@@ -238,6 +271,8 @@ pub struct CounterSnapshot {
     pub frames: FrameGauges,
     /// Drops inside the kernel's AF_XDP code.
     pub kernel: KernelDrops,
+    /// Frames moved between workers.
+    pub handoff: HandoffCounts,
 }
 
 impl CounterSnapshot {
@@ -256,6 +291,8 @@ impl CounterSnapshot {
         self.kernel.rx_ring_full += o.kernel.rx_ring_full;
         self.kernel.rx_fill_ring_empty += o.kernel.rx_fill_ring_empty;
         self.kernel.tx_invalid += o.kernel.tx_invalid;
+        self.handoff.sent += o.handoff.sent;
+        self.handoff.received += o.handoff.received;
     }
 
     /// All drops.
@@ -277,12 +314,22 @@ mod tests {
             ..Default::default()
         };
         b.drop(DropReason::TtlExceeded);
+        b.handoff_sent = 4;
+        b.handoff_received = 5;
         w.flush(&mut b);
+        assert_eq!(b.handoff_sent, 0);
         assert_eq!(b.rx, 0);
         let s = w.snapshot();
         assert_eq!((s.rx, s.tx, s.batches), (3, 2, 1));
         assert_eq!(s.drops["ttl_exceeded"], 1);
         assert_eq!(s.total_drops(), 1);
+        assert_eq!(
+            s.handoff,
+            HandoffCounts {
+                sent: 4,
+                received: 5
+            }
+        );
         assert_eq!(std::mem::align_of::<Padded<AtomicU64>>(), 64);
     }
 }

@@ -5,6 +5,7 @@
 //! - [`tables`]: immutable snapshots published by the control side, read without locks.
 //! - [`io`]: UMEM, AF_XDP sockets (on `xdpilone`), system checks. The only `unsafe` code.
 //! - [`worker`]: pinned threads that own sockets and move batches between them.
+//! - [`handoff`]: frames moved between workers (lock-free rings, preallocated buffers).
 //! - [`events`]: drop events for `vireo monitor`.
 //! - `fixtures` (feature `fixtures`, and in this crate's tests): frames and tables for tests and
 //!   benchmarks; not part of the production API.
@@ -15,6 +16,7 @@ pub mod counters;
 pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod handoff;
 pub mod io;
 pub mod pipeline;
 pub mod tables;

@@ -20,8 +20,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::counters::{BatchCounts, CounterSnapshot, DropReason, KernelDrops, WorkerCounters};
+use crate::handoff::Hub;
 use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec};
-use crate::pipeline::{self, Batch, Desc, Verdict, BATCH};
+use crate::pipeline::{self, Batch, Desc, Frames, Verdict, BATCH};
 use crate::tables::TableHandle;
 
 /// How a worker runs.
@@ -76,8 +77,27 @@ pub struct WorkerHandle {
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WorkerHandle {
-    /// Maps the worker's UMEM and starts its thread.
+    /// Maps the worker's UMEM and starts its thread: a worker alone, with no one to hand
+    /// frames to.
     pub fn spawn(spec: WorkerSpec, tables: Arc<TableHandle>) -> Result<Self, IoError> {
+        let hub = Arc::new(Hub::new(1, 1, spec.umem.frame_size as usize));
+        Self::spawn_in(WorkerSpec { id: 0, ..spec }, tables, hub)
+    }
+
+    /// Starts worker `spec.id` of a node whose workers share `hub` (`spec.id` below
+    /// `hub.workers()`): frames for an interface another worker owns are handed to it.
+    pub fn spawn_in(
+        spec: WorkerSpec,
+        tables: Arc<TableHandle>,
+        hub: Arc<Hub>,
+    ) -> Result<Self, IoError> {
+        if spec.id >= hub.workers() {
+            return Err(IoError::Invalid(format!(
+                "worker {} of a handoff hub for {}",
+                spec.id,
+                hub.workers()
+            )));
+        }
         let umem = Arc::new(SharedUmem::new(spec.umem)?);
         let (tx, rx) = mpsc::channel();
         let (wake, wake_rx) = UnixDatagram::pair()
@@ -90,6 +110,13 @@ impl WorkerHandle {
                 what: "creating the worker's wakeup socket pair".into(),
                 source: e,
             })?;
+        hub.set_waker(
+            spec.id,
+            wake.try_clone().map_err(|e| IoError::Sys {
+                what: "cloning the worker's wakeup socket".into(),
+                source: e,
+            })?,
+        );
         let counters = Arc::new(WorkerCounters::default());
         let ports = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -102,6 +129,7 @@ impl WorkerHandle {
             (rx, wake_rx),
             stop.clone(),
         );
+        w.attach_hub(hub);
         let cores = spec.cores.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vireo-worker-{}", spec.id))
@@ -240,6 +268,12 @@ struct Worker {
     batch: Batch,
     counts: BatchCounts,
     stats_at: std::time::Instant,
+    /// This worker's number in `hub`.
+    id: usize,
+    /// The rings to and from the node's other workers.
+    hub: Arc<Hub>,
+    /// Workers handed frames since the last wakeup round (indexed by worker).
+    handed: Vec<bool>,
 }
 
 const NO_PORT: u16 = u16::MAX;
@@ -285,6 +319,9 @@ impl Worker {
             batch: Batch::default(),
             counts: BatchCounts::default(),
             stats_at: std::time::Instant::now(),
+            id: spec.id,
+            hub: Arc::new(Hub::new(1, 1, fs as usize)),
+            handed: vec![false],
         }
     }
 
@@ -300,6 +337,8 @@ impl Worker {
             for p in 0..self.ports.len() {
                 got += self.rx_batch(p);
             }
+            got += self.drain_handoff();
+            self.wake_peers();
             self.kick();
             self.reap();
             self.refill();
@@ -318,7 +357,10 @@ impl Worker {
                         .iter()
                         .flatten()
                         .any(|rt| rt.port.tx_pending() > 0);
-                    sys::poll_readable(&mut self.pollfds, if waiting { 1 } else { 10 });
+                    if self.hub.park(self.id) {
+                        sys::poll_readable(&mut self.pollfds, if waiting { 1 } else { 10 });
+                        self.hub.unpark(self.id);
+                    }
                     if self
                         .pollfds
                         .last()
@@ -415,10 +457,7 @@ impl Worker {
                             }
                             o.pending.push((d.addr, d.len));
                         }
-                        None => {
-                            self.counts.drop(DropReason::NoTxPort);
-                            self.release(d.addr);
-                        }
+                        None => self.hand_off(d.addr, d.len, slot),
                     }
                 }
                 _ => self.release(d.addr),
@@ -570,6 +609,7 @@ impl Worker {
         if self.by_slot[slot] == NO_PORT {
             self.by_slot[slot] = p as u16;
         }
+        self.hub.claim(port.slot, self.id);
         self.ports[p] = Some(PortRt {
             port,
             in_fill: 0,
@@ -599,6 +639,7 @@ impl Worker {
         if let Some(s) = self.by_slot.get_mut(usize::from(slot)) {
             *s = NO_PORT;
         }
+        self.hub.disclaim(slot, self.id);
         // Another queue of the same interface may still be here (not in practice: a slot's
         // ports come and go together).
         self.rebuild();
@@ -635,10 +676,348 @@ impl Worker {
     }
 }
 
+/// Batches of handed-off frames a worker takes per loop at most.
+const HANDOFF_BATCHES: usize = 4;
+
+/// Handoff to and from the node's other workers ([`crate::handoff`]).
+impl Worker {
+    fn attach_hub(&mut self, hub: Arc<Hub>) {
+        self.handed = vec![false; hub.workers()];
+        self.hub = hub;
+    }
+
+    /// Frame `addr` (held, from the current batch) is for interface `slot`, which has no socket
+    /// here: copies it to the worker that owns `slot`, or counts a drop. The frame comes back
+    /// to the free list either way.
+    fn hand_off(&mut self, addr: u64, len: u32, slot: u16) {
+        match self.hub.owner(slot).filter(|&w| w != self.id) {
+            None => self.counts.drop(DropReason::NoTxPort),
+            Some(to) => {
+                // The frame is HELD: taken off an RX ring and on no ring (see rx_batch).
+                let mut frames = self.umem.frames();
+                let sent = match frames.frame(addr, len) {
+                    Some(bytes) => self.hub.send(to, bytes, slot),
+                    None => Err(crate::handoff::HandoffError::TooLarge),
+                };
+                match sent {
+                    Ok(()) => {
+                        self.counts.handoff_sent += 1;
+                        if let Some(h) = self.handed.get_mut(to) {
+                            *h = true;
+                        }
+                    }
+                    Err(_) => self.counts.drop(DropReason::HandoffFull),
+                }
+            }
+        }
+        self.release(addr);
+    }
+
+    /// Wakes the workers frames were handed to since the last call, if they sleep: at most
+    /// one wakeup per worker per loop.
+    fn wake_peers(&mut self) {
+        for (to, h) in self.handed.iter_mut().enumerate() {
+            if std::mem::take(h) {
+                self.hub.wake(to);
+            }
+        }
+    }
+
+    /// Takes the frames other workers handed here, up to [`HANDOFF_BATCHES`] batches (a
+    /// receiver serves several senders and its ring fills faster than one batch a loop drains),
+    /// copies each into a free frame of this worker's UMEM and puts it on this worker's socket
+    /// of its output interface. Returns frames taken.
+    fn drain_handoff(&mut self) -> usize {
+        let mut n = 0;
+        for _ in 0..HANDOFF_BATCHES {
+            let k = self.drain_handoff_batch();
+            n += k;
+            if k < BATCH {
+                break;
+            }
+        }
+        n
+    }
+
+    fn drain_handoff_batch(&mut self) -> usize {
+        let mut n = 0;
+        while n < BATCH {
+            let Some(parcel) = self.hub.recv(self.id) else {
+                break;
+            };
+            n += 1;
+            self.counts.handoff_received += 1;
+            self.take_parcel(&parcel);
+            self.hub.recycle(parcel);
+        }
+        if n > 0 {
+            self.flush_pending();
+            // Kicked per batch: the next batch may fill the same ring.
+            self.kick();
+        }
+        n
+    }
+
+    fn take_parcel(&mut self, parcel: &crate::handoff::Parcel) {
+        let out = self
+            .by_slot
+            .get(usize::from(parcel.slot()))
+            .copied()
+            .unwrap_or(NO_PORT);
+        let Some(o) = self
+            .ports
+            .get_mut(usize::from(out))
+            .and_then(Option::as_mut)
+        else {
+            // The interface went away on this worker meanwhile.
+            self.counts.drop(DropReason::NoTxPort);
+            return;
+        };
+        let Some(addr) = self.free.pop() else {
+            self.counts.drop(DropReason::HandoffFull);
+            return;
+        };
+        let i = (addr >> self.frame_shift) as usize;
+        // A free frame: on no ring, not in a batch, so no one else touches it.
+        let mut frames = self.umem.frames();
+        match frames.frame(addr, parcel.len()) {
+            Some(dst) => dst.copy_from_slice(parcel.bytes()),
+            None => {
+                self.counts.drop(DropReason::HandoffFull);
+                self.free.push(addr);
+                return;
+            }
+        }
+        if let Some(t) = self.owner.get_mut(i) {
+            *t = HELD;
+        }
+        if o.pending.is_empty() {
+            self.dirty.push(usize::from(out));
+        }
+        if o.pending.len() < o.pending.capacity() {
+            o.pending.push((addr, parcel.len()));
+        } else {
+            // A batch's worth is waiting for this ring already: flush first (never grows).
+            self.flush_pending();
+            self.kick();
+            if let Some(o) = self
+                .ports
+                .get_mut(usize::from(out))
+                .and_then(Option::as_mut)
+            {
+                if o.pending.is_empty() {
+                    self.dirty.push(usize::from(out));
+                }
+                o.pending.push((addr, parcel.len()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::Frames;
+    use crate::tables::Tables;
+
+    const FRAMES: u32 = 256;
+
+    fn worker(id: usize, hub: &Arc<Hub>) -> (Worker, Arc<WorkerCounters>) {
+        let spec = WorkerSpec {
+            id,
+            cores: vec![],
+            busy_poll: false,
+            umem: UmemSpec {
+                frames: FRAMES,
+                frame_size: 2048,
+                fill_size: 64,
+                completion_size: 64,
+                zero_copy: false,
+            },
+        };
+        let umem = Arc::new(
+            SharedUmem::new(spec.umem)
+                .expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)"),
+        );
+        let (_tx, rx) = mpsc::channel();
+        let (_a, b) = UnixDatagram::pair().unwrap();
+        let counters = Arc::new(WorkerCounters::default());
+        let mut w = Worker::new(
+            &spec,
+            umem,
+            Arc::new(TableHandle::new(Tables::default())),
+            counters.clone(),
+            Arc::new(Mutex::new(Vec::new())),
+            (rx, b),
+            Arc::new(AtomicBool::new(false)),
+        );
+        w.attach_hub(hub.clone());
+        (w, counters)
+    }
+
+    /// Takes a free frame as a received one would be (HELD) and writes `bytes` into it.
+    fn held_frame(w: &mut Worker, bytes: &[u8]) -> u64 {
+        let addr = w.free.pop().expect("a free frame");
+        let i = w.frame_index(addr);
+        w.owner[i] = HELD;
+        w.umem
+            .frames()
+            .frame(addr, bytes.len() as u32)
+            .unwrap()
+            .copy_from_slice(bytes);
+        addr
+    }
+
+    /// Every frame is FREE and in the free list exactly once.
+    fn all_free(w: &Worker) {
+        assert_eq!(w.free.len(), FRAMES as usize);
+        let mut seen: Vec<u64> = w.free.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            FRAMES as usize,
+            "a frame is in the free list twice"
+        );
+        assert!(
+            w.owner.iter().all(|&o| o == FREE),
+            "a frame is not tagged FREE"
+        );
+    }
+
+    fn drops(c: &WorkerCounters, w: &mut Worker, r: DropReason) -> u64 {
+        c.flush(&mut w.counts);
+        c.snapshot().drops[r.name()]
+    }
+
+    #[test]
+    fn hand_off_copies_to_the_owner_and_frees_the_frame() {
+        let hub = Arc::new(Hub::new(2, 4, 2048));
+        let (mut w, c) = worker(0, &hub);
+        hub.claim(7, 1);
+        for seq in 0..6u8 {
+            let f: Vec<u8> = (0..100).map(|i| i ^ seq).collect();
+            let addr = held_frame(&mut w, &f);
+            w.hand_off(addr, f.len() as u32, 7);
+            // Given back at once, sent or not.
+            all_free(&w);
+        }
+        assert!(w.handed[1] && !w.handed[0]);
+        // Ring of 4: two counted drops, never a lost buffer.
+        assert_eq!(drops(&c, &mut w, DropReason::HandoffFull), 2);
+        assert_eq!(c.snapshot().handoff.sent, 4);
+        assert_eq!(hub.queued(1), 4);
+        assert_eq!(hub.free_buffers() + hub.queued(1), hub.buffers());
+        // In order, unchanged, for the slot asked for.
+        for seq in 0..4u8 {
+            let p = hub.recv(1).unwrap();
+            assert_eq!(p.slot(), 7);
+            let want: Vec<u8> = (0..100).map(|i| i ^ seq).collect();
+            assert_eq!(p.bytes(), &want[..]);
+            hub.recycle(p);
+        }
+        assert_eq!(hub.free_buffers(), hub.buffers());
+        assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), 0);
+    }
+
+    #[test]
+    fn no_owner_or_own_slot_is_no_tx_port() {
+        let hub = Arc::new(Hub::new(2, 4, 2048));
+        let (mut w, c) = worker(0, &hub);
+        let addr = held_frame(&mut w, &[1; 60]);
+        w.hand_off(addr, 60, 9);
+        // Owned by this very worker, but no socket here (it went away): not sent to itself.
+        hub.claim(9, 0);
+        let addr = held_frame(&mut w, &[1; 60]);
+        w.hand_off(addr, 60, 9);
+        all_free(&w);
+        assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), 2);
+        assert_eq!(hub.queued(0) + hub.queued(1), 0);
+        assert_eq!(hub.free_buffers(), hub.buffers());
+    }
+
+    #[test]
+    fn several_batches_are_drained_per_loop() {
+        let ring = HANDOFF_BATCHES * BATCH + 10;
+        let hub = Arc::new(Hub::new(2, ring, 2048));
+        let (mut w, c) = worker(1, &hub);
+        for _ in 0..ring {
+            hub.send(1, &[3; 60], 4).unwrap();
+        }
+        assert_eq!(w.drain_handoff(), HANDOFF_BATCHES * BATCH);
+        assert_eq!(w.drain_handoff(), 10);
+        all_free(&w);
+        assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), ring as u64);
+        assert_eq!(hub.free_buffers(), hub.buffers());
+    }
+
+    #[test]
+    fn received_frames_without_a_socket_are_counted_and_recycled() {
+        let hub = Arc::new(Hub::new(2, 8, 2048));
+        let (mut w, c) = worker(1, &hub);
+        for _ in 0..8 {
+            hub.send(1, &[3; 200], 4).unwrap();
+        }
+        assert_eq!(w.drain_handoff(), 8);
+        all_free(&w);
+        assert_eq!(drops(&c, &mut w, DropReason::NoTxPort), 8);
+        assert_eq!(c.snapshot().handoff.received, 8);
+        assert_eq!(hub.free_buffers(), hub.buffers());
+    }
+
+    #[test]
+    fn received_frames_go_on_the_own_socket_and_come_back() {
+        let hub = Arc::new(Hub::new(2, 8, 2048));
+        let (mut w, c) = worker(1, &hub);
+        // A socket on `lo` (no XDP program there: nothing is received; TX works in copy mode).
+        let port = w
+            .umem
+            .bind(&PortSpec {
+                ifname: "lo".into(),
+                queue: 0,
+                slot: 4,
+                rings: crate::io::RingSizes { rx: 64, tx: 64 },
+            })
+            .expect("an AF_XDP socket on lo");
+        w.add(port);
+        assert_eq!(hub.owner(4), Some(1));
+        let in_fill = |w: &Worker| w.ports.iter().flatten().map(|p| p.in_fill).sum::<u32>();
+        for _ in 0..5 {
+            hub.send(1, &[0xee; 64], 4).unwrap();
+        }
+        assert_eq!(w.drain_handoff(), 5);
+        let on_tx = w
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.tx_outstanding)
+            .sum::<u32>();
+        assert_eq!(on_tx, 5);
+        assert_eq!(
+            w.free.len() + in_fill(&w) as usize + on_tx as usize,
+            FRAMES as usize
+        );
+        assert_eq!(w.owner.iter().filter(|&&o| o == tag_tx(0)).count(), 5);
+        assert_eq!(hub.free_buffers(), hub.buffers());
+        w.kick();
+        let t0 = std::time::Instant::now();
+        while w.ports.iter().flatten().any(|p| p.tx_outstanding > 0)
+            && t0.elapsed() < Duration::from_secs(2)
+        {
+            w.reap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            w.free.len() + in_fill(&w) as usize,
+            FRAMES as usize,
+            "sent frames come back"
+        );
+        c.flush(&mut w.counts);
+        assert_eq!(c.snapshot().tx, 5);
+        // Removing the slot gives up its ownership and every frame.
+        w.remove(4);
+        assert_eq!(hub.owner(4), None);
+        all_free(&w);
+    }
 
     #[test]
     fn tags_are_distinct() {

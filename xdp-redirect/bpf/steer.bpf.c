@@ -30,11 +30,12 @@ struct {
 	__type(value, struct vireo_if_cfg);
 } ifaces SEC(".maps");
 
-/* AF_XDP sockets, keyed by slot * VIREO_MAX_QUEUES + rx queue index: each interface's queues
- * occupy their own row, so one map serves every interface. */
+/* AF_XDP sockets, keyed by the interface's xsk_base + rx queue index: each interface's queues
+ * occupy their own range (as many entries as it has queues), so one map serves every
+ * interface. The loader sets max_entries at load time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, VIREO_MAX_IFACES * VIREO_MAX_QUEUES);
+	__uint(max_entries, VIREO_DEFAULT_XSKS);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -179,9 +180,9 @@ int vireo_steer(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	if (ctx->rx_queue_index >= VIREO_MAX_QUEUES)
+	if (ctx->rx_queue_index >= cfg->xsk_queues)
 		goto no_socket;
-	key = slot * VIREO_MAX_QUEUES + ctx->rx_queue_index;
+	key = cfg->xsk_base + ctx->rx_queue_index;
 	if (!bpf_map_lookup_elem(&xsks, &key))
 		goto no_socket;
 	st->steered++;

@@ -4,8 +4,10 @@
 
 /* Interface slots: one per attached interface, dense, assigned by userspace. */
 #define VIREO_MAX_IFACES 1024
-/* Rx queues per interface that can carry a socket. */
-#define VIREO_MAX_QUEUES 8
+/* XSKMAP entries when the loader asks for no size: rows of 8 queues for every slot. The loader
+ * sizes the map at load time (interfaces x queues the node needs); each interface gets a
+ * contiguous range of entries, [xsk_base, xsk_base + xsk_queues), one per rx queue. */
+#define VIREO_DEFAULT_XSKS (VIREO_MAX_IFACES * 8)
 
 #define VIREO_ROLE_POD 1    /* pod-facing veth: steer every frame */
 #define VIREO_ROLE_UPLINK 2 /* uplink NIC: steer only what the dataplane owns */
@@ -14,8 +16,8 @@ struct vireo_if_cfg {
 	__u32 slot;
 	__u32 role;
 	__u16 vxlan_port; /* host byte order */
-	__u16 pad;
-	__u32 pad2;
+	__u16 xsk_queues; /* rx queues with an entry in xsks */
+	__u32 xsk_base;   /* xsks key of rx queue 0 */
 };
 
 /* Most service frontends (NodePorts, external and LoadBalancer IPs) the uplink steers. */

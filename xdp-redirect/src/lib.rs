@@ -4,8 +4,10 @@
 //! this?", and either redirects the frame into the AF_XDP socket of its rx queue or passes it to
 //! the kernel. Everything else lives in userspace.
 //!
-//! One loaded object serves every interface. Each interface gets a dense *slot*; its sockets
-//! live at `slot * MAX_QUEUES + queue` in one XSKMAP. Each attachment is a BPF link owned by this
+//! One loaded object serves every interface. Each interface gets a dense *slot*, and a range of
+//! the one XSKMAP with an entry per rx queue ([`Steering::reserve_queues`]): its socket of queue
+//! `q` lives at `base + q`. The map is sized at load time ([`Steering::load_sized`]) by the
+//! interfaces and queues the node needs, so a NIC with many queues gets a socket on each. Each attachment is a BPF link owned by this
 //! process, so the kernel removes the program when the process dies, however it dies
 //! (fail-open: the node keeps its own networking).
 
@@ -34,8 +36,12 @@ use skel::{SteerSkel, SteerSkelBuilder};
 
 /// Interface slots the program knows (mirrors `VIREO_MAX_IFACES`).
 pub const MAX_IFACES: u32 = 1024;
-/// Rx queues per interface that can hold a socket (mirrors `VIREO_MAX_QUEUES`).
-pub const MAX_QUEUES: u32 = 8;
+/// Rx queues per interface that can hold a socket (`xsk_queues` is 16 bits).
+pub const MAX_QUEUES: u32 = u16::MAX as u32;
+/// XSKMAP entries of [`Steering::load`] (mirrors `VIREO_DEFAULT_XSKS`): 8 per slot.
+pub const DEFAULT_XSKS: u32 = MAX_IFACES * 8;
+/// Queues a slot gets when a socket is set without a reservation.
+pub const DEFAULT_QUEUES: u32 = 8;
 /// Service frontends the uplink can steer (mirrors `VIREO_MAX_FRONTENDS`).
 pub const MAX_FRONTENDS: u32 = 65536;
 
@@ -139,6 +145,39 @@ pub struct IfCounters {
 /// The loaded steering program and its maps.
 pub struct Steering {
     skel: SteerSkel<'static>,
+    xsks: std::sync::Mutex<XskRanges>,
+}
+
+/// Which XSKMAP entries each slot holds: `slot -> (base, queues)`, ranges disjoint.
+#[derive(Debug, Default)]
+struct XskRanges {
+    size: u32,
+    by_slot: std::collections::BTreeMap<u32, (u32, u32)>,
+}
+
+impl XskRanges {
+    /// First fit: the lowest base where `queues` entries are free.
+    fn alloc(&mut self, slot: u32, queues: u32) -> Option<(u32, u32)> {
+        let mut used: Vec<(u32, u32)> = self.by_slot.values().copied().collect();
+        used.sort_unstable();
+        let mut base = 0u32;
+        for (b, n) in used {
+            if b.checked_sub(base)? >= queues {
+                break;
+            }
+            base = b + n;
+        }
+        if self.size.checked_sub(base)? < queues {
+            return None;
+        }
+        self.by_slot.insert(slot, (base, queues));
+        Some((base, queues))
+    }
+
+    fn key(&self, slot: u32, queue: u32) -> Option<u32> {
+        let &(base, n) = self.by_slot.get(&slot)?;
+        (queue < n).then_some(base + queue)
+    }
 }
 
 /// One interface with the program attached. Dropping it detaches the program and forgets the
@@ -181,17 +220,83 @@ fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> Error {
 }
 
 impl Steering {
-    /// Loads the program and creates its maps.
+    /// Loads the program and creates its maps, with [`DEFAULT_XSKS`] socket entries.
     pub fn load() -> Result<Self, Error> {
+        Self::load_sized(DEFAULT_XSKS)
+    }
+
+    /// Loads the program with an XSKMAP of `xsk_entries` entries: the sum over the interfaces
+    /// the node will attach of their rx queues.
+    pub fn load_sized(xsk_entries: u32) -> Result<Self, Error> {
+        let xsk_entries = xsk_entries.max(1);
         // The skeleton borrows its open object for as long as it lives; the loader lives as long
         // as the agent, so one small allocation per load is leaked on purpose.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = SteerSkelBuilder::default()
+        let mut open = SteerSkelBuilder::default()
             .open(storage)
             .map_err(Error::Load)?;
+        open.maps
+            .xsks
+            .set_max_entries(xsk_entries)
+            .map_err(Error::Load)?;
         let skel = open.load().map_err(Error::Load)?;
-        Ok(Steering { skel })
+        Ok(Steering {
+            skel,
+            xsks: std::sync::Mutex::new(XskRanges {
+                size: xsk_entries,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// XSKMAP entries.
+    pub fn xsk_entries(&self) -> u32 {
+        self.ranges().size
+    }
+
+    fn ranges(&self) -> std::sync::MutexGuard<'_, XskRanges> {
+        self.xsks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives `slot` XSKMAP entries for `queues` rx queues (before its sockets are set and the
+    /// program attached). A slot reserved already with fewer queues gets a new range; its
+    /// sockets must be set again.
+    pub fn reserve_queues(&self, slot: u32, queues: u32) -> Result<(), Error> {
+        check_range("slot", slot, MAX_IFACES)?;
+        check_range("queues", queues, MAX_QUEUES + 1)?;
+        let mut r = self.ranges();
+        if r.by_slot.get(&slot).is_some_and(|&(_, n)| n >= queues) {
+            return Ok(());
+        }
+        r.by_slot.remove(&slot);
+        let size = r.size;
+        let used: u32 = r.by_slot.values().map(|&(_, n)| n).sum();
+        r.alloc(slot, queues).map(|_| ()).ok_or(Error::Range {
+            what: "XSKMAP entries (queues of all interfaces)",
+            value: used + queues,
+            limit: size,
+        })
+    }
+
+    /// Frees `slot`'s XSKMAP range (after its sockets are cleared).
+    pub fn release_queues(&self, slot: u32) {
+        self.ranges().by_slot.remove(&slot);
+    }
+
+    /// The XSKMAP key of `(slot, queue)`; a slot without a reservation gets
+    /// [`DEFAULT_QUEUES`].
+    fn xsk_key(&self, slot: u32, queue: u32) -> Result<u32, Error> {
+        check_range("slot", slot, MAX_IFACES)?;
+        if !self.ranges().by_slot.contains_key(&slot) {
+            self.reserve_queues(slot, DEFAULT_QUEUES.max(queue + 1))?;
+        }
+        let r = self.ranges();
+        r.key(slot, queue).ok_or(Error::Range {
+            what: "queue",
+            value: queue,
+            limit: r.by_slot.get(&slot).map_or(0, |&(_, n)| n),
+        })
     }
 
     /// Attaches the program to `ifindex` with a role, through a BPF link.
@@ -204,12 +309,13 @@ impl Steering {
         pref: ModePreference,
     ) -> Result<Attachment, Error> {
         check_range("slot", slot, MAX_IFACES)?;
+        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
         let cfg = IfCfg {
             slot,
             role: role.raw(),
             vxlan_port,
-            pad: 0,
-            pad2: 0,
+            xsk_queues: xsk_queues as u16,
+            xsk_base,
         };
         self.skel
             .maps
@@ -258,7 +364,7 @@ impl Steering {
 
     /// Points `(slot, queue)` at an AF_XDP socket.
     pub fn set_socket(&self, slot: u32, queue: u32, xsk_fd: RawFd) -> Result<(), Error> {
-        let key = xsk_key(slot, queue)?;
+        let key = self.xsk_key(slot, queue)?;
         self.skel
             .maps
             .xsks
@@ -272,7 +378,9 @@ impl Steering {
 
     /// Removes the socket of `(slot, queue)`; frames for it are then counted as `no_socket`.
     pub fn clear_socket(&self, slot: u32, queue: u32) -> Result<(), Error> {
-        let key = xsk_key(slot, queue)?;
+        let Some(key) = self.ranges().key(slot, queue) else {
+            return Ok(());
+        };
         match self.skel.maps.xsks.delete(&key.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -363,20 +471,14 @@ fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), Error> 
     Ok(())
 }
 
-fn xsk_key(slot: u32, queue: u32) -> Result<u32, Error> {
-    check_range("slot", slot, MAX_IFACES)?;
-    check_range("queue", queue, MAX_QUEUES)?;
-    Ok(slot * MAX_QUEUES + queue)
-}
-
 /// Mirrors `struct vireo_if_cfg`.
 #[repr(C)]
 struct IfCfg {
     slot: u32,
     role: u32,
     vxlan_port: u16,
-    pad: u16,
-    pad2: u32,
+    xsk_queues: u16,
+    xsk_base: u32,
 }
 
 impl IfCfg {
@@ -386,8 +488,8 @@ impl IfCfg {
         b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
         b[4..8].copy_from_slice(&self.role.to_ne_bytes());
         b[8..10].copy_from_slice(&self.vxlan_port.to_ne_bytes());
-        b[10..12].copy_from_slice(&self.pad.to_ne_bytes());
-        b[12..16].copy_from_slice(&self.pad2.to_ne_bytes());
+        b[10..12].copy_from_slice(&self.xsk_queues.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.xsk_base.to_ne_bytes());
         b
     }
 }
@@ -422,11 +524,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_per_interface_rows() {
-        assert_eq!(xsk_key(0, 0).unwrap(), 0);
-        assert_eq!(xsk_key(3, 1).unwrap(), 3 * MAX_QUEUES + 1);
-        assert!(xsk_key(MAX_IFACES, 0).is_err());
-        assert!(xsk_key(0, MAX_QUEUES).is_err());
+    fn ranges_are_disjoint_first_fit() {
+        let mut r = XskRanges {
+            size: 40,
+            ..Default::default()
+        };
+        assert_eq!(r.alloc(0, 2), Some((0, 2)));
+        assert_eq!(r.alloc(1, 12), Some((2, 12)));
+        assert_eq!(r.alloc(2, 2), Some((14, 2)));
+        assert_eq!(r.key(1, 11), Some(13));
+        assert_eq!(r.key(1, 12), None);
+        assert_eq!(r.key(9, 0), None);
+        r.by_slot.remove(&1);
+        // The hole is reused.
+        assert_eq!(r.alloc(3, 8), Some((2, 8)));
+        assert_eq!(r.alloc(4, 24), Some((16, 24)));
+        assert_eq!(r.alloc(5, 1), Some((10, 1)));
+        assert_eq!(r.alloc(6, 4), None);
     }
 
     #[test]

@@ -79,8 +79,8 @@ fn the_uplink_steers_exactly_the_masquerade_replies() {
         slot: SLOT,
         role: Role::Uplink.raw(),
         vxlan_port: 8472,
-        pad: 0,
-        pad2: 0,
+        xsk_queues: 0,
+        xsk_base: 0,
     };
     s.skel
         .maps
@@ -191,4 +191,116 @@ fn the_uplink_steers_exactly_the_masquerade_replies() {
     }
     s.set_masquerade(None).unwrap();
     assert!(!steered(&s, &udp(61500)), "off again");
+}
+
+/// A veth pair of 12 queues (more than the old cap of 8), deleted on drop.
+struct Veth12(String);
+
+impl Veth12 {
+    fn new(name: &str) -> Self {
+        let peer = format!("{name}p");
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args([
+                "link",
+                "add",
+                name,
+                "numrxqueues",
+                "12",
+                "numtxqueues",
+                "12",
+            ])
+            .args(["type", "veth", "peer", "name", &peer])
+            .args(["numrxqueues", "12", "numtxqueues", "12"])
+            .status()
+            .expect("ip")
+            .success();
+        assert!(
+            ok,
+            "creating veth {name} with 12 queues (needs CAP_NET_ADMIN)"
+        );
+        Veth12(name.into())
+    }
+    fn ifindex(&self) -> u32 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", self.0))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Veth12 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
+/// Runs the program on `frame` as received on `ifindex` queue `queue`; returns the action.
+fn run_on(s: &Steering, ifindex: u32, queue: u32, frame: &[u8]) -> i32 {
+    let mut ctx = [0u8; 24]; // data, data_end, data_meta, ingress_ifindex, rx_queue_index, …
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[16..20].copy_from_slice(&queue.to_ne_bytes());
+    let input = ProgramInput {
+        context_in: Some(&mut ctx),
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    s.skel
+        .progs
+        .vireo_steer
+        .test_run(input)
+        .expect("test run")
+        .return_value as i32
+}
+
+#[test]
+fn every_queue_of_a_twelve_queue_interface_gets_a_socket() {
+    const XDP_DROP: i32 = 1;
+    const XDP_REDIRECT: i32 = 4;
+    let veth = Veth12::new("vwkq12");
+    // Sized by what the node needs: a 2-queue pod veth and the 12 queues here.
+    let s = Steering::load_sized(14).expect("loading the XDP program needs CAP_BPF");
+    s.reserve_queues(0, 2).unwrap();
+    s.reserve_queues(SLOT, 12).unwrap();
+    assert!(s.reserve_queues(9, 1).is_err(), "the map is full");
+    // Any AF_XDP socket can sit in an XSKMAP; the test run does not deliver into it.
+    // SAFETY: socket(2) takes no pointers; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "socket(AF_XDP)");
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for q in 0..12 {
+        s.set_socket(SLOT, q, fd.as_raw_fd()).unwrap();
+    }
+    assert!(s.set_socket(SLOT, 12, fd.as_raw_fd()).is_err());
+    let att = s
+        .attach(
+            veth.ifindex(),
+            SLOT,
+            Role::Pod,
+            8472,
+            ModePreference::Generic,
+        )
+        .expect("attach to the test veth");
+    let frame = ipv4(WORLD, NODE, 17, 0, &ports(1234, 80));
+    for q in [0, 7, 8, 11] {
+        assert_eq!(
+            run_on(&s, veth.ifindex(), q, &frame),
+            XDP_REDIRECT,
+            "queue {q}"
+        );
+    }
+    assert_eq!(s.counters(SLOT).unwrap().steered, 4);
+    // A queue without a socket is counted, and a pod's frame is not let past the dataplane.
+    s.clear_socket(SLOT, 9).unwrap();
+    assert_eq!(run_on(&s, veth.ifindex(), 9, &frame), XDP_DROP);
+    assert_eq!(s.counters(SLOT).unwrap().no_socket, 1);
+    s.detach(att);
 }

@@ -46,8 +46,8 @@ pub fn render(v: &Value) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<7} {:<10} {:>8} {:>14} {:>14} {:>10}",
-        "WORKER", "CORES", "SOCKETS", "RX", "TX", "DROPS"
+        "\n{:<7} {:<10} {:>8} {:>14} {:>14} {:>12} {:>12} {:>10}",
+        "WORKER", "CORES", "SOCKETS", "RX", "TX", "HANDED_OFF", "HANDED_IN", "DROPS"
     );
     for w in v["workers"].as_array().into_iter().flatten() {
         let cores = w["cores"]
@@ -66,12 +66,14 @@ pub fn render(v: &Value) -> String {
             .unwrap_or(0);
         let _ = writeln!(
             o,
-            "{:<7} {:<10} {:>8} {:>14} {:>14} {:>10}",
+            "{:<7} {:<10} {:>8} {:>14} {:>14} {:>12} {:>12} {:>10}",
             s(&w["id"]),
             cores,
             s(&w["sockets"]),
             s(&w["counters"]["rx"]),
             s(&w["counters"]["tx"]),
+            s(&w["counters"]["handoff"]["sent"]),
+            s(&w["counters"]["handoff"]["received"]),
             drops
         );
     }

@@ -25,9 +25,11 @@ fn agent_config(st: &State, n: &NodeState) -> String {
             crate::kube::node_kubeconfig(st).display()
         ),
     };
+    // Several agents share this machine's cores: no pinning, sleep when idle.
+    let workers = vec!["{cores: []}"; st.workers.max(1)].join(", ");
     format!(
         "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {source}\n\
-         # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{{cores: []}}]\n\
+         # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{workers}]\n\
          af_xdp: {{frames: 8192}}\n\
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
          # A short close lifetime: `service-half-close` outlives it in seconds.\n\

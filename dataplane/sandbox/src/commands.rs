@@ -20,6 +20,8 @@ pub struct UpOpts {
     pub pods: usize,
     pub manifests: Option<PathBuf>,
     pub source: Source,
+    /// Workers per agent.
+    pub workers: usize,
 }
 
 pub fn up(name: &str, o: &UpOpts) -> Result<()> {
@@ -28,6 +30,9 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
     }
     if !(0..=100).contains(&o.pods) {
         bail!("--pods must be 0..=100");
+    }
+    if !(1..=8).contains(&o.workers) {
+        bail!("--workers must be 1..=8");
     }
     let dir = state_dir(name);
     if dir.join("state.json").exists() {
@@ -40,6 +45,7 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
         dir: dir.clone(),
         underlay: format!("{name}-underlay"),
         source: o.source,
+        workers: o.workers,
         ..Default::default()
     };
     st.save()?;

@@ -83,6 +83,9 @@ pub struct State {
     /// The agents' source.
     #[serde(default)]
     pub source: Source,
+    /// Workers per agent (0 in an older state file: one).
+    #[serde(default)]
+    pub workers: usize,
     /// The API server's process (`--source kube`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apiserver_pid: Option<u32>,

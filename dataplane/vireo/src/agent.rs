@@ -19,6 +19,7 @@ use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
 use vireo_control::services::proto_name;
 use vireo_dataplane::counters::CounterSnapshot;
+use vireo_dataplane::handoff::{self, Hub};
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
     Endpoint, IfRole, Interface, LocalNode, RemoteNode, TableHandle, Tables,
@@ -59,6 +60,9 @@ struct Attached {
     slot: u16,
     ifindex: u32,
     queues: u32,
+    /// The worker that owns every queue of this interface (pods, the host pair); `None`: queue
+    /// `q` is on worker `q % N` (the uplink).
+    worker: Option<usize>,
     af_xdp: AfXdpMode,
     link: Option<Attachment>,
 }
@@ -118,7 +122,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let steering = Steering::load()?;
+    let steering = Steering::load_sized(xsk_entries(&cfg))?;
     let ct = Arc::new(vireo_conntrack::Table::new(
         cfg.conntrack,
         Arc::new(vireo_conntrack::MonotonicClock::default()),
@@ -137,8 +141,13 @@ pub fn run(config_path: &Path) -> Result<()> {
         ..Default::default()
     }));
     let mut workers = Vec::new();
+    let hub = Arc::new(Hub::new(
+        cfg.workers.len(),
+        handoff::DEFAULT_RING,
+        umem.frame_size as usize,
+    ));
     for (id, w) in cfg.workers.iter().enumerate() {
-        let h = WorkerHandle::spawn(
+        let h = WorkerHandle::spawn_in(
             WorkerSpec {
                 id,
                 cores: w.cores.clone(),
@@ -146,6 +155,7 @@ pub fn run(config_path: &Path) -> Result<()> {
                 umem,
             },
             tables.clone(),
+            hub.clone(),
         )
         .with_context(|| format!("starting worker {id}"))?;
         workers.push(h);
@@ -178,6 +188,24 @@ pub fn run(config_path: &Path) -> Result<()> {
     let result = agent.serve(&term, &hup);
     agent.shutdown();
     result
+}
+
+/// XSKMAP entries the node needs: every interface slot with as many queues as a veth gets
+/// (one per CPU, at least 8), plus every queue of the configured uplinks.
+fn xsk_entries(cfg: &Config) -> u32 {
+    let per_iface = std::thread::available_parallelism()
+        .map_or(8, |n| n.get() as u32)
+        .max(8);
+    let uplinks: u32 = cfg
+        .interfaces
+        .iter()
+        .filter(|i| i.role == Role::Uplink)
+        .map(|i| sys::rx_queues(&i.name).min(MAX_QUEUES))
+        .sum();
+    MAX_IFACES
+        .saturating_mul(per_iface)
+        .saturating_add(uplinks)
+        .min(1 << 22)
 }
 
 fn umem_spec(cfg: &Config) -> UmemSpec {
@@ -426,6 +454,20 @@ impl Agent {
                 role,
             })
         });
+        let nw = self.workers.len();
+        // Pods and the host pair: every queue on one worker, the one with the fewest such
+        // interfaces (frames for it from other workers are handed off to it). The uplink:
+        // queue q on worker q % N, spread by the NIC's RSS.
+        let worker = (ifc.role != Role::Uplink).then(|| {
+            (0..nw)
+                .min_by_key(|w| {
+                    self.ifaces
+                        .values()
+                        .filter(|a| a.worker == Some(*w))
+                        .count()
+                })
+                .unwrap_or(0)
+        });
         let mut att = Attached {
             cfg: ifc.clone(),
             from_source,
@@ -434,13 +476,14 @@ impl Agent {
             slot,
             ifindex,
             queues,
+            worker,
             af_xdp: AfXdpMode::Copy,
             link: None,
         };
         let res = (|| -> Result<()> {
-            let nw = self.workers.len() as u32;
+            self.steering.reserve_queues(u32::from(slot), queues)?;
             for q in 0..queues {
-                let w = &self.workers[(q % nw) as usize];
+                let w = &self.workers[worker.unwrap_or(q as usize % nw)];
                 let spec = PortSpec {
                     ifname: ifc.name.clone(),
                     queue: q,
@@ -513,6 +556,7 @@ impl Agent {
         for q in 0..att.queues {
             let _ = self.steering.clear_socket(u32::from(att.slot), q);
         }
+        self.steering.release_queues(u32::from(att.slot));
         for w in &self.workers {
             if let Err(e) = w.remove_slot(att.slot) {
                 tracing::warn!(iface = %att.cfg.name, "removing sockets: {e}");
@@ -866,6 +910,7 @@ impl Agent {
                     "slot": a.slot,
                     "role": a.cfg.role,
                     "queues": a.queues,
+                    "worker": a.worker,
                     "xdp_mode": a.link.as_ref().map(|l| l.mode().as_str()),
                     "af_xdp_mode": a.af_xdp.as_str(),
                     "endpoint": ep.map(|e| json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac)})),

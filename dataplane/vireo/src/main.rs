@@ -68,6 +68,9 @@ enum SandboxCmd {
         /// agent, written by the sandbox; no API server).
         #[arg(long, value_enum, default_value_t = sandbox::Source::Kube)]
         source: sandbox::Source,
+        /// Workers per agent (unpinned; frames for another worker's interface are handed off).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Print the path of a kubeconfig for the sandbox's API server (`--source kube`):
     /// `kubectl --kubeconfig "$(vireo sandbox kubeconfig)" get pods -A`.
@@ -393,6 +396,7 @@ fn run(cli: Cli) -> Result<()> {
                 pods,
                 manifests,
                 source,
+                workers,
             } => sandbox::up(
                 &sandbox.name,
                 &sandbox::UpOpts {
@@ -400,6 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                     pods,
                     manifests,
                     source,
+                    workers,
                 },
             ),
             SandboxCmd::Kubeconfig { sandbox } => {
