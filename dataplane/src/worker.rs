@@ -25,6 +25,10 @@ use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec};
 use crate::pipeline::{self, Batch, Desc, Frames, Verdict, BATCH};
 use crate::tables::TableHandle;
 
+#[path = "worker_fill.rs"]
+mod fill;
+use fill::FillBudget;
+
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -232,14 +236,13 @@ fn tag_tx(p: usize) -> u16 {
 }
 /// Ports a worker can run (so that tags fit in u16).
 const MAX_PORTS: usize = (u16::MAX as usize - 3) / 2;
-/// Frames every socket keeps in its fill ring, busy or not: one batch.
-const FILL_BASE: u32 = BATCH as u32;
 
 struct PortRt {
     port: Port,
     in_fill: u32,
-    /// Received at least half a batch at once since the last refill: its fill ring may grow.
-    active: bool,
+    /// Loops left during which the socket counts as busy and its fill ring may grow to
+    /// `fill_high` ([`fill::heat`]).
+    hot: u32,
     tx_outstanding: u32,
     /// TX descriptors gathered from the current batch (capacity BATCH, never grows).
     pending: Vec<(u64, u32)>,
@@ -262,9 +265,13 @@ struct Worker {
     by_slot: Vec<u16>,
     pollfds: Vec<libc::pollfd>,
     dirty: Vec<usize>,
+    budget: FillBudget,
+    /// The fill level of every socket, from `budget` and the number of sockets.
     fill_base: u32,
+    /// The fill level of a hot socket.
     fill_high: u32,
-    fill_reserve: usize,
+    /// When the worker last received a frame (idle spin before sleeping).
+    worked_at: std::time::Instant,
     batch: Batch,
     counts: BatchCounts,
     stats_at: std::time::Instant,
@@ -310,12 +317,10 @@ impl Worker {
             ports: Vec::new(),
             by_slot: Vec::new(),
             dirty: Vec::with_capacity(BATCH),
-            // Base: enough for an idle socket; high: a busy one, up to 1/16 of the UMEM; reserve:
-            // growth never takes the last quarter of the UMEM, which is kept for the bases of
-            // sockets still to come.
-            fill_base: FILL_BASE.min(spec.umem.fill_size),
-            fill_high: (n / 16).clamp(FILL_BASE, spec.umem.fill_size),
-            fill_reserve: n as usize / 4,
+            budget: FillBudget::new(n, spec.umem.fill_size),
+            fill_base: FillBudget::new(n, spec.umem.fill_size).share(1),
+            fill_high: FillBudget::new(n, spec.umem.fill_size).high(1),
+            worked_at: std::time::Instant::now(),
             batch: Batch::default(),
             counts: BatchCounts::default(),
             stats_at: std::time::Instant::now(),
@@ -347,8 +352,12 @@ impl Worker {
             if self.stats_at.elapsed() >= Duration::from_secs(1) {
                 self.report_kernel_drops();
             }
-            if got == 0 {
-                if self.busy_poll {
+            if got > 0 {
+                self.worked_at = std::time::Instant::now();
+            } else {
+                if self.busy_poll || self.worked_at.elapsed() < fill::SPIN {
+                    // Traffic in the last few microseconds: the next frame is likely on its
+                    // way, and waking from poll() costs more than the gap.
                     std::hint::spin_loop();
                 } else {
                     // Frames still waiting on a TX ring (a refused kick): come back soon.
@@ -419,7 +428,10 @@ impl Worker {
         }
         rt.in_fill = rt.in_fill.saturating_sub(n as u32);
         // Under load, not merely chatty (a new pod's IPv6 DAD and router solicitations).
-        rt.active |= n >= BATCH / 2;
+        rt.hot = fill::heat(rt.hot, n, rt.in_fill, self.fill_base);
+        // Refilled at once, before the pipeline and the TX rings: the kernel keeps receiving
+        // meanwhile.
+        self.top_up(p);
         for d in self.batch.descs() {
             let i = (d.addr >> self.frame_shift) as usize;
             if let Some(o) = self.owner.get_mut(i) {
@@ -535,11 +547,11 @@ impl Worker {
         }
     }
 
-    /// Tops fill rings up. Every socket first gets its base (an idle pod's veth needs only a
-    /// few frames); then sockets under load grow towards `fill_high`, as long as a quarter of
-    /// the UMEM stays free for sockets still to come. Frames parked in a fill ring cannot be
-    /// taken back until the kernel uses them, so growth goes only where traffic is; a socket
-    /// whose traffic fades drains back to its base, because only the base is topped up then.
+    /// Tops fill rings up. Every socket first gets its share of the UMEM (`fill_base`, see
+    /// [`FillBudget`]); then hot sockets grow towards `fill_high`, never into the reserve.
+    /// Frames parked in a fill ring cannot be taken back until the kernel uses them, so growth
+    /// goes only where traffic is; a socket whose traffic fades drains back to its share,
+    /// because only the share is topped up then.
     fn refill(&mut self) {
         for p in 0..self.ports.len() {
             if self.ports[p]
@@ -550,13 +562,27 @@ impl Worker {
             }
         }
         for p in 0..self.ports.len() {
-            if self.ports[p].as_ref().is_some_and(|rt| rt.active) {
-                self.give(p, self.fill_high, self.fill_reserve);
-                if let Some(rt) = self.ports[p].as_mut() {
-                    rt.active = false;
-                }
-            }
+            self.top_up(p);
         }
+    }
+
+    /// Tops port `p`'s fill ring up to its share, or to `fill_high` while it is hot.
+    fn top_up(&mut self, p: usize) {
+        let Some(rt) = self.ports[p].as_ref() else {
+            return;
+        };
+        if rt.hot > 0 {
+            self.give(p, self.fill_high, self.budget.reserve());
+        } else if rt.in_fill < self.fill_base {
+            self.give(p, self.fill_base, 0);
+        }
+    }
+
+    /// Recomputes the fill levels from the number of sockets.
+    fn rebudget(&mut self) {
+        let n = self.ports.iter().flatten().count();
+        self.fill_base = self.budget.share(n);
+        self.fill_high = self.budget.high(n);
     }
 
     /// Puts frames into port `p`'s fill ring until it holds `target`, leaving `keep` free.
@@ -613,10 +639,11 @@ impl Worker {
         self.ports[p] = Some(PortRt {
             port,
             in_fill: 0,
-            active: false,
+            hot: 0,
             tx_outstanding: 0,
             pending: Vec::with_capacity(BATCH),
         });
+        self.rebudget();
         self.rebuild();
         self.refill();
     }
@@ -642,6 +669,7 @@ impl Worker {
         self.hub.disclaim(slot, self.id);
         // Another queue of the same interface may still be here (not in practice: a slot's
         // ports come and go together).
+        self.rebudget();
         self.rebuild();
     }
 

@@ -1,0 +1,127 @@
+//! Fill-ring budgets and the idle back-off of a worker: pure arithmetic, no I/O, so that it is
+//! tested without sockets.
+//!
+//! Every socket bound into a worker's UMEM gets a *share* of the UMEM for its fill ring: the
+//! UMEM minus a reserve (frames held in a batch or waiting on TX rings), divided by the number
+//! of sockets, at most the fill ring's size. A socket under load (a batch of at least half of
+//! [`BATCH`] frames, or its fill ring drained below half of its share) is *hot* for
+//! [`HOT_LOOPS`] loops and may grow to *high*, taken from the frames left over, never from the
+//! reserve. A socket that cools off drains back to its share, because only the share is topped
+//! up then. The old scheme gave an idle socket one batch and cooled a socket at every refill,
+//! so a TCP stream whose batches came in under half a batch ran on a 64-frame fill ring and
+//! the kernel found it empty (`rx_fill_ring_empty`, each a lost segment).
+
+use crate::pipeline::BATCH;
+
+/// Loops a socket stays hot after it last looked busy (a TCP stream pauses between windows).
+pub(crate) const HOT_LOOPS: u32 = 4096;
+
+/// How long an idle worker keeps spinning after its last frame before it sleeps in `poll()`.
+pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Fill-ring targets for a UMEM of `frames` frames whose device queues have `fill_size`-entry
+/// fill rings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillBudget {
+    frames: u32,
+    fill_size: u32,
+    reserve: u32,
+}
+
+impl FillBudget {
+    pub(crate) fn new(frames: u32, fill_size: u32) -> Self {
+        // One batch held by the pipeline and a TX ring's worth in flight, at least 1/8.
+        let reserve = (frames / 8).max(BATCH as u32 * 2).min(frames / 2);
+        FillBudget {
+            frames,
+            fill_size,
+            reserve,
+        }
+    }
+
+    /// Frames growth never takes.
+    pub(crate) fn reserve(&self) -> usize {
+        self.reserve as usize
+    }
+
+    /// The fill level every one of `sockets` sockets is kept at: a fair share of the UMEM,
+    /// at least one batch (when the UMEM has that many), at most the fill ring.
+    pub(crate) fn share(&self, sockets: usize) -> u32 {
+        let pool = self.frames - self.reserve;
+        let n = u32::try_from(sockets.max(1)).unwrap_or(u32::MAX);
+        (pool / n).max((BATCH as u32).min(pool)).min(self.fill_size)
+    }
+
+    /// The fill level a hot socket grows to: a quarter of the pool, at least its share, at
+    /// most the fill ring.
+    pub(crate) fn high(&self, sockets: usize) -> u32 {
+        ((self.frames - self.reserve) / 4)
+            .max(self.share(sockets))
+            .min(self.fill_size)
+    }
+}
+
+/// The new hot countdown of a socket that just received `got` frames and has `in_fill` frames
+/// left in its fill ring, whose share is `share`.
+#[inline]
+pub(crate) fn heat(hot: u32, got: usize, in_fill: u32, share: u32) -> u32 {
+    if got >= BATCH / 2 || (got > 0 && in_fill < share / 2) {
+        HOT_LOOPS
+    } else {
+        hot.saturating_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_sockets_get_a_full_fill_ring() {
+        // The sandbox's UMEM (8192 frames, 1024-entry fill rings) with an uplink and 3 pods:
+        // every socket's fill ring is kept full, busy or not (it was one batch, 64).
+        let b = FillBudget::new(8192, 1024);
+        for n in 1..=6 {
+            assert_eq!(b.share(n), 1024, "{n} sockets");
+        }
+    }
+
+    #[test]
+    fn many_sockets_stay_within_the_umem() {
+        for frames in [256u32, 4096, 8192, 16384, 65536] {
+            let b = FillBudget::new(frames, 1024);
+            for n in 1..=2000usize {
+                let s = b.share(n);
+                assert!(s <= 1024);
+                // Shares never take the reserve unless one batch each does not fit.
+                if s > BATCH as u32 {
+                    assert!(
+                        u64::from(s) * n as u64 <= u64::from(frames) - b.reserve() as u64,
+                        "{frames} frames, {n} sockets, share {s}"
+                    );
+                }
+                assert!(s >= (BATCH as u32).min(frames - b.reserve() as u32));
+                let h = b.high(n);
+                assert!(h >= s && h <= 1024);
+                assert!(h as usize <= frames as usize - b.reserve());
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_of_small_batches_stays_hot() {
+        // 20 frames a loop never reached half a batch: the old `active` heuristic never grew
+        // such a socket. Draining below half the share marks it hot.
+        let share = 128;
+        let mut hot = 0;
+        hot = heat(hot, 20, 40, share);
+        assert_eq!(hot, HOT_LOOPS);
+        for _ in 0..100 {
+            hot = heat(hot, 0, 128, share);
+        }
+        assert_eq!(hot, HOT_LOOPS - 100);
+        // An idle socket's chatter (a frame now and then, fill ring full) does not heat it.
+        assert_eq!(heat(0, 1, 128, share), 0);
+        assert_eq!(heat(0, BATCH / 2, 128, share), HOT_LOOPS);
+    }
+}
