@@ -76,7 +76,7 @@ pub(super) fn run_agent(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
         tid: find_thread(pid, "vireo-worker-0").unwrap_or(0),
     };
     let tasks = [gen.task(), worker];
-    let rate = measure(sink, gen.sent(), tasks, window, stop, || {
+    let rate = measure(sink, &gen.sent(), tasks, window, stop, || {
         gen.check()?;
         agent.check()
     })?;

@@ -163,7 +163,7 @@ fn run_testpmd_io(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
     io.wait_ready(Duration::from_secs(20), ctx.stop)?;
     let mut gen = Generator::start(ctx, gen_kind, POD_B.0, limit(ctx))?;
     let tasks = [gen.task(), io.worker()];
-    let r = measure(ctx.sink, gen.sent(), tasks, ctx.window, ctx.stop, || {
+    let r = measure(ctx.sink, &gen.sent(), tasks, ctx.window, ctx.stop, || {
         gen.check()?;
         io.check()
     })?;
@@ -178,7 +178,7 @@ fn run_kernel(ctx: &Ctx, gen_kind: &GenKind, dst: std::net::Ipv4Addr) -> Result<
     let none = Task { pid: 0, tid: 0 };
     let r = measure(
         ctx.sink,
-        gen.sent(),
+        &gen.sent(),
         [gen.task(), none],
         ctx.window,
         ctx.stop,
@@ -214,10 +214,13 @@ fn xdp_redirect_obj(ctx: &Ctx) -> Result<std::path::PathBuf> {
     }
     let src = ctx.topo.dir.join("xdp_redirect.c");
     std::fs::write(&src, kernel::XDP_REDIRECT_C)?;
-    let ifindex: u32 = run_in(&ctx.topo.node, &["cat".into(), format!("/sys/class/net/{HOST_B}/ifindex")])?
-        .trim()
-        .parse()
-        .context("hB's ifindex")?;
+    let ifindex: u32 = run_in(
+        &ctx.topo.node,
+        &["cat".into(), format!("/sys/class/net/{HOST_B}/ifindex")],
+    )?
+    .trim()
+    .parse()
+    .context("hB's ifindex")?;
     run_argv(&kernel::xdp_redirect_build(&src, &obj, ifindex))
         .context("compiling the XDP redirect program")?;
     Ok(obj)
@@ -235,7 +238,9 @@ mod tests {
         assert_eq!((p[0].frame(), p[0].flows()), (64, 1));
         let kp: Vec<_> = p.iter().filter(|x| x.dut == Dut::KernelPath).collect();
         assert_eq!(kp.len(), 4);
-        assert!(kp.iter().any(|x| x.frame() == 1500 && x.flows() == MULTI_FLOWS));
+        assert!(kp
+            .iter()
+            .any(|x| x.frame() == 1500 && x.flows() == MULTI_FLOWS));
         assert!(p.iter().filter(|x| x.name() == "vireo-plain").count() == 4);
         // Without testpmd only our generator's cases run.
         let p = plan(&[64], &[false], false);

@@ -63,46 +63,139 @@ pub(super) fn kernel_path_setup() -> Vec<Vec<String>> {
         cmd(&["ip", "addr", "add", &gw, "dev", HOST_A]),
         cmd(&["ip", "addr", "add", &node, "dev", HOST_B]),
         cmd(&[
-            "ip", "neigh", "replace", &remote, "lladdr", &sink_mac, "dev", HOST_B, "nud",
+            "ip",
+            "neigh",
+            "replace",
+            &remote,
+            "lladdr",
+            &sink_mac,
+            "dev",
+            HOST_B,
+            "nud",
             "permanent",
         ]),
         // flannel's vxlan backend: flannel.1, VNI 1, port 8472, no learning, static entries.
         cmd(&[
-            "ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
-            &NODE_IP.to_string(), "dev", HOST_B, "dstport", "8472", "nolearning",
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &NODE_IP.to_string(),
+            "dev",
+            HOST_B,
+            "dstport",
+            "8472",
+            "nolearning",
         ]),
         cmd(&["ip", "link", "set", "flannel.1", "mtu", &fl_mtu, "up"]),
         cmd(&["ip", "addr", "add", &local_vtep, "dev", "flannel.1"]),
         cmd(&[
-            "ip", "route", "add", &remote_subnet, "via", &remote_gw, "dev", "flannel.1", "onlink",
+            "ip",
+            "route",
+            "add",
+            &remote_subnet,
+            "via",
+            &remote_gw,
+            "dev",
+            "flannel.1",
+            "onlink",
         ]),
         cmd(&[
-            "ip", "neigh", "replace", &remote_gw, "lladdr", REMOTE_VTEP_MAC, "dev", "flannel.1",
-            "nud", "permanent",
+            "ip",
+            "neigh",
+            "replace",
+            &remote_gw,
+            "lladdr",
+            REMOTE_VTEP_MAC,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
         ]),
         cmd(&[
-            "bridge", "fdb", "append", REMOTE_VTEP_MAC, "dev", "flannel.1", "dst", &remote,
+            "bridge",
+            "fdb",
+            "append",
+            REMOTE_VTEP_MAC,
+            "dev",
+            "flannel.1",
+            "dst",
+            &remote,
         ]),
         // kube-proxy (iptables mode): KUBE-SERVICES → KUBE-SVC-… → KUBE-SEP-… DNAT.
         cmd(&["iptables", "-w", "-t", "nat", "-N", "KUBE-SERVICES"]),
         cmd(&["iptables", "-w", "-t", "nat", "-N", SVC_CHAIN]),
         cmd(&["iptables", "-w", "-t", "nat", "-N", SEP_CHAIN]),
         cmd(&[
-            "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment",
-            "kubernetes service portals", "-j", "KUBE-SERVICES",
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
         ]),
         cmd(&[
-            "iptables", "-w", "-t", "nat", "-A", "KUBE-SERVICES", "-d", &svc, "-p", "udp", "-m",
-            "udp", "--dport", &port, "-m", "comment", "--comment",
-            "bench/svc:udp cluster IP", "-j", SVC_CHAIN,
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "KUBE-SERVICES",
+            "-d",
+            &svc,
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "--dport",
+            &port,
+            "-m",
+            "comment",
+            "--comment",
+            "bench/svc:udp cluster IP",
+            "-j",
+            SVC_CHAIN,
         ]),
         cmd(&[
-            "iptables", "-w", "-t", "nat", "-A", SVC_CHAIN, "-m", "comment", "--comment",
-            "bench/svc:udp -> backend", "-j", SEP_CHAIN,
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            SVC_CHAIN,
+            "-m",
+            "comment",
+            "--comment",
+            "bench/svc:udp -> backend",
+            "-j",
+            SEP_CHAIN,
         ]),
         cmd(&[
-            "iptables", "-w", "-t", "nat", "-A", SEP_CHAIN, "-p", "udp", "-m", "udp", "-j",
-            "DNAT", "--to-destination", &to,
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            SEP_CHAIN,
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
         ]),
     ]
 }
@@ -151,7 +244,16 @@ pub(super) fn xdp_redirect_build(src: &Path, obj: &Path, out_ifindex: u32) -> Ve
 pub(super) fn xdp_redirect_attach(obj: &Path) -> Vec<String> {
     let o = obj.display().to_string();
     cmd(&[
-        "ip", "link", "set", "dev", HOST_A, "xdpgeneric", "obj", &o, "sec", "xdp",
+        "ip",
+        "link",
+        "set",
+        "dev",
+        HOST_A,
+        "xdpgeneric",
+        "obj",
+        &o,
+        "sec",
+        "xdp",
     ])
 }
 
@@ -175,7 +277,8 @@ mod tests {
                 .position(|l| l.contains(needle))
                 .unwrap_or_else(|| panic!("{needle} missing: {c:#?}"))
         };
-        let jump = pos("-A PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES");
+        let jump =
+            pos("-A PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES");
         let svc = pos(&format!(
             "-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m udp --dport 7"
         ));
@@ -188,7 +291,9 @@ mod tests {
         assert!(pos(&format!("-N {SVC_CHAIN}")) < svc);
         assert!(pos(&format!("-N {SEP_CHAIN}")) < sep);
         assert!(jump < svc && svc < sep && sep < dnat);
-        assert!(c.iter().all(|l| !l.starts_with("iptables") || l.contains(" -t nat ")));
+        assert!(c
+            .iter()
+            .all(|l| !l.starts_with("iptables") || l.contains(" -t nat ")));
     }
 
     #[test]
@@ -198,13 +303,25 @@ mod tests {
             .iter()
             .find(|l| l.contains("type vxlan"))
             .expect("a vxlan device");
-        assert!(dev.starts_with("ip link add flannel.1 type vxlan id 1 "), "{dev}");
-        assert!(dev.contains("dstport 8472") && dev.contains("nolearning"), "{dev}");
-        assert!(dev.contains(&format!("local {NODE_IP} dev {HOST_B}")), "{dev}");
+        assert!(
+            dev.starts_with("ip link add flannel.1 type vxlan id 1 "),
+            "{dev}"
+        );
+        assert!(
+            dev.contains("dstport 8472") && dev.contains("nolearning"),
+            "{dev}"
+        );
+        assert!(
+            dev.contains(&format!("local {NODE_IP} dev {HOST_B}")),
+            "{dev}"
+        );
         assert!(c.iter().any(|l| l
             == &format!("bridge fdb append {REMOTE_VTEP_MAC} dev flannel.1 dst {REMOTE_NODE_IP}")));
-        assert!(c.iter().any(|l| l
-            == &format!("ip neigh replace 10.244.2.0 lladdr {REMOTE_VTEP_MAC} dev flannel.1 nud permanent")));
+        assert!(c
+            .iter()
+            .any(|l| l == &format!(
+                "ip neigh replace 10.244.2.0 lladdr {REMOTE_VTEP_MAC} dev flannel.1 nud permanent"
+            )));
         assert!(c
             .iter()
             .any(|l| l == "ip route add 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
@@ -217,9 +334,14 @@ mod tests {
             joined(&rps(Some(1)))[0],
             format!("sh -c echo 2 > /sys/class/net/{HOST_A}/queues/rx-0/rps_cpus")
         );
-        assert!(joined(&rps(None))[1].contains("echo 0 > ") && joined(&rps(None))[1].contains("rx-1"));
+        assert!(
+            joined(&rps(None))[1].contains("echo 0 > ") && joined(&rps(None))[1].contains("rx-1")
+        );
         let b = xdp_redirect_build(Path::new("/d/r.c"), Path::new("/d/r.o"), 7).join(" ");
-        assert_eq!(b, "clang -O2 -g0 -target bpf -DOUT_IFINDEX=7 -c /d/r.c -o /d/r.o");
+        assert_eq!(
+            b,
+            "clang -O2 -g0 -target bpf -DOUT_IFINDEX=7 -c /d/r.c -o /d/r.o"
+        );
         assert_eq!(
             xdp_redirect_attach(Path::new("/d/r.o")).join(" "),
             format!("ip link set dev {HOST_A} xdpgeneric obj /d/r.o sec xdp")

@@ -217,7 +217,10 @@ pub fn run(opts: &Opts) -> Result<()> {
                 ),
             );
             match cases::run(&ctx, p) {
-                Ok(rate) => res.0.push(rate),
+                Ok(rate) => {
+                    tracing::debug!(case = %p.name(), offered = rate.offered, avg_batch = rate.avg_batch, "run");
+                    res.0.push(rate)
+                }
                 Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => return Err(e),
                 Err(e) => {
                     eprintln!("vireo bench: {}: {e:#}", p.name());

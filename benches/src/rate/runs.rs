@@ -93,9 +93,9 @@ impl Generator {
     }
 
     /// Frames sent (0 for testpmd, which reports only at exit).
-    pub(super) fn sent(&self) -> &AtomicU64 {
+    pub(super) fn sent(&self) -> Arc<AtomicU64> {
         match self {
-            Generator::AfXdp(_, s) | Generator::Pmd(_, s) => s,
+            Generator::AfXdp(_, s) | Generator::Pmd(_, s) => s.clone(),
         }
     }
 
@@ -183,7 +183,7 @@ pub(super) fn run_xconnect(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
     fwd.wait_ready(Duration::from_secs(15), stop)?;
     let mut gen = Generator::start(ctx, gen_kind, POD_B.0, limit)?;
     let tasks = [gen.task(), fwd.task()];
-    let rate = measure(sink, gen.sent(), tasks, window, stop, || {
+    let rate = measure(sink, &gen.sent(), tasks, window, stop, || {
         gen.check()?;
         fwd.check()
     })?;

@@ -71,7 +71,10 @@ pub(super) fn round3(x: f64) -> f64 {
 /// `vireo-rr/kernel-rr@MTU p50|p99` (latency) for rows on the same MTU and path.
 pub(super) fn ratios(cases: &[Case]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for num in cases.iter().filter(|c| NUMERATORS.contains(&c.name.as_str())) {
+    for num in cases
+        .iter()
+        .filter(|c| NUMERATORS.contains(&c.name.as_str()))
+    {
         for den in cases.iter().filter(|d| {
             d.name != num.name
                 && !STREAM_CASES.contains(&d.name.as_str())
@@ -87,13 +90,17 @@ pub(super) fn ratios(cases: &[Case]) -> BTreeMap<String, f64> {
             }
         }
     }
-    let pair = |a: &str, b: &str| {
-        cases.iter().filter(move |c| c.name == a).flat_map(move |x| {
-            cases
+    let pair = |a: &str, b: &str| -> Vec<(&Case, &Case)> {
+        let mut v = Vec::new();
+        for x in cases.iter().filter(|c| c.name == a) {
+            for y in cases
                 .iter()
-                .filter(move |y| y.name == b && y.frame == x.frame && y.path == x.path)
-                .map(move |y| (x, y))
-        })
+                .filter(|y| y.name == b && y.frame == x.frame && y.path == x.path)
+            {
+                v.push((x, y));
+            }
+        }
+        v
     };
     for (v, k) in pair("vireo-tcp", "kernel-tcp") {
         if let Some(r) = ratio(v.gbps, k.gbps) {
@@ -103,7 +110,10 @@ pub(super) fn ratios(cases: &[Case]) -> BTreeMap<String, f64> {
     for (v, k) in pair("vireo-rr", "kernel-rr") {
         for (tag, a, b) in [("p50", v.p50_us, k.p50_us), ("p99", v.p99_us, k.p99_us)] {
             if let Some(r) = ratio(a, b) {
-                out.insert(format!("vireo-rr/kernel-rr@{},{} {tag}", v.frame, v.path), r);
+                out.insert(
+                    format!("vireo-rr/kernel-rr@{},{} {tag}", v.frame, v.path),
+                    r,
+                );
             }
         }
     }
@@ -281,7 +291,10 @@ mod tests {
     #[test]
     fn markdown_lists_cases_ratios_and_missing_targets() {
         let md = markdown(&report());
-        assert!(md.contains("| vireo-plain | 64 | 1 | same-node | 0.800 | - |"), "{md}");
+        assert!(
+            md.contains("| vireo-plain | 64 | 1 | same-node | 0.800 | - |"),
+            "{md}"
+        );
         // A `|` in a note does not break the table.
         assert!(md.contains("no dpdk-testpmd / here"), "{md}");
         assert!(

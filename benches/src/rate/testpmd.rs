@@ -138,7 +138,9 @@ impl TestPmd {
             .stdout(log_f.try_clone()?)
             .stderr(log_f);
         vireo_dataplane::io::sys::signal_child_on_parent_death(&mut cmd, libc::SIGTERM);
-        let child = cmd.spawn().context("starting `ip netns exec … dpdk-testpmd`")?;
+        let child = cmd
+            .spawn()
+            .context("starting `ip netns exec … dpdk-testpmd`")?;
         register_pid(child.id());
         Ok(TestPmd {
             child: Some(child),
@@ -249,8 +251,7 @@ impl Hugepages {
     /// Adds `n` pages and mounts a hugetlbfs at `mount`.
     pub(super) fn reserve(n: u64, mount: &Path) -> Result<Hugepages> {
         let before = read_nr()?;
-        std::fs::write(NR_HUGEPAGES, (before + n).to_string())
-            .context("raising nr_hugepages")?;
+        std::fs::write(NR_HUGEPAGES, (before + n).to_string()).context("raising nr_hugepages")?;
         let got = read_nr()?.saturating_sub(before);
         let h = Hugepages {
             added: got,

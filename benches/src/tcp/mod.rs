@@ -8,10 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Runs the TCP and request/response cases (none in this placeholder).
-pub fn run_cases(
-    _quick: bool,
-    _stop: &Arc<AtomicBool>,
-) -> anyhow::Result<Vec<crate::case::Case>> {
+pub fn run_cases(_quick: bool, _stop: &Arc<AtomicBool>) -> anyhow::Result<Vec<crate::case::Case>> {
     // Replaced at merge by the TCP helper's module.
     Ok(Vec::new())
 }
