@@ -13,6 +13,7 @@
 //!
 //! - [`rate`]: the agent's pod-to-pod packet rate against the AF_XDP I/O ceiling, on network
 //!   namespaces of its own.
+//! - [`tcp`]: the TCP and request/response cases, run after the packet-rate cases.
 //! - [`xconnect`]: that ceiling, a minimal cross-connect forwarder, and the AF_XDP TX generator
 //!   that drives both runs.
 
@@ -20,4 +21,5 @@
 
 pub mod case;
 pub mod rate;
+pub mod tcp;
 pub mod xconnect;

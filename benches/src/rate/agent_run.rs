@@ -14,10 +14,9 @@ use vireo_control::config::{format_mac, Config, XdpModeConfig};
 use vireo_dataplane::fixtures::{GATEWAY, POD_A, POD_B};
 
 use super::measure::{find_thread, measure, Rate, Task};
-use super::participants::Sink;
-use super::runs::start_generator;
-use super::topology::{register_pid, signal, unregister_pid, Topology};
-use super::{BUSY_POLL, FRAMES, FWD_CORE, HOST_A, HOST_B, RING, WARM_UP};
+use super::runs::{GenKind, Generator};
+use super::topology::{register_pid, signal, unregister_pid};
+use super::{Ctx, BUSY_POLL, FRAMES, FWD_CORE, HOST_A, HOST_B, RING, WARM_UP};
 
 /// The agent's configuration file, as JSON (which is YAML), checked with the agent's own
 /// parser. Fields left out get the agent's defaults.
@@ -57,14 +56,10 @@ fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)>
     Ok((text, cfg))
 }
 
-pub(super) fn run_agent(
-    topo: &Topology,
-    sink: &Sink,
-    window: Duration,
-    xdp_mode: XdpModeConfig,
-    stop: &AtomicBool,
-) -> Result<(Rate, Value)> {
-    let (text, cfg) = agent_config(&topo.dir, xdp_mode)?;
+/// `vireo-pod`: the agent forwarding pod A → pod B on this node.
+pub(super) fn run_agent(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
+    let (topo, sink, window, stop) = (ctx.topo, ctx.sink, ctx.window, ctx.stop);
+    let (text, cfg) = agent_config(&topo.dir, ctx.xdp_mode)?;
     let cfg_path = topo.dir.join("agent.yaml");
     std::fs::write(&cfg_path, text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let log = topo.dir.join("agent.log");
@@ -74,14 +69,14 @@ pub(super) fn run_agent(
         .context("the agent did not come up")?;
     tracing::debug!(%status, "agent up");
     let limit = WARM_UP + window + Duration::from_secs(30);
-    let (gen, sent) = start_generator(topo, limit)?;
-    gen.wait_ready(Duration::from_secs(15), stop)?;
+    let mut gen = Generator::start(ctx, gen_kind, POD_B.0, limit)?;
     let pid = agent.pid();
     let worker = Task {
         pid,
         tid: find_thread(pid, "vireo-worker-0").unwrap_or(0),
     };
-    let rate = measure(sink, &sent, [gen.task(), worker], window, stop, || {
+    let tasks = [gen.task(), worker];
+    let rate = measure(sink, &gen.sent(), tasks, window, stop, || {
         gen.check()?;
         agent.check()
     })?;
@@ -89,15 +84,15 @@ pub(super) fn run_agent(
     let status = api::call(&cfg.api_socket, &Request::Status).context("agent status")?;
     agent.stop()?;
     let c = &status["counters"];
-    let rate = Rate {
+    tracing::debug!(counters = %c, "agent run");
+    Ok(Rate {
         avg_batch: c["rx"].as_u64().unwrap_or(0) as f64
             / c["batches"].as_u64().unwrap_or(0).max(1) as f64,
         ..rate
-    };
-    Ok((rate, status))
+    })
 }
 
-fn tail(p: &Path) -> String {
+pub(super) fn tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")

@@ -113,20 +113,6 @@ pub(super) fn busy_share(a: [(u64, u64); 2], b: [(u64, u64); 2]) -> [f64; 2] {
     [f(0), f(1)]
 }
 
-pub(super) fn median(it: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = it.collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 impl Rate {
     /// Whether other tasks kept the generator or the forwarder off its core.
     pub(super) fn contended(&self) -> bool {
@@ -134,45 +120,8 @@ impl Rate {
     }
 }
 
-/// Which rounds the result is computed from: the rounds where neither run was contended, or
-/// every round when all were.
-pub(super) struct Selection {
-    pub(super) rounds: Vec<usize>,
-    pub(super) all: bool,
-}
-
-impl Selection {
-    pub(super) fn new(base: &[Rate], agent: &[Rate]) -> Self {
-        let clean: Vec<usize> = (0..base.len())
-            .filter(|&i| !base[i].contended() && !agent[i].contended())
-            .collect();
-        if clean.is_empty() {
-            Selection {
-                rounds: (0..base.len()).collect(),
-                all: true,
-            }
-        } else {
-            Selection {
-                rounds: clean,
-                all: false,
-            }
-        }
-    }
-
-    /// Median delivered rates (xconnect, agent) over the selected rounds.
-    pub(super) fn medians(&self, base: &[Rate], agent: &[Rate]) -> (f64, f64) {
-        (
-            median(self.rounds.iter().map(|&i| base[i].delivered)),
-            median(self.rounds.iter().map(|&i| agent[i].delivered)),
-        )
-    }
-}
-
 /// Run-queue wait share above which a run counts as disturbed by other tasks.
 pub(super) const CONTENDED: f64 = 0.02;
-
-/// Average RX batch above which a forwarder counts as saturated.
-pub(super) const BATCH_FULL: f64 = 48.0;
 
 /// Samples the sink and the generator over `window` after the warm-up; fails early if `alive`
 /// reports a dead participant or a signal arrives.
@@ -230,33 +179,13 @@ fn wait(d: Duration, stop: &AtomicBool, alive: &mut impl FnMut() -> Result<()>) 
 mod tests {
     use super::*;
 
-    fn rate(delivered: f64, wait: f64) -> Rate {
-        Rate {
-            delivered,
-            wait: [wait, 0.0],
+    #[test]
+    fn a_run_that_waited_2_percent_is_contended() {
+        let r = |w| Rate {
+            wait: [0.0, w],
             ..Rate::default()
-        }
-    }
-
-    #[test]
-    fn median_of_odd_even_and_none() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
-        assert_eq!(median(std::iter::empty()), 0.0);
-    }
-
-    #[test]
-    fn contended_rounds_are_left_out_unless_all_are() {
-        let base = [rate(1.0, 0.0), rate(9.0, CONTENDED), rate(3.0, 0.0)];
-        let agent = [rate(0.5, 0.0), rate(0.1, 0.0), rate(1.5, 0.0)];
-        let sel = Selection::new(&base, &agent);
-        assert!(!sel.all);
-        assert_eq!(sel.rounds, [0, 2]);
-        assert_eq!(sel.medians(&base, &agent), (2.0, 1.0));
-
-        let all = [rate(1.0, 0.5), rate(2.0, 0.5)];
-        let sel = Selection::new(&all, &agent[..2]);
-        assert!(sel.all);
-        assert_eq!(sel.rounds, [0, 1]);
+        };
+        assert!(!r(0.019).contended());
+        assert!(r(CONTENDED).contended());
     }
 }

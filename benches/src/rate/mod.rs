@@ -40,12 +40,16 @@
 //! selection, `report` the table and the details.
 
 mod agent_run;
+mod cases;
+mod kernel;
 mod measure;
 mod participants;
-mod report;
 mod runs;
+mod summary;
+mod testpmd;
 mod topology;
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,11 +58,9 @@ use anyhow::{bail, Result};
 use vireo_control::config::XdpModeConfig;
 use vireo_xdp::ModePreference;
 
-use agent_run::run_agent;
-use measure::{busy_share, cpu_times, Rate, Selection};
+use crate::case::{median, Case};
+use measure::{busy_share, cpu_times, Rate};
 use participants::Sink;
-use report::{agent_detail, round3, table, xconnect_detail};
-use runs::run_xconnect;
 use topology::{install_panic_cleanup, Topology};
 
 /// Core of the generator.
@@ -83,14 +85,47 @@ const VXLAN_PORT: u16 = 8472;
 /// Options of `vireo bench`.
 #[derive(Debug, Clone)]
 pub struct Opts {
-    /// Measurement window per run.
-    pub seconds: u64,
-    /// Print one JSON object instead of a table.
+    /// Measurement window per run (default 5 s, 2 s with `--quick`).
+    pub seconds: Option<u64>,
+    /// Print one JSON object instead of markdown tables.
     pub json: bool,
     /// XDP attach mode for every program of the bench (forwarder side and sink).
     pub xdp_mode: XdpModeConfig,
-    /// Rounds of (xconnect, agent) runs, interleaved; medians are reported.
-    pub rounds: u32,
+    /// Rounds over every case, interleaved; medians are reported (default 3).
+    pub rounds: Option<u32>,
+    /// 64- and 1500-byte frames, single-flow, 2 s windows: the whole run in under 5 minutes.
+    pub quick: bool,
+    /// Leave out the TCP and request/response cases.
+    pub no_tcp: bool,
+}
+
+impl Opts {
+    /// The checked (window seconds, rounds).
+    pub fn resolved(&self) -> Result<(u64, u32)> {
+        let seconds = self.seconds.unwrap_or(if self.quick { 2 } else { 5 });
+        let rounds = self.rounds.unwrap_or(3);
+        if seconds == 0 || seconds > 3600 {
+            bail!("--seconds must be 1..=3600");
+        }
+        if !(3..=100).contains(&rounds) {
+            bail!("--rounds must be 3..=100 (the figures are medians of at least 3 runs)");
+        }
+        if self.quick && seconds > 2 {
+            bail!("--quick runs 2 s windows (the whole run in under 5 minutes); leave out --seconds or --quick");
+        }
+        Ok((seconds, rounds))
+    }
+}
+
+/// What every case run needs.
+pub(super) struct Ctx<'a> {
+    topo: &'a Topology,
+    sink: &'a Sink,
+    window: Duration,
+    xdp_mode: XdpModeConfig,
+    stop: &'a AtomicBool,
+    prefix: String,
+    huge: Option<PathBuf>,
 }
 
 /// Parses `--xdp-mode`.
@@ -111,15 +146,10 @@ fn mode_pref(m: XdpModeConfig) -> ModePreference {
     }
 }
 
-/// Runs `vireo bench`: builds the topology, runs `opts.rounds` (xconnect, agent) pairs, prints
-/// the table (or the JSON line) and removes everything it made.
+/// Runs `vireo bench`: builds the topology, runs every case `rounds` times (interleaved),
+/// then the TCP cases, prints the report and removes everything it made.
 pub fn run(opts: &Opts) -> Result<()> {
-    if opts.seconds == 0 || opts.seconds > 3600 {
-        bail!("--seconds must be 1..=3600");
-    }
-    if opts.rounds == 0 || opts.rounds > 100 {
-        bail!("--rounds must be 1..=100");
-    }
+    let (seconds, rounds) = opts.resolved()?;
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if ncpu <= FWD_CORE {
         bail!("vireo bench pins the generator to CPU {GEN_CORE} and the forwarder to CPU {FWD_CORE}; this machine has {ncpu} CPU(s)");
@@ -129,13 +159,13 @@ pub fn run(opts: &Opts) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     install_panic_cleanup();
+    let machine = summary::Machine::this();
+    let date = summary::now_rfc3339();
 
-    // Other work on the two cores skews every figure; say so up front.
     let c0 = cpu_times([GEN_CORE, FWD_CORE])?;
     std::thread::sleep(Duration::from_millis(500));
     let background = busy_share(c0, cpu_times([GEN_CORE, FWD_CORE])?);
-    let busy_before = background.iter().any(|b| *b > 0.10);
-    if busy_before {
+    if background.iter().any(|b| *b > 0.10) {
         eprintln!(
             "vireo bench: warning: CPU {GEN_CORE} and {FWD_CORE} were {:.0}% and {:.0}% busy before the bench started; the figures will be low and noisy",
             100.0 * background[0],
@@ -146,75 +176,124 @@ pub fn run(opts: &Opts) -> Result<()> {
     let prefix = format!("vb{}-", std::process::id() % 10000);
     let topo = Topology::create(&prefix, &stop)?;
     let sink = Sink::attach(&topo.sink, mode_pref(opts.xdp_mode))?;
-    let window = Duration::from_secs(opts.seconds);
-
-    let mut base = Vec::new();
-    let mut agent = Vec::new();
-    let mut xdetail = String::new();
-    let mut adetail = String::new();
-    for r in 1..=opts.rounds {
-        progress(
-            opts,
-            &format!(
-                "round {r}/{}: xconnect (I/O ceiling), {}s",
-                opts.rounds, opts.seconds
-            ),
-        );
-        let (rate, (x, xdp)) = run_xconnect(&topo, &sink, window, opts.xdp_mode, &stop)?;
-        base.push(rate);
-        xdetail = xconnect_detail(&x, &xdp);
-        progress(
-            opts,
-            &format!("round {r}/{}: vireo agent, {}s", opts.rounds, opts.seconds),
-        );
-        let (rate, status) = run_agent(&topo, &sink, window, opts.xdp_mode, &stop)?;
-        agent.push(rate);
-        adetail = agent_detail(&status);
-    }
-
-    let sel = Selection::new(&base, &agent);
-    let (b, a) = sel.medians(&base, &agent);
-    let ratio = if b > 0.0 { a / b } else { 0.0 };
-    if opts.json {
-        let gens: Vec<f64> = base
-            .iter()
-            .zip(&agent)
-            .flat_map(|(x, y)| [round3(x.offered / 1e6), round3(y.offered / 1e6)])
-            .collect();
-        /// The `--json` line, fields in this order.
-        #[derive(serde::Serialize)]
-        struct Out {
-            seconds: u64,
-            baseline_mpps: f64,
-            agent_mpps: f64,
-            ratio: f64,
-            generator_mpps: Vec<f64>,
-        }
-        let out = Out {
-            seconds: opts.seconds,
-            baseline_mpps: round3(b / 1e6),
-            agent_mpps: round3(a / 1e6),
-            ratio: round3(ratio),
-            generator_mpps: gens,
-        };
-        println!("{}", serde_json::to_string(&out)?);
-        if sel.all && base.iter().chain(&agent).any(Rate::contended) {
-            eprintln!("vireo bench: warning: other tasks kept the generator or the forwarder off its core in every round; the figures are low");
-        }
+    let have_pmd = testpmd::available();
+    let huge = if have_pmd {
+        Some(topology::reserve_hugepages(&topo.dir)?)
     } else {
-        let mut o = table(opts, &base, &agent, &sel, ratio);
-        o.push_str(&xdetail);
-        o.push_str(&adetail);
-        if busy_before {
-            o.push_str(
-                "\nwarning: the cores were busy with other work before the bench started.\n",
-            );
-        }
-        print!("{o}");
+        eprintln!("vireo bench: dpdk-testpmd not found (Debian package dpdk-dev): only the AF_XDP generator's cases run");
+        None
+    };
+    for c in kernel::kernel_path_setup() {
+        topology::run_in(&topo.node, &c)?;
     }
+    let ctx = Ctx {
+        topo: &topo,
+        sink: &sink,
+        window: Duration::from_secs(seconds),
+        xdp_mode: opts.xdp_mode,
+        stop: &stop,
+        prefix: prefix.clone(),
+        huge,
+    };
+    let (frames, multi): (&[u32], &[bool]) = if opts.quick {
+        (&[64, 1500], &[false])
+    } else {
+        (&[64, 512, 1500], &[false, true])
+    };
+    let plan = cases::plan(frames, multi, have_pmd);
+    let mut results: Vec<(Vec<Rate>, Option<String>)> = vec![(Vec::new(), None); plan.len()];
+    for r in 1..=rounds {
+        for (p, res) in plan.iter().zip(results.iter_mut()) {
+            if res.1.is_some() {
+                continue;
+            }
+            progress(
+                opts,
+                &format!(
+                    "round {r}/{rounds}: {} {}B x{} flows, {seconds}s",
+                    p.name(),
+                    p.frame(),
+                    p.flows()
+                ),
+            );
+            match cases::run(&ctx, p) {
+                Ok(rate) => {
+                    tracing::debug!(case = %p.name(), offered = rate.offered, avg_batch = rate.avg_batch, "run");
+                    res.0.push(rate)
+                }
+                Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => return Err(e),
+                Err(e) => {
+                    eprintln!("vireo bench: {}: {e:#}", p.name());
+                    res.1 = Some(format!("failed: {e:#}"));
+                }
+            }
+        }
+    }
+    drop(ctx);
     drop(sink);
     drop(topo);
+
+    let mut rows: Vec<Case> = plan
+        .iter()
+        .zip(&results)
+        .map(|(p, (rates, err))| row(p, rates, err.as_deref()))
+        .collect();
+    for name in ["vireo-egress", "vireo-ingress"] {
+        rows.push(Case::skipped(
+            name,
+            64,
+            1,
+            "cross-node",
+            "not measured by this harness yet (needs the agent configured with a Service, a remote endpoint and a policy, and a VXLAN generator for ingress)",
+        ));
+    }
+    if !opts.no_tcp {
+        progress(opts, "TCP and request/response cases");
+        rows.extend(crate::tcp::run_cases(opts.quick, &stop)?);
+    }
+    let report = summary::Report {
+        machine,
+        date,
+        ratios: summary::ratios(&rows),
+        cases: rows,
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", summary::markdown(&report));
+    }
     Ok(())
+}
+
+/// A case's row: medians over its uncontended runs (every run when all were contended).
+fn row(p: &cases::Planned, rates: &[Rate], err: Option<&str>) -> Case {
+    let (name, frame, flows, path) = (p.name(), p.frame(), p.flows(), p.path());
+    if let Some(e) = err {
+        if rates.is_empty() {
+            return Case::skipped(&name, frame, flows, path, e);
+        }
+    }
+    let clean: Vec<&Rate> = rates.iter().filter(|r| !r.contended()).collect();
+    let (used, note) = if clean.is_empty() {
+        (
+            rates.iter().collect::<Vec<_>>(),
+            Some("every run waited for its core (other work): figures are low".to_owned()),
+        )
+    } else {
+        (clean, None)
+    };
+    let mpps = median(&used.iter().map(|r| r.delivered / 1e6).collect::<Vec<_>>());
+    let cpu = median(&used.iter().map(|r| r.fwd_ns).collect::<Vec<_>>());
+    let mut c = Case::new(&name, frame, flows, path);
+    c.mpps = mpps.map(summary::round3);
+    c.gbps = mpps.map(|m| summary::round3(m * f64::from(frame) * 8.0 / 1e3));
+    c.cpu_ns_per_pkt = cpu.map(f64::round);
+    c.runs = used.len() as u32;
+    c.note = match (note, err) {
+        (n, Some(e)) => Some(format!("{}{e}", n.map(|n| n + "; ").unwrap_or_default())),
+        (n, None) => n,
+    };
+    c
 }
 
 fn progress(opts: &Opts, msg: &str) {
@@ -239,5 +318,28 @@ mod tests {
             Ok(XdpModeConfig::Generic)
         ));
         assert!(parse_xdp_mode("drv").is_err());
+    }
+
+    fn opts(seconds: Option<u64>, rounds: Option<u32>, quick: bool) -> Opts {
+        Opts {
+            seconds,
+            json: true,
+            xdp_mode: XdpModeConfig::Auto,
+            rounds,
+            quick,
+            no_tcp: false,
+        }
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        assert_eq!(opts(None, None, false).resolved().unwrap(), (5, 3));
+        assert_eq!(opts(None, None, true).resolved().unwrap(), (2, 3));
+        assert_eq!(opts(Some(1), Some(5), true).resolved().unwrap(), (1, 5));
+        assert!(opts(Some(0), None, false).resolved().is_err());
+        assert!(opts(Some(3601), None, false).resolved().is_err());
+        assert!(opts(None, Some(2), false).resolved().is_err());
+        assert!(opts(None, Some(101), false).resolved().is_err());
+        assert!(opts(Some(5), None, true).resolved().is_err());
     }
 }

@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use vireo_control::config::format_mac;
 use vireo_dataplane::fixtures::{POD_A, POD_B};
 
+use super::kernel::UNDERLAY_MTU;
+use super::testpmd::{Hugepages, HUGEPAGES};
 use super::{HOST_A, HOST_B};
 
 pub(super) fn signal(pid: u32, sig: libc::c_int) {
@@ -50,12 +52,14 @@ struct Owned {
     netns: Vec<String>,
     pids: Vec<u32>,
     dir: Option<PathBuf>,
+    huge: Option<Hugepages>,
 }
 
 static OWNED: Mutex<Owned> = Mutex::new(Owned {
     netns: Vec::new(),
     pids: Vec::new(),
     dir: None,
+    huge: None,
 });
 
 fn owned() -> std::sync::MutexGuard<'static, Owned> {
@@ -70,10 +74,18 @@ pub(super) fn unregister_pid(pid: u32) {
     owned().pids.retain(|p| *p != pid);
 }
 
+/// Reserves testpmd's hugepages in the work directory; the cleanup gives them back.
+pub(super) fn reserve_hugepages(dir: &Path) -> Result<PathBuf> {
+    let mount = dir.join("hugepages");
+    let h = Hugepages::reserve(HUGEPAGES, &mount)?;
+    owned().huge = Some(h);
+    Ok(mount)
+}
+
 /// Kills registered children and deletes registered namespaces and the work directory.
 /// Idempotent.
 fn cleanup_owned() {
-    let (pids, netns, dir) = {
+    let (pids, netns, dir, huge) = {
         let mut o = match OWNED.try_lock() {
             Ok(o) => o,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
@@ -84,6 +96,7 @@ fn cleanup_owned() {
             std::mem::take(&mut o.pids),
             std::mem::take(&mut o.netns),
             o.dir.take(),
+            o.huge.take(),
         )
     };
     for pid in &pids {
@@ -94,6 +107,9 @@ fn cleanup_owned() {
         for pid in &pids {
             signal(*pid, libc::SIGKILL);
         }
+    }
+    if let Some(h) = huge {
+        h.release();
     }
     for ns in netns.iter().rev() {
         if let Err(e) = ip(&["netns", "del", ns]) {
@@ -175,6 +191,12 @@ impl Topology {
                 "dev",
                 "eth0",
             ])?;
+            if host == HOST_B {
+                // hB is also the underlay of kernel-path: room for a 1500-byte frame in VXLAN.
+                let mtu = UNDERLAY_MTU.to_string();
+                ip(&["-n", pod_ns, "link", "set", "eth0", "mtu", &mtu])?;
+                ip(&["-n", node, "link", "set", host, "mtu", &mtu])?;
+            }
             ip(&["-n", pod_ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", node, "link", "set", host, "up"])?;
             // Copy-mode AF_XDP loses CHECKSUM_PARTIAL: pods compute their own checksums.
@@ -193,6 +215,17 @@ impl Drop for Topology {
 /// Runs `ip ARGS`; returns stdout, or an error with stderr.
 fn ip(args: &[&str]) -> Result<String> {
     run_cmd(Command::new("ip").args(args))
+}
+
+/// Runs `ip netns exec NS ARGV`.
+pub(super) fn run_in(ns: &str, argv: &[String]) -> Result<String> {
+    run_cmd(Command::new("ip").args(["netns", "exec", ns]).args(argv))
+}
+
+/// Runs `ARGV`.
+pub(super) fn run_argv(argv: &[String]) -> Result<String> {
+    let (first, rest) = argv.split_first().context("empty command")?;
+    run_cmd(Command::new(first).args(rest))
 }
 
 /// Runs `ip netns exec NS ARGS`.

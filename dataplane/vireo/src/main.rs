@@ -288,18 +288,24 @@ enum Cmd {
     /// Measure the agent's pod-to-pod packet rate against a minimal AF_XDP forwarder (the I/O
     /// ceiling), on network namespaces of its own. Needs root and 2 CPUs.
     Bench {
-        /// Measurement window of each run, after a 1 s warm-up.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
+        /// Measurement window of each run, after a 1 s warm-up (default 5, 2 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
         /// XDP attach mode of every program in the bench: auto, native or generic.
         #[arg(long, default_value = "auto", value_parser = bench::parse_xdp_mode)]
         xdp_mode: vireo_control::config::XdpModeConfig,
-        /// Interleaved (xconnect, agent) rounds; medians are reported.
-        #[arg(long, default_value_t = 1)]
-        rounds: u32,
+        /// Rounds over every case, interleaved; medians are reported (default 3, at least 3).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// 64- and 1500-byte single-flow cases, 2 s windows: the whole run in under 5 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Leave out the TCP and request/response cases.
+        #[arg(long)]
+        no_tcp: bool,
     },
 }
 
@@ -483,11 +489,15 @@ fn run(cli: Cli) -> Result<()> {
             json,
             xdp_mode,
             rounds,
+            quick,
+            no_tcp,
         } => bench::run(&bench::Opts {
             seconds,
             json,
             xdp_mode,
             rounds,
+            quick,
+            no_tcp,
         }),
     }
 }
