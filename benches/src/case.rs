@@ -92,7 +92,10 @@ mod tests {
         let mut c = Case::new("vireo-egress", 64, 1, "cross-node");
         c.mpps = Some(0.5);
         let s = serde_json::to_string(&c).unwrap();
-        assert!(s.starts_with(r#"{"name":"vireo-egress","frame":64,"#), "{s}");
+        assert!(
+            s.starts_with(r#"{"name":"vireo-egress","frame":64,"#),
+            "{s}"
+        );
         for k in ["mpps", "gbps", "p50_us", "p99_us", "cpu_ns_per_pkt"] {
             assert!(s.contains(&format!("\"{k}\":")), "{k} missing in {s}");
         }

@@ -20,4 +20,5 @@
 
 pub mod case;
 pub mod rate;
+pub mod tcp;
 pub mod xconnect;
