@@ -13,6 +13,7 @@ mod echo;
 mod edge;
 mod flood;
 mod raw;
+pub mod rr;
 mod stream;
 
 use echo::{echo_server, timed, whoami_tcp, whoami_udp};
@@ -178,6 +179,32 @@ pub enum Probe {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
         wait_ms: u64,
     },
+    /// Echo every UDP datagram unchanged until TIMEOUT or MAX datagrams (`vireo bench`'s
+    /// request/response cases).
+    RrServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout: u64,
+        #[arg(long, default_value_t = 50_000_000)]
+        max: u64,
+    },
+    /// Request/response against an `rr-server` for SECONDS, closed loop with INFLIGHT
+    /// outstanding or open loop at RATE requests/s; prints the rate and the round-trip
+    /// percentiles (one JSON line).
+    RrClient {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, conflicts_with = "rate", required_unless_present = "rate")]
+        inflight: Option<u32>,
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Request size in bytes (UDP payload).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Accept one TCP connection and read it for SECONDS; print the bytes and when they came.
     TcpSink {
         #[arg(long)]
@@ -328,6 +355,28 @@ pub fn run(p: Probe) -> Result<()> {
             wait_ms,
         } => udp_big(to, size as usize, count, Duration::from_millis(wait_ms)),
         Probe::TcpSink { listen, seconds } => tcp_sink(listen, seconds),
+        Probe::RrServer {
+            listen,
+            timeout,
+            max,
+        } => rr::rr_server(listen, timeout, max),
+        Probe::RrClient {
+            to,
+            seconds,
+            inflight,
+            rate,
+            size,
+        } => {
+            let pace = match (inflight, rate) {
+                (Some(n), None) => rr::Pace::Closed(n),
+                (None, Some(r)) => rr::Pace::Open(r),
+                _ => bail!("give one of --inflight or --rate"),
+            };
+            say(serde_json::to_string(&rr::rr_client(
+                to, seconds, pace, size,
+            )?)?);
+            Ok(())
+        }
         Probe::UdpEcho {
             listen,
             count,
@@ -500,5 +549,32 @@ mod tests {
             }
         ));
         assert!(parse("echo-server --tcp 10.244.1.10:8080 --answer-delay-ms 60001").is_err());
+    }
+
+    #[test]
+    fn rr_arguments() {
+        assert!(matches!(
+            parse("rr-client --to 10.244.1.10:7000 --seconds 3 --inflight 8").unwrap(),
+            Probe::RrClient {
+                inflight: Some(8),
+                rate: None,
+                size: 64,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("rr-client --to 10.244.1.10:7000 --seconds 3 --rate 20000").unwrap(),
+            Probe::RrClient { inflight: None, rate: Some(r), .. } if r == 20000.0
+        ));
+        // Exactly one pacing.
+        assert!(parse("rr-client --to 10.244.1.10:7000 --seconds 3").is_err());
+        assert!(
+            parse("rr-client --to 10.244.1.10:7000 --seconds 3 --rate 1 --inflight 1").is_err()
+        );
+        assert!(matches!(
+            parse("rr-server --listen 10.244.1.10:7000").unwrap(),
+            Probe::RrServer { timeout: 60, .. }
+        ));
+        assert!(parse("rr-server --listen 10.244.1.10:7000 --timeout 601").is_err());
     }
 }
