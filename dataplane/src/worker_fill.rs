@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn big_rings_park_little_in_idle_sockets_and_a_hot_one_holds_a_window() {
-        // The sandbox's sizes: 32768 frames, 4096-entry fill rings, 13 sockets on a node.
+        // The default sizes: 32768 frames, 4096-entry fill rings, 13 sockets (the sandbox's node).
         // Idle sockets keep four batches (a quarter of the ring parked 13 x 1024 frames);
         // a hot one holds its whole ring, 4096 frames of 1450 bytes (~6 MB, a TCP window).
         let b = FillBudget::new(32768, 4096);
@@ -113,7 +113,7 @@ mod tests {
             // Two hot sockets (a stream's both ends) and the rest idle leave the reserve.
             assert!(n as u32 * IDLE_MAX + 2 * (4096 - IDLE_MAX) <= 32768 - b.reserve() as u32);
         }
-        // The default UMEM (16384 frames): a quarter of the pool (3584) fell short of the ring.
+        // The old default UMEM (16384 frames): a quarter of the pool (3584) fell short of the ring.
         assert_eq!(FillBudget::new(16384, 4096).high(13), 4096);
     }
 
