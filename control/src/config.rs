@@ -124,10 +124,12 @@ impl Default for AfXdpConfig {
         AfXdpConfig {
             zero_copy: true,
             frame_size: 2048,
-            frames: 16384,
-            rx_ring: 1024,
+            // A hot socket's fill ring holds a TCP receive window (4096 x 1450 bytes, ~6 MB)
+            // while its worker is descheduled; the UMEM leaves idle sockets four batches each.
+            frames: 32768,
+            rx_ring: 4096,
             tx_ring: 1024,
-            fill_ring: 1024,
+            fill_ring: 4096,
             completion_ring: 1024,
         }
     }

@@ -30,7 +30,8 @@ fn agent_config(st: &State, n: &NodeState) -> String {
     format!(
         "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {source}\n\
          # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{workers}]\n\
-         af_xdp: {{frames: 8192}}\n\
+         # A hot socket's fill ring holds a TCP window (8192 frames); idle ones keep 256.\n\
+         af_xdp: {{frames: 65536, rx_ring: 8192, fill_ring: 8192}}\n\
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
          # A short close lifetime: `service-half-close` outlives it in seconds.\n\
          conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024, lifetimes: {{tcp_close: {CT_TCP_CLOSE}}}}}\n\
