@@ -317,9 +317,8 @@ mod tests {
         );
         assert!(c.iter().any(|l| l
             == &format!("bridge fdb append {REMOTE_VTEP_MAC} dev flannel.1 dst {REMOTE_NODE_IP}")));
-        assert!(c
-            .iter()
-            .any(|l| l == &format!(
+        assert!(c.iter().any(|l| l
+            == &format!(
                 "ip neigh replace 10.244.2.0 lladdr {REMOTE_VTEP_MAC} dev flannel.1 nud permanent"
             )));
         assert!(c
