@@ -46,12 +46,13 @@ fill_empty() {
     for n in node-1 node-2; do
         v=$("$VIREO" status --json --node "$n" | python3 -c '
 import json,sys
+# The node total only: every worker repeats its own counters under workers.
 def f(o):
     if isinstance(o,dict):
         return sum(v if k=="rx_fill_ring_empty" and isinstance(v,int) else f(v) for k,v in o.items())
     if isinstance(o,list): return sum(f(v) for v in o)
     return 0
-print(f(json.load(sys.stdin)))')
+print(f(json.load(sys.stdin).get("counters", {})))')
         sum=$((sum + v))
     done
     echo "$sum"
