@@ -279,9 +279,7 @@ mod tests {
         };
         let jump =
             pos("-A PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES");
-        let svc = pos(&format!(
-            "-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m udp --dport 7"
-        ));
+        let svc = pos("-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m udp --dport 7");
         let sep = pos(&format!("-A {SVC_CHAIN}"));
         let dnat = pos(&format!(
             "-A {SEP_CHAIN} -p udp -m udp -j DNAT --to-destination {BACKEND}:7"

@@ -43,7 +43,8 @@ fn sysctl(ns: &str, kv: &str) -> Vec<String> {
     cmd(&["ip", "netns", "exec", ns, "sysctl", "-qw", kv])
 }
 
-/// The namespaces made by a rendering, in creation order.
+/// The namespaces made by a rendering, in creation order (the tests check renderings by it).
+#[cfg(test)]
 pub(super) fn namespaces(cmds: &[Vec<String>]) -> Vec<String> {
     cmds.iter()
         .filter(|c| c.len() == 4 && c[..3] == ["ip", "netns", "add"])

@@ -222,7 +222,7 @@ fn closed_loop(
 }
 
 fn open_loop(s: UdpSocket, tag: u64, rate: f64, window: Duration, size: usize) -> Result<RrReport> {
-    if !(rate >= 1.0 && rate <= 5_000_000.0) {
+    if !(1.0..=5_000_000.0).contains(&rate) {
         bail!("--rate must be 1..=5000000 requests per second");
     }
     let rx = s.try_clone()?;
