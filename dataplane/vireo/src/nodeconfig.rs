@@ -108,7 +108,7 @@ mod tests {
         want.services.hash_seed = 5;
         want.vxlan_df = true;
         want.interfaces[0].name = "ens5".into();
-        want.af_xdp.rx_ring = 4096;
+        want.af_xdp.rx_ring = 8192;
         want.busy_poll = true;
         let (applied, restart) = split(&running, &want);
         assert_eq!(restart, ["af_xdp", "busy_poll"]);
