@@ -203,15 +203,13 @@ pub(super) fn kernel_path_setup() -> Vec<Vec<String>> {
 /// The commands that steer hA's receive work to `core` (RPS), or back (`None`).
 pub(super) fn rps(core: Option<usize>) -> Vec<Vec<String>> {
     let mask = core.map_or_else(|| "0".to_owned(), |c| format!("{:x}", 1u64 << c));
-    (0..2)
-        .map(|q| {
-            vec![
-                "sh".into(),
-                "-c".into(),
-                format!("echo {mask} > /sys/class/net/{HOST_A}/queues/rx-{q}/rps_cpus"),
-            ]
-        })
-        .collect()
+    // Every receive queue hA has (a veth has one per CPU of the machine that made it, or as
+    // many as it was created with).
+    vec![vec![
+        "sh".into(),
+        "-c".into(),
+        format!("for f in /sys/class/net/{HOST_A}/queues/rx-*/rps_cpus; do echo {mask} > \"$f\" || exit 1; done"),
+    ]]
 }
 
 /// The XDP program of `kernel-xdp-redirect`: every frame on hA to hB's ifindex.
@@ -328,12 +326,12 @@ mod tests {
     #[test]
     fn rps_masks_and_xdp_commands() {
         assert_eq!(
-            joined(&rps(Some(1)))[0],
-            format!("sh -c echo 2 > /sys/class/net/{HOST_A}/queues/rx-0/rps_cpus")
+            joined(&rps(Some(1))),
+            [format!(
+                "sh -c for f in /sys/class/net/{HOST_A}/queues/rx-*/rps_cpus; do echo 2 > \"$f\" || exit 1; done"
+            )]
         );
-        assert!(
-            joined(&rps(None))[1].contains("echo 0 > ") && joined(&rps(None))[1].contains("rx-1")
-        );
+        assert!(joined(&rps(None))[0].contains("echo 0 > "));
         let b = xdp_redirect_build(Path::new("/d/r.c"), Path::new("/d/r.o"), 7).join(" ");
         assert_eq!(
             b,
