@@ -297,6 +297,7 @@ impl Worker {
     ) -> Self {
         let n = spec.umem.frames;
         let fs = u64::from(spec.umem.frame_size);
+        let budget = FillBudget::new(n, spec.umem.fill_size);
         Worker {
             umem,
             frame_shift: spec.umem.frame_size.trailing_zeros(),
@@ -317,9 +318,9 @@ impl Worker {
             ports: Vec::new(),
             by_slot: Vec::new(),
             dirty: Vec::with_capacity(BATCH),
-            budget: FillBudget::new(n, spec.umem.fill_size),
-            fill_base: FillBudget::new(n, spec.umem.fill_size).share(1),
-            fill_high: FillBudget::new(n, spec.umem.fill_size).high(1),
+            budget,
+            fill_base: budget.share(1),
+            fill_high: budget.high(1),
             worked_at: std::time::Instant::now(),
             batch: Batch::default(),
             counts: BatchCounts::default(),
