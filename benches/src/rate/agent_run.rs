@@ -18,9 +18,24 @@ use super::runs::{GenKind, Generator};
 use super::topology::{register_pid, signal, unregister_pid};
 use super::{Ctx, BUSY_POLL, FRAMES, FWD_CORE, HOST_A, HOST_B, RING, WARM_UP};
 
-/// The agent's configuration file, as JSON (which is YAML), checked with the agent's own
-/// parser. Fields left out get the agent's defaults.
-fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)> {
+/// What a run gives the agent.
+pub(super) struct AgentSetup {
+    /// The node's name.
+    pub(super) node: &'static str,
+    /// `interfaces:` of its configuration.
+    pub(super) interfaces: Value,
+    /// A manifest directory as its source, if any.
+    pub(super) manifests: Option<PathBuf>,
+    /// Interfaces it must have attached before the run starts.
+    pub(super) attached: usize,
+    /// Ready once this holds, asked of its API socket.
+    pub(super) ready: fn(&Path) -> bool,
+    /// Asked of its API socket after the run: the frames took the path the case names.
+    pub(super) check: fn(&Path) -> Result<()>,
+}
+
+/// `vireo-pod`: pods A and B from the configuration, no source.
+fn pod_setup() -> AgentSetup {
     let pod = |name: &str, ip: std::net::Ipv4Addr, mac: &[u8; 6]| {
         json!({
             "name": name,
@@ -28,13 +43,29 @@ fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)>
             "endpoint": {"ip": ip.to_string(), "mac": format_mac(mac)},
         })
     };
+    AgentSetup {
+        node: "vireo-bench",
+        interfaces: json!([
+            pod(HOST_A, POD_A.0, &POD_A.1),
+            pod(HOST_B, POD_B.0, &POD_B.1)
+        ]),
+        manifests: None,
+        attached: 2,
+        ready: |_| true,
+        check: |_| Ok(()),
+    }
+}
+
+/// The agent's configuration file, as JSON (which is YAML), checked with the agent's own
+/// parser. Fields left out get the agent's defaults.
+fn agent_config(dir: &Path, xdp_mode: XdpModeConfig, s: &AgentSetup) -> Result<(String, Config)> {
     let mode = match xdp_mode {
         XdpModeConfig::Auto => "auto",
         XdpModeConfig::Native => "native",
         XdpModeConfig::Generic => "generic",
     };
-    let v = json!({
-        "node": "vireo-bench",
+    let mut v = json!({
+        "node": s.node,
         "gateways": [GATEWAY.to_string()],
         "api_socket": dir.join("vireo.sock"),
         "xdp_mode": mode,
@@ -49,8 +80,11 @@ fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)>
             "completion_ring": RING,
         },
         "workers": [{"cores": [FWD_CORE]}],
-        "interfaces": [pod(HOST_A, POD_A.0, &POD_A.1), pod(HOST_B, POD_B.0, &POD_B.1)],
+        "interfaces": s.interfaces,
     });
+    if let Some(m) = &s.manifests {
+        v["source"] = json!({"manifests": m});
+    }
     let text = serde_json::to_string_pretty(&v)?;
     let cfg = Config::parse(&text, Path::new("vireo bench's agent config"))?;
     Ok((text, cfg))
@@ -58,18 +92,30 @@ fn agent_config(dir: &Path, xdp_mode: XdpModeConfig) -> Result<(String, Config)>
 
 /// `vireo-pod`: the agent forwarding pod A → pod B on this node.
 pub(super) fn run_agent(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
+    run_with(ctx, &pod_setup(), |_, limit| {
+        Generator::start(ctx, gen_kind, POD_B.0, limit)
+    })
+}
+
+/// Starts the agent with `setup`, waits until it is ready, then measures the generator that
+/// `start_gen` starts (given the agent's API socket and the generator's time limit).
+pub(super) fn run_with(
+    ctx: &Ctx,
+    setup: &AgentSetup,
+    start_gen: impl FnOnce(&Path, Duration) -> Result<Generator>,
+) -> Result<Rate> {
     let (topo, sink, window, stop) = (ctx.topo, ctx.sink, ctx.window, ctx.stop);
-    let (text, cfg) = agent_config(&topo.dir, ctx.xdp_mode)?;
+    let (text, cfg) = agent_config(&topo.dir, ctx.xdp_mode, setup)?;
     let cfg_path = topo.dir.join("agent.yaml");
     std::fs::write(&cfg_path, text).with_context(|| format!("writing {}", cfg_path.display()))?;
     let log = topo.dir.join("agent.log");
     let mut agent = AgentProc::start(&topo.node, &cfg_path, &log)?;
     let status = agent
-        .wait_ready(&cfg.api_socket, Duration::from_secs(20), stop)
+        .wait_ready(&cfg.api_socket, setup, Duration::from_secs(20), stop)
         .context("the agent did not come up")?;
     tracing::debug!(%status, "agent up");
     let limit = WARM_UP + window + Duration::from_secs(30);
-    let mut gen = Generator::start(ctx, gen_kind, POD_B.0, limit)?;
+    let mut gen = start_gen(&cfg.api_socket, limit)?;
     let pid = agent.pid();
     let worker = Task {
         pid,
@@ -81,6 +127,7 @@ pub(super) fn run_agent(ctx: &Ctx, gen_kind: &GenKind) -> Result<Rate> {
         agent.check()
     })?;
     gen.finish().context("generator")?;
+    (setup.check)(&cfg.api_socket)?;
     let status = api::call(&cfg.api_socket, &Request::Status).context("agent status")?;
     agent.stop()?;
     let c = &status["counters"];
@@ -150,6 +197,7 @@ impl AgentProc {
     pub(super) fn wait_ready(
         &mut self,
         sock: &Path,
+        setup: &AgentSetup,
         timeout: Duration,
         stop: &AtomicBool,
     ) -> Result<Value> {
@@ -166,10 +214,13 @@ impl AgentProc {
                         let ifs = v["interfaces"].as_array().map_or(0, |a| {
                             a.iter().filter(|i| i["xdp_mode"].is_string()).count()
                         });
-                        if ifs == 2 {
+                        if ifs == setup.attached && (setup.ready)(sock) {
                             return Ok(v);
                         }
-                        last = anyhow!("{ifs} of 2 interfaces attached");
+                        last = anyhow!(
+                            "{ifs} of {} interfaces attached, or the tables are not complete yet",
+                            setup.attached
+                        );
                     }
                     Err(e) => last = e.into(),
                 }

@@ -11,11 +11,17 @@ use super::measure::{measure, Rate, Task};
 use super::runs::{GenKind, Generator};
 use super::testpmd::{Mode, TestPmd, MULTI_FLOWS};
 use super::topology::{run_argv, run_in};
-use super::{agent_run, runs, Ctx, FWD_CORE, HOST_A, HOST_B, WARM_UP};
+use super::{agent_run, cluster, runs, Ctx, FWD_CORE, HOST_A, HOST_B, WARM_UP};
 
 /// A device under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dut {
+    /// `vireo-egress`: the agent as a cluster node, pod A → ClusterIP → pod C on the other
+    /// node, egress policy on, out as VXLAN.
+    Egress,
+    /// `vireo-ingress`: the agent as a cluster node, VXLAN from the other node → decap →
+    /// ingress policy → pod B.
+    Ingress,
     /// `vireo-pod`: the agent, pod A → pod B on this node (pipeline on).
     Pod,
     /// `vireo-plain`: the cross-connect, the pipeline bypassed.
@@ -31,6 +37,8 @@ pub(super) enum Dut {
 impl Dut {
     pub(super) fn name(self) -> &'static str {
         match self {
+            Dut::Egress => "vireo-egress",
+            Dut::Ingress => "vireo-ingress",
             Dut::Pod => "vireo-pod",
             Dut::Plain => "vireo-plain",
             Dut::TestPmdIo => "testpmd-io",
@@ -41,7 +49,7 @@ impl Dut {
 
     fn path(self) -> &'static str {
         match self {
-            Dut::KernelPath => "cross-node",
+            Dut::KernelPath | Dut::Egress | Dut::Ingress => "cross-node",
             _ => "same-node",
         }
     }
@@ -58,13 +66,13 @@ impl Planned {
     pub(super) fn name(&self) -> String {
         match self.gen {
             GenKind::AfXdp => format!("{}-afxdp-gen", self.dut.name()),
-            GenKind::TestPmd { .. } => self.dut.name().to_owned(),
+            GenKind::TestPmd { .. } | GenKind::Vxlan => self.dut.name().to_owned(),
         }
     }
 
     pub(super) fn frame(&self) -> u32 {
         match self.gen {
-            GenKind::AfXdp => 64,
+            GenKind::AfXdp | GenKind::Vxlan => 64,
             GenKind::TestPmd { frame, .. } => frame,
         }
     }
@@ -83,24 +91,33 @@ impl Planned {
     }
 }
 
-/// Every case of one round: the AF_XDP generator cross-check on the plain case, then every DUT
-/// for every frame size and flow count under testpmd (only the cross-check when testpmd is
-/// missing).
+/// Every case of one round: the AF_XDP generator cross-check on the plain case, `vireo-ingress`
+/// (our VXLAN generator, 64-byte inner frames), then every DUT for every frame size and flow
+/// count under testpmd (our generator's 64-byte cases instead when testpmd is missing).
 pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool) -> Vec<Planned> {
-    let mut v = vec![Planned {
-        dut: Dut::Plain,
-        gen: GenKind::AfXdp,
-    }];
-    if !testpmd {
-        v.push(Planned {
-            dut: Dut::Pod,
+    let mut v = vec![
+        Planned {
+            dut: Dut::Plain,
             gen: GenKind::AfXdp,
-        });
+        },
+        Planned {
+            dut: Dut::Ingress,
+            gen: GenKind::Vxlan,
+        },
+    ];
+    if !testpmd {
+        for dut in [Dut::Pod, Dut::Egress] {
+            v.push(Planned {
+                dut,
+                gen: GenKind::AfXdp,
+            });
+        }
         return v;
     }
     for &frame in frames {
         for &multi_flow in multi {
             for dut in [
+                Dut::Egress,
                 Dut::Pod,
                 Dut::Plain,
                 Dut::TestPmdIo,
@@ -120,6 +137,8 @@ pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool) -> Vec<Planned
 /// Runs one case once.
 pub(super) fn run(ctx: &Ctx, p: &Planned) -> Result<Rate> {
     match p.dut {
+        Dut::Egress => cluster::run(ctx, cluster::Direction::Egress, &p.gen),
+        Dut::Ingress => cluster::run(ctx, cluster::Direction::Ingress, &p.gen),
         Dut::Pod => agent_run::run_agent(ctx, &p.gen),
         Dut::Plain => runs::run_xconnect(ctx, &p.gen),
         Dut::TestPmdIo => run_testpmd_io(ctx, &p.gen),
@@ -233,9 +252,14 @@ mod tests {
     #[test]
     fn plan_has_the_cross_check_and_every_dut_per_frame_and_flow() {
         let p = plan(&[64, 1500], &[false, true], true);
-        assert_eq!(p.len(), 1 + 2 * 2 * 5);
+        assert_eq!(p.len(), 2 + 2 * 2 * 6);
         assert_eq!(p[0].name(), "vireo-plain-afxdp-gen");
         assert_eq!((p[0].frame(), p[0].flows()), (64, 1));
+        assert_eq!(p[1].name(), "vireo-ingress");
+        assert_eq!((p[1].frame(), p[1].path()), (64, "cross-node"));
+        let eg: Vec<_> = p.iter().filter(|x| x.dut == Dut::Egress).collect();
+        assert_eq!(eg.len(), 4);
+        assert!(eg.iter().all(|x| x.name() == "vireo-egress"));
         let kp: Vec<_> = p.iter().filter(|x| x.dut == Dut::KernelPath).collect();
         assert_eq!(kp.len(), 4);
         assert!(kp
@@ -246,7 +270,12 @@ mod tests {
         let p = plan(&[64], &[false], false);
         assert_eq!(
             p.iter().map(Planned::name).collect::<Vec<_>>(),
-            ["vireo-plain-afxdp-gen", "vireo-pod-afxdp-gen"]
+            [
+                "vireo-plain-afxdp-gen",
+                "vireo-ingress",
+                "vireo-pod-afxdp-gen",
+                "vireo-egress-afxdp-gen"
+            ]
         );
     }
 }

@@ -19,8 +19,8 @@ pub(super) const SERVICE_PORT: u16 = 7;
 /// The backend: a pod on the remote node.
 pub(super) const BACKEND: Ipv4Addr = POD_C;
 /// This node's and the remote node's underlay addresses (on hB; the remote node is the sink).
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
-const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+pub(super) const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+pub(super) const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 /// The remote node's flannel.1 MAC (flannel writes it into the node's annotations).
 const REMOTE_VTEP_MAC: &str = "02:00:00:00:77:02";
 /// MTU of the underlay veths (hB and the sink's eth0): 1500-byte frames plus VXLAN fit.

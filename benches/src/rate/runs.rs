@@ -42,6 +42,9 @@ fn gen_spec(ifname: &str) -> TxGenSpec {
 pub(super) enum GenKind {
     /// Our AF_XDP TX generator: 64-byte frames, one flow.
     AfXdp,
+    /// Our AF_XDP TX generator sending the other node's VXLAN (64-byte inner frames, one
+    /// flow), which testpmd cannot build.
+    Vxlan,
     /// `dpdk-testpmd` txonly.
     TestPmd { frame: u32, multi_flow: bool },
 }
@@ -57,11 +60,8 @@ impl Generator {
     /// waits until it sends.
     pub(super) fn start(ctx: &Ctx, kind: &GenKind, dst: Ipv4Addr, limit: Duration) -> Result<Self> {
         match kind {
-            GenKind::AfXdp => {
-                let (bg, sent) = start_generator(ctx.topo, dst, limit)?;
-                bg.wait_ready(Duration::from_secs(15), ctx.stop)?;
-                Ok(Generator::AfXdp(bg, sent))
-            }
+            GenKind::AfXdp => Self::start_frame(ctx, udp_from_a(dst, 64, &PAYLOAD), limit),
+            GenKind::Vxlan => anyhow::bail!("the VXLAN generator needs its frame: start_frame"),
             GenKind::TestPmd { frame, multi_flow } => {
                 let huge = ctx
                     .huge
@@ -90,6 +90,13 @@ impl Generator {
                 Ok(Generator::Pmd(p, Arc::new(AtomicU64::new(0))))
             }
         }
+    }
+
+    /// Our AF_XDP generator sending `frame` over and over.
+    pub(super) fn start_frame(ctx: &Ctx, frame: Vec<u8>, limit: Duration) -> Result<Self> {
+        let (bg, sent) = start_generator(ctx.topo, frame, limit)?;
+        bg.wait_ready(Duration::from_secs(15), ctx.stop)?;
+        Ok(Generator::AfXdp(bg, sent))
     }
 
     /// Frames sent (0 for testpmd, which reports only at exit).
@@ -123,13 +130,12 @@ impl Generator {
 
 fn start_generator(
     topo: &Topology,
-    dst: Ipv4Addr,
+    frame: Vec<u8>,
     limit: Duration,
 ) -> Result<(Bg<TxGenStats>, Arc<AtomicU64>)> {
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let ns = topo.gen.clone();
-    let frame = udp_from_a(dst, 64, &PAYLOAD);
     let bg = Bg::spawn("vireo-bench-gen", move |stop, ready| {
         enter_netns(&ns)?;
         let mut g = TxGen::new(&gen_spec("eth0"), &frame).context("generator socket")?;

@@ -22,6 +22,11 @@ use super::topology::{register_pid, signal, unregister_pid};
 pub(super) const HUGEPAGES: u64 = 512;
 /// Memory of one testpmd instance, in MB.
 const MEM_MB: u32 = 256;
+/// mbufs of one testpmd instance. testpmd sizes its pool by its ports' and cores' maxima
+/// (155 456 mbufs, 338 MB, for io mode over two af_xdp ports), and the PMD registers the whole
+/// pool as UMEM: the second instance then finds no hugepages left ("Failed to create umem").
+/// 32 768 mbufs (71 MB) cover two ports' fill, RX and TX rings with room to spare.
+const MBUFS: u32 = 32_768;
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 /// Whether `dpdk-testpmd` is on PATH.
@@ -102,6 +107,7 @@ pub(super) fn args(mode: &Mode, core: usize, prefix: &str, huge_dir: &Path) -> V
         }
     };
     a.push("--".into());
+    a.push(format!("--total-num-mbufs={MBUFS}"));
     a.extend(tail);
     a.extend(
         ["--nb-cores=1", "--auto-start", "--stats-period=1"]
@@ -159,7 +165,11 @@ impl TestPmd {
         let pid = self.pid();
         Task {
             pid,
-            tid: find_thread(pid, "lcore-worker-1").unwrap_or(pid),
+            // DPDK names it rte-worker-1 (22.11), lcore-worker-1 (earlier) or dpdk-worker1.
+            tid: ["rte-worker-1", "lcore-worker-1", "dpdk-worker1"]
+                .iter()
+                .find_map(|n| find_thread(pid, n))
+                .unwrap_or(pid),
         }
     }
 
@@ -333,6 +343,7 @@ mod tests {
             "--eth-peer=0,02:00:00:00:00:01",
             "--txonly-multi-flow",
             "--auto-start",
+            "--total-num-mbufs=32768",
         ] {
             assert!(a.iter().any(|x| x == want), "{want} missing: {s}");
         }
