@@ -100,14 +100,30 @@ pub fn ipv4_set_addrs(ip: &mut [u8], src: u32, dst: u32) {
 /// Whether the IPv4 header `hdr` (its whole IHL) carries a correct checksum.
 #[inline]
 pub fn ipv4_checksum_ok(hdr: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for w in hdr.chunks(2) {
-        sum += u32::from(w[0]) << 8 | w.get(1).copied().map_or(0, u32::from);
+    // The common header, without options: a fixed length the compiler unrolls.
+    let sum = match <&[u8; IPV4_MIN_HLEN]>::try_from(hdr) {
+        Ok(h) => ones_sum(h),
+        Err(_) => ones_sum(hdr),
+    };
+    sum == 0xffff
+}
+
+/// The ones'-complement sum (RFC 1071) of `data` as 16-bit big-endian words (an odd last byte
+/// padded with zero), folded to 16 bits.
+#[inline]
+fn ones_sum(data: &[u8]) -> u16 {
+    let mut words = data.chunks_exact(2);
+    let mut sum: u64 = words
+        .by_ref()
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    sum == 0xffff
+    sum as u16
 }
 
 /// The IPv4 fragment fields of `ip`: (more fragments, offset in 8-byte units).
@@ -119,14 +135,7 @@ pub fn ipv4_fragment(ip: &[u8]) -> (bool, u16) {
 
 /// The internet checksum (RFC 1071) of `data`.
 pub fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for w in data.chunks(2) {
-        sum += u32::from(w[0]) << 8 | w.get(1).copied().map_or(0, u32::from);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    !ones_sum(data)
 }
 
 /// Decrements the TTL of the IPv4 header at `ip` and patches its checksum. Returns the TTL
@@ -147,16 +156,11 @@ pub fn ipv4_dec_ttl(ip: &mut [u8]) -> u8 {
 
 /// The ones'-complement checksum of an IPv4 header (with its checksum field as found).
 pub fn ipv4_header_checksum(hdr: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for (i, w) in hdr.chunks(2).enumerate() {
-        if i == 5 {
-            continue;
-        }
-        let hi = u32::from(w[0]) << 8;
-        let lo = w.get(1).copied().map(u32::from).unwrap_or(0);
-        sum += hi | lo;
-    }
-    while sum > 0xffff {
+    // Every 16-bit word but the checksum's own (bytes 10 and 11).
+    let before = ones_sum(&hdr[..hdr.len().min(10)]);
+    let after = ones_sum(hdr.get(12..).unwrap_or(&[]));
+    let mut sum = u32::from(before) + u32::from(after);
+    if sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
@@ -175,7 +179,36 @@ mod tests {
         h
     }
 
+    /// RFC 1071 byte by byte, as these functions were first written.
+    fn reference_sum(data: &[u8], skip_word: Option<usize>) -> u16 {
+        let mut sum = 0u32;
+        for (i, w) in data.chunks(2).enumerate() {
+            if Some(i) == skip_word {
+                continue;
+            }
+            sum += u32::from(w[0]) << 8 | w.get(1).copied().map_or(0, u32::from);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
     proptest! {
+        #[test]
+        fn checksums_match_the_byte_by_byte_reference(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+            prop_assert_eq!(inet_checksum(&data), !reference_sum(&data, None));
+            prop_assert_eq!(ipv4_header_checksum(&data), !reference_sum(&data, Some(5)));
+            prop_assert_eq!(ipv4_checksum_ok(&data), reference_sum(&data, None) == 0xffff);
+        }
+
+        #[test]
+        fn a_written_header_checksum_verifies(mut h in proptest::collection::vec(any::<u8>(), 20..=60)) {
+            let c = ipv4_header_checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            prop_assert!(ipv4_checksum_ok(&h));
+        }
+
         #[test]
         fn ttl_decrement_keeps_checksum_valid(ttl in 2u8.., proto: u8, seed: [u8; 8]) {
             let mut h = header(ttl, proto, seed);

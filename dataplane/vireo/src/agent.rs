@@ -141,9 +141,11 @@ pub fn run(config_path: &Path) -> Result<()> {
         ..Default::default()
     }));
     let mut workers = Vec::new();
+    // Each inbound ring takes a burst as large as one socket's fill ring lets in (a TCP
+    // window): smaller, and a stream's bursts overflow it (`handoff_full`).
     let hub = Arc::new(Hub::new(
         cfg.workers.len(),
-        handoff::DEFAULT_RING,
+        handoff::DEFAULT_RING.max(cfg.af_xdp.fill_ring as usize),
         umem.frame_size as usize,
     ));
     for (id, w) in cfg.workers.iter().enumerate() {
