@@ -53,7 +53,13 @@ pub(super) struct Report {
 /// size and flow count.
 const NUMERATORS: [&str; 2] = ["vireo-egress", "vireo-pod"];
 /// Cases that are not packet-rate cases.
-const STREAM_CASES: [&str; 4] = ["vireo-tcp", "kernel-tcp", "vireo-rr", "kernel-rr"];
+const STREAM_CASES: [&str; 5] = [
+    "vireo-tcp",
+    "kernel-tcp",
+    "vireo-rr",
+    "vireo-rr-busy-poll",
+    "kernel-rr",
+];
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -107,13 +113,12 @@ pub(super) fn ratios(cases: &[Case]) -> BTreeMap<String, f64> {
             out.insert(format!("vireo-tcp/kernel-tcp@{},{}", v.frame, v.path), r);
         }
     }
-    for (v, k) in pair("vireo-rr", "kernel-rr") {
-        for (tag, a, b) in [("p50", v.p50_us, k.p50_us), ("p99", v.p99_us, k.p99_us)] {
-            if let Some(r) = ratio(a, b) {
-                out.insert(
-                    format!("vireo-rr/kernel-rr@{},{} {tag}", v.frame, v.path),
-                    r,
-                );
+    for name in ["vireo-rr", "vireo-rr-busy-poll"] {
+        for (v, k) in pair(name, "kernel-rr") {
+            for (tag, a, b) in [("p50", v.p50_us, k.p50_us), ("p99", v.p99_us, k.p99_us)] {
+                if let Some(r) = ratio(a, b) {
+                    out.insert(format!("{name}/kernel-rr@{},{} {tag}", v.frame, v.path), r);
+                }
             }
         }
     }
@@ -247,11 +252,21 @@ mod tests {
         (vr.p50_us, vr.p99_us) = (Some(40.0), Some(100.0));
         let mut kr = Case::new("kernel-rr", 1450, 1, "cross-node");
         (kr.p50_us, kr.p99_us) = (Some(20.0), Some(25.0));
-        let r = ratios(&[vt, kt, kt_other, vr, kr]);
+        let mut vb = Case::new("vireo-rr-busy-poll", 1450, 1, "cross-node");
+        (vb.p50_us, vb.p99_us) = (Some(30.0), Some(50.0));
+        let r = ratios(&[vt, kt, kt_other, vr, kr, vb]);
         assert_eq!(r.get("vireo-tcp/kernel-tcp@1450,cross-node"), Some(&0.25));
         assert_eq!(r.get("vireo-rr/kernel-rr@1450,cross-node p50"), Some(&2.0));
         assert_eq!(r.get("vireo-rr/kernel-rr@1450,cross-node p99"), Some(&4.0));
-        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!(
+            r.get("vireo-rr-busy-poll/kernel-rr@1450,cross-node p50"),
+            Some(&1.5)
+        );
+        assert_eq!(
+            r.get("vireo-rr-busy-poll/kernel-rr@1450,cross-node p99"),
+            Some(&2.0)
+        );
+        assert_eq!(r.len(), 5, "{r:?}");
     }
 
     fn report() -> Report {

@@ -3,10 +3,10 @@
 //! `vireo-rr` and `kernel-rr` (UDP request/response percentiles at half the peak rate, MTU
 //! 1450), as rows of [`crate::case::Case`].
 //!
-//! - Vireo: a sandbox of its own (`vireo sandbox up --sandbox vtcNNNNN --source manifests
-//!   --pods 2`: two pods on node-1, two on node-2), always brought down. At MTU 9000 Vireo's
-//!   AF_XDP path has no multi-buffer support: the row has no figures and says why, with what
-//!   happened when the pod MTU was raised.
+//! - Vireo: sandboxes of its own (`vireo sandbox up --sandbox vtcNNNNN --source manifests
+//!   --pods 2`: two pods on node-1, two on node-2), always brought down: the default one (TCP
+//!   at MTU 1450 and `vireo-rr`), one with `--busy-poll` (`vireo-rr-busy-poll`: workers spin
+//!   instead of sleeping) and one with `--mtu 9000` (TCP over AF_XDP multi-buffer).
 //! - Kernel: namespaces of its own ([`kernel`]): a routed same-node path, and flannel's VXLAN
 //!   setup for cross node.
 //!
@@ -114,9 +114,11 @@ pub fn run_cases(quick: bool, stop: &Arc<AtomicBool>) -> Result<Vec<Case>> {
     match &vireo {
         Ok(v) => rows.extend(vireo_cases(v, &format!("vtc{tag}"), seconds, runs, stop)?),
         Err(e) => {
-            for n in ["vireo-tcp", "vireo-rr"] {
-                for p in PATHS {
-                    rows.push(Case::skipped(n, 1450, 1, p, &format!("{e:#}")));
+            for s in &VIREO_SETUPS {
+                for n in s.tcp.then_some("vireo-tcp").into_iter().chain(s.rr) {
+                    for p in PATHS {
+                        rows.push(Case::skipped(n, s.mtu, 1, p, &format!("{e:#}")));
+                    }
                 }
             }
         }
@@ -175,6 +177,46 @@ impl Drop for SandboxGuard {
     }
 }
 
+/// One Vireo sandbox of the cases: the options it is brought up with and what runs on it.
+struct VireoSetup {
+    /// Appended to the sandbox's name.
+    suffix: &'static str,
+    /// Extra `vireo sandbox up` arguments.
+    args: &'static [&'static str],
+    /// The pods' MTU.
+    mtu: u32,
+    /// `vireo-tcp` rows.
+    tcp: bool,
+    /// The name of the request/response rows, if any.
+    rr: Option<&'static str>,
+}
+
+/// The Vireo sandboxes: the default one (MTU 1450, workers sleeping when idle: TCP and RR), one
+/// whose workers busy-poll (RR), and one at MTU 9000 (TCP over AF_XDP multi-buffer).
+const VIREO_SETUPS: [VireoSetup; 3] = [
+    VireoSetup {
+        suffix: "",
+        args: &[],
+        mtu: 1450,
+        tcp: true,
+        rr: Some("vireo-rr"),
+    },
+    VireoSetup {
+        suffix: "b",
+        args: &["--busy-poll"],
+        mtu: 1450,
+        tcp: false,
+        rr: Some("vireo-rr-busy-poll"),
+    },
+    VireoSetup {
+        suffix: "j",
+        args: &["--mtu", "9000"],
+        mtu: 9000,
+        tcp: true,
+        rr: None,
+    },
+];
+
 fn vireo_cases(
     vireo: &Path,
     name: &str,
@@ -182,24 +224,53 @@ fn vireo_cases(
     runs: u32,
     stop: &AtomicBool,
 ) -> Result<Vec<Case>> {
+    let mut rows = Vec::new();
+    for s in &VIREO_SETUPS {
+        rows.extend(vireo_setup_cases(
+            vireo,
+            &format!("{name}{}", s.suffix),
+            s,
+            seconds,
+            runs,
+            stop,
+        )?);
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+    }
+    Ok(rows)
+}
+
+fn vireo_setup_cases(
+    vireo: &Path,
+    name: &str,
+    s: &VireoSetup,
+    seconds: u64,
+    runs: u32,
+    stop: &AtomicBool,
+) -> Result<Vec<Case>> {
+    let names: Vec<&str> = s
+        .tcp
+        .then_some("vireo-tcp")
+        .into_iter()
+        .chain(s.rr)
+        .collect();
     let v = vireo.to_string_lossy();
     own_sandbox(name, vireo);
     let _guard = SandboxGuard(name.to_string());
-    let up = Proc::spawn(
-        &[
-            &v,
-            "sandbox",
-            "up",
-            "--sandbox",
-            name,
-            "--source",
-            "manifests",
-            "--pods",
-            "2",
-        ],
-        "vireo sandbox up",
-    )?
-    .wait(Duration::from_secs(300), stop);
+    let mut argv = vec![
+        &*v,
+        "sandbox",
+        "up",
+        "--sandbox",
+        name,
+        "--source",
+        "manifests",
+        "--pods",
+        "2",
+    ];
+    argv.extend(s.args);
+    let up = Proc::spawn(&argv, "vireo sandbox up")?.wait(Duration::from_secs(300), stop);
     let pods = match up {
         Ok((true, _, _)) => sandbox_pods(name),
         Ok((false, _, err)) => Err(anyhow::anyhow!("vireo sandbox up failed: {}", err.trim())),
@@ -209,9 +280,9 @@ fn vireo_cases(
     let pods = match pods {
         Ok(p) => p,
         Err(e) => {
-            for n in ["vireo-tcp", "vireo-rr"] {
+            for n in &names {
                 for p in PATHS {
-                    rows.push(Case::skipped(n, 1450, 1, p, &format!("{e:#}")));
+                    rows.push(Case::skipped(n, s.mtu, 1, p, &format!("{e:#}")));
                 }
             }
             return Ok(rows);
@@ -228,46 +299,35 @@ fn vireo_cases(
         bail!("sandbox {name}: expected two pods on node-1 and one on node-2, found {pods:?}");
     }
     for path in PATHS {
-        let (c, s) = if path == "same-node" {
+        let (c, sv) = if path == "same-node" {
             (&n1[0], &n1[1])
         } else {
             (&n1[0], &n2[0])
         };
-        rows.push(
-            tcp_runs(
-                "vireo-tcp",
-                1450,
-                path,
-                &c.0,
-                &s.0,
-                &s.1,
-                seconds,
-                runs,
-                stop,
-            )
-            .unwrap_or_else(|e| Case::skipped("vireo-tcp", 1450, 1, path, &format!("{e:#}"))),
-        );
-        rows.push(
-            rr::rr_run(
-                vireo, "vireo-rr", path, 1450, &c.0, &s.0, &s.1, seconds, stop,
-            )
-            .unwrap_or_else(|e| Case::skipped("vireo-rr", 1450, 1, path, &format!("{e:#}"))),
-        );
-    }
-    // MTU 9000: what raising a pod's MTU does (the pod side of its veth).
-    let tried = proc::ip(&["-n", &n1[0].0, "link", "set", "eth0", "mtu", "9000"]);
-    let what = match tried {
-        Ok(_) => "raising the pod's eth0 to 9000 was accepted, but the frames would not fit one UMEM chunk".to_string(),
-        Err(e) => format!("raising the pod's eth0 MTU to 9000 is refused: {e:#}"),
-    };
-    for path in PATHS {
-        rows.push(Case::skipped(
-            "vireo-tcp",
-            9000,
-            1,
-            path,
-            &format!("not measured: Vireo's AF_XDP I/O has no multi-buffer (frames larger than one UMEM chunk); {what}"),
-        ));
+        if s.tcp {
+            rows.push(
+                tcp_runs(
+                    "vireo-tcp",
+                    s.mtu,
+                    path,
+                    &c.0,
+                    &sv.0,
+                    &sv.1,
+                    seconds,
+                    runs,
+                    stop,
+                )
+                .unwrap_or_else(|e| Case::skipped("vireo-tcp", s.mtu, 1, path, &format!("{e:#}"))),
+            );
+        }
+        if let Some(rr_name) = s.rr {
+            rows.push(
+                rr::rr_run(
+                    vireo, rr_name, path, s.mtu, &c.0, &sv.0, &sv.1, seconds, stop,
+                )
+                .unwrap_or_else(|e| Case::skipped(rr_name, s.mtu, 1, path, &format!("{e:#}"))),
+            );
+        }
     }
     Ok(rows)
 }
@@ -289,13 +349,15 @@ fn compare(rows: &mut [Case]) {
                     c.gbps? / k.gbps?
                 ))
             }),
-            "vireo-rr" => find(rows, "kernel-rr", c.frame, c.path).and_then(|k| {
-                Some(format!(
-                    "p50 {:.2}× kernel-rr (target ≤ 2×), p99 {:.2}× (target ≤ 3×)",
-                    c.p50_us? / k.p50_us?,
-                    c.p99_us? / k.p99_us?
-                ))
-            }),
+            "vireo-rr" | "vireo-rr-busy-poll" => {
+                find(rows, "kernel-rr", c.frame, c.path).and_then(|k| {
+                    Some(format!(
+                        "p50 {:.2}× kernel-rr (target ≤ 2×), p99 {:.2}× (target ≤ 3×)",
+                        c.p50_us? / k.p50_us?,
+                        c.p99_us? / k.p99_us?
+                    ))
+                })
+            }
             _ => None,
         };
         if let Some(x) = extra {

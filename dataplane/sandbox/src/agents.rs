@@ -27,6 +27,11 @@ fn agent_config(st: &State, n: &NodeState) -> String {
     };
     // Several agents share this machine's cores: no pinning, sleep when idle.
     let workers = vec!["{cores: []}"; st.workers.max(1)].join(", ");
+    let busy_poll = if st.busy_poll {
+        "# `--busy-poll`: workers spin when idle.\nbusy_poll: true\n"
+    } else {
+        ""
+    };
     format!(
         "# Written by `vireo sandbox up`.\nnode: {node}\napi_socket: {api}\nsource: {source}\n\
          # Several agents share this machine's cores: no pinning, sleep when idle.\nworkers: [{workers}]\n\
@@ -35,7 +40,7 @@ fn agent_config(st: &State, n: &NodeState) -> String {
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
          # A short close lifetime: `service-half-close` outlives it in seconds.\n\
          conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024, lifetimes: {{tcp_close: {CT_TCP_CLOSE}}}}}\n\
-         interfaces:\n  - {{name: eth0, role: uplink}}\n",
+         {busy_poll}interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),
     )
@@ -138,4 +143,42 @@ pub(crate) fn pid_alive(pid: Option<u32>) -> bool {
             s.contains("vireo") && (s.contains("agent") || s.contains("apiserver"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use vireo_control::config::Config;
+
+    use super::*;
+
+    fn node() -> NodeState {
+        NodeState {
+            name: "node-1".into(),
+            netns: "x-node-1".into(),
+            ip: "192.168.100.10".parse().unwrap(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            api: PathBuf::from("/run/x/node-1.sock"),
+            log: PathBuf::from("/run/x/node-1.log"),
+            agent_pid: None,
+        }
+    }
+
+    #[test]
+    fn the_agent_config_parses_and_carries_workers_and_busy_poll() {
+        let mut st = State {
+            source: Source::Manifests,
+            workers: 2,
+            dir: PathBuf::from("/run/x"),
+            ..Default::default()
+        };
+        let parse = |st: &State| Config::parse(&agent_config(st, &node()), Path::new("t")).unwrap();
+        let c = parse(&st);
+        assert_eq!(c.workers.len(), 2);
+        assert!(c.workers.iter().all(|w| w.cores.is_empty()));
+        assert!(!c.busy_poll);
+        st.busy_poll = true;
+        assert!(parse(&st).busy_poll);
+    }
 }

@@ -22,6 +22,8 @@ pub struct UpOpts {
     pub source: Source,
     /// Workers per agent.
     pub workers: usize,
+    /// Workers spin instead of sleeping when idle (`busy_poll: true`).
+    pub busy_poll: bool,
 }
 
 pub fn up(name: &str, o: &UpOpts) -> Result<()> {
@@ -46,6 +48,7 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
         underlay: format!("{name}-underlay"),
         source: o.source,
         workers: o.workers,
+        busy_poll: o.busy_poll,
         ..Default::default()
     };
     st.save()?;

@@ -86,6 +86,9 @@ pub struct State {
     /// Workers per agent (0 in an older state file: one).
     #[serde(default)]
     pub workers: usize,
+    /// The agents' workers spin when idle.
+    #[serde(default)]
+    pub busy_poll: bool,
     /// The API server's process (`--source kube`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apiserver_pid: Option<u32>,

@@ -71,6 +71,10 @@ enum SandboxCmd {
         /// Workers per agent (unpinned; frames for another worker's interface are handed off).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// The agents' workers spin instead of sleeping when idle (`busy_poll: true`): lower
+        /// latency, a core each.
+        #[arg(long)]
+        busy_poll: bool,
     },
     /// Print the path of a kubeconfig for the sandbox's API server (`--source kube`):
     /// `kubectl --kubeconfig "$(vireo sandbox kubeconfig)" get pods -A`.
@@ -403,6 +407,7 @@ fn run(cli: Cli) -> Result<()> {
                 manifests,
                 source,
                 workers,
+                busy_poll,
             } => sandbox::up(
                 &sandbox.name,
                 &sandbox::UpOpts {
@@ -411,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
                     manifests,
                     source,
                     workers,
+                    busy_poll,
                 },
             ),
             SandboxCmd::Kubeconfig { sandbox } => {
