@@ -259,6 +259,9 @@ struct Worker {
     wake: UnixDatagram,
     stop: Arc<AtomicBool>,
     busy_poll: bool,
+    /// No cores of its own (`cores: []`): it shares them with other threads (pods, other
+    /// agents), so its spinning yields to them.
+    shared_cores: bool,
     free: Vec<u64>,
     owner: Vec<u16>,
     ports: Vec<Option<PortRt>>,
@@ -313,6 +316,7 @@ impl Worker {
             wake,
             stop,
             busy_poll: spec.busy_poll,
+            shared_cores: spec.cores.is_empty(),
             free: (0..u64::from(n)).rev().map(|i| i * fs).collect(),
             owner: vec![FREE; n as usize],
             ports: Vec::new(),
@@ -358,8 +362,14 @@ impl Worker {
             } else {
                 if self.busy_poll || self.worked_at.elapsed() < fill::SPIN {
                     // Traffic in the last few microseconds: the next frame is likely on its
-                    // way, and waking from poll() costs more than the gap.
-                    std::hint::spin_loop();
+                    // way, and waking from poll() costs more than the gap. On shared cores
+                    // the spin gives way to whatever else is runnable there (often the very
+                    // pod that is about to answer).
+                    if self.shared_cores {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
                 } else {
                     // Frames still waiting on a TX ring (a refused kick): come back soon.
                     let waiting = self
