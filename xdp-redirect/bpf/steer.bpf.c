@@ -160,7 +160,11 @@ static __always_inline int uplink_owns(struct xdp_md *ctx, __u16 port)
 	return bpf_map_lookup_elem(&frontends, &fe) != 0;
 }
 
-SEC("xdp")
+/* Frags-aware ("xdp.frags": libbpf loads it with BPF_F_XDP_HAS_FRAGS), so it attaches to veths
+ * and NICs whose MTU exceeds a page (jumbo frames) and hands multi-buffer frames to AF_XDP
+ * sockets bound with XDP_USE_SG. It reads headers only in the linear part (data..data_end),
+ * which holds at least the first buffer of a frame; a small frame is all linear, as before. */
+SEC("xdp.frags")
 int vireo_steer(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;

@@ -304,3 +304,51 @@ fn every_queue_of_a_twelve_queue_interface_gets_a_socket() {
     assert_eq!(s.counters(SLOT).unwrap().no_socket, 1);
     s.detach(att);
 }
+
+/// A jumbo frame (MTU 9000) on a veth: the kernel attaches a program to a veth whose peer's MTU
+/// exceeds a page only if it is frags-aware (`SEC("xdp.frags")`, BPF_F_XDP_HAS_FRAGS; otherwise
+/// `veth_xdp_set` refuses with ERANGE, "Peer MTU is too large to set XDP"), and a test run on a
+/// frame larger than its linear part (a page less head- and tailroom) gets the rest in frags.
+/// The program reads its headers in the linear part and steers the frame as it does a small one.
+#[test]
+fn a_jumbo_multi_buffer_frame_is_steered_like_a_small_one() {
+    let veth = Veth12::new("vwkmb9k");
+    for dev in [veth.0.clone(), format!("{}p", veth.0)] {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", &dev, "mtu", "9000", "up"])
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "mtu 9000 on {dev}");
+    }
+    let s = Steering::load().expect("loading the XDP program needs CAP_BPF and CAP_NET_ADMIN");
+    let att = s
+        .attach(veth.ifindex(), 3, Role::Pod, 8472, ModePreference::Native)
+        .expect("native XDP on a veth with MTU 9000 needs a frags-aware program");
+    assert_eq!(att.mode(), XdpMode::Native);
+    s.detach(att);
+    let cfg = IfCfg {
+        slot: SLOT,
+        role: Role::Uplink.raw(),
+        vxlan_port: 8472,
+        xsk_queues: 0,
+        xsk_base: 0,
+    };
+    s.skel
+        .maps
+        .ifaces
+        .update(&LO.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
+        .unwrap();
+    s.reset_counters(SLOT).unwrap();
+    let mut payload = ports(1234, 8472);
+    payload.resize(9000 - 20, 0x5a);
+    let jumbo = ipv4(WORLD, NODE, 17, 0, &payload);
+    assert_eq!(jumbo.len(), 9014);
+    assert!(steered(&s, &jumbo), "VXLAN in a jumbo frame is steered");
+    let mut other = ports(1234, 9999);
+    other.resize(9000 - 20, 0x5a);
+    assert!(
+        !steered(&s, &ipv4(WORLD, NODE, 17, 0, &other)),
+        "other UDP in a jumbo frame stays in the kernel"
+    );
+}
