@@ -117,6 +117,11 @@ pub struct AfXdpConfig {
     pub fill_ring: u32,
     /// Completion ring entries per device queue.
     pub completion_ring: u32,
+    /// AF_XDP multi-buffer (XDP_USE_SG, kernel 6.6+): a frame larger than one UMEM frame
+    /// (a jumbo frame, pod MTU 9000) arrives and leaves as a chain of frames. When the kernel
+    /// refuses it, sockets bind without it (a warning) and such frames are dropped by the
+    /// kernel, as before.
+    pub multi_buffer: bool,
 }
 
 impl Default for AfXdpConfig {
@@ -131,6 +136,7 @@ impl Default for AfXdpConfig {
             tx_ring: 1024,
             fill_ring: 4096,
             completion_ring: 1024,
+            multi_buffer: true,
         }
     }
 }

@@ -59,7 +59,10 @@ drop_reasons! {
     MasqUnsupported => "masq_unsupported_proto", "A pod's packet to the world of a protocol masquerade does not translate (only TCP, UDP and ICMP echo are).";
     NoTxPort => "no_tx_port", "The output interface has no socket on this worker and no worker owns it (it went away).";
     HandoffFull => "handoff_full", "The output interface belongs to another worker whose handoff ring was full (or no handoff buffer, or no free frame to take it in, was left).";
-    TxRingFull => "tx_ring_full", "The output socket's TX ring was full.";
+    TxRingFull => "tx_ring_full", "The output socket's TX ring was full (a multi-buffer packet goes on whole or not at all: all its frames are dropped, counted once).";
+    MultiBufferTooLong => "multi_buffer_too_long", "A multi-buffer packet (AF_XDP XDP_USE_SG) of more frames than the kernel's MAX_SKB_FRAGS + 1, or a chain cut short (its socket went away mid-chain): every frame of it is dropped.";
+    HandoffMultiBuffer => "handoff_multi_buffer", "A multi-buffer packet for an interface another worker owns: handoff carries single frames only, so it is dropped (pods of one worker are unaffected; give jumbo-frame pods and their peers one worker).";
+    IcmpErrorMultiBuffer => "icmp_error_multi_buffer", "An ICMP error about a translated flow (service or masquerade) larger than one UMEM frame: its checksum is recomputed over the whole message, which Vireo does within one frame only.";
 }
 
 /// Number of drop reasons.

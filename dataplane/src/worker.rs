@@ -21,13 +21,16 @@ use std::time::Duration;
 
 use crate::counters::{BatchCounts, CounterSnapshot, DropReason, KernelDrops, WorkerCounters};
 use crate::handoff::Hub;
-use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec};
-use crate::pipeline::{self, Batch, Desc, Frames, Verdict, BATCH};
+use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec, XDP_PKT_CONTD};
+use crate::pipeline::{self, Batch, Frames, Verdict, BATCH, MAX_FRAGS};
 use crate::tables::TableHandle;
 
 #[path = "worker_fill.rs"]
 mod fill;
 use fill::FillBudget;
+#[path = "worker_chain.rs"]
+mod chain;
+use chain::{Partial, Step};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct WorkerSpec {
     pub busy_poll: bool,
     /// UMEM shape.
     pub umem: UmemSpec,
+    /// Bind the UMEM's sockets with multi-buffer (XDP_USE_SG) when the kernel accepts it:
+    /// frames larger than one UMEM frame (jumbo frames) then arrive as chains.
+    pub multi_buffer: bool,
 }
 
 /// A port as reported by the worker.
@@ -57,6 +63,8 @@ pub struct PortInfo {
     pub fill_base: u32,
     /// Frames a busy socket's fill ring grows to.
     pub fill_high: u32,
+    /// Bound with multi-buffer (XDP_USE_SG).
+    pub multi_buffer: bool,
 }
 
 enum Command {
@@ -102,7 +110,9 @@ impl WorkerHandle {
                 hub.workers()
             )));
         }
-        let umem = Arc::new(SharedUmem::new(spec.umem)?);
+        let umem = SharedUmem::new(spec.umem)?;
+        umem.set_multi_buffer(spec.multi_buffer);
+        let umem = Arc::new(umem);
         let (tx, rx) = mpsc::channel();
         let (wake, wake_rx) = UnixDatagram::pair()
             .and_then(|(a, b)| {
@@ -244,9 +254,16 @@ struct PortRt {
     /// `fill_high` ([`fill::heat`]).
     hot: u32,
     tx_outstanding: u32,
-    /// TX descriptors gathered from the current batch (capacity BATCH, never grows).
-    pending: Vec<(u64, u32)>,
+    /// TX descriptors `(addr, len, options)` gathered from the current batch (capacity
+    /// [`PENDING`], never grows).
+    pending: Vec<(u64, u32, u32)>,
+    /// A multi-buffer packet whose last frame has not arrived yet.
+    partial: Partial,
 }
+
+/// TX descriptors a port gathers per batch at most: a batch's frames, and the rest of a chain
+/// that began in the batch before.
+const PENDING: usize = BATCH + MAX_FRAGS;
 
 struct Worker {
     umem: Arc<SharedUmem>,
@@ -426,30 +443,48 @@ impl Worker {
         };
         let slot = rt.port.slot;
         self.batch.clear();
+        let mut got = 0u32;
         {
+            // At most a batch of descriptors: a packet is at least one, so the packets they
+            // complete (and one begun in the batch before) fit the batch.
+            let (owner, free, shift) = (&mut self.owner, &mut self.free, self.frame_shift);
             let mut rx = rt.port.rx.receive(BATCH as u32);
             while let Some(d) = rx.read() {
-                self.batch.push(Desc::new(d.addr, d.len, slot));
+                got += 1;
+                // Every received frame is held (a batch's, or a chain's still open) until it
+                // goes on exactly one ring or back to the free list.
+                if let Some(o) = owner.get_mut((d.addr >> shift) as usize) {
+                    *o = HELD;
+                }
+                let step =
+                    rt.partial
+                        .take((d.addr, d.len, d.options), slot, &mut self.batch, |addr| {
+                            let i = (addr >> shift) as usize;
+                            if let Some(o) = owner.get_mut(i) {
+                                *o = FREE;
+                                free.push((i as u64) << shift);
+                            }
+                        });
+                if step == Step::TooLong {
+                    self.counts.rx += 1;
+                    self.counts.drop(DropReason::MultiBufferTooLong);
+                }
             }
             rx.release();
         }
-        let n = self.batch.len();
-        if n == 0 {
+        if got == 0 {
             return 0;
         }
-        rt.in_fill = rt.in_fill.saturating_sub(n as u32);
+        rt.in_fill = rt.in_fill.saturating_sub(got);
         // Under load, not merely chatty (a new pod's IPv6 DAD and router solicitations).
-        rt.hot = fill::heat(rt.hot, n, rt.in_fill, self.fill_base);
+        rt.hot = fill::heat(rt.hot, got as usize, rt.in_fill, self.fill_base);
         // Refilled at once, before the pipeline and the TX rings: the kernel keeps receiving
         // meanwhile.
         self.top_up(p);
-        for d in self.batch.descs() {
-            let i = (d.addr >> self.frame_shift) as usize;
-            if let Some(o) = self.owner.get_mut(i) {
-                *o = HELD;
-            }
+        self.counts.rx += self.batch.len() as u64;
+        if self.batch.is_empty() {
+            return got as usize;
         }
-        self.counts.rx += n as u64;
 
         let tables = self.tables.load();
         // The only view of frame memory. Every frame the pipeline asks for is a descriptor of
@@ -459,9 +494,18 @@ impl Worker {
         let mut frames = self.umem.frames();
         pipeline::run(&mut self.batch, &mut frames, &tables, &mut self.counts);
         drop(tables);
+        self.dispatch();
+        got as usize
+    }
 
-        for k in 0..n {
+    /// Gives every packet of the batch (run through the pipeline) its way out: its frames onto
+    /// one TX ring (gathered, then flushed), to another worker, or back to the free list.
+    fn dispatch(&mut self) {
+        for k in 0..self.batch.len() {
             let d = self.batch.descs()[k];
+            // Continuations still part of the packet go after its head; detached ones (the
+            // head was rebuilt into a reply) and those of a dropped packet are freed.
+            let attached = d.frags > 0 && !self.batch.chain(k).is_empty();
             match d.verdict {
                 Verdict::Tx { slot } => {
                     let out = self
@@ -478,16 +522,45 @@ impl Worker {
                             if o.pending.is_empty() {
                                 self.dirty.push(usize::from(out));
                             }
-                            o.pending.push((d.addr, d.len));
+                            let chain = if attached { self.batch.chain(k) } else { &[] };
+                            o.pending.extend(chain::tx_descs((d.addr, d.len), chain));
+                            if !attached {
+                                self.release_chain(k);
+                            }
                         }
-                        None => self.hand_off(d.addr, d.len, slot),
+                        None if attached => {
+                            // Handoff carries single frames: a chain for another worker's
+                            // interface is a counted drop.
+                            let mine = self.hub.owner(slot).filter(|&w| w != self.id).is_none();
+                            self.counts.drop(if mine {
+                                DropReason::NoTxPort
+                            } else {
+                                DropReason::HandoffMultiBuffer
+                            });
+                            self.release(d.addr);
+                            self.release_chain(k);
+                        }
+                        None => {
+                            self.hand_off(d.addr, d.len, slot);
+                            self.release_chain(k);
+                        }
                     }
                 }
-                _ => self.release(d.addr),
+                _ => {
+                    self.release(d.addr);
+                    self.release_chain(k);
+                }
             }
         }
         self.flush_pending();
-        n
+    }
+
+    /// Frees the continuation frames batch entry `k` was received with.
+    fn release_chain(&mut self, k: usize) {
+        for i in 0..self.batch.chain(k).len() {
+            let addr = self.batch.chain(k)[i].0;
+            self.release(addr);
+        }
     }
 
     /// Moves gathered TX descriptors onto their rings, one commit per ring.
@@ -496,19 +569,24 @@ impl Worker {
             let Some(rt) = self.ports[p].as_mut() else {
                 continue;
             };
+            // A multi-buffer packet goes on whole or not at all (`push_tx_batch`); packets are
+            // counted at their last frame, frames (TX-owned or freed) one by one.
             let sent = rt.port.push_tx_batch(&rt.pending);
-            for (k, &(addr, _)) in rt.pending.iter().enumerate() {
+            for (k, &(addr, _, options)) in rt.pending.iter().enumerate() {
                 let i = (addr >> self.frame_shift) as usize;
+                let last = options & XDP_PKT_CONTD == 0;
                 if k < sent {
                     self.owner[i] = tag_tx(p);
+                    self.counts.tx += u64::from(last);
                 } else {
-                    self.counts.drop(DropReason::TxRingFull);
+                    if last {
+                        self.counts.drop(DropReason::TxRingFull);
+                    }
                     self.owner[i] = FREE;
                     self.free.push((i as u64) << self.frame_shift);
                 }
             }
             rt.tx_outstanding += sent as u32;
-            self.counts.tx += sent as u64;
             rt.pending.clear();
         }
     }
@@ -652,7 +730,8 @@ impl Worker {
             in_fill: 0,
             hot: 0,
             tx_outstanding: 0,
-            pending: Vec::with_capacity(BATCH),
+            pending: Vec::with_capacity(PENDING),
+            partial: Partial::default(),
         });
         self.rebudget();
         self.rebuild();
@@ -665,7 +744,22 @@ impl Worker {
                 continue;
             }
             // Closing the socket first: after that the kernel no longer touches its frames.
-            drop(self.ports[p].take());
+            let mut rt = self.ports[p].take();
+            // A chain cut short: its frames are held, on no ring.
+            if let Some(rt) = rt.as_mut() {
+                let (owner, free, shift) = (&mut self.owner, &mut self.free, self.frame_shift);
+                let cut = rt.partial.abandon(|addr| {
+                    let i = (addr >> shift) as usize;
+                    if let Some(o) = owner.get_mut(i) {
+                        *o = FREE;
+                        free.push((i as u64) << shift);
+                    }
+                });
+                if cut {
+                    self.counts.drop(DropReason::MultiBufferTooLong);
+                }
+            }
+            drop(rt);
             let (f, t) = (tag_fill(p), tag_tx(p));
             for (i, o) in self.owner.iter_mut().enumerate() {
                 if *o == f || *o == t {
@@ -707,6 +801,7 @@ impl Worker {
                 queue: rt.port.queue,
                 slot: rt.port.slot,
                 mode: rt.port.mode,
+                multi_buffer: rt.port.multi_buffer,
                 fill_base: self.fill_base,
                 fill_high: self.fill_high,
             })
@@ -834,7 +929,7 @@ impl Worker {
             self.dirty.push(usize::from(out));
         }
         if o.pending.len() < o.pending.capacity() {
-            o.pending.push((addr, parcel.len()));
+            o.pending.push((addr, parcel.len(), 0));
         } else {
             // A batch's worth is waiting for this ring already: flush first (never grows).
             self.flush_pending();
@@ -847,7 +942,7 @@ impl Worker {
                 if o.pending.is_empty() {
                     self.dirty.push(usize::from(out));
                 }
-                o.pending.push((addr, parcel.len()));
+                o.pending.push((addr, parcel.len(), 0));
             }
         }
     }

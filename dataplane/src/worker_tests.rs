@@ -6,6 +6,10 @@ use crate::tables::Tables;
 const FRAMES: u32 = 256;
 
 fn worker(id: usize, hub: &Arc<Hub>) -> (Worker, Arc<WorkerCounters>) {
+    worker_with(id, hub, false)
+}
+
+fn worker_with(id: usize, hub: &Arc<Hub>, multi_buffer: bool) -> (Worker, Arc<WorkerCounters>) {
     let spec = WorkerSpec {
         id,
         cores: vec![],
@@ -17,11 +21,12 @@ fn worker(id: usize, hub: &Arc<Hub>) -> (Worker, Arc<WorkerCounters>) {
             completion_size: 64,
             zero_copy: false,
         },
+        multi_buffer,
     };
-    let umem = Arc::new(
-        SharedUmem::new(spec.umem)
-            .expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)"),
-    );
+    let umem = SharedUmem::new(spec.umem)
+        .expect("UMEM (needs CAP_IPC_LOCK or a memlock limit of 128 KiB)");
+    umem.set_multi_buffer(spec.multi_buffer);
+    let umem = Arc::new(umem);
     let (_tx, rx) = mpsc::channel();
     let (_a, b) = UnixDatagram::pair().unwrap();
     let counters = Arc::new(WorkerCounters::default());
@@ -231,4 +236,161 @@ fn umem_frames_bounds() {
     assert!(f.frame(63 * 2048, 2048).is_some());
     assert!(f.frame(63 * 2048 + 1, 2048).is_none());
     assert!(f.frame(u64::MAX, 1).is_none());
+}
+
+/// A worker whose UMEM is bound with multi-buffer, with a socket on `lo` (slot 4, a TX ring of
+/// `tx` entries; no XDP program there, so nothing is received; TX works in copy mode).
+fn mb_worker_on_lo(tx: u32) -> (Worker, Arc<WorkerCounters>) {
+    let hub = Arc::new(Hub::new(2, 8, 2048));
+    let (mut w, c) = worker_with(0, &hub, true);
+    hub.claim(9, 1);
+    let port = w
+        .umem
+        .bind(&PortSpec {
+            ifname: "lo".into(),
+            queue: 0,
+            slot: 4,
+            rings: crate::io::RingSizes { rx: 64, tx },
+        })
+        .expect("an AF_XDP socket on lo");
+    assert!(
+        port.multi_buffer && w.umem.multi_buffer(),
+        "kernel 6.6+ binds with XDP_USE_SG"
+    );
+    w.add(port);
+    (w, c)
+}
+
+/// A held multi-buffer packet in the batch: a head of `head` bytes and `conts` continuation
+/// frames of 1000 bytes, with `verdict`.
+fn held_chain(w: &mut Worker, head: usize, conts: usize, verdict: Verdict) {
+    let h = held_frame(w, &vec![0x11; head]);
+    let mut chain = crate::pipeline::Chain::EMPTY;
+    for _ in 0..conts {
+        let a = held_frame(w, &[0x22; 1000]);
+        assert!(chain.push(a, 1000));
+    }
+    let mut d = crate::pipeline::Desc::new(h, head as u32, 1);
+    d.verdict = verdict;
+    assert!(w.batch.push_chain(d, &chain));
+    let d = w.batch.descs_mut().last_mut().unwrap();
+    d.verdict = verdict;
+}
+
+fn wait_reaped(w: &mut Worker) {
+    w.kick();
+    let t0 = std::time::Instant::now();
+    while w.ports.iter().flatten().any(|p| p.tx_outstanding > 0)
+        && t0.elapsed() < Duration::from_secs(2)
+    {
+        w.reap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn in_fill(w: &Worker) -> usize {
+    w.ports.iter().flatten().map(|p| p.in_fill as usize).sum()
+}
+
+#[test]
+fn a_chain_goes_out_as_one_packet_of_frames_flagged_in_order() {
+    let (mut w, c) = mb_worker_on_lo(64);
+    w.batch.clear();
+    held_chain(&mut w, 1500, 3, Verdict::Tx { slot: 4 });
+    let single = held_frame(&mut w, &[0x33; 60]);
+    let mut d = crate::pipeline::Desc::new(single, 60, 1);
+    d.verdict = Verdict::Tx { slot: 4 };
+    w.batch.push(d);
+    let chain: Vec<u64> = std::iter::once(w.batch.descs()[0].addr)
+        .chain(w.batch.chain(0).iter().map(|f| f.0))
+        .collect();
+    w.dispatch();
+    // Every frame of the chain is TX-owned, none is free.
+    assert_eq!(w.owner.iter().filter(|&&o| o == tag_tx(0)).count(), 5);
+    for a in &chain {
+        assert_eq!(w.owner[w.frame_index(*a)], tag_tx(0));
+    }
+    assert_eq!(w.ports[0].as_ref().unwrap().tx_outstanding, 5);
+    c.flush(&mut w.counts);
+    assert_eq!(c.snapshot().tx, 2, "two packets");
+    wait_reaped(&mut w);
+    assert_eq!(
+        w.free.len() + in_fill(&w),
+        FRAMES as usize,
+        "every frame comes back"
+    );
+    // The kernel took the chain as valid descriptors (XDP_PKT_CONTD on all but the last).
+    let s = w.ports[0]
+        .as_ref()
+        .unwrap()
+        .port
+        .fq
+        .statistics_v2()
+        .unwrap();
+    assert_eq!(s.tx_invalid_descs, 0);
+    w.remove(4);
+    all_free(&w);
+}
+
+#[test]
+fn a_chain_the_tx_ring_cannot_take_whole_is_dropped_whole() {
+    // A TX ring of 4: two single frames and a chain of three do not fit together.
+    let (mut w, c) = mb_worker_on_lo(4);
+    w.batch.clear();
+    for _ in 0..2 {
+        let a = held_frame(&mut w, &[0x33; 60]);
+        let mut d = crate::pipeline::Desc::new(a, 60, 1);
+        d.verdict = Verdict::Tx { slot: 4 };
+        w.batch.push(d);
+    }
+    held_chain(&mut w, 1500, 2, Verdict::Tx { slot: 4 });
+    w.dispatch();
+    assert_eq!(w.ports[0].as_ref().unwrap().tx_outstanding, 2);
+    assert_eq!(w.owner.iter().filter(|&&o| o == HELD).count(), 0);
+    assert_eq!(w.owner.iter().filter(|&&o| o == tag_tx(0)).count(), 2);
+    assert_eq!(drops(&c, &mut w, DropReason::TxRingFull), 1, "one packet");
+    assert_eq!(c.snapshot().tx, 2);
+    wait_reaped(&mut w);
+    assert_eq!(w.free.len() + in_fill(&w), FRAMES as usize);
+    w.remove(4);
+    all_free(&w);
+}
+
+#[test]
+fn detached_dropped_and_handed_off_chains_free_every_frame() {
+    let (mut w, c) = mb_worker_on_lo(64);
+    w.batch.clear();
+    // Rebuilt into a reply in its head: the head goes alone, its continuations are freed.
+    held_chain(&mut w, 1500, 2, Verdict::Tx { slot: 4 });
+    w.batch.descs_mut()[0].detach_chain();
+    // Dropped by a stage.
+    held_chain(&mut w, 1500, 3, Verdict::Drop(DropReason::PolicyDenied));
+    // For an interface of another worker: handoff carries single frames only.
+    held_chain(&mut w, 1500, 1, Verdict::Tx { slot: 9 });
+    w.dispatch();
+    assert_eq!(w.ports[0].as_ref().unwrap().tx_outstanding, 1);
+    assert_eq!(w.owner.iter().filter(|&&o| o == HELD).count(), 0);
+    assert_eq!(drops(&c, &mut w, DropReason::HandoffMultiBuffer), 1);
+    assert_eq!(c.snapshot().handoff.sent, 0);
+    wait_reaped(&mut w);
+    assert_eq!(w.free.len() + in_fill(&w), FRAMES as usize);
+    w.remove(4);
+    all_free(&w);
+}
+
+#[test]
+fn a_socket_removed_mid_chain_gives_the_chain_back() {
+    let (mut w, c) = mb_worker_on_lo(64);
+    let (a, b) = (held_frame(&mut w, &[1; 64]), held_frame(&mut w, &[1; 64]));
+    let rt = w.ports[0].as_mut().unwrap();
+    let mut batch = Batch::default();
+    for f in [a, b] {
+        let s = rt
+            .partial
+            .take((f, 1792, XDP_PKT_CONTD), 4, &mut batch, |_| panic!());
+        assert_eq!(s, Step::More);
+    }
+    w.remove(4);
+    all_free(&w);
+    assert_eq!(drops(&c, &mut w, DropReason::MultiBufferTooLong), 1);
 }

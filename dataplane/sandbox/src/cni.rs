@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use vireo_control::cluster::gateway;
 
 use crate::state::write_atomic;
-use crate::{NodeState, PodState, State, UNDERLAY_MTU};
+use crate::{NodeState, PodState, State};
 
 /// Where Debian's containernetworking-plugins put host-local.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
@@ -59,7 +59,7 @@ pub fn conflist(st: &State, n: &NodeState) -> Value {
         "name": NETWORK,
         "plugins": [{
             "type": "vireo-cni",
-            "mtu": UNDERLAY_MTU - 50,
+            "mtu": st.pod_mtu(),
             "agentSocket": n.api,
             "ipam": {
                 "type": "host-local",

@@ -24,6 +24,8 @@ pub struct UpOpts {
     pub workers: usize,
     /// Workers spin instead of sleeping when idle (`busy_poll: true`).
     pub busy_poll: bool,
+    /// The pods' MTU; the underlay gets 50 more (VXLAN). 1450 by default.
+    pub mtu: u16,
 }
 
 pub fn up(name: &str, o: &UpOpts) -> Result<()> {
@@ -35,6 +37,13 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
     }
     if !(1..=8).contains(&o.workers) {
         bail!("--workers must be 1..=8");
+    }
+    if !crate::topology::POD_MTUS.contains(&o.mtu) {
+        bail!(
+            "--mtu must be {}..={}",
+            crate::topology::POD_MTUS.start(),
+            crate::topology::POD_MTUS.end()
+        );
     }
     let dir = state_dir(name);
     if dir.join("state.json").exists() {
@@ -49,6 +58,7 @@ pub fn up(name: &str, o: &UpOpts) -> Result<()> {
         source: o.source,
         workers: o.workers,
         busy_poll: o.busy_poll,
+        mtu: o.mtu,
         ..Default::default()
     };
     st.save()?;

@@ -89,6 +89,9 @@ pub struct State {
     /// The agents' workers spin when idle.
     #[serde(default)]
     pub busy_poll: bool,
+    /// The pods' MTU (`--mtu`; 0 in an older state file: the default, underlay 1500 less 50).
+    #[serde(default)]
+    pub mtu: u16,
     /// The API server's process (`--source kube`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apiserver_pid: Option<u32>,
@@ -110,6 +113,20 @@ pub fn state_dir(name: &str) -> PathBuf {
 }
 
 impl State {
+    /// The pods' MTU (vireo-cni sets it on both ends of each pod's veth).
+    pub fn pod_mtu(&self) -> u16 {
+        if self.mtu == 0 {
+            crate::UNDERLAY_MTU - crate::topology::VXLAN_OVERHEAD
+        } else {
+            self.mtu
+        }
+    }
+
+    /// The underlay's MTU: the nodes' uplinks and the bridge (the pods' plus VXLAN's 50).
+    pub fn underlay_mtu(&self) -> u16 {
+        self.pod_mtu() + crate::topology::VXLAN_OVERHEAD
+    }
+
     pub fn load(name: &str) -> Result<State> {
         let p = state_dir(name).join("state.json");
         let text = std::fs::read_to_string(&p).map_err(|_| {

@@ -8,8 +8,16 @@ use ipnet::Ipv4Net;
 use crate::netns::{netns_add, sh};
 use crate::{NodeState, State};
 
-/// Underlay MTU; pods get 50 less (the VXLAN overhead).
+/// Underlay MTU by default (`vireo sandbox up --mtu` changes it); pods get 50 less (the VXLAN
+/// overhead).
 pub const UNDERLAY_MTU: u16 = 1500;
+
+/// The VXLAN overhead: the underlay's MTU less the pods'.
+pub const VXLAN_OVERHEAD: u16 = 50;
+
+/// The pods' MTU `vireo sandbox up --mtu` accepts: from IPv4's minimum to jumbo frames (a
+/// pod MTU above a UMEM frame needs AF_XDP multi-buffer, kernel 6.6+).
+pub const POD_MTUS: std::ops::RangeInclusive<u16> = 576..=9000;
 
 const UNDERLAY_NET: [u8; 3] = [192, 168, 100];
 
@@ -57,13 +65,13 @@ pub(crate) fn underlay(st: &mut State) -> Result<()> {
     world(st)
 }
 
-/// A veth from namespace `ns` (its `eth0`, underlay MTU) into the underlay's bridge, where its
-/// end is `port`, up.
-fn bridge_port(underlay: &str, ns: &str, port: &str) -> Result<()> {
-    let mtu = UNDERLAY_MTU.to_string();
+/// A veth from namespace `ns` (its `eth0`, underlay MTU `mtu`) into the underlay's bridge,
+/// where its end is `port` (the same MTU; the bridge takes its ports' lowest), up.
+fn bridge_port(underlay: &str, ns: &str, port: &str, mtu: u16) -> Result<()> {
+    let mtu = mtu.to_string();
     sh(&[
         "ip", "link", "add", "eth0", "netns", ns, "mtu", &mtu, "type", "veth", "peer", "name",
-        port, "netns", underlay,
+        port, "mtu", &mtu, "netns", underlay,
     ])?;
     sh(&[
         "ip", "-n", underlay, "link", "set", port, "master", "br0", "up",
@@ -80,7 +88,7 @@ pub(crate) fn world(st: &mut State) -> Result<()> {
     netns_add(st, &ns)?;
     st.world = Some(ns.clone());
     st.save()?;
-    bridge_port(&ul, &ns, "wld")?;
+    bridge_port(&ul, &ns, "wld", st.underlay_mtu())?;
     let on = |args: &[&str]| -> Result<String> {
         let mut v = vec!["ip", "-n", ns.as_str()];
         v.extend_from_slice(args);
@@ -105,7 +113,7 @@ pub(crate) fn add_node(st: &mut State, i: usize) -> Result<()> {
     netns_add(st, &ns)?;
     // The node's port on the bridge; `vireo connectivity test` captures on it.
     let peer = format!("n{i}");
-    bridge_port(&ul, &ns, &peer)?;
+    bridge_port(&ul, &ns, &peer, st.underlay_mtu())?;
     let ip = Ipv4Addr::new(
         UNDERLAY_NET[0],
         UNDERLAY_NET[1],

@@ -36,7 +36,7 @@ mod port;
 pub mod sys;
 mod umem;
 
-pub use port::{Port, PortSpec, RingSizes};
+pub use port::{Port, PortSpec, RingSizes, XDP_PKT_CONTD};
 pub use umem::{AfXdpMode, SharedUmem, UmemSpec};
 
 /// Errors of the I/O layer.

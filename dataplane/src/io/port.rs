@@ -15,6 +15,12 @@ use super::IoError;
 
 const XDP_COPY: u16 = 1 << 1;
 const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+/// Multi-buffer: a frame larger than one UMEM frame arrives (and may leave) as a chain of
+/// descriptors (kernel 6.6+; the first socket of a UMEM sets it for all).
+const XDP_USE_SG: u16 = 1 << 4;
+/// In a descriptor's `options`: more descriptors of the same packet follow (every descriptor
+/// of a multi-buffer packet but the last carries it).
+pub const XDP_PKT_CONTD: u32 = 1;
 const SOL_XDP: libc::c_int = 283;
 const XDP_OPTIONS: libc::c_int = 8;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
@@ -53,11 +59,15 @@ pub struct Port {
     pub ifname: String,
     /// Copy or zero-copy, as the kernel reports it.
     pub mode: AfXdpMode,
+    /// Bound into a UMEM with multi-buffer (XDP_USE_SG) on.
+    pub multi_buffer: bool,
     pub(crate) fq: DeviceQueue,
     pub(crate) rx: RingRx,
     pub(crate) tx: RingTx,
     // Keeps the socket configuration alive for as long as the rings.
     _user: User,
+    // The flags of a bind retried without multi-buffer (no rings of its own).
+    _fallback: Option<User>,
 }
 
 impl std::fmt::Debug for Port {
@@ -79,6 +89,7 @@ impl Port {
         spec: &PortSpec,
         first: bool,
         zero_copy: bool,
+        multi_buffer: bool,
     ) -> Result<Port, IoError> {
         let what = |step: &str| format!("AF_XDP {step} on {} queue {}", spec.ifname, spec.queue);
         for (name, v) in [("rx", spec.rings.rx), ("tx", spec.rings.tx)] {
@@ -100,22 +111,55 @@ impl Port {
                 e.get_raw(),
             )
         })?;
-        // The first socket sets the mode and need_wakeup for the whole UMEM; later sockets must
-        // bind with flags 0 and inherit them.
-        let bind_flags = match (first, zero_copy) {
+        // The first socket sets the mode, need_wakeup and multi-buffer for the whole UMEM;
+        // later sockets must bind with flags 0 and inherit them.
+        let base_flags = match (first, zero_copy) {
             (false, _) => 0,
             (true, true) => XDP_USE_NEED_WAKEUP,
             (true, false) => XDP_USE_NEED_WAKEUP | XDP_COPY,
         };
+        let want_sg = first && multi_buffer;
         let cfg = SocketConfig {
             rx_size: NonZeroU32::new(spec.rings.rx),
             tx_size: NonZeroU32::new(spec.rings.tx),
-            bind_flags,
+            bind_flags: base_flags | if want_sg { XDP_USE_SG } else { 0 },
         };
         let user = umem
             .rx_tx(&sock, &cfg)
             .map_err(|e| IoError::sys(what("rx/tx rings"), e.get_raw()))?;
-        bind_with_retry(umem, &user).map_err(|errno| {
+        let mut sg = !first && multi_buffer;
+        let mut fallback = None;
+        let bound = match bind_with_retry(umem, &user) {
+            Ok(()) => {
+                sg |= want_sg;
+                Ok(())
+            }
+            // A kernel before 6.6 (EINVAL: unknown flag) or a zero-copy driver without
+            // multi-buffer (EOPNOTSUPP): bind again without it, on the same socket and rings (a
+            // failed bind leaves the socket unbound). The second `User` configures no ring; it
+            // only carries the flags.
+            Err(errno) if want_sg && (errno == libc::EINVAL || errno == libc::EOPNOTSUPP) => {
+                tracing::warn!(
+                    ifname = %spec.ifname,
+                    queue = spec.queue,
+                    error = %std::io::Error::from_raw_os_error(errno),
+                    "AF_XDP multi-buffer (XDP_USE_SG) refused; binding without it: frames larger than a UMEM frame are dropped by the kernel (af_xdp.multi_buffer)"
+                );
+                let plain = SocketConfig {
+                    rx_size: None,
+                    tx_size: None,
+                    bind_flags: base_flags,
+                };
+                let u = umem
+                    .rx_tx(&sock, &plain)
+                    .map_err(|e| IoError::sys(what("rebind without multi-buffer"), e.get_raw()))?;
+                let r = bind_with_retry(umem, &u);
+                fallback = Some(u);
+                r
+            }
+            Err(errno) => Err(errno),
+        };
+        bound.map_err(|errno| {
             let hint = if errno == libc::EOPNOTSUPP {
                 " (this UMEM is zero-copy and the interface cannot do zero-copy: set af_xdp.zero_copy: false)"
             } else {
@@ -136,10 +180,12 @@ impl Port {
             ifindex: info.ifindex(),
             ifname: spec.ifname.clone(),
             mode,
+            multi_buffer: sg,
             fq,
             rx,
             tx,
             _user: user,
+            _fallback: fallback,
         })
     }
 
@@ -262,10 +308,12 @@ impl Port {
         (n, sent)
     }
 
-    /// Puts frames on the TX ring with one commit; returns how many fit (the rest stay with the
-    /// caller).
+    /// Puts descriptors `(addr, len, options)` on the TX ring with one commit; returns how many
+    /// went on (the rest stay with the caller). A multi-buffer packet (every descriptor but its
+    /// last with [`XDP_PKT_CONTD`]) goes on whole or not at all: what is put on always ends
+    /// with a packet's last descriptor, so the kernel never sees half a chain.
     #[inline]
-    pub(crate) fn push_tx_batch(&mut self, frames: &[(u64, u32)]) -> usize {
+    pub(crate) fn push_tx_batch(&mut self, frames: &[(u64, u32, u32)]) -> usize {
         // xdpilone re-reads the kernel's consumer index only when its cached view says the
         // ring is full, so a reservation can come back short while the ring has room. A short
         // one is followed by a second, which sees the fresh index.
@@ -276,16 +324,31 @@ impl Port {
                 break;
             }
             let mut w = self.tx.transmit(rest.len() as u32);
-            let n = w.insert(rest.iter().map(|&(addr, len)| XdpDesc {
+            let fit = whole_packets(rest, w.capacity() as usize);
+            let n = w.insert(rest[..fit].iter().map(|&(addr, len, options)| XdpDesc {
                 addr,
                 len,
-                options: 0,
+                options,
             }));
             w.commit();
             sent += n as usize;
         }
         sent
     }
+}
+
+/// How many of `descs` fit in `room` descriptors without splitting a packet: the longest
+/// prefix of at most `room` that ends with a descriptor without [`XDP_PKT_CONTD`].
+#[inline]
+pub(crate) fn whole_packets(descs: &[(u64, u32, u32)], room: usize) -> usize {
+    let n = room.min(descs.len());
+    if n == descs.len() && descs.last().is_none_or(|d| d.2 & XDP_PKT_CONTD == 0) {
+        return n;
+    }
+    descs[..n]
+        .iter()
+        .rposition(|d| d.2 & XDP_PKT_CONTD == 0)
+        .map_or(0, |i| i + 1)
 }
 
 fn bind_with_retry(umem: &Umem, user: &User) -> Result<(), i32> {
@@ -323,5 +386,37 @@ fn query_mode(fd: i32) -> AfXdpMode {
         AfXdpMode::ZeroCopy
     } else {
         AfXdpMode::Copy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: u32 = XDP_PKT_CONTD;
+
+    #[test]
+    fn a_chain_goes_on_the_ring_whole_or_not_at_all() {
+        // Two single frames, then a chain of three, then one more.
+        let d = [
+            (0, 60, 0),
+            (1, 60, 0),
+            (2, 1792, C),
+            (3, 1792, C),
+            (4, 100, 0),
+            (5, 60, 0),
+        ];
+        assert_eq!(whole_packets(&d, 6), 6);
+        assert_eq!(whole_packets(&d, 9), 6);
+        assert_eq!(whole_packets(&d, 5), 5);
+        // Room for part of the chain only: it waits (or is dropped) whole.
+        assert_eq!(whole_packets(&d, 4), 2);
+        assert_eq!(whole_packets(&d, 3), 2);
+        assert_eq!(whole_packets(&d, 2), 2);
+        assert_eq!(whole_packets(&d, 1), 1);
+        assert_eq!(whole_packets(&d, 0), 0);
+        assert_eq!(whole_packets(&d[2..], 2), 0);
+        // A chain without its end never goes on.
+        assert_eq!(whole_packets(&d[..4], 4), 2);
     }
 }

@@ -133,6 +133,10 @@ pub struct SharedUmem {
     // Field order: the rings and sockets go before the memory they point into.
     anchor: Mutex<Option<Port>>,
     anchored: Mutex<bool>,
+    /// Ask for multi-buffer (XDP_USE_SG) on the first bind ([`SharedUmem::set_multi_buffer`]).
+    want_sg: std::sync::atomic::AtomicBool,
+    /// Whether the first bind got it (the UMEM's sockets inherit it).
+    sg: std::sync::atomic::AtomicBool,
     region: Region,
 }
 
@@ -208,6 +212,8 @@ impl SharedUmem {
             spec,
             anchor: Mutex::new(None),
             anchored: Mutex::new(false),
+            want_sg: std::sync::atomic::AtomicBool::new(false),
+            sg: std::sync::atomic::AtomicBool::new(false),
             region,
         })
     }
@@ -215,6 +221,19 @@ impl SharedUmem {
     /// Its shape.
     pub fn spec(&self) -> UmemSpec {
         self.spec
+    }
+
+    /// Asks for multi-buffer (XDP_USE_SG, kernel 6.6+) when the first socket is bound: a frame
+    /// larger than one UMEM frame then arrives as a chain of descriptors instead of being
+    /// dropped by the kernel. If the kernel refuses it (EINVAL, EOPNOTSUPP), the socket binds
+    /// without it and a warning is logged. No effect once a socket is bound.
+    pub fn set_multi_buffer(&self, on: bool) {
+        self.want_sg.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the UMEM's sockets are bound with multi-buffer.
+    pub fn multi_buffer(&self) -> bool {
+        self.sg.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Binds `lo` queue 0 as the anchor unless something is bound already.
@@ -245,7 +264,16 @@ impl SharedUmem {
             .map_err(|e| IoError::sys(format!("interface {}", spec.ifname), e.get_raw()))?;
         info.set_queue(spec.queue);
         let first = !*anchored;
-        let port = Port::bind(&self.umem, &info, spec, first, self.spec.zero_copy)?;
+        let sg = if first {
+            self.want_sg.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            self.multi_buffer()
+        };
+        let port = Port::bind(&self.umem, &info, spec, first, self.spec.zero_copy, sg)?;
+        if first {
+            self.sg
+                .store(port.multi_buffer, std::sync::atomic::Ordering::Relaxed);
+        }
         *anchored = true;
         Ok(port)
     }

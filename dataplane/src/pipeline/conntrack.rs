@@ -237,7 +237,7 @@ pub(super) fn known(
     if REJUDGE && denied_again(h, t, d.in_slot, src, d.src_identity, dst, proto) {
         return Some(Err(DropReason::PolicyDenied));
     }
-    h.try_update(next_state(proto, h.state(), false, flags), false, d.len)
+    h.try_update(next_state(proto, h.state(), false, flags), false, d.total())
         .then_some(Ok(CtVerdict::Established))
 }
 
@@ -281,7 +281,7 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
     };
     for rd in reverse {
         if let Some(h) = ct.lookup(&key.reversed(*rd)) {
-            h.update(next(h.state(), true), true, d.len);
+            h.update(next(h.state(), true), true, d.total());
             return Ok(CtVerdict::Reply);
         }
     }
@@ -299,7 +299,7 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
         state: first,
         identity: d.src_identity,
         nat: None,
-        bytes: d.len,
+        bytes: d.total(),
     };
     match ct.insert(&key, e) {
         Ok((h, true)) => {
@@ -308,7 +308,7 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
         }
         // Another worker created it a moment ago.
         Ok((h, false)) => {
-            h.update(next(h.state(), false), false, d.len);
+            h.update(next(h.state(), false), false, d.total());
             Ok(CtVerdict::Established)
         }
         Err(Full) => Err(DropReason::CtFull),

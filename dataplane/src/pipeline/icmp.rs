@@ -98,6 +98,8 @@ pub(crate) fn answer<F: Frames>(
     buf[0..6].copy_from_slice(&to_mac);
     buf[6..12].copy_from_slice(&our_mac);
     d.len = n as u32;
+    // The error is all in the head: a multi-buffer packet's continuations are not part of it.
+    d.detach_chain();
     d.ct = CtVerdict::Related;
     c.drop(a.reason); // answered, and counted
     Verdict::Tx { slot: d.in_slot }

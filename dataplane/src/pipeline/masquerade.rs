@@ -226,7 +226,7 @@ fn egress(
                 return Out::TtlExceeded;
             }
             let next = next_state(proto, h.state(), false, flags);
-            h.update(next, false, d.len);
+            h.update(next, false, d.total());
             let nat = h.nat();
             if let Some(n) = nat {
                 let rk = rev_key(&n, proto);
@@ -320,7 +320,7 @@ fn new_flow(
         state: first,
         identity: d.src_identity,
         nat,
-        bytes: d.len,
+        bytes: d.total(),
     };
     let undo = |n: Option<Nat>| {
         if let Some(n) = n {
@@ -361,6 +361,11 @@ fn pod_icmp_error(
     let Ok(Some(q)) = quoted(ip) else {
         return drop(DropReason::IcmpUnrelated);
     };
+    if d.tail > 0 {
+        // Its ICMP checksum is recomputed over the message, which must be in one frame.
+        return drop(DropReason::IcmpErrorMultiBuffer);
+    }
+
     let to = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     if to != q.src || ip[8] <= 1 {
         return drop(DropReason::IcmpUnrelated);
@@ -474,7 +479,7 @@ fn reply(
         return drop(DropReason::MasqNoEntry);
     };
     let next = next_state(proto, f.state(), true, flags);
-    f.update(next, true, d.len);
+    f.update(next, true, d.total());
     h.update(next, true, 0);
     let ipm = &mut buf[l3..];
     if later {
@@ -521,6 +526,10 @@ fn world_icmp_error(
     else {
         return drop(DropReason::MasqNoEntry);
     };
+    if d.tail > 0 {
+        // Its ICMP checksum is recomputed over the message, which must be in one frame.
+        return drop(DropReason::IcmpErrorMultiBuffer);
+    }
     translate_icmp_error(
         &mut buf[l3..l3 + total],
         &q,

@@ -23,6 +23,64 @@ use crate::tables::Tables;
 /// Frames per batch.
 pub const BATCH: usize = 64;
 
+/// Frames one multi-buffer packet may span: the kernel's MAX_SKB_FRAGS (17) fragments plus the
+/// linear part. A longer chain is dropped (`multi_buffer_too_long`).
+pub const MAX_FRAGS: usize = 18;
+/// Continuation frames (all but the head) of a packet at most.
+pub const MAX_CONTS: usize = MAX_FRAGS - 1;
+
+/// The continuation frames `(addr, len)` of a multi-buffer packet, after its head, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain {
+    n: u8,
+    frames: [(u64, u32); MAX_CONTS],
+}
+
+impl Chain {
+    /// No continuation.
+    pub const EMPTY: Chain = Chain {
+        n: 0,
+        frames: [(0, 0); MAX_CONTS],
+    };
+    /// The continuation frames.
+    #[inline]
+    pub fn frames(&self) -> &[(u64, u32)] {
+        &self.frames[..usize::from(self.n)]
+    }
+    /// Appends a frame; false when the chain is at [`MAX_CONTS`].
+    #[inline]
+    pub fn push(&mut self, addr: u64, len: u32) -> bool {
+        match self.frames.get_mut(usize::from(self.n)) {
+            Some(f) => {
+                *f = (addr, len);
+                self.n += 1;
+                true
+            }
+            None => false,
+        }
+    }
+    /// Empties it.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.n = 0;
+    }
+    /// Continuation frames.
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(self.n)
+    }
+    /// True without continuations.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    /// Bytes in the continuation frames.
+    #[inline]
+    pub fn bytes(&self) -> u32 {
+        self.frames().iter().map(|f| f.1).sum()
+    }
+}
+
 /// Access to frame memory by UMEM address. The AF_XDP UMEM implements it in the I/O layer; tests
 /// and benchmarks use [`VecFrames`].
 pub trait Frames {
@@ -94,8 +152,17 @@ pub enum CtVerdict {
 pub struct Desc {
     /// UMEM address of the frame's first byte.
     pub addr: u64,
-    /// Frame length.
+    /// Length of the frame at `addr` (the head frame of a multi-buffer packet).
     pub len: u32,
+    /// Bytes of a multi-buffer packet past its head frame, in the continuation frames the
+    /// batch keeps for it ([`Batch::chain`]); 0 for a packet in one frame. Every stage works on
+    /// the head's bytes (the headers are there) and checks lengths against [`Desc::total`].
+    /// A stage that replaces the packet by one built in the head (an ICMP error, a reset)
+    /// detaches the continuations ([`Desc::detach_chain`]): the head then goes alone.
+    pub tail: u32,
+    /// Continuation frames still attached (0: the head goes alone; the worker frees any
+    /// continuation frames it received).
+    pub frags: u8,
     /// Slot of the interface it arrived on.
     pub in_slot: u16,
     /// Security identity of the sender, once known (from its endpoint or the VNI).
@@ -122,6 +189,8 @@ impl Desc {
         Desc {
             addr,
             len,
+            tail: 0,
+            frags: 0,
             in_slot,
             src_identity: 0,
             from_tunnel: false,
@@ -132,12 +201,28 @@ impl Desc {
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
+
+    /// The packet's length: the head frame and its continuations.
+    #[inline]
+    pub const fn total(&self) -> u32 {
+        self.len + self.tail
+    }
+
+    /// The packet leaves as its head frame alone (it was rebuilt there): its continuation
+    /// frames are no longer part of it.
+    #[inline]
+    pub fn detach_chain(&mut self) {
+        self.tail = 0;
+        self.frags = 0;
+    }
 }
 
 /// A batch of frames, fixed capacity, reused by the worker forever.
 #[derive(Debug, Clone)]
 pub struct Batch {
     descs: [Desc; BATCH],
+    /// The continuation frames of `descs[i]` (empty for a packet in one frame).
+    chains: [Chain; BATCH],
     len: usize,
     /// The conntrack clock, read once as the batch enters the pipeline: every table operation
     /// of the batch (fragments, services, conntrack) uses this time.
@@ -148,6 +233,7 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             descs: [Desc::new(0, 0, 0); BATCH],
+            chains: [Chain::EMPTY; BATCH],
             len: 0,
             now: 0,
         }
@@ -167,8 +253,28 @@ impl Batch {
             return false;
         }
         self.descs[self.len] = d;
+        self.chains[self.len].clear();
         self.len += 1;
         true
+    }
+    /// Appends a multi-buffer packet: its head `d` (whose `tail` and `frags` are set from
+    /// `chain`) and its continuation frames; false when full.
+    #[inline]
+    pub fn push_chain(&mut self, mut d: Desc, chain: &Chain) -> bool {
+        if self.len == BATCH {
+            return false;
+        }
+        d.tail = chain.bytes();
+        d.frags = chain.len() as u8;
+        self.descs[self.len] = d;
+        self.chains[self.len] = *chain;
+        self.len += 1;
+        true
+    }
+    /// The continuation frames received with frame `i` (whether or not still attached).
+    #[inline]
+    pub fn chain(&self, i: usize) -> &[(u64, u32)] {
+        self.chains.get(i).map_or(&[], Chain::frames)
     }
     /// Frames in the batch.
     #[inline]
@@ -312,6 +418,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 mod host_tests;
 #[cfg(test)]
 mod masquerade_tests;
+#[cfg(test)]
+mod multi_buffer_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
         frames,
         |k| k == Kind::Raw,
         |d, buf| {
-            d.verdict = match classify(buf) {
+            d.verdict = match classify(buf, d.tail as usize) {
                 Verdict::Continue(Kind::Ipv4 { l3 }) if is_vxlan(buf, t, d.in_slot) => {
                     Verdict::Continue(Kind::Vxlan { l3 })
                 }
@@ -34,19 +34,20 @@ fn is_vxlan(buf: &[u8], t: &Tables, in_slot: u16) -> bool {
         && u16::from_be_bytes([buf[udp + 2], buf[udp + 3]]) == t.vxlan_port
 }
 
-/// The verdict for one raw frame.
-pub(crate) fn classify(buf: &[u8]) -> Verdict {
+/// The verdict for one raw frame: `buf` is its head (all of it for a packet in one frame),
+/// `tail` the bytes of its continuation frames (the IPv4 total length is checked against both).
+pub(crate) fn classify(buf: &[u8], tail: usize) -> Verdict {
     let Ok(eth) = Ethernet2HeaderSlice::from_slice(buf) else {
         return Verdict::Drop(DropReason::TruncatedEthernet);
     };
     match eth.ether_type().0 {
         ETHERTYPE_ARP => Verdict::Continue(Kind::Arp),
-        ETHERTYPE_IPV4 => ipv4(&buf[ETH_HLEN..]),
+        ETHERTYPE_IPV4 => ipv4(&buf[ETH_HLEN..], tail),
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
     }
 }
 
-fn ipv4(l3: &[u8]) -> Verdict {
+fn ipv4(l3: &[u8], tail: usize) -> Verdict {
     let ip = match Ipv4HeaderSlice::from_slice(l3) {
         Ok(ip) => ip,
         Err(HeaderSliceError::Len(_)) => return Verdict::Drop(DropReason::TruncatedIp),
@@ -61,7 +62,7 @@ fn ipv4(l3: &[u8]) -> Verdict {
         return Verdict::Drop(DropReason::IpOptions);
     }
     let total = usize::from(ip.total_len());
-    if total < IPV4_MIN_HLEN || total > l3.len() {
+    if total < IPV4_MIN_HLEN || total > l3.len() + tail {
         return Verdict::Drop(DropReason::BadTotalLength);
     }
     if !ipv4_checksum_ok(ip.slice()) {

@@ -192,9 +192,9 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
                 let svc = ct.lookup(&reply_key(&nat, proto, Dir::Service));
                 let next = next_state(proto, svc.and_then(|s| s.state()), true, flags);
                 if let Some(s) = svc {
-                    s.update(next, true, d.len);
+                    s.update(next, true, d.total());
                 }
-                h.update(next, true, d.len);
+                h.update(next, true, d.total());
                 return Some(translated(d, buf, t, ct, nat, CtVerdict::Reply));
             }
         }
@@ -230,10 +230,10 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
                 return Some(Verdict::Drop(DropReason::PolicyDenied));
             }
             let next = next_state(proto, h.state(), false, flags);
-            h.update(next, false, d.len);
+            h.update(next, false, d.total());
             let rev = revnat_key(&nat, proto);
             match ct.lookup(&rev) {
-                Some(r) => r.update(next, false, d.len),
+                Some(r) => r.update(next, false, d.total()),
                 // Evicted under pressure: put it back, replies need it.
                 None => {
                     let _ = ct.insert(&rev, revnat_entry(&p, next, d));
@@ -313,7 +313,7 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
         state: first,
         identity: d.src_identity,
         nat: Some(nat),
-        bytes: d.len,
+        bytes: d.total(),
     };
     let verdict = match ct.insert(&p.key(Dir::Service), entry) {
         Ok((h, true)) => {
@@ -391,6 +391,10 @@ fn icmp_error(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<V
         return None;
     };
     check_source(d, t, &p, origin)?;
+    if d.tail > 0 {
+        // Its ICMP checksum is recomputed over the message, which must be in one frame.
+        return Some(Verdict::Drop(DropReason::IcmpErrorMultiBuffer));
+    }
     // Either way the entry translates the quoted packet's answer, so the quote becomes
     // `nat.dst → nat.src` (what the error's receiver sent), the error goes to `nat.dst`, and
     // comes from `nat.src` when the quoted packet's receiver itself sent it (a router's address
@@ -633,6 +637,8 @@ fn reject(d: &mut Desc, buf: &mut [u8]) -> Verdict {
         Some(len) => {
             set_macs(buf, &dst, &src);
             d.len = len as u32;
+            // The reply is all in the head: a multi-buffer request's continuations go.
+            d.detach_chain();
             d.nat = true;
             d.ct = CtVerdict::Related;
             Verdict::Tx { slot: d.in_slot }

@@ -22,7 +22,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
             d.verdict = Verdict::Drop(DropReason::TruncatedEthernet);
             continue;
         };
-        match decap(buf, t) {
+        match decap(buf, d.tail as usize, t) {
             Ok((vni, inner_len)) => {
                 let outer_tos = buf[ETH_HLEN + 1];
                 let inner = &mut buf[VXLAN_INNER + ETH_HLEN..];
@@ -41,7 +41,16 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
                     }
                 }
                 d.addr += VXLAN_INNER as u64;
-                d.len = inner_len as u32;
+                if d.tail > 0 && inner_len > buf.len() - VXLAN_INNER {
+                    // A multi-buffer packet: the outer headers go from its head only; its
+                    // continuations carry the rest of the inner frame.
+                    d.len = (buf.len() - VXLAN_INNER) as u32;
+                    d.tail = (inner_len - (buf.len() - VXLAN_INNER)) as u32;
+                } else {
+                    // The inner frame ends in the head: whatever follows is padding.
+                    d.len = inner_len as u32;
+                    d.detach_chain();
+                }
                 // Another node's own stack sends as `host` (1): here it is `remote-node` (6).
                 d.src_identity = if vni == Identity::HOST.0 {
                     Identity::REMOTE_NODE.0
@@ -58,14 +67,15 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
     }
 }
 
-/// The VNI and inner frame length of a valid packet.
-fn decap(buf: &[u8], t: &Tables) -> Result<(u32, usize), DropReason> {
+/// The VNI and inner frame length of a valid packet whose head frame is `buf`, followed by
+/// `tail` bytes in continuation frames.
+fn decap(buf: &[u8], tail: usize, t: &Tables) -> Result<(u32, usize), DropReason> {
     let pkt = VxlanPacket::new_checked(buf).map_err(|e| match e {
         VxlanError::Short | VxlanError::Flags => DropReason::VxlanMalformed,
         VxlanError::TruncatedInner => DropReason::VxlanTruncatedInner,
     })?;
     let inner_len = pkt.inner_len();
-    if buf.len() < VXLAN_INNER + inner_len {
+    if buf.len() + tail < VXLAN_INNER + inner_len {
         return Err(DropReason::VxlanTruncatedInner);
     }
     if t.local.is_none_or(|l| u32::from(l.ip) != pkt.dst_ip()) {
@@ -78,7 +88,12 @@ fn decap(buf: &[u8], t: &Tables) -> Result<(u32, usize), DropReason> {
     if !t.identities.contains(&vni) {
         return Err(DropReason::VxlanUnknownIdentity);
     }
-    match parse::classify(&buf[VXLAN_INNER..VXLAN_INNER + inner_len]) {
+    // The inner frame's bytes in the head, and how many more its continuations hold.
+    let in_head = inner_len.min(buf.len() - VXLAN_INNER);
+    match parse::classify(
+        &buf[VXLAN_INNER..VXLAN_INNER + in_head],
+        inner_len - in_head,
+    ) {
         Verdict::Continue(Kind::Ipv4 { .. }) => Ok((vni, inner_len)),
         Verdict::Drop(
             DropReason::TruncatedEthernet | DropReason::TruncatedIp | DropReason::BadTotalLength,

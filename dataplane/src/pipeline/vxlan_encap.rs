@@ -79,7 +79,9 @@ fn encap<F: Frames>(
         df: t.vxlan_df,
         id: c.ip_id,
     };
-    r.emit(out, inner_len);
+    // The outer lengths cover the whole packet: the head and its continuation frames, which
+    // follow the head unchanged.
+    r.emit(out, d.total() as usize);
     d.addr = addr;
     d.len += VXLAN_OVERHEAD as u32;
     Verdict::Tx {

@@ -155,6 +155,7 @@ pub fn run(config_path: &Path) -> Result<()> {
                 cores: w.cores.clone(),
                 busy_poll: cfg.busy_poll,
                 umem,
+                multi_buffer: cfg.af_xdp.multi_buffer,
             },
             tables.clone(),
             hub.clone(),

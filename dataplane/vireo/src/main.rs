@@ -75,6 +75,10 @@ enum SandboxCmd {
         /// latency, a core each.
         #[arg(long)]
         busy_poll: bool,
+        /// The pods' MTU (576..=9000); the underlay (nodes' uplinks, bridge) gets 50 more for
+        /// VXLAN. Above a UMEM frame (9000: jumbo frames) the agents use AF_XDP multi-buffer.
+        #[arg(long, default_value_t = 1450)]
+        mtu: u16,
     },
     /// Print the path of a kubeconfig for the sandbox's API server (`--source kube`):
     /// `kubectl --kubeconfig "$(vireo sandbox kubeconfig)" get pods -A`.
@@ -408,6 +412,7 @@ fn run(cli: Cli) -> Result<()> {
                 source,
                 workers,
                 busy_poll,
+                mtu,
             } => sandbox::up(
                 &sandbox.name,
                 &sandbox::UpOpts {
@@ -417,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
                     source,
                     workers,
                     busy_poll,
+                    mtu,
                 },
             ),
             SandboxCmd::Kubeconfig { sandbox } => {
