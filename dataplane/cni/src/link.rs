@@ -119,7 +119,10 @@ pub fn mac_of(l: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Creates the veth pair: `host` (up, default MTU) here, its peer directly in `netns` as
+/// The host side's MTU at least: Linux's default.
+const HOST_MTU: u32 = 1500;
+
+/// Creates the veth pair: `host` (up, the default MTU or `mtu` when larger) here, its peer directly in `netns` as
 /// `ifname` with `mac` and `mtu`. Returns the host side's MAC.
 pub async fn create_veth(
     h: &Handle,
@@ -137,9 +140,12 @@ pub async fn create_veth(
         .mtu(mtu)
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    // The host side keeps the default MTU: the agent, not the veth, decides what is too big
-    // for the tunnel (and answers "fragmentation needed" to a pod that raised its own MTU).
+    // The host side keeps the default MTU, or the pod's when larger (jumbo frames): the
+    // agent, not the veth, decides what is too big for the tunnel (and answers
+    // "fragmentation needed" to a pod that raised its own MTU). A frame larger than the host
+    // side's MTU would be dropped by the veth before the agent sees it.
     let msg = one_queue(LinkVeth::new(host, ifname))
+        .mtu(mtu.max(HOST_MTU))
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();

@@ -64,6 +64,8 @@ pub struct Port {
     pub(crate) fq: DeviceQueue,
     pub(crate) rx: RingRx,
     pub(crate) tx: RingTx,
+    /// TX ring entries.
+    tx_size: u32,
     // Keeps the socket configuration alive for as long as the rings.
     _user: User,
     // The flags of a bind retried without multi-buffer (no rings of its own).
@@ -184,6 +186,7 @@ impl Port {
             fq,
             rx,
             tx,
+            tx_size: spec.rings.tx,
             _user: user,
             _fallback: fallback,
         })
@@ -308,31 +311,38 @@ impl Port {
         (n, sent)
     }
 
-    /// Puts descriptors `(addr, len, options)` on the TX ring with one commit; returns how many
-    /// went on (the rest stay with the caller). A multi-buffer packet (every descriptor but its
-    /// last with [`XDP_PKT_CONTD`]) goes on whole or not at all: what is put on always ends
-    /// with a packet's last descriptor, so the kernel never sees half a chain.
+    /// Puts descriptors `(addr, len, options)` on the TX ring; returns how many went on (the
+    /// rest stay with the caller). A multi-buffer packet (every descriptor but its last with
+    /// [`XDP_PKT_CONTD`]) goes on whole or not at all: what is put on always ends with a
+    /// packet's last descriptor, so the kernel never sees half a chain. The TX ring is not
+    /// kicked, so the kernel reads nothing of it before the caller's [`Port::kick_tx`].
     #[inline]
     pub(crate) fn push_tx_batch(&mut self, frames: &[(u64, u32, u32)]) -> usize {
-        // xdpilone re-reads the kernel's consumer index only when its cached view says the
-        // ring is full, so a reservation can come back short while the ring has room. A short
-        // one is followed by a second, which sees the fresh index.
+        // The room is taken from the kernel's consumer index, read now: xdpilone re-reads it
+        // only when its cached view says the ring is full, so a reservation can come back
+        // short while the ring has room (and a chain longer than that stale view would never
+        // fit). This socket is the ring's only producer, so the room can only grow meanwhile:
+        // the reservations below get all of `fit`, the first one or a second after its
+        // cached view ran out.
+        let room = self.tx_size.saturating_sub(self.tx.pending()) as usize;
+        let fit = whole_packets(frames, room);
         let mut sent = 0;
-        for _ in 0..2 {
-            let rest = &frames[sent..];
+        for _ in 0..3 {
+            let rest = &frames[sent..fit];
             if rest.is_empty() {
                 break;
             }
             let mut w = self.tx.transmit(rest.len() as u32);
-            let fit = whole_packets(rest, w.capacity() as usize);
-            let n = w.insert(rest[..fit].iter().map(|&(addr, len, options)| XdpDesc {
-                addr,
-                len,
-                options,
-            }));
+            let n =
+                w.insert(
+                    rest.iter()
+                        .map(|&(addr, len, options)| XdpDesc { addr, len, options }),
+                );
             w.commit();
             sent += n as usize;
         }
+        // `sent == fit` while this socket is the ring's only producer (what went on is on
+        // the ring, whatever it is: the caller must not free it).
         sent
     }
 }
