@@ -394,3 +394,31 @@ fn a_socket_removed_mid_chain_gives_the_chain_back() {
     all_free(&w);
     assert_eq!(drops(&c, &mut w, DropReason::MultiBufferTooLong), 1);
 }
+
+#[test]
+fn a_chain_fits_a_ring_whose_cached_room_is_stale() {
+    // A TX ring of 8. Three single frames go out and complete: the ring is empty again, but
+    // xdpilone's cached view still says 5 free (it re-reads the kernel's index only when that
+    // view is exhausted). A chain of 6 must still go on whole.
+    let (mut w, c) = mb_worker_on_lo(8);
+    w.batch.clear();
+    for _ in 0..3 {
+        let a = held_frame(&mut w, &[0x33; 60]);
+        let mut d = crate::pipeline::Desc::new(a, 60, 1);
+        d.verdict = Verdict::Tx { slot: 4 };
+        w.batch.push(d);
+    }
+    w.dispatch();
+    wait_reaped(&mut w);
+    assert_eq!(w.ports[0].as_ref().unwrap().port.tx_pending(), 0);
+    w.batch.clear();
+    held_chain(&mut w, 1500, 5, Verdict::Tx { slot: 4 });
+    w.dispatch();
+    assert_eq!(drops(&c, &mut w, DropReason::TxRingFull), 0);
+    assert_eq!(w.ports[0].as_ref().unwrap().tx_outstanding, 6);
+    assert_eq!(c.snapshot().tx, 4);
+    wait_reaped(&mut w);
+    assert_eq!(w.free.len() + in_fill(&w), FRAMES as usize);
+    w.remove(4);
+    all_free(&w);
+}

@@ -287,6 +287,7 @@ fn status_json(st: &State) -> serde_json::Value {
     json!({
         "name": st.name,
         "source": st.source.as_str(),
+        "mtu": st.pod_mtu(),
         "apiserver": (st.source == Source::Kube).then(|| json!({
             "pid": st.apiserver_pid, "running": pid_alive(st.apiserver_pid),
             "kubeconfig": crate::kube::kubeconfig(st),
