@@ -100,6 +100,10 @@ impl Sandbox {
         let st = self.json(&["status", "--json", "--node", node]);
         let mut k = serde_json::Map::new();
         for w in st["workers"].as_array().expect("workers") {
+            assert_eq!(
+                w["multi_buffer"], true,
+                "{node}: bound with XDP_USE_SG: {w}"
+            );
             for (name, v) in w["counters"]["kernel"].as_object().expect("kernel") {
                 let sum = k.get(name).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap();
                 k.insert(name.clone(), sum.into());

@@ -936,6 +936,7 @@ impl Agent {
                     "sockets": ports.len(),
                     "fill_base": ports.first().map(|p| p.fill_base),
                     "fill_high": ports.first().map(|p| p.fill_high),
+                    "multi_buffer": ports.first().map(|p| p.multi_buffer),
                     "umem_frames": w.spec().umem.frames,
                     "counters": c,
                 })
