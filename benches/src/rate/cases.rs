@@ -94,7 +94,9 @@ impl Planned {
 /// Every case of one round: the AF_XDP generator cross-check on the plain case, `vireo-ingress`
 /// (our VXLAN generator, 64-byte inner frames), then every DUT for every frame size and flow
 /// count under testpmd (our generator's 64-byte cases instead when testpmd is missing).
-pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool) -> Vec<Planned> {
+/// `vireo-pod` (pod → pod on one node, a comparator the targets do not name) is left out of
+/// `--quick` (`with_pod` false).
+pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool, with_pod: bool) -> Vec<Planned> {
     let mut v = vec![
         Planned {
             dut: Dut::Plain,
@@ -106,7 +108,10 @@ pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool) -> Vec<Planned
         },
     ];
     if !testpmd {
-        for dut in [Dut::Pod, Dut::Egress] {
+        for dut in [Dut::Pod, Dut::Egress]
+            .into_iter()
+            .filter(|d| with_pod || *d != Dut::Pod)
+        {
             v.push(Planned {
                 dut,
                 gen: GenKind::AfXdp,
@@ -123,7 +128,10 @@ pub(super) fn plan(frames: &[u32], multi: &[bool], testpmd: bool) -> Vec<Planned
                 Dut::TestPmdIo,
                 Dut::XdpRedirect,
                 Dut::KernelPath,
-            ] {
+            ]
+            .into_iter()
+            .filter(|d| with_pod || *d != Dut::Pod)
+            {
                 v.push(Planned {
                     dut,
                     gen: GenKind::TestPmd { frame, multi_flow },
@@ -251,7 +259,7 @@ mod tests {
 
     #[test]
     fn plan_has_the_cross_check_and_every_dut_per_frame_and_flow() {
-        let p = plan(&[64, 1500], &[false, true], true);
+        let p = plan(&[64, 1500], &[false, true], true, true);
         assert_eq!(p.len(), 2 + 2 * 2 * 6);
         assert_eq!(p[0].name(), "vireo-plain-afxdp-gen");
         assert_eq!((p[0].frame(), p[0].flows()), (64, 1));
@@ -266,8 +274,12 @@ mod tests {
             .iter()
             .any(|x| x.frame() == 1500 && x.flows() == MULTI_FLOWS));
         assert!(p.iter().filter(|x| x.name() == "vireo-plain").count() == 4);
+        // --quick leaves vireo-pod out.
+        let q = plan(&[64, 1500], &[false], true, false);
+        assert!(q.iter().all(|x| x.dut != Dut::Pod));
+        assert_eq!(q.len(), 2 + 2 * 5);
         // Without testpmd only our generator's cases run.
-        let p = plan(&[64], &[false], false);
+        let p = plan(&[64], &[false], false, true);
         assert_eq!(
             p.iter().map(Planned::name).collect::<Vec<_>>(),
             [

@@ -203,7 +203,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     } else {
         (&[64, 512, 1500], &[false, true])
     };
-    let plan = cases::plan(frames, multi, have_pmd);
+    let plan = cases::plan(frames, multi, have_pmd, !opts.quick);
     let mut results: Vec<(Vec<Rate>, Option<String>)> = vec![(Vec::new(), None); plan.len()];
     for r in 1..=rounds {
         for (p, res) in plan.iter().zip(results.iter_mut()) {
