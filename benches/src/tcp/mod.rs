@@ -346,23 +346,6 @@ fn vireo_setup_cases(
     Ok(rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sandbox_names_fit_the_sandbox_limit() {
-        // `vireo sandbox up --sandbox NAME`: 1-8 lowercase letters or digits.
-        for s in &VIREO_SETUPS {
-            let name = format!("vtc{}{}", 9999, s.suffix);
-            assert!(name.len() <= 8, "{name}");
-            assert!(name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
-        }
-    }
-}
-
 /// Adds the targets (printed, not asserted) to the Vireo rows' notes: TCP ≥ 0.5× the kernel's
 /// at MTU 1450, RR p50 within 2× and p99 within 3×.
 fn compare(rows: &mut [Case]) {
@@ -397,6 +380,23 @@ fn compare(rows: &mut [Case]) {
                 .take()
                 .map_or(x.clone(), |n| format!("{n}; {x}"));
             rows[i].note = Some(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_names_fit_the_sandbox_limit() {
+        // `vireo sandbox up --sandbox NAME`: 1-8 lowercase letters or digits.
+        for s in &VIREO_SETUPS {
+            let name = format!("vtc{}{}", 9999, s.suffix);
+            assert!(name.len() <= 8, "{name}");
+            assert!(name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         }
     }
 }
