@@ -146,13 +146,19 @@ pub fn vxlan_from_c(dst: Ipv4Addr, vni: u32, payload: &[u8]) -> Vec<u8> {
 
 /// `inner` (an Ethernet frame) encapsulated by the remote node towards us, VNI `vni`.
 pub fn vxlan_from_remote(inner: &[u8], vni: u32) -> Vec<u8> {
+    encapsulate(inner, (REMOTE.1, REMOTE.0), (UPLINK.1, UPLINK.2), vni)
+}
+
+/// `inner` (an Ethernet frame) in VXLAN from `src` to `dst` (MAC and underlay address), VNI
+/// `vni`, to the VXLAN port, the outer DSCP/ECN copied from the inner packet.
+pub fn encapsulate(inner: &[u8], src: (Mac, Ipv4Addr), dst: (Mac, Ipv4Addr), vni: u32) -> Vec<u8> {
     let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
     out[VXLAN_OVERHEAD..].copy_from_slice(inner);
     VxlanRepr {
-        src_mac: REMOTE.1,
-        dst_mac: UPLINK.1,
-        src_ip: REMOTE.0.octets(),
-        dst_ip: UPLINK.2.octets(),
+        src_mac: src.0,
+        dst_mac: dst.0,
+        src_ip: src.1.octets(),
+        dst_ip: dst.1.octets(),
         src_port: 50000,
         dst_port: VXLAN_PORT,
         vni,

@@ -20,14 +20,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use vireo_api::{self as api, Request};
-use vireo_dataplane::fixtures::{POD_A, POD_B, POD_C};
-use vireo_dataplane::wire::{VxlanRepr, ETH_HLEN, VXLAN_OVERHEAD};
+use vireo_dataplane::fixtures::{encapsulate, POD_A, POD_B, POD_C};
+use vireo_dataplane::wire::VXLAN_OVERHEAD;
 
 use super::agent_run::{self, AgentSetup};
 use super::kernel::{BACKEND, CLUSTER_IP, NODE_IP, REMOTE_NODE_IP, SERVICE_PORT};
 use super::measure::Rate;
 use super::runs::{GenKind, Generator};
-use super::{Ctx, HOST_A, HOST_B, PAYLOAD, VXLAN_PORT};
+use super::{Ctx, HOST_A, HOST_B, PAYLOAD};
 
 /// This node, as the manifests name it.
 const NODE: &str = "vireo-bench";
@@ -215,22 +215,7 @@ pub(super) fn ingress_frame(vni: u32) -> Vec<u8> {
     let mut inner = Vec::with_capacity(b.size(PAYLOAD.len()));
     b.write(&mut inner, &PAYLOAD)
         .expect("writing to a Vec cannot fail");
-    let mut out = vec![0u8; VXLAN_OVERHEAD + inner.len()];
-    out[VXLAN_OVERHEAD..].copy_from_slice(&inner);
-    VxlanRepr {
-        src_mac: POD_A.1,
-        dst_mac: POD_A.3,
-        src_ip: REMOTE_NODE_IP.octets(),
-        dst_ip: NODE_IP.octets(),
-        src_port: 50000,
-        dst_port: VXLAN_PORT,
-        vni,
-        tos: inner.get(ETH_HLEN + 1).copied().unwrap_or(0),
-        df: false,
-        id: 1,
-    }
-    .emit(&mut out, inner.len());
-    out
+    encapsulate(&inner, (POD_A.1, REMOTE_NODE_IP), (POD_A.3, NODE_IP), vni)
 }
 
 /// Runs one cluster case once: testpmd (or our generator) to the ClusterIP for egress, our
