@@ -21,7 +21,6 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use vireo_api::{self as api, Request};
 use vireo_dataplane::fixtures::{encapsulate, POD_A, POD_B, POD_C};
-use vireo_dataplane::wire::VXLAN_OVERHEAD;
 
 use super::agent_run::{self, AgentSetup};
 use super::kernel::{BACKEND, CLUSTER_IP, NODE_IP, REMOTE_NODE_IP, SERVICE_PORT};
@@ -235,6 +234,7 @@ pub(super) fn run(ctx: &Ctx, dir: Direction, gen_kind: &GenKind) -> Result<Rate>
 mod tests {
     use super::*;
     use vireo_control::cluster::pod_ifname;
+    use vireo_dataplane::wire::VXLAN_OVERHEAD;
 
     #[test]
     fn the_host_veths_carry_the_pods_interface_names() {
