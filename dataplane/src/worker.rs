@@ -265,6 +265,16 @@ struct PortRt {
 /// that began in the batch before.
 const PENDING: usize = BATCH + MAX_FRAGS;
 
+/// Marks the frame at `addr` free and puts it on the free list (frames are `1 << shift` bytes).
+#[inline]
+fn free_frame(owner: &mut [u16], free: &mut Vec<u64>, shift: u32, addr: u64) {
+    let i = (addr >> shift) as usize;
+    if let Some(o) = owner.get_mut(i) {
+        *o = FREE;
+        free.push((i as u64) << shift);
+    }
+}
+
 struct Worker {
     umem: Arc<SharedUmem>,
     frame_shift: u32,
@@ -352,7 +362,8 @@ impl Worker {
         }
     }
 
-    #[inline]
+    /// The frame index of `addr` (the tests' view of `owner`).
+    #[cfg(test)]
     fn frame_index(&self, addr: u64) -> usize {
         (addr >> self.frame_shift) as usize
     }
@@ -459,11 +470,7 @@ impl Worker {
                 let step =
                     rt.partial
                         .take((d.addr, d.len, d.options), slot, &mut self.batch, |addr| {
-                            let i = (addr >> shift) as usize;
-                            if let Some(o) = owner.get_mut(i) {
-                                *o = FREE;
-                                free.push((i as u64) << shift);
-                            }
+                            free_frame(owner, free, shift, addr)
                         });
                 if step == Step::TooLong {
                     self.counts.rx += 1;
@@ -602,11 +609,7 @@ impl Worker {
 
     #[inline]
     fn release(&mut self, addr: u64) {
-        let i = self.frame_index(addr);
-        if let Some(o) = self.owner.get_mut(i) {
-            *o = FREE;
-            self.free.push((i as u64) << self.frame_shift);
-        }
+        free_frame(&mut self.owner, &mut self.free, self.frame_shift, addr);
     }
 
     /// Takes completed TX frames back.
@@ -748,13 +751,9 @@ impl Worker {
             // A chain cut short: its frames are held, on no ring.
             if let Some(rt) = rt.as_mut() {
                 let (owner, free, shift) = (&mut self.owner, &mut self.free, self.frame_shift);
-                let cut = rt.partial.abandon(|addr| {
-                    let i = (addr >> shift) as usize;
-                    if let Some(o) = owner.get_mut(i) {
-                        *o = FREE;
-                        free.push((i as u64) << shift);
-                    }
-                });
+                let cut = rt
+                    .partial
+                    .abandon(|addr| free_frame(owner, free, shift, addr));
                 if cut {
                     self.counts.drop(DropReason::MultiBufferTooLong);
                 }
