@@ -9,9 +9,8 @@
 //! a case needs, with the same expectations), the answers are Vireo's. As upstream
 //! (`ignoreLoopback`), a pod's traffic to itself is not compared.
 //!
-//! Where Vireo follows Cilium rather than the Kubernetes API (ipBlock peers match only addresses
-//! outside the cluster), the case keeps upstream's table and lists the cells that differ, with
-//! the reason; the test checks that exactly those differ.
+//! Every case compares with upstream's table as written: no cell is excepted (ipBlock peers
+//! select pods by address, as the upstream tests expect).
 //!
 //! No root needed. The bulk of the matrix comes from one `vireo policy trace --all-pairs` per
 //! probe set (a hidden batch mode); `single_pair_traces_agree_with_the_batch` checks, on a few
@@ -136,32 +135,19 @@ struct Probe {
 struct Stage {
     world: World,
     probes: Vec<Probe>,
-    /// Cells (from, to) where Vireo's answer differs from upstream's by design (see
-    /// [`Case::why`]).
-    differs: Vec<(&'static str, &'static str)>,
 }
 
 struct Case {
     name: &'static str,
     stages: Vec<Stage>,
-    /// Why Vireo differs from upstream where a stage says it does.
-    why: &'static str,
 }
 
 fn stage(world: World, probes: Vec<Probe>) -> Stage {
-    Stage {
-        world,
-        probes,
-        differs: Vec::new(),
-    }
+    Stage { world, probes }
 }
 
 fn staged(name: &'static str, stages: Vec<Stage>) -> Case {
-    Case {
-        name,
-        stages,
-        why: "",
-    }
+    Case { name, stages }
 }
 
 fn tcp(port: u16, expect: Reach) -> Probe {
@@ -311,37 +297,25 @@ fn vireo_matrix(dir: &Path, port: u16, proto: &str) -> Reach {
 fn run_case(c: &Case, k: usize) -> Vec<String> {
     let mut failures = Vec::new();
     for (si, stage) in c.stages.iter().enumerate() {
-        let differs: Vec<(usize, usize)> = stage
-            .differs
-            .iter()
-            .map(|(f, t)| (index(f), index(t)))
-            .collect();
         let dir = write_dir(&format!("{k}-{si}"), &stage.world);
         for p in &stage.probes {
             let got = vireo_matrix(&dir, p.port, p.proto);
             let mut wrong = Vec::new();
             for i in 0..9 {
                 for j in (0..9).filter(|j| *j != i) {
-                    // Upstream's expectation, flipped where Vireo differs by design.
-                    let want = p.expect.m[i][j] != differs.contains(&(i, j));
-                    if got.m[i][j] != want {
+                    if got.m[i][j] != p.expect.m[i][j] {
                         wrong.push((i, j));
                     }
                 }
             }
             if !wrong.is_empty() {
                 failures.push(format!(
-                    "case {:?}, stage {}, {}/{}: {} cells wrong (marked !){}\nexpected (upstream):\n{}got (vireo):\n{}",
+                    "case {:?}, stage {}, {}/{}: {} cells wrong (marked !)\nexpected (upstream):\n{}got (vireo):\n{}",
                     c.name,
                     si + 1,
                     p.port,
                     p.proto,
                     wrong.len(),
-                    if stage.differs.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" [documented differences: {:?}: {}]", stage.differs, c.why)
-                    },
                     p.expect.table(&wrong),
                     got.table(&wrong)
                 ));
@@ -563,7 +537,6 @@ fn cases() -> Vec<Case> {
         "should enforce multiple, stacked policies with overlapping podSelectors",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([allow81.clone()]),
                 probes: vec![
                     tcp(81, reach_allow()),
@@ -571,7 +544,6 @@ fn cases() -> Vec<Case> {
                 ],
             },
             Stage {
-                differs: Vec::new(),
                 world: policies([allow81, allow80]),
                 probes: vec![tcp(80, reach_allow())],
             },
@@ -627,7 +599,6 @@ fn cases() -> Vec<Case> {
         "should enforce updated policy",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([np(
                     "x",
                     "allow-all-mutate-to-deny-all",
@@ -636,7 +607,6 @@ fn cases() -> Vec<Case> {
                 probes: vec![tcp(81, all())],
             },
             Stage {
-                differs: Vec::new(),
                 world: policies([np(
                     "x",
                     "allow-all-mutate-to-deny-all",
@@ -655,12 +625,10 @@ fn cases() -> Vec<Case> {
         "should allow ingress access from updated namespace",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([from_ns2.clone()]),
                 probes: vec![tcp(80, all().expect_all_ingress("x/a", false))],
             },
             Stage {
-                differs: Vec::new(),
                 world: World {
                     ns_labels: vec![("y", "ns2", "updated")],
                     policies: vec![from_ns2],
@@ -684,12 +652,10 @@ fn cases() -> Vec<Case> {
         "should allow ingress access from updated pod",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([from_pod2.clone()]),
                 probes: vec![tcp(80, all().expect_all_ingress("x/a", false))],
             },
             Stage {
-                differs: Vec::new(),
                 world: World {
                     pod_labels: vec![("x/b", "pod2", "updated")],
                     policies: vec![from_pod2],
@@ -725,12 +691,10 @@ fn cases() -> Vec<Case> {
         "should deny ingress access to updated pod",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([isolated.clone()]),
                 probes: vec![tcp(80, all())],
             },
             Stage {
-                differs: Vec::new(),
                 world: World {
                     pod_labels: vec![("x/a", "target", "isolated")],
                     policies: vec![isolated],
@@ -835,12 +799,10 @@ fn cases() -> Vec<Case> {
         "should enforce multiple ingress policies with ingress allow-all policy taking precedence",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([port80_in.clone()]),
                 probes: vec![tcp(81, all().expect_peer("", "x", false))],
             },
             Stage {
-                differs: Vec::new(),
                 world: policies([
                     port80_in,
                     np(
@@ -862,12 +824,10 @@ fn cases() -> Vec<Case> {
         "should enforce multiple egress policies with egress allow-all policy taking precedence",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([port80_out.clone()]),
                 probes: vec![tcp(81, all().expect_peer("x", "", false))],
             },
             Stage {
-                differs: Vec::new(),
                 world: policies([
                     port80_out,
                     np(
@@ -884,7 +844,6 @@ fn cases() -> Vec<Case> {
         "should stop enforcing policies after they are deleted",
         vec![
             Stage {
-                differs: Vec::new(),
                 world: policies([np(
                     "x",
                     "deny-all",
@@ -898,16 +857,13 @@ fn cases() -> Vec<Case> {
                 )],
             },
             Stage {
-                differs: Vec::new(),
                 world: World::default(),
                 probes: vec![tcp(80, all())],
             },
         ],
     ));
-    // ipBlock: upstream builds the blocks from pod addresses. Vireo follows Cilium: CIDR peers
-    // match only addresses outside the cluster (world); pods are matched by identity, never by
-    // a CIDR. So a block naming a pod's address allows no pod: the cells that differ are
-    // listed per stage.
+    // ipBlock: upstream builds the blocks from pod addresses, and a NetworkPolicy ipBlock
+    // selects every address in it, pods' included (a CiliumNetworkPolicy CIDR would not).
     let cidr_egress = |block: &str| {
         np(
             "x",
@@ -925,11 +881,7 @@ fn cases() -> Vec<Case> {
         std::net::Ipv4Addr::from(u32::from(ip) & 0xf000_0000)
     };
     let except_block = format!("{{cidr: {large}/4, except: [{xb}/32]}}");
-    let x_a_to_all_but_x_b: Vec<(&str, &str)> = ["x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]
-        .into_iter()
-        .map(|t| ("x/a", t))
-        .collect();
-    let mut cidr_cases = vec![
+    let cidr_cases = vec![
         staged(
             "should allow egress access to server in CIDR block",
             vec![Stage {
@@ -940,7 +892,6 @@ fn cases() -> Vec<Case> {
                         .expect_all_egress("x/a", false)
                         .expect("x/a", "y/b", true),
                 )],
-                differs: vec![("x/a", "y/b")],
             }],
         ),
         staged(
@@ -948,7 +899,6 @@ fn cases() -> Vec<Case> {
             vec![Stage {
                 world: policies([cidr_egress(&except_block)]),
                 probes: vec![tcp(80, all().expect("x/a", "x/b", false))],
-                differs: x_a_to_all_but_x_b.clone(),
             }],
         ),
         staged(
@@ -957,7 +907,6 @@ fn cases() -> Vec<Case> {
                 Stage {
                     world: policies([cidr_egress(&except_block)]),
                     probes: vec![tcp(80, all().expect("x/a", "x/b", false))],
-                    differs: x_a_to_all_but_x_b,
                 },
                 // The policy updated in place to allow x/b's address alone.
                 Stage {
@@ -968,17 +917,10 @@ fn cases() -> Vec<Case> {
                             .expect_all_egress("x/a", false)
                             .expect("x/a", "x/b", true),
                     )],
-                    differs: vec![("x/a", "x/b")],
                 },
             ],
         ),
     ];
-    for c in &mut cidr_cases {
-        // Vireo follows Cilium here, not the Kubernetes API.
-        c.why = "Vireo (as Cilium) matches ipBlock peers only against addresses outside the \
-                 cluster; pods are matched by identity, so a block naming pod addresses allows \
-                 no pod";
-    }
     v.extend(cidr_cases);
     v.extend([
         {
@@ -1304,8 +1246,8 @@ fn trace_explains_each_side() {
     };
     assert_eq!(world("1.1.1.1")["verdict"], "allowed");
     assert_eq!(world("8.8.8.8")["verdict"], "denied");
-    // A pod's address is that pod; the ipBlock does not match it.
-    assert_eq!(world(&pod_ip(index("x/b")))["verdict"], "denied");
+    // A pod's address is in the ipBlock too (a NetworkPolicy ipBlock selects pods by address).
+    assert_eq!(world(&pod_ip(index("x/b")))["verdict"], "allowed");
     let human = run(&["--src", "y/a", "--dst", "8.8.8.8", "--dport", "53/udp"]);
     assert!(human.contains("Egress from y/a: DENIED"), "{human}");
     assert!(

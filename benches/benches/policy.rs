@@ -29,7 +29,8 @@ fn labels(i: u32, version: u32) -> Labels {
     pl.insert("pod-template-hash".to_string(), format!("h{i}"));
     let mut nl = BTreeMap::new();
     nl.insert("team".to_string(), format!("team-{}", i % 5));
-    Labels::for_pod(&format!("ns-{}", i % 50), &pl, &nl)
+    let ns = format!("ns-{}", i % 50);
+    Labels::for_pod(vireo_policy::PodOrigin::in_namespace(&ns), &pl, &nl)
 }
 
 /// Policy `i`: selects app-(i % 500) in its namespace; ingress from two apps on a port and a
@@ -85,6 +86,7 @@ fn policy(i: usize) -> Policy {
             peers: vec![Peer::Cidr {
                 net: format!("10.{}.0.0/16", i % 200).parse().expect("cidr"),
                 except: Vec::new(),
+                scope: vireo_policy::rules::CidrScope::World,
             }],
             requires: Vec::new(),
             ports: Vec::new(),

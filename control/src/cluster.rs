@@ -15,6 +15,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use rustc_hash::{FxHashMap, FxHashSet};
 use vireo_lb::ServiceSpec;
+use vireo_policy::identity::SERVICE_ACCOUNT_LABEL;
 use vireo_policy::{Identity, IdentityAllocator, IpCache, IpCacheEntry, Labels};
 
 use crate::services::{self, ServicePortView};
@@ -73,6 +74,11 @@ pub struct ContainerPortView {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     /// Nodes by name.
+    /// The cluster's name ([`Manifests::cluster_name`]).
+    pub cluster_name: String,
+    /// The Kubernetes API server's addresses (those of Service `default/kubernetes`'s
+    /// EndpointSlices), sorted: what the `kube-apiserver` entity selects.
+    pub kube_apiserver: Vec<Ipv4Addr>,
     pub nodes: BTreeMap<String, NodeView>,
     /// Pods with an address and a node, by (namespace, name).
     pub pods: BTreeMap<(String, String), PodView>,
@@ -194,6 +200,7 @@ fn pod_state(p: &Pod) -> (bool, bool, bool) {
 /// The view of pod `p` on node `node` at `ip` (its identity still [`Identity::INIT`]: see
 /// [`assign_identities`]).
 fn pod_view(
+    m: &Manifests,
     (ns, name): (&str, &str),
     p: &Pod,
     node: &str,
@@ -201,12 +208,13 @@ fn pod_view(
     ns_labels: &BTreeMap<String, String>,
 ) -> PodView {
     let (ready, terminating, terminal) = pod_state(p);
+    let origin = m.pod_origin(ns, p);
     PodView {
         namespace: ns.to_string(),
         name: name.to_string(),
         node: node.to_string(),
         ip,
-        labels: Labels::for_pod(ns, p.metadata.labels.iter().flatten(), ns_labels),
+        labels: Labels::for_pod(origin, p.metadata.labels.iter().flatten(), ns_labels),
         identity: Identity::INIT,
         pod_labels: p.metadata.labels.clone().unwrap_or_default(),
         ports: container_ports(p).collect(),
@@ -219,9 +227,11 @@ fn pod_view(
 /// Whether `prev` (of the same pod, in the same namespace) is what [`pod_view`] makes of `p`
 /// on `node` at `ip`, given that the namespace's labels did not change (identity aside). Every
 /// input of [`pod_view`] is compared here.
-fn pod_unchanged(prev: &PodView, p: &Pod, node: &str, ip: Ipv4Addr) -> bool {
+fn pod_unchanged(m: &Manifests, prev: &PodView, p: &Pod, node: &str, ip: Ipv4Addr) -> bool {
     let empty = BTreeMap::new();
+    let origin = m.pod_origin(&prev.namespace, p);
     prev.node == node
+        && prev.labels.get(&format!("k8s:{SERVICE_ACCOUNT_LABEL}")) == Some(origin.service_account)
         && prev.ip == ip
         && *p.metadata.labels.as_ref().unwrap_or(&empty) == prev.pod_labels
         && pod_state(p) == (prev.ready, prev.terminating, prev.terminal)
@@ -368,7 +378,38 @@ fn cluster_identities(
     )
 }
 
+/// The addresses of the EndpointSlices of Service `default/kubernetes` (the API server,
+/// wherever it runs), sorted, IPv4 only.
+fn kube_apiserver(m: &Manifests) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = m
+        .endpoint_slices
+        .iter()
+        .filter(|((ns, _), s)| {
+            ns == "default"
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(services::SERVICE_NAME_LABEL))
+                    .is_some_and(|n| n == "kubernetes")
+        })
+        .flat_map(|(_, s)| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 impl ClusterView {
+    /// The cluster's name (the default when the view was made from no objects).
+    pub fn cluster(&self) -> &str {
+        if self.cluster_name.is_empty() {
+            vireo_policy::identity::DEFAULT_CLUSTER_NAME
+        } else {
+            &self.cluster_name
+        }
+    }
+
     /// A view that [`ClusterView::rebuild`] takes nothing over from but the pods' previous
     /// identities (their namespaces are unknown, so every pod is made anew): what a rebuild
     /// from scratch that keeps a relabelled pod's cluster-wide identity starts from.
@@ -395,7 +436,12 @@ impl ClusterView {
         mut prev: ClusterView,
         services_changed: bool,
     ) -> (ClusterView, bool) {
-        let mut v = ClusterView::default();
+        let mut v = ClusterView {
+            cluster_name: m.cluster_name().to_string(),
+            ..ClusterView::default()
+        };
+        // Another cluster name: every pod's labels change.
+        let same_cluster = prev.cluster_name == v.cluster_name;
         for (name, n) in &m.nodes {
             let ip = n
                 .status
@@ -471,11 +517,11 @@ impl ClusterView {
             let ns_labels = &v.namespaces[ns];
             let same = *same_ns
                 .entry(ns)
-                .or_insert_with(|| prev.namespaces.get(ns) == Some(&*ns_labels));
+                .or_insert_with(|| same_cluster && prev.namespaces.get(ns) == Some(&*ns_labels));
             match old {
                 Some((key, old))
                     if same
-                        && pod_unchanged(&old, p, node, ip)
+                        && pod_unchanged(m, &old, p, node, ip)
                         && !prev.provisional.contains(&key) =>
                 {
                     pods.push((key, old));
@@ -488,7 +534,7 @@ impl ClusterView {
                     }
                     gone.extend(other.map(|(_, o)| o.identity));
                     fresh.push(pods.len());
-                    let view = pod_view((ns, name), p, node, ip, ns_labels);
+                    let view = pod_view(m, (ns, name), p, node, ip, ns_labels);
                     pods.push(((ns.clone(), name.clone()), view));
                 }
             }
@@ -505,6 +551,7 @@ impl ClusterView {
             (v.identities, v.members) = assign_identities(&mut pods, &fresh, &gone, prev_ids);
         }
         v.pods = pods.into_iter().collect();
+        v.kube_apiserver = kube_apiserver(m);
         v.services_warnings_from = v.warnings.len();
         let read = services_changed || prev.services_read_pods;
         if read {
@@ -523,6 +570,7 @@ impl ClusterView {
     /// [`ClusterView::from_manifests`] would give when only those kinds changed since the view
     /// was made (their warnings are replaced).
     pub fn refresh_services(&mut self, m: &Manifests) {
+        self.kube_apiserver = kube_apiserver(m);
         self.warnings.truncate(self.services_warnings_from);
         let (services, read_pods) = services::service_ports(m, &self.pods, &mut self.warnings);
         self.services = services;

@@ -396,6 +396,17 @@ pub struct Config {
     /// as policy allows (`policy`).
     #[serde(default)]
     pub allow_localhost: AllowLocalhost,
+    /// The cluster's name (Cilium's `cluster-name`, default `default`): every pod carries it as
+    /// `k8s:io.cilium.k8s.policy.cluster`, which policies may select on. Lowercase letters,
+    /// digits and `-`, at most 32 characters, starting and ending with a letter or digit.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// What CiliumNetworkPolicy CIDR rules select besides addresses outside the cluster
+    /// (Cilium's `policy-cidr-match-mode`): empty (the default, Cilium's), or `[nodes]` to let
+    /// them select the cluster's nodes by address too. Kubernetes NetworkPolicy `ipBlock`s
+    /// select every address in the block (pods and nodes included) whatever this says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_cidr_match_mode: Vec<CidrMatchMode>,
     /// The node's CNI conflist, written by the agent from a template once it knows the node's
     /// pod CIDR (the `host-local` range of every `vireo-cni` plugin in it is set to it), so
     /// the container runtime sees a configuration only when its agent can wire pods (Cilium's
@@ -428,6 +439,34 @@ pub enum AllowLocalhost {
 /// The environment variable that names the node when the file does not (the DaemonSet sets it
 /// from the pod's `spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "VIREO_NODE_NAME";
+
+/// [`Config::policy_cidr_match_mode`]'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CidrMatchMode {
+    /// CIDR rules also select nodes (the local host and remote nodes) by address.
+    Nodes,
+}
+
+fn default_cluster_name() -> String {
+    vireo_policy::identity::DEFAULT_CLUSTER_NAME.to_string()
+}
+
+/// Checks a cluster name as Cilium does (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, 1 to 32 characters).
+pub fn validate_cluster_name(n: &str) -> Result<(), String> {
+    let b = n.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.is_empty() || b.len() > 32 {
+        return Err(format!("{n:?} must be 1 to 32 characters"));
+    }
+    if !ok(&b[0]) || !ok(&b[b.len() - 1]) || !b.iter().all(|c| ok(c) || *c == b'-') {
+        return Err(format!(
+            "{n:?} must be lowercase letters, digits and '-', starting and ending with a \
+             letter or digit"
+        ));
+    }
+    Ok(())
+}
 
 fn default_vxlan_port() -> u16 {
     8472
@@ -485,6 +524,14 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The settings that shape how the source's objects are read.
+    pub fn read_options(&self) -> crate::source::ReadOptions {
+        crate::source::ReadOptions {
+            cluster_name: self.cluster_name.clone(),
+            cidr_match_nodes: self.policy_cidr_match_mode.contains(&CidrMatchMode::Nodes),
+        }
+    }
+
     /// Checks values serde cannot.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |field: String, msg: String| ConfigError::Invalid {
@@ -503,6 +550,7 @@ impl Config {
         if self.vxlan_port == 0 {
             return Err(bad("vxlan_port".into(), "must be 1-65535".into()));
         }
+        validate_cluster_name(&self.cluster_name).map_err(|m| bad("cluster_name".into(), m))?;
         let a = &self.af_xdp;
         if !a.frame_size.is_power_of_two() || !(2048..=4096).contains(&a.frame_size) {
             return Err(bad(
@@ -762,6 +810,23 @@ mod tests {
         Config::parse(text, Path::new("t.yaml"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn cluster_name_and_cidr_match_mode() {
+        let p = Path::new("t.yaml");
+        let c = Config::parse("{}", p).unwrap();
+        assert_eq!(c.cluster_name, "default");
+        assert!(!c.read_options().cidr_match_nodes);
+        let c =
+            Config::parse("cluster_name: east-1\npolicy_cidr_match_mode: [nodes]\n", p).unwrap();
+        assert_eq!(c.read_options().cluster_name, "east-1");
+        assert!(c.read_options().cidr_match_nodes);
+        for bad in ["''", "East", "-a", "a-", "a_b", &"a".repeat(33)] {
+            let e = err(&format!("cluster_name: {bad}\n"));
+            assert!(e.contains("cluster_name"), "{bad}: {e}");
+        }
+        assert!(err("policy_cidr_match_mode: [pods]\n").contains("policy_cidr_match_mode"));
     }
 
     #[test]

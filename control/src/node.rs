@@ -111,6 +111,8 @@ pub struct ManifestDir {
     /// The first problem of the last read, and how many there were.
     last_error: Option<String>,
     errors: usize,
+    /// Given to [`Manifests::read`].
+    read: source::ReadOptions,
 }
 
 impl ManifestDir {
@@ -125,7 +127,14 @@ impl ManifestDir {
             latency: UpdateLatency::default(),
             last_error: None,
             errors: 0,
+            read: source::ReadOptions::default(),
         }
+    }
+
+    /// The same, with objects read so ([`Manifests::read`]).
+    pub fn with_read_options(mut self, read: source::ReadOptions) -> ManifestDir {
+        self.read = read;
+        self
     }
 }
 
@@ -138,7 +147,8 @@ impl Source for ManifestDir {
         let started = Instant::now();
         self.signature = sig;
         self.reads += 1;
-        let m = source::load_dir(&self.dir);
+        let mut m = source::load_dir(&self.dir);
+        m.read.clone_from(&self.read);
         self.last_error = m.errors.first().cloned();
         self.errors = m.errors.len();
         self.pending = Some(started);
@@ -344,7 +354,9 @@ impl NodeControl {
         }
         self.logged = problems;
         self.services_stale |= services_read || self.node_ip() != node_ip;
-        self.policy_stale |= changed.workloads || changed.policies;
+        self.policy_stale |= changed.workloads
+            || changed.policies
+            || self.compiler_apiserver() != self.view.kube_apiserver;
         if changed == Changed::ALL {
             tracing::info!(
                 nodes = self.view.nodes.len(),
@@ -381,6 +393,13 @@ impl NodeControl {
         self.apply_changed(m, changed);
     }
 
+    /// The API server's addresses the compiler has, sorted.
+    fn compiler_apiserver(&self) -> Vec<Ipv4Addr> {
+        let mut v = self.compiler.kube_apiserver();
+        v.sort_unstable();
+        v
+    }
+
     /// The cluster as last applied.
     pub fn view(&self) -> &ClusterView {
         &self.view
@@ -395,8 +414,12 @@ impl NodeControl {
     /// no labels in namespace `default`. A new one is compiled for at the next policy build.
     pub fn static_identity(&mut self) -> u32 {
         let known = self.static_ids.iter().count();
+        let origin = vireo_policy::PodOrigin {
+            cluster: self.view.cluster(),
+            ..vireo_policy::PodOrigin::in_namespace("default")
+        };
         let id = self.static_ids.allocate(&Labels::for_pod(
-            "default",
+            origin,
             [],
             &BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), "default".to_string())]),
         ));
@@ -611,6 +634,8 @@ impl NodeControl {
                 changed += 1;
             }
         }
+        self.compiler
+            .set_kube_apiserver(self.view.kube_apiserver.iter().copied());
         let tables = Arc::new(self.compiler.tables());
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
         Some(PolicyBuild {

@@ -41,10 +41,53 @@ pub struct Manifests {
     /// allocates them cluster-wide: the Kubernetes source) rather than from a node-local
     /// allocation over the label sets (the manifest directory).
     pub cluster_identities: bool,
+    /// How the objects are read (the agent's settings that shape labels and policies).
+    pub read: ReadOptions,
     /// Objects of other kinds (later issues read them), with where they came from.
     pub others: Vec<Other>,
     /// One line per problem: `path:line: message`.
     pub errors: Vec<String>,
+}
+
+/// The agent's settings that shape how a source's objects are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// The cluster's name (the agent's `cluster_name`), which pods carry as
+    /// `k8s:io.cilium.k8s.policy.cluster`; empty means [`DEFAULT_CLUSTER_NAME`].
+    ///
+    /// [`DEFAULT_CLUSTER_NAME`]: vireo_policy::identity::DEFAULT_CLUSTER_NAME
+    pub cluster_name: String,
+    /// CiliumNetworkPolicy CIDR rules also select nodes by address (Cilium's
+    /// `policy-cidr-match-mode: nodes`).
+    pub cidr_match_nodes: bool,
+}
+
+impl Manifests {
+    /// The cluster's name ([`ReadOptions::cluster_name`], or the default).
+    pub fn cluster_name(&self) -> &str {
+        if self.read.cluster_name.is_empty() {
+            vireo_policy::identity::DEFAULT_CLUSTER_NAME
+        } else {
+            &self.read.cluster_name
+        }
+    }
+
+    /// The origin of pod `p` of namespace `ns`, for its security labels: the cluster, the
+    /// namespace and the service account (`spec.serviceAccountName`, else the deprecated
+    /// `spec.serviceAccount`, else `default`, which the API server fills in).
+    pub fn pod_origin<'a>(&'a self, ns: &'a str, p: &'a Pod) -> vireo_policy::PodOrigin<'a> {
+        let spec = p.spec.as_ref();
+        let sa = spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .or_else(|| spec.and_then(|s| s.service_account.as_deref()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        vireo_policy::PodOrigin {
+            cluster: self.cluster_name(),
+            namespace: ns,
+            service_account: sa,
+        }
+    }
 }
 
 /// A `VireoIdentity`: the label set a cluster-wide number stands for.

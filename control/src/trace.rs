@@ -18,8 +18,9 @@ use crate::cluster::{ClusterView, NAMESPACE_NAME_LABEL};
 use crate::netpol::PolicySet;
 use crate::source;
 use vireo_policy::engine::selecting;
-use vireo_policy::identity::NAMESPACE_LABEL;
+use vireo_policy::identity::{CLUSTER_LABEL, NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL};
 use vireo_policy::rules::split_source;
+use vireo_policy::PodOrigin;
 use vireo_policy::{decide, Action, Direction, Identity, Labels, PeerInfo, Policy, Verdict};
 
 pub use crate::services::proto_name;
@@ -176,6 +177,8 @@ struct Resolved {
     pod: bool,
     /// Given as the address of this node (host or remote-node, depending on the other end).
     node_ip_of: Option<String>,
+    /// Its address is one of the API server's (policy also sees it as `kube-apiserver`).
+    kube_apiserver: bool,
 }
 
 /// An endpoint as a trace reports it.
@@ -215,6 +218,7 @@ fn reserved(name: &str, ip: Option<Ipv4Addr>) -> Result<Resolved> {
         ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
         pod: false,
         node_ip_of: None,
+        kube_apiserver: false,
     })
 }
 
@@ -237,10 +241,20 @@ fn resolved_pod(p: &crate::cluster::PodView) -> Resolved {
         ip: p.ip,
         pod: true,
         node_ip_of: None,
+        kube_apiserver: false,
     }
 }
 
 fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
+    let mut r = resolve_spec(view, spec)?;
+    if r.info.ip.is_some() && view.kube_apiserver.contains(&r.ip) {
+        r.kube_apiserver = true;
+        r.info.labels.push("reserved:kube-apiserver=".to_string());
+    }
+    Ok(r)
+}
+
+fn resolve_spec(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
     match spec {
         EndpointSpec::Pod { namespace, name } => {
             match view.pods.get(&(namespace.clone(), name.clone())) {
@@ -270,8 +284,21 @@ fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
             let ns_labels = view.namespaces.get(namespace).cloned().unwrap_or_else(|| {
                 BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.clone())])
             });
-            let pod_labels: BTreeMap<String, String> = labels.iter().cloned().collect();
-            let l = Labels::for_pod(namespace, &pod_labels, &ns_labels);
+            let mut pod_labels: BTreeMap<String, String> = labels.iter().cloned().collect();
+            // A derived label given is what the pod is traced with (a pod label of the same
+            // key could not set it).
+            let sa = pod_labels
+                .remove(SERVICE_ACCOUNT_LABEL)
+                .unwrap_or_else(|| "default".to_string());
+            let cluster = pod_labels
+                .remove(CLUSTER_LABEL)
+                .unwrap_or_else(|| view.cluster().to_string());
+            let origin = PodOrigin {
+                cluster: &cluster,
+                namespace,
+                service_account: &sa,
+            };
+            let l = Labels::for_pod(origin, &pod_labels, &ns_labels);
             let identity = view
                 .identities
                 .get(&l)
@@ -290,6 +317,7 @@ fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
                 ip: Ipv4Addr::UNSPECIFIED,
                 pod: true,
                 node_ip_of: None,
+                kube_apiserver: false,
             })
         }
     }
@@ -298,9 +326,10 @@ fn resolve(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
 /// A node's address is the `host` to the pods on that node and a `remote-node` to the others.
 fn fix_node_identity(r: &mut Resolved, other: &Resolved) {
     if r.node_ip_of.is_some() && r.node_ip_of == other.info.node {
-        let ip = r.info.ip;
+        let (ip, apiserver) = (r.info.ip, r.kube_apiserver);
         *r = reserved("host", ip).expect("host is reserved");
         r.node_ip_of = other.info.node.clone();
+        r.kube_apiserver = apiserver;
     }
 }
 
@@ -384,6 +413,7 @@ fn side(
         identity: peer.identity,
         labels: peer.labels.clone(),
         ip: peer.ip,
+        kube_apiserver: peer.kube_apiserver,
     };
     let dec = decide(policies, &me.labels, d, &peer_info, dport.proto, dport.port);
     let warnings = selecting(policies, &me.labels)

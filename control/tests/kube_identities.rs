@@ -106,7 +106,7 @@ fn default_pod_labels(app: &str) -> Labels {
         "kubernetes.io/metadata.name".to_string(),
         "default".to_string(),
     )]);
-    Labels::for_pod("default", &pod, &ns)
+    Labels::for_pod(vireo_policy::PodOrigin::in_namespace("default"), &pod, &ns)
 }
 
 #[test]

@@ -261,12 +261,14 @@ impl Tables {
         let src_id = world(src_id, src);
         let dst_id = self.identity_of(dst);
         // The source's egress (if it is ours), then the destination's ingress (if it is ours).
-        for (ep, d, peer) in [
-            (self.endpoints.get(&src), Direction::Egress, dst_id),
-            (self.endpoints.get(&dst), Direction::Ingress, src_id),
+        for (ep, d, peer, peer_ip) in [
+            (self.endpoints.get(&src), Direction::Egress, dst_id, dst),
+            (self.endpoints.get(&dst), Direction::Ingress, src_id, src),
         ] {
             let Some(ep) = ep else { continue };
-            let l = self.policy.lookup(ep.identity, d, peer, proto, port);
+            let l = self
+                .policy
+                .lookup_at(ep.identity, d, peer, Some(peer_ip), proto, port);
             if l.verdict == Verdict::Denied {
                 return Some(PolicyDrop {
                     direction: d,

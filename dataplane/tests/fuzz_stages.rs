@@ -170,6 +170,7 @@ fn policy() -> vireo_policy::PolicyTables {
                 vec![Peer::Cidr {
                     net: "192.168.0.0/16".parse().unwrap(),
                     except: vec!["192.168.100.10/32".parse().unwrap()],
+                    scope: vireo_policy::rules::CidrScope::World,
                 }],
                 vec![ports(8080, 8443, Proto::Tcp)],
                 "ingress[1]",

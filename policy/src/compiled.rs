@@ -25,10 +25,12 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::engine::{identity_matches, Verdict};
+use crate::engine::{identity_matches, is_world as engine_is_world, requirements, Verdict};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
 use crate::ipcache::{IpCache, IpCacheEntry};
-use crate::rules::{Action, Direction, Op, Origin, Peer, Policy, PortRange, Rule, Selector};
+use crate::rules::{
+    Action, CidrScope, Direction, Op, Origin, Peer, Policy, PortRange, Rule, Selector,
+};
 
 #[cfg(test)]
 mod tests;
@@ -54,10 +56,21 @@ fn di(d: Direction) -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointPolicy {
     enforced: [bool; 2],
+    /// By (key class + direction, identity): class 0 is the peer's own identity; classes
+    /// [`NODE_ADDR`] and [`OTHER_ADDR`] hold the entries of CIDR rules that select
+    /// in-cluster addresses (nodes', others'), by the CIDR identity of the address's block
+    /// (world: in no listed block).
     by_peer: FxHashMap<(u8, u32), Vec<Entry>>,
     /// Entries whose peers are everyone (identities not known yet included).
     any: [Vec<Entry>; 2],
+    /// Some CIDR rule of the direction selects in-cluster addresses (node or other).
+    by_addr: [[bool; 2]; 2],
 }
+
+/// Key class of the entries selecting a node's address by block.
+const NODE_ADDR: u8 = 2;
+/// Key class of the entries selecting another in-cluster address (a pod's) by block.
+const OTHER_ADDR: u8 = 4;
 
 /// A fast-path verdict: the verdict and the deciding rule (`None`: a default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +85,26 @@ impl EndpointPolicy {
     /// The verdict for `peer` in direction `d` on `proto`/`port`.
     #[inline]
     pub fn lookup(&self, d: Direction, peer: u32, proto: u8, port: u16) -> Lookup<'_> {
-        let i = di(d);
-        let specific = self.by_peer.get(&(i as u8, peer)).map(Vec::as_slice);
+        self.lookup_keys(di(d), &[(0, peer)], proto, port)
+    }
+
+    /// Whether in-cluster addresses of class `class` (a node's, another's) are selected by
+    /// some CIDR rule of direction `i`.
+    #[inline]
+    fn selects_addresses(&self, i: usize, class: u8) -> bool {
+        self.by_addr[i][usize::from(class == OTHER_ADDR)]
+    }
+
+    /// The verdict in direction `i` for a peer that is every one of `keys` ((key class,
+    /// identity)): a deny of any beats the allows of all.
+    #[inline]
+    fn lookup_keys(&self, i: usize, keys: &[(u8, u32)], proto: u8, port: u16) -> Lookup<'_> {
         let mut allow = None;
-        for e in specific.unwrap_or(&[]).iter().chain(&self.any[i]) {
+        let specific = keys
+            .iter()
+            .filter_map(|(class, id)| self.by_peer.get(&(class + i as u8, *id)))
+            .flatten();
+        for e in specific.chain(&self.any[i]) {
             if !e.ports.covers(proto, port) {
                 continue;
             }
@@ -127,6 +156,9 @@ pub struct PolicyTables {
     allow_localhost: bool,
     /// CIDR blocks → CIDR identity, longest prefix first (the ipcache's LPM).
     cidrs: Arc<IpCache>,
+    /// The Kubernetes API server's addresses (host order): a peer at one of them is also
+    /// [`Identity::KUBE_APISERVER`].
+    kube_apiserver: Arc<FxHashSet<u32>>,
 }
 
 impl PolicyTables {
@@ -136,7 +168,8 @@ impl PolicyTables {
         self.tables.get(&id).map(Arc::as_ref)
     }
 
-    /// The verdict for an endpoint of identity `subject`.
+    /// The verdict for an endpoint of identity `subject`, for a peer known by its identity
+    /// alone (no CIDR rule selects it by address; it is not the API server).
     #[inline]
     pub fn lookup(
         &self,
@@ -146,9 +179,49 @@ impl PolicyTables {
         proto: u8,
         port: u16,
     ) -> Lookup<'_> {
+        self.lookup_at(subject, d, peer, None, proto, port)
+    }
+
+    /// The verdict for an endpoint of identity `subject`, for a peer of identity `peer` at
+    /// address `ip` (host order): CIDR rules that select in-cluster addresses (Kubernetes
+    /// `ipBlock`, `policy-cidr-match-mode: nodes`) see a pod's or a node's address, and an API
+    /// server address is also [`Identity::KUBE_APISERVER`]. One hash probe per identity the
+    /// peer is; a longest-prefix match only when the table has such CIDR rules.
+    #[inline]
+    pub fn lookup_at(
+        &self,
+        subject: u32,
+        d: Direction,
+        peer: u32,
+        ip: Option<u32>,
+        proto: u8,
+        port: u16,
+    ) -> Lookup<'_> {
         match self.get(subject) {
             Some(t) => {
-                let l = t.lookup(d, peer, proto, port);
+                let i = di(d);
+                let mut keys = [(0u8, peer); 3];
+                let mut n = 1;
+                if let Some(ip) = ip {
+                    let class = if peer == Identity::HOST.0 || peer == Identity::REMOTE_NODE.0 {
+                        NODE_ADDR
+                    } else {
+                        OTHER_ADDR
+                    };
+                    if !engine_is_world(Identity(peer)) && t.selects_addresses(i, class) {
+                        let block = self
+                            .cidrs
+                            .lookup(ip)
+                            .map_or(Identity::WORLD.0, |e| e.identity.0);
+                        keys[n] = (class, block);
+                        n += 1;
+                    }
+                    if !self.kube_apiserver.is_empty() && self.kube_apiserver.contains(&ip) {
+                        keys[n] = (0, Identity::KUBE_APISERVER.0);
+                        n += 1;
+                    }
+                }
+                let l = t.lookup_keys(i, &keys[..n], proto, port);
                 // Only a default deny gives way: an explicit deny rule still holds.
                 if self.allow_localhost
                     && l.rule.is_none()
@@ -284,6 +357,8 @@ pub struct Compiler {
     /// Current tables.
     tables: FxHashMap<u32, Arc<EndpointPolicy>>,
     cidrs: Arc<IpCache>,
+    /// The API server's addresses.
+    kube_apiserver: Arc<FxHashSet<u32>>,
     /// How many endpoint tables the last change rebuilt (for tests and the operator).
     pub last_recomputed: usize,
 }
@@ -302,11 +377,19 @@ struct FlatRule {
     dir: Direction,
     rule: Rule,
     origin: Arc<Origin>,
-    /// Peers are everyone: compiled into the `any` list.
+    /// A peer is everyone, requirements or not (`all`): compiled into the `any` list.
     everyone: bool,
-    /// Identities the rule's peers select.
+    /// A peer is the L4-only wildcard: everyone when no requirement is in force, else the
+    /// identities that meet them.
+    wildcard: bool,
+    /// Identities the rule's endpoint selectors select (requirements in force narrow them).
     peers: FxHashSet<u32>,
+    /// Identities its other peers (entities, CIDRs) select (no requirement narrows them).
+    others: FxHashSet<u32>,
 }
+
+/// Which of a rule's peer sets an identity belongs to: (endpoint selectors, other peers).
+type Selected = (bool, bool);
 
 impl Compiler {
     /// A compiler that knows the reserved identities.
@@ -368,7 +451,9 @@ impl Compiler {
                     ids.extend(self.cidr_by_id.keys());
                     ids.insert(Identity::WORLD.0);
                 }
-                Peer::Entity(_) | Peer::Any => return self.candidates(&Selector::all()),
+                // The wildcard is resolved at compile time (requirements may narrow it).
+                Peer::Any => {}
+                Peer::Entity(_) => return self.candidates(&Selector::all()),
             }
         }
         ids.into_iter()
@@ -377,25 +462,36 @@ impl Compiler {
     }
 
     /// Whether rule `r`'s peers (any port) select identity `id` with `labels`, given the blocks
-    /// of the CIDR identities.
+    /// of the CIDR identities: through its endpoint selectors, through its other peers. (The
+    /// L4-only wildcard is left to [`Compiler::compile_one`]: it depends on the requirements in
+    /// force.)
     fn rule_selects(
         cidr_by_id: &FxHashMap<u32, Ipv4Net>,
         r: &Rule,
         id: u32,
         labels: &Labels,
-    ) -> bool {
+    ) -> Selected {
         let block = cidr_by_id.get(&id);
         let zero = Ipv4Net::default();
-        r.peers.iter().any(|p| match (p, block) {
-            // A CIDR identity: selected by CIDR rules whose block holds it and no except does.
-            (Peer::Cidr { net, except }, Some(b)) => {
-                net.contains(b) && !except.iter().any(|x| x.contains(b))
+        let mut out = (false, false);
+        for p in &r.peers {
+            match (p, block) {
+                // A CIDR identity: selected by CIDR rules whose block holds it and no except
+                // does.
+                (Peer::Cidr { net, except, .. }, Some(b)) => {
+                    out.1 |= net.contains(b) && !except.iter().any(|x| x.contains(b));
+                }
+                // World outside every listed block: only a CIDR rule for everything selects it
+                // (its excepts are listed blocks, so they do not hold it).
+                (Peer::Cidr { net, .. }, None) => {
+                    out.1 |= id == Identity::WORLD.0 && *net == zero;
+                }
+                (Peer::Any, _) => {}
+                (Peer::Endpoints(sel), _) => out.0 |= sel.matches(labels),
+                (other, _) => out.1 |= identity_matches(other, Identity(id), labels),
             }
-            // World outside every listed block: only a CIDR rule for everything selects it (its
-            // excepts are listed blocks, so they do not hold it).
-            (Peer::Cidr { net, .. }, None) => id == Identity::WORLD.0 && *net == zero,
-            (other, _) => identity_matches(other, Identity(id), labels),
-        }) && r.requires.iter().all(|s| s.matches(labels))
+        }
+        out
     }
 
     /// Sets (or replaces) the policies under `key`. Only the rules of these policies are
@@ -431,6 +527,9 @@ impl Compiler {
             touched.insert(id);
         }
         // New CIDR identities are peers the other policies' rules may select.
+        if !new_ids.is_empty() {
+            touched.extend(self.under_requirements());
+        }
         for id in new_ids {
             if let Some(l) = self.identities.get(&id).cloned() {
                 touched.extend(self.update_peer_sets(id, Some(&l)));
@@ -463,7 +562,23 @@ impl Compiler {
         }
         let mut touched = self.update_peer_sets(id.0, Some(&labels));
         touched.insert(id.0);
+        touched.extend(self.under_requirements());
         self.recompute(&touched);
+    }
+
+    /// The endpoints selected by a policy with requirements: whether an identity meets them
+    /// is decided when their tables are built, so a changed identity rebuilds them all.
+    fn under_requirements(&self) -> BTreeSet<u32> {
+        let keys: Vec<&String> = self
+            .policies
+            .iter()
+            .filter(|(_, ps)| {
+                ps.iter()
+                    .any(|c| c.rules.iter().any(|f| !f.rule.requires.is_empty()))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        keys.into_iter().flat_map(|k| self.subjects_of(k)).collect()
     }
 
     /// Forgets identity `id`.
@@ -474,6 +589,7 @@ impl Compiler {
         self.selected_by.remove(&id.0);
         let mut touched = self.update_peer_sets(id.0, None);
         touched.insert(id.0);
+        touched.extend(self.under_requirements());
         self.recompute(&touched);
     }
 
@@ -503,14 +619,18 @@ impl Compiler {
                 if f.everyone {
                     continue;
                 }
-                let now = labels.is_some_and(|l| Self::rule_selects(cidr_by_id, &f.rule, id, l));
-                if now != f.peers.contains(&id) {
-                    if now {
-                        f.peers.insert(id);
-                    } else {
-                        f.peers.remove(&id);
+                let (ep, other) = labels.map_or((false, false), |l| {
+                    Self::rule_selects(cidr_by_id, &f.rule, id, l)
+                });
+                for (now, set) in [(ep, &mut f.peers), (other, &mut f.others)] {
+                    if now != set.contains(&id) {
+                        if now {
+                            set.insert(id);
+                        } else {
+                            set.remove(&id);
+                        }
+                        changed = true;
                     }
-                    changed = true;
                 }
             }
             if changed {
@@ -536,7 +656,7 @@ impl Compiler {
         for p in all {
             for r in p.ingress.iter().chain(&p.egress) {
                 for peer in &r.peers {
-                    if let Peer::Cidr { net, except } = peer {
+                    if let Peer::Cidr { net, except, .. } = peer {
                         blocks.insert(*net);
                         blocks.extend(except.iter().copied());
                     }
@@ -599,25 +719,31 @@ impl Compiler {
             (Direction::Egress, &policy.egress),
         ] {
             for r in list {
-                let everyone = r.requires.is_empty()
-                    && r.peers
-                        .iter()
-                        .any(|x| matches!(x, Peer::Any | Peer::Entity(crate::rules::Entity::All)));
-                let peers = if everyone {
-                    FxHashSet::default()
-                } else {
-                    self.rule_candidates(r)
-                        .into_iter()
-                        .filter(|(id, l)| Self::rule_selects(&self.cidr_by_id, r, *id, l))
-                        .map(|(id, _)| id)
-                        .collect()
-                };
+                let everyone = r
+                    .peers
+                    .iter()
+                    .any(|x| matches!(x, Peer::Entity(crate::rules::Entity::All)));
+                let wildcard = r.peers.iter().any(|x| matches!(x, Peer::Any));
+                let (mut peers, mut others) = (FxHashSet::default(), FxHashSet::default());
+                if !everyone {
+                    for (id, l) in self.rule_candidates(r) {
+                        let (ep, other) = Self::rule_selects(&self.cidr_by_id, r, id, l);
+                        if ep {
+                            peers.insert(id);
+                        }
+                        if other {
+                            others.insert(id);
+                        }
+                    }
+                }
                 rules.push(FlatRule {
                     dir,
                     rule: r.clone(),
                     origin: Arc::new(r.origin.clone()),
                     everyone,
+                    wildcard,
                     peers,
+                    others,
                 });
             }
         }
@@ -648,9 +774,10 @@ impl Compiler {
                 .filter(|c| c.policy.selects(&self.identities[id]))
                 .collect();
             let key: Vec<*const Compiled> = selecting.iter().map(|c| *c as *const _).collect();
+            let (identities, cidrs) = (&self.identities, &self.cidr_by_id);
             let t = memo
                 .entry(key)
-                .or_insert_with(|| Self::compile_one(&selecting).map(Arc::new))
+                .or_insert_with(|| Self::compile_one(&selecting, identities, cidrs).map(Arc::new))
                 .clone();
             out.push((*id, t));
         }
@@ -667,10 +794,20 @@ impl Compiler {
     }
 
     /// The table of an endpoint selected by `selecting`; `None` when nothing selects it.
-    fn compile_one(selecting: &[&Compiled]) -> Option<EndpointPolicy> {
+    /// `identities` are every known identity (what a wildcard narrowed by requirements
+    /// selects among).
+    fn compile_one(
+        selecting: &[&Compiled],
+        identities: &BTreeMap<u32, Labels>,
+        cidr_by_id: &FxHashMap<u32, Ipv4Net>,
+    ) -> Option<EndpointPolicy> {
         if selecting.is_empty() {
             return None;
         }
+        // The requirements in force, by direction and action (as the reference gathers them).
+        let policies = || selecting.iter().map(|c| &c.policy);
+        let reqs: [[Vec<&Selector>; 2]; 2] = [Direction::Ingress, Direction::Egress]
+            .map(|d| [Action::Allow, Action::Deny].map(|a| requirements(policies(), d, a)));
         let mut t = EndpointPolicy::default();
         for c in selecting {
             let p = &c.policy;
@@ -678,6 +815,55 @@ impl Compiler {
             t.enforced[1] |= p.enforce_egress;
             for f in &c.rules {
                 let i = di(f.dir);
+                let req = &reqs[i][usize::from(f.rule.action == Action::Deny)];
+                let meets = |id: &u32| {
+                    identities
+                        .get(id)
+                        .is_some_and(|l| req.iter().all(|s| s.matches(l)))
+                };
+                let everyone = f.everyone || (f.wildcard && req.is_empty());
+                // The identities the rule selects under the requirements in force.
+                let mut peers: Vec<u32> = Vec::new();
+                if !everyone {
+                    peers.extend(f.others.iter().copied());
+                    if req.is_empty() {
+                        peers.extend(f.peers.iter().copied());
+                    } else if f.wildcard {
+                        peers.extend(identities.keys().filter(|id| meets(id)));
+                    } else {
+                        peers.extend(f.peers.iter().filter(|id| meets(id)));
+                    }
+                    peers.sort_unstable();
+                    peers.dedup();
+                }
+                // In-cluster addresses its CIDR rules select, by class and block.
+                let mut blocks: Vec<(u8, u32)> = Vec::new();
+                for p in &f.rule.peers {
+                    let Peer::Cidr { net, except, scope } = p else {
+                        continue;
+                    };
+                    let classes: &[u8] = match scope {
+                        CidrScope::World => &[],
+                        CidrScope::Nodes => &[NODE_ADDR],
+                        CidrScope::All => &[NODE_ADDR, OTHER_ADDR],
+                    };
+                    for class in classes {
+                        t.by_addr[i][usize::from(*class == OTHER_ADDR)] = true;
+                        let ids = cidr_by_id
+                            .iter()
+                            .filter(|(_, b)| {
+                                net.contains(*b) && !except.iter().any(|x| x.contains(*b))
+                            })
+                            .map(|(id, _)| *id);
+                        blocks.extend(ids.map(|id| (*class, id)));
+                        // An address in no listed block: only a rule for everything holds it.
+                        if *net == Ipv4Net::default() {
+                            blocks.push((*class, Identity::WORLD.0));
+                        }
+                    }
+                }
+                blocks.sort_unstable();
+                blocks.dedup();
                 let ports: Vec<PortRange> = if f.rule.ports.is_empty() {
                     vec![PortRange::ALL]
                 } else {
@@ -689,15 +875,16 @@ impl Compiler {
                         action: f.rule.action,
                         rule: f.origin.clone(),
                     };
-                    if f.everyone {
+                    if everyone {
                         t.any[i].push(e);
-                    } else {
-                        for peer in &f.peers {
-                            t.by_peer
-                                .entry((i as u8, *peer))
-                                .or_default()
-                                .push(e.clone());
-                        }
+                        continue;
+                    }
+                    let own = peers.iter().map(|p| (0, *p));
+                    for (class, id) in own.chain(blocks.iter().copied()) {
+                        t.by_peer
+                            .entry((class + i as u8, id))
+                            .or_default()
+                            .push(e.clone());
                     }
                 }
             }
@@ -711,7 +898,31 @@ impl Compiler {
             tables: self.tables.clone(),
             cidrs: self.cidrs.clone(),
             allow_localhost: true,
+            kube_apiserver: self.kube_apiserver.clone(),
         }
+    }
+
+    /// Sets the Kubernetes API server's addresses (the endpoints of Service
+    /// `default/kubernetes`): peers there are also [`Identity::KUBE_APISERVER`]. No table
+    /// changes (the rules that select that identity are compiled already).
+    pub fn set_kube_apiserver(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        let set: FxHashSet<u32> = addrs.into_iter().map(u32::from).collect();
+        if *self.kube_apiserver != set {
+            self.kube_apiserver = Arc::new(set);
+        }
+    }
+
+    /// Whether `ip` is an address of the API server.
+    pub fn is_kube_apiserver(&self, ip: Ipv4Addr) -> bool {
+        self.kube_apiserver.contains(&u32::from(ip))
+    }
+
+    /// The API server's addresses ([`Compiler::set_kube_apiserver`]).
+    pub fn kube_apiserver(&self) -> Vec<Ipv4Addr> {
+        self.kube_apiserver
+            .iter()
+            .map(|a| Ipv4Addr::from(*a))
+            .collect()
     }
 
     /// The policies (for `decide`).

@@ -8,6 +8,9 @@
 //! - allow rules add up; a matching deny rule beats every allow;
 //! - a port that carries L7 rules is not allowed by its rule (Vireo does not enforce L7, and
 //!   must never be wider than what the user wrote);
+//! - requirements (`fromRequires`/`toRequires`) of any rule of any policy selecting the
+//!   endpoint constrain the endpoint peers of every rule of the same direction and action
+//!   ([`requirements`]);
 //! - CIDR peers match addresses outside the cluster (world and CIDR identities), as in Cilium;
 //!   pods and nodes are matched by their identities.
 //!
@@ -19,7 +22,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
-use crate::rules::{Action, Direction, Entity, Origin, Peer, Policy, Rule};
+use crate::rules::{Action, CidrScope, Direction, Entity, Origin, Peer, Policy, Rule, Selector};
 
 /// The other side of a flow, as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub struct PeerInfo {
     pub labels: Labels,
     /// Its address (for CIDR rules).
     pub ip: Ipv4Addr,
+    /// The address is one of the Kubernetes API server's: the peer is also
+    /// [`Identity::KUBE_APISERVER`] (the `kube-apiserver` entity, and `reserved:kube-apiserver`
+    /// selectors), besides its own identity.
+    pub kube_apiserver: bool,
 }
 
 impl PeerInfo {
@@ -76,10 +83,12 @@ impl Decision {
     }
 }
 
-/// Whether identity `id` is one of `e`.
+/// Whether identity `id` is one of `e`. (`cluster` is everything but world, as Cilium's: its
+/// pods, nodes, and the init, health, unmanaged, ingress and kube-apiserver identities.)
 pub fn entity_matches(e: Entity, id: Identity) -> bool {
     match e {
         Entity::All => true,
+        Entity::None => false,
         Entity::World => is_world(id),
         Entity::Cluster => !is_world(id),
         Entity::Host => id == Identity::HOST,
@@ -87,19 +96,55 @@ pub fn entity_matches(e: Entity, id: Identity) -> bool {
         Entity::Health => id == Identity::HEALTH,
         Entity::Init => id == Identity::INIT,
         Entity::Unmanaged => id == Identity::UNMANAGED,
+        Entity::KubeApiserver => id == Identity::KUBE_APISERVER,
+        Entity::Ingress => id == Identity::INGRESS,
     }
 }
 
-/// Whether `peer` matches `p` (ignoring ports).
-pub fn peer_matches(p: &Peer, peer: &PeerInfo) -> bool {
-    match p {
-        Peer::Cidr { net, except } => {
-            peer.is_world()
-                && net.contains(&peer.ip)
-                && !except.iter().any(|x| x.contains(&peer.ip))
+impl CidrScope {
+    /// Whether a peer of identity `id` may be selected by address.
+    pub fn admits(self, id: Identity) -> bool {
+        match self {
+            CidrScope::World => is_world(id),
+            CidrScope::Nodes => is_world(id) || id == Identity::HOST || id == Identity::REMOTE_NODE,
+            CidrScope::All => true,
         }
-        other => identity_matches(other, peer.identity, &peer.labels),
     }
+}
+
+/// The labels of [`Identity::KUBE_APISERVER`].
+pub fn kube_apiserver_labels() -> Labels {
+    Labels::new([("reserved:kube-apiserver", "")])
+}
+
+/// Whether `peer` matches `p` (ignoring ports and requirements): by its address for a CIDR,
+/// else by its identity, or, for an API server address, as [`Identity::KUBE_APISERVER`].
+pub fn peer_matches(p: &Peer, peer: &PeerInfo) -> bool {
+    peer_matches_under(p, peer, &[])
+}
+
+/// [`peer_matches`], with `requires` in force for the endpoint peers.
+fn peer_matches_under(p: &Peer, peer: &PeerInfo, requires: &[&Selector]) -> bool {
+    if let Peer::Cidr { net, except, scope } = p {
+        return scope.admits(peer.identity)
+            && net.contains(&peer.ip)
+            && !except.iter().any(|x| x.contains(&peer.ip));
+    }
+    let apiserver = kube_apiserver_labels();
+    let as_itself = [(peer.identity, &peer.labels)];
+    let both = [
+        (peer.identity, &peer.labels),
+        (Identity::KUBE_APISERVER, &apiserver),
+    ];
+    let ids: &[(Identity, &Labels)] = if peer.kube_apiserver {
+        &both
+    } else {
+        &as_itself
+    };
+    ids.iter().any(|(id, labels)| {
+        identity_matches(p, *id, labels)
+            && (!takes_requirements(p) || requires.iter().all(|s| s.matches(labels)))
+    })
 }
 
 /// Whether identity `id` with `labels` matches a peer that is not a CIDR (CIDR peers are
@@ -118,12 +163,50 @@ pub fn is_world(id: Identity) -> bool {
     id == Identity::WORLD || id.0 >= CIDR_IDENTITY_BASE
 }
 
-/// Whether `r` applies to `peer` and `proto`/`port`. An allow rule's L7 ports do not count.
-pub fn rule_matches(r: &Rule, peer: &PeerInfo, proto: u8, port: u16) -> bool {
+/// Whether requirements (`fromRequires`/`toRequires`) constrain peer `p`: endpoint selectors
+/// and the L4-only wildcard, as Cilium folds requirements into endpoint selectors (not into
+/// entities or CIDRs).
+pub fn takes_requirements(p: &Peer) -> bool {
+    matches!(p, Peer::Endpoints(_) | Peer::Any)
+}
+
+/// The requirements in force for the `action` rules of direction `d` of an endpoint that
+/// `selecting` select: those of every such rule of every one of them (Cilium collects the
+/// requirements of all the rules that select an endpoint and applies them to each of its
+/// rules; allow and deny rules keep theirs apart).
+pub fn requirements<'a>(
+    selecting: impl IntoIterator<Item = &'a Policy>,
+    d: Direction,
+    action: Action,
+) -> Vec<&'a Selector> {
+    let mut out: Vec<&Selector> = Vec::new();
+    for p in selecting {
+        for r in p.rules(d).iter().filter(|r| r.action == action) {
+            for s in &r.requires {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `r` applies to `peer` and `proto`/`port`, under `requires` (the requirements in
+/// force for its direction and action: [`requirements`]). An allow rule's L7 ports do not
+/// count.
+pub fn rule_matches(
+    r: &Rule,
+    peer: &PeerInfo,
+    proto: u8,
+    port: u16,
+    requires: &[&Selector],
+) -> bool {
     let ports = r.ports.is_empty() || r.enforced_ports().any(|pr| pr.covers(proto, port));
     ports
-        && r.peers.iter().any(|p| peer_matches(p, peer))
-        && r.requires.iter().all(|s| s.matches(&peer.labels))
+        && r.peers
+            .iter()
+            .any(|p| peer_matches_under(p, peer, requires))
 }
 
 /// The policies that select an endpoint with `labels`.
@@ -147,10 +230,16 @@ pub fn decide(
 ) -> Decision {
     let mut enforced = false;
     let (mut allows, mut denies) = (Vec::new(), Vec::new());
-    for p in selecting(policies, labels) {
+    let sel: Vec<&Policy> = selecting(policies, labels).collect();
+    let reqs = [
+        requirements(sel.iter().copied(), d, Action::Allow),
+        requirements(sel.iter().copied(), d, Action::Deny),
+    ];
+    for p in sel {
         enforced |= p.enforces(d);
         for r in p.rules(d) {
-            if rule_matches(r, peer, proto, port) {
+            let requires = &reqs[usize::from(r.action == Action::Deny)];
+            if rule_matches(r, peer, proto, port, requires) {
                 match r.action {
                     Action::Allow => allows.push(r.origin.clone()),
                     Action::Deny => denies.push(r.origin.clone()),

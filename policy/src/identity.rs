@@ -35,9 +35,14 @@ impl Identity {
     pub const INIT: Identity = Identity(5);
     /// Other nodes of the cluster.
     pub const REMOTE_NODE: Identity = Identity(6);
+    /// The Kubernetes API server. Its addresses keep their own identity (a pod's, a node's,
+    /// world); policy also sees them as this one (see `PolicyTables::set_kube_apiserver`).
+    pub const KUBE_APISERVER: Identity = Identity(7);
+    /// Cilium's ingress proxy (none in Vireo: no traffic has it).
+    pub const INGRESS: Identity = Identity(8);
 
     /// The reserved identities with their names, as Cilium numbers them.
-    pub const RESERVED: [(Identity, &'static str); 7] = [
+    pub const RESERVED: [(Identity, &'static str); 9] = [
         (Identity::UNKNOWN, "unknown"),
         (Identity::HOST, "host"),
         (Identity::WORLD, "world"),
@@ -45,6 +50,8 @@ impl Identity {
         (Identity::HEALTH, "health"),
         (Identity::INIT, "init"),
         (Identity::REMOTE_NODE, "remote-node"),
+        (Identity::KUBE_APISERVER, "kube-apiserver"),
+        (Identity::INGRESS, "ingress"),
     ];
 
     /// First number for endpoint identities.
@@ -84,6 +91,35 @@ pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// The prefix under which a namespace's own labels are attached to its pods.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+/// The label that carries a pod's service account (Cilium's).
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// The label that carries the name of the pod's cluster (Cilium's `cluster-name`).
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+/// The cluster name when none is configured (Cilium's default).
+pub const DEFAULT_CLUSTER_NAME: &str = "default";
+
+/// Where a pod is: what Cilium derives labels from besides the pod's own labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodOrigin<'a> {
+    /// The cluster's name (`cluster_name`, default [`DEFAULT_CLUSTER_NAME`]).
+    pub cluster: &'a str,
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// Its service account (`spec.serviceAccountName`; `default` when unset, as the API server
+    /// fills it in).
+    pub service_account: &'a str,
+}
+
+impl<'a> PodOrigin<'a> {
+    /// A pod of namespace `namespace` in the default cluster, with the default service account.
+    pub fn in_namespace(namespace: &'a str) -> PodOrigin<'a> {
+        PodOrigin {
+            cluster: DEFAULT_CLUSTER_NAME,
+            namespace,
+            service_account: "default",
+        }
+    }
+}
 
 impl Labels {
     /// Labels from `(source:key, value)` pairs.
@@ -96,11 +132,13 @@ impl Labels {
         Labels(it.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 
-    /// A pod's security labels, as Cilium derives them: its own labels and its namespace name
-    /// under the `k8s` source, and its namespace's labels under
-    /// `io.cilium.k8s.namespace.labels.`.
+    /// A pod's security labels, as Cilium derives them, all under the `k8s` source: its own
+    /// labels, its namespace's labels under `io.cilium.k8s.namespace.labels.`, and
+    /// `io.kubernetes.pod.namespace`, `io.cilium.k8s.policy.serviceaccount` and
+    /// `io.cilium.k8s.policy.cluster` (these three win over a pod label of the same key, as
+    /// in Cilium).
     pub fn for_pod<'a>(
-        namespace: &str,
+        origin: PodOrigin<'_>,
         pod_labels: impl IntoIterator<Item = (&'a String, &'a String)>,
         namespace_labels: impl IntoIterator<Item = (&'a String, &'a String)>,
     ) -> Labels {
@@ -111,7 +149,15 @@ impl Labels {
         for (k, v) in namespace_labels {
             m.insert(format!("k8s:{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
         }
-        m.insert(format!("k8s:{NAMESPACE_LABEL}"), namespace.to_string());
+        m.insert(
+            format!("k8s:{NAMESPACE_LABEL}"),
+            origin.namespace.to_string(),
+        );
+        m.insert(
+            format!("k8s:{SERVICE_ACCOUNT_LABEL}"),
+            origin.service_account.to_string(),
+        );
+        m.insert(format!("k8s:{CLUSTER_LABEL}"), origin.cluster.to_string());
         Labels(m)
     }
 
@@ -266,7 +312,7 @@ mod tests {
 
     fn pod(ns: &str, app: &str) -> Labels {
         let l: BTreeMap<String, String> = [("app".to_string(), app.to_string())].into();
-        Labels::for_pod(ns, &l, &BTreeMap::new())
+        Labels::for_pod(PodOrigin::in_namespace(ns), &l, &BTreeMap::new())
     }
 
     #[test]
@@ -331,11 +377,33 @@ mod tests {
     #[test]
     fn pod_labels_carry_namespace_and_its_labels() {
         let nsl: BTreeMap<String, String> = [("team".to_string(), "red".to_string())].into();
-        let l = Labels::for_pod("prod", &BTreeMap::new(), &nsl);
+        let origin = PodOrigin {
+            cluster: "east",
+            namespace: "prod",
+            service_account: "api",
+        };
+        // A pod label may not pose as a derived one.
+        let own: BTreeMap<String, String> =
+            [(SERVICE_ACCOUNT_LABEL.to_string(), "root".to_string())].into();
+        let l = Labels::for_pod(origin, &own, &nsl);
         assert_eq!(l.get("k8s:io.kubernetes.pod.namespace"), Some("prod"));
         assert_eq!(
             l.get("k8s:io.cilium.k8s.namespace.labels.team"),
             Some("red")
         );
+        assert_eq!(
+            l.get("k8s:io.cilium.k8s.policy.serviceaccount"),
+            Some("api")
+        );
+        assert_eq!(l.get("k8s:io.cilium.k8s.policy.cluster"), Some("east"));
+        let other = Labels::for_pod(
+            PodOrigin {
+                service_account: "web",
+                ..origin
+            },
+            &own,
+            &nsl,
+        );
+        assert_ne!(l, other, "the service account is part of the identity");
     }
 }

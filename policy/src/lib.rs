@@ -18,7 +18,7 @@ pub mod rules;
 
 pub use compiled::{Compiler, EndpointPolicy, PolicyTables};
 pub use engine::{decide, Decision, PeerInfo, Verdict};
-pub use identity::{Identity, IdentityAllocator, Labels};
+pub use identity::{Identity, IdentityAllocator, Labels, PodOrigin};
 pub use ipcache::{IpCache, IpCacheEntry};
 pub use rules::{
     Action, Direction, Entity, Op, Origin, Peer, Policy, PortRange, Proto, Requirement, Rule,

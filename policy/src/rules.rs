@@ -346,6 +346,13 @@ pub enum Entity {
     Init,
     /// Pods not managed by the dataplane.
     Unmanaged,
+    /// The Kubernetes API server: the addresses of the `default/kubernetes` Service's
+    /// endpoints, wherever they are (pods, nodes or outside the cluster).
+    KubeApiserver,
+    /// Cilium's ingress proxy (Envoy). Vireo runs none, so it matches no traffic here.
+    Ingress,
+    /// Nothing (Cilium's `none`).
+    None,
     /// Everything.
     All,
 }
@@ -361,10 +368,28 @@ impl Entity {
             "health" => Entity::Health,
             "init" => Entity::Init,
             "unmanaged" => Entity::Unmanaged,
+            "kube-apiserver" => Entity::KubeApiserver,
+            "ingress" => Entity::Ingress,
+            "none" => Entity::None,
             "all" => Entity::All,
             _ => return None,
         })
     }
+}
+
+/// Which peers a CIDR rule selects by address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CidrScope {
+    /// Addresses outside the cluster only (CiliumNetworkPolicy CIDR rules: pods and nodes are
+    /// selected by their identities).
+    #[default]
+    World,
+    /// Those and the cluster's nodes (Cilium's `policy-cidr-match-mode: nodes`).
+    Nodes,
+    /// Every address, pods and nodes included (Kubernetes NetworkPolicy `ipBlock`, as the
+    /// upstream e2e tests expect).
+    All,
 }
 
 /// Who a rule is about on the other side.
@@ -376,12 +401,15 @@ pub enum Peer {
     Endpoints(Selector),
     /// An entity.
     Entity(Entity),
-    /// Addresses in `net` but in none of `except` (fromCIDR, fromCIDRSet, ipBlock).
+    /// Addresses in `net` but in none of `except` (fromCIDR, fromCIDRSet, ipBlock), of the
+    /// peers `scope` admits.
     Cidr {
         /// The block.
         net: Ipv4Net,
         /// Holes in it.
         except: Vec<Ipv4Net>,
+        /// Which peers it selects by address.
+        scope: CidrScope,
     },
     /// Anyone (a rule with ports only).
     Any,

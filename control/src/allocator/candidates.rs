@@ -38,7 +38,11 @@ mod tests {
 
     fn pod(app: &str) -> Labels {
         let l: BTreeMap<String, String> = [("app".to_string(), app.to_string())].into();
-        Labels::for_pod("ns", &l, &BTreeMap::new())
+        Labels::for_pod(
+            vireo_policy::PodOrigin::in_namespace("ns"),
+            &l,
+            &BTreeMap::new(),
+        )
     }
 
     proptest! {

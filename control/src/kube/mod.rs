@@ -105,6 +105,8 @@ pub struct KubeOptions {
     /// Whether pods take cluster-wide identities (`VireoIdentity` objects, allocated by this
     /// source and garbage-collected; default true) rather than node-local ones.
     pub cluster_identities: bool,
+    /// How the objects are read ([`Manifests::read`]).
+    pub read: crate::source::ReadOptions,
     /// How unused identities are collected.
     pub gc: GcOptions,
 }
@@ -118,6 +120,7 @@ impl KubeOptions {
             coalesce: Duration::from_millis(2),
             events: true,
             cluster_identities: true,
+            read: crate::source::ReadOptions::default(),
             gc: GcOptions::default(),
         }
     }
@@ -290,6 +293,7 @@ impl KubeSource {
         );
         let mut asm = Assembly::default();
         asm.manifests.cluster_identities = opts.cluster_identities;
+        asm.manifests.read.clone_from(&opts.read);
         Ok(KubeSource {
             shared,
             stores,

@@ -3,10 +3,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_yaml_ng::Value;
 use vireo_policy::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
-use vireo_policy::rules::split_source;
+use vireo_policy::rules::{split_source, CidrScope};
 use vireo_policy::{Action, Direction, Entity, Peer, Policy, Proto, Selector};
 
-use super::cilium_schema::{field, nodes, CEgress, CIngress, CRule, CSpec};
+use super::cilium_schema::{field, CEgress, CIngress, CRule, CSpec};
 use super::ports::{cilium_ports, PortIn, PortNum};
 use super::read::{malformed, read, split_path, written, Unknown};
 use super::selectors::{any_pod, cidr_peer, cilium_key, in_namespace, selector};
@@ -293,9 +293,11 @@ pub(super) fn cilium_read(
         // Requirements of the whole section.
         let mut requires = Vec::new();
         let mut broadened = false;
+        let mut first = None;
         for (i, r) in rules.iter().enumerate() {
             let req_field = field(d, "Requires");
             for (j, ls) in r.requires.iter().flatten().enumerate() {
+                first.get_or_insert_with(|| format!("{prefix}{section}[{i}].{req_field}"));
                 let path = format!("{prefix}{section}[{i}].{req_field}[{j}]");
                 let sel = selector(ls, &cilium_key, &path)?;
                 requires.push(scope.scope(sel, true));
@@ -319,6 +321,9 @@ pub(super) fn cilium_read(
             if let Some(rin) = cilium_rule(&mut b, &scope, r, action, rule, unknown)? {
                 b.add(d, rin, &requires);
             }
+        }
+        if let Some(first) = first {
+            b.require(d, action, requires, first);
         }
     }
     Ok(b.policy)
@@ -413,31 +418,31 @@ pub(super) fn cilium_rule(
             peers.push(Peer::Entity(ent));
             continue;
         }
-        match (e.as_str(), allow) {
-            ("kube-apiserver", true) => b.warn(format!(
-                "{path}: entity kube-apiserver is not supported; it allows nothing (fail closed)"
-            )),
-            ("kube-apiserver", false) => {
-                b.warn(format!(
-                    "{path}: entity kube-apiserver is not supported; the deny covers host, \
-                     remote-node and world instead (fail closed)"
-                ));
-                peers.extend(nodes());
-                peers.push(Peer::Entity(Entity::World));
-            }
-            ("ingress", _) => b.warn(format!(
-                "{path}: entity ingress (Cilium's Envoy) does not exist in Vireo; it matches \
-                 nothing"
-            )),
-            (other, _) => return Err(format!("{path}: unknown entity {other:?}")),
+        // An entity Vireo does not know: nothing in an allow, everyone in a deny.
+        if allow {
+            b.warn(format!(
+                "{path}: unknown entity {e:?}; it allows nothing (fail closed)"
+            ));
+        } else {
+            b.warn(format!(
+                "{path}: unknown entity {e:?}; the deny covers every peer instead (fail closed)"
+            ));
+            peers.push(Peer::Entity(Entity::All));
         }
     }
     let cidr_field = field(d, "CIDR");
     let mut ignored = Vec::new();
+    // Cilium's meaning (addresses outside the cluster), or nodes too with
+    // `policy-cidr-match-mode: nodes`.
+    let scope = if b.pods.m.read.cidr_match_nodes {
+        CidrScope::Nodes
+    } else {
+        CidrScope::World
+    };
     for (j, c) in r.cidr.iter().flatten().enumerate() {
         l3 = true;
         let path = format!("{rule}.{cidr_field}[{j}]");
-        peers.extend(cidr_peer(c, &[], &path, &mut ignored)?);
+        peers.extend(cidr_peer(c, &[], scope, &path, &mut ignored)?);
     }
     let set_field = field(d, "CIDRSet");
     for (j, c) in r.cidr_set.iter().flatten().enumerate() {
@@ -446,7 +451,7 @@ pub(super) fn cilium_rule(
         match &c.cidr {
             Some(net) => {
                 let except = c.except.clone().unwrap_or_default();
-                peers.extend(cidr_peer(net, &except, &path, &mut ignored)?);
+                peers.extend(cidr_peer(net, &except, scope, &path, &mut ignored)?);
             }
             None if written(c.cidr_group_ref.as_ref())
                 || written(c.cidr_group_selector.as_ref()) =>

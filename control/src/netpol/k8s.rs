@@ -3,6 +3,7 @@
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_yaml_ng::Value;
+use vireo_policy::rules::CidrScope;
 use vireo_policy::{Action, Direction, Peer, Policy, Selector};
 
 use super::cilium_schema::field;
@@ -195,9 +196,12 @@ pub(super) fn np_rule(
             (Some(ip), None, None) => {
                 let mut w = Vec::new();
                 let except = ip.except.clone().unwrap_or_default();
+                // Every address in the block, pods' and nodes' too (the upstream e2e tests
+                // expect an ipBlock to select the pods it covers).
                 out.extend(cidr_peer(
                     &ip.cidr,
                     &except,
+                    CidrScope::All,
                     &format!("{path}.ipBlock"),
                     &mut w,
                 )?);

@@ -16,10 +16,14 @@
 //! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
 //!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
 //!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
-//!   groups, `authentication`, ICMP rules, the `kube-apiserver` and `ingress` entities and
-//!   IPv6 blocks allow nothing. In a deny rule they are replaced by a superset Vireo can
-//!   express (nodes → host + remote-node; FQDNs, groups, CIDR groups → world; services → any
-//!   peer; `kube-apiserver` → host + remote-node + world; ICMP → every protocol and port).
+//!   groups, `authentication`, ICMP rules, unknown entities and IPv6 blocks allow nothing. In
+//!   a deny rule they are replaced by a superset Vireo can express (nodes → host +
+//!   remote-node; FQDNs, groups, CIDR groups → world; services and unknown entities → any
+//!   peer; ICMP → every protocol and port).
+//! - Entities: Cilium's, `kube-apiserver` included (the addresses of Service
+//!   `default/kubernetes`'s endpoints, pods, nodes or outside addresses, which policy also sees
+//!   as that identity); `ingress` (Cilium's Envoy, which Vireo does not run) and `none` match
+//!   no traffic.
 //!
 //! Cilium semantics followed (see Cilium's `pkg/k8s/apis/cilium.io/utils` and the policy
 //! language docs):
@@ -32,9 +36,12 @@
 //! - a rule with `toPorts` but no peer field applies to every peer on those ports; an empty
 //!   rule `{}` selects nothing (Cilium's documented way of putting an endpoint into default
 //!   deny without allowing anything);
-//! - `fromRequires`/`toRequires` of any rule of a section (allow or deny) of a direction apply
-//!   to every rule of that section, and only to its endpoint peers (and the L4-only wildcard),
-//!   not to entities or CIDRs, as Cilium folds requirements into endpoint selectors;
+//! - `fromRequires`/`toRequires` of any rule of an allow (or deny) section of a direction
+//!   apply to the endpoint peers (and the L4-only wildcard) of every allow (or deny) rule of
+//!   that direction of **every policy selecting the endpoint**, not to entities or CIDRs, as
+//!   Cilium folds requirements into endpoint selectors: a section's requirements are carried
+//!   by a rule of their own with no peer, and the evaluator gathers them
+//!   ([`vireo_policy::engine::requirements`]);
 //! - a direction is enforced (default deny) when its allow or deny section is present (even
 //!   empty), unless `enableDefaultDeny` says `false` for it; an explicit `true` enforces even
 //!   without a section.
@@ -44,7 +51,10 @@
 //! the directions of its `policyTypes` (rules of other directions are ignored, with a
 //! warning); a missing or empty `from`/`to` means every peer; `podSelector` alone means the
 //! policy's namespace; `namespaceSelector` alone means pods of the matching namespaces; both in
-//! one element mean both; `ipBlock` is a CIDR peer (outside the cluster, as Cilium treats it);
+//! one element mean both; `ipBlock` selects every address in its block, pods' and nodes'
+//! included, `except` honoured (what the upstream e2e tests expect and Calico does; Cilium
+//! selects only outside addresses there), while CiliumNetworkPolicy CIDR rules keep Cilium's
+//! meaning (outside addresses; nodes too with `policy-cidr-match-mode: nodes`);
 //! `protocol` defaults to TCP.
 //!
 //! Named ports (NetworkPolicy, and Cilium `port: "name"`) are resolved against the container
@@ -215,7 +225,11 @@ fn pod_ports(m: &Manifests) -> Vec<PodPorts> {
         .iter()
         .map(|((ns, _), p)| {
             let ns_labels = namespace_labels(m, ns);
-            let labels = Labels::for_pod(ns, p.metadata.labels.iter().flatten(), &ns_labels);
+            let labels = Labels::for_pod(
+                m.pod_origin(ns, p),
+                p.metadata.labels.iter().flatten(),
+                &ns_labels,
+            );
             let ports = container_ports(p)
                 .filter(|cp| !cp.name.is_empty())
                 .map(|cp| {
@@ -289,7 +303,8 @@ impl Builder<'_> {
         self.policy.warnings.push(w);
     }
 
-    /// Adds the model's rules for `r`: named ports resolved, requirements on endpoint peers.
+    /// Adds the model's rule for `r`, named ports resolved (`requires`: the requirements of its
+    /// section, which narrow the pods a named port is looked up in).
     fn add(&mut self, d: Direction, r: RuleIn, requires: &[Selector]) {
         let peers = if r.l3 {
             r.peers
@@ -326,29 +341,47 @@ impl Builder<'_> {
             rule: r.rule,
             ..self.policy.origin.clone()
         };
-        let (with_req, without): (Vec<Peer>, Vec<Peer>) = if requires.is_empty() {
-            (peers, Vec::new())
-        } else {
-            peers
-                .into_iter()
-                .partition(|p| matches!(p, Peer::Endpoints(_) | Peer::Any))
-        };
-        for (peers, requires) in [(with_req, requires.to_vec()), (without, Vec::new())] {
-            if peers.is_empty() {
-                continue;
-            }
-            let rule = Rule {
+        self.push(
+            d,
+            Rule {
                 action: r.action,
                 peers,
-                requires,
-                ports: ports.clone(),
-                origin: origin.clone(),
-            };
-            match d {
-                Direction::Ingress => self.policy.ingress.push(rule),
-                Direction::Egress => self.policy.egress.push(rule),
-            }
+                requires: Vec::new(),
+                ports,
+                origin,
+            },
+        );
+    }
+
+    fn push(&mut self, d: Direction, rule: Rule) {
+        match d {
+            Direction::Ingress => self.policy.ingress.push(rule),
+            Direction::Egress => self.policy.egress.push(rule),
         }
+    }
+
+    /// Declares the requirements of a section (`fromRequires`/`toRequires` of its rules,
+    /// `origin` naming the first): a rule with no peer that carries them. Requirements apply
+    /// to the endpoint peers of every `action` rule of direction `d` of every policy selecting
+    /// the endpoint ([`vireo_policy::engine::requirements`]), not only to this policy's.
+    fn require(&mut self, d: Direction, action: Action, requires: Vec<Selector>, rule: String) {
+        if requires.is_empty() {
+            return;
+        }
+        let origin = Origin {
+            rule,
+            ..self.policy.origin.clone()
+        };
+        self.push(
+            d,
+            Rule {
+                action,
+                peers: Vec::new(),
+                requires,
+                ports: Vec::new(),
+                origin,
+            },
+        );
     }
 }
 

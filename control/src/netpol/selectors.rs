@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use vireo_policy::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
-use vireo_policy::rules::{split_source, with_source};
+use vireo_policy::rules::{split_source, with_source, CidrScope};
 use vireo_policy::{Op, Peer, Requirement, Selector};
 
 /// `k8s:io.kubernetes.pod.namespace = ns`.
@@ -105,6 +105,7 @@ pub(super) fn cidr(s: &str, path: &str) -> Result<Option<Ipv4Net>, String> {
 pub(super) fn cidr_peer(
     net: &str,
     except: &[String],
+    scope: CidrScope,
     path: &str,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Peer>, String> {
@@ -123,5 +124,6 @@ pub(super) fn cidr_peer(
     Ok(Some(Peer::Cidr {
         net: n,
         except: holes,
+        scope,
     }))
 }

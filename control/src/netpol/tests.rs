@@ -27,7 +27,11 @@ fn pod(m: &Manifests, ns: &str, labels: &[(&str, &str)]) -> Labels {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Labels::for_pod(ns, &own, &namespace_labels(m, ns))
+    Labels::for_pod(
+        vireo_policy::PodOrigin::in_namespace(ns),
+        &own,
+        &namespace_labels(m, ns),
+    )
 }
 
 fn peer(labels: Labels) -> PeerInfo {
@@ -35,6 +39,7 @@ fn peer(labels: Labels) -> PeerInfo {
         identity: Identity(1000),
         labels,
         ip: Ipv4Addr::new(10, 244, 1, 10),
+        kube_apiserver: false,
     }
 }
 
@@ -43,6 +48,7 @@ fn reserved(name: &str) -> PeerInfo {
         identity: Identity::reserved(name).unwrap(),
         labels: Labels::new([(format!("reserved:{name}"), String::new())]),
         ip: Ipv4Addr::new(192, 168, 100, 1),
+        kube_apiserver: false,
     }
 }
 
@@ -1030,7 +1036,7 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
         "  endpointSelector: {}
   ingress:
   - fromNodes: [{matchLabels: {role: cp}}]
-  - fromEntities: [kube-apiserver]
+  - fromEntities: [kube-apiserverz]
   - icmps: [{fields: [{type: 8}]}]
   - fromEndpoints: [{matchLabels: {app: a}}]
     authentication: {mode: required}
@@ -1050,7 +1056,7 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
     warned(
         &set,
         &[
-            "ingress[1].fromEntities[0]: entity kube-apiserver",
+            "ingress[1].fromEntities[0]: unknown entity \"kube-apiserverz\"",
             "allows nothing",
         ],
     );
@@ -1067,8 +1073,14 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
     let me = pod(&m, "x", &[]);
     for n in ["host", "remote-node", "world"] {
         assert!(!allowed(&set, &me, IN, &reserved(n), TCP, 80), "{n}");
-        assert!(!allowed(&set, &me, OUT, &reserved(n), TCP, 6443), "{n}");
-        assert!(allowed(&set, &me, OUT, &reserved(n), TCP, 6444), "{n}");
+        // The deny names the API server: a node or outside address that is not it passes.
+        assert!(allowed(&set, &me, OUT, &reserved(n), TCP, 6443), "{n}");
+        let apiserver = PeerInfo {
+            kube_apiserver: true,
+            ..reserved(n)
+        };
+        assert!(!allowed(&set, &me, OUT, &apiserver, TCP, 6443), "{n}");
+        assert!(allowed(&set, &me, OUT, &apiserver, TCP, 6444), "{n}");
     }
     let a = peer(pod(&m, "x", &[("app", "a")]));
     assert!(!allowed(&set, &me, IN, &a, TCP, 80));
@@ -1167,4 +1179,243 @@ fn unknown_null_fields_are_silent_and_errors_name_the_deepest_field() {
             "fail closed",
         ],
     );
+}
+
+/// Cilium's documented `fromRequires` example, as two policies: the requirement of one
+/// constrains the rules of the other.
+#[test]
+fn from_requires_of_one_policy_constrain_another_policys_rules() {
+    let (m, set) = load(&format!(
+        "{}{}",
+        cnp(
+            "x",
+            "requires-prod",
+            "  endpointSelector: {matchLabels: {env: prod}}
+  ingress:
+  - fromRequires: [{matchLabels: {env: prod}}]",
+        ),
+        cnp(
+            "x",
+            "allow-frontend",
+            "  endpointSelector: {matchLabels: {env: prod}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {role: frontend}}]
+  - fromEntities: [host]",
+        )
+    ));
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let me = pod(&m, "x", &[("env", "prod")]);
+    let p = |l: &[(&str, &str)]| peer(pod(&m, "x", l));
+    assert!(!allowed(
+        &set,
+        &me,
+        IN,
+        &p(&[("role", "frontend"), ("env", "dev")]),
+        TCP,
+        80
+    ));
+    assert!(allowed(
+        &set,
+        &me,
+        IN,
+        &p(&[("role", "frontend"), ("env", "prod")]),
+        TCP,
+        80
+    ));
+    assert!(allowed(&set, &me, IN, &reserved("host"), TCP, 80));
+    // Egress is not constrained by ingress requirements; a pod the policies do not select is
+    // not either.
+    let other = pod(&m, "x", &[("env", "dev")]);
+    assert!(allowed(
+        &set,
+        &other,
+        IN,
+        &p(&[("role", "frontend")]),
+        TCP,
+        80
+    ));
+}
+
+/// Every pod carries Cilium's derived labels, and policies select on them.
+#[test]
+fn service_account_and_cluster_labels_select_pods() {
+    let (mut m, _) = load(&format!(
+        "{}{}",
+        cnp(
+            "x",
+            "by-sa",
+            "  endpointSelector: {}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {io.cilium.k8s.policy.serviceaccount: frontend}
+    - matchLabels:
+        io.cilium.k8s.policy.cluster: east
+        k8s:io.kubernetes.pod.namespace: y",
+        ),
+        "---
+apiVersion: v1
+kind: Pod
+metadata: {name: fe, namespace: x}
+spec: {serviceAccountName: frontend, containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: x}
+spec: {containers: [{name: c, image: i}]}
+"
+    ));
+    let set = policies(&m);
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+    let labels_of = |m: &Manifests, name: &str| {
+        let p = &m.pods[&("x".to_string(), name.to_string())];
+        Labels::for_pod(
+            m.pod_origin("x", p),
+            p.metadata.labels.iter().flatten(),
+            &namespace_labels(m, "x"),
+        )
+    };
+    let me = labels_of(&m, "other");
+    assert_eq!(
+        me.get("k8s:io.cilium.k8s.policy.serviceaccount"),
+        Some("default")
+    );
+    assert_eq!(me.get("k8s:io.cilium.k8s.policy.cluster"), Some("default"));
+    let fe = labels_of(&m, "fe");
+    assert!(allowed(&set, &me, IN, &peer(fe.clone()), TCP, 80));
+    assert!(!allowed(&set, &me, IN, &peer(me.clone()), TCP, 80));
+    // A pod of namespace y in cluster `east` only once the cluster is called so.
+    let in_y = |m: &Manifests| {
+        let origin = vireo_policy::PodOrigin {
+            cluster: m.cluster_name(),
+            ..vireo_policy::PodOrigin::in_namespace("y")
+        };
+        peer(Labels::for_pod(origin, [], &namespace_labels(m, "y")))
+    };
+    assert!(!allowed(&set, &me, IN, &in_y(&m), TCP, 80));
+    m.read.cluster_name = "east".into();
+    let me = labels_of(&m, "other");
+    assert!(allowed(&set, &me, IN, &in_y(&m), TCP, 80));
+}
+
+/// The `kube-apiserver` entity selects the API server's addresses wherever it runs; `ingress`
+/// and `none` match nothing here; an unknown entity allows nothing and widens a deny.
+#[test]
+fn kube_apiserver_ingress_none_and_unknown_entities() {
+    let (m, set) = load(&cnp(
+        "x",
+        "ent",
+        "  endpointSelector: {}
+  egress:
+  - toEntities: [kube-apiserver]
+    toPorts: [{ports: [{port: '6443', protocol: TCP}]}]
+  - toEntities: [ingress, none, bogus]
+  egressDeny:
+  - toEntities: [not-an-entity]
+    toPorts: [{ports: [{port: '25', protocol: TCP}]}]",
+    ));
+    warned(
+        &set,
+        &[
+            "egress[1].toEntities[2]: unknown entity \"bogus\"",
+            "allows nothing",
+        ],
+    );
+    warned(&set, &["egressDeny[0].toEntities[0]", "covers every peer"]);
+    let me = pod(&m, "x", &[]);
+    let api = |p: PeerInfo| PeerInfo {
+        kube_apiserver: true,
+        ..p
+    };
+    let in_cluster = api(peer(pod(&m, "kube-system", &[("component", "apiserver")])));
+    for p in [
+        api(reserved("host")),
+        api(reserved("remote-node")),
+        api(world([1, 2, 3, 4])),
+        in_cluster,
+    ] {
+        assert!(allowed(&set, &me, OUT, &p, TCP, 6443), "{p:?}");
+        assert!(!allowed(&set, &me, OUT, &p, TCP, 6444), "{p:?}");
+    }
+    for n in ["host", "remote-node", "world"] {
+        assert!(!allowed(&set, &me, OUT, &reserved(n), TCP, 6443), "{n}");
+    }
+    assert!(!allowed(&set, &me, OUT, &world([8, 8, 8, 8]), TCP, 25));
+}
+
+/// Kubernetes `ipBlock` selects every address in the block, pods and nodes included (the
+/// upstream e2e tests' expectation), with `except` honoured; Cilium CIDR rules select outside
+/// addresses, and nodes too under `policy-cidr-match-mode: nodes`.
+#[test]
+fn ip_block_selects_pods_and_nodes_cilium_cidr_only_with_match_mode() {
+    let pod_at = |m: &Manifests, ip: [u8; 4]| PeerInfo {
+        ip: Ipv4Addr::from(ip),
+        ..peer(pod(m, "y", &[("app", "client")]))
+    };
+    let node_at = |ip: [u8; 4]| PeerInfo {
+        ip: Ipv4Addr::from(ip),
+        ..reserved("remote-node")
+    };
+    let (m, set) = load(&np(
+        "x",
+        "ipb",
+        "  podSelector: {}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.1.0/24]}}]
+  - from: [{ipBlock: {cidr: 192.168.1.0/24}}]",
+    ));
+    let me = pod(&m, "x", &[]);
+    assert!(allowed(
+        &set,
+        &me,
+        IN,
+        &pod_at(&m, [10, 244, 2, 5]),
+        TCP,
+        80
+    ));
+    assert!(
+        !allowed(&set, &me, IN, &pod_at(&m, [10, 244, 1, 5]), TCP, 80),
+        "except"
+    );
+    assert!(!allowed(
+        &set,
+        &me,
+        IN,
+        &pod_at(&m, [10, 245, 0, 1]),
+        TCP,
+        80
+    ));
+    assert!(allowed(&set, &me, IN, &node_at([192, 168, 1, 7]), TCP, 80));
+    assert!(allowed(&set, &me, IN, &world([10, 244, 3, 3]), TCP, 80));
+    let cnp_text = cnp(
+        "x",
+        "cidr",
+        "  endpointSelector: {}
+  ingress:
+  - fromCIDR: [10.244.0.0/16, 192.168.1.0/24]",
+    );
+    let (m, set) = load(&cnp_text);
+    assert!(!allowed(
+        &set,
+        &me,
+        IN,
+        &pod_at(&m, [10, 244, 2, 5]),
+        TCP,
+        80
+    ));
+    assert!(!allowed(&set, &me, IN, &node_at([192, 168, 1, 7]), TCP, 80));
+    assert!(allowed(&set, &me, IN, &world([10, 244, 3, 3]), TCP, 80));
+    let mut m = Manifests::default();
+    m.read.cidr_match_nodes = true;
+    load_text(&mut m, &cnp_text, Path::new("p.yaml"));
+    let set = policies(&m);
+    assert!(!allowed(
+        &set,
+        &me,
+        IN,
+        &pod_at(&m, [10, 244, 2, 5]),
+        TCP,
+        80
+    ));
+    assert!(allowed(&set, &me, IN, &node_at([192, 168, 1, 7]), TCP, 80));
+    assert!(!allowed(&set, &me, IN, &node_at([192, 168, 2, 7]), TCP, 80));
 }

@@ -83,7 +83,11 @@ pub async fn eventually(within: Duration, what: &str, mut check: impl FnMut() ->
 /// A pod's label set in namespace `ns` with `app: app`.
 pub fn pod(ns: &str, app: &str) -> Labels {
     let l: BTreeMap<String, String> = [("app".to_string(), app.to_string())].into();
-    Labels::for_pod(ns, &l, &BTreeMap::new())
+    Labels::for_pod(
+        vireo_policy::PodOrigin::in_namespace(ns),
+        &l,
+        &BTreeMap::new(),
+    )
 }
 
 /// A label set's first candidate.

@@ -100,12 +100,17 @@ pub fn run(config_path: &Path) -> Result<()> {
     let file_cfg = Config::load(config_path)?;
     let mut source: Option<Box<dyn Source>> = match &file_cfg.source {
         None => None,
-        Some(SourceConfig::Manifests(dir)) => Some(Box::new(ManifestDir::new(dir))),
+        Some(SourceConfig::Manifests(dir)) => Some(Box::new(
+            ManifestDir::new(dir).with_read_options(file_cfg.read_options()),
+        )),
         Some(SourceConfig::Kubernetes(k)) => Some(Box::new(
-            KubeSource::new(KubeOptions::new(
-                file_cfg.node.as_deref().unwrap_or_default(),
-                k.kubeconfig.clone(),
-            ))
+            KubeSource::new(KubeOptions {
+                read: file_cfg.read_options(),
+                ..KubeOptions::new(
+                    file_cfg.node.as_deref().unwrap_or_default(),
+                    k.kubeconfig.clone(),
+                )
+            })
             .context("starting the Kubernetes source")?,
         )),
     };

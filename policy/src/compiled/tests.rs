@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::engine::{decide, PeerInfo};
-use crate::rules::{Entity, Op, Proto, Requirement, Selector};
+use crate::rules::{CidrScope, Entity, Op, Proto, Requirement, Selector};
 
 /// A small deterministic generator (xorshift), so one proptest seed describes a whole world.
 struct Gen(u64);
@@ -37,7 +37,7 @@ fn pod_labels(ns: &str, app: &str, tier: bool) -> Labels {
     }
     let mut nl = std::collections::BTreeMap::new();
     nl.insert("ns".to_string(), ns.to_string());
-    Labels::for_pod(ns, &pl, &nl)
+    Labels::for_pod(crate::PodOrigin::in_namespace(ns), &pl, &nl)
 }
 
 fn selector(g: &mut Gen) -> Selector {
@@ -76,6 +76,9 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
                 Entity::Cluster,
                 Entity::Host,
                 Entity::RemoteNode,
+                Entity::KubeApiserver,
+                Entity::Ingress,
+                Entity::None,
                 Entity::All,
             ])),
             2 => Peer::Cidr {
@@ -83,13 +86,21 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
                     "0.0.0.0/0".parse().unwrap(),
                     "8.8.0.0/16".parse().unwrap(),
                     "1.0.0.0/8".parse().unwrap(),
+                    "10.244.0.0/16".parse().unwrap(),
+                    "192.168.1.0/24".parse().unwrap(),
                 ]),
                 except: if g.chance(50) {
-                    vec!["8.8.8.0/24".parse().unwrap()]
+                    vec![*g.pick(&[
+                        "8.8.8.0/24".parse().unwrap(),
+                        "10.244.0.0/24".parse().unwrap(),
+                        "10.244.1.2/32".parse().unwrap(),
+                    ])]
                 } else {
                     Vec::new()
                 },
+                scope: *g.pick(&[CidrScope::World, CidrScope::Nodes, CidrScope::All]),
             },
+            3 if g.chance(30) => Peer::Endpoints(Selector::label("reserved:kube-apiserver", "")),
             _ => Peer::Endpoints(selector(g)),
         });
     }
@@ -165,22 +176,51 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
     let policies = c.policies();
     // The labels as the compiler has them now (a test may have changed some).
     let now = |id: Identity| c.labels(id.0).cloned().unwrap_or_default();
-    let mut peers: Vec<PeerInfo> = pods()
-        .into_iter()
-        .map(|(identity, _)| PeerInfo {
-            identity,
-            labels: now(identity),
-            ip: Ipv4Addr::new(10, 244, 0, 1),
-        })
-        .collect();
-    for (identity, labels) in reserved_labels() {
+    // Pods at addresses in and out of the blocks the generator names; the API server is a
+    // pod at 10.244.1.2, node 192.168.1.1 and outside address 1.2.3.4.
+    let apiserver = [
+        Ipv4Addr::new(10, 244, 1, 2),
+        Ipv4Addr::new(192, 168, 1, 1),
+        Ipv4Addr::new(1, 2, 3, 4),
+    ];
+    let mut peers: Vec<PeerInfo> = Vec::new();
+    for (n, (identity, _)) in pods().into_iter().enumerate() {
+        let ip = *[
+            Ipv4Addr::new(10, 244, 0, 1),
+            Ipv4Addr::new(10, 244, 1, 2),
+            Ipv4Addr::new(10, 9, 0, 1),
+        ]
+        .get(n % 3)
+        .unwrap();
         peers.push(PeerInfo {
             identity,
-            labels,
-            ip: Ipv4Addr::new(192, 168, 1, 1),
+            labels: now(identity),
+            ip,
+            kube_apiserver: apiserver.contains(&ip),
         });
     }
-    for ip in [[8, 8, 8, 8], [8, 8, 4, 4], [1, 2, 3, 4], [9, 9, 9, 9]] {
+    // (World peers take their address's CIDR identity: below.)
+    for (identity, labels) in reserved_labels()
+        .into_iter()
+        .filter(|(i, _)| *i != Identity::WORLD)
+    {
+        for ip in [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(192, 168, 2, 1)] {
+            peers.push(PeerInfo {
+                identity,
+                labels: labels.clone(),
+                ip,
+                kube_apiserver: apiserver.contains(&ip),
+            });
+        }
+    }
+    for ip in [
+        [8, 8, 8, 8],
+        [8, 8, 4, 4],
+        [1, 2, 3, 4],
+        [9, 9, 9, 9],
+        [192, 168, 1, 1],
+        [10, 244, 1, 2],
+    ] {
         let ip = Ipv4Addr::from(ip);
         let id = t.world_identity(ip);
         let labels = c.labels(id).cloned().unwrap_or_default();
@@ -188,6 +228,7 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
             identity: Identity(id),
             labels,
             ip,
+            kube_apiserver: apiserver.contains(&ip),
         });
     }
     for (sid, _) in pods() {
@@ -207,7 +248,10 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                     (50, 0),
                 ] {
                     let want = decide(&policies, &sl, d, peer, proto, port).verdict;
-                    let got = t.lookup(sid.0, d, peer.identity.0, proto, port).verdict;
+                    let ip = Some(u32::from(peer.ip));
+                    let got = t
+                        .lookup_at(sid.0, d, peer.identity.0, ip, proto, port)
+                        .verdict;
                     prop_assert_eq!(
                         got,
                         want,
@@ -232,6 +276,11 @@ fn world(seed: u64, n: usize) -> (Compiler, Vec<Policy>) {
     for (id, l) in pods() {
         c.set_identity(id, l);
     }
+    c.set_kube_apiserver([
+        Ipv4Addr::new(10, 244, 1, 2),
+        Ipv4Addr::new(192, 168, 1, 1),
+        Ipv4Addr::new(1, 2, 3, 4),
+    ]);
     let ps: Vec<Policy> = (0..n).map(|i| policy(&mut g, i)).collect();
     for (i, p) in ps.iter().enumerate() {
         c.set_policies(&format!("p{i}"), vec![p.clone()]);
@@ -294,6 +343,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
         peers: vec![Peer::Cidr {
             net: "8.8.0.0/16".parse().unwrap(),
             except: vec!["8.8.8.0/24".parse().unwrap()],
+            scope: CidrScope::World,
         }],
         requires: Vec::new(),
         ports: Vec::new(),
@@ -412,6 +462,7 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             identity: Identity(id),
             labels,
             ip: Ipv4Addr::new(10, 244, 1, 2),
+            kube_apiserver: false,
         };
         let check = |from: u32, labels: Labels, proto: u8, port: u16, want: Verdict| {
             let got = t.lookup(300, Direction::Ingress, from, proto, port).verdict;
@@ -523,4 +574,126 @@ fn the_local_host_reaches_endpoints_under_default_deny_unless_a_deny_names_it() 
     let l = t.lookup(300, Direction::Ingress, Identity::HOST.0, 6, 80);
     assert_eq!(l.verdict, Verdict::Denied, "an explicit deny still holds");
     assert_eq!(l.rule.map(|r| r.rule.as_str()), Some("ingressDeny[0]"));
+}
+
+/// Cilium's documented example: a policy requiring `env=prod` of every peer of `env=prod`
+/// endpoints, and another allowing `role=frontend`: a frontend in `env=dev` is denied, one in
+/// `env=prod` allowed; the requirement narrows endpoint peers only, not entities.
+#[test]
+fn requirements_of_one_policy_constrain_the_rules_of_another() {
+    let labels = |role: &str, env: &str| {
+        let pl: std::collections::BTreeMap<String, String> = [
+            ("role".to_string(), role.to_string()),
+            ("env".to_string(), env.to_string()),
+        ]
+        .into();
+        Labels::for_pod(
+            crate::PodOrigin::in_namespace("x"),
+            &pl,
+            &std::collections::BTreeMap::new(),
+        )
+    };
+    let origin = |name: &str, rule: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: format!("x/{name}"),
+        rule: rule.into(),
+    };
+    let prod = Selector::label("k8s:env", "prod");
+    let requires_prod = Policy {
+        origin: origin("requires-prod", ""),
+        subject: prod.clone(),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        // `ingress: [{fromRequires: [{matchLabels: {env: prod}}]}]`: the rule itself selects
+        // no peer.
+        ingress: vec![Rule {
+            action: Action::Allow,
+            peers: Vec::new(),
+            requires: vec![prod.clone()],
+            ports: Vec::new(),
+            origin: origin("requires-prod", "ingress[0]"),
+        }],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let frontend = Policy {
+        origin: origin("allow-frontend", ""),
+        subject: prod.clone(),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        ingress: vec![Rule {
+            action: Action::Allow,
+            peers: vec![
+                Peer::Endpoints(Selector::label("k8s:role", "frontend")),
+                Peer::Entity(Entity::Host),
+            ],
+            requires: Vec::new(),
+            ports: Vec::new(),
+            origin: origin("allow-frontend", "ingress[0]"),
+        }],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let (server, dev_fe, prod_fe) = (
+        (Identity(300), labels("backend", "prod")),
+        (Identity(301), labels("frontend", "dev")),
+        (Identity(302), labels("frontend", "prod")),
+    );
+    let policies = [requires_prod.clone(), frontend.clone()];
+    let peer = |(id, l): &(Identity, Labels)| PeerInfo {
+        identity: *id,
+        labels: l.clone(),
+        ip: Ipv4Addr::new(10, 0, 0, 1),
+        kube_apiserver: false,
+    };
+    let host = PeerInfo {
+        identity: Identity::HOST,
+        labels: Labels::new([("reserved:host", "")]),
+        ip: Ipv4Addr::new(10, 0, 0, 9),
+        kube_apiserver: false,
+    };
+    let mut c = Compiler::new();
+    for (id, l) in [&server, &dev_fe, &prod_fe] {
+        c.set_identity(*id, l.clone());
+    }
+    c.set_policies("frontend", vec![frontend.clone()]);
+    let v = |c: &Compiler, p: &PeerInfo| {
+        let mut t = c.tables();
+        t.set_allow_localhost(false);
+        let got = t
+            .lookup(300, Direction::Ingress, p.identity.0, 6, 80)
+            .verdict;
+        let want = decide(&c.policies(), &server.1, Direction::Ingress, p, 6, 80).verdict;
+        assert_eq!(got, want, "{}", p.labels);
+        got
+    };
+    // Without the requirement, every frontend is allowed.
+    assert_eq!(v(&c, &peer(&dev_fe)), Verdict::Allowed);
+    c.set_policies("requires", vec![requires_prod.clone()]);
+    assert_eq!(c.policies().len(), policies.len());
+    assert_eq!(v(&c, &peer(&dev_fe)), Verdict::Denied);
+    assert_eq!(v(&c, &peer(&prod_fe)), Verdict::Allowed);
+    assert_eq!(
+        v(&c, &host),
+        Verdict::Allowed,
+        "entities take no requirement"
+    );
+    // The dev frontend moves to prod: its identity's labels change, and it is allowed.
+    c.set_identity(dev_fe.0, labels("frontend", "prod"));
+    assert_eq!(
+        v(
+            &c,
+            &PeerInfo {
+                labels: labels("frontend", "prod"),
+                ..peer(&dev_fe)
+            }
+        ),
+        Verdict::Allowed
+    );
+    // The requirement goes: dev frontends are allowed again.
+    c.set_identity(dev_fe.0, labels("frontend", "dev"));
+    c.remove_policies("requires");
+    assert_eq!(v(&c, &peer(&dev_fe)), Verdict::Allowed);
 }
