@@ -16,10 +16,12 @@
 //! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
 //!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
 //!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
-//!   groups, `authentication`, ICMP rules, the `kube-apiserver` and `ingress` entities and
-//!   IPv6 blocks allow nothing. In a deny rule they are replaced by a superset Vireo can
-//!   express (nodes → host + remote-node; FQDNs, groups, CIDR groups → world; services → any
-//!   peer; `kube-apiserver` → host + remote-node + world; ICMP → every protocol and port).
+//!   groups, `authentication`, unreadable ICMP fields, the `kube-apiserver` and `ingress`
+//!   entities and IPv6 blocks allow nothing. In a deny rule they are replaced by a superset
+//!   Vireo can express (nodes → host + remote-node; FQDNs, groups, CIDR groups → world;
+//!   services → any peer; `kube-apiserver` → host + remote-node + world; an unreadable ICMP
+//!   field → every protocol and port). Cilium's `icmps` are enforced (module `icmp`): IPv4
+//!   types, ORed with `toPorts`; IPv6 fields match nothing.
 //!
 //! Cilium semantics followed (see Cilium's `pkg/k8s/apis/cilium.io/utils` and the policy
 //! language docs):
@@ -60,6 +62,9 @@
 
 mod cilium;
 mod cilium_schema;
+mod icmp;
+#[cfg(test)]
+mod icmp_tests;
 mod k8s;
 mod ports;
 mod read;
