@@ -57,6 +57,25 @@ pub struct PodView {
     pub terminating: bool,
     /// Phase Succeeded or Failed: it serves nothing any more.
     pub terminal: bool,
+    /// Its policy is in audit mode ([`AUDIT_MODE_ANNOTATION`] is `"true"`).
+    pub audit: bool,
+}
+
+/// The pod annotation that puts one pod's policy in audit mode (Cilium's per-endpoint
+/// `PolicyAuditMode`): `"true"` (or `"enabled"`, any case) turns it on; anything else, or no
+/// annotation, leaves the pod as the agent's `policy_audit_mode` says.
+pub const AUDIT_MODE_ANNOTATION: &str = "policy.vireo.io/audit-mode";
+
+/// Whether pod `p` asks for policy audit mode ([`AUDIT_MODE_ANNOTATION`]).
+pub fn pod_audit(p: &Pod) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUDIT_MODE_ANNOTATION))
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("enabled")
+        })
 }
 
 /// One `containers[].ports[]` entry of a pod.
@@ -221,6 +240,7 @@ fn pod_view(
         ready,
         terminating,
         terminal,
+        audit: pod_audit(p),
     }
 }
 
@@ -235,6 +255,7 @@ fn pod_unchanged(m: &Manifests, prev: &PodView, p: &Pod, node: &str, ip: Ipv4Add
         && prev.ip == ip
         && *p.metadata.labels.as_ref().unwrap_or(&empty) == prev.pod_labels
         && pod_state(p) == (prev.ready, prev.terminating, prev.terminal)
+        && pod_audit(p) == prev.audit
         && container_port_fields(p).eq(prev
             .ports
             .iter()
@@ -852,5 +873,41 @@ status: {podIP: 'fd00::1'}
         m.identities.remove(&70_001);
         let gone = ClusterView::rebuild(&m, after.clone(), true).0;
         assert!(!gone.pods.contains_key(&("default".into(), "a".into())));
+    }
+
+    #[test]
+    fn the_audit_mode_annotation_is_read_and_its_change_seen() {
+        let text = |a: &str| {
+            format!(
+                "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: default, \
+                 annotations: {{{a}}}}}\nspec: {{nodeName: node-1, containers: []}}\nstatus: \
+                 {{podIP: 10.244.1.10}}\n",
+                two_nodes_yaml!()
+            )
+        };
+        let load = |a: &str| {
+            let mut m = Manifests::default();
+            load_text(&mut m, &text(a), std::path::Path::new("t.yaml"));
+            assert!(m.errors.is_empty(), "{:?}", m.errors);
+            m
+        };
+        let key = ("default".to_string(), "a".to_string());
+        for (a, want) in [
+            ("", false),
+            ("'policy.vireo.io/audit-mode': 'true'", true),
+            ("'policy.vireo.io/audit-mode': ' Enabled '", true),
+            ("'policy.vireo.io/audit-mode': 'false'", false),
+            ("'policy.vireo.io/audit-mode': 'yes please'", false),
+            ("'other.io/audit-mode': 'true'", false),
+        ] {
+            let v = ClusterView::from_manifests(&load(a));
+            assert_eq!(v.pods[&key].audit, want, "{a}");
+        }
+        // A view taken over from one without the annotation sees it come and go.
+        let off = ClusterView::from_manifests(&load(""));
+        let on = ClusterView::rebuild(&load("'policy.vireo.io/audit-mode': 'true'"), off, false).0;
+        assert!(on.pods[&key].audit);
+        let off = ClusterView::rebuild(&load(""), on, false).0;
+        assert!(!off.pods[&key].audit);
     }
 }

@@ -407,6 +407,12 @@ pub struct Config {
     /// select every address in the block (pods and nodes included) whatever this says.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_cidr_match_mode: Vec<CidrMatchMode>,
+    /// Cilium's `policy-audit-mode` for every endpoint of the node: policy verdicts are taken
+    /// and reported (`policy_audited` counts the packets policy would have dropped; monitor
+    /// verdicts say `audit`), but denials are not enforced. Off by default. One pod alone:
+    /// the annotation `policy.vireo.io/audit-mode: "true"` ([`crate::cluster::AUDIT_MODE_ANNOTATION`]).
+    #[serde(default)]
+    pub policy_audit_mode: bool,
     /// The node's CNI conflist, written by the agent from a template once it knows the node's
     /// pod CIDR (the `host-local` range of every `vireo-cni` plugin in it is set to it), so
     /// the container runtime sees a configuration only when its agent can wire pods (Cilium's
@@ -864,6 +870,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.services.maglev_table_size, 251);
         assert_eq!(c.services.hash_seed, u64::MAX);
+    }
+
+    #[test]
+    fn policy_audit_mode_is_off_unless_set() {
+        let c = Config::parse("{}", Path::new("t.yaml")).unwrap();
+        assert!(!c.policy_audit_mode);
+        let c = Config::parse(
+            "policy_audit_mode: true
+",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert!(c.policy_audit_mode);
+        assert!(err("policy_audit_mode: sometimes
+")
+        .contains("policy_audit_mode"));
     }
 
     #[test]

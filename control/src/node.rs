@@ -473,6 +473,16 @@ impl NodeControl {
             .collect()
     }
 
+    /// The addresses of this node's pods whose policy is in audit mode (their annotation
+    /// [`crate::cluster::AUDIT_MODE_ANNOTATION`]).
+    pub fn audit_endpoints(&self) -> std::collections::BTreeSet<Ipv4Addr> {
+        self.view
+            .pods_on(&self.node)
+            .filter(|p| p.audit)
+            .map(|p| p.ip)
+            .collect()
+    }
+
     /// This node's pods as their `VireoEndpoint`s show them: identity and labels, address,
     /// node, whether `policy` (the tables in force, of revision `revision`) enforces each
     /// direction, and `ready` when `attached(ifname)` says its interface is attached, else

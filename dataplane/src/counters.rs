@@ -91,6 +91,8 @@ pub struct WorkerCounters {
     pub kernel: Padded<[AtomicU64; 4]>,
     /// Frames handed off to other workers, and received from them ([`HandoffCounts`] order).
     pub handoff: Padded<[AtomicU64; 2]>,
+    /// Packets policy denied but passed: audit mode.
+    pub policy_audited: Padded<AtomicU64>,
 }
 
 /// Frames moved between workers (see [`crate::handoff`]).
@@ -125,6 +127,7 @@ impl Default for WorkerCounters {
             frames: Padded::default(),
             kernel: Padded::default(),
             handoff: Padded::default(),
+            policy_audited: Padded::default(),
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct BatchCounts {
     pub handoff_sent: u64,
     /// Frames received from other workers.
     pub handoff_received: u64,
+    /// Packets policy denied but passed (audit mode).
+    pub policy_audited: u64,
 }
 
 impl Default for BatchCounts {
@@ -156,6 +161,7 @@ impl Default for BatchCounts {
             ip_id: 0,
             handoff_sent: 0,
             handoff_received: 0,
+            policy_audited: 0,
         }
     }
 }
@@ -187,6 +193,11 @@ impl WorkerCounters {
             if n > 0 {
                 g.fetch_add(n, Ordering::Relaxed);
             }
+        }
+        if c.policy_audited > 0 {
+            self.policy_audited
+                .0
+                .fetch_add(c.policy_audited, Ordering::Relaxed);
         }
         for (slot, n) in self.drops.0.iter().zip(c.drops.iter()) {
             if *n > 0 {
@@ -244,6 +255,7 @@ impl WorkerCounters {
                 sent: self.handoff.0[0].load(Ordering::Relaxed),
                 received: self.handoff.0[1].load(Ordering::Relaxed),
             },
+            policy_audited: self.policy_audited.0.load(Ordering::Relaxed),
         }
     }
 }
@@ -276,6 +288,9 @@ pub struct CounterSnapshot {
     pub kernel: KernelDrops,
     /// Frames moved between workers.
     pub handoff: HandoffCounts,
+    /// Packets policy denied but let through: their endpoint is in policy audit mode (not
+    /// drops).
+    pub policy_audited: u64,
 }
 
 impl CounterSnapshot {
@@ -296,6 +311,7 @@ impl CounterSnapshot {
         self.kernel.tx_invalid += o.kernel.tx_invalid;
         self.handoff.sent += o.handoff.sent;
         self.handoff.received += o.handoff.received;
+        self.policy_audited += o.policy_audited;
     }
 
     /// All drops.
@@ -319,6 +335,7 @@ mod tests {
         b.drop(DropReason::TtlExceeded);
         b.handoff_sent = 4;
         b.handoff_received = 5;
+        b.policy_audited = 6;
         w.flush(&mut b);
         assert_eq!(b.handoff_sent, 0);
         assert_eq!(b.rx, 0);
@@ -326,6 +343,8 @@ mod tests {
         assert_eq!((s.rx, s.tx, s.batches), (3, 2, 1));
         assert_eq!(s.drops["ttl_exceeded"], 1);
         assert_eq!(s.total_drops(), 1);
+        assert_eq!(s.policy_audited, 6);
+        assert_eq!(b.policy_audited, 0);
         assert_eq!(
             s.handoff,
             HandoffCounts {

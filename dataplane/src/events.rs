@@ -1,11 +1,17 @@
-//! Drop events for `vireo monitor --type drop`: what was dropped, between whom, why, and for
-//! policy drops the rule (or the default deny).
+//! Monitor events: drops for `vireo monitor --type drop` (what was dropped, between whom, why,
+//! and for policy drops the rule, or the default deny), and policy verdicts of new flows for
+//! `vireo monitor --type policy-verdict` (Cilium's policy-verdict events: allowed, denied or
+//! audit, per direction judged, with the deciding rule or the default). One event type with a
+//! [`EventKind`], through one queue.
 //!
-//! Workers push into one bounded lock-free queue, only while a monitor is listening; a full
-//! queue loses the event (counted), never blocks a worker.
+//! Workers push into one bounded lock-free queue, only while a monitor is listening (verdicts
+//! only while one asks for them); a full queue loses the event (counted), never blocks a
+//! worker. Verdict events are rate-limited, all workers together, to
+//! [`VERDICTS_PER_SECOND`] per second of the conntrack clock; those over the limit are
+//! counted as sampled out.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -14,10 +20,49 @@ use vireo_policy::{Direction, Origin};
 use crate::counters::DropReason;
 use crate::wire::ETH_HLEN;
 
-/// One dropped packet.
+/// At most this many policy-verdict events per second (all workers together).
+pub const VERDICTS_PER_SECOND: u32 = 1000;
+
+/// What a policy verdict was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyVerdict {
+    /// Allowed.
+    Allowed,
+    /// Denied (and dropped).
+    Denied,
+    /// Denied by policy, but let through: the endpoint is in policy audit mode.
+    Audit,
+}
+
+impl PolicyVerdict {
+    /// The name events show.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyVerdict::Allowed => "allowed",
+            PolicyVerdict::Denied => "denied",
+            PolicyVerdict::Audit => "audit",
+        }
+    }
+}
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EventKind {
+    /// A dropped packet (`reason` says why).
+    #[default]
+    Drop,
+    /// The policy verdict of a new flow in one direction (`direction`, `rule`); `reason` is
+    /// [`DropReason::PolicyDenied`] and means nothing.
+    Verdict(PolicyVerdict),
+}
+
+/// One monitor event: a dropped packet, or a new flow's policy verdict ([`EventKind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropEvent {
-    /// Why.
+    /// A drop or a verdict.
+    pub kind: EventKind,
+    /// Why (drops).
     pub reason: DropReason,
     /// Interface slot it arrived on.
     pub in_slot: u16,
@@ -27,7 +72,7 @@ pub struct DropEvent {
     pub dst: Ipv4Addr,
     /// IP protocol.
     pub proto: u8,
-    /// TCP/UDP ports (0 otherwise).
+    /// TCP/UDP ports (0 otherwise; a verdict event's ICMP echo identifier).
     pub sport: u16,
     /// Destination port.
     pub dport: u16,
@@ -37,8 +82,11 @@ pub struct DropEvent {
     pub dst_identity: u32,
     /// Policy drops: which side's policy.
     pub direction: Option<Direction>,
-    /// Policy drops: the deny rule; `None` with a direction means default deny.
+    /// Policy drops: the deny rule; `None` with a direction means default deny. Verdicts: the
+    /// deciding rule, `None` for the default.
     pub rule: Option<Arc<Origin>>,
+    /// Verdicts of ICMP flows: the type judged.
+    pub icmp_type: Option<u8>,
 }
 
 impl DropEvent {
@@ -46,6 +94,7 @@ impl DropEvent {
     /// plain IPv4 packet.
     pub fn from_frame(reason: DropReason, in_slot: u16, buf: &[u8]) -> DropEvent {
         let mut e = DropEvent {
+            kind: EventKind::Drop,
             reason,
             in_slot,
             src: Ipv4Addr::UNSPECIFIED,
@@ -57,6 +106,7 @@ impl DropEvent {
             dst_identity: 0,
             direction: None,
             rule: None,
+            icmp_type: None,
         };
         let ip = match buf.get(ETH_HLEN..) {
             Some(ip) if buf[12..14] == [0x08, 0x00] && ip.len() >= 20 && ip[0] >> 4 == 4 => ip,
@@ -78,8 +128,17 @@ impl DropEvent {
 #[derive(Debug)]
 pub struct Monitor {
     on: AtomicBool,
+    /// Someone asks for policy verdicts too.
+    verdicts: AtomicBool,
     queue: ArrayQueue<DropEvent>,
     lost: AtomicU64,
+    /// The second (conntrack clock) of the current verdict window, and the verdicts let
+    /// through in it.
+    window: AtomicU64,
+    /// Verdict events over the rate limit.
+    sampled_out: AtomicU64,
+    /// The limit (per second).
+    per_second: AtomicU32,
 }
 
 impl Default for Monitor {
@@ -93,9 +152,61 @@ impl Monitor {
     pub fn new(cap: usize) -> Monitor {
         Monitor {
             on: AtomicBool::new(false),
+            verdicts: AtomicBool::new(false),
             queue: ArrayQueue::new(cap.max(1)),
             lost: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            sampled_out: AtomicU64::new(0),
+            per_second: AtomicU32::new(VERDICTS_PER_SECOND),
         }
+    }
+
+    /// Whether someone listens for policy verdicts (workers skip them otherwise).
+    #[inline]
+    pub fn verdicts_on(&self) -> bool {
+        self.verdicts.load(Ordering::Relaxed) && self.is_on()
+    }
+
+    /// Starts or stops collecting policy verdicts (while collecting at all: [`Monitor::set`]).
+    pub fn set_verdicts(&self, on: bool) {
+        self.verdicts.store(on, Ordering::Relaxed);
+    }
+
+    /// Sets the verdict rate limit (events per second, all workers together).
+    pub fn set_verdict_rate(&self, per_second: u32) {
+        self.per_second.store(per_second, Ordering::Relaxed);
+    }
+
+    /// Whether one more verdict event fits second `now`'s budget (approximate under races
+    /// between workers: at most a few over); counts those that do not.
+    #[inline]
+    pub fn admit_verdict(&self, now: u32) -> bool {
+        let limit = u64::from(self.per_second.load(Ordering::Relaxed));
+        let cur = self.window.load(Ordering::Relaxed);
+        let fresh = (u64::from(now) << 32) | 1;
+        if (cur >> 32) as u32 != now {
+            if self
+                .window
+                .compare_exchange(cur, fresh, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return limit > 0 || self.sample_out();
+            }
+        } else if cur & 0xffff_ffff < limit {
+            self.window.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.sample_out()
+    }
+
+    fn sample_out(&self) -> bool {
+        self.sampled_out.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Verdict events over the rate limit so far.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out.load(Ordering::Relaxed)
     }
 
     /// Whether someone listens (workers skip building events otherwise).
@@ -108,6 +219,7 @@ impl Monitor {
     pub fn set(&self, on: bool) {
         self.on.store(on, Ordering::Relaxed);
         if !on {
+            self.verdicts.store(false, Ordering::Relaxed);
             while self.queue.pop().is_some() {}
         }
     }
@@ -130,5 +242,37 @@ impl Monitor {
             }
         }
         (v, self.lost.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_limited_per_second_and_the_rest_counted() {
+        let m = Monitor::new(16);
+        m.set_verdict_rate(3);
+        let admitted = |now: u32, n: usize| (0..n).filter(|_| m.admit_verdict(now)).count();
+        assert_eq!(admitted(7, 5), 3);
+        assert_eq!(m.sampled_out(), 2);
+        assert_eq!(admitted(8, 2), 2, "a new second, a new budget");
+        assert_eq!(admitted(8, 2), 1);
+        assert_eq!(m.sampled_out(), 3);
+        m.set_verdict_rate(0);
+        assert_eq!(admitted(9, 2), 0);
+        assert_eq!(m.sampled_out(), 5);
+    }
+
+    #[test]
+    fn verdicts_are_collected_only_while_asked_for_and_monitoring() {
+        let m = Monitor::new(4);
+        m.set_verdicts(true);
+        assert!(!m.verdicts_on(), "not monitoring");
+        m.set(true);
+        assert!(m.verdicts_on());
+        m.set(false);
+        m.set(true);
+        assert!(!m.verdicts_on(), "stopping the monitor stops verdicts");
     }
 }

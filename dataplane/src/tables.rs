@@ -10,6 +10,8 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use vireo_policy::IpCache;
 
+use crate::events::EventKind;
+
 /// Fast hash map for small integer keys (rustc's Fx hash).
 pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
@@ -141,6 +143,64 @@ pub struct PolicyDrop {
     pub rule: Option<Arc<vireo_policy::Origin>>,
 }
 
+/// What policy did with a packet it judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgment {
+    /// It passes.
+    Allowed,
+    /// It is dropped (`policy_denied`).
+    Denied,
+    /// Policy denies it, but the endpoint whose policy does is in audit mode: it passes,
+    /// counted as `policy_audited`.
+    Audited,
+}
+
+/// A packet policy judges: a new flow's first packet, or one in a tracked flow's original
+/// direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    /// Interface slot it arrived on.
+    pub in_slot: u16,
+    /// Source address and port.
+    pub src: (u32, u16),
+    /// Source identity (world is refined to a CIDR identity by address).
+    pub src_id: u32,
+    /// Destination address and port.
+    pub dst: (u32, u16),
+    /// IP protocol.
+    pub proto: u8,
+    /// What the policy's port ranges match: the destination port; for ICMP the message type
+    /// ([`vireo_policy::rules::ICMP_TYPE_UNKNOWN`] for a later fragment).
+    pub l4: u16,
+    /// The batch's time on the conntrack clock (rate-limits verdict events).
+    pub now: u32,
+}
+
+/// Cilium's policy audit mode: denials are computed and reported (`policy_audited`, monitor
+/// verdict `audit`), not enforced. For every endpoint (`all`), or for some (by address, host
+/// byte order); it applies to the policy of the endpoints it names, in both directions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyAudit {
+    /// Every endpoint (the agent's `policy_audit_mode`).
+    pub all: bool,
+    /// These endpoints (the pod annotation `policy.vireo.io/audit-mode: "true"`).
+    pub endpoints: rustc_hash::FxHashSet<u32>,
+}
+
+impl PolicyAudit {
+    /// Whether the endpoint at `ip` is in audit mode.
+    #[inline]
+    pub fn applies(&self, ip: u32) -> bool {
+        self.all || (!self.endpoints.is_empty() && self.endpoints.contains(&ip))
+    }
+
+    /// Whether any endpoint is.
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.all || !self.endpoints.is_empty()
+    }
+}
+
 /// One snapshot of everything the fast path looks up.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -182,6 +242,8 @@ pub struct Tables {
     /// This snapshot's number, set when it is published; a tracked flow's cached policy verdict
     /// holds while it was taken under the current revision.
     pub revision: u32,
+    /// Policy audit mode (off by default).
+    pub audit: Arc<PolicyAudit>,
 }
 
 impl Tables {
@@ -198,46 +260,98 @@ impl Tables {
         }
     }
 
-    /// Judges a new flow from `src` (identity `src_id`) to `dst`:`port`, and reports a denial to
-    /// the monitor (with its rule) when one listens. True when denied.
+    /// Judges the packet `f`: the source's egress policy if it is a local endpoint, then the
+    /// destination's ingress policy if that is one. A denial is reported to the monitor (with
+    /// its rule) when one listens; for a `new_flow`, each direction judged under policy gives
+    /// a verdict event when verdicts are asked for. A denial by the policy of an endpoint in
+    /// audit mode lets the packet pass ([`Judgment::Audited`]), and the other side's policy
+    /// is still judged.
     #[inline]
-    pub fn policy_drop(
-        &self,
-        in_slot: u16,
-        (src, sport): (u32, u16),
-        src_id: u32,
-        (dst, dport): (u32, u16),
-        proto: u8,
-    ) -> bool {
-        let port = if proto == vireo_conntrack::table::ICMP {
-            0
-        } else {
-            dport
-        };
-        let Some(pd) = self.policy_denies(src, src_id, dst, proto, port) else {
-            return false;
-        };
-        if self.monitor.is_on() {
-            self.monitor.push(crate::events::DropEvent {
-                reason: crate::counters::DropReason::PolicyDenied,
-                in_slot,
-                src: Ipv4Addr::from(src),
-                dst: Ipv4Addr::from(dst),
-                proto,
-                sport,
-                dport,
-                src_identity: pd.src_identity,
-                dst_identity: pd.dst_identity,
-                direction: Some(pd.direction),
-                rule: pd.rule,
-            });
+    pub fn policy_judge(&self, f: &Judged, new_flow: bool) -> Judgment {
+        use vireo_policy::{Direction, Verdict};
+        if self.policy.is_empty() {
+            return Judgment::Allowed;
         }
-        true
+        let src_id = if f.src_id == vireo_policy::Identity::WORLD.0 {
+            self.policy.world_identity(Ipv4Addr::from(f.src.0))
+        } else {
+            f.src_id
+        };
+        let dst_id = self.identity_of(f.dst.0);
+        let verdicts = new_flow && self.monitor.verdicts_on();
+        let mut out = Judgment::Allowed;
+        for (ip, d, peer, peer_ip) in [
+            (f.src.0, Direction::Egress, dst_id, f.dst.0),
+            (f.dst.0, Direction::Ingress, src_id, f.src.0),
+        ] {
+            let Some(ep) = self.endpoints.get(&ip) else {
+                continue;
+            };
+            let l = self
+                .policy
+                .lookup_at(ep.identity, d, peer, Some(peer_ip), f.proto, f.l4);
+            let j = match l.verdict {
+                Verdict::Allowed => Judgment::Allowed,
+                Verdict::Denied if self.audit.applies(ip) => Judgment::Audited,
+                Verdict::Denied => Judgment::Denied,
+            };
+            let under_policy =
+                || l.rule.is_some() || self.policy.get(ep.identity).is_some_and(|t| t.enforced(d));
+            if verdicts && under_policy() && self.monitor.admit_verdict(f.now) {
+                let v = match j {
+                    Judgment::Allowed => crate::events::PolicyVerdict::Allowed,
+                    Judgment::Denied => crate::events::PolicyVerdict::Denied,
+                    Judgment::Audited => crate::events::PolicyVerdict::Audit,
+                };
+                self.push_policy_event(f, EventKind::Verdict(v), (src_id, dst_id), d, l.rule);
+            }
+            match j {
+                Judgment::Allowed => {}
+                Judgment::Audited => out = Judgment::Audited,
+                Judgment::Denied => {
+                    if self.monitor.is_on() {
+                        self.push_policy_event(f, EventKind::Drop, (src_id, dst_id), d, l.rule);
+                    }
+                    return Judgment::Denied;
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues a policy event (a drop or a verdict) about `f`.
+    #[cold]
+    fn push_policy_event(
+        &self,
+        f: &Judged,
+        kind: EventKind,
+        (src_identity, dst_identity): (u32, u32),
+        d: vireo_policy::Direction,
+        rule: Option<&Arc<vireo_policy::Origin>>,
+    ) {
+        let icmp = f.proto == vireo_conntrack::table::ICMP;
+        self.monitor.push(crate::events::DropEvent {
+            kind,
+            reason: crate::counters::DropReason::PolicyDenied,
+            in_slot: f.in_slot,
+            src: Ipv4Addr::from(f.src.0),
+            dst: Ipv4Addr::from(f.dst.0),
+            proto: f.proto,
+            sport: f.src.1,
+            dport: f.dst.1,
+            src_identity,
+            dst_identity,
+            direction: Some(d),
+            rule: rule.cloned(),
+            icmp_type: (icmp && kind != EventKind::Drop)
+                .then(|| u8::try_from(f.l4).ok())
+                .flatten(),
+        });
     }
 
     /// The policy verdict for a new flow from `src` (identity `src_id`) to `dst`:`port`: the
     /// source's egress policy if it is a local endpoint, then the destination's ingress policy
-    /// if that is local. `None`: allowed.
+    /// if that is local. `None`: allowed. Audit mode aside: what enforcement alone decides.
     #[inline]
     pub fn policy_denies(
         &self,

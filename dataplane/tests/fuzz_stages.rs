@@ -1758,6 +1758,9 @@ fn policy_violation(t: &Tables, d: &Desc, f: &[u8], encapsulated: bool) -> Optio
     let proto = ip[9];
     let port = match proto {
         6 | 17 | 132 if ip.len() >= 24 => u16::from_be_bytes([ip[22], ip[23]]),
+        // ICMP is judged by type (a later fragment's is unknown).
+        1 if ip.len() >= 21 && d.frag_ports.is_none() => u16::from(ip[20]),
+        1 => vireo_policy::rules::ICMP_TYPE_UNKNOWN,
         _ => 0,
     };
     let src = d.pre_nat.map_or(word(12), |n| n.src);

@@ -219,7 +219,8 @@ pub fn selecting<'a>(
 
 /// The verdict for traffic in direction `d` of the endpoint with `labels`, with `peer` on the
 /// other side, IP protocol `proto` and the endpoint-side `port` for ingress (the destination
-/// port; for egress, the destination port on the peer).
+/// port; for egress, the destination port on the peer). For ICMP `port` is the message type
+/// of the packet judged (the flow's first packet), or [`crate::rules::ICMP_TYPE_UNKNOWN`].
 pub fn decide(
     policies: &[Policy],
     labels: &Labels,

@@ -236,6 +236,11 @@ pub enum Proto {
     /// covers. No manifest spells it.
     #[serde(rename = "ALL")]
     All,
+    /// ICMP (1) for IPv4, by message type: a [`PortRange`] of this protocol covers the ICMP
+    /// types `lo..=hi` (Cilium's `icmps` fields). Its `lo` 0 is the type 0 (echo reply), not
+    /// every type.
+    #[serde(rename = "ICMP")]
+    Icmp,
 }
 
 /// IP protocol numbers policy tells apart.
@@ -271,6 +276,7 @@ impl Proto {
             Proto::Sctp => p == ip_proto::SCTP,
             Proto::Any => matches!(p, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP),
             Proto::All => true,
+            Proto::Icmp => p == ip_proto::ICMP,
         }
     }
 
@@ -282,11 +288,17 @@ impl Proto {
             Proto::Sctp => "SCTP",
             Proto::Any => "ANY",
             Proto::All => "ALL",
+            Proto::Icmp => "ICMP",
         }
     }
 }
 
-/// Ports a rule covers: `lo..=hi` of `proto`. `lo == 0` means every port.
+/// What policy matches an ICMP packet whose type cannot be read (a later fragment carries no
+/// ICMP header) on: no ICMP type range covers it, only rules for every protocol do.
+pub const ICMP_TYPE_UNKNOWN: u16 = 256;
+
+/// Ports a rule covers: `lo..=hi` of `proto`. `lo == 0` means every port, except for
+/// [`Proto::Icmp`], whose `lo..=hi` are ICMP types (0 is echo reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct PortRange {
     /// First port (0: all).
@@ -309,17 +321,34 @@ impl PortRange {
         l7: false,
     };
 
+    /// ICMP types `lo..=hi`.
+    pub const fn icmp(lo: u8, hi: u8) -> PortRange {
+        PortRange {
+            lo: lo as u16,
+            hi: hi as u16,
+            proto: Proto::Icmp,
+            l7: false,
+        }
+    }
+
     /// Whether this covers `port` of IP protocol `p` (`port` is 0 for protocols without
-    /// ports).
+    /// ports; for ICMP it is the message type, or [`ICMP_TYPE_UNKNOWN`]).
     #[inline]
     pub fn covers(&self, p: u8, port: u16) -> bool {
-        self.proto.covers(p) && (self.lo == 0 || (self.lo..=self.hi).contains(&port))
+        let any_port = self.lo == 0 && self.proto != Proto::Icmp;
+        self.proto.covers(p) && (any_port || (self.lo..=self.hi).contains(&port))
     }
 }
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = self.proto.name();
+        if self.proto == Proto::Icmp {
+            return match (self.lo, self.hi) {
+                (l, h) if l == h => write!(f, "ICMP type {l}"),
+                (l, h) => write!(f, "ICMP types {l}-{h}"),
+            };
+        }
         match (self.lo, self.hi) {
             (0, _) => write!(f, "*/{proto}"),
             (l, h) if l == h => write!(f, "{l}/{proto}"),
@@ -554,6 +583,34 @@ mod tests {
                 prop_assert_eq!(sel.matches(&labels), r.op.holds(slow.into_iter()));
             }
         }
+    }
+
+    #[test]
+    fn icmp_ranges_cover_their_types_only_and_no_other_protocol() {
+        let echo = PortRange::icmp(8, 8);
+        assert!(echo.covers(ip_proto::ICMP, 8));
+        assert!(!echo.covers(ip_proto::ICMP, 0));
+        assert!(!echo.covers(ip_proto::ICMP, 13));
+        assert!(!echo.covers(ip_proto::ICMP, ICMP_TYPE_UNKNOWN));
+        assert!(!echo.covers(ip_proto::TCP, 8));
+        // Type 0 is echo reply, not a wildcard.
+        let reply = PortRange::icmp(0, 0);
+        assert!(reply.covers(ip_proto::ICMP, 0));
+        assert!(!reply.covers(ip_proto::ICMP, 8));
+        let all = PortRange::icmp(0, 255);
+        assert!((0..=255).all(|t| all.covers(ip_proto::ICMP, t)));
+        assert!(!all.covers(ip_proto::ICMP, ICMP_TYPE_UNKNOWN));
+        // Port rules never cover ICMP; an L3 rule covers every type, unknown included.
+        let any = PortRange {
+            lo: 0,
+            hi: 0,
+            proto: Proto::Any,
+            l7: false,
+        };
+        assert!(!any.covers(ip_proto::ICMP, 8));
+        assert!(PortRange::ALL.covers(ip_proto::ICMP, ICMP_TYPE_UNKNOWN));
+        assert_eq!(echo.to_string(), "ICMP type 8");
+        assert_eq!(PortRange::icmp(3, 5).to_string(), "ICMP types 3-5");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use vireo_policy::rules::{split_source, CidrScope};
 use vireo_policy::{Action, Direction, Entity, Peer, Policy, Proto, Selector};
 
 use super::cilium_schema::{field, CEgress, CIngress, CRule, CSpec};
+use super::icmp::read_icmps;
 use super::ports::{cilium_ports, PortIn, PortNum};
 use super::read::{malformed, read, split_path, written, Unknown};
 use super::selectors::{any_pod, cidr_peer, cilium_key, in_namespace, selector};
@@ -380,27 +381,30 @@ pub(super) fn cilium_rule(
         }
         b.warn(format!("{rule}: authentication ignored in a deny rule"));
     }
-    let icmps = written(r.icmps.as_ref());
-    let has_ports = r.to_ports.as_ref().is_some_and(|p| !p.is_empty());
-    if icmps {
-        if allow && !has_ports {
-            b.warn(format!(
-                "{rule}: ICMP rules are not supported: this rule allows nothing (fail closed)"
-            ));
-            return Ok(None);
+    // `icmps` (module `icmp`): the ICMP types, ORed with `toPorts` as the rule's L4 part.
+    let icmps = match r.icmps.as_ref().filter(|v| written(Some(v))) {
+        None => None,
+        Some(v) => {
+            let i = read_icmps(v, &rule);
+            for w in i.warnings {
+                b.warn(w);
+            }
+            match (i.unreadable, allow) {
+                (Some(e), true) => {
+                    b.warn(format!("{e}: this rule allows nothing (fail closed)"));
+                    return Ok(None);
+                }
+                (Some(e), false) => {
+                    b.warn(format!(
+                        "{e}: the deny covers every protocol and port (fail closed)"
+                    ));
+                    all_ports = true;
+                    None
+                }
+                (None, _) => Some(i.ports),
+            }
         }
-        if allow {
-            b.warn(format!(
-                "{rule}: ICMP rules are not supported: only its toPorts are allowed"
-            ));
-        } else {
-            b.warn(format!(
-                "{rule}: ICMP rules are not supported: the deny covers every protocol and port \
-                 (fail closed)"
-            ));
-            all_ports = true;
-        }
-    }
+    };
 
     let mut peers = Vec::new();
     let mut l3 = false;
@@ -500,7 +504,15 @@ pub(super) fn cilium_rule(
             l7: false,
         }])
     } else {
-        cilium_ports(b, r.to_ports, allow, &rule)?
+        match (icmps, cilium_ports(b, r.to_ports, allow, &rule)?) {
+            (None, to_ports) => to_ports,
+            // `icmps` alone: those types, no other protocol.
+            (Some(icmp), None) => Some(icmp),
+            (Some(icmp), Some(mut to_ports)) => {
+                to_ports.extend(icmp);
+                Some(to_ports)
+            }
+        }
     };
     Ok(Some(RuleIn {
         action,

@@ -16,10 +16,11 @@
 //! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
 //!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
 //!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
-//!   groups, `authentication`, ICMP rules, unknown entities and IPv6 blocks allow nothing. In
-//!   a deny rule they are replaced by a superset Vireo can express (nodes → host +
+//!   groups, `authentication`, unreadable ICMP fields, unknown entities and IPv6 blocks allow
+//!   nothing. In a deny rule they are replaced by a superset Vireo can express (nodes → host +
 //!   remote-node; FQDNs, groups, CIDR groups → world; services and unknown entities → any
-//!   peer; ICMP → every protocol and port).
+//!   peer; an unreadable ICMP field → every protocol and port). Cilium's `icmps` are enforced
+//!   (module `icmp`): IPv4 types, ORed with `toPorts`; IPv6 fields match nothing.
 //! - Entities: Cilium's, `kube-apiserver` included (the addresses of Service
 //!   `default/kubernetes`'s endpoints, pods, nodes or outside addresses, which policy also sees
 //!   as that identity); `ingress` (Cilium's Envoy, which Vireo does not run) and `none` match
@@ -70,6 +71,9 @@
 
 mod cilium;
 mod cilium_schema;
+mod icmp;
+#[cfg(test)]
+mod icmp_tests;
 mod k8s;
 mod ports;
 mod read;

@@ -1037,7 +1037,6 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
   ingress:
   - fromNodes: [{matchLabels: {role: cp}}]
   - fromEntities: [kube-apiserverz]
-  - icmps: [{fields: [{type: 8}]}]
   - fromEndpoints: [{matchLabels: {app: a}}]
     authentication: {mode: required}
   egress: [{toEntities: [all]}]
@@ -1045,9 +1044,7 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
   - toEntities: [kube-apiserver]
     toPorts: [{ports: [{port: '6443', protocol: TCP}]}]
   - toServices: [{k8sService: {serviceName: s, namespace: x}}]
-    toPorts: [{ports: [{port: '8443', protocol: TCP}]}]
-  - toEndpoints: [{matchLabels: {app: pinger}}]
-    icmps: [{fields: [{type: 8}]}]",
+    toPorts: [{ports: [{port: '8443', protocol: TCP}]}]",
     ));
     warned(
         &set,
@@ -1060,11 +1057,7 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
             "allows nothing",
         ],
     );
-    warned(
-        &set,
-        &["ingress[2]: ICMP rules are not supported", "allows nothing"],
-    );
-    warned(&set, &["ingress[3]: authentication is not supported"]);
+    warned(&set, &["ingress[2]: authentication is not supported"]);
     warned(
         &set,
         &["egressDeny[1]: toServices is not supported", "superset"],
@@ -1091,12 +1084,6 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
     assert!(
         !allowed(&set, &me, OUT, &a, TCP, 8443),
         "services: any peer"
-    );
-    let pinger = peer(pod(&m, "x", &[("app", "pinger")]));
-    assert!(!allowed(&set, &me, OUT, &pinger, 1, 0), "ICMP deny");
-    assert!(
-        !allowed(&set, &me, OUT, &pinger, TCP, 80),
-        "widened to every protocol"
     );
 }
 

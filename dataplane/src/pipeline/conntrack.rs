@@ -16,6 +16,19 @@
 //!   is a local pod, the destination's ingress policy if that is one), then an entry; a denied
 //!   flow is dropped as `policy_denied` and gets no entry. A full table drops the new flow
 //!   (`ct_full`); flows already tracked are never hurt.
+//! - **ICMP is judged by type:** policy's port for an ICMP packet is its message type (Cilium's
+//!   `icmps`), that of the packet judged: echo requests (8) and other informational messages
+//!   in a flow's original direction; echo replies and errors matching a flow are replies or
+//!   related and never judged. A flow's cached verdict is an echo request's: a packet of
+//!   another type in the original direction (other ICMP messages share their addresses' flow;
+//!   an unsolicited echo reply shares its identifier's) is judged on its own type every time,
+//!   and caches nothing. A later fragment has no ICMP header: it takes its flow's last
+//!   cached allow (taken on its first fragment, perhaps under an older snapshot: the datagram
+//!   completes, and a revoked allow stops the next one at its first fragment); without one it
+//!   is judged as an unknown type (only L3 rules allow it).
+//! - **Audit mode** ([`crate::tables::PolicyAudit`]): a denial by the policy of an endpoint
+//!   in audit mode lets the packet pass and counts it as `policy_audited`; its flow caches no
+//!   allow, so each of its packets is judged (and counted) again.
 //! - A later fragment is tracked with its datagram's ports (the `fragments` stage found them).
 //! - The clock is read once per batch.
 //! - TCP flags no stack sends are dropped and not tracked (`tcp_invalid_flags`).
@@ -30,9 +43,11 @@ use vireo_conntrack::table::{ICMP, TCP, UDP};
 use vireo_conntrack::{Dir, Full, Handle, Key, NewEntry, State, Table};
 use vireo_policy::rules::ip_proto::SCTP;
 
+use vireo_policy::rules::ICMP_TYPE_UNKNOWN;
+
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
-use crate::tables::{IfRole, Tables};
+use crate::tables::{IfRole, Judged, Judgment, Tables};
 use crate::wire::{is_icmp_error, quoted, Quoted, ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
 /// The conntrack table at one batch's time: every operation of a batch uses the same `now`.
@@ -62,6 +77,74 @@ impl<'a> Ct<'a> {
     #[inline]
     pub(super) fn remove(&self, k: &Key) -> bool {
         self.table.remove(k)
+    }
+    /// The batch's time.
+    #[inline]
+    pub(super) fn now(&self) -> u32 {
+        self.now
+    }
+}
+
+/// ICMP echo request.
+const ECHO_REQUEST: u16 = 8;
+
+/// What policy matches the L4 of packet `d` (IPv4 header at `ip[0]`, its L4 identity read by
+/// [`ports`], so an ICMP header is there unless it is a later fragment) on: `dport`; for ICMP
+/// the message type ([`ICMP_TYPE_UNKNOWN`] for a later fragment).
+#[inline]
+pub(super) fn policy_l4(d: &Desc, ip: &[u8], dport: u16) -> u16 {
+    if ip[9] != ICMP {
+        return dport;
+    }
+    match (d.frag_ports, ip.get(IPV4_MIN_HLEN)) {
+        (None, Some(t)) => u16::from(*t),
+        _ => ICMP_TYPE_UNKNOWN,
+    }
+}
+
+/// The packet `d` as policy judges it.
+#[inline]
+pub(super) fn judged(
+    d: &Desc,
+    src: (u32, u16),
+    dst: (u32, u16),
+    proto: u8,
+    l4: u16,
+    now: u32,
+) -> Judged {
+    Judged {
+        in_slot: d.in_slot,
+        src,
+        src_id: d.src_identity,
+        dst,
+        proto,
+        l4,
+        now,
+    }
+}
+
+/// A new flow's verdict (`d` marked when audited); true when it is denied.
+#[inline]
+pub(super) fn new_flow_denied(t: &Tables, d: &mut Desc, f: &Judged) -> bool {
+    match t.policy_judge(f, true) {
+        Judgment::Allowed => false,
+        Judgment::Denied => true,
+        Judgment::Audited => {
+            d.audited = true;
+            false
+        }
+    }
+}
+
+/// Whether a flow's cached verdict may stand for the packet `f`, and a verdict taken for it be
+/// cached: not for ICMP other than echo requests (a later fragment reads the cache, but what
+/// it is judged on when the cache is stale is not cached).
+#[inline]
+fn cacheable(f: &Judged) -> (bool, bool) {
+    if f.proto != ICMP || f.l4 == ECHO_REQUEST {
+        (true, true)
+    } else {
+        (f.l4 == ICMP_TYPE_UNKNOWN, false)
     }
 }
 
@@ -159,43 +242,46 @@ pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) ->
 /// `--cfg vireo_no_rejudge` for its baseline).
 pub(super) const REJUDGE: bool = cfg!(not(vireo_no_rejudge));
 
-/// Whether the current policy denies a packet in the original direction of the tracked flow
-/// `h`, from `src` (identity `src_id`) to `dst`: the verdict cached in the entry while it was
-/// taken under this snapshot's revision, else the policy's (then cached). A denial is reported
-/// to the monitor when one listens.
+/// Whether the current policy denies a packet `f` in the original direction of the tracked
+/// flow `h` (`d` marked when audited): the verdict cached in the entry while it was taken
+/// under this snapshot's revision, else the policy's (then cached; see [`cacheable`]). A
+/// denial is reported to the monitor when one listens.
 #[inline(always)]
-pub(super) fn denied_again(
-    h: &Handle<'_>,
-    t: &Tables,
-    in_slot: u16,
-    src: (u32, u16),
-    src_id: u32,
-    dst: (u32, u16),
-    proto: u8,
-) -> bool {
+pub(super) fn denied_again(h: &Handle<'_>, t: &Tables, d: &mut Desc, f: &Judged) -> bool {
+    let (read, _) = cacheable(f);
     // The common case, one load and one compare: allowed, and nothing changed since.
-    !h.allowed_at(t.revision) && judge(h, t, in_slot, src, src_id, dst, proto)
+    !(read && h.allowed_at(t.revision)) && judge(h, t, d, f)
 }
 
 /// [`denied_again`] off the common path: a denial cached at this revision (reported again
-/// when the monitor listens), or a verdict to take anew and cache.
+/// when the monitor listens, judged again when an endpoint may be in audit mode), or a
+/// verdict to take anew and cache.
 #[cold]
 #[inline(never)]
-fn judge(
-    h: &Handle<'_>,
-    t: &Tables,
-    in_slot: u16,
-    src: (u32, u16),
-    src_id: u32,
-    dst: (u32, u16),
-    proto: u8,
-) -> bool {
-    if h.policy_at(t.revision) == Some(false) && !t.monitor.is_on() {
+fn judge(h: &Handle<'_>, t: &Tables, d: &mut Desc, f: &Judged) -> bool {
+    // A later ICMP fragment completes the datagram its first fragment was allowed in, under an
+    // older snapshot too: the flow's last verdict was taken on that first fragment (or one
+    // before it), and a revoked allow stops the next datagram at its first fragment.
+    if f.proto == ICMP && f.l4 == ICMP_TYPE_UNKNOWN && h.policy().is_some_and(|p| p.allowed) {
+        return false;
+    }
+    let (read, write) = cacheable(f);
+    if read && h.policy_at(t.revision) == Some(false) && !t.monitor.is_on() && !t.audit.any() {
         return true;
     }
-    let denied = t.policy_drop(in_slot, src, src_id, dst, proto);
-    h.set_policy(t.revision, !denied);
-    denied
+    let j = t.policy_judge(f, false);
+    if write {
+        // An audited flow caches no allow: its next packet is judged (and counted) again.
+        h.set_policy(t.revision, j == Judgment::Allowed);
+    }
+    match j {
+        Judgment::Allowed => false,
+        Judgment::Denied => true,
+        Judgment::Audited => {
+            d.audited = true;
+            false
+        }
+    }
 }
 
 /// An ICMP error (outer IPv4 header at `ip[0]`) about the packet `q`: related to the flow `q`
@@ -228,20 +314,19 @@ pub(super) fn related(ct: &Ct<'_>, ip: &[u8], q: &Quoted) -> Result<CtVerdict, D
 pub(super) fn known(
     h: &Handle<'_>,
     t: &Tables,
-    d: &Desc,
-    src: (u32, u16),
-    dst: (u32, u16),
-    proto: u8,
+    d: &mut Desc,
+    f: &Judged,
     flags: u8,
 ) -> Option<Result<CtVerdict, DropReason>> {
-    if REJUDGE && denied_again(h, t, d.in_slot, src, d.src_identity, dst, proto) {
+    let proto = f.proto;
+    if REJUDGE && denied_again(h, t, d, f) {
         return Some(Err(DropReason::PolicyDenied));
     }
     h.try_update(next_state(proto, h.state(), false, flags), false, d.total())
         .then_some(Ok(CtVerdict::Established))
 }
 
-fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
+fn track(ct: &Ct<'_>, t: &Tables, d: &mut Desc, buf: &[u8]) -> Result<CtVerdict, DropReason> {
     let ip = &buf[ETH_HLEN..];
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let ip = &ip[..total];
@@ -268,10 +353,8 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
     };
     let next = |s: Option<State>, reply: bool| next_state(proto, s, reply, flags);
     let (src, dst) = ((key.src, sport), (key.dst, dport));
-    if let Some(v) = ct
-        .lookup(&key)
-        .and_then(|h| known(&h, t, d, src, dst, proto, flags))
-    {
+    let f = judged(d, src, dst, proto, policy_l4(d, ip, dport), ct.now());
+    if let Some(v) = ct.lookup(&key).and_then(|h| known(&h, t, d, &f, flags)) {
         return v;
     }
     let reverse: &[Dir] = if d.from_tunnel {
@@ -287,7 +370,7 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
     }
     // A new flow: policy first (the source's egress here, the destination's ingress if it is
     // ours); a denied flow gets no entry, so its next packet is judged again.
-    if t.policy_drop(d.in_slot, src, d.src_identity, dst, proto) {
+    if new_flow_denied(t, d, &f) {
         return Err(DropReason::PolicyDenied);
     }
     let first = if proto == TCP {
@@ -303,7 +386,10 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &Desc, buf: &[u8]) -> Result<CtVerdict, Dro
     };
     match ct.insert(&key, e) {
         Ok((h, true)) => {
-            h.set_policy(t.revision, true);
+            // Cached only for what may stand for the flow's next packets (not an audit).
+            if cacheable(&f).1 && !d.audited {
+                h.set_policy(t.revision, true);
+            }
             Ok(CtVerdict::New)
         }
         // Another worker created it a moment ago.

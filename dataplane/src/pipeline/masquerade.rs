@@ -42,7 +42,9 @@ use vireo_conntrack::table::{mix64 as mix, ICMP, TCP, UDP};
 use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry};
 use vireo_policy::Identity;
 
-use super::conntrack::{denied_again, next_state, ports, Ct, REJUDGE};
+use super::conntrack::{
+    denied_again, judged, new_flow_denied, next_state, policy_l4, ports, Ct, REJUDGE,
+};
 use super::icmp::{answer, Answer};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
@@ -205,21 +207,13 @@ fn egress(
         proto,
         dir: Dir::Egress,
     };
+    let l4 = policy_l4(d, &ip[..total], dport);
+    let f = judged(d, (src, sport), (dst, dport), proto, l4, ct.now());
     let found = ct.lookup(&key);
     let nat = match found {
         // A known flow, translated as it is to be (masquerade or not).
         Some(h) if h.nat().is_some() != exempt => {
-            if REJUDGE
-                && denied_again(
-                    &h,
-                    t,
-                    d.in_slot,
-                    (src, sport),
-                    d.src_identity,
-                    (dst, dport),
-                    proto,
-                )
-            {
+            if REJUDGE && denied_again(&h, t, d, &f) {
                 return drop(DropReason::PolicyDenied);
             }
             if ttl <= 1 {
@@ -249,7 +243,7 @@ fn egress(
                 }
                 ct.remove(&key);
             }
-            if t.policy_drop(d.in_slot, (src, sport), d.src_identity, (dst, dport), proto) {
+            if new_flow_denied(t, d, &f) {
                 return drop(DropReason::PolicyDenied);
             }
             if ttl <= 1 {

@@ -179,6 +179,9 @@ pub struct Desc {
     /// A later IPv4 fragment: its datagram's (source, destination) ports, from the first
     /// fragment (the `fragments` stage).
     pub frag_ports: Option<(u16, u16)>,
+    /// Policy denied it, but passed it: the endpoint whose policy denied it is in audit mode
+    /// (counted as `policy_audited`).
+    pub audited: bool,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -198,6 +201,7 @@ impl Desc {
             nat: false,
             pre_nat: None,
             frag_ports: None,
+            audited: false,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -317,6 +321,7 @@ macro_rules! pipeline {
             $( $stage::run(batch, frames, tables, counts); )*
             let monitor = tables.monitor.is_on();
             for d in batch.descs_mut() {
+                counts.policy_audited += u64::from(d.audited);
                 match d.verdict {
                     Verdict::Drop(r) => {
                         counts.drop(r);
@@ -415,7 +420,11 @@ pub(crate) fn for_each_pending<F: Frames>(
 }
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod host_tests;
+#[cfg(test)]
+mod icmp_policy_tests;
 #[cfg(test)]
 mod masquerade_tests;
 #[cfg(test)]

@@ -661,11 +661,12 @@ fn a_packet_whose_entry_went_stale_after_lookup_is_not_counted_as_established() 
     let dst = (key.dst, 53);
     let mut d = Desc::new(0, dgram.len() as u32, POD_A.2);
     d.src_identity = IDS[0];
+    let f = conntrack::judged(&d, src, dst, UDP, 53, 0);
     assert_eq!(
-        conntrack::known(&h, &t, &d, src, dst, UDP, 0),
+        conntrack::known(&h, &t, &mut d, &f, 0),
         Some(Ok(CtVerdict::Established))
     );
     // The entry expires and its slot is freed (and may be reused) before the update.
     assert!(ct.remove(&key));
-    assert_eq!(conntrack::known(&h, &t, &d, src, dst, UDP, 0), None);
+    assert_eq!(conntrack::known(&h, &t, &mut d, &f, 0), None);
 }

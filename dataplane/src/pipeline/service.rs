@@ -38,7 +38,7 @@ use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State};
 use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
 
-use super::conntrack::{denied_again, next_state, ports, Ct, REJUDGE};
+use super::conntrack::{denied_again, judged, new_flow_denied, next_state, ports, Ct, REJUDGE};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables, SERVICE_LOOPBACK};
@@ -216,17 +216,8 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
             check_source(d, t, &p, origin)?;
             // Policy on every packet of the flow, against its backend (cached per revision).
             let backend = (nat.dst, nat.dport);
-            if REJUDGE
-                && denied_again(
-                    &h,
-                    t,
-                    d.in_slot,
-                    (p.src, p.sport),
-                    d.src_identity,
-                    backend,
-                    proto,
-                )
-            {
+            let f = judged(d, (p.src, p.sport), backend, proto, nat.dport, ct.now());
+            if REJUDGE && denied_again(&h, t, d, &f) {
                 return Some(Verdict::Drop(DropReason::PolicyDenied));
             }
             let next = next_state(proto, h.state(), false, flags);
@@ -255,13 +246,15 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
     };
     // Policy, as Cilium applies it to service flows: against the chosen backend (the client's
     // egress, and the backend's ingress if it is ours).
-    if t.policy_drop(
-        d.in_slot,
+    let f = judged(
+        d,
         (p.src, p.sport),
-        d.src_identity,
         (backend, bport),
         proto,
-    ) {
+        bport,
+        ct.now(),
+    );
+    if new_flow_denied(t, d, &f) {
         return Some(Verdict::Drop(DropReason::PolicyDenied));
     }
     // Outside clients of an externalTrafficPolicy Cluster frontend are source-NAT'd to this

@@ -106,6 +106,11 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
     }
     let ports = (0..g.next() % 3)
         .map(|_| {
+            if g.chance(25) {
+                // ICMP types: one, a range, type 0 (echo reply, not a wildcard), every type.
+                let (lo, hi) = *g.pick(&[(8u8, 8u8), (0, 0), (13, 14), (3, 11), (0, 255)]);
+                return PortRange::icmp(lo, hi);
+            }
             let lo = *g.pick(&[0u16, 80, 81, 8000]);
             PortRange {
                 lo,
@@ -241,6 +246,11 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                     (6, 81),
                     (6, 8040),
                     (1, 0),
+                    (1, 8),
+                    (1, 13),
+                    (1, 5),
+                    (1, 255),
+                    (1, crate::rules::ICMP_TYPE_UNKNOWN),
                     (6, 443),
                     (132, 80),
                     (132, 0),
@@ -511,6 +521,108 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             } else {
                 Verdict::Denied
             },
+        );
+    }
+}
+
+#[test]
+fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
+    let origin = |r: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "x/p".into(),
+        rule: r.into(),
+    };
+    // From b: echo request (8) and TCP 80 (icmps and toPorts of one rule are ORed). From
+    // anyone: types 13-14 (timestamp), but a deny of type 14 from c beats it.
+    let allow_b = Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Endpoints(Selector::label("k8s:app", "b"))],
+        requires: Vec::new(),
+        ports: vec![
+            PortRange::icmp(8, 8),
+            PortRange {
+                lo: 80,
+                hi: 80,
+                proto: Proto::Tcp,
+                l7: false,
+            },
+        ],
+        origin: origin("ingress[0]"),
+    };
+    let allow_ts = Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Any],
+        requires: Vec::new(),
+        ports: vec![PortRange::icmp(13, 14)],
+        origin: origin("ingress[1]"),
+    };
+    let deny_c = Rule {
+        action: Action::Deny,
+        peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
+        requires: Vec::new(),
+        ports: vec![PortRange::icmp(14, 14)],
+        origin: origin("ingressDeny[0]"),
+    };
+    let p = Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "a"),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        ingress: vec![allow_b, allow_ts, deny_c],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut c = Compiler::new();
+    for (id, app) in [(300, "a"), (301, "b"), (302, "c")] {
+        c.set_identity(Identity(id), pod_labels("x", app, false));
+    }
+    c.set_policies("x/p", vec![p.clone()]);
+    let t = c.tables();
+    let subject = pod_labels("x", "a", false);
+    let unknown = crate::rules::ICMP_TYPE_UNKNOWN;
+    // (peer identity, its app, protocol, port or ICMP type, verdict, deciding rule)
+    type Case<'a> = (u32, &'a str, u8, u16, Verdict, Option<&'a str>);
+    let cases: [Case; 12] = [
+        (301, "b", 1, 8, Verdict::Allowed, Some("ingress[0]")),
+        (301, "b", 1, 0, Verdict::Denied, None),
+        (301, "b", 1, 3, Verdict::Denied, None),
+        (301, "b", 6, 80, Verdict::Allowed, Some("ingress[0]")),
+        // The ICMP type is no port: TCP 8 is not allowed by type 8.
+        (301, "b", 6, 8, Verdict::Denied, None),
+        (301, "b", 17, 8, Verdict::Denied, None),
+        (301, "b", 1, unknown, Verdict::Denied, None),
+        (302, "c", 1, 8, Verdict::Denied, None),
+        (302, "c", 1, 13, Verdict::Allowed, Some("ingress[1]")),
+        (302, "c", 1, 14, Verdict::Denied, Some("ingressDeny[0]")),
+        (301, "b", 1, 14, Verdict::Allowed, Some("ingress[1]")),
+        (301, "b", 1, 15, Verdict::Denied, None),
+    ];
+    for (from, app, proto, ty, want, rule) in cases {
+        let got = t.lookup(300, Direction::Ingress, from, proto, ty);
+        let peer = PeerInfo {
+            identity: Identity(from),
+            labels: pod_labels("x", app, false),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            kube_apiserver: false,
+        };
+        let reference = decide(
+            std::slice::from_ref(&p),
+            &subject,
+            Direction::Ingress,
+            &peer,
+            proto,
+            ty,
+        );
+        assert_eq!(got.verdict, want, "{proto}/{ty} from {app}");
+        assert_eq!(
+            reference.verdict, want,
+            "reference: {proto}/{ty} from {app}"
+        );
+        assert_eq!(
+            got.rule.map(|r| r.rule.as_str()),
+            rule,
+            "{proto}/{ty} from {app}"
         );
     }
 }
