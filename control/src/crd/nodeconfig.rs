@@ -108,6 +108,20 @@ pub struct VireoNodeConfigSpec {
     /// Pod → world masquerade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<MasqueradeSettings>,
+    /// Network policy enforcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySettings>,
+}
+
+/// Network policy enforcement on the node.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySettings {
+    /// Cilium's `policy-audit-mode` for every endpoint of the node: verdicts are taken and
+    /// reported, denials not enforced (default false). One pod alone: its annotation
+    /// `policy.vireo.io/audit-mode: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_mode: Option<bool>,
 }
 
 /// Pod → world masquerade to the node's address (Cilium's `enable-ipv4-masquerade`,

@@ -36,6 +36,8 @@ pub struct EffectiveSettings {
     pub conntrack: vireo_conntrack::Config,
     /// Pod → world masquerade.
     pub masquerade: MasqueradeConfig,
+    /// Policy audit mode for every endpoint.
+    pub policy_audit_mode: bool,
     /// The names of the configs that applied, in the order they were layered (the last one
     /// wins where several set a field).
     pub applied: Vec<String>,
@@ -121,6 +123,7 @@ pub fn effective_settings(
         services: base.services,
         conntrack: base.conntrack,
         masquerade: base.masquerade,
+        policy_audit_mode: base.policy_audit_mode,
         applied: Vec::new(),
     };
     let mut have_interfaces = false;
@@ -178,6 +181,9 @@ pub fn effective_settings(
             set(&mut o.port_range, m.port_range.clone());
             set(&mut o.non_masquerade_cidrs, m.non_masquerade_cidrs.clone());
         }
+        if let Some(p) = &s.policy {
+            set(&mut out.policy_audit_mode, p.audit_mode);
+        }
         out.applied.push(name(c).to_owned());
     }
     if !have_interfaces {
@@ -214,6 +220,7 @@ impl EffectiveSettings {
         cfg.services = self.services;
         cfg.conntrack = self.conntrack;
         cfg.masquerade = self.masquerade.clone();
+        cfg.policy_audit_mode = self.policy_audit_mode;
     }
 }
 

@@ -115,6 +115,29 @@ fn masquerade_layers_field_by_field_and_reaches_the_agent_config() {
 }
 
 #[test]
+fn policy_audit_mode_layers_and_reaches_the_agent_config() {
+    let base = cfg(
+        "default",
+        "interfaces: [{name: eth0, role: uplink}]\npolicy: {auditMode: true}\n",
+    );
+    let strict = cfg(
+        "strict",
+        "nodeSelector: {matchLabels: {audit: off}}\npolicy: {auditMode: false}\n",
+    );
+    let configs = [base, strict];
+    let on = effective_settings(&labels(&[]), &configs).unwrap();
+    assert!(on.policy_audit_mode);
+    let off = effective_settings(&labels(&[("audit", "off")]), &configs).unwrap();
+    assert!(!off.policy_audit_mode, "overridden");
+    let mut file = file_defaults();
+    assert!(!file.policy_audit_mode);
+    on.apply_to(&mut file);
+    assert!(file.policy_audit_mode);
+    let d = effective_settings(&labels(&[]), &[default_cfg()]).unwrap();
+    assert!(!d.policy_audit_mode, "off by default");
+}
+
+#[test]
 fn lists_are_replaced_whole() {
     let one = cfg(
         "one-worker",

@@ -28,7 +28,11 @@ fn load(spec: &str) -> (Manifests, PolicySet) {
 
 fn pod(app: &str) -> Labels {
     let own: BTreeMap<String, String> = [("app".to_string(), app.to_string())].into();
-    Labels::for_pod(vireo_policy::PodOrigin::in_namespace("x"), &own, &BTreeMap::new())
+    Labels::for_pod(
+        vireo_policy::PodOrigin::in_namespace("x"),
+        &own,
+        &BTreeMap::new(),
+    )
 }
 
 fn peer(app: &str) -> PeerInfo {

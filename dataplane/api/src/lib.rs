@@ -86,6 +86,10 @@ pub enum Request {
     Monitor {
         /// At most this many events.
         max: usize,
+        /// Collect new flows' policy verdicts too (`vireo monitor --type policy-verdict`),
+        /// until nobody has asked for them for a few seconds.
+        #[serde(default)]
+        verdicts: bool,
     },
     /// Register a pod wired by `vireo-cni` and attach its host veth; answered once attached
     /// (XDP and AF_XDP), with [`CniStatus`].

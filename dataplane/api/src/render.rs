@@ -146,6 +146,47 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// One monitor event as a line: a drop ([`render_drop_event`]) or a policy verdict
+/// (`vireo monitor --type policy-verdict`).
+pub fn render_event(e: &Value) -> String {
+    if e["type"] != "policy-verdict" {
+        return render_drop_event(e);
+    }
+    let icmp = match e["icmp_type"].as_u64() {
+        Some(t) => format!(" type {t}"),
+        None => String::new(),
+    };
+    format!(
+        "-> policy-verdict {} {} on {} {}{icmp} {} -> {}, identity {} [{}] -> {} [{}], rule {}",
+        s(&e["direction"]),
+        s(&e["verdict"]),
+        s(&e["interface"]),
+        s(&e["protocol"]),
+        s(&e["src"]),
+        s(&e["dst"]),
+        s(&e["src_identity"]),
+        event_labels(e, "src_labels"),
+        s(&e["dst_identity"]),
+        event_labels(e, "dst_labels"),
+        s(&e["rule"]),
+    )
+}
+
+/// An event's labels (`src_labels`, `dst_labels`) without the namespace's labels.
+fn event_labels(e: &Value, k: &str) -> String {
+    let l: Vec<&str> = e[k]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|l| {
+            !l.strip_prefix("k8s:")
+                .is_some_and(|l| l.starts_with(NAMESPACE_LABELS_PREFIX))
+        })
+        .collect();
+    l.join(",")
+}
+
 /// One drop event (`vireo monitor --type drop`) as a line.
 pub fn render_drop_event(e: &Value) -> String {
     let labels = |k: &str| {

@@ -17,7 +17,6 @@ use vireo_control::config::{
 };
 use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
-use vireo_control::services::proto_name;
 use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::handoff::{self, Hub};
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
@@ -37,6 +36,8 @@ mod host;
 mod maps;
 #[path = "masquerade.rs"]
 mod masquerade;
+#[path = "monitor.rs"]
+mod monitor;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -81,6 +82,9 @@ pub struct Agent {
     control: NodeControl,
     /// When `vireo monitor` last asked for events (collection stops a few seconds after).
     monitor_seen: Option<Instant>,
+    /// When `vireo monitor --type policy-verdict` last asked (verdicts stop a few seconds
+    /// after).
+    verdicts_seen: Option<Instant>,
     /// The configuration file as last read (`cfg` is it with the node's settings).
     file_cfg: Config,
     /// The node's settings from the `VireoNodeConfig`s.
@@ -179,6 +183,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         source,
         control,
         monitor_seen: None,
+        verdicts_seen: None,
         file_cfg,
         node_cfg,
         boot_reread,
@@ -365,7 +370,7 @@ impl Agent {
                 self.control.view(),
                 self.control.policies(),
             ))?),
-            Request::Monitor { max } => Ok(self.monitor(max)),
+            Request::Monitor { max, verdicts } => Ok(self.monitor(max, verdicts)),
             Request::CniAdd { endpoint } => self.cni_add(endpoint),
             Request::CniDel { container_id } => self.cni_del(&container_id),
             Request::CniGet { container_id } => self.cni_get(&container_id),
@@ -595,6 +600,7 @@ impl Agent {
     /// Brings the tables and the attached pods in line with the source: control takes in its
     /// objects when they changed; next hops are re-checked every time.
     fn reconcile(&mut self) {
+        self.publish_audit();
         let Some(src) = self.source.as_mut() else {
             self.cni_reconcile();
             return;
@@ -664,78 +670,6 @@ impl Agent {
         if let Some(src) = self.source.as_mut() {
             src.endpoints(&eps);
         }
-    }
-
-    /// Stops collecting drop events a few seconds after `vireo monitor` last asked for them
-    /// (with or without a manifest source).
-    fn monitor_idle(&mut self) {
-        if self
-            .monitor_seen
-            .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.monitor_seen = None;
-            self.tables.current().monitor.set(false);
-        }
-    }
-
-    /// Drop events since the last call (`vireo monitor`), with identities' labels; turns
-    /// collection on.
-    fn monitor(&mut self, max: usize) -> Value {
-        let t = self.tables.current();
-        if self.monitor_seen.is_none() {
-            t.monitor.set(true);
-        }
-        self.monitor_seen = Some(Instant::now());
-        let (events, lost) = t.monitor.drain(max.clamp(1, 4096));
-        let labels = |id: u32| -> Vec<String> {
-            self.control
-                .labels(id)
-                .map(|l| {
-                    l.iter()
-                        .map(|(k, v)| {
-                            if v.is_empty() {
-                                k.to_string()
-                            } else {
-                                format!("{k}={v}")
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let addr = |ip: std::net::Ipv4Addr, port: u16, proto: u8| match proto {
-            vireo_lb::service::TCP | vireo_lb::service::UDP => format!("{ip}:{port}"),
-            _ => ip.to_string(),
-        };
-        let events: Vec<Value> = events
-            .iter()
-            .map(|e| {
-                let proto = match e.proto {
-                    vireo_conntrack::table::ICMP => "ICMP".to_string(),
-                    p => proto_name(p),
-                };
-                let rule = match (&e.rule, e.direction) {
-                    (Some(r), _) => Value::from(r.to_string()),
-                    (None, Some(_)) => Value::from("default deny"),
-                    (None, None) => Value::Null,
-                };
-                json!({
-                    "type": "drop",
-                    "reason": e.reason.name(),
-                    "interface": t.iface(e.in_slot).map(|i| i.name.clone()),
-                    "src": addr(e.src, e.sport, e.proto),
-                    "dst": addr(e.dst, e.dport, e.proto),
-                    "protocol": proto,
-                    "src_identity": e.src_identity,
-                    "src_labels": labels(e.src_identity),
-                    "dst_identity": e.dst_identity,
-                    "dst_labels": labels(e.dst_identity),
-                    "direction": e.direction,
-                    "rule": rule,
-                })
-            })
-            .collect();
-        json!({"events": events, "lost": lost})
     }
 
     /// Publishes control's new service table in `Tables.services`, when there is one, and

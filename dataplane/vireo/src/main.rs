@@ -262,10 +262,14 @@ enum Cmd {
     /// Stream an agent's events, like `cilium monitor`. `--type drop`: every dropped packet,
     /// with source and destination (address, port, identity and labels), protocol, the reason,
     /// and for policy drops the side (ingress/egress) and the rule, or the default deny.
+    /// `--type policy-verdict`: the policy verdict of each new flow, per direction judged
+    /// under policy (allowed, denied, or audit in policy audit mode), with the deciding rule
+    /// or `default`; at most 1000 per second over all workers (the rest are counted as
+    /// sampled out). `--type` may be given more than once.
     Monitor {
-        /// Event type (only `drop` so far).
+        /// Event types: `drop`, `policy-verdict`.
         #[arg(long = "type", default_value = "drop")]
-        kind: String,
+        kind: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
         /// One JSON object per line.
@@ -530,25 +534,39 @@ fn endpoint_arg(
 
 /// `vireo monitor`: polls the agent for events and prints them as they come.
 fn monitor(
-    kind: &str,
+    kinds: &[String],
     api: &ApiArgs,
     json: bool,
     seconds: Option<u64>,
     count: Option<usize>,
 ) -> Result<()> {
-    if kind != "drop" {
-        anyhow::bail!("--type {kind}: only `drop` events exist so far");
+    if let Some(k) = kinds
+        .iter()
+        .find(|k| !["drop", "policy-verdict"].contains(&k.as_str()))
+    {
+        anyhow::bail!("--type {k}: the event types are `drop` and `policy-verdict`");
     }
+    let want = |t: &str| kinds.iter().any(|k| k == t);
+    let verdicts = want("policy-verdict");
     let path = api.path()?;
     let until = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
-    let (mut seen, mut lost) = (0usize, 0u64);
+    let (mut seen, mut lost, mut sampled) = (0usize, 0u64, None::<u64>);
     loop {
-        let v = api::call(&path, &api::Request::Monitor { max: 1024 })?;
+        let v = api::call(
+            &path,
+            &api::Request::Monitor {
+                max: 1024,
+                verdicts,
+            },
+        )?;
         for e in v["events"].as_array().into_iter().flatten() {
+            if !want(e["type"].as_str().unwrap_or("drop")) {
+                continue;
+            }
             if json {
                 out!("{}\n", serde_json::to_string(e)?);
             } else {
-                out!("{}\n", status::render_drop_event(e));
+                out!("{}\n", status::render_event(e));
             }
             seen += 1;
             if count.is_some_and(|c| seen >= c) {
@@ -560,6 +578,13 @@ fn monitor(
             eprintln!("monitor: {} events lost (queue full)", now_lost - lost);
             lost = now_lost;
         }
+        // Counted since the agent started: reported as it grows from the first answer.
+        let now_sampled = v["sampled_out"].as_u64().unwrap_or(0);
+        if verdicts && sampled.is_some_and(|s| now_sampled > s) {
+            let n = now_sampled - sampled.unwrap_or(0);
+            eprintln!("monitor: {n} policy verdicts sampled out (rate limit)");
+        }
+        sampled = Some(now_sampled);
         if until.is_some_and(|u| std::time::Instant::now() >= u) {
             return Ok(());
         }

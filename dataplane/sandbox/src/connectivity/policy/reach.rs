@@ -376,8 +376,14 @@ impl Env {
             .nodes
             .iter()
             .map(|n| {
-                let v = api::call(&n.api, &api::Request::Monitor { max: 4096 })
-                    .with_context(|| format!("{}: monitor", n.name))?;
+                let v = api::call(
+                    &n.api,
+                    &api::Request::Monitor {
+                        max: 4096,
+                        verdicts: false,
+                    },
+                )
+                .with_context(|| format!("{}: monitor", n.name))?;
                 Ok(v["events"].as_array().cloned().unwrap_or_default())
             })
             .collect()
