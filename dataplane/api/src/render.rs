@@ -189,19 +189,7 @@ fn event_labels(e: &Value, k: &str) -> String {
 
 /// One drop event (`vireo monitor --type drop`) as a line.
 pub fn render_drop_event(e: &Value) -> String {
-    let labels = |k: &str| {
-        let l: Vec<&str> = e[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter(|l| {
-                !l.strip_prefix("k8s:")
-                    .is_some_and(|l| l.starts_with(NAMESPACE_LABELS_PREFIX))
-            })
-            .collect();
-        l.join(",")
-    };
+    let labels = |k: &str| event_labels(e, k);
     let mut line = format!(
         "xx drop ({}) on {} {} {} -> {}, identity {} [{}] -> {} [{}]",
         s(&e["reason"]),
