@@ -68,6 +68,7 @@ fn policy(i: usize) -> Policy {
                 ],
                 requires: Vec::new(),
                 ports: vec![port(80, 80), port(8000, 8099)],
+                dns: Vec::new(),
                 origin: origin("ingress[0]"),
             },
             Rule {
@@ -78,6 +79,7 @@ fn policy(i: usize) -> Policy {
                 ))],
                 requires: Vec::new(),
                 ports: vec![port(22, 22)],
+                dns: Vec::new(),
                 origin: origin("ingressDeny[0]"),
             },
         ],
@@ -90,6 +92,7 @@ fn policy(i: usize) -> Policy {
             }],
             requires: Vec::new(),
             ports: Vec::new(),
+            dns: Vec::new(),
             origin: origin("egress[0]"),
         }],
         warnings: Vec::new(),

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod fqdn;
+
 /// A configuration error: one line naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -419,6 +421,11 @@ pub struct Config {
     /// `write-cni-conf-when-ready`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_conflist: Option<CniConflistConfig>,
+    /// DNS-aware policy (`toFQDNs`, `rules: dns`): Cilium's `tofqdns-min-ttl` (0),
+    /// `tofqdns-max-ip-per-hostname` (50) and `tofqdns-dns-reject-response-code` (`refused`
+    /// or `nameError`) ([`fqdn::FqdnConfig`]).
+    #[serde(default)]
+    pub fqdn: fqdn::FqdnConfig,
 }
 
 /// [`Config::cni_conflist`].
@@ -557,6 +564,7 @@ impl Config {
             return Err(bad("vxlan_port".into(), "must be 1-65535".into()));
         }
         validate_cluster_name(&self.cluster_name).map_err(|m| bad("cluster_name".into(), m))?;
+        self.fqdn.validate().map_err(|(f, m)| bad(f, m))?;
         let a = &self.af_xdp;
         if !a.frame_size.is_power_of_two() || !(2048..=4096).contains(&a.frame_size) {
             return Err(bad(

@@ -352,6 +352,18 @@ pub struct Side {
     pub reason: String,
     /// Warnings of the policies that select the endpoint for this direction.
     pub warnings: Vec<String>,
+    /// The DNS names the endpoint learned the peer's address under (what its `toFQDNs` rules
+    /// matched); only from a running agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fqdn_names: Vec<String>,
+}
+
+/// The names endpoint `.0` learned address `.1` under (a running agent's FQDN cache).
+pub type Names<'a> = &'a dyn Fn(Ipv4Addr, Ipv4Addr) -> Vec<String>;
+
+/// No names learned (offline traces).
+fn no_names(_: Ipv4Addr, _: Ipv4Addr) -> Vec<String> {
+    Vec::new()
 }
 
 /// The answer of `vireo policy trace`.
@@ -392,6 +404,7 @@ fn side(
     d: Direction,
     peer: &Resolved,
     dport: PortProto,
+    names: Names,
 ) -> Side {
     let direction = match d {
         Direction::Ingress => "ingress",
@@ -407,6 +420,7 @@ fn side(
             rules: Vec::new(),
             reason: format!("not a pod: Vireo enforces no {direction} policy for it"),
             warnings: Vec::new(),
+            fqdn_names: Vec::new(),
         };
     }
     let peer_info = PeerInfo {
@@ -414,6 +428,9 @@ fn side(
         labels: peer.labels.clone(),
         ip: peer.ip,
         kube_apiserver: peer.kube_apiserver,
+        // The names the endpoint learned are the agent's (the fast path's cache): offline, a
+        // trace judges `toFQDNs` rules as for an address not learned.
+        names: names(me.ip, peer.ip),
     };
     let dec = decide(policies, &me.labels, d, &peer_info, dport.proto, dport.port);
     let warnings = selecting(policies, &me.labels)
@@ -433,12 +450,19 @@ fn side(
         rules: dec.rules.iter().map(ToString::to_string).collect(),
         reason: dec.reason(),
         warnings,
+        fqdn_names: peer_info.names,
     }
 }
 
-fn trace_resolved(policies: &[Policy], src: &Resolved, dst: &Resolved, dport: PortProto) -> Trace {
-    let egress = side(policies, src, Direction::Egress, dst, dport);
-    let ingress = side(policies, dst, Direction::Ingress, src, dport);
+fn trace_resolved(
+    policies: &[Policy],
+    src: &Resolved,
+    dst: &Resolved,
+    dport: PortProto,
+    names: Names,
+) -> Trace {
+    let egress = side(policies, src, Direction::Egress, dst, dport, names);
+    let ingress = side(policies, dst, Direction::Ingress, src, dport, names);
     let allowed = egress.allowed && ingress.allowed;
     let rules = [&egress, &ingress]
         .into_iter()
@@ -464,10 +488,23 @@ pub fn trace(
     dst: &EndpointSpec,
     dport: PortProto,
 ) -> Result<Trace> {
+    trace_with(view, policies, src, dst, dport, &no_names)
+}
+
+/// [`trace`] with the names endpoints learned from DNS answers (`toFQDNs` rules): a running
+/// agent's trace says which names allowed an address.
+pub fn trace_with(
+    view: &ClusterView,
+    policies: &[Policy],
+    src: &EndpointSpec,
+    dst: &EndpointSpec,
+    dport: PortProto,
+    names: Names,
+) -> Result<Trace> {
     let (mut s, mut d) = (resolve(view, src)?, resolve(view, dst)?);
     fix_node_identity(&mut s, &d);
     fix_node_identity(&mut d, &s);
-    Ok(trace_resolved(policies, &s, &d, dport))
+    Ok(trace_resolved(policies, &s, &d, dport, names))
 }
 
 /// Every pod to every pod (itself included) on `dport`:
@@ -477,7 +514,7 @@ pub fn all_pairs(view: &ClusterView, policies: &[Policy], dport: PortProto) -> V
     let mut pairs = Vec::with_capacity(pods.len() * pods.len());
     for s in &pods {
         for d in &pods {
-            let t = trace_resolved(policies, s, d, dport);
+            let t = trace_resolved(policies, s, d, dport, &no_names);
             pairs.push(json!({"src": s.info.name, "dst": d.info.name, "verdict": t.verdict, "rules": t.rules}));
         }
     }
@@ -631,6 +668,9 @@ pub fn render_trace(t: &Trace) -> String {
             for r in &s.rules {
                 let _ = writeln!(o, "  {r}");
             }
+        }
+        if !s.fqdn_names.is_empty() {
+            let _ = writeln!(o, "  peer known by DNS as: {}", s.fqdn_names.join(", "));
         }
         for w in &s.warnings {
             let _ = writeln!(o, "  warning: {w}");

@@ -63,6 +63,8 @@ drop_reasons! {
     MultiBufferTooLong => "multi_buffer_too_long", "A multi-buffer packet (AF_XDP XDP_USE_SG) of more frames than the kernel's MAX_SKB_FRAGS + 1, or a chain cut short (its socket went away mid-chain): every frame of it is dropped.";
     HandoffMultiBuffer => "handoff_multi_buffer", "A multi-buffer packet for an interface another worker owns: handoff carries single frames only, so it is dropped (pods of one worker are unaffected; give jumbo-frame pods and their peers one worker).";
     IcmpErrorMultiBuffer => "icmp_error_multi_buffer", "An ICMP error about a translated flow (service or masquerade) larger than one UMEM frame: its checksum is recomputed over the whole message, which Vireo does within one frame only.";
+    DnsQueryUnreadable => "dns_query_unreadable", "A DNS query that the pod's `rules: dns` filter and that cannot be read (no DNS message, not one question, split over TCP segments or frames): its name cannot be judged (fail closed).";
+    DnsQueryRefused => "dns_query_refused", "A DNS query over TCP for a name no `rules: dns` allows (over UDP Vireo answers it instead).";
 }
 
 /// Number of drop reasons.

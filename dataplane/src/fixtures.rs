@@ -312,6 +312,7 @@ pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
                 proto: Proto::Udp,
                 l7: false,
             }],
+            dns: Vec::new(),
             origin: origin("ingress[0]"),
         }],
         egress: Vec::new(),

@@ -16,6 +16,7 @@ pub mod counters;
 pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod fqdn;
 pub mod handoff;
 pub mod io;
 pub mod pipeline;

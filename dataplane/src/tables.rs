@@ -239,6 +239,9 @@ pub struct Tables {
     /// Pod → world masquerade (`None`: off; traffic to the world is then an unknown
     /// destination).
     pub masq: Option<Arc<Masquerade>>,
+    /// The names endpoints learned addresses under from DNS answers (shared, mutable; the same
+    /// in every snapshot): what `toFQDNs` rules match.
+    pub fqdn: Arc<crate::fqdn::FqdnCache>,
     /// This snapshot's number, set when it is published; a tracked flow's cached policy verdict
     /// holds while it was taken under the current revision.
     pub revision: u32,
@@ -265,7 +268,9 @@ impl Tables {
     /// its rule) when one listens; for a `new_flow`, each direction judged under policy gives
     /// a verdict event when verdicts are asked for. A denial by the policy of an endpoint in
     /// audit mode lets the packet pass ([`Judgment::Audited`]), and the other side's policy
-    /// is still judged.
+    /// is still judged. A `toFQDNs` rule matches the peer's address by the names the endpoint
+    /// learned it under ([`crate::fqdn::FqdnCache`]); a tracked flow judged again (not a
+    /// `new_flow`) counts names expired since, as zombies, so it outlives their TTL.
     #[inline]
     pub fn policy_judge(&self, f: &Judged, new_flow: bool) -> Judgment {
         use vireo_policy::{Direction, Verdict};
@@ -287,9 +292,11 @@ impl Tables {
             let Some(ep) = self.endpoints.get(&ip) else {
                 continue;
             };
-            let l = self
-                .policy
-                .lookup_at(ep.identity, d, peer, Some(peer_ip), f.proto, f.l4);
+            let known =
+                |sel: &vireo_policy::FqdnSelector| self.fqdn.knows(ip, peer_ip, sel, !new_flow);
+            let l =
+                self.policy
+                    .lookup_at(ep.identity, d, peer, Some(peer_ip), f.proto, f.l4, &known);
             let j = match l.verdict {
                 Verdict::Allowed => Judgment::Allowed,
                 Verdict::Denied if self.audit.applies(ip) => Judgment::Audited,
@@ -361,6 +368,21 @@ impl Tables {
         proto: u8,
         port: u16,
     ) -> Option<PolicyDrop> {
+        self.policy_denies_at(src, src_id, dst, proto, port, false)
+    }
+
+    /// [`Tables::policy_denies`]; `established` as in [`Tables::policy_judge`] (a tracked
+    /// flow: expired names count).
+    #[inline]
+    pub fn policy_denies_at(
+        &self,
+        src: u32,
+        src_id: u32,
+        dst: u32,
+        proto: u8,
+        port: u16,
+        established: bool,
+    ) -> Option<PolicyDrop> {
         use vireo_policy::{Direction, Verdict};
         if self.policy.is_empty() {
             return None;
@@ -375,14 +397,19 @@ impl Tables {
         let src_id = world(src_id, src);
         let dst_id = self.identity_of(dst);
         // The source's egress (if it is ours), then the destination's ingress (if it is ours).
-        for (ep, d, peer, peer_ip) in [
-            (self.endpoints.get(&src), Direction::Egress, dst_id, dst),
-            (self.endpoints.get(&dst), Direction::Ingress, src_id, src),
+        for (ep_ip, d, peer, peer_ip) in [
+            (src, Direction::Egress, dst_id, dst),
+            (dst, Direction::Ingress, src_id, src),
         ] {
-            let Some(ep) = ep else { continue };
+            let Some(ep) = self.endpoints.get(&ep_ip) else {
+                continue;
+            };
+            let known = |sel: &vireo_policy::FqdnSelector| {
+                self.fqdn.knows(ep_ip, peer_ip, sel, established)
+            };
             let l = self
                 .policy
-                .lookup_at(ep.identity, d, peer, Some(peer_ip), proto, port);
+                .lookup_at(ep.identity, d, peer, Some(peer_ip), proto, port, &known);
             if l.verdict == Verdict::Denied {
                 return Some(PolicyDrop {
                     direction: d,

@@ -138,6 +138,7 @@ fn rule(action: Action, peers: Vec<Peer>, ports: Vec<PortRange>, name: &str) -> 
         peers,
         requires: Vec::new(),
         ports,
+        dns: Vec::new(),
         origin: origin(name),
     }
 }

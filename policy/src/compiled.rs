@@ -26,6 +26,7 @@ use ipnet::Ipv4Net;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::engine::{identity_matches, is_world as engine_is_world, requirements, Verdict};
+use crate::fqdn::{any_matches, FqdnSelector};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
 use crate::ipcache::{IpCache, IpCacheEntry};
 use crate::rules::{
@@ -42,7 +43,25 @@ struct Entry {
     action: Action,
     /// The rule it came from.
     rule: Arc<Origin>,
+    /// The rule's `rules: dns` (an allow rule's): DNS queries on these ports must ask for a
+    /// name these select.
+    dns: Option<Arc<[FqdnSelector]>>,
 }
+
+/// One compiled `toFQDNs` entry: the peer is an address outside the cluster that the endpoint
+/// learned under a name one of `sels` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FqdnEntry {
+    sels: Arc<[FqdnSelector]>,
+    entry: Entry,
+}
+
+/// Whether the endpoint knows a peer's address under a name a selector selects (for `toFQDNs`
+/// entries): what the fast path's FQDN cache answers.
+pub type Known<'k> = &'k dyn Fn(&FqdnSelector) -> bool;
+
+/// A peer known by no DNS name.
+pub const NO_NAMES: Known<'static> = &|_| false;
 
 /// Index of a direction.
 fn di(d: Direction) -> usize {
@@ -65,6 +84,14 @@ pub struct EndpointPolicy {
     any: [Vec<Entry>; 2],
     /// Some CIDR rule of the direction selects in-cluster addresses (node or other).
     by_addr: [[bool; 2]; 2],
+    /// `toFQDNs` entries: they apply to world and CIDR identities, by the names the endpoint
+    /// learned the address under.
+    fqdn: [Vec<FqdnEntry>; 2],
+    /// The `toFQDNs` selectors of its egress (deduplicated): the names whose DNS answers the
+    /// fast path learns for the endpoint.
+    learn: Arc<[FqdnSelector]>,
+    /// Some egress entry carries `rules: dns`: the endpoint's DNS queries are filtered.
+    has_dns: bool,
 }
 
 /// Key class of the entries selecting a node's address by block.
@@ -85,7 +112,32 @@ impl EndpointPolicy {
     /// The verdict for `peer` in direction `d` on `proto`/`port`.
     #[inline]
     pub fn lookup(&self, d: Direction, peer: u32, proto: u8, port: u16) -> Lookup<'_> {
-        self.lookup_keys(di(d), &[(0, peer)], proto, port)
+        self.lookup_keys(di(d), &[(0, peer)], proto, port, NO_NAMES)
+    }
+
+    /// The entries of direction `i` for a peer that is every one of `keys`, then the everyone
+    /// entries, then the `toFQDNs` entries that apply through a name it is known by (`known`;
+    /// only for a peer outside the cluster, the first key).
+    #[inline]
+    fn entries_for<'a, 'k>(
+        &'a self,
+        i: usize,
+        keys: &'k [(u8, u32)],
+        known: Known<'k>,
+    ) -> impl Iterator<Item = &'a Entry> + use<'a, 'k> {
+        let specific = keys
+            .iter()
+            .filter_map(move |(class, id)| self.by_peer.get(&(class + i as u8, *id)))
+            .flatten();
+        let world = keys
+            .first()
+            .is_some_and(|(_, id)| engine_is_world(Identity(*id)));
+        let fqdn: &[FqdnEntry] = if world { &self.fqdn[i] } else { &[] };
+        specific.chain(&self.any[i]).chain(
+            fqdn.iter()
+                .filter(move |f| f.sels.iter().any(known))
+                .map(|f| &f.entry),
+        )
     }
 
     /// Whether in-cluster addresses of class `class` (a node's, another's) are selected by
@@ -98,13 +150,16 @@ impl EndpointPolicy {
     /// The verdict in direction `i` for a peer that is every one of `keys` ((key class,
     /// identity)): a deny of any beats the allows of all.
     #[inline]
-    fn lookup_keys(&self, i: usize, keys: &[(u8, u32)], proto: u8, port: u16) -> Lookup<'_> {
+    fn lookup_keys(
+        &self,
+        i: usize,
+        keys: &[(u8, u32)],
+        proto: u8,
+        port: u16,
+        known: Known<'_>,
+    ) -> Lookup<'_> {
         let mut allow = None;
-        let specific = keys
-            .iter()
-            .filter_map(|(class, id)| self.by_peer.get(&(class + i as u8, *id)))
-            .flatten();
-        for e in specific.chain(&self.any[i]) {
+        for e in self.entries_for(i, keys, known) {
             if !e.ports.covers(proto, port) {
                 continue;
             }
@@ -139,9 +194,51 @@ impl EndpointPolicy {
         self.enforced[di(d)]
     }
 
+    /// Whether a DNS query for `qname` to the peer `keys` on `proto`/`port` (egress) may go
+    /// on: [`crate::engine::dns_query_allowed`] compiled (`None`: a name no selector matches).
+    fn query(
+        &self,
+        keys: &[(u8, u32)],
+        proto: u8,
+        port: u16,
+        qname: Option<&str>,
+        known: Known<'_>,
+    ) -> bool {
+        if !self.has_dns {
+            return true;
+        }
+        let mut filtered = false;
+        for e in self.entries_for(di(Direction::Egress), keys, known) {
+            if e.action != Action::Allow || !e.ports.covers(proto, port) {
+                continue;
+            }
+            match &e.dns {
+                None => return true,
+                Some(sels) if qname.is_some_and(|q| any_matches(sels, q)) => return true,
+                Some(_) => filtered = true,
+            }
+        }
+        !filtered
+    }
+
+    /// Whether the endpoint's DNS queries are filtered (some egress rule has `rules: dns`).
+    #[inline]
+    pub fn has_dns(&self) -> bool {
+        self.has_dns
+    }
+
+    /// The `toFQDNs` selectors of its egress: the names the fast path learns addresses of from
+    /// the DNS answers the endpoint receives. Empty: nothing to learn.
+    #[inline]
+    pub fn fqdn_selectors(&self) -> &[FqdnSelector] {
+        &self.learn
+    }
+
     /// Entries in the table (for the operator and benchmarks).
     pub fn entries(&self) -> usize {
-        self.by_peer.values().map(Vec::len).sum::<usize>() + self.any[0].len() + self.any[1].len()
+        self.by_peer.values().map(Vec::len).sum::<usize>()
+            + self.any.iter().map(Vec::len).sum::<usize>()
+            + self.fqdn.iter().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -179,15 +276,18 @@ impl PolicyTables {
         proto: u8,
         port: u16,
     ) -> Lookup<'_> {
-        self.lookup_at(subject, d, peer, None, proto, port)
+        self.lookup_at(subject, d, peer, None, proto, port, NO_NAMES)
     }
 
     /// The verdict for an endpoint of identity `subject`, for a peer of identity `peer` at
     /// address `ip` (host order): CIDR rules that select in-cluster addresses (Kubernetes
     /// `ipBlock`, `policy-cidr-match-mode: nodes`) see a pod's or a node's address, and an API
     /// server address is also [`Identity::KUBE_APISERVER`]. One hash probe per identity the
-    /// peer is; a longest-prefix match only when the table has such CIDR rules.
+    /// peer is; a longest-prefix match only when the table has such CIDR rules. `known`: the
+    /// names the endpoint knows the peer's address under, for `toFQDNs` entries (asked only
+    /// for a peer outside the cluster, when such entries exist).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub fn lookup_at(
         &self,
         subject: u32,
@@ -196,32 +296,13 @@ impl PolicyTables {
         ip: Option<u32>,
         proto: u8,
         port: u16,
+        known: Known<'_>,
     ) -> Lookup<'_> {
         match self.get(subject) {
             Some(t) => {
                 let i = di(d);
-                let mut keys = [(0u8, peer); 3];
-                let mut n = 1;
-                if let Some(ip) = ip {
-                    let class = if peer == Identity::HOST.0 || peer == Identity::REMOTE_NODE.0 {
-                        NODE_ADDR
-                    } else {
-                        OTHER_ADDR
-                    };
-                    if !engine_is_world(Identity(peer)) && t.selects_addresses(i, class) {
-                        let block = self
-                            .cidrs
-                            .lookup(ip)
-                            .map_or(Identity::WORLD.0, |e| e.identity.0);
-                        keys[n] = (class, block);
-                        n += 1;
-                    }
-                    if !self.kube_apiserver.is_empty() && self.kube_apiserver.contains(&ip) {
-                        keys[n] = (0, Identity::KUBE_APISERVER.0);
-                        n += 1;
-                    }
-                }
-                let l = t.lookup_keys(i, &keys[..n], proto, port);
+                let (keys, n) = self.keys(t, i, peer, ip);
+                let l = t.lookup_keys(i, &keys[..n], proto, port, known);
                 // Only a default deny gives way: an explicit deny rule still holds.
                 if self.allow_localhost
                     && l.rule.is_none()
@@ -240,6 +321,81 @@ impl PolicyTables {
                 rule: None,
             },
         }
+    }
+
+    /// The lookup keys of a peer of identity `peer` at `ip` in direction `i` of table `t`
+    /// ((key class, identity), how many): its own identity, the block of its address when CIDR
+    /// rules select in-cluster addresses, the API server's identity at one of its addresses.
+    #[inline]
+    fn keys(
+        &self,
+        t: &EndpointPolicy,
+        i: usize,
+        peer: u32,
+        ip: Option<u32>,
+    ) -> ([(u8, u32); 3], usize) {
+        let mut keys = [(0u8, peer); 3];
+        let mut n = 1;
+        if let Some(ip) = ip {
+            let class = if peer == Identity::HOST.0 || peer == Identity::REMOTE_NODE.0 {
+                NODE_ADDR
+            } else {
+                OTHER_ADDR
+            };
+            if !engine_is_world(Identity(peer)) && t.selects_addresses(i, class) {
+                let block = self
+                    .cidrs
+                    .lookup(ip)
+                    .map_or(Identity::WORLD.0, |e| e.identity.0);
+                keys[n] = (class, block);
+                n += 1;
+            }
+            if !self.kube_apiserver.is_empty() && self.kube_apiserver.contains(&ip) {
+                keys[n] = (0, Identity::KUBE_APISERVER.0);
+                n += 1;
+            }
+        }
+        (keys, n)
+    }
+
+    /// Whether a DNS query for `qname` from an endpoint of identity `subject` to a peer of
+    /// identity `peer` at `ip` on `proto`/`port` may go on
+    /// ([`crate::engine::dns_query_allowed`] compiled); an endpoint without policy, or without
+    /// `rules: dns`, is not filtered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dns_query_allowed(
+        &self,
+        subject: u32,
+        peer: u32,
+        ip: Option<u32>,
+        proto: u8,
+        port: u16,
+        qname: &str,
+        known: Known<'_>,
+    ) -> bool {
+        self.get(subject).is_none_or(|t| {
+            let (keys, n) = self.keys(t, di(Direction::Egress), peer, ip);
+            t.query(&keys[..n], proto, port, Some(qname), known)
+        })
+    }
+
+    /// Whether DNS queries from `subject` to the peer on `proto`/`port` are filtered by name:
+    /// every allow entry covering them carries `rules: dns` (and one does). When not, no query
+    /// needs reading.
+    #[inline]
+    pub fn dns_filters(
+        &self,
+        subject: u32,
+        peer: u32,
+        ip: Option<u32>,
+        proto: u8,
+        port: u16,
+        known: Known<'_>,
+    ) -> bool {
+        self.get(subject).is_some_and(|t| {
+            let (keys, n) = self.keys(t, di(Direction::Egress), peer, ip);
+            t.has_dns && !t.query(&keys[..n], proto, port, None, known)
+        })
     }
 
     /// The identity of an address outside the cluster: its most specific policy CIDR, or world.
@@ -386,6 +542,8 @@ struct FlatRule {
     peers: FxHashSet<u32>,
     /// Identities its other peers (entities, CIDRs) select (no requirement narrows them).
     others: FxHashSet<u32>,
+    /// Its `toFQDNs` peers (matched by name at lookup time; no requirement narrows them).
+    fqdn: Vec<FqdnSelector>,
 }
 
 /// Which of a rule's peer sets an identity belongs to: (endpoint selectors, other peers).
@@ -453,6 +611,8 @@ impl Compiler {
                 }
                 // The wildcard is resolved at compile time (requirements may narrow it).
                 Peer::Any => {}
+                // Matched by name at lookup time, not by identity.
+                Peer::Fqdn(_) => {}
                 Peer::Entity(_) => return self.candidates(&Selector::all()),
             }
         }
@@ -736,6 +896,14 @@ impl Compiler {
                         }
                     }
                 }
+                let fqdn = r
+                    .peers
+                    .iter()
+                    .filter_map(|p| match p {
+                        Peer::Fqdn(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 rules.push(FlatRule {
                     dir,
                     rule: r.clone(),
@@ -744,6 +912,7 @@ impl Compiler {
                     wildcard,
                     peers,
                     others,
+                    fqdn,
                 });
             }
         }
@@ -809,6 +978,7 @@ impl Compiler {
         let reqs: [[Vec<&Selector>; 2]; 2] = [Direction::Ingress, Direction::Egress]
             .map(|d| [Action::Allow, Action::Deny].map(|a| requirements(policies(), d, a)));
         let mut t = EndpointPolicy::default();
+        let mut learn: BTreeSet<FqdnSelector> = BTreeSet::new();
         for c in selecting {
             let p = &c.policy;
             t.enforced[0] |= p.enforce_ingress;
@@ -869,12 +1039,30 @@ impl Compiler {
                 } else {
                     f.rule.enforced_ports().copied().collect()
                 };
+                let dns: Option<Arc<[FqdnSelector]>> = (f.rule.action == Action::Allow
+                    && !f.rule.dns.is_empty())
+                .then(|| f.rule.dns.clone().into());
+                if dns.is_some() && f.dir == Direction::Egress && !ports.is_empty() {
+                    t.has_dns = true;
+                }
+                let sels: Option<Arc<[FqdnSelector]>> =
+                    (!f.fqdn.is_empty()).then(|| f.fqdn.clone().into());
+                if f.dir == Direction::Egress {
+                    learn.extend(f.fqdn.iter().cloned());
+                }
                 for ports in ports {
                     let e = Entry {
                         ports,
                         action: f.rule.action,
                         rule: f.origin.clone(),
+                        dns: dns.clone(),
                     };
+                    if let Some(sels) = &sels {
+                        t.fqdn[i].push(FqdnEntry {
+                            sels: sels.clone(),
+                            entry: e.clone(),
+                        });
+                    }
                     if everyone {
                         t.any[i].push(e);
                         continue;
@@ -889,6 +1077,7 @@ impl Compiler {
                 }
             }
         }
+        t.learn = learn.into_iter().collect::<Vec<_>>().into();
         Some(t)
     }
 

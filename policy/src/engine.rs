@@ -37,6 +37,9 @@ pub struct PeerInfo {
     /// [`Identity::KUBE_APISERVER`] (the `kube-apiserver` entity, and `reserved:kube-apiserver`
     /// selectors), besides its own identity.
     pub kube_apiserver: bool,
+    /// The DNS names the endpoint learned this address under (from DNS answers it received,
+    /// still valid): what `toFQDNs` peers match. Empty for most peers.
+    pub names: Vec<String>,
 }
 
 impl PeerInfo {
@@ -125,10 +128,14 @@ pub fn peer_matches(p: &Peer, peer: &PeerInfo) -> bool {
 
 /// [`peer_matches`], with `requires` in force for the endpoint peers.
 fn peer_matches_under(p: &Peer, peer: &PeerInfo, requires: &[&Selector]) -> bool {
-    if let Peer::Cidr { net, except, scope } = p {
-        return scope.admits(peer.identity)
-            && net.contains(&peer.ip)
-            && !except.iter().any(|x| x.contains(&peer.ip));
+    match p {
+        Peer::Cidr { net, except, scope } => {
+            return scope.admits(peer.identity)
+                && net.contains(&peer.ip)
+                && !except.iter().any(|x| x.contains(&peer.ip));
+        }
+        Peer::Fqdn(sel) => return peer.is_world() && peer.names.iter().any(|n| sel.matches(n)),
+        _ => {}
     }
     let apiserver = kube_apiserver_labels();
     let as_itself = [(peer.identity, &peer.labels)];
@@ -154,7 +161,7 @@ pub fn identity_matches(p: &Peer, id: Identity, labels: &Labels) -> bool {
         Peer::Any => true,
         Peer::Entity(e) => entity_matches(*e, id),
         Peer::Endpoints(sel) => sel.matches(labels),
-        Peer::Cidr { .. } => false,
+        Peer::Cidr { .. } | Peer::Fqdn(_) => false,
     }
 }
 
@@ -207,6 +214,39 @@ pub fn rule_matches(
         && r.peers
             .iter()
             .any(|p| peer_matches_under(p, peer, requires))
+}
+
+/// Whether a DNS query for `qname` that the endpoint with `labels` sends to `peer` on
+/// `proto`/`port` (egress) may go on, given that [`decide`] allows the packet: yes unless every
+/// allow rule that matches carries `rules: dns` and none of their selectors matches the name.
+/// A plain L4 allow of the same port and peer allows every name (as Cilium merges an L4 rule
+/// into the L7 ones); without a matching allow rule (no policy) nothing filters.
+pub fn dns_query_allowed(
+    policies: &[Policy],
+    labels: &Labels,
+    peer: &PeerInfo,
+    proto: u8,
+    port: u16,
+    qname: &str,
+) -> bool {
+    let mut filtered = false;
+    let sel: Vec<&Policy> = selecting(policies, labels).collect();
+    let requires = requirements(sel.iter().copied(), Direction::Egress, Action::Allow);
+    for p in sel {
+        for r in p.rules(Direction::Egress) {
+            if r.action != Action::Allow || !rule_matches(r, peer, proto, port, &requires) {
+                continue;
+            }
+            if r.dns.is_empty() {
+                return true;
+            }
+            if crate::fqdn::any_matches(&r.dns, qname) {
+                return true;
+            }
+            filtered = true;
+        }
+    }
+    !filtered
 }
 
 /// The policies that select an endpoint with `labels`.

@@ -4,6 +4,7 @@
 //!   from label sets);
 //! - [`ipcache`]: IP or CIDR → identity and tunnel endpoint, with longest-prefix match;
 //! - [`rules`]: policies as Vireo holds them, whatever manifest they came from;
+//! - [`fqdn`]: DNS name selectors (`toFQDNs`, `rules: dns`);
 //! - [`engine`]: what a set of policies decides for one endpoint, direction and peer, and why;
 //! - [`compiled`]: the same, compiled per endpoint identity for the fast path, recompiled
 //!   incrementally.
@@ -12,12 +13,14 @@
 
 pub mod compiled;
 pub mod engine;
+pub mod fqdn;
 pub mod identity;
 pub mod ipcache;
 pub mod rules;
 
-pub use compiled::{Compiler, EndpointPolicy, PolicyTables};
-pub use engine::{decide, Decision, PeerInfo, Verdict};
+pub use compiled::{Compiler, EndpointPolicy, Known, PolicyTables, NO_NAMES};
+pub use engine::{decide, dns_query_allowed, Decision, PeerInfo, Verdict};
+pub use fqdn::FqdnSelector;
 pub use identity::{Identity, IdentityAllocator, Labels, PodOrigin};
 pub use ipcache::{IpCache, IpCacheEntry};
 pub use rules::{

@@ -442,6 +442,9 @@ pub enum Peer {
     },
     /// Anyone (a rule with ports only).
     Any,
+    /// Addresses outside the cluster that the endpoint learned, from DNS answers it received,
+    /// under a name this selects (`toFQDNs`; see [`crate::fqdn`]).
+    Fqdn(crate::fqdn::FqdnSelector),
 }
 
 /// Where a rule came from, for `policy trace` and drop events.
@@ -472,6 +475,10 @@ pub struct Rule {
     pub requires: Vec<Selector>,
     /// Ports covered (ORed); empty: every port.
     pub ports: Vec<PortRange>,
+    /// `rules: dns` of its ports (an allow rule's): the ports are allowed, and a DNS query
+    /// sent on them must ask for a name one of these selects (else Vireo answers it REFUSED).
+    /// Empty: no DNS rules.
+    pub dns: Vec<crate::fqdn::FqdnSelector>,
     /// Where it came from.
     pub origin: Origin,
 }

@@ -478,6 +478,24 @@ pub(super) fn cilium_rule(
     for w in ignored {
         b.warn(w);
     }
+    if let Some(list) = r.fqdns {
+        // `toFQDNs: []` is written but selects nothing, as in Cilium.
+        l3 = true;
+        if allow {
+            for (j, f) in list.iter().enumerate() {
+                let sel = f.selector(&format!("{rule}.toFQDNs[{j}]"))?;
+                peers.push(Peer::Fqdn(sel));
+            }
+        } else if !list.is_empty() {
+            // Cilium's egressDeny has no toFQDNs: the deny covers every address outside the
+            // cluster instead.
+            b.warn(format!(
+                "{rule}: toFQDNs in a deny rule is not supported; the deny covers world \
+                 instead (fail closed)"
+            ));
+            peers.push(Peer::Entity(Entity::World));
+        }
+    }
     for (f, superset) in &r.unsupported {
         l3 = true;
         if allow {
@@ -502,9 +520,13 @@ pub(super) fn cilium_rule(
             num: PortNum::All,
             proto: Proto::All,
             l7: false,
+            dns: Vec::new(),
         }])
     } else {
-        match (icmps, cilium_ports(b, r.to_ports, allow, &rule)?) {
+        match (
+            icmps,
+            cilium_ports(b, r.to_ports, allow, d == Direction::Egress, &rule)?,
+        ) {
             (None, to_ports) => to_ports,
             // `icmps` alone: those types, no other protocol.
             (Some(icmp), None) => Some(icmp),

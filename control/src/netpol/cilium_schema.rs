@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
-use vireo_policy::{Direction, Entity, Peer};
+use vireo_policy::{Direction, Entity, FqdnSelector, Peer};
 
 use super::read::written;
 
@@ -67,13 +67,38 @@ pub(super) struct CEgress {
     #[serde(rename = "toCIDRSet")]
     pub(super) to_cidr_set: Option<Vec<CCidrRule>>,
     #[serde(rename = "toFQDNs")]
-    pub(super) to_fqdns: Option<Value>,
+    pub(super) to_fqdns: Option<Vec<CFqdn>>,
     pub(super) to_services: Option<Value>,
     pub(super) to_nodes: Option<Value>,
     pub(super) to_groups: Option<Value>,
     pub(super) to_ports: Option<Vec<CPortRule>>,
     pub(super) icmps: Option<Value>,
     pub(super) authentication: Option<Value>,
+}
+
+/// A `toFQDNs` entry or a `rules: dns` entry (Cilium's `FQDNSelector` / `PortRuleDNS`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename = "FQDNSelector")]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CFqdn {
+    pub(super) match_name: Option<String>,
+    pub(super) match_pattern: Option<String>,
+}
+
+impl CFqdn {
+    /// The selector, or why it cannot be read (neither or both fields, a bad name).
+    pub(super) fn selector(&self, path: &str) -> Result<FqdnSelector, String> {
+        match (&self.match_name, &self.match_pattern) {
+            (Some(n), None) => FqdnSelector::name(n).map_err(|e| format!("{path}.matchName: {e}")),
+            (None, Some(p)) => {
+                FqdnSelector::pattern(p).map_err(|e| format!("{path}.matchPattern: {e}"))
+            }
+            (Some(_), Some(_)) => Err(format!(
+                "{path}: matchName and matchPattern are mutually exclusive"
+            )),
+            (None, None) => Err(format!("{path}: neither matchName nor matchPattern")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +152,8 @@ pub(super) struct CRule<'a> {
     pub(super) to_ports: &'a Option<Vec<CPortRule>>,
     pub(super) icmps: &'a Option<Value>,
     pub(super) authentication: &'a Option<Value>,
+    /// `toFQDNs` (egress only).
+    pub(super) fqdns: Option<&'a Vec<CFqdn>>,
     /// Peer fields Vireo does not enforce that are written: (field, deny superset).
     pub(super) unsupported: Vec<(&'static str, Vec<Peer>)>,
     /// Field names: `from…` or `to…`.
@@ -151,6 +178,7 @@ impl CIngress {
             to_ports: &self.to_ports,
             icmps: &self.icmps,
             authentication: &self.authentication,
+            fqdns: None,
             unsupported,
             dir: Direction::Ingress,
         }
@@ -166,9 +194,6 @@ impl CEgress {
         if written(self.to_groups.as_ref()) {
             unsupported.push(("toGroups", vec![Peer::Entity(Entity::World)]));
         }
-        if written(self.to_fqdns.as_ref()) {
-            unsupported.push(("toFQDNs", vec![Peer::Entity(Entity::World)]));
-        }
         if written(self.to_services.as_ref()) {
             unsupported.push(("toServices", vec![Peer::Any]));
         }
@@ -181,6 +206,7 @@ impl CEgress {
             to_ports: &self.to_ports,
             icmps: &self.icmps,
             authentication: &self.authentication,
+            fqdns: self.to_fqdns.as_ref(),
             unsupported,
             dir: Direction::Egress,
         }

@@ -95,6 +95,7 @@ pub(super) fn read_icmps(v: &Value, rule: &str) -> Icmps {
             num: PortNum::Range(u16::from(t), u16::from(t)),
             proto: Proto::Icmp,
             l7: false,
+            dns: Vec::new(),
         })
         .collect();
     out

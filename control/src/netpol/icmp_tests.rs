@@ -41,6 +41,7 @@ fn peer(app: &str) -> PeerInfo {
         labels: pod(app),
         ip: Ipv4Addr::new(10, 244, 1, 10),
         kube_apiserver: false,
+        names: Vec::new(),
     }
 }
 

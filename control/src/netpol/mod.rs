@@ -15,11 +15,13 @@
 //!   is only reported.
 //! - What Vireo knows but does not enforce fails closed, per rule: L7 rules (`rules:` on a
 //!   `toPorts` entry; also TLS/SNI/listener settings) leave their ports denied
-//!   ([`PortRange::l7`]); `toFQDNs`, `toServices`, `toGroups`, `fromNodes`/`toNodes`, CIDR
-//!   groups, `authentication`, unreadable ICMP fields, unknown entities and IPv6 blocks allow
-//!   nothing. In a deny rule they are replaced by a superset Vireo can express (nodes → host +
-//!   remote-node; FQDNs, groups, CIDR groups → world; services and unknown entities → any
-//!   peer; an unreadable ICMP field → every protocol and port). Cilium's `icmps` are enforced
+//!   ([`PortRange::l7`]), except DNS rules alone (`rules: dns`), which the fast path enforces
+//!   ([`Rule::dns`]); `toFQDNs` is a peer ([`Peer::Fqdn`]) in allow rules; `toServices`,
+//!   `toGroups`, `fromNodes`/`toNodes`, CIDR groups, `authentication`, unreadable ICMP fields,
+//!   unknown entities and IPv6 blocks allow nothing. In a deny rule they are replaced by a
+//!   superset Vireo can express (nodes → host + remote-node; FQDNs (Cilium's deny rules have
+//!   none), groups, CIDR groups → world; services and unknown entities → any peer; an
+//!   unreadable ICMP field → every protocol and port). Cilium's `icmps` are enforced
 //!   (module `icmp`): IPv4 types, ORed with `toPorts`; IPv6 fields match nothing.
 //! - Entities: Cilium's, `kube-apiserver` included (the addresses of Service
 //!   `default/kubernetes`'s endpoints, pods, nodes or outside addresses, which policy also sees
@@ -85,7 +87,9 @@ use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 
 use vireo_lb::service::UDP;
-use vireo_policy::{Action, Direction, Labels, Origin, Peer, Policy, Proto, Rule, Selector};
+use vireo_policy::{
+    Action, Direction, FqdnSelector, Labels, Origin, Peer, Policy, Proto, Rule, Selector,
+};
 
 use crate::cluster::{container_ports, namespace_labels};
 use crate::source::{Manifests, PolicyDocument, PolicyKind};
@@ -307,11 +311,11 @@ impl Builder<'_> {
         self.policy.warnings.push(w);
     }
 
-    /// Adds the model's rule for `r`, named ports resolved (`requires`: the requirements of its
-    /// section, which narrow the pods a named port is looked up in).
-    fn add(&mut self, d: Direction, r: RuleIn, requires: &[Selector]) {
+    /// Adds the model's rules for `r`, named ports resolved (`requires`: the requirements of
+    /// its section, which narrow the pods a named port is looked up in).
+    fn add(&mut self, d: Direction, mut r: RuleIn, requires: &[Selector]) {
         let peers = if r.l3 {
-            r.peers
+            std::mem::take(&mut r.peers)
         } else if r.ports.is_some() {
             vec![Peer::Any]
         } else {
@@ -321,7 +325,36 @@ impl Builder<'_> {
         if peers.is_empty() {
             return;
         }
-        let ports = match r.ports {
+        // Ports with `rules: dns` go into rules of their own, one per set of DNS rules.
+        let groups: Vec<(Vec<FqdnSelector>, Option<Vec<ports::PortIn>>)> = match r.ports.take() {
+            None => vec![(Vec::new(), None)],
+            Some(list) => {
+                let mut g: Vec<(Vec<FqdnSelector>, Vec<ports::PortIn>)> = Vec::new();
+                for p in list {
+                    match g.iter_mut().find(|(dns, _)| *dns == p.dns) {
+                        Some(e) => e.1.push(p),
+                        None => g.push((p.dns.clone(), vec![p])),
+                    }
+                }
+                g.into_iter().map(|(dns, l)| (dns, Some(l))).collect()
+            }
+        };
+        for (dns, ports) in groups {
+            self.add_ports(d, &r, peers.clone(), ports, dns, requires);
+        }
+    }
+
+    /// [`Builder::add`] for the ports of `r` that share one set of DNS rules.
+    fn add_ports(
+        &mut self,
+        d: Direction,
+        r: &RuleIn,
+        peers: Vec<Peer>,
+        ports: Option<Vec<ports::PortIn>>,
+        dns: Vec<FqdnSelector>,
+        requires: &[Selector],
+    ) {
+        let ports = match ports {
             None => Vec::new(),
             Some(list) => {
                 let ports = self.resolve(d, &r.rule, r.action, &peers, requires, list);
@@ -342,7 +375,7 @@ impl Builder<'_> {
             }
         }
         let origin = Origin {
-            rule: r.rule,
+            rule: r.rule.clone(),
             ..self.policy.origin.clone()
         };
         self.push(
@@ -352,6 +385,7 @@ impl Builder<'_> {
                 peers,
                 requires: Vec::new(),
                 ports,
+                dns,
                 origin,
             },
         );
@@ -383,6 +417,7 @@ impl Builder<'_> {
                 peers: Vec::new(),
                 requires,
                 ports: Vec::new(),
+                dns: Vec::new(),
                 origin,
             },
         );

@@ -4,9 +4,13 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use vireo_policy::{Action, Direction, Entity, Labels, Peer, PortRange, Proto, Selector};
+use vireo_policy::{
+    Action, Direction, Entity, FqdnSelector, Labels, Peer, PortRange, Proto, Selector,
+};
 
-use super::cilium_schema::{CPortRule, StrOrNum};
+use serde_yaml_ng::Value;
+
+use super::cilium_schema::{CFqdn, CPortRule, StrOrNum};
 use super::read::written;
 use super::Builder;
 
@@ -27,6 +31,8 @@ pub(super) struct PortIn {
     pub(super) num: PortNum,
     pub(super) proto: Proto,
     pub(super) l7: bool,
+    /// `rules: dns` (an allow rule's): enforced by the fast path, so not `l7`.
+    pub(super) dns: Vec<FqdnSelector>,
 }
 
 impl Builder<'_> {
@@ -109,7 +115,7 @@ impl Builder<'_> {
                 Peer::Endpoints(s) => s.matches(l) && requires.iter().all(|r| r.matches(l)),
                 Peer::Any => requires.iter().all(|r| r.matches(l)),
                 Peer::Entity(Entity::Cluster | Entity::All) => true,
-                Peer::Entity(_) | Peer::Cidr { .. } => false,
+                Peer::Entity(_) | Peer::Cidr { .. } | Peer::Fqdn(_) => false,
             }),
         };
         self.pods
@@ -123,11 +129,13 @@ impl Builder<'_> {
     }
 }
 
-/// The `toPorts` of a rule; `None`: every port.
+/// The `toPorts` of a rule; `None`: every port. `rules: dns` are enforced in egress allow
+/// rules (`dns_ok`); elsewhere they are L7 rules like the others.
 pub(super) fn cilium_ports(
     b: &mut Builder,
     to_ports: &Option<Vec<CPortRule>>,
     allow: bool,
+    dns_ok: bool,
     rule: &str,
 ) -> Result<Option<Vec<PortIn>>, String> {
     let Some(list) = to_ports.as_ref().filter(|l| !l.is_empty()) else {
@@ -136,7 +144,11 @@ pub(super) fn cilium_ports(
     let mut out = Vec::new();
     for (j, pr) in list.iter().enumerate() {
         let path = format!("{rule}.toPorts[{j}]");
-        let l7 = pr.rules.as_ref().is_some_and(|v| !v.is_null())
+        let dns = match dns_rules(pr.rules.as_ref(), &path)? {
+            Some(d) if allow && dns_ok => d,
+            _ => Vec::new(),
+        };
+        let l7 = (dns.is_empty() && pr.rules.as_ref().is_some_and(|v| !v.is_null()))
             || written(pr.terminating_tls.as_ref())
             || written(pr.originating_tls.as_ref())
             || written(pr.server_names.as_ref())
@@ -152,6 +164,7 @@ pub(super) fn cilium_ports(
                 num: PortNum::All,
                 proto: Proto::Any,
                 l7: l7 && allow,
+                dns: dns.clone(),
             });
         }
         for (k, p) in ports.iter().enumerate() {
@@ -215,10 +228,38 @@ pub(super) fn cilium_ports(
                 num,
                 proto,
                 l7: l7 && allow,
+                dns: dns.clone(),
             });
         }
     }
     Ok(Some(out))
+}
+
+/// The selectors of `rules: {dns: [...]}`, when `rules` holds DNS rules only and at least one
+/// (the fast path enforces those); `None` for anything else (other L7 rules, or none), which
+/// stays fail-closed L7. A DNS entry that cannot be read is an error.
+fn dns_rules(rules: Option<&Value>, path: &str) -> Result<Option<Vec<FqdnSelector>>, String> {
+    let Some(Value::Mapping(m)) = rules else {
+        return Ok(None);
+    };
+    let written: Vec<&Value> = m
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, _)| k)
+        .collect();
+    if written.len() != 1 || written[0].as_str() != Some("dns") {
+        return Ok(None);
+    }
+    let list: Vec<CFqdn> = serde_yaml_ng::from_value(m["dns"].clone())
+        .map_err(|e| format!("{path}.rules.dns: {e}"))?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    list.iter()
+        .enumerate()
+        .map(|(k, f)| f.selector(&format!("{path}.rules.dns[{k}]")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// A port number 1..=65535.
@@ -267,6 +308,7 @@ pub(super) fn np_ports(
                 num,
                 proto,
                 l7: false,
+                dns: Vec::new(),
             });
         }
         Some(list)

@@ -40,6 +40,7 @@ fn peer(labels: Labels) -> PeerInfo {
         labels,
         ip: Ipv4Addr::new(10, 244, 1, 10),
         kube_apiserver: false,
+        names: Vec::new(),
     }
 }
 
@@ -49,6 +50,7 @@ fn reserved(name: &str) -> PeerInfo {
         labels: Labels::new([(format!("reserved:{name}"), String::new())]),
         ip: Ipv4Addr::new(192, 168, 100, 1),
         kube_apiserver: false,
+        names: Vec::new(),
     }
 }
 
@@ -527,31 +529,66 @@ fn l7_rules_fail_closed_with_a_warning() {
     assert!(allowed(&set, &me, IN, &a, TCP, 81));
 }
 
+/// A world address known by `names` (as the endpoint learned it from DNS answers).
+fn named(ip: [u8; 4], names: &[&str]) -> PeerInfo {
+    PeerInfo {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        ..world(ip)
+    }
+}
+
 #[test]
-fn to_fqdns_fail_closed() {
+fn to_fqdns_is_a_peer_of_the_names_learned_with_its_ports() {
     let (m, set) = load(&cnp(
         "x",
         "fqdn",
         "  endpointSelector: {}
   egress:
-  - toFQDNs: [{matchName: example.com}]
+  - toFQDNs: [{matchName: Example.COM.}, {matchPattern: '*.api.example.com'}]
     toPorts: [{ports: [{port: '443', protocol: TCP}]}]
   - toEndpoints: [{matchLabels: {app: dns}}]",
     ));
-    warned(
-        &set,
-        &["egress[0]: toFQDNs is not supported", "allows nothing"],
-    );
+    assert!(set.warnings.is_empty(), "{:?}", set.warnings);
     let me = pod(&m, "x", &[]);
+    let ip = [93, 184, 215, 14];
+    assert!(allowed(
+        &set,
+        &me,
+        OUT,
+        &named(ip, &["example.com"]),
+        TCP,
+        443
+    ));
+    assert!(allowed(
+        &set,
+        &me,
+        OUT,
+        &named(ip, &["v1.api.example.com."]),
+        TCP,
+        443
+    ));
     assert!(!allowed(
         &set,
         &me,
         OUT,
-        &world([93, 184, 215, 14]),
+        &named(ip, &["api.example.com"]),
         TCP,
         443
     ));
-    assert!(!allowed(&set, &me, OUT, &peer(pod(&m, "x", &[])), TCP, 443));
+    assert!(
+        !allowed(&set, &me, OUT, &named(ip, &["example.com"]), TCP, 80),
+        "ports"
+    );
+    assert!(
+        !allowed(&set, &me, OUT, &world(ip), TCP, 443),
+        "not learned"
+    );
+    let mut pod_named = peer(pod(&m, "x", &[]));
+    pod_named.names = vec!["example.com".into()];
+    assert!(
+        !allowed(&set, &me, OUT, &pod_named, TCP, 443),
+        "pods are not FQDN peers"
+    );
     assert!(allowed(
         &set,
         &me,
@@ -560,7 +597,102 @@ fn to_fqdns_fail_closed() {
         UDP,
         53
     ));
-    assert_eq!(set.policies[0].egress.len(), 1);
+}
+
+#[test]
+fn bad_fqdn_selectors_make_the_policy_malformed_and_deny_rules_widen_to_world() {
+    for (sel, why) in [
+        ("{matchName: 'a*.b'}", "toFQDNs[0].matchName"),
+        (
+            "{matchName: a.b, matchPattern: '*.b'}",
+            "mutually exclusive",
+        ),
+        ("{}", "neither matchName nor matchPattern"),
+    ] {
+        let (_, set) = load(&cnp(
+            "x",
+            "bad",
+            &format!("  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{sel}]"),
+        ));
+        warned(&set, &[why]);
+        assert!(set.policies[0].egress.is_empty(), "{sel}: fail closed");
+    }
+    let (m, set) = load(&cnp(
+        "x",
+        "deny",
+        "  endpointSelector: {}
+  egressDeny:
+  - toFQDNs: [{matchName: example.com}]",
+    ));
+    warned(&set, &["toFQDNs in a deny rule is not supported", "world"]);
+    let me = pod(&m, "x", &[]);
+    assert!(!allowed(&set, &me, OUT, &world([1, 1, 1, 1]), TCP, 443));
+}
+
+#[test]
+fn dns_rules_allow_the_port_and_filter_names_other_l7_rules_stay_closed() {
+    let (m, set) = load(&cnp(
+        "x",
+        "dns",
+        "  endpointSelector: {}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: '53', protocol: ANY}]
+      rules:
+        dns: [{matchName: example.com}, {matchPattern: '*.example.com'}]
+    - ports: [{port: '5353', protocol: UDP}]
+    - ports: [{port: '8053', protocol: TCP}]
+      rules: {http: [{method: GET}]}",
+    ));
+    warned(&set, &["port 8053/TCP is denied (fail closed)"]);
+    let p = &set.policies[0];
+    let dns_rule = p.egress.iter().find(|r| !r.dns.is_empty()).unwrap();
+    assert_eq!(dns_rule.dns.len(), 2);
+    assert!(dns_rule.ports.iter().all(|pr| pr.lo == 53 && !pr.l7));
+    let me = pod(&m, "x", &[]);
+    let dns = peer(pod(&m, "x", &[("app", "dns")]));
+    assert!(allowed(&set, &me, OUT, &dns, UDP, 53));
+    assert!(allowed(&set, &me, OUT, &dns, TCP, 53));
+    assert!(allowed(&set, &me, OUT, &dns, UDP, 5353));
+    assert!(!allowed(&set, &me, OUT, &dns, TCP, 8053));
+    let q = |port: u16, name: &str| {
+        vireo_policy::dns_query_allowed(&set.policies, &me, &dns, UDP, port, name)
+    };
+    assert!(q(53, "example.com") && q(53, "www.EXAMPLE.com."));
+    assert!(!q(53, "evil.org") && !q(53, "a.b.example.com"));
+    assert!(q(5353, "evil.org"), "no DNS rules on that port");
+    // In a deny rule, DNS rules deny the whole port, as before.
+    let (_, set) = load(&cnp(
+        "x",
+        "deny",
+        "  endpointSelector: {}
+  egressDeny:
+  - toPorts:
+    - ports: [{port: '53'}]
+      rules: {dns: [{matchName: example.com}]}",
+    ));
+    warned(&set, &["L7 settings in a deny rule are ignored"]);
+    assert!(set.policies[0].egress[0].dns.is_empty());
+    assert!(!allowed(&set, &me, OUT, &dns, UDP, 53));
+}
+
+#[test]
+fn dns_rules_on_ingress_stay_fail_closed_l7() {
+    let (m, set) = load(&cnp(
+        "x",
+        "dnsin",
+        "  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}]
+      rules: {dns: [{matchPattern: '*'}]}",
+    ));
+    warned(&set, &["port 53/UDP is denied (fail closed)"]);
+    let me = pod(&m, "x", &[]);
+    let a = peer(pod(&m, "x", &[("app", "a")]));
+    assert!(!allowed(&set, &me, IN, &a, UDP, 53));
 }
 
 #[test]
@@ -1070,6 +1202,7 @@ fn unsupported_peers_allow_nothing_and_widen_denies() {
         assert!(allowed(&set, &me, OUT, &reserved(n), TCP, 6443), "{n}");
         let apiserver = PeerInfo {
             kube_apiserver: true,
+            names: Vec::new(),
             ..reserved(n)
         };
         assert!(!allowed(&set, &me, OUT, &apiserver, TCP, 6443), "{n}");
@@ -1311,6 +1444,7 @@ fn kube_apiserver_ingress_none_and_unknown_entities() {
     let me = pod(&m, "x", &[]);
     let api = |p: PeerInfo| PeerInfo {
         kube_apiserver: true,
+        names: Vec::new(),
         ..p
     };
     let in_cluster = api(peer(pod(&m, "kube-system", &[("component", "apiserver")])));

@@ -88,6 +88,18 @@ pub fn render(v: &Value) -> String {
     if !any {
         let _ = writeln!(o, "  (none)");
     }
+    let d = &v["dns"];
+    if !d.is_null() {
+        let _ = writeln!(
+            o,
+            "DNS: responses parsed {}, addresses learned {}, malformed {}, queries refused {}, TCP not learned {}",
+            s(&d["responses_parsed"]),
+            s(&d["learned"]),
+            s(&d["malformed"]),
+            s(&d["refused"]),
+            s(&d["tcp_not_learned"])
+        );
+    }
     let k = &v["counters"]["kernel"];
     let _ = writeln!(
         o,
@@ -442,9 +454,45 @@ pub fn render_map(map: &str, v: &Value) -> String {
                 }
             }
         }
+        "fqdn" => render_fqdn(&mut o, v),
         _ => o = format!("{v:#}\n"),
     }
     o
+}
+
+/// `vireo fqdn cache list`: one line per (endpoint, name, address), then the DNS counters.
+fn render_fqdn(o: &mut String, v: &Value) {
+    let _ = writeln!(
+        o,
+        "{:<16} {:<32} {:<40} {:<16} {:>8}",
+        "ENDPOINT", "POD", "NAME", "ADDRESS", "TTL"
+    );
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let ttl = match (e["zombie"].as_bool(), e["ttl_remaining"].as_i64()) {
+            (Some(true), _) => "zombie".to_string(),
+            (_, Some(t)) => format!("{t}s"),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            o,
+            "{:<16} {:<32} {:<40} {:<16} {:>8}",
+            s(&e["endpoint"]),
+            s(&e["pod"]),
+            s(&e["name"]),
+            s(&e["ip"]),
+            ttl
+        );
+    }
+    let c = &v["counters"];
+    let _ = writeln!(
+        o,
+        "\nDNS: {} responses parsed, {} addresses learned, {} malformed, {} queries refused, {} TCP not learned",
+        s(&c["responses_parsed"]),
+        s(&c["learned"]),
+        s(&c["malformed"]),
+        s(&c["refused"]),
+        s(&c["tcp_not_learned"])
+    );
 }
 
 /// `Node config: VireoNodeConfig default, fast` (or `file`), then the error of the configs

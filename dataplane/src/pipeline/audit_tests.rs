@@ -47,6 +47,7 @@ fn with_policy(t: &mut Tables) {
         peers: vec![peer],
         requires: Vec::new(),
         ports,
+        dns: Vec::new(),
         origin: cnp_origin(name, r),
     };
     let a = policy(

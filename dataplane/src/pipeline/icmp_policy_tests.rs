@@ -32,6 +32,7 @@ fn b_allows_icmp(t: &mut Tables, types: PortRange) {
             peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
             requires: Vec::new(),
             ports: vec![types],
+            dns: Vec::new(),
             origin: cnp_origin("default/icmp", "ingress[0]"),
         }],
         egress: Vec::new(),

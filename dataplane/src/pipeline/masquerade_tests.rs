@@ -390,6 +390,7 @@ fn a_egress_only_to(t: &mut Tables, peer: Peer) {
             peers: vec![peer],
             requires: Vec::new(),
             ports: Vec::new(),
+            dns: Vec::new(),
             origin: origin("egress[0]"),
         }],
         warnings: Vec::new(),

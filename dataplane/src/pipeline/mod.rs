@@ -7,6 +7,8 @@
 
 mod arp;
 mod conntrack;
+mod dns_learn;
+mod dns_query;
 mod fragments;
 mod icmp;
 mod ipv4_forward;
@@ -318,6 +320,8 @@ macro_rules! pipeline {
         pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
             // One clock read per batch.
             batch.now = tables.ct.as_ref().map_or(0, |c| c.now());
+            // The FQDN cache's expiry reads the same time (a store only when it moved on).
+            tables.fqdn.tick(batch.now);
             $( $stage::run(batch, frames, tables, counts); )*
             let monitor = tables.monitor.is_on();
             for d in batch.descs_mut() {
@@ -352,9 +356,11 @@ pipeline!(
     arp,          // answer pods' ARP requests for their gateway
     fragments,    // later IPv4 fragments get their datagram's ports from the first fragment
     service,      // service frontends: DNAT to a Maglev backend (conntrack wins); reverse NAT
+    dns_query,    // `rules: dns`: pods' DNS queries for names no rule allows are answered REFUSED
     masquerade,   // pod -> world: SNAT to the node's address, out of the uplink; replies back
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
     conntrack, // every flow tracked; original-direction packets judged (cached verdict); new ones get an entry
+    dns_learn, // `toFQDNs`: DNS answers to pods teach their addresses (before the answer leaves)
     vxlan_encap, // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
 );
 
@@ -421,6 +427,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod dns_tests;
 #[cfg(test)]
 mod host_tests;
 #[cfg(test)]

@@ -45,6 +45,7 @@ fn with_policy(t: &mut Tables) {
                     proto: Proto::Tcp,
                     l7: false,
                 }],
+                dns: Vec::new(),
                 origin: origin("ingress[0]"),
             },
             Rule {
@@ -52,6 +53,7 @@ fn with_policy(t: &mut Tables) {
                 peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
                 requires: Vec::new(),
                 ports: Vec::new(),
+                dns: Vec::new(),
                 origin: origin("ingressDeny[0]"),
             },
         ],

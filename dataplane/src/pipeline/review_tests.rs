@@ -121,6 +121,7 @@ fn publish_b_ingress(t: &mut Tables, rules: Vec<(Option<PortRange>, Action)>) {
             peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
             requires: Vec::new(),
             ports: ports.into_iter().collect(),
+            dns: Vec::new(),
             origin: origin(&format!("ingress[{i}]")),
         })
         .collect();

@@ -64,9 +64,11 @@ fn stages_are_listed_in_order() {
             "arp",
             "fragments",
             "service",
+            "dns_query",
             "masquerade",
             "ipv4_forward",
             "conntrack",
+            "dns_learn",
             "vxlan_encap"
         ]
     );

@@ -30,6 +30,8 @@ use crate::api::{self, Call, Request};
 
 #[path = "cni.rs"]
 mod cni;
+#[path = "fqdn.rs"]
+mod fqdn;
 #[path = "host.rs"]
 mod host;
 #[path = "maps.rs"]
@@ -147,6 +149,9 @@ pub fn run(config_path: &Path) -> Result<()> {
     let tables = Arc::new(TableHandle::new(Tables {
         gateways: cfg.gateway_addrs(),
         ct: Some(ct),
+        fqdn: Arc::new(vireo_dataplane::fqdn::FqdnCache::new(fqdn::settings(
+            &cfg.fqdn,
+        ))),
         ..Default::default()
     }));
     let mut workers = Vec::new();
@@ -294,6 +299,7 @@ impl Agent {
             "vireo agent running"
         );
         let mut last_check = Instant::now();
+        let mut last_fqdn = Instant::now();
         while !term.load(Ordering::Relaxed) {
             if hup.swap(false, Ordering::Relaxed) {
                 if let Err(e) = self.reload() {
@@ -325,6 +331,7 @@ impl Agent {
                 self.check_health()?;
                 self.reconcile();
                 self.monitor_idle();
+                self.fqdn_collect(&mut last_fqdn);
             }
         }
         let _ = std::fs::remove_file(&sock);
@@ -363,7 +370,8 @@ impl Agent {
             Request::MapGet { map } => self.map_get(&map),
             Request::PolicyTrace { src, dst, dport } => {
                 let (view, set) = (self.control.view(), self.control.policies());
-                let t = crate::policy::trace(view, &set.policies, &src, &dst, dport)?;
+                let names = fqdn::names(&self.tables.load());
+                let t = crate::policy::trace_with(view, &set.policies, &src, &dst, dport, &names)?;
                 Ok(serde_json::to_value(t)?)
             }
             Request::PolicyGet => Ok(serde_json::to_value(crate::policy::list(
@@ -422,6 +430,10 @@ impl Agent {
             }
         }
         let (gws, df) = (new.gateway_addrs(), new.vxlan_df);
+        self.tables
+            .load()
+            .fqdn
+            .set_settings(fqdn::settings(&new.fqdn));
         self.tables.update(|t| {
             t.gateways = gws;
             t.vxlan_df = df;
@@ -892,6 +904,7 @@ impl Agent {
             "interfaces": ifaces,
             "workers": workers,
             "counters": total,
+            "dns": t.fqdn.counters.snapshot(),
         })
     }
 

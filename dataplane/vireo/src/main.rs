@@ -144,10 +144,30 @@ enum ConnectivityCmd {
 
 #[derive(Subcommand)]
 enum MapCmd {
-    /// Print one table: ct, endpoints, ipcache, identities, nodes, services or maglev.
+    /// Print one table: ct, endpoints, ipcache, identities, nodes, services, maglev or fqdn.
     Get {
         /// The table.
         map: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FqdnCmd {
+    /// The names endpoints learned from DNS answers for their `toFQDNs` rules.
+    #[command(subcommand)]
+    Cache(FqdnCacheCmd),
+}
+
+#[derive(Subcommand)]
+enum FqdnCacheCmd {
+    /// Every learned name: endpoint (and pod), name, address, TTL left (expired entries kept
+    /// while a connection uses them are zombies), and the DNS counters.
+    List {
         #[command(flatten)]
         api: ApiArgs,
         /// Print JSON.
@@ -259,6 +279,9 @@ enum Cmd {
     /// Network policy: trace a flow's verdict, list the policies in force.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// DNS-aware policy (`toFQDNs`): `vireo fqdn cache list`.
+    #[command(subcommand)]
+    Fqdn(FqdnCmd),
     /// Stream an agent's events, like `cilium monitor`. `--type drop`: every dropped packet,
     /// with source and destination (address, port, identity and labels), protocol, the reason,
     /// and for policy drops the side (ingress/egress) and the rule, or the default deny.
@@ -467,6 +490,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Policy(c) => run_policy(c),
+        Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { api, json })) => {
+            let v = api::call(&api.path()?, &api::Request::MapGet { map: "fqdn".into() })?;
+            if json {
+                out!("{}\n", serde_json::to_string_pretty(&v)?);
+            } else {
+                out!("{}", status::render_map("fqdn", &v));
+            }
+            Ok(())
+        }
         Cmd::Monitor {
             kind,
             api,

@@ -69,8 +69,9 @@ impl Agent {
                     })
                 })
                 .collect::<Vec<_>>()),
+            "fqdn" => self.fqdn_list(),
             other => bail!(
-                "unknown map {other:?} (ct, endpoints, ipcache, identities, nodes, services, maglev)"
+                "unknown map {other:?} (ct, endpoints, ipcache, identities, nodes, services, maglev, fqdn)"
             ),
         })
     }

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::engine::{decide, PeerInfo};
+use crate::engine::{decide, dns_query_allowed, PeerInfo};
+use crate::fqdn::FqdnSelector;
 use crate::rules::{CidrScope, Entity, Op, Proto, Requirement, Selector};
 
 /// A small deterministic generator (xorshift), so one proptest seed describes a whole world.
@@ -66,10 +67,31 @@ fn selector(g: &mut Gen) -> Selector {
     Selector { reqs }
 }
 
+/// Names and patterns the worlds' rules and DNS answers use.
+fn fqdn(g: &mut Gen) -> FqdnSelector {
+    match g.next() % 5 {
+        0 => FqdnSelector::name("example.com").unwrap(),
+        1 => FqdnSelector::name("WWW.example.com.").unwrap(),
+        2 => FqdnSelector::pattern("*.example.com").unwrap(),
+        3 => FqdnSelector::pattern("api-*.example.com").unwrap(),
+        _ => FqdnSelector::pattern("*").unwrap(),
+    }
+}
+
+/// The names the endpoints learned the world addresses under, and query names.
+const NAMES: [&[&str]; 5] = [
+    &[],
+    &["www.example.com"],
+    &["example.com", "api-1.example.com"],
+    &["a.b.example.com"],
+    &["other.org."],
+];
+
 fn rule(g: &mut Gen, i: usize) -> Rule {
     let mut peers = Vec::new();
     for _ in 0..1 + g.next() % 2 {
-        peers.push(match g.next() % 6 {
+        peers.push(match g.next() % 7 {
+            6 => Peer::Fqdn(fqdn(g)),
             0 => Peer::Any,
             1 => Peer::Entity(*g.pick(&[
                 Entity::World,
@@ -120,12 +142,18 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
             }
         })
         .collect();
+    let dns = if g.chance(25) {
+        (0..1 + g.next() % 2).map(|_| fqdn(g)).collect()
+    } else {
+        Vec::new()
+    };
     Rule {
         action: if g.chance(20) {
             Action::Deny
         } else {
             Action::Allow
         },
+        dns,
         peers,
         requires: if g.chance(10) {
             vec![selector(g)]
@@ -202,6 +230,8 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
             labels: now(identity),
             ip,
             kube_apiserver: apiserver.contains(&ip),
+            // A pod is never matched by name, whatever names point at its address.
+            names: vec!["www.example.com".into()],
         });
     }
     // (World peers take their address's CIDR identity: below.)
@@ -215,6 +245,7 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                 labels: labels.clone(),
                 ip,
                 kube_apiserver: apiserver.contains(&ip),
+                names: Vec::new(),
             });
         }
     }
@@ -229,12 +260,15 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
         let ip = Ipv4Addr::from(ip);
         let id = t.world_identity(ip);
         let labels = c.labels(id).cloned().unwrap_or_default();
-        peers.push(PeerInfo {
-            identity: Identity(id),
-            labels,
-            ip,
-            kube_apiserver: apiserver.contains(&ip),
-        });
+        for names in NAMES {
+            peers.push(PeerInfo {
+                identity: Identity(id),
+                labels: labels.clone(),
+                ip,
+                kube_apiserver: apiserver.contains(&ip),
+                names: names.iter().map(|n| n.to_string()).collect(),
+            });
+        }
     }
     for (sid, _) in pods() {
         let sl = now(sid);
@@ -257,10 +291,11 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                     (47, 0),
                     (50, 0),
                 ] {
+                    let known = |s: &FqdnSelector| peer.names.iter().any(|n| s.matches(n));
                     let want = decide(&policies, &sl, d, peer, proto, port).verdict;
                     let ip = Some(u32::from(peer.ip));
                     let got = t
-                        .lookup_at(sid.0, d, peer.identity.0, ip, proto, port)
+                        .lookup_at(sid.0, d, peer.identity.0, ip, proto, port, &known)
                         .verdict;
                     prop_assert_eq!(
                         got,
@@ -273,6 +308,25 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                         port,
                         proto
                     );
+                    if d == Direction::Ingress || !matches!(proto, 6 | 17) {
+                        continue;
+                    }
+                    for q in ["example.com", "www.example.com", "a.b.example.com", "x.org"] {
+                        let want = dns_query_allowed(&policies, &sl, peer, proto, port, q);
+                        let got =
+                            t.dns_query_allowed(sid.0, peer.identity.0, ip, proto, port, q, &known);
+                        prop_assert_eq!(
+                            got,
+                            want,
+                            "dns query {} from {} to {} {:?} {}/{}",
+                            q,
+                            sl,
+                            peer.labels,
+                            peer.names,
+                            port,
+                            proto
+                        );
+                    }
                 }
             }
         }
@@ -346,6 +400,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
             proto: Proto::Tcp,
             l7: false,
         }],
+        dns: Vec::new(),
         origin: origin("ingress[0]"),
     };
     let allow_cidr = Rule {
@@ -357,6 +412,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
         }],
         requires: Vec::new(),
         ports: Vec::new(),
+        dns: Vec::new(),
         origin: origin("ingress[1]"),
     };
     let deny_81 = Rule {
@@ -369,6 +425,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
             proto: Proto::Any,
             l7: false,
         }],
+        dns: Vec::new(),
         origin: origin("ingressDeny[0]"),
     };
     let p = Policy {
@@ -439,6 +496,7 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             proto,
             l7: false,
         }],
+        dns: Vec::new(),
         origin: origin("ingress[0]"),
     };
     let l3_rule = Rule {
@@ -446,6 +504,7 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
         peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
         requires: Vec::new(),
         ports: Vec::new(),
+        dns: Vec::new(),
         origin: origin("ingress[1]"),
     };
     let (gre, esp, ipip, icmp, sctp) = (47u8, 50u8, 4u8, 1u8, 132u8);
@@ -473,6 +532,7 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             labels,
             ip: Ipv4Addr::new(10, 244, 1, 2),
             kube_apiserver: false,
+            names: Vec::new(),
         };
         let check = |from: u32, labels: Labels, proto: u8, port: u16, want: Verdict| {
             let got = t.lookup(300, Direction::Ingress, from, proto, port).verdict;
@@ -547,6 +607,7 @@ fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
                 l7: false,
             },
         ],
+        dns: Vec::new(),
         origin: origin("ingress[0]"),
     };
     let allow_ts = Rule {
@@ -554,6 +615,7 @@ fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
         peers: vec![Peer::Any],
         requires: Vec::new(),
         ports: vec![PortRange::icmp(13, 14)],
+        dns: Vec::new(),
         origin: origin("ingress[1]"),
     };
     let deny_c = Rule {
@@ -561,6 +623,7 @@ fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
         peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
         requires: Vec::new(),
         ports: vec![PortRange::icmp(14, 14)],
+        dns: Vec::new(),
         origin: origin("ingressDeny[0]"),
     };
     let p = Policy {
@@ -605,6 +668,7 @@ fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
             labels: pod_labels("x", app, false),
             ip: Ipv4Addr::new(10, 244, 1, 2),
             kube_apiserver: false,
+            names: Vec::new(),
         };
         let reference = decide(
             std::slice::from_ref(&p),
@@ -641,6 +705,7 @@ fn the_local_host_reaches_endpoints_under_default_deny_unless_a_deny_names_it() 
         peers: vec![Peer::Entity(Entity::RemoteNode)],
         requires: Vec::new(),
         ports: Vec::new(),
+        dns: Vec::new(),
         origin: origin("ingress[0]"),
     };
     let policy = |ingress: Vec<Rule>| Policy {
@@ -679,6 +744,7 @@ fn the_local_host_reaches_endpoints_under_default_deny_unless_a_deny_names_it() 
         peers: vec![Peer::Entity(Entity::Host)],
         requires: Vec::new(),
         ports: Vec::new(),
+        dns: Vec::new(),
         origin: origin("ingressDeny[0]"),
     };
     c.set_policies("x/p", vec![policy(vec![only_remote_node, deny_host])]);
@@ -724,6 +790,7 @@ fn requirements_of_one_policy_constrain_the_rules_of_another() {
             peers: Vec::new(),
             requires: vec![prod.clone()],
             ports: Vec::new(),
+            dns: Vec::new(),
             origin: origin("requires-prod", "ingress[0]"),
         }],
         egress: Vec::new(),
@@ -743,6 +810,7 @@ fn requirements_of_one_policy_constrain_the_rules_of_another() {
             ],
             requires: Vec::new(),
             ports: Vec::new(),
+            dns: Vec::new(),
             origin: origin("allow-frontend", "ingress[0]"),
         }],
         egress: Vec::new(),
@@ -759,12 +827,14 @@ fn requirements_of_one_policy_constrain_the_rules_of_another() {
         labels: l.clone(),
         ip: Ipv4Addr::new(10, 0, 0, 1),
         kube_apiserver: false,
+        names: Vec::new(),
     };
     let host = PeerInfo {
         identity: Identity::HOST,
         labels: Labels::new([("reserved:host", "")]),
         ip: Ipv4Addr::new(10, 0, 0, 9),
         kube_apiserver: false,
+        names: Vec::new(),
     };
     let mut c = Compiler::new();
     for (id, l) in [&server, &dev_fe, &prod_fe] {
@@ -808,4 +878,173 @@ fn requirements_of_one_policy_constrain_the_rules_of_another() {
     c.set_identity(dev_fe.0, labels("frontend", "dev"));
     c.remove_policies("requires");
     assert_eq!(v(&c, &peer(&dev_fe)), Verdict::Allowed);
+}
+
+/// `toFQDNs`: an address outside the cluster passes when the endpoint knows it under a name the
+/// selector matches, on the rule's ports; a pod's address never does; `rules: dns` filters the
+/// names queried unless a plain L4 rule allows the same port. Reference and compiled tables.
+#[test]
+fn fqdn_peers_allow_learned_names_only_and_dns_rules_filter_queries() {
+    let origin = |r: &str| Origin {
+        kind: "CiliumNetworkPolicy".into(),
+        name: "x/p".into(),
+        rule: r.into(),
+    };
+    let port = |lo: u16, proto: Proto| PortRange {
+        lo,
+        hi: lo,
+        proto,
+        l7: false,
+    };
+    let to_fqdn = Rule {
+        action: Action::Allow,
+        peers: vec![Peer::Fqdn(FqdnSelector::pattern("*.example.com").unwrap())],
+        requires: Vec::new(),
+        ports: vec![port(443, Proto::Tcp)],
+        dns: Vec::new(),
+        origin: origin("egress[1]"),
+    };
+    let dns_rule = |peers: Vec<Peer>, dns: Vec<FqdnSelector>, r: &str| Rule {
+        action: Action::Allow,
+        peers,
+        requires: Vec::new(),
+        ports: vec![port(53, Proto::Any)],
+        dns,
+        origin: origin(r),
+    };
+    let kube_dns = Peer::Endpoints(Selector::label("k8s:app", "b"));
+    let policy = |egress: Vec<Rule>| Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "a"),
+        node_selector: None,
+        enforce_ingress: false,
+        enforce_egress: true,
+        ingress: Vec::new(),
+        egress,
+        warnings: Vec::new(),
+    };
+    let only_example = vec![
+        FqdnSelector::name("example.com").unwrap(),
+        FqdnSelector::pattern("*.example.com").unwrap(),
+    ];
+    let p = policy(vec![
+        dns_rule(vec![kube_dns.clone()], only_example.clone(), "egress[0]"),
+        to_fqdn.clone(),
+    ]);
+    let mut c = Compiler::new();
+    c.set_identity(Identity(300), pod_labels("x", "a", false));
+    c.set_identity(Identity(301), pod_labels("x", "b", false));
+    c.set_policies("x/p", vec![p.clone()]);
+    let t = c.tables();
+    let subject = pod_labels("x", "a", false);
+    let world = |names: &[&str]| PeerInfo {
+        identity: Identity::WORLD,
+        labels: c.labels(Identity::WORLD.0).cloned().unwrap(),
+        ip: Ipv4Addr::new(93, 184, 216, 34),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        kube_apiserver: false,
+    };
+    let both = |peer: &PeerInfo, proto: u8, port: u16| {
+        let known = |s: &FqdnSelector| peer.names.iter().any(|n| s.matches(n));
+        let want = decide(
+            std::slice::from_ref(&p),
+            &subject,
+            Direction::Egress,
+            peer,
+            proto,
+            port,
+        )
+        .verdict;
+        let got = t
+            .lookup_at(
+                300,
+                Direction::Egress,
+                peer.identity.0,
+                None,
+                proto,
+                port,
+                &known,
+            )
+            .verdict;
+        assert_eq!(got, want, "{:?} {proto}/{port}", peer.names);
+        got
+    };
+    assert_eq!(both(&world(&["www.example.com"]), 6, 443), Verdict::Allowed);
+    assert_eq!(
+        both(&world(&["WWW.Example.com."]), 6, 443),
+        Verdict::Allowed
+    );
+    assert_eq!(
+        both(&world(&["www.example.com"]), 6, 80),
+        Verdict::Denied,
+        "ports apply"
+    );
+    assert_eq!(
+        both(&world(&["example.com"]), 6, 443),
+        Verdict::Denied,
+        "not a subdomain"
+    );
+    assert_eq!(
+        both(&world(&[]), 6, 443),
+        Verdict::Denied,
+        "not learned (or expired)"
+    );
+    let l = t.lookup_at(300, Direction::Egress, 0, None, 6, 443, &|_| true);
+    assert_eq!(l.verdict, Verdict::Denied, "identity 0 is no world address");
+    let pod = PeerInfo {
+        identity: Identity(301),
+        labels: pod_labels("x", "b", false),
+        ip: Ipv4Addr::new(10, 244, 0, 9),
+        names: vec!["www.example.com".into()],
+        kube_apiserver: false,
+    };
+    assert_eq!(
+        both(&pod, 6, 443),
+        Verdict::Denied,
+        "a pod is never an FQDN peer"
+    );
+    assert_eq!(
+        both(&pod, 17, 53),
+        Verdict::Allowed,
+        "the DNS port is allowed, not l7-denied"
+    );
+    assert!(t.get(300).unwrap().has_dns());
+    assert_eq!(t.get(300).unwrap().fqdn_selectors().len(), 1);
+    let q = |t: &PolicyTables, p: &Policy, qname: &str| {
+        let want = dns_query_allowed(std::slice::from_ref(p), &subject, &pod, 17, 53, qname);
+        let got = t.dns_query_allowed(300, 301, None, 17, 53, qname, NO_NAMES);
+        assert_eq!(got, want, "{qname}");
+        got
+    };
+    assert!(q(&t, &p, "example.com"));
+    assert!(q(&t, &p, "api.EXAMPLE.com."));
+    assert!(!q(&t, &p, "evil.org"));
+    assert!(!q(&t, &p, "a.b.example.com"));
+    // A plain L4 rule for the same peer and port allows every name.
+    let p2 = policy(vec![
+        dns_rule(vec![kube_dns.clone()], only_example, "egress[0]"),
+        dns_rule(vec![kube_dns], Vec::new(), "egress[2]"),
+    ]);
+    c.set_policies("x/p", vec![p2.clone()]);
+    let t2 = c.tables();
+    assert!(q(&t2, &p2, "evil.org"));
+    // A deny on the same names beats the allow.
+    let deny = Rule {
+        action: Action::Deny,
+        ..to_fqdn
+    };
+    let p3 = policy(vec![deny]);
+    c.set_policies("x/p", vec![p3]);
+    let t3 = c.tables();
+    let l = t3.lookup_at(
+        300,
+        Direction::Egress,
+        Identity::WORLD.0,
+        None,
+        6,
+        443,
+        &|s| s.matches("a.example.com"),
+    );
+    assert_eq!(l.verdict, Verdict::Denied);
+    assert_eq!(l.rule.map(|r| r.rule.as_str()), Some("egress[1]"));
 }
