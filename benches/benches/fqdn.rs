@@ -43,6 +43,7 @@ fn tables(peer: Peer) -> Tables {
                 hi: 443,
                 proto: Proto::Tcp,
                 l7: false,
+                name: None,
             }],
             dns: Vec::new(),
             origin: cnp_origin("default/bench", "egress[0]"),

@@ -48,6 +48,7 @@ fn policy(i: usize) -> Policy {
         hi,
         proto: Proto::Tcp,
         l7: false,
+        name: None,
     };
     Policy {
         origin: origin(""),

@@ -473,6 +473,19 @@ impl NodeControl {
             .collect()
     }
 
+    /// The names this node's pods give their container ports, by pod address (pods that name
+    /// none are left out): what ingress named ports match, per endpoint.
+    pub fn port_names(&self) -> BTreeMap<Ipv4Addr, vireo_policy::PortNames> {
+        self.view
+            .pods_on(&self.node)
+            .map(|p| {
+                let ports = p.ports.iter().map(|c| (c.name.as_str(), c.port, c.proto));
+                (p.ip, vireo_policy::PortNames::new(ports))
+            })
+            .filter(|(_, n)| !n.is_empty())
+            .collect()
+    }
+
     /// The addresses of this node's pods whose policy is in audit mode (their annotation
     /// [`crate::cluster::AUDIT_MODE_ANNOTATION`]).
     pub fn audit_endpoints(&self) -> std::collections::BTreeSet<Ipv4Addr> {

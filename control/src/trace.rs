@@ -21,7 +21,9 @@ use vireo_policy::engine::selecting;
 use vireo_policy::identity::{CLUSTER_LABEL, NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL};
 use vireo_policy::rules::split_source;
 use vireo_policy::PodOrigin;
-use vireo_policy::{decide, Action, Direction, Identity, Labels, PeerInfo, Policy, Verdict};
+use vireo_policy::{
+    decide_named, Action, Direction, Identity, Labels, PeerInfo, Policy, PortNames, Verdict,
+};
 
 pub use crate::services::proto_name;
 pub use vireo_lb::service::{TCP, UDP};
@@ -179,6 +181,8 @@ struct Resolved {
     node_ip_of: Option<String>,
     /// Its address is one of the API server's (policy also sees it as `kube-apiserver`).
     kube_apiserver: bool,
+    /// The names a pod gives its container ports (what its ingress named ports match).
+    ports: PortNames,
 }
 
 /// An endpoint as a trace reports it.
@@ -219,6 +223,7 @@ fn reserved(name: &str, ip: Option<Ipv4Addr>) -> Result<Resolved> {
         pod: false,
         node_ip_of: None,
         kube_apiserver: false,
+        ports: PortNames::default(),
     })
 }
 
@@ -242,6 +247,7 @@ fn resolved_pod(p: &crate::cluster::PodView) -> Resolved {
         pod: true,
         node_ip_of: None,
         kube_apiserver: false,
+        ports: PortNames::new(p.ports.iter().map(|c| (c.name.as_str(), c.port, c.proto))),
     }
 }
 
@@ -318,6 +324,7 @@ fn resolve_spec(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
                 pod: true,
                 node_ip_of: None,
                 kube_apiserver: false,
+                ports: PortNames::default(),
             })
         }
     }
@@ -432,7 +439,20 @@ fn side(
         // trace judges `toFQDNs` rules as for an address not learned.
         names: names(me.ip, peer.ip),
     };
-    let dec = decide(policies, &me.labels, d, &peer_info, dport.proto, dport.port);
+    // Ingress named ports are the endpoint's own (egress ones were resolved when read).
+    let port_name = match d {
+        Direction::Ingress => me.ports.name_of(dport.proto, dport.port),
+        Direction::Egress => None,
+    };
+    let dec = decide_named(
+        policies,
+        &me.labels,
+        d,
+        &peer_info,
+        dport.proto,
+        dport.port,
+        port_name,
+    );
     let warnings = selecting(policies, &me.labels)
         .filter(|p| p.enforces(d) || !p.rules(d).is_empty())
         .flat_map(|p| {

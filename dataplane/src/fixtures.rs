@@ -311,6 +311,7 @@ pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
                 hi: 0,
                 proto: Proto::Udp,
                 l7: false,
+                name: None,
             }],
             dns: Vec::new(),
             origin: origin("ingress[0]"),

@@ -247,6 +247,9 @@ pub struct Tables {
     pub revision: u32,
     /// Policy audit mode (off by default).
     pub audit: Arc<PolicyAudit>,
+    /// The names local endpoints give their container ports, by address (host byte order;
+    /// endpoints that name none are absent): what named ports in their ingress rules match.
+    pub port_names: Arc<FastMap<u32, vireo_policy::PortNames>>,
 }
 
 impl Tables {
@@ -294,9 +297,17 @@ impl Tables {
             };
             let known =
                 |sel: &vireo_policy::FqdnSelector| self.fqdn.knows(ip, peer_ip, sel, !new_flow);
-            let l =
-                self.policy
-                    .lookup_at(ep.identity, d, peer, Some(peer_ip), f.proto, f.l4, &known);
+            let port_name = |p, port| self.port_name(ip, d, p, port);
+            let l = self.policy.lookup_at(
+                ep.identity,
+                d,
+                peer,
+                Some(peer_ip),
+                f.proto,
+                f.l4,
+                &known,
+                &port_name,
+            );
             let j = match l.verdict {
                 Verdict::Allowed => Judgment::Allowed,
                 Verdict::Denied if self.audit.applies(ip) => Judgment::Audited,
@@ -324,6 +335,22 @@ impl Tables {
             }
         }
         out
+    }
+
+    /// The name the local endpoint at `ip` gives its port `port` of IP protocol `proto`, for
+    /// the named ports of its ingress rules (egress named ports are resolved when read).
+    #[inline]
+    fn port_name(
+        &self,
+        ip: u32,
+        d: vireo_policy::Direction,
+        proto: u8,
+        port: u16,
+    ) -> Option<vireo_policy::PortName> {
+        if d != vireo_policy::Direction::Ingress {
+            return None;
+        }
+        self.port_names.get(&ip)?.name_of(proto, port)
     }
 
     /// Queues a policy event (a drop or a verdict) about `f`.
@@ -407,9 +434,17 @@ impl Tables {
             let known = |sel: &vireo_policy::FqdnSelector| {
                 self.fqdn.knows(ep_ip, peer_ip, sel, established)
             };
-            let l = self
-                .policy
-                .lookup_at(ep.identity, d, peer, Some(peer_ip), proto, port, &known);
+            let port_name = |p, port| self.port_name(ep_ip, d, p, port);
+            let l = self.policy.lookup_at(
+                ep.identity,
+                d,
+                peer,
+                Some(peer_ip),
+                proto,
+                port,
+                &known,
+                &port_name,
+            );
             if l.verdict == Verdict::Denied {
                 return Some(PolicyDrop {
                     direction: d,

@@ -129,6 +129,7 @@ fn ports(lo: u16, hi: u16, proto: Proto) -> PortRange {
         hi,
         proto,
         l7: false,
+        name: None,
     }
 }
 

@@ -29,6 +29,7 @@ use crate::engine::{identity_matches, is_world as engine_is_world, requirements,
 use crate::fqdn::{any_matches, FqdnSelector};
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
 use crate::ipcache::{IpCache, IpCacheEntry};
+use crate::ports::PortName;
 use crate::rules::{
     Action, CidrScope, Direction, Op, Origin, Peer, Policy, PortRange, Rule, Selector,
 };
@@ -63,6 +64,13 @@ pub type Known<'k> = &'k dyn Fn(&FqdnSelector) -> bool;
 /// A peer known by no DNS name.
 pub const NO_NAMES: Known<'static> = &|_| false;
 
+/// The name the endpoint judged gives its port of IP protocol and number (its container port's
+/// name), for named-port entries: asked only when its table has some, for ingress.
+pub type PortNameOf<'n> = &'n dyn Fn(u8, u16) -> Option<PortName>;
+
+/// An endpoint whose ports have no names.
+pub const NO_PORT_NAMES: PortNameOf<'static> = &|_, _| None;
+
 /// Index of a direction.
 fn di(d: Direction) -> usize {
     match d {
@@ -92,6 +100,8 @@ pub struct EndpointPolicy {
     learn: Arc<[FqdnSelector]>,
     /// Some egress entry carries `rules: dns`: the endpoint's DNS queries are filtered.
     has_dns: bool,
+    /// Some entry of the direction covers a named port.
+    named: [bool; 2],
 }
 
 /// Key class of the entries selecting a node's address by block.
@@ -112,7 +122,7 @@ impl EndpointPolicy {
     /// The verdict for `peer` in direction `d` on `proto`/`port`.
     #[inline]
     pub fn lookup(&self, d: Direction, peer: u32, proto: u8, port: u16) -> Lookup<'_> {
-        self.lookup_keys(di(d), &[(0, peer)], proto, port, NO_NAMES)
+        self.lookup_keys(di(d), &[(0, peer)], (proto, port, None), NO_NAMES)
     }
 
     /// The entries of direction `i` for a peer that is every one of `keys`, then the everyone
@@ -148,19 +158,19 @@ impl EndpointPolicy {
     }
 
     /// The verdict in direction `i` for a peer that is every one of `keys` ((key class,
-    /// identity)): a deny of any beats the allows of all.
+    /// identity)), on `proto`/`port` that the endpoint calls `port_name`: a deny of any beats
+    /// the allows of all.
     #[inline]
     fn lookup_keys(
         &self,
         i: usize,
         keys: &[(u8, u32)],
-        proto: u8,
-        port: u16,
+        (proto, port, port_name): (u8, u16, Option<PortName>),
         known: Known<'_>,
     ) -> Lookup<'_> {
         let mut allow = None;
         for e in self.entries_for(i, keys, known) {
-            if !e.ports.covers(proto, port) {
+            if !e.ports.covers_named(proto, port, port_name) {
                 continue;
             }
             match e.action {
@@ -209,7 +219,7 @@ impl EndpointPolicy {
         }
         let mut filtered = false;
         for e in self.entries_for(di(Direction::Egress), keys, known) {
-            if e.action != Action::Allow || !e.ports.covers(proto, port) {
+            if e.action != Action::Allow || !e.ports.covers_named(proto, port, None) {
                 continue;
             }
             match &e.dns {
@@ -276,7 +286,7 @@ impl PolicyTables {
         proto: u8,
         port: u16,
     ) -> Lookup<'_> {
-        self.lookup_at(subject, d, peer, None, proto, port, NO_NAMES)
+        self.lookup_at(subject, d, peer, None, proto, port, NO_NAMES, NO_PORT_NAMES)
     }
 
     /// The verdict for an endpoint of identity `subject`, for a peer of identity `peer` at
@@ -285,7 +295,8 @@ impl PolicyTables {
     /// server address is also [`Identity::KUBE_APISERVER`]. One hash probe per identity the
     /// peer is; a longest-prefix match only when the table has such CIDR rules. `known`: the
     /// names the endpoint knows the peer's address under, for `toFQDNs` entries (asked only
-    /// for a peer outside the cluster, when such entries exist).
+    /// for a peer outside the cluster, when such entries exist). `port_name`: the endpoint's
+    /// names for its ports, for named-port entries (asked only when the table has some).
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn lookup_at(
@@ -297,12 +308,18 @@ impl PolicyTables {
         proto: u8,
         port: u16,
         known: Known<'_>,
+        port_name: PortNameOf<'_>,
     ) -> Lookup<'_> {
         match self.get(subject) {
             Some(t) => {
                 let i = di(d);
                 let (keys, n) = self.keys(t, i, peer, ip);
-                let l = t.lookup_keys(i, &keys[..n], proto, port, known);
+                let name = if t.named[i] {
+                    port_name(proto, port)
+                } else {
+                    None
+                };
+                let l = t.lookup_keys(i, &keys[..n], (proto, port, name), known);
                 // Only a default deny gives way: an explicit deny rule still holds.
                 if self.allow_localhost
                     && l.rule.is_none()
@@ -1051,6 +1068,9 @@ impl Compiler {
                     learn.extend(f.fqdn.iter().cloned());
                 }
                 for ports in ports {
+                    if ports.name.is_some() {
+                        t.named[i] = true;
+                    }
                     let e = Entry {
                         ports,
                         action: f.rule.action,

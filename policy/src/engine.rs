@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::identity::{Identity, Labels, CIDR_IDENTITY_BASE};
+use crate::ports::PortName;
 use crate::rules::{Action, CidrScope, Direction, Entity, Origin, Peer, Policy, Rule, Selector};
 
 /// The other side of a flow, as policy sees it.
@@ -201,15 +202,16 @@ pub fn requirements<'a>(
 
 /// Whether `r` applies to `peer` and `proto`/`port`, under `requires` (the requirements in
 /// force for its direction and action: [`requirements`]). An allow rule's L7 ports do not
-/// count.
+/// count. `port_name`: the endpoint's name for the port (for named ports: [`decide_named`]).
 pub fn rule_matches(
     r: &Rule,
     peer: &PeerInfo,
-    proto: u8,
-    port: u16,
+    (proto, port, port_name): (u8, u16, Option<PortName>),
     requires: &[&Selector],
 ) -> bool {
-    let ports = r.ports.is_empty() || r.enforced_ports().any(|pr| pr.covers(proto, port));
+    let ports = r.ports.is_empty()
+        || r.enforced_ports()
+            .any(|pr| pr.covers_named(proto, port, port_name));
     ports
         && r.peers
             .iter()
@@ -234,7 +236,7 @@ pub fn dns_query_allowed(
     let requires = requirements(sel.iter().copied(), Direction::Egress, Action::Allow);
     for p in sel {
         for r in p.rules(Direction::Egress) {
-            if r.action != Action::Allow || !rule_matches(r, peer, proto, port, &requires) {
+            if r.action != Action::Allow || !rule_matches(r, peer, (proto, port, None), &requires) {
                 continue;
             }
             if r.dns.is_empty() {
@@ -261,6 +263,7 @@ pub fn selecting<'a>(
 /// other side, IP protocol `proto` and the endpoint-side `port` for ingress (the destination
 /// port; for egress, the destination port on the peer). For ICMP `port` is the message type
 /// of the packet judged (the flow's first packet), or [`crate::rules::ICMP_TYPE_UNKNOWN`].
+/// Named ports cover nothing here: see [`decide_named`].
 pub fn decide(
     policies: &[Policy],
     labels: &Labels,
@@ -268,6 +271,21 @@ pub fn decide(
     peer: &PeerInfo,
     proto: u8,
     port: u16,
+) -> Decision {
+    decide_named(policies, labels, d, peer, proto, port, None)
+}
+
+/// [`decide`], for an endpoint that calls `port` `port_name` (for ingress, the name of its
+/// container port `port`/`proto`, which the rules' named ports match; egress rules hold no
+/// names, theirs being resolved when read).
+pub fn decide_named(
+    policies: &[Policy],
+    labels: &Labels,
+    d: Direction,
+    peer: &PeerInfo,
+    proto: u8,
+    port: u16,
+    port_name: Option<PortName>,
 ) -> Decision {
     let mut enforced = false;
     let (mut allows, mut denies) = (Vec::new(), Vec::new());
@@ -280,7 +298,7 @@ pub fn decide(
         enforced |= p.enforces(d);
         for r in p.rules(d) {
             let requires = &reqs[usize::from(r.action == Action::Deny)];
-            if rule_matches(r, peer, proto, port, requires) {
+            if rule_matches(r, peer, (proto, port, port_name), requires) {
                 match r.action {
                     Action::Allow => allows.push(r.origin.clone()),
                     Action::Deny => denies.push(r.origin.clone()),

@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::identity::Labels;
+use crate::ports::PortName;
 
 /// A label selector requirement's operator.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -310,6 +311,10 @@ pub struct PortRange {
     /// The user attached L7 rules (HTTP, Kafka, DNS) to this port: Vireo does not enforce L7,
     /// so the port is not allowed by this rule (fail closed).
     pub l7: bool,
+    /// A named port (an ingress rule's): the port of `proto` the endpoint judged calls so
+    /// (its own container ports say which; `lo`/`hi` are 0). It covers nothing where the name
+    /// of the port is not known.
+    pub name: Option<PortName>,
 }
 
 impl PortRange {
@@ -319,6 +324,7 @@ impl PortRange {
         hi: 0,
         proto: Proto::All,
         l7: false,
+        name: None,
     };
 
     /// ICMP types `lo..=hi`.
@@ -328,13 +334,37 @@ impl PortRange {
             hi: hi as u16,
             proto: Proto::Icmp,
             l7: false,
+            name: None,
+        }
+    }
+
+    /// The port of `proto` called `name` on the endpoint judged.
+    pub const fn named(name: PortName, proto: Proto) -> PortRange {
+        PortRange {
+            lo: 0,
+            hi: 0,
+            proto,
+            l7: false,
+            name: Some(name),
         }
     }
 
     /// Whether this covers `port` of IP protocol `p` (`port` is 0 for protocols without
-    /// ports; for ICMP it is the message type, or [`ICMP_TYPE_UNKNOWN`]).
+    /// ports; for ICMP it is the message type, or [`ICMP_TYPE_UNKNOWN`]). A named port covers
+    /// nothing here: see [`PortRange::covers_named`].
     #[inline]
     pub fn covers(&self, p: u8, port: u16) -> bool {
+        self.covers_named(p, port, None)
+    }
+
+    /// [`PortRange::covers`], where the endpoint judged calls `port` of `p` `port_name` (its
+    /// container port's name; `None`: no name, or not known). A named port covers exactly the
+    /// port of its protocol with its name.
+    #[inline]
+    pub fn covers_named(&self, p: u8, port: u16, port_name: Option<PortName>) -> bool {
+        if let Some(name) = self.name {
+            return self.proto.covers(p) && port_name == Some(name);
+        }
         let any_port = self.lo == 0 && self.proto != Proto::Icmp;
         self.proto.covers(p) && (any_port || (self.lo..=self.hi).contains(&port))
     }
@@ -343,6 +373,9 @@ impl PortRange {
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = self.proto.name();
+        if let Some(name) = self.name {
+            return write!(f, "{name}/{proto}");
+        }
         if self.proto == Proto::Icmp {
             return match (self.lo, self.hi) {
                 (l, h) if l == h => write!(f, "ICMP type {l}"),
@@ -613,6 +646,7 @@ mod tests {
             hi: 0,
             proto: Proto::Any,
             l7: false,
+            name: None,
         };
         assert!(!any.covers(ip_proto::ICMP, 8));
         assert!(PortRange::ALL.covers(ip_proto::ICMP, ICMP_TYPE_UNKNOWN));

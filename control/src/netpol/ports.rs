@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use vireo_policy::{
-    Action, Direction, Entity, FqdnSelector, Labels, Peer, PortRange, Proto, Selector,
+    Action, Direction, Entity, FqdnSelector, Labels, Peer, PortName, PortRange, Proto, Selector,
 };
 
 use serde_yaml_ng::Value;
@@ -22,7 +22,7 @@ pub(super) enum PortNum {
     /// `lo..=hi`.
     Range(u16, u16),
     /// A container port name.
-    Named(String),
+    Named(PortName),
 }
 
 /// A port entry as read, before named ports are resolved.
@@ -36,7 +36,10 @@ pub(super) struct PortIn {
 }
 
 impl Builder<'_> {
-    /// The port ranges of `list`, named ports resolved against the destination's pods.
+    /// The port ranges of `list`. Named ports of ingress rules stay names: each endpoint's own
+    /// container ports say which port a name is (as Cilium resolves them per endpoint). Those
+    /// of egress rules are resolved against the pods the rule's destination selects: every
+    /// number the name has on one of them.
     pub(super) fn resolve(
         &mut self,
         d: Direction,
@@ -57,7 +60,7 @@ impl Builder<'_> {
                 PortNum::All => (0, 0),
                 PortNum::Range(lo, hi) => (lo, hi),
                 PortNum::Named(name) => {
-                    let found = self.named(d, peers, requires, &name, p.proto);
+                    let found = self.named(d, peers, requires, name.as_str(), p.proto);
                     let nums: BTreeSet<u16> = found.iter().map(|(n, _)| *n).collect();
                     if found.is_empty() {
                         let what = match action {
@@ -65,15 +68,30 @@ impl Builder<'_> {
                             Action::Deny => "denies",
                         };
                         let w = format!(
-                            "{rule}: named port {name:?} matches no container port of the pods \
-                             the rule's destination selects; it {what} nothing"
+                            "{rule}: named port {:?} matches no container port of the pods \
+                             the rule's destination selects; it {what} nothing{}",
+                            name.as_str(),
+                            if d == Direction::Ingress {
+                                " until one has it"
+                            } else {
+                                ""
+                            }
                         );
                         self.warn(w);
-                    } else if nums.len() > 1 {
+                    }
+                    if d == Direction::Ingress {
+                        let mut pr = PortRange::named(name, p.proto);
+                        pr.l7 = p.l7;
+                        push(pr);
+                        continue;
+                    }
+                    if nums.len() > 1 {
                         let list: Vec<String> = nums.iter().map(ToString::to_string).collect();
                         let w = format!(
-                            "{rule}: named port {name:?} is {} on different pods; each number \
-                             applies to all of them",
+                            "{rule}: named port {:?} is {} on different destination pods; \
+                             each number applies to all of them (egress named ports resolve \
+                             cluster-wide, as in Cilium)",
+                            name.as_str(),
                             list.join(", ")
                         );
                         self.warn(w);
@@ -84,6 +102,7 @@ impl Builder<'_> {
                             hi: n,
                             proto,
                             l7: p.l7,
+                            name: None,
                         });
                     }
                     continue;
@@ -94,6 +113,7 @@ impl Builder<'_> {
                 hi,
                 proto: p.proto,
                 l7: p.l7,
+                name: None,
             });
         }
         out
@@ -221,6 +241,9 @@ pub(super) fn cilium_ports(
                     if p.end_port.is_some_and(|e| e != 0) {
                         return Err(format!("{path}: endPort with the named port {name:?}"));
                     }
+                    // Cilium compares port names in lower case.
+                    let name = PortName::parse(&name.to_ascii_lowercase())
+                        .map_err(|e| format!("{path}.port: {e}"))?;
                     PortNum::Named(name)
                 }
             };
@@ -300,7 +323,9 @@ pub(super) fn np_ports(
                         if p.end_port.is_some() {
                             return Err(format!("{path}: endPort with the named port {s:?}"));
                         }
-                        PortNum::Named(s.trim().to_string())
+                        let name =
+                            PortName::parse(s.trim()).map_err(|e| format!("{path}.port: {e}"))?;
+                        PortNum::Named(name)
                     }
                 },
             };

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use vireo_policy::{decide, Decision, Identity, PeerInfo, Verdict};
+use vireo_policy::{decide, decide_named, Decision, Identity, PeerInfo, PortNames, Verdict};
 
 use super::*;
 use crate::source::load_text;
@@ -932,9 +932,11 @@ fn named_ports() {
         ),
     );
     let (m, set) = load(&text);
-    warned(
-        &set,
-        &["x/in", "ingress[0]: named port \"http\" is 8080, 9090"],
+    // The pods disagree on "http", and that needs no warning: each has its own.
+    assert!(
+        !set.warnings.iter().any(|w| w.contains("different")),
+        "{:#?}",
+        set.warnings
     );
     warned(
         &set,
@@ -945,55 +947,88 @@ fn named_ports() {
         &["x/none", "named port \"http\" matches no container port"],
     );
     let web1 = pod(&m, "x", &[("app", "web")]);
+    let web2 = pod(&m, "x", &[("app", "web"), ("v", "2")]);
+    let (n1, n2) = (
+        PortNames::new([("http", 8080, TCP), ("dns", 53, UDP)]),
+        PortNames::new([("http", 9090, TCP)]),
+    );
     let w = reserved("world");
-    // The subject's pods: 8080 and 9090 (both, for all of them), dns on UDP only.
-    assert!(allowed(&set, &web1, IN, &w, TCP, 8080));
-    assert!(allowed(&set, &web1, IN, &w, TCP, 9090));
-    assert!(allowed(&set, &web1, IN, &w, UDP, 53) && !allowed(&set, &web1, IN, &w, TCP, 53));
-    assert!(!allowed(&set, &web1, IN, &w, TCP, 80));
+    let on = |labels: &Labels, names: &PortNames, proto, port| {
+        let name = names.name_of(proto, port);
+        decide_named(&set.policies, labels, IN, &w, proto, port, name).verdict == Verdict::Allowed
+    };
+    // Per endpoint, as Cilium: web-1's "http" is 8080 and web-2's is 9090, not both for both
+    // (Kubernetes resolves a named port against the pod the traffic goes to).
+    assert!(on(&web1, &n1, TCP, 8080) && !on(&web1, &n1, TCP, 9090));
+    assert!(on(&web2, &n2, TCP, 9090) && !on(&web2, &n2, TCP, 8080));
+    // dns is web-1's on UDP only, and no port of web-2.
+    assert!(on(&web1, &n1, UDP, 53) && !on(&web1, &n1, TCP, 53));
+    assert!(!on(&web2, &n2, UDP, 53));
+    assert!(!on(&web1, &n1, TCP, 80));
+    // Without the endpoint's names a named port covers nothing.
+    assert!(!allowed(&set, &web1, IN, &w, TCP, 8080));
     // Egress: resolved against the peer pods.
     let db = peer(pod(&m, "y", &[("app", "db")]));
     assert!(allowed(&set, &web1, OUT, &db, TCP, 5432));
     assert!(!allowed(&set, &web1, OUT, &db, TCP, 8080));
-    // A subject with only web-2: 9090 only.
+    // The rules keep the names (a NetworkPolicy port is TCP unless it says otherwise).
     let p = set
         .policies
         .iter()
         .find(|p| p.origin.name == "x/one")
         .unwrap();
     assert_eq!(p.ingress[0].ports.len(), 1);
-    assert_eq!(
-        (p.ingress[0].ports[0].lo, p.ingress[0].ports[0].proto),
-        (9090, Proto::Tcp)
-    );
-    // Nothing resolves: the rule allows nothing (and is not "every port").
+    assert_eq!(p.ingress[0].ports[0].to_string(), "http/TCP");
+    // No pod has it now: the rule allows nothing (and is not "every port") until one does.
     let p = set
         .policies
         .iter()
         .find(|p| p.origin.name == "x/none")
         .unwrap();
-    assert!(p.ingress.is_empty() && p.enforce_ingress);
+    assert!(p.enforce_ingress);
+    let none = pod(&m, "x", &[("app", "none")]);
+    let later = PortNames::new([("http", 80, TCP)]);
+    assert!(!on(&none, &PortNames::default(), TCP, 80));
+    assert!(on(&none, &later, TCP, 80) && !on(&none, &later, TCP, 81));
 }
 
 #[test]
 fn cilium_named_ports() {
     let text = format!(
-        "{NAMED_PODS}{}",
+        "{NAMED_PODS}{}{}{}",
         cnp(
             "x",
             "n",
             "  endpointSelector: {matchLabels: {app: web}}
-  ingress: [{toPorts: [{ports: [{port: dns}]}]}]"
-        )
+  ingress: [{toPorts: [{ports: [{port: DNS}]}]}]"
+        ),
+        cnp(
+            "x",
+            "bad",
+            "  endpointSelector: {matchLabels: {app: db}}
+  ingress: [{toPorts: [{ports: [{port: not_a_name}]}]}]"
+        ),
+        np(
+            "x",
+            "badnp",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress: [{ports: [{port: web--http}]}]"
+        ),
     );
+    // Names Kubernetes would not accept are errors (and the policy fails closed).
+    let (_, bad) = load(&text);
+    warned(&bad, &["x/bad", "port name \"not_a_name\""]);
+    warned(&bad, &["x/badnp", "port name \"web--http\""]);
     let (m, set) = load(&text);
     let web = pod(&m, "x", &[("app", "web")]);
     let w = reserved("world");
-    assert!(allowed(&set, &web, IN, &w, UDP, 53));
-    assert!(
-        !allowed(&set, &web, IN, &w, TCP, 53),
-        "the container port's protocol"
-    );
+    let names = PortNames::new([("http", 8080, TCP), ("dns", 53, UDP)]);
+    let on = |proto, port| {
+        let name = names.name_of(proto, port);
+        decide_named(&set.policies, &web, IN, &w, proto, port, name).verdict == Verdict::Allowed
+    };
+    assert!(on(UDP, 53));
+    assert!(!on(TCP, 53), "the container port's protocol");
+    assert!(!on(TCP, 8080));
 }
 
 #[test]

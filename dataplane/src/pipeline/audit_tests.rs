@@ -25,6 +25,7 @@ fn tcp_ports(lo: u16, hi: u16) -> Vec<PortRange> {
         hi,
         proto: Proto::Tcp,
         l7: false,
+        name: None,
     }]
 }
 

@@ -49,6 +49,7 @@ fn tables() -> (Tables, Arc<ManualClock>) {
         hi: lo,
         proto,
         l7: false,
+        name: None,
     };
     let origin = |r: &str| cnp_origin("default/fqdn", r);
     let mut c = Compiler::new();

@@ -496,6 +496,7 @@ fn b_from_entity(t: &mut Tables, entity: Entity) {
                 hi: 80,
                 proto: Proto::Tcp,
                 l7: false,
+                name: None,
             }],
             dns: Vec::new(),
             origin: origin("ingress[0]"),

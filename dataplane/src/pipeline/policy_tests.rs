@@ -44,6 +44,7 @@ fn with_policy(t: &mut Tables) {
                     hi: 80,
                     proto: Proto::Tcp,
                     l7: false,
+                    name: None,
                 }],
                 dns: Vec::new(),
                 origin: origin("ingress[0]"),
@@ -192,4 +193,63 @@ fn the_monitor_sees_policy_drops_with_their_rule_and_other_drops_too() {
     t.monitor.set(false);
     run_one(&t, POD_A.2, &a_to_b(81, SYN));
     assert!(t.monitor.drain(10).0.is_empty());
+}
+
+/// Pod B's ingress allows app=a on its port named `http`, whichever number B gives it.
+fn with_named_port_policy(t: &mut Tables, b_names: &[(&str, u16, u8)]) {
+    let mut c = Compiler::new();
+    c.set_identity(Identity(IDS[0]), labels("a"));
+    c.set_identity(Identity(IDS[1]), labels("b"));
+    let name = vireo_policy::PortName::parse("http").unwrap();
+    let p = Policy {
+        origin: origin(""),
+        subject: Selector::label("k8s:app", "b"),
+        node_selector: None,
+        enforce_ingress: true,
+        enforce_egress: false,
+        ingress: vec![Rule {
+            action: Action::Allow,
+            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
+            requires: Vec::new(),
+            ports: vec![PortRange::named(name, Proto::Tcp)],
+            dns: Vec::new(),
+            origin: origin("ingress[0]"),
+        }],
+        egress: Vec::new(),
+        warnings: Vec::new(),
+    };
+    c.set_policies("default/p", vec![p]);
+    t.policy = Arc::new(c.tables());
+    let mut names = crate::tables::FastMap::default();
+    names.insert(
+        u32::from(POD_B.0),
+        vireo_policy::PortNames::new(b_names.iter().copied()),
+    );
+    t.port_names = Arc::new(names);
+}
+
+#[test]
+fn an_ingress_named_port_is_the_destination_endpoints_own() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_named_port_policy(&mut t, &[("http", 8080, 6), ("dns", 80, 17)]);
+    let verdict = |t: &Tables, port| run_one(t, POD_A.2, &a_to_b(port, SYN)).0.verdict;
+    assert_eq!(verdict(&t, 8080), Verdict::Tx { slot: POD_B.2 });
+    assert_eq!(verdict(&t, 80), Verdict::Drop(DropReason::PolicyDenied));
+    // B renames its ports (a new pod spec): the rule follows the name.
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_named_port_policy(&mut t, &[("http", 80, 6)]);
+    assert_eq!(verdict(&t, 80), Verdict::Tx { slot: POD_B.2 });
+    assert_eq!(verdict(&t, 8080), Verdict::Drop(DropReason::PolicyDenied));
+    // No names known for B: the named port covers nothing.
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_named_port_policy(&mut t, &[]);
+    assert_eq!(verdict(&t, 80), Verdict::Drop(DropReason::PolicyDenied));
+    // A UDP port named `http` is not the TCP rule's.
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_named_port_policy(&mut t, &[("http", 7, 17)]);
+    let udp = crate::fixtures::udp_from_a(POD_B.0, 64, b"x");
+    assert_eq!(
+        run_one(&t, POD_A.2, &udp).0.verdict,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
 }

@@ -146,6 +146,7 @@ fn port_rule(lo: u16, proto: Proto) -> Option<PortRange> {
         hi: lo,
         proto,
         l7: false,
+        name: None,
     })
 }
 

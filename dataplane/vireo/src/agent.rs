@@ -609,10 +609,26 @@ impl Agent {
         }
     }
 
+    /// Publishes the names this node's pods give their container ports (what their ingress
+    /// rules' named ports match) when they changed.
+    fn publish_port_names(&mut self) {
+        let want: vireo_dataplane::tables::FastMap<u32, vireo_policy::PortNames> = self
+            .control
+            .port_names()
+            .into_iter()
+            .map(|(ip, n)| (u32::from(ip), n))
+            .collect();
+        if *self.tables.current().port_names != want {
+            tracing::debug!(endpoints = want.len(), "port names published");
+            self.tables.update(|t| t.port_names = Arc::new(want));
+        }
+    }
+
     /// Brings the tables and the attached pods in line with the source: control takes in its
     /// objects when they changed; next hops are re-checked every time.
     fn reconcile(&mut self) {
         self.publish_audit();
+        self.publish_port_names();
         let Some(src) = self.source.as_mut() else {
             self.cni_reconcile();
             return;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::engine::{decide, dns_query_allowed, PeerInfo};
+use crate::engine::{decide, decide_named, dns_query_allowed, PeerInfo};
 use crate::fqdn::FqdnSelector;
 use crate::rules::{CidrScope, Entity, Op, Proto, Requirement, Selector};
 
@@ -133,12 +133,21 @@ fn rule(g: &mut Gen, i: usize) -> Rule {
                 let (lo, hi) = *g.pick(&[(8u8, 8u8), (0, 0), (13, 14), (3, 11), (0, 255)]);
                 return PortRange::icmp(lo, hi);
             }
+            if g.chance(15) {
+                // A named port (the endpoints name theirs differently: `port_names`).
+                let names: [&str; 3] = ["http", "dns", "metrics"];
+                let name = PortName::parse(names[(g.next() % 3) as usize]).unwrap();
+                let mut pr = PortRange::named(name, *g.pick(&[Proto::Tcp, Proto::Udp, Proto::Any]));
+                pr.l7 = g.chance(10);
+                return pr;
+            }
             let lo = *g.pick(&[0u16, 80, 81, 8000]);
             PortRange {
                 lo,
                 hi: if lo == 8000 { 8080 } else { lo },
                 proto: *g.pick(&[Proto::Tcp, Proto::Udp, Proto::Sctp, Proto::Any]),
                 l7: g.chance(10),
+                name: None,
             }
         })
         .collect();
@@ -199,6 +208,17 @@ fn pods() -> Vec<(Identity, Labels)> {
         }
     }
     v
+}
+
+/// The names the endpoint of identity `id` gives its container ports: pods of one app agree,
+/// the others disagree (`http` is 80 or 81), some name a UDP port, some none.
+fn port_names(id: Identity) -> crate::ports::PortNames {
+    match id.0 % 4 {
+        0 => crate::ports::PortNames::new([("http", 80, 6), ("dns", 80, 17)]),
+        1 => crate::ports::PortNames::new([("http", 81, 6), ("metrics", 8040, 6)]),
+        2 => crate::ports::PortNames::new([("metrics", 80, 6)]),
+        _ => crate::ports::PortNames::default(),
+    }
 }
 
 /// Checks every subject × peer × direction × port against `decide`.
@@ -272,6 +292,7 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
     }
     for (sid, _) in pods() {
         let sl = now(sid);
+        let names = port_names(sid);
         for peer in &peers {
             for d in [Direction::Ingress, Direction::Egress] {
                 for (proto, port) in [
@@ -292,10 +313,15 @@ fn agree(c: &Compiler) -> Result<(), TestCaseError> {
                     (50, 0),
                 ] {
                     let known = |s: &FqdnSelector| peer.names.iter().any(|n| s.matches(n));
-                    let want = decide(&policies, &sl, d, peer, proto, port).verdict;
+                    // As the fast path asks: the endpoint's names for its ports, on ingress.
+                    let ingress = d == Direction::Ingress;
+                    let name_of = |p, n| names.name_of(p, n).filter(|_| ingress);
+                    let want =
+                        decide_named(&policies, &sl, d, peer, proto, port, name_of(proto, port))
+                            .verdict;
                     let ip = Some(u32::from(peer.ip));
                     let got = t
-                        .lookup_at(sid.0, d, peer.identity.0, ip, proto, port, &known)
+                        .lookup_at(sid.0, d, peer.identity.0, ip, proto, port, &known, &name_of)
                         .verdict;
                     prop_assert_eq!(
                         got,
@@ -399,6 +425,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
             hi: 80,
             proto: Proto::Tcp,
             l7: false,
+            name: None,
         }],
         dns: Vec::new(),
         origin: origin("ingress[0]"),
@@ -424,6 +451,7 @@ fn default_deny_deny_precedence_and_cidr_identities() {
             hi: 81,
             proto: Proto::Any,
             l7: false,
+            name: None,
         }],
         dns: Vec::new(),
         origin: origin("ingressDeny[0]"),
@@ -495,6 +523,7 @@ fn every_protocol_is_judged_l3_rules_allow_port_rules_never_cover_portless_ones(
             hi: lo,
             proto,
             l7: false,
+            name: None,
         }],
         dns: Vec::new(),
         origin: origin("ingress[0]"),
@@ -605,6 +634,7 @@ fn icmp_rules_allow_and_deny_exactly_their_types_and_no_other_protocol() {
                 hi: 80,
                 proto: Proto::Tcp,
                 l7: false,
+                name: None,
             },
         ],
         dns: Vec::new(),
@@ -895,6 +925,7 @@ fn fqdn_peers_allow_learned_names_only_and_dns_rules_filter_queries() {
         hi: lo,
         proto,
         l7: false,
+        name: None,
     };
     let to_fqdn = Rule {
         action: Action::Allow,
@@ -964,6 +995,7 @@ fn fqdn_peers_allow_learned_names_only_and_dns_rules_filter_queries() {
                 proto,
                 port,
                 &known,
+                NO_PORT_NAMES,
             )
             .verdict;
         assert_eq!(got, want, "{:?} {proto}/{port}", peer.names);
@@ -989,7 +1021,16 @@ fn fqdn_peers_allow_learned_names_only_and_dns_rules_filter_queries() {
         Verdict::Denied,
         "not learned (or expired)"
     );
-    let l = t.lookup_at(300, Direction::Egress, 0, None, 6, 443, &|_| true);
+    let l = t.lookup_at(
+        300,
+        Direction::Egress,
+        0,
+        None,
+        6,
+        443,
+        &|_| true,
+        NO_PORT_NAMES,
+    );
     assert_eq!(l.verdict, Verdict::Denied, "identity 0 is no world address");
     let pod = PeerInfo {
         identity: Identity(301),
@@ -1044,6 +1085,7 @@ fn fqdn_peers_allow_learned_names_only_and_dns_rules_filter_queries() {
         6,
         443,
         &|s| s.matches("a.example.com"),
+        NO_PORT_NAMES,
     );
     assert_eq!(l.verdict, Verdict::Denied);
     assert_eq!(l.rule.map(|r| r.rule.as_str()), Some("egress[1]"));
