@@ -183,6 +183,8 @@ struct Resolved {
     kube_apiserver: bool,
     /// The names a pod gives its container ports (what its ingress named ports match).
     ports: PortNames,
+    /// Its policy is in audit mode (its pod annotation).
+    audit: bool,
 }
 
 /// An endpoint as a trace reports it.
@@ -224,6 +226,7 @@ fn reserved(name: &str, ip: Option<Ipv4Addr>) -> Result<Resolved> {
         node_ip_of: None,
         kube_apiserver: false,
         ports: PortNames::default(),
+        audit: false,
     })
 }
 
@@ -248,6 +251,7 @@ fn resolved_pod(p: &crate::cluster::PodView) -> Resolved {
         node_ip_of: None,
         kube_apiserver: false,
         ports: PortNames::new(p.ports.iter().map(|c| (c.name.as_str(), c.port, c.proto))),
+        audit: p.audit,
     }
 }
 
@@ -325,6 +329,7 @@ fn resolve_spec(view: &ClusterView, spec: &EndpointSpec) -> Result<Resolved> {
                 node_ip_of: None,
                 kube_apiserver: false,
                 ports: PortNames::default(),
+                audit: false,
             })
         }
     }
@@ -363,6 +368,10 @@ pub struct Side {
     /// matched); only from a running agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fqdn_names: Vec<String>,
+    /// The endpoint's policy is in audit mode (Cilium's `policy-audit-mode`): a denial of
+    /// this side is reported, not enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 /// The names endpoint `.0` learned address `.1` under (a running agent's FQDN cache).
@@ -388,20 +397,38 @@ pub struct Trace {
     pub ingress: Side,
     /// `allowed` when both sides allow, else `denied`.
     pub verdict: String,
+    /// Denied, and every side that denies is in audit mode: the packet passes (the denial is
+    /// reported as `audit`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audited: bool,
     /// The rules that decided the verdict: when allowed, the allow rules of both sides; when
     /// denied, the rules of the side(s) that denied (none when a default deny did).
     pub rules: Vec<String>,
 }
 
 impl Trace {
-    /// Whether the flow passes.
+    /// Whether policy allows the flow (audit mode aside).
     pub fn allowed(&self) -> bool {
         self.egress.allowed && self.ingress.allowed
     }
 
-    /// `{"verdict": …, "rules": […]}`: what `--json` prints.
+    /// Puts every pod side in audit mode (the agent's `policy_audit_mode`, or its node
+    /// config's).
+    pub fn audit_all(&mut self) {
+        for s in [&mut self.egress, &mut self.ingress] {
+            s.audit |= s.pod;
+        }
+        self.audited = audited(&self.egress, &self.ingress);
+    }
+
+    /// `{"verdict": …, "rules": […]}` (and `"audited": true` for a denial audit mode lets
+    /// pass): what `--json` prints.
     pub fn short_json(&self) -> Value {
-        json!({"verdict": self.verdict, "rules": self.rules})
+        let mut v = json!({"verdict": self.verdict, "rules": self.rules});
+        if self.audited {
+            v["audited"] = Value::Bool(true);
+        }
+        v
     }
 }
 
@@ -428,6 +455,7 @@ fn side(
             reason: format!("not a pod: Vireo enforces no {direction} policy for it"),
             warnings: Vec::new(),
             fqdn_names: Vec::new(),
+            audit: false,
         };
     }
     let peer_info = PeerInfo {
@@ -471,7 +499,14 @@ fn side(
         reason: dec.reason(),
         warnings,
         fqdn_names: peer_info.names,
+        audit: me.audit,
     }
+}
+
+/// Denied, by sides in audit mode only.
+fn audited(egress: &Side, ingress: &Side) -> bool {
+    let denying = || [egress, ingress].into_iter().filter(|s| !s.allowed);
+    denying().next().is_some() && denying().all(|s| s.audit)
 }
 
 fn trace_resolved(
@@ -494,6 +529,7 @@ fn trace_resolved(
         dst: dst.info.clone(),
         dport,
         verdict: if allowed { "allowed" } else { "denied" }.into(),
+        audited: audited(&egress, &ingress),
         rules,
         egress,
         ingress,
@@ -692,11 +728,20 @@ pub fn render_trace(t: &Trace) -> String {
         if !s.fqdn_names.is_empty() {
             let _ = writeln!(o, "  peer known by DNS as: {}", s.fqdn_names.join(", "));
         }
+        if s.audit {
+            let _ = writeln!(o, "  audit mode: a denial is reported, not enforced");
+        }
         for w in &s.warnings {
             let _ = writeln!(o, "  warning: {w}");
         }
     }
     let _ = writeln!(o, "\nFinal verdict: {}", verdict_word(t.allowed()));
+    if t.audited {
+        let _ = writeln!(
+            o,
+            "Audit mode: the packet passes, the denial is reported as audit"
+        );
+    }
     o
 }
 
@@ -798,6 +843,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown pod x/a"), "{err}");
+    }
+
+    #[test]
+    fn audit_mode_shows_and_lets_denials_pass() {
+        let text = concat!(
+            crate::cluster::two_nodes_yaml!(),
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default, labels: {app: a},
+  annotations: {policy.vireo.io/audit-mode: 'true'}}
+spec: {nodeName: node-1, containers: []}
+status: {podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: default, labels: {app: b}}
+spec: {nodeName: node-2, containers: []}
+status: {podIP: 10.244.2.10}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: default}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"
+        );
+        let mut m = crate::source::Manifests::default();
+        crate::source::load_text(&mut m, text, Path::new("t.yaml"));
+        let (view, set) = (ClusterView::from_manifests(&m), crate::netpol::policies(&m));
+        let tr = |src: &str, dst: &str| {
+            trace(
+                &view,
+                &set.policies,
+                &EndpointSpec::parse_pod(src).unwrap(),
+                &EndpointSpec::parse_pod(dst).unwrap(),
+                parse_dport("80").unwrap(),
+            )
+            .unwrap()
+        };
+        // a's policy is audited (its annotation): b → a is denied by policy, and passes.
+        let t = tr("b", "a");
+        assert!(!t.allowed() && t.audited && t.ingress.audit);
+        assert_eq!(
+            t.short_json(),
+            json!({"verdict": "denied", "rules": [], "audited": true})
+        );
+        assert!(render_trace(&t).contains("Audit mode: the packet passes"));
+        // b's is enforced: a → b is denied and dropped.
+        let mut t = tr("a", "b");
+        assert!(!t.allowed() && !t.audited && !t.ingress.audit);
+        assert_eq!(t.short_json(), json!({"verdict": "denied", "rules": []}));
+        // The agent's policy_audit_mode puts every endpoint in audit mode.
+        t.audit_all();
+        assert!(t.audited && t.ingress.audit);
     }
 
     #[test]

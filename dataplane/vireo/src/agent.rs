@@ -371,7 +371,11 @@ impl Agent {
             Request::PolicyTrace { src, dst, dport } => {
                 let (view, set) = (self.control.view(), self.control.policies());
                 let names = fqdn::names(&self.tables.load());
-                let t = crate::policy::trace_with(view, &set.policies, &src, &dst, dport, &names)?;
+                let mut t =
+                    crate::policy::trace_with(view, &set.policies, &src, &dst, dport, &names)?;
+                if self.tables.current().audit.all {
+                    t.audit_all();
+                }
                 Ok(serde_json::to_value(t)?)
             }
             Request::PolicyGet => Ok(serde_json::to_value(crate::policy::list(
