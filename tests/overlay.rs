@@ -249,8 +249,9 @@ fn sandbox_connectivity_and_bad_vxlan() {
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
     // 3 pods per node, 2 service backends (app: echo) on each, the policy checks' server and 3
-    // clients (policy-test) and the network-policy model's pods a, b, c in x, y, z.
-    assert_eq!(st["pods"].as_array().unwrap().len(), 10 + 4 + 9);
+    // clients (policy-test), the network-policy model's pods a, b, c in x, y, z, and the
+    // cluster DNS pod (kube-system/dns-server).
+    assert_eq!(st["pods"].as_array().unwrap().len(), 10 + 4 + 9 + 1);
 
     // The connectivity table, as CI and users see it.
     let names = connectivity_passes(&s);
@@ -267,6 +268,8 @@ fn sandbox_connectivity_and_bad_vxlan() {
         "policy-cidr",
         "policy-entity",
         "policy-netpol-model",
+        "policy-fqdn",
+        "policy-dns-refused",
         "world/pod-to-world",
         "world/policy-deny-world",
         "world/port-range-flood",

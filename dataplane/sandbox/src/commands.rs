@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use crate::agents::{pid_alive, start_agent, wait_ready};
-use crate::defaults::{echo_pods, echo_services, policy_namespaces, policy_pods, sandbox_pod};
+use crate::defaults::{
+    dns_objects, dns_pods, echo_pods, echo_services, policy_namespaces, policy_pods, sandbox_pod,
+};
 use crate::netns::sh;
 use crate::pods::{apply_dir, realize_pods, write_manifests};
 use crate::state::state_dir;
@@ -115,6 +117,8 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
                 .extend(crate::defaults::host_echo_service(&nodes)?);
             st.objects.extend(policy_namespaces()?);
             realize_pods(st, policy_pods(o.nodes))?;
+            st.objects.extend(dns_objects()?);
+            realize_pods(st, dns_pods(o.nodes))?;
         }
     }
     write_manifests(st)?;

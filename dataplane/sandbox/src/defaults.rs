@@ -1,5 +1,6 @@
 //! The default sandbox's objects (`vireo sandbox up` without --manifests): the echo backends
-//! and their Services, and the pods and namespaces of the policy checks.
+//! and their Services, the pods and namespaces of the policy checks, and the cluster DNS
+//! (`kube-system/kube-dns`) of the DNS policy checks.
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -28,6 +29,18 @@ pub const NETPOL_NAMESPACES: [&str; 3] = ["x", "y", "z"];
 
 /// The pods of each network-policy model namespace.
 pub const NETPOL_PODS: [&str; 3] = ["a", "b", "c"];
+
+/// The namespace of the default sandbox's DNS server: pod [`DNS_POD`] (labelled
+/// `k8s-app: kube-dns`, UDP 53 named `dns`) on the second node, behind the Service
+/// `kube-dns` ([`DNS_CLUSTER_IP`]), as a cluster's CoreDNS. It serves (`vireo probe
+/// dns-server`) only while a DNS policy check runs.
+pub const DNS_NAMESPACE: &str = "kube-system";
+
+/// The default sandbox's DNS server pod, in [`DNS_NAMESPACE`].
+pub const DNS_POD: &str = "dns-server";
+
+/// The ClusterIP of the Service `kube-system/kube-dns` (UDP 53 to the DNS pod's port `dns`).
+pub const DNS_CLUSTER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 53);
 
 /// A Pod of the default sandbox: one container, on `node`.
 pub(crate) fn sandbox_pod(
@@ -143,6 +156,37 @@ pub(crate) fn policy_pods(nodes: usize) -> Vec<Pod> {
         }
     }
     pods
+}
+
+/// The default sandbox's cluster DNS: the Namespace [`DNS_NAMESPACE`] (the API server has it
+/// already; the manifest source gets it from here) and the Service `kube-dns`.
+pub(crate) fn dns_objects() -> Result<Vec<serde_json::Value>> {
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DNS_NAMESPACE},
+    }))?;
+    let ip = DNS_CLUSTER_IP.to_string();
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": DNS_NAMESPACE,
+                     "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "selector": {"k8s-app": "kube-dns"},
+                 "ports": [{"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"}]},
+    }))
+    .context("the sandbox's Service kube-dns")?;
+    Ok(vec![serde_json::to_value(ns)?, serde_json::to_value(svc)?])
+}
+
+/// The default sandbox's DNS server pod [`DNS_POD`], on the second node.
+pub(crate) fn dns_pods(nodes: usize) -> Vec<Pod> {
+    vec![sandbox_pod(
+        DNS_NAMESPACE,
+        DNS_POD,
+        &format!("node-{}", nodes.clamp(1, 2)),
+        json!({"k8s-app": "kube-dns"}),
+        json!({"name": "dns", "image": "sandbox",
+               "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}),
+    )]
 }
 
 /// The default sandbox's Services (default namespace, fixed cluster IPs from 10.96.0.0/16):
@@ -292,6 +336,34 @@ mod tests {
         assert_eq!(
             v[1]["metadata"]["labels"]["kubernetes.io/service-name"],
             "host-echo"
+        );
+    }
+
+    #[test]
+    fn default_dns() {
+        let v = dns_objects().unwrap();
+        assert_eq!(v[0]["kind"], "Namespace");
+        assert_eq!(v[0]["metadata"]["name"], DNS_NAMESPACE);
+        assert_eq!(v[1]["spec"]["clusterIP"], DNS_CLUSTER_IP.to_string());
+        assert_eq!(v[1]["spec"]["ports"][0]["protocol"], "UDP");
+        // Not among the echo Services' addresses.
+        let echo = echo_services().unwrap();
+        assert!(echo
+            .iter()
+            .all(|s| s["spec"]["clusterIP"] != v[1]["spec"]["clusterIP"]));
+        let p = &dns_pods(2)[0];
+        assert_eq!(p.metadata.namespace.as_deref(), Some(DNS_NAMESPACE));
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()["k8s-app"],
+            "kube-dns".to_string()
+        );
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("node-2")
+        );
+        assert_eq!(
+            dns_pods(1)[0].spec.as_ref().unwrap().node_name.as_deref(),
+            Some("node-1")
         );
     }
 

@@ -36,9 +36,9 @@ mod topology;
 pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
 pub use commands::{apply, down, exec, exec_node, kubeconfig, status, up, UpOpts};
 pub use defaults::{
-    ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT, HOST_ECHO_PORT, HOST_ECHO_TARGET,
-    NETPOL_NAMESPACES, NETPOL_PODS, POLICY_NAMESPACE,
+    DNS_CLUSTER_IP, DNS_NAMESPACE, DNS_POD, ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT,
+    HOST_ECHO_PORT, HOST_ECHO_TARGET, NETPOL_NAMESPACES, NETPOL_PODS, POLICY_NAMESPACE,
 };
 pub use pods::publish;
 pub use state::{state_dir, NodeState, PodState, SandboxName, Source, State};
-pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU, WORLD_ADDR, WORLD_GATEWAY};
+pub use topology::{UNDERLAY_CLIENT, UNDERLAY_MTU, WORLD_ADDR, WORLD_GATEWAY, WORLD_OTHER_ADDR};

@@ -33,6 +33,10 @@ pub const WORLD_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// can be answered.
 pub const WORLD_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
+/// A second world address beside [`WORLD_ADDR`] (same loopback): the DNS policy checks give
+/// two names two addresses outside the cluster, one allowed by `toFQDNs`, one not.
+pub const WORLD_OTHER_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+
 /// The underlay: a bridge in a namespace of its own (connected to nothing real), with an
 /// address of its own, and the world beside it ([`world`]).
 pub(crate) fn underlay(st: &mut State) -> Result<()> {
@@ -80,8 +84,8 @@ fn bridge_port(underlay: &str, ns: &str, port: &str, mtu: u16) -> Result<()> {
 }
 
 /// The "world": a namespace on the underlay (veth into the bridge, [`WORLD_GATEWAY`]) holding
-/// [`WORLD_ADDR`] on its loopback, and no route to any pod CIDR. The nodes route everything
-/// outside the underlay through it (their default route).
+/// [`WORLD_ADDR`] and [`WORLD_OTHER_ADDR`] on its loopback, and no route to any pod CIDR. The
+/// nodes route everything outside the underlay through it (their default route).
 pub(crate) fn world(st: &mut State) -> Result<()> {
     let ul = st.underlay.clone();
     let ns = format!("{}-world", st.name);
@@ -96,6 +100,13 @@ pub(crate) fn world(st: &mut State) -> Result<()> {
     };
     on(&["addr", "add", &format!("{WORLD_GATEWAY}/24"), "dev", "eth0"])?;
     on(&["addr", "add", &format!("{WORLD_ADDR}/32"), "dev", "lo"])?;
+    on(&[
+        "addr",
+        "add",
+        &format!("{WORLD_OTHER_ADDR}/32"),
+        "dev",
+        "lo",
+    ])?;
     on(&["link", "set", "eth0", "up"])?;
     // Complete checksums, as from a real router (AF_XDP copy mode on the nodes' uplinks).
     sh(&[

@@ -23,6 +23,9 @@
 //! lifetime (the sandbox sets it to [`crate::CT_TCP_CLOSE`] s), UDP datagrams fragmented both
 //! ways arrive whole, and the path MTU is learnt for the ClusterIP. `policy-other-protocols`
 //! judges GRE, SCTP and spoofed ICMP errors; `policy-revocation` cuts an established stream.
+//! `policy-fqdn` and `policy-dns-refused` prove DNS-aware policy (`toFQDNs`, `rules: dns`)
+//! against the default sandbox's cluster DNS (`kube-system/kube-dns`, served during the check
+//! by `vireo probe dns-server`) and two world addresses.
 //!
 //! The `world/*` checks prove masquerade against the sandbox's "world" namespace on the
 //! underlay (a server on an address outside the cluster with no route to the pods): reached
@@ -101,6 +104,8 @@ pub fn test(sandbox: &str, as_json: bool) -> Result<bool> {
         ("policy-netpol-model", Env::policy_netpol_model),
         ("policy-other-protocols", Env::policy_other_protocols),
         ("policy-revocation", Env::policy_revocation),
+        ("policy-fqdn", Env::policy_fqdn),
+        ("policy-dns-refused", Env::policy_dns_refused),
         ("world/pod-to-world", Env::world_reach),
         ("world/policy-deny-world", Env::world_policy),
         ("world/port-range-flood", Env::world_flood),

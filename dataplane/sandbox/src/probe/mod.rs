@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
+mod dns;
 mod echo;
 mod edge;
 mod flood;
@@ -16,6 +17,7 @@ mod raw;
 pub mod rr;
 mod stream;
 
+use dns::{dns_query, dns_server, parse_record};
 use echo::{echo_server, timed, whoami_tcp, whoami_udp};
 use edge::{tcp_sink, udp_big, udp_sizes};
 use flood::syn_flood;
@@ -205,6 +207,31 @@ pub enum Probe {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// A DNS server on UDP LISTEN answering A queries for each RECORD (`NAME=IPV4`, TTL
+    /// seconds), NXDOMAIN for other names, until TIMEOUT or MAX queries; prints one line per
+    /// query received (`{"query": NAME, "from": ADDR}`).
+    DnsServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long = "record", required = true, value_parser = parse_record)]
+        records: Vec<(String, std::net::Ipv4Addr)>,
+        #[arg(long, default_value_t = 5)]
+        ttl: u32,
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout: u64,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        max: u32,
+    },
+    /// One DNS query (type A) for NAME to SERVER; prints the answer's rcode, addresses and
+    /// source address, or `{"error": "timeout"}` after WAIT_MS.
+    DnsQuery {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        wait_ms: u64,
+    },
     /// Accept one TCP connection and read it for SECONDS; print the bytes and when they came.
     TcpSink {
         #[arg(long)]
@@ -355,6 +382,18 @@ pub fn run(p: Probe) -> Result<()> {
             wait_ms,
         } => udp_big(to, size as usize, count, Duration::from_millis(wait_ms)),
         Probe::TcpSink { listen, seconds } => tcp_sink(listen, seconds),
+        Probe::DnsServer {
+            listen,
+            records,
+            ttl,
+            timeout,
+            max,
+        } => dns_server(listen, &records, ttl, timeout, max),
+        Probe::DnsQuery {
+            server,
+            name,
+            wait_ms,
+        } => dns_query(server, &name, Duration::from_millis(wait_ms)),
         Probe::RrServer {
             listen,
             timeout,
@@ -549,6 +588,27 @@ mod tests {
             }
         ));
         assert!(parse("echo-server --tcp 10.244.1.10:8080 --answer-delay-ms 60001").is_err());
+    }
+
+    #[test]
+    fn dns_arguments() {
+        let p = parse(
+            "dns-server --listen 10.244.2.30:53 --record a.vireo.test=203.0.113.10 --record b.vireo.test=203.0.113.11",
+        )
+        .unwrap();
+        assert!(
+            matches!(p, Probe::DnsServer { ref records, ttl: 5, timeout: 30, .. } if records.len() == 2)
+        );
+        assert!(parse("dns-server --listen 10.244.2.30:53").is_err());
+        assert!(parse("dns-server --listen 10.244.2.30:53 --record a.test").is_err());
+        assert!(
+            parse("dns-server --listen 10.244.2.30:53 --record a.test=1.2.3.4 --timeout 0")
+                .is_err()
+        );
+        assert!(matches!(
+            parse("dns-query --server 10.96.0.53:53 --name a.vireo.test").unwrap(),
+            Probe::DnsQuery { wait_ms: 1000, .. }
+        ));
     }
 
     #[test]

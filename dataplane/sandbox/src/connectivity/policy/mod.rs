@@ -1,7 +1,8 @@
 //! Policy checks: each applies its policies (and objects) for its own length and removes them
 //! at the end, also when it fails, to the default sandbox's pods of namespace `policy-test`;
 //! the Kubernetes network-policy model over namespaces x, y, z is in `netpol_model`; other IP
-//! protocols and the revocation of an established flow's allow are in `protocols`.
+//! protocols and the revocation of an established flow's allow are in `protocols`; DNS-aware
+//! policy (`toFQDNs`, `rules: dns`) in `fqdn`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::{PodState, ECHO_HTTP_PORT, ECHO_UDP_PORT, UNDERLAY_CLIENT};
 
 use super::{maglev_backends, wait_nodes, Backends, Env};
 
+mod fqdn;
 mod netpol_model;
 mod protocols;
 mod reach;
