@@ -242,7 +242,10 @@ impl Env {
             let rx_after = self.pods_rx(&pods)?;
             let dropped = delta(&before, &after, "/drops/masq_no_entry");
             let to_pods = rx_after.saturating_sub(rx_before);
-            if to_pods > 3 {
+            // A leak would bring the pods a good part of the SYNs; a stray packet per pod
+            // (the kernel's own neighbour traffic) is noise.
+            let noise = (pods.len() as u64).max(3);
+            if to_pods > noise {
                 bail!(
                     "{}'s pods received {to_pods} packets during the flood",
                     n.name
