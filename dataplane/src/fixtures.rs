@@ -286,7 +286,20 @@ pub fn b_allows_a_on_udp() -> vireo_policy::PolicyTables {
 /// Compiled policy: pod B (app=b) takes ingress on UDP from the pods whose `app` is one of
 /// `apps` (pod A is app=a, pod C on the other node app=c); nothing else selects anything.
 pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
-    use vireo_policy::{Action, Compiler, Peer, Policy, PortRange, Proto, Rule, Selector};
+    let udp = vireo_policy::PortRange {
+        lo: 0,
+        hi: 0,
+        proto: vireo_policy::Proto::Udp,
+        l7: false,
+        name: None,
+    };
+    b_allows(apps, vec![udp])
+}
+
+/// Compiled policy: pod B (app=b) takes ingress on `ports` from the pods whose `app` is one
+/// of `apps`; nothing else selects anything.
+pub fn b_allows(apps: &[&str], ports: Vec<vireo_policy::PortRange>) -> vireo_policy::PolicyTables {
+    use vireo_policy::{Action, Compiler, Peer, Policy, Rule, Selector};
     let labels = app_labels;
     let origin = |rule: &str| cnp_origin("default/bench", rule);
     let mut c = Compiler::new();
@@ -306,13 +319,7 @@ pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
                 .map(|a| Peer::Endpoints(Selector::label("k8s:app", a)))
                 .collect(),
             requires: Vec::new(),
-            ports: vec![PortRange {
-                lo: 0,
-                hi: 0,
-                proto: Proto::Udp,
-                l7: false,
-                name: None,
-            }],
+            ports,
             dns: Vec::new(),
             origin: origin("ingress[0]"),
         }],

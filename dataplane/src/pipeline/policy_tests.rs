@@ -197,29 +197,9 @@ fn the_monitor_sees_policy_drops_with_their_rule_and_other_drops_too() {
 
 /// Pod B's ingress allows app=a on its port named `http`, whichever number B gives it.
 fn with_named_port_policy(t: &mut Tables, b_names: &[(&str, u16, u8)]) {
-    let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
     let name = vireo_policy::PortName::parse("http").unwrap();
-    let p = Policy {
-        origin: origin(""),
-        subject: Selector::label("k8s:app", "b"),
-        node_selector: None,
-        enforce_ingress: true,
-        enforce_egress: false,
-        ingress: vec![Rule {
-            action: Action::Allow,
-            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
-            requires: Vec::new(),
-            ports: vec![PortRange::named(name, Proto::Tcp)],
-            dns: Vec::new(),
-            origin: origin("ingress[0]"),
-        }],
-        egress: Vec::new(),
-        warnings: Vec::new(),
-    };
-    c.set_policies("default/p", vec![p]);
-    t.policy = Arc::new(c.tables());
+    let ports = vec![PortRange::named(name, Proto::Tcp)];
+    t.policy = Arc::new(crate::fixtures::b_allows(&["a"], ports));
     let mut names = crate::tables::FastMap::default();
     names.insert(
         u32::from(POD_B.0),

@@ -129,14 +129,7 @@ pub(super) fn dns_query(server: SocketAddr, name: &str, wait: Duration) -> Resul
         s.set_read_timeout(Some(left))?;
         let (n, from) = match s.recv_from(&mut buf) {
             Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if super::timed_out(&e) => continue,
             Err(e) => bail!("receive: {e}"),
         };
         let Ok(r) = Message::from_vec(&buf[..n]) else {

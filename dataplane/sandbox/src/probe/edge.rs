@@ -129,11 +129,7 @@ pub(super) fn tcp_sink(listen: SocketAddr, seconds: u64) -> Result<()> {
             match c.read(&mut buf) {
                 Ok(0) => closed = true,
                 Ok(n) => total += n as u64,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if super::timed_out(&e) => {}
                 Err(_) => closed = true,
             }
         } else {

@@ -472,6 +472,14 @@ pub fn run(p: Probe) -> Result<()> {
     }
 }
 
+/// A receive timed out (or would block): wait again.
+pub(crate) fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -224,14 +224,7 @@ pub(super) fn raw_recv(proto: u8, from: Option<Ipv4Addr>, seconds: u64) -> Resul
         // `Read` for a socket is recv(2) into initialised memory.
         let n = match (&sock).read(&mut buf) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if super::timed_out(&e) => continue,
             Err(e) => bail!("recv: {e}"),
         };
         let data = &buf[..n];

@@ -200,12 +200,7 @@ fn closed_loop(
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if super::timed_out(&e) => {
                 // Nothing for LOSS_WAIT: everything outstanding is lost.
                 floor = seq;
                 outstanding = 0;
