@@ -9,7 +9,8 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
@@ -199,6 +200,9 @@ pub fn serve(path: &Path, calls: Sender<Call>) -> Result<PathBuf> {
     }
     let listener =
         UnixListener::bind(path).map_err(io(format!("api_socket {}", path.display())))?;
+    // Root only: the socket can attach interfaces and read every table.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(io(format!("api_socket {}: chmod", path.display())))?;
     std::thread::Builder::new()
         .name("vireo-api".into())
         .spawn(move || {
@@ -214,19 +218,48 @@ pub fn serve(path: &Path, calls: Sender<Call>) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// The API socket's mode: owner (root) only.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// The longest request line the agent reads; a longer one is answered with an error and the
+/// connection closed.
+pub const MAX_REQUEST: u64 = 1 << 20;
+
+/// One connection, on its own thread: a client that says nothing blocks only itself (and is
+/// dropped after a read timeout).
 fn handle(conn: UnixStream, calls: Sender<Call>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
-    let reader = BufReader::new(conn);
-    for line in reader.lines() {
-        let Ok(line) = line else { return };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut buf = Vec::new();
+        match (&mut reader)
+            .take(MAX_REQUEST + 1)
+            .read_until(b'\n', &mut buf)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if buf.len() as u64 > MAX_REQUEST {
+            tracing::warn!(
+                limit = MAX_REQUEST,
+                "API request over the limit; connection closed"
+            );
+            let e = format!("bad request: longer than {MAX_REQUEST} bytes");
+            let _ = writeln!(out, "{}", serde_json::json!({"ok": false, "error": e}));
+            return;
+        }
+        let line = String::from_utf8_lossy(&buf);
         if line.trim().is_empty() {
             continue;
         }
         let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+            Err(e) => {
+                tracing::warn!("bad API request: {e}");
+                serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
+            }
             Ok(req) => {
                 let (tx, rx) = mpsc::channel();
                 if calls.send(Call { req, reply: tx }).is_err() {
@@ -340,6 +373,36 @@ mod tests {
         assert_eq!(call(&path, &Request::Status).unwrap()["node"], "n1");
         let e = call(&path, &Request::Reload).unwrap_err();
         assert_eq!(e.to_string(), "not here");
+        // Root only.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+        // A client that connects and says nothing does not hold up another.
+        let _silent = UnixStream::connect(&path).unwrap();
+        assert_eq!(call(&path, &Request::Status).unwrap()["node"], "n1");
+        let ask = |text: &[u8]| {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // (The agent may close before reading all of an oversized request.)
+            let _ = s.write_all(text);
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            serde_json::from_str::<Value>(&line).unwrap()
+        };
+        // Malformed and oversized requests get an error answer; the agent keeps serving.
+        let bad = ask(b"{\"cmd\":\"no_such\"}\n");
+        assert_eq!(bad["ok"], false);
+        assert!(
+            bad["error"].as_str().unwrap().starts_with("bad request"),
+            "{bad}"
+        );
+        let mut big = vec![b'x'; (MAX_REQUEST + 10) as usize];
+        big.push(b'\n');
+        let over = ask(&big);
+        assert!(
+            over["error"].as_str().unwrap().contains("longer than"),
+            "{over}"
+        );
+        assert_eq!(call(&path, &Request::Status).unwrap()["node"], "n1");
         // A second agent on the same socket is refused.
         let (tx2, _rx2) = mpsc::channel::<Call>();
         assert!(serve(&path, tx2)
