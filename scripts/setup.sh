@@ -5,7 +5,8 @@ set -euo pipefail
 PKGS=(clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config gcc-multilib m4 bpftool
       iproute2 ethtool tcpdump iputils-ping netcat-openbsd python3 python3-venv valgrind
       golang-go golang-github-appc-cni-dev containernetworking-plugins iperf3
-      dpdk dpdk-dev librte-net-af-xdp23 librte-mempool-ring23 iptables)
+      dpdk dpdk-dev librte-net-af-xdp23 librte-mempool-ring23 iptables
+      prometheus curl)
 
 missing=()
 for p in "${PKGS[@]}"; do

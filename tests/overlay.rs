@@ -235,6 +235,70 @@ fn sandbox_on_the_kube_source_with_kubectl() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+
+    // The probes: ready while the API server answers; once it has been gone for longer than
+    // the bound, not ready (and saying why) but alive, and the metrics say so too.
+    let get = |path: &str| -> (u16, String) {
+        let url = format!("http://{}{path}", vireo_sandbox::METRICS_ADDRESS);
+        let args = [
+            "sandbox",
+            "exec",
+            "--node",
+            "node-1",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ];
+        let out = String::from_utf8_lossy(&s.vireo(&args).stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    assert_eq!(get("/readyz"), (200, "ok".into()));
+    let (code, m) = get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("vireo_source_connected{kind=\"kube\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vireo_control_update_latency_seconds_count{kind=\"kube\"}"),
+        "{m}"
+    );
+    let pid = st["apiserver"]["pid"]
+        .as_u64()
+        .expect("the API server's pid")
+        .to_string();
+    assert!(run(&["kill", "-KILL", &pid]).status.success());
+    let t = Instant::now();
+    let (code, why) = loop {
+        let r = get("/readyz");
+        if r.0 != 200 || t.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        code, 503,
+        "still ready 30 s after the API server died: {why}"
+    );
+    assert!(why.contains("the source has been stale for"), "{why}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(vireo_sandbox::METRICS_STALE_AFTER_S - 1),
+        "not ready before the bound: {why}"
+    );
+    assert_eq!(get("/healthz"), (200, "ok".into()), "alive all the same");
+    let (_, m) = get("/metrics");
+    assert!(
+        m.contains("vireo_source_connected{kind=\"kube\"} 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("vireo_agent_ready 0\n"), "{m}");
+
     let o = s.vireo(&["sandbox", "down"]);
     assert!(o.status.success());
     assert!(s.netns().is_empty(), "left behind: {:?}", s.netns());

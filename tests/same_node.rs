@@ -258,3 +258,111 @@ fn a_detached_endpoint_takes_its_flows_and_a_pod_given_its_address_inherits_none
     assert!(node.ping(0, 1, 2), "the new pod is reachable");
     assert!(ct_entries_of(&agent, &b.ip) > 0);
 }
+
+/// `GET http://{addr}{path}` from inside the node namespace: (status code, body).
+fn http_get(node: &Node, addr: &str, path: &str) -> (u16, String) {
+    let o = node.ns.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{addr}{path}"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels as exposed) in a text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_pass_promtool_and_probes_and_json_logs_tell_the_truth() {
+    require_capabilities(&["curl", "promtool"]);
+    let _g = serial();
+    let node = Node::new("p", 2);
+    let cfg = node.config(2);
+    let mut y = std::fs::read_to_string(&cfg).unwrap();
+    y += "metrics: {address: \"127.0.0.1:0\"}\nlog: {format: json, level: \"warn,vireo::agent=info\"}\n";
+    std::fs::write(&cfg, y).unwrap();
+    let agent = node.agent_with(&cfg);
+    let st = agent.status();
+    let addr = st["metrics_address"]
+        .as_str()
+        .expect("metrics_address")
+        .to_string();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    assert_eq!(st["ready"], true, "{}", st["not_ready"]);
+    assert_eq!(http_get(&node, &addr, "/healthz"), (200, "ok".into()));
+    assert_eq!(http_get(&node, &addr, "/readyz"), (200, "ok".into()));
+    assert_eq!(http_get(&node, &addr, "/nothing").0, 404);
+
+    assert!(node.ping(0, 1, 3), "ping; log:\n{}", agent.log_text());
+    // The kernel's per-socket counts are read once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, text) = http_get(&node, &addr, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let path = std::env::temp_dir().join(format!("{}-metrics.txt", node.prefix));
+    std::fs::write(&path, &text).unwrap();
+    let check = run(&[
+        "sh",
+        "-c",
+        &format!("promtool check metrics < {}", path.display()),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // What was counted is what the agent's status says, and the pings went through.
+    let rx = sample(&text, "vireo_packets_total{worker=\"0\",direction=\"rx\"}").unwrap();
+    let bytes = sample(&text, "vireo_bytes_total{worker=\"0\",direction=\"tx\"}").unwrap();
+    assert!(
+        rx >= 6.0 && bytes >= 6.0 * 98.0,
+        "rx {rx}, tx bytes {bytes}"
+    );
+    let (a, b) = (&node.pods[0].host_if, &node.pods[1].host_if);
+    for i in [a, b] {
+        let steered = sample(
+            &text,
+            &format!("vireo_xdp_steered_total{{interface=\"{i}\"}}"),
+        );
+        assert!(steered.unwrap_or(0.0) >= 3.0, "{i}: {steered:?}");
+        let series =
+            format!("vireo_afxdp_rx_ring_full_total{{worker=\"0\",interface=\"{i}\",queue=\"0\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "vireo_drop_count_total{worker=\"0\",reason=\"ct_full\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(sample(&text, "vireo_conntrack_inserts_total").unwrap() >= 1.0);
+    assert!(sample(&text, "vireo_conntrack_entries{protocol=\"other\"}").unwrap() >= 1.0);
+    assert_eq!(sample(&text, "vireo_agent_ready"), Some(1.0));
+
+    // Every log line is one JSON object; info shows for vireo::agent only (warn elsewhere).
+    let log = agent.log_text();
+    for l in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["fields"].is_object(), "{l}");
+        let target = v["target"].as_str().unwrap_or_default();
+        if v["level"] == "INFO" {
+            assert!(target.starts_with("vireo::agent"), "{l}");
+        }
+    }
+    assert!(log.contains("serving /metrics"), "{log}");
+    assert!(log.contains("vireo agent running"), "{log}");
+}

@@ -12,6 +12,8 @@ use crate::table::Table;
 pub struct Gc {
     stop: Arc<AtomicBool>,
     reaped: Arc<AtomicU64>,
+    /// Walks of the whole table completed.
+    passes: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -20,7 +22,8 @@ impl Gc {
     pub fn start(table: Arc<Table>, period: Duration, slices: usize) -> std::io::Result<Gc> {
         let stop = Arc::new(AtomicBool::new(false));
         let reaped = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), reaped.clone());
+        let passes = Arc::new(AtomicU64::new(0));
+        let (s, r, p) = (stop.clone(), reaped.clone(), passes.clone());
         let slices = slices.clamp(1, table.buckets());
         let per = table.buckets().div_ceil(slices);
         let pause = period / slices as u32;
@@ -31,13 +34,18 @@ impl Gc {
                 while !s.load(Ordering::Relaxed) {
                     let n = table.gc(at, per);
                     r.fetch_add(n as u64, Ordering::Relaxed);
-                    at = (at + per) % table.buckets();
+                    at += per;
+                    if at >= table.buckets() {
+                        at = 0;
+                        p.fetch_add(1, Ordering::Relaxed);
+                    }
                     std::thread::sleep(pause);
                 }
             })?;
         Ok(Gc {
             stop,
             reaped,
+            passes,
             thread: Some(thread),
         })
     }
@@ -45,6 +53,11 @@ impl Gc {
     /// Entries reaped so far.
     pub fn reaped(&self) -> u64 {
         self.reaped.load(Ordering::Relaxed)
+    }
+
+    /// Walks of the whole table completed so far.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
     }
 }
 

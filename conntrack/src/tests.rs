@@ -59,6 +59,7 @@ fn insert_lookup_update_and_expire() {
     let (_, fresh) = t.insert(&k, new(State::SynSent)).unwrap();
     assert!(!fresh);
     assert_eq!(t.counts(), (1, 0));
+    assert_eq!(t.inserts(), 1, "finding the entry is no insert");
     // The reply, by the reversed key of the same direction.
     let r = k.reversed(Dir::Egress);
     assert!(t.lookup(&r).is_none());
@@ -72,6 +73,11 @@ fn insert_lookup_update_and_expire() {
     assert!(t.lookup(&k).is_none(), "expired after 60 s");
     // Established lives 21600 s.
     let (h, _) = t.insert(&k, new(State::SynSent)).unwrap();
+    assert_eq!(
+        t.inserts(),
+        2,
+        "an expired entry started afresh is an insert"
+    );
     h.update(State::Established, false, 60);
     clock.advance(21599);
     assert!(t.lookup(&k).is_some());
@@ -194,6 +200,11 @@ fn two_threads_insert_lookup_delete_while_gc_runs() {
     }
     stop.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(120));
+    assert!(
+        gc.passes() >= 1,
+        "a 50 ms walk completed in 120 ms and more"
+    );
+    assert!(gc.reaped() >= 20_000, "{}", gc.reaped());
     drop(gc);
     // Exactly the keys not deleted remain, each once.
     let live: Vec<Entry> = t.dump(usize::MAX);

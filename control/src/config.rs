@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod fqdn;
+pub mod operations;
 
 /// A configuration error: one line naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +427,14 @@ pub struct Config {
     /// or `nameError`) ([`fqdn::FqdnConfig`]).
     #[serde(default)]
     pub fqdn: fqdn::FqdnConfig,
+    /// Prometheus metrics and health probes: `address` (`HOST:PORT`, off by default) and
+    /// `stale_after_s` (60) ([`operations::MetricsConfig`]).
+    #[serde(default)]
+    pub metrics: operations::MetricsConfig,
+    /// Logs: `format` (`text` or `json`) and `level` (`tracing` directives, per module too)
+    /// ([`operations::LogConfig`]).
+    #[serde(default)]
+    pub log: operations::LogConfig,
 }
 
 /// [`Config::cni_conflist`].
@@ -565,6 +574,8 @@ impl Config {
         }
         validate_cluster_name(&self.cluster_name).map_err(|m| bad("cluster_name".into(), m))?;
         self.fqdn.validate().map_err(|(f, m)| bad(f, m))?;
+        self.metrics.validate().map_err(|(f, m)| bad(f, m))?;
+        self.log.validate().map_err(|(f, m)| bad(f, m))?;
         let a = &self.af_xdp;
         if !a.frame_size.is_power_of_two() || !(2048..=4096).contains(&a.frame_size) {
             return Err(bad(

@@ -69,11 +69,37 @@ pub trait Source {
         serde_json::json!({"kind": "unknown"})
     }
 
+    /// Whether the source has delivered a complete view, and since when it has been failing
+    /// (for metrics and readiness). The default: synced, never stale.
+    fn health(&self) -> SourceHealth {
+        SourceHealth {
+            synced: true,
+            ..SourceHealth::default()
+        }
+    }
+
+    /// The latency from a change at the source to its tables being published, when the
+    /// source records it.
+    fn update_latency(&self) -> Option<&UpdateLatency> {
+        None
+    }
+
     /// This node's pods as their `VireoEndpoint`s are to show them, after every reconcile (the
     /// same set again when nothing changed). A source that writes them back (the Kubernetes
     /// source) publishes what changed and deletes those of pods gone from the set, without
     /// blocking; the default does nothing.
     fn endpoints(&mut self, _eps: &[LocalEndpoint]) {}
+}
+
+/// How a source is doing ([`Source::health`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Its first complete view was delivered.
+    pub synced: bool,
+    /// Since when it has been failing (e.g. the API server unreachable); None: healthy.
+    pub stale_since: Option<SystemTime>,
+    /// Events received (watch events, directory reads).
+    pub events: u64,
 }
 
 /// Which kinds of objects changed between two polls, so that [`NodeControl::apply_changed`]
@@ -175,6 +201,18 @@ impl Source for ManifestDir {
             "latency": self.latency.to_json(),
         })
     }
+
+    fn health(&self) -> SourceHealth {
+        SourceHealth {
+            synced: self.reads > 0,
+            stale_since: None,
+            events: self.reads,
+        }
+    }
+
+    fn update_latency(&self) -> Option<&UpdateLatency> {
+        Some(&self.latency)
+    }
 }
 
 /// File names, mtimes and sizes in `dir`: a change in any of them means "read again".
@@ -233,6 +271,8 @@ pub struct ServicesBuild {
     pub built: usize,
     /// Maglev tables taken over from the previous build.
     pub reused: usize,
+    /// How long each Maglev table built took.
+    pub build_times: Vec<std::time::Duration>,
 }
 
 /// Compiled policy ready to publish.
@@ -614,6 +654,7 @@ impl NodeControl {
             steered,
             built: built.built,
             reused: built.reused,
+            build_times: built.build_times,
         })
     }
 

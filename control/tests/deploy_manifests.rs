@@ -556,24 +556,39 @@ fn the_daemonset_is_unprivileged_with_exactly_its_capabilities() {
     }
 }
 
-/// The readiness probe asks the agent's API socket, where the ConfigMap's configuration puts
-/// it, with a command that exists.
+/// The probes ask the agent's metrics listener, on the port the ConfigMap's configuration
+/// gives it; the API socket is where `vireo` on the host looks for it.
 #[test]
-fn the_readiness_probe_reaches_the_agents_socket() {
+fn the_probes_reach_the_agents_metrics_listener() {
     let ds = daemonset();
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let probe: Vec<&str> = c["readinessProbe"]["exec"]["command"]
+    let cfg = configmap_config();
+    let addr = cfg
+        .metrics
+        .socket_addr()
+        .unwrap()
+        .expect("a metrics address");
+    let port = c["ports"]
         .as_array()
-        .expect("an exec probe")
+        .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    let socket = configmap_config().api_socket;
+        .find(|p| p["name"] == "prometheus")
+        .expect("the prometheus port");
+    assert_eq!(port["containerPort"], addr.port());
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let g = &c[probe]["httpGet"];
+        assert_eq!(
+            (g["path"].as_str(), g["port"].as_str()),
+            (Some(path), Some("prometheus"))
+        );
+        let host: std::net::IpAddr = g["host"].as_str().unwrap().parse().unwrap();
+        assert!(
+            addr.ip().is_unspecified() || addr.ip() == host,
+            "{probe} asks {host}, the agent listens on {addr}"
+        );
+    }
+    let socket = cfg.api_socket;
     assert_eq!(socket, default_api_socket());
-    assert_eq!(
-        probe,
-        ["vireo", "status", "--api", socket.to_str().unwrap()]
-    );
     assert!(
         socket.starts_with("/run/vireo"),
         "inside the /run/vireo mount"

@@ -95,6 +95,34 @@ pub struct WorkerCounters {
     pub handoff: Padded<[AtomicU64; 2]>,
     /// Packets policy denied but passed: audit mode.
     pub policy_audited: Padded<AtomicU64>,
+    /// Bytes received and handed to TX rings.
+    pub bytes: Padded<[AtomicU64; 2]>,
+    /// New flows' policy verdicts, by [`verdict_index`].
+    pub verdicts: Padded<[AtomicU64; VERDICT_SLOTS]>,
+    /// Each socket's kernel drop counts, refreshed with [`WorkerCounters::kernel`] (the worker
+    /// only tries the lock: a reader holding it delays the refresh, never the worker).
+    pub sockets: std::sync::Mutex<Vec<SocketDrops>>,
+}
+
+/// Slots of the policy verdict counters: (egress, ingress) × (allowed, denied, audit).
+pub const VERDICT_SLOTS: usize = 6;
+
+/// The counter slot of a verdict: `direction` 0 egress, 1 ingress; `verdict` 0 allowed,
+/// 1 denied, 2 audit.
+#[inline]
+pub const fn verdict_index(direction: usize, verdict: usize) -> usize {
+    direction * 3 + verdict
+}
+
+/// One AF_XDP socket's kernel drop counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SocketDrops {
+    /// Interface name.
+    pub ifname: String,
+    /// Its RX queue.
+    pub queue: u32,
+    /// The counts (XDP_STATISTICS).
+    pub drops: KernelDrops,
 }
 
 /// Frames moved between workers (see [`crate::handoff`]).
@@ -130,6 +158,9 @@ impl Default for WorkerCounters {
             kernel: Padded::default(),
             handoff: Padded::default(),
             policy_audited: Padded::default(),
+            bytes: Padded::default(),
+            verdicts: Padded::default(),
+            sockets: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -152,6 +183,12 @@ pub struct BatchCounts {
     pub handoff_received: u64,
     /// Packets policy denied but passed (audit mode).
     pub policy_audited: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// New flows' policy verdicts ([`verdict_index`]).
+    pub verdicts: [u64; VERDICT_SLOTS],
 }
 
 impl Default for BatchCounts {
@@ -164,6 +201,9 @@ impl Default for BatchCounts {
             handoff_sent: 0,
             handoff_received: 0,
             policy_audited: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            verdicts: [0; VERDICT_SLOTS],
         }
     }
 }
@@ -201,7 +241,10 @@ impl WorkerCounters {
                 .0
                 .fetch_add(c.policy_audited, Ordering::Relaxed);
         }
-        for (slot, n) in self.drops.0.iter().zip(c.drops.iter()) {
+        let bytes = [c.rx_bytes, c.tx_bytes];
+        let added = self.drops.0.iter().zip(c.drops.iter());
+        let added = added.chain(self.bytes.0.iter().zip(bytes.iter()));
+        for (slot, n) in added.chain(self.verdicts.0.iter().zip(c.verdicts.iter())) {
             if *n > 0 {
                 slot.fetch_add(*n, Ordering::Relaxed);
             }
@@ -232,6 +275,19 @@ impl WorkerCounters {
         }
     }
 
+    /// Records each socket's kernel drop counts, unless a reader holds them right now (then
+    /// the next refresh does).
+    pub fn set_sockets(&self, f: impl FnOnce(&mut Vec<SocketDrops>)) {
+        if let Ok(mut v) = self.sockets.try_lock() {
+            f(&mut v);
+        }
+    }
+
+    /// Each socket's kernel drop counts, as last refreshed.
+    pub fn socket_drops(&self) -> Vec<SocketDrops> {
+        self.sockets.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -258,6 +314,56 @@ impl WorkerCounters {
                 received: self.handoff.0[1].load(Ordering::Relaxed),
             },
             policy_audited: self.policy_audited.0.load(Ordering::Relaxed),
+            rx_bytes: self.bytes.0[0].load(Ordering::Relaxed),
+            tx_bytes: self.bytes.0[1].load(Ordering::Relaxed),
+            policy_verdicts: PolicyVerdictCounts::from_slots(std::array::from_fn(|i| {
+                self.verdicts.0[i].load(Ordering::Relaxed)
+            })),
+        }
+    }
+}
+
+/// New flows' policy verdicts in one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerdictCounts {
+    /// Allowed.
+    pub allowed: u64,
+    /// Denied (dropped).
+    pub denied: u64,
+    /// Denied but let through (audit mode).
+    pub audit: u64,
+}
+
+/// New flows' policy verdicts, per direction judged (only directions under policy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyVerdictCounts {
+    /// The sender's egress policy.
+    pub egress: VerdictCounts,
+    /// The receiver's ingress policy.
+    pub ingress: VerdictCounts,
+}
+
+impl PolicyVerdictCounts {
+    fn from_slots(v: [u64; VERDICT_SLOTS]) -> Self {
+        let d = |o: usize| VerdictCounts {
+            allowed: v[o],
+            denied: v[o + 1],
+            audit: v[o + 2],
+        };
+        PolicyVerdictCounts {
+            egress: d(0),
+            ingress: d(3),
+        }
+    }
+
+    fn add(&mut self, o: &PolicyVerdictCounts) {
+        for (a, b) in [
+            (&mut self.egress, &o.egress),
+            (&mut self.ingress, &o.ingress),
+        ] {
+            a.allowed += b.allowed;
+            a.denied += b.denied;
+            a.audit += b.audit;
         }
     }
 }
@@ -293,6 +399,12 @@ pub struct CounterSnapshot {
     /// Packets policy denied but let through: their endpoint is in policy audit mode (not
     /// drops).
     pub policy_audited: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes handed to TX rings.
+    pub tx_bytes: u64,
+    /// New flows' policy verdicts, by direction.
+    pub policy_verdicts: PolicyVerdictCounts,
 }
 
 impl CounterSnapshot {
@@ -314,6 +426,9 @@ impl CounterSnapshot {
         self.handoff.sent += o.handoff.sent;
         self.handoff.received += o.handoff.received;
         self.policy_audited += o.policy_audited;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_bytes += o.tx_bytes;
+        self.policy_verdicts.add(&o.policy_verdicts);
     }
 
     /// All drops.
@@ -338,7 +453,12 @@ mod tests {
         b.handoff_sent = 4;
         b.handoff_received = 5;
         b.policy_audited = 6;
+        b.rx_bytes = 300;
+        b.tx_bytes = 200;
+        b.verdicts[verdict_index(1, 1)] = 2;
+        b.verdicts[verdict_index(0, 0)] = 1;
         w.flush(&mut b);
+        assert_eq!((b.rx_bytes, b.verdicts), (0, [0; VERDICT_SLOTS]));
         assert_eq!(b.handoff_sent, 0);
         assert_eq!(b.rx, 0);
         let s = w.snapshot();
@@ -347,6 +467,28 @@ mod tests {
         assert_eq!(s.total_drops(), 1);
         assert_eq!(s.policy_audited, 6);
         assert_eq!(b.policy_audited, 0);
+        assert_eq!((s.rx_bytes, s.tx_bytes), (300, 200));
+        assert_eq!(s.policy_verdicts.ingress.denied, 2);
+        assert_eq!(s.policy_verdicts.egress.allowed, 1);
+        assert_eq!(s.policy_verdicts.ingress.allowed, 0);
+        let mut sum = s.clone();
+        sum.add(&s);
+        assert_eq!((sum.rx_bytes, sum.policy_verdicts.ingress.denied), (600, 4));
+        w.set_sockets(|v| {
+            v.push(SocketDrops {
+                ifname: "lxc1".into(),
+                queue: 0,
+                drops: KernelDrops {
+                    rx_ring_full: 3,
+                    ..Default::default()
+                },
+            })
+        });
+        assert_eq!(w.socket_drops()[0].drops.rx_ring_full, 3);
+        let held = w.sockets.lock().unwrap();
+        w.set_sockets(|v| v.clear());
+        drop(held);
+        assert_eq!(w.socket_drops().len(), 1, "a held lock skips the refresh");
         assert_eq!(
             s.handoff,
             HandoffCounts {

@@ -232,6 +232,11 @@ impl Monitor {
         }
     }
 
+    /// Events lost to a full queue so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     /// Takes up to `max` events, and the number lost so far.
     pub fn drain(&self, max: usize) -> (Vec<DropEvent>, u64) {
         let mut v = Vec::new();

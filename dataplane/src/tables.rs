@@ -276,10 +276,20 @@ impl Tables {
     /// `new_flow`) counts names expired since, as zombies, so it outlives their TTL.
     #[inline]
     pub fn policy_judge(&self, f: &Judged, new_flow: bool) -> Judgment {
+        self.policy_judge_tallied(f, new_flow).0
+    }
+
+    /// [`Tables::policy_judge`], and for a `new_flow` the verdicts of the directions judged
+    /// under policy, one bit each at [`crate::counters::verdict_index`] (what the policy
+    /// verdict counters count).
+    #[inline]
+    pub fn policy_judge_tallied(&self, f: &Judged, new_flow: bool) -> (Judgment, u8) {
+        use crate::counters::verdict_index;
         use vireo_policy::{Direction, Verdict};
         if self.policy.is_empty() {
-            return Judgment::Allowed;
+            return (Judgment::Allowed, 0);
         }
+        let mut tally = 0u8;
         let src_id = if f.src_id == vireo_policy::Identity::WORLD.0 {
             self.policy.world_identity(Ipv4Addr::from(f.src.0))
         } else {
@@ -315,7 +325,16 @@ impl Tables {
             };
             let under_policy =
                 || l.rule.is_some() || self.policy.get(ep.identity).is_some_and(|t| t.enforced(d));
-            if verdicts && under_policy() && self.monitor.admit_verdict(f.now) {
+            let counted = new_flow && under_policy();
+            if counted {
+                let v = match j {
+                    Judgment::Allowed => 0,
+                    Judgment::Denied => 1,
+                    Judgment::Audited => 2,
+                };
+                tally |= 1 << verdict_index(usize::from(d == Direction::Ingress), v);
+            }
+            if verdicts && counted && self.monitor.admit_verdict(f.now) {
                 let v = match j {
                     Judgment::Allowed => crate::events::PolicyVerdict::Allowed,
                     Judgment::Denied => crate::events::PolicyVerdict::Denied,
@@ -330,11 +349,11 @@ impl Tables {
                     if self.monitor.is_on() {
                         self.push_policy_event(f, EventKind::Drop, (src_id, dst_id), d, l.rule);
                     }
-                    return Judgment::Denied;
+                    return (Judgment::Denied, tally);
                 }
             }
         }
-        out
+        (out, tally)
     }
 
     /// The name the local endpoint at `ip` gives its port `port` of IP protocol `proto`, for

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::counters::{BatchCounts, CounterSnapshot, DropReason, KernelDrops, WorkerCounters};
+use crate::counters::{
+    BatchCounts, CounterSnapshot, DropReason, KernelDrops, SocketDrops, WorkerCounters,
+};
 use crate::handoff::Hub;
 use crate::io::{sys, AfXdpMode, IoError, Port, PortSpec, SharedUmem, UmemSpec, XDP_PKT_CONTD};
 use crate::pipeline::{self, Batch, Frames, Verdict, BATCH, MAX_FRAGS};
@@ -210,6 +212,11 @@ impl WorkerHandle {
     /// Counter snapshot.
     pub fn counters(&self) -> CounterSnapshot {
         self.counters.snapshot()
+    }
+
+    /// Each socket's kernel drop counts (refreshed about once a second).
+    pub fn socket_drops(&self) -> Vec<SocketDrops> {
+        self.counters.socket_drops()
     }
 
     /// The ports the worker runs.
@@ -427,15 +434,37 @@ impl Worker {
     fn report_kernel_drops(&mut self) {
         self.stats_at = std::time::Instant::now();
         let mut k = KernelDrops::default();
+        let mut each = Vec::new();
         for rt in self.ports.iter().flatten() {
             if let Ok(s) = rt.port.fq.statistics_v2() {
-                k.rx_dropped += s.rx_dropped;
-                k.rx_ring_full += s.rx_ring_full;
-                k.rx_fill_ring_empty += s.rx_fill_ring_empty_descs;
-                k.tx_invalid += s.tx_invalid_descs;
+                let one = KernelDrops {
+                    rx_dropped: s.rx_dropped,
+                    rx_ring_full: s.rx_ring_full,
+                    rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+                    tx_invalid: s.tx_invalid_descs,
+                };
+                k.rx_dropped += one.rx_dropped;
+                k.rx_ring_full += one.rx_ring_full;
+                k.rx_fill_ring_empty += one.rx_fill_ring_empty;
+                k.tx_invalid += one.tx_invalid;
+                each.push((rt.port.slot, rt.port.queue, one));
             }
         }
         self.counters.set_kernel(k);
+        let names = self.tables.load();
+        self.counters.set_sockets(|v| {
+            v.clear();
+            v.extend(each.into_iter().map(|(slot, queue, drops)| {
+                SocketDrops {
+                    ifname: names
+                        .iface(slot)
+                        .map(|i| i.name.clone())
+                        .unwrap_or_default(),
+                    queue,
+                    drops,
+                }
+            }));
+        });
     }
 
     fn report_frames(&self) {
@@ -489,6 +518,12 @@ impl Worker {
         // meanwhile.
         self.top_up(p);
         self.counts.rx += self.batch.len() as u64;
+        self.counts.rx_bytes += self
+            .batch
+            .descs()
+            .iter()
+            .map(|d| u64::from(d.total()))
+            .sum::<u64>();
         if self.batch.is_empty() {
             return got as usize;
         }
@@ -579,12 +614,13 @@ impl Worker {
             // A multi-buffer packet goes on whole or not at all (`push_tx_batch`); packets are
             // counted at their last frame, frames (TX-owned or freed) one by one.
             let sent = rt.port.push_tx_batch(&rt.pending);
-            for (k, &(addr, _, options)) in rt.pending.iter().enumerate() {
+            for (k, &(addr, len, options)) in rt.pending.iter().enumerate() {
                 let i = (addr >> self.frame_shift) as usize;
                 let last = options & XDP_PKT_CONTD == 0;
                 if k < sent {
                     self.owner[i] = tag_tx(p);
                     self.counts.tx += u64::from(last);
+                    self.counts.tx_bytes += u64::from(len);
                 } else {
                     if last {
                         self.counts.drop(DropReason::TxRingFull);

@@ -195,6 +195,9 @@ pub struct Table {
     next_sweep: AtomicU32,
     /// Sweeps run by inserts at the limit.
     sweeps: AtomicU64,
+    /// Entries inserted (new flows, and expired ones started afresh), on a line of its own
+    /// as `counts`.
+    inserts: Padded<AtomicU64>,
     cfg: Config,
     clock: Arc<dyn Clock>,
 }
@@ -229,6 +232,7 @@ impl Table {
             sweep: AtomicUsize::new(0),
             next_sweep: AtomicU32::new(0),
             sweeps: AtomicU64::new(0),
+            inserts: Padded(AtomicU64::new(0)),
             cfg,
             clock,
         }
@@ -256,6 +260,11 @@ impl Table {
     /// Sweeps for expired entries run by inserts at the limit (at most one per clock second).
     pub fn sweeps(&self) -> u64 {
         self.sweeps.load(Ordering::Relaxed)
+    }
+
+    /// Entries inserted since the table was made.
+    pub fn inserts(&self) -> u64 {
+        self.inserts.load(Ordering::Relaxed)
     }
 
     /// Bytes the table occupies.
@@ -582,6 +591,7 @@ impl Table {
 
     /// Fills busy slot `i` (generation `g`) and publishes it.
     fn write(&self, i: usize, g: u16, k: &Key, e: &NewEntry, now: u32) {
+        self.inserts.fetch_add(1, Ordering::Relaxed);
         let s = &self.slots[i];
         let (w0, w1) = k.words();
         // Relaxed data stores: ordered after the busy mark by the claim's Release fence, and

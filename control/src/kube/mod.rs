@@ -442,6 +442,19 @@ impl Source for KubeSource {
         }
     }
 
+    fn health(&self) -> crate::node::SourceHealth {
+        let st = self.shared.lock();
+        crate::node::SourceHealth {
+            synced: self.delivered,
+            stale_since: st.stale_since,
+            events: st.events,
+        }
+    }
+
+    fn update_latency(&self) -> Option<&UpdateLatency> {
+        Some(&self.latency)
+    }
+
     fn status(&self) -> Value {
         let st = self.shared.lock();
         let kinds: serde_json::Map<String, Value> = Kind::ALL

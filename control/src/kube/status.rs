@@ -47,6 +47,26 @@ impl UpdateLatency {
         Duration::from_micros(self.hist.max())
     }
 
+    /// As a Prometheus histogram: the cumulative count of updates at or under each bound (in
+    /// microseconds, ascending), the sum of all latencies in microseconds, and the count.
+    /// Within the histogram's precision (3 significant digits).
+    pub fn cumulative(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, u64) {
+        let mut counts = vec![0u64; bounds_us.len()];
+        let mut sum = 0u64;
+        for v in self.hist.iter_recorded() {
+            let (value, n) = (v.value_iterated_to(), v.count_at_value());
+            sum = sum.saturating_add(self.hist.median_equivalent(value).saturating_mul(n));
+            for (c, _) in counts
+                .iter_mut()
+                .zip(bounds_us)
+                .filter(|(_, b)| self.hist.median_equivalent(value) <= **b)
+            {
+                *c += n;
+            }
+        }
+        (counts, sum, self.count())
+    }
+
     /// `{"count", "p50_us", "p99_us", "max_us"}` (latencies null when nothing was recorded).
     pub fn to_json(&self) -> Value {
         let us = |d: Duration| {
@@ -76,6 +96,20 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cumulative_buckets_count_each_update_once_per_bound_above_it() {
+        let mut l = UpdateLatency::default();
+        for ms in [1u64, 3, 3, 40, 2000] {
+            l.record(Duration::from_millis(ms));
+        }
+        let (c, sum, n) = l.cumulative(&[500, 5_000, 50_000, 1_000_000]);
+        assert_eq!(c, [0, 3, 4, 4]);
+        assert_eq!(n, 5);
+        let want = 2_047_000f64;
+        assert!((sum as f64 - want).abs() / want < 0.01, "{sum}");
+        assert_eq!(UpdateLatency::default().cumulative(&[1]), (vec![0], 0, 0));
+    }
 
     #[test]
     fn quantiles_of_recorded_latencies() {

@@ -38,6 +38,8 @@ pub struct BuiltServices {
     pub built: usize,
     /// Services taken over from the previous build.
     pub reused: usize,
+    /// How long each Maglev table built took (a service's tables, one entry per service).
+    pub build_times: Vec<Duration>,
     /// Services left out (their tables could not be built) and frontends claimed twice, one
     /// line each.
     pub warnings: Vec<String>,
@@ -79,12 +81,16 @@ impl ServiceTableBuilder {
                     out.reused += 1;
                     s.clone()
                 }
-                _ => match Service::new(spec, m, seed) {
-                    Ok(s) => {
+                _ => match {
+                    let t = Instant::now();
+                    (Service::new(spec, m, seed), t.elapsed())
+                } {
+                    (Ok(s), took) => {
                         out.built += 1;
+                        out.build_times.push(took);
                         Arc::new(s)
                     }
-                    Err(e) => {
+                    (Err(e), _) => {
                         out.warnings
                             .push(format!("service {id}: {e}; service left out"));
                         continue;

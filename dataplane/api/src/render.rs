@@ -10,6 +10,7 @@ pub fn render(v: &Value) -> String {
     let mut o = String::new();
     let node = v["node"].as_str().unwrap_or("-");
     let _ = writeln!(o, "Node: {node}   uptime: {}s", v["uptime_s"]);
+    render_health(&mut o, v);
     render_source(&mut o, &v["source"]);
     render_node_config(&mut o, &v["node_config"]);
     o.push('\n');
@@ -528,6 +529,24 @@ fn render_node_config(o: &mut String, nc: &Value) {
     }
 }
 
+/// `Ready: yes` or `Ready: no` with the reasons, and where metrics are served.
+fn render_health(o: &mut String, v: &Value) {
+    match v["ready"].as_bool() {
+        Some(true) => o.push_str("Ready: yes"),
+        Some(false) => o.push_str("Ready: NO"),
+        None => return,
+    }
+    match v["metrics_address"].as_str() {
+        Some(a) => {
+            let _ = writeln!(o, "   metrics: http://{a}/metrics");
+        }
+        None => o.push_str("   metrics: off\n"),
+    }
+    for r in v["not_ready"].as_array().into_iter().flatten() {
+        let _ = writeln!(o, "  not ready: {}", r.as_str().unwrap_or_default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +576,24 @@ mod tests {
             "{t}"
         );
         assert!(!render(&json!({})).contains("Node config"));
+    }
+
+    #[test]
+    fn readiness_and_the_metrics_address() {
+        let t = render(&json!({"ready": true, "metrics_address": "127.0.0.1:9962"}));
+        assert!(
+            t.contains("Ready: yes   metrics: http://127.0.0.1:9962/metrics\n"),
+            "{t}"
+        );
+        let t = render(&json!({"ready": false, "metrics_address": null,
+            "not_ready": ["interface lxc1: queue 0 has no AF_XDP socket"]}));
+        assert!(
+            t.contains(
+                "Ready: NO   metrics: off\n  not ready: interface lxc1: queue 0 has no AF_XDP socket\n"
+            ),
+            "{t}"
+        );
+        assert!(!render(&json!({})).contains("Ready"));
     }
 
     #[test]

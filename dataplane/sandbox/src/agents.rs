@@ -17,6 +17,12 @@ pub const CT_MAX_TCP: usize = 4096;
 /// it. The other lifetimes keep their defaults.
 pub const CT_TCP_CLOSE: u32 = 2;
 
+/// Where each sandbox agent serves `/metrics`, `/healthz` and `/readyz`, in its node's
+/// namespace.
+pub const METRICS_ADDRESS: &str = "127.0.0.1:9962";
+/// How long the sandbox agents' source may be stale before they are not ready.
+pub const METRICS_STALE_AFTER_S: u64 = 3;
+
 fn agent_config(st: &State, n: &NodeState) -> String {
     let source = match st.source {
         Source::Manifests => format!("{{manifests: {}}}", st.manifests().display()),
@@ -40,6 +46,9 @@ fn agent_config(st: &State, n: &NodeState) -> String {
          # Small conntrack limits: light on memory, and `vireo connectivity test` floods them.\n\
          # A short close lifetime: `service-half-close` outlives it in seconds.\n\
          conntrack: {{max_tcp: {CT_MAX_TCP}, max_other: 1024, lifetimes: {{tcp_close: {CT_TCP_CLOSE}}}}}\n\
+         # /metrics and the probes on the node's loopback (each node is a namespace); not\n\
+         # ready 3 s after the API server stops answering.\n\
+         metrics: {{address: \"{METRICS_ADDRESS}\", stale_after_s: {METRICS_STALE_AFTER_S}}}\n\
          {busy_poll}interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),

@@ -33,7 +33,7 @@ pub mod probe;
 mod state;
 mod topology;
 
-pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE};
+pub use agents::{wait_agents, CT_MAX_TCP, CT_TCP_CLOSE, METRICS_ADDRESS, METRICS_STALE_AFTER_S};
 pub use commands::{apply, down, exec, exec_node, kubeconfig, status, up, UpOpts};
 pub use defaults::{
     DNS_CLUSTER_IP, DNS_NAMESPACE, DNS_POD, ECHO_HTTP_PORT, ECHO_PODS_PER_NODE, ECHO_UDP_PORT,

@@ -126,7 +126,9 @@ pub(super) fn judged(
 /// A new flow's verdict (`d` marked when audited); true when it is denied.
 #[inline]
 pub(super) fn new_flow_denied(t: &Tables, d: &mut Desc, f: &Judged) -> bool {
-    match t.policy_judge(f, true) {
+    let (j, tally) = t.policy_judge_tallied(f, true);
+    d.verdicts |= tally;
+    match j {
         Judgment::Allowed => false,
         Judgment::Denied => true,
         Judgment::Audited => {

@@ -184,6 +184,9 @@ pub struct Desc {
     /// Policy denied it, but passed it: the endpoint whose policy denied it is in audit mode
     /// (counted as `policy_audited`).
     pub audited: bool,
+    /// A new flow's policy verdicts, one bit per direction and verdict
+    /// ([`crate::counters::verdict_index`]), counted after the pipeline.
+    pub verdicts: u8,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -204,6 +207,7 @@ impl Desc {
             pre_nat: None,
             frag_ports: None,
             audited: false,
+            verdicts: 0,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -326,6 +330,11 @@ macro_rules! pipeline {
             let monitor = tables.monitor.is_on();
             for d in batch.descs_mut() {
                 counts.policy_audited += u64::from(d.audited);
+                if d.verdicts != 0 {
+                    for (i, n) in counts.verdicts.iter_mut().enumerate() {
+                        *n += u64::from(d.verdicts >> i & 1);
+                    }
+                }
                 match d.verdict {
                     Verdict::Drop(r) => {
                         counts.drop(r);

@@ -93,6 +93,41 @@ fn an_allowed_port_passes_and_its_replies_too() {
 }
 
 #[test]
+fn new_flows_verdicts_are_counted_per_direction_under_policy_only() {
+    use crate::counters::verdict_index;
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t);
+    let ingress = |v| verdict_index(1, v);
+    // A new allowed flow: B's ingress allowed it; A's egress is under no policy.
+    let (_, c) = run_one(&t, POD_A.2, &a_to_b(80, SYN));
+    let mut want = [0; crate::counters::VERDICT_SLOTS];
+    want[ingress(0)] = 1;
+    assert_eq!(c.verdicts, want);
+    // Its reply and next packets are no new flows.
+    let reply = tcp((POD_B.0, POD_B.1), (POD_A.0, POD_B.3), 80, 40000, SYN | ACK);
+    assert_eq!(run_one(&t, POD_B.2, &reply).1.verdicts, [0; 6]);
+    assert_eq!(run_one(&t, POD_A.2, &a_to_b(80, ACK)).1.verdicts, [0; 6]);
+    // Denied: counted as denied, in the direction that denied it.
+    let (_, c) = run_one(&t, POD_A.2, &a_to_b(81, SYN));
+    want = [0; 6];
+    want[ingress(1)] = 1;
+    assert_eq!(c.verdicts, want);
+    // B to A: neither B's egress nor A's ingress is under policy: nothing counted.
+    let b_to_a = tcp((POD_B.0, POD_B.1), (POD_A.0, POD_B.3), 5000, 9999, SYN);
+    assert_eq!(run_one(&t, POD_B.2, &b_to_a).1.verdicts, [0; 6]);
+    // Audit mode: denied, let through, counted as audit.
+    t.audit = Arc::new(crate::tables::PolicyAudit {
+        all: true,
+        ..Default::default()
+    });
+    let (d, c) = run_one(&t, POD_A.2, &a_to_b(82, SYN));
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_B.2 });
+    want = [0; 6];
+    want[ingress(2)] = 1;
+    assert_eq!(c.verdicts, want);
+}
+
+#[test]
 fn other_ports_fall_to_default_deny_and_get_no_entry() {
     let (mut t, _) = two_pods_with_ct(64, 64);
     with_policy(&mut t);

@@ -38,6 +38,8 @@ mod host;
 mod maps;
 #[path = "masquerade.rs"]
 mod masquerade;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "monitor.rs"]
 mod monitor;
 use crate::nodeconfig::first_view;
@@ -51,6 +53,8 @@ enum Msg {
     Wake,
     /// The API server loop ended.
     ApiGone,
+    /// A request on the metrics and health listener.
+    Probe(crate::http::Asked),
 }
 
 struct Attached {
@@ -100,6 +104,12 @@ pub struct Agent {
     masq: masquerade::MasqState,
     /// Pods wired by `vireo-cni`.
     cni: cni::Registry,
+    /// The conntrack garbage collector.
+    gc: Option<vireo_conntrack::gc::Gc>,
+    /// The metrics and health listener, once serving.
+    listener: Option<crate::http::Listener>,
+    /// What the metrics record besides the counters.
+    recorded: metrics::Recorded,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -145,7 +155,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         "conntrack table allocated"
     );
     // The whole table once every 5 s, in 64 slices.
-    let _gc = vireo_conntrack::gc::Gc::start(ct.clone(), Duration::from_secs(5), 64)?;
+    let gc = vireo_conntrack::gc::Gc::start(ct.clone(), Duration::from_secs(5), 64)?;
     let tables = Arc::new(TableHandle::new(Tables {
         gateways: cfg.gateway_addrs(),
         ct: Some(ct),
@@ -195,6 +205,9 @@ pub fn run(config_path: &Path) -> Result<()> {
         policy_revision: 0,
         masq: Default::default(),
         cni: cni::Registry::new(&cfg.api_socket),
+        gc: Some(gc),
+        listener: None,
+        recorded: metrics::Recorded::default(),
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
@@ -291,6 +304,18 @@ impl Agent {
                 let _ = wake.send(Msg::Wake);
             }));
         }
+        if let Some(addr) = self
+            .cfg
+            .metrics
+            .socket_addr()
+            .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?
+        {
+            let probes = msgs.clone();
+            let l =
+                crate::http::Listener::start(addr, move |a| probes.send(Msg::Probe(a)).is_ok())?;
+            tracing::info!(address = %l.addr(), "serving /metrics, /healthz and /readyz");
+            self.listener = Some(l);
+        }
         drop(msgs);
         tracing::info!(
             api = %sock.display(),
@@ -308,12 +333,18 @@ impl Agent {
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Msg::Call(call)) => self.answer(call),
+                Ok(Msg::Probe((p, reply))) => {
+                    let _ = reply.try_send(self.probe(p));
+                }
                 Ok(Msg::Wake) => {
                     // Wakeups queued meanwhile are this one; calls are answered first.
                     let mut gone = false;
                     while let Ok(m) = rx.try_recv() {
                         match m {
                             Msg::Call(call) => self.answer(call),
+                            Msg::Probe((p, reply)) => {
+                                let _ = reply.try_send(self.probe(p));
+                            }
                             Msg::Wake => {}
                             Msg::ApiGone => gone = true,
                         }
@@ -635,6 +666,7 @@ impl Agent {
         self.publish_port_names();
         let Some(src) = self.source.as_mut() else {
             self.cni_reconcile();
+            self.note_complete();
             return;
         };
         let node = self.control.node().to_string();
@@ -665,6 +697,7 @@ impl Agent {
                 src.published(&self.control);
             }
         }
+        self.note_complete();
     }
 
     /// Publishes the compiled policy, when control has a new build.
@@ -712,6 +745,7 @@ impl Agent {
         let Some(built) = self.control.build_services(self.cfg.services) else {
             return;
         };
+        self.recorded.maglev_built(&built.build_times);
         let table = built.table;
         let before = self.tables.current();
         self.tables.update(|t| t.services = table.clone());
@@ -913,12 +947,16 @@ impl Agent {
                 })
             })
             .collect();
+        let not_ready = self.readiness_problems();
         json!({
             "node": self.cfg.node,
             "node_ip": t.local.map(|l| l.ip.to_string()),
             "remote_nodes": t.nodes.len(),
             "endpoints": self.endpoints(),
             "uptime_s": self.started.elapsed().as_secs(),
+            "metrics_address": self.listener.as_ref().map(|l| l.addr().to_string()),
+            "ready": not_ready.is_empty(),
+            "not_ready": not_ready,
             "source": self.source.as_ref().map(|s| s.status()),
             "node_config": self.node_cfg.status(),
             "interfaces": ifaces,
@@ -935,6 +973,7 @@ impl Agent {
             let _ = self.remove_iface(&n);
         }
         self.workers.clear();
+        self.listener = None;
         tracing::info!("vireo agent stopped; all interfaces detached");
     }
 }

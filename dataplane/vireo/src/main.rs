@@ -1,6 +1,8 @@
 //! `vireo`: the node agent and its operator CLI.
 
 mod agent;
+mod exposition;
+mod http;
 mod nodeconfig;
 
 use vireo_api as api;
@@ -385,16 +387,40 @@ macro_rules! out {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The agent logs as its configuration file says (an unreadable file is reported by the
+    // agent itself); `VIREO_LOG` and `VIREO_LOG_FORMAT` override it.
+    let log = match &cli.cmd {
+        Cmd::Agent { config } => vireo_control::config::Config::load(config)
+            .map(|c| c.log)
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
+    init_logs(&log);
+    if let Err(e) = run(cli) {
         eprintln!("vireo: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Logs on stderr: text or JSON lines, at the levels of `log.level` (per module too), or of
+/// `VIREO_LOG` and `VIREO_LOG_FORMAT` when set.
+fn init_logs(log: &vireo_control::config::operations::LogConfig) {
+    use vireo_control::config::operations::LogFormat;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| "info".into());
+    let format = match std::env::var("VIREO_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        Ok("text") => LogFormat::Text,
+        _ => log.format,
+    };
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+        LogFormat::Text => fmt.init(),
     }
 }
 

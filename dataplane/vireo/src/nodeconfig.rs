@@ -65,6 +65,11 @@ pub fn restart_fields(running: &Config, want: &Config) -> Vec<&'static str> {
         ("busy_poll", want.busy_poll == running.busy_poll),
         ("source", want.source == running.source),
         ("node", want.node == running.node),
+        (
+            "metrics.address",
+            want.metrics.address == running.metrics.address,
+        ),
+        ("log", want.log == running.log),
     ]
     .into_iter()
     .filter(|(_, same)| !same)
@@ -86,6 +91,8 @@ pub fn split(running: &Config, want: &Config) -> (Config, Vec<&'static str>) {
     applied.busy_poll = running.busy_poll;
     applied.source.clone_from(&running.source);
     applied.node.clone_from(&running.node);
+    applied.metrics.address.clone_from(&running.metrics.address);
+    applied.log.clone_from(&running.log);
     (applied, restart)
 }
 
