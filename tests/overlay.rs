@@ -258,7 +258,7 @@ fn sandbox_on_the_kube_source_with_kubectl() {
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())
     };
-    assert_eq!(get("/readyz"), (200, "ok".into()));
+    assert_eq!(get("/readyz"), (200, "ok\n".into()));
     let (code, m) = get("/metrics");
     assert_eq!(code, 200);
     assert!(
@@ -291,7 +291,7 @@ fn sandbox_on_the_kube_source_with_kubectl() {
         t.elapsed() >= Duration::from_secs(vireo_sandbox::METRICS_STALE_AFTER_S - 1),
         "not ready before the bound: {why}"
     );
-    assert_eq!(get("/healthz"), (200, "ok".into()), "alive all the same");
+    assert_eq!(get("/healthz"), (200, "ok\n".into()), "alive all the same");
     let (_, m) = get("/metrics");
     assert!(
         m.contains("vireo_source_connected{kind=\"kube\"} 0\n"),

@@ -301,8 +301,8 @@ fn metrics_pass_promtool_and_probes_and_json_logs_tell_the_truth() {
         "{addr}"
     );
     assert_eq!(st["ready"], true, "{}", st["not_ready"]);
-    assert_eq!(http_get(&node, &addr, "/healthz"), (200, "ok".into()));
-    assert_eq!(http_get(&node, &addr, "/readyz"), (200, "ok".into()));
+    assert_eq!(http_get(&node, &addr, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(&node, &addr, "/readyz"), (200, "ok\n".into()));
     assert_eq!(http_get(&node, &addr, "/nothing").0, 404);
 
     assert!(node.ping(0, 1, 3), "ping; log:\n{}", agent.log_text());

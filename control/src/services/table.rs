@@ -81,21 +81,21 @@ impl ServiceTableBuilder {
                     out.reused += 1;
                     s.clone()
                 }
-                _ => match {
+                _ => {
                     let t = Instant::now();
-                    (Service::new(spec, m, seed), t.elapsed())
-                } {
-                    (Ok(s), took) => {
-                        out.built += 1;
-                        out.build_times.push(took);
-                        Arc::new(s)
+                    match Service::new(spec, m, seed) {
+                        Ok(s) => {
+                            out.built += 1;
+                            out.build_times.push(t.elapsed());
+                            Arc::new(s)
+                        }
+                        Err(e) => {
+                            out.warnings
+                                .push(format!("service {id}: {e}; service left out"));
+                            continue;
+                        }
                     }
-                    (Err(e), _) => {
-                        out.warnings
-                            .push(format!("service {id}: {e}; service left out"));
-                        continue;
-                    }
-                },
+                }
             };
             next.insert(key, svc.clone());
             services.push(svc);
