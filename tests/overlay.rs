@@ -240,23 +240,10 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     // the bound, not ready (and saying why) but alive, and the metrics say so too.
     let get = |path: &str| -> (u16, String) {
         let url = format!("http://{}{path}", vireo_sandbox::METRICS_ADDRESS);
-        let args = [
-            "sandbox",
-            "exec",
-            "--node",
-            "node-1",
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &url,
-        ];
-        let out = String::from_utf8_lossy(&s.vireo(&args).stdout).into_owned();
-        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        let mut args = vec!["sandbox", "exec", "--node", "node-1", "--"];
+        let curl = curl_get(&url);
+        args.extend(curl.iter().map(String::as_str));
+        curl_answer(&s.vireo(&args).stdout)
     };
     assert_eq!(get("/readyz"), (200, "ok\n".into()));
     let (code, m) = get("/metrics");

@@ -261,18 +261,9 @@ fn a_detached_endpoint_takes_its_flows_and_a_pod_given_its_address_inherits_none
 
 /// `GET http://{addr}{path}` from inside the node namespace: (status code, body).
 fn http_get(node: &Node, addr: &str, path: &str) -> (u16, String) {
-    let o = node.ns.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://{addr}{path}"),
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let args = curl_get(&format!("http://{addr}{path}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl_answer(&node.ns.exec(&args).stdout)
 }
 
 /// The value of the sample `series` (name and labels as exposed) in a text exposition.

@@ -493,3 +493,25 @@ impl Drop for Agent {
         }
     }
 }
+
+/// `curl` arguments for a GET of `url` that prints the body, a newline and the status code.
+pub fn curl_get(url: &str) -> Vec<String> {
+    [
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        url,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// (status code, body) from the output of a [`curl_get`] command (0: no answer).
+pub fn curl_answer(stdout: &[u8]) -> (u16, String) {
+    let out = String::from_utf8_lossy(stdout);
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
