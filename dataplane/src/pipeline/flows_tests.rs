@@ -272,10 +272,20 @@ fn traces_are_sampled_or_for_one_endpoint_and_only_while_asked() {
             .filter(|e| e.kind == EventKind::Trace)
             .collect::<Vec<_>>()
     };
+    // New flows each time (a new port per packet).
+    let port = std::cell::Cell::new(1000u16);
+    // One batch of `n` (a worker's count of traced packets lives in its batch).
     let send = |t: &Tables, n: u16| {
-        for i in 0..n {
-            run_on(t, POD_A.2, &a_to_b(1000 + i, SYN));
+        let mut mem = VecFrames::new(BATCH, 2048);
+        let mut b = Batch::for_worker(0);
+        for i in 0..usize::from(n) {
+            port.set(port.get() + 1);
+            let f = a_to_b(port.get(), SYN);
+            let addr = (i * 2048 + 256) as u64;
+            mem.write(addr, &f);
+            assert!(b.push(Desc::new(addr, f.len() as u32, POD_A.2)));
         }
+        run(&mut b, &mut mem, t, &mut BatchCounts::default());
     };
     t.monitor.set_trace(1, None);
     send(&t, 3);
@@ -290,7 +300,7 @@ fn traces_are_sampled_or_for_one_endpoint_and_only_while_asked() {
         (tr.out_slot, tr.ct, tr.tcp_flags),
         (Some(POD_B.2), "new", SYN)
     );
-    assert_eq!((e[0].src, e[0].dst, e[0].dport), (POD_A.0, POD_B.0, 1000));
+    assert_eq!((e[0].src, e[0].dst, e[0].dport), (POD_A.0, POD_B.0, 1004));
     t.monitor.set_trace(2, None);
     send(&t, 4);
     assert_eq!(traces(&t).len(), 2, "every 2nd");

@@ -196,7 +196,10 @@ pub(crate) fn flow_json(r: &FlowRecord, n: &Names<'_>) -> Value {
     let l4 = l4_json(r);
     let summary = match r.proto {
         6 => format!("TCP Flags: {}", tcp_flag_names(r.tcp_flags).join(", ")),
-        1 => format!("ICMPv4 {:?}", r.icmp.unwrap_or((0, 0))),
+        1 => {
+            let (t, c) = r.icmp.unwrap_or((0, 0));
+            format!("ICMPv4 type {t} code {c}")
+        }
         17 => "UDP".into(),
         132 => "SCTP".into(),
         p => format!("IP protocol {p}"),
@@ -491,6 +494,7 @@ mod tests {
         r.event = FlowEvent::FirstReply;
         let v = with_names(|n| flow_json(&r, n));
         assert_eq!(v["l4"], json!({"ICMPv4": {"type": 0, "code": 0}}));
+        assert_eq!(v["Summary"], "ICMPv4 type 0 code 0");
         assert_eq!(
             (&v["is_reply"], &v["event"]),
             (&json!(true), &json!("first_reply"))
