@@ -167,7 +167,13 @@ pub fn tcp_flags(ip: &[u8]) -> u8 {
 
 impl FlowRecord {
     /// A record of the IPv4 packet `ip` (header at `ip[0]`) of `d`, without policy details.
-    pub fn of_packet(event: FlowEvent, verdict: FlowVerdict, d: &Desc, ip: &[u8]) -> FlowRecord {
+    pub fn of_packet(
+        event: FlowEvent,
+        verdict: FlowVerdict,
+        d: &Desc,
+        ip: &[u8],
+        time_ns: u64,
+    ) -> FlowRecord {
         let proto = ip[9];
         let l4 = usize::from(ip[0] & 0x0f) * 4;
         let later = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
@@ -183,7 +189,7 @@ impl FlowRecord {
         }
         let word = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
         FlowRecord {
-            time_ns: now_ns(),
+            time_ns,
             event,
             verdict,
             reason: None,
@@ -209,8 +215,14 @@ impl FlowRecord {
 
     /// A dropped packet's record: for a policy denial, the side and rule that deny it now
     /// (the judgment again: a denial cached in the flow has its rule too).
-    pub fn dropped(t: &Tables, d: &Desc, reason: DropReason, ip: &[u8]) -> FlowRecord {
-        let mut r = FlowRecord::of_packet(FlowEvent::Drop, FlowVerdict::Dropped, d, ip);
+    pub fn dropped(
+        t: &Tables,
+        d: &Desc,
+        reason: DropReason,
+        ip: &[u8],
+        time_ns: u64,
+    ) -> FlowRecord {
+        let mut r = FlowRecord::of_packet(FlowEvent::Drop, FlowVerdict::Dropped, d, ip, time_ns);
         r.reason = Some(reason);
         r.dst_identity = t.identity_of(u32::from(r.dst));
         if reason == DropReason::PolicyDenied {
@@ -241,6 +253,18 @@ impl FlowRecord {
             self.src_identity = p.src_identity;
             self.dst_identity = p.dst_identity;
         }
+    }
+}
+
+/// A batch's time for its records: the clock read once, at the first record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchClock(Option<u64>);
+
+impl BatchClock {
+    /// Nanoseconds since the Unix epoch, read at the batch's first record.
+    #[inline]
+    pub fn now(&mut self) -> u64 {
+        *self.0.get_or_insert_with(now_ns)
     }
 }
 
@@ -346,6 +370,7 @@ mod tests {
             FlowVerdict::Forwarded,
             &Desc::new(0, 54, 1),
             &ip,
+            now_ns(),
         )
     }
 

@@ -17,7 +17,9 @@
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::events::{DropEvent, EventKind, Trace};
-use crate::flows::{ipv4_of, tcp, tcp_flags, FlowEvent, FlowRecord, FlowVerdict};
+use crate::flows::{
+    ipv4_of, now_ns, tcp, tcp_flags, BatchClock, FlowEvent, FlowRecord, FlowVerdict,
+};
 use crate::tables::Tables;
 
 pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: &mut BatchCounts) {
@@ -28,6 +30,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
     }
     let worker = usize::from(batch.worker);
     let mut seq = batch.trace_seq;
+    let mut clock = BatchClock::default();
     for d in batch.descs_mut() {
         let (out_slot, to_tunnel) = match d.verdict {
             Verdict::Tx { slot } => (Some(slot), false),
@@ -54,7 +57,7 @@ pub(super) fn run<F: Frames>(batch: &mut Batch, frames: &mut F, t: &Tables, _c: 
             }
             _ => continue,
         };
-        record(t, worker, d, ip, event, (out_slot, to_tunnel));
+        record(t, worker, d, ip, event, (out_slot, to_tunnel), clock.now());
     }
     batch.trace_seq = seq;
 }
@@ -69,13 +72,14 @@ fn record(
     ip: &[u8],
     event: FlowEvent,
     (out_slot, to_tunnel): (Option<u16>, bool),
+    time_ns: u64,
 ) {
     let verdict = if d.audited {
         FlowVerdict::Audit
     } else {
         FlowVerdict::Forwarded
     };
-    let mut r = FlowRecord::of_packet(event, verdict, d, ip);
+    let mut r = FlowRecord::of_packet(event, verdict, d, ip, time_ns);
     r.out_slot = out_slot;
     r.to_tunnel = to_tunnel;
     r.dst_identity = t.identity_of(u32::from(r.dst));
@@ -97,11 +101,12 @@ pub(super) fn dropped<F: Frames>(
     worker: usize,
     d: &Desc,
     reason: DropReason,
+    clock: &mut BatchClock,
 ) {
     let Some(ip) = frames.frame(d.addr, d.len).and_then(|b| ipv4_of(b)) else {
         return;
     };
-    let mut r = FlowRecord::dropped(t, d, reason, ip);
+    let mut r = FlowRecord::dropped(t, d, reason, ip, clock.now());
     if r.src_identity == 0 {
         r.src_identity = t.identity_of(u32::from(r.src));
     }
@@ -132,7 +137,7 @@ fn traced(t: &Tables, d: &Desc, ip: &[u8], seq: u32, out_slot: Option<u16>, to_t
 #[cold]
 #[inline(never)]
 fn trace_event(t: &Tables, d: &Desc, ip: &[u8], out_slot: Option<u16>, to_tunnel: bool) {
-    let r = FlowRecord::of_packet(FlowEvent::New, FlowVerdict::Forwarded, d, ip);
+    let r = FlowRecord::of_packet(FlowEvent::New, FlowVerdict::Forwarded, d, ip, now_ns());
     let (src_identity, dst_identity) = (
         if d.src_identity == 0 {
             t.identity_of(u32::from(r.src))

@@ -350,6 +350,7 @@ macro_rules! pipeline {
             let monitor = tables.monitor.is_on();
             let record = tables.flows.is_on();
             let worker = usize::from(batch.worker);
+            let mut clock = crate::flows::BatchClock::default();
             for d in batch.descs_mut() {
                 counts.policy_audited += u64::from(d.audited);
                 if d.verdicts != 0 {
@@ -361,7 +362,7 @@ macro_rules! pipeline {
                     Verdict::Drop(r) => {
                         counts.drop(r);
                         if record {
-                            flows::dropped(tables, frames, worker, d, r);
+                            flows::dropped(tables, frames, worker, d, r, &mut clock);
                         }
                         // Policy drops were reported where they were judged, with their rule.
                         if monitor && r != DropReason::PolicyDenied {
@@ -378,7 +379,7 @@ macro_rules! pipeline {
                         d.verdict = Verdict::Drop(DropReason::UnsupportedEthertype);
                         counts.drop(DropReason::UnsupportedEthertype);
                         if record {
-                            flows::dropped(tables, frames, worker, d, DropReason::UnsupportedEthertype);
+                            flows::dropped(tables, frames, worker, d, DropReason::UnsupportedEthertype, &mut clock);
                         }
                     }
                 }
