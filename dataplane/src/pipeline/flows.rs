@@ -125,9 +125,9 @@ fn traced(t: &Tables, d: &Desc, ip: &[u8], seq: u32, out_slot: Option<u16>, to_t
     let picked = match endpoint {
         Some(e) => {
             let (s, dst) = ends();
-            (s == e || dst == e) && seq % sample.max(1) == 0
+            (s == e || dst == e) && seq.is_multiple_of(sample.max(1))
         }
-        None => seq % sample.max(1) == 0,
+        None => seq.is_multiple_of(sample.max(1)),
     };
     if picked {
         trace_event(t, d, ip, out_slot, to_tunnel);
