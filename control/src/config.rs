@@ -435,6 +435,10 @@ pub struct Config {
     /// ([`operations::LogConfig`]).
     #[serde(default)]
     pub log: operations::LogConfig,
+    /// `vireo observe`: `flow_ring`, the flows the agent keeps (8192; 0: no flow records)
+    /// ([`operations::ObserveConfig`]).
+    #[serde(default)]
+    pub observe: operations::ObserveConfig,
 }
 
 /// [`Config::cni_conflist`].
@@ -576,6 +580,7 @@ impl Config {
         self.fqdn.validate().map_err(|(f, m)| bad(f, m))?;
         self.metrics.validate().map_err(|(f, m)| bad(f, m))?;
         self.log.validate().map_err(|(f, m)| bad(f, m))?;
+        self.observe.validate().map_err(|(f, m)| bad(f, m))?;
         let a = &self.af_xdp;
         if !a.frame_size.is_power_of_two() || !(2048..=4096).contains(&a.frame_size) {
             return Err(bad(

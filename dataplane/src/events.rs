@@ -4,12 +4,13 @@
 //! audit, per direction judged, with the deciding rule or the default). One event type with a
 //! [`EventKind`], through one queue.
 //!
-//! Workers push into one bounded lock-free queue, only while a monitor is listening (verdicts
-//! only while one asks for them); a full queue loses the event (counted), never blocks a
-//! worker. Verdict events are rate-limited, all workers together, to
+//! Each worker pushes into its own bounded lock-free queue (the one of [`set_worker_ring`]),
+//! only while a monitor is listening (verdicts only while one asks for them); a full queue
+//! loses the event (counted), never blocks a worker. Verdict events are rate-limited, all workers together, to
 //! [`VERDICTS_PER_SECOND`] per second of the conntrack clock; those over the limit are
 //! counted as sampled out.
 
+use std::cell::Cell;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,17 @@ use vireo_policy::{Direction, Origin};
 
 use crate::counters::DropReason;
 use crate::wire::ETH_HLEN;
+
+thread_local! {
+    /// The queue of the worker running on this thread.
+    static RING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread's events go to worker `i`'s queue (the pipeline sets it per batch).
+#[inline]
+pub fn set_worker_ring(i: usize) {
+    RING.with(|r| r.set(i));
+}
 
 /// At most this many policy-verdict events per second (all workers together).
 pub const VERDICTS_PER_SECOND: u32 = 1000;
@@ -55,6 +67,24 @@ pub enum EventKind {
     /// The policy verdict of a new flow in one direction (`direction`, `rule`); `reason` is
     /// [`DropReason::PolicyDenied`] and means nothing.
     Verdict(PolicyVerdict),
+    /// A forwarded packet traced (`vireo monitor --type trace`): `trace` says where it went;
+    /// `reason` means nothing.
+    Trace,
+}
+
+/// Where a traced packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trace {
+    /// Interface slot it left on (`None`: into the tunnel).
+    pub out_slot: Option<u16>,
+    /// Into the tunnel towards another node.
+    pub to_tunnel: bool,
+    /// Conntrack's view: `new`, `established`, `reply`, `related` or `untracked`.
+    pub ct: &'static str,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// Bytes (IP header and payload).
+    pub bytes: u32,
 }
 
 /// One monitor event: a dropped packet, or a new flow's policy verdict ([`EventKind`]).
@@ -85,8 +115,10 @@ pub struct DropEvent {
     /// Policy drops: the deny rule; `None` with a direction means default deny. Verdicts: the
     /// deciding rule, `None` for the default.
     pub rule: Option<Arc<Origin>>,
-    /// Verdicts of ICMP flows: the type judged.
+    /// Verdicts of ICMP flows: the type judged (traces: the packet's type).
     pub icmp_type: Option<u8>,
+    /// Traces: where the packet went.
+    pub trace: Option<Trace>,
 }
 
 impl DropEvent {
@@ -107,6 +139,7 @@ impl DropEvent {
             direction: None,
             rule: None,
             icmp_type: None,
+            trace: None,
         };
         let ip = match buf.get(ETH_HLEN..) {
             Some(ip) if buf[12..14] == [0x08, 0x00] && ip.len() >= 20 && ip[0] >> 4 == 4 => ip,
@@ -130,7 +163,8 @@ pub struct Monitor {
     on: AtomicBool,
     /// Someone asks for policy verdicts too.
     verdicts: AtomicBool,
-    queue: ArrayQueue<DropEvent>,
+    /// One queue per worker.
+    queues: Box<[ArrayQueue<DropEvent>]>,
     lost: AtomicU64,
     /// The second (conntrack clock) of the current verdict window, and the verdicts let
     /// through in it.
@@ -139,6 +173,10 @@ pub struct Monitor {
     sampled_out: AtomicU64,
     /// The limit (per second).
     per_second: AtomicU32,
+    /// Traces: every `N`th forwarded packet per worker (0: not tracing).
+    trace_sample: AtomicU32,
+    /// Traces: only packets to or from this address (host byte order; 0: any).
+    trace_endpoint: AtomicU32,
 }
 
 impl Default for Monitor {
@@ -148,17 +186,50 @@ impl Default for Monitor {
 }
 
 impl Monitor {
-    /// A queue of `cap` events.
+    /// One queue of `cap` events.
     pub fn new(cap: usize) -> Monitor {
+        Monitor::with_rings(1, cap)
+    }
+
+    /// `workers` queues of `cap` events each.
+    pub fn with_rings(workers: usize, cap: usize) -> Monitor {
         Monitor {
             on: AtomicBool::new(false),
             verdicts: AtomicBool::new(false),
-            queue: ArrayQueue::new(cap.max(1)),
+            queues: (0..workers.max(1))
+                .map(|_| ArrayQueue::new(cap.max(1)))
+                .collect(),
             lost: AtomicU64::new(0),
             window: AtomicU64::new(0),
             sampled_out: AtomicU64::new(0),
             per_second: AtomicU32::new(VERDICTS_PER_SECOND),
+            trace_sample: AtomicU32::new(0),
+            trace_endpoint: AtomicU32::new(0),
         }
+    }
+
+    /// Whether someone asks for traces (and the monitor is on).
+    #[inline]
+    pub fn trace_on(&self) -> bool {
+        self.trace_sample.load(Ordering::Relaxed) != 0 && self.is_on()
+    }
+
+    /// Traces every `sample`th forwarded packet of each worker, of those to or from
+    /// `endpoint` when given (`sample` 0 stops tracing).
+    pub fn set_trace(&self, sample: u32, endpoint: Option<Ipv4Addr>) {
+        self.trace_endpoint
+            .store(endpoint.map_or(0, u32::from), Ordering::Relaxed);
+        self.trace_sample.store(sample, Ordering::Relaxed);
+    }
+
+    /// The trace selection: (every `N`th, only this endpoint).
+    #[inline]
+    pub fn trace_filter(&self) -> (u32, Option<u32>) {
+        let e = self.trace_endpoint.load(Ordering::Relaxed);
+        (
+            self.trace_sample.load(Ordering::Relaxed),
+            (e != 0).then_some(e),
+        )
     }
 
     /// Whether someone listens for policy verdicts (workers skip them otherwise).
@@ -220,14 +291,18 @@ impl Monitor {
         self.on.store(on, Ordering::Relaxed);
         if !on {
             self.verdicts.store(false, Ordering::Relaxed);
-            while self.queue.pop().is_some() {}
+            self.trace_sample.store(0, Ordering::Relaxed);
+            for q in self.queues.iter() {
+                while q.pop().is_some() {}
+            }
         }
     }
 
-    /// Queues an event (lost, and counted, when the queue is full).
+    /// Queues an event in this thread's worker queue (lost, and counted, when it is full).
     #[inline]
     pub fn push(&self, e: DropEvent) {
-        if self.queue.push(e).is_err() {
+        let i = RING.with(Cell::get) % self.queues.len();
+        if self.queues[i].push(e).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -237,13 +312,22 @@ impl Monitor {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Takes up to `max` events, and the number lost so far.
+    /// Takes up to `max` events, one from each worker's queue in turn, and the number lost
+    /// so far.
     pub fn drain(&self, max: usize) -> (Vec<DropEvent>, u64) {
         let mut v = Vec::new();
         while v.len() < max {
-            match self.queue.pop() {
-                Some(e) => v.push(e),
-                None => break,
+            let before = v.len();
+            for q in self.queues.iter() {
+                if v.len() == max {
+                    break;
+                }
+                if let Some(e) = q.pop() {
+                    v.push(e);
+                }
+            }
+            if v.len() == before {
+                break;
             }
         }
         (v, self.lost.load(Ordering::Relaxed))
@@ -267,6 +351,35 @@ mod tests {
         m.set_verdict_rate(0);
         assert_eq!(admitted(9, 2), 0);
         assert_eq!(m.sampled_out(), 5);
+    }
+
+    #[test]
+    fn each_worker_has_its_queue_and_a_full_one_loses_only_its_own() {
+        let m = Monitor::with_rings(2, 2);
+        let ev = |p: u16| {
+            let mut e = DropEvent::from_frame(DropReason::CtFull, 0, &[]);
+            e.sport = p;
+            e
+        };
+        let t = std::thread::spawn(move || {
+            set_worker_ring(1);
+            for p in 10..15 {
+                m.push(ev(p));
+            }
+            m
+        });
+        let m = t.join().unwrap();
+        set_worker_ring(0);
+        m.push(ev(1));
+        let (v, lost) = m.drain(10);
+        assert_eq!(lost, 3, "worker 1's queue held 2 of its 5");
+        let mut ports: Vec<u16> = v.iter().map(|e| e.sport).collect();
+        ports.sort();
+        assert_eq!(
+            ports,
+            vec![1, 10, 11],
+            "worker 0's event was not lost to worker 1's"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`worker`]: pinned threads that own sockets and move batches between them.
 //! - [`handoff`]: frames moved between workers (lock-free rings, preallocated buffers).
 //! - [`events`]: drop events for `vireo monitor`.
+//! - [`flows`]: flow records for `vireo observe` (lossy per-worker rings).
 //! - `fixtures` (feature `fixtures`, and in this crate's tests): frames and tables for tests and
 //!   benchmarks; not part of the production API.
 
@@ -16,6 +17,7 @@ pub mod counters;
 pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod flows;
 pub mod fqdn;
 pub mod handoff;
 pub mod io;

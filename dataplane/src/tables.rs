@@ -233,6 +233,8 @@ pub struct Tables {
     pub policy: Arc<vireo_policy::PolicyTables>,
     /// Where drop events go while `vireo monitor` listens (the same in every snapshot).
     pub monitor: Arc<crate::events::Monitor>,
+    /// The workers' flow record rings (`vireo observe`; the same in every snapshot).
+    pub flows: Arc<crate::flows::FlowRings>,
     /// The first fragments' ports of fragmented datagrams (shared, mutable; the same in every
     /// snapshot).
     pub frags: Arc<vireo_conntrack::FragTable>,
@@ -399,6 +401,7 @@ impl Tables {
             icmp_type: (icmp && kind != EventKind::Drop)
                 .then(|| u8::try_from(f.l4).ok())
                 .flatten(),
+            trace: None,
         });
     }
 

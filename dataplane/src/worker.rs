@@ -360,7 +360,7 @@ impl Worker {
             fill_base: budget.share(1),
             fill_high: budget.high(1),
             worked_at: std::time::Instant::now(),
-            batch: Batch::default(),
+            batch: Batch::for_worker(spec.id),
             counts: BatchCounts::default(),
             stats_at: std::time::Instant::now(),
             id: spec.id,

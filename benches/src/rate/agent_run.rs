@@ -35,7 +35,7 @@ pub(super) struct AgentSetup {
 }
 
 /// `vireo-pod`: pods A and B from the configuration, no source.
-fn pod_setup() -> AgentSetup {
+pub(super) fn pod_setup() -> AgentSetup {
     let pod = |name: &str, ip: std::net::Ipv4Addr, mac: &[u8; 6]| {
         json!({
             "name": name,

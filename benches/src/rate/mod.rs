@@ -46,6 +46,7 @@ mod kernel;
 mod measure;
 mod participants;
 mod runs;
+pub mod stuck;
 mod summary;
 mod testpmd;
 mod topology;
@@ -100,6 +101,8 @@ pub struct Opts {
     pub quick: bool,
     /// Leave out the TCP and request/response cases.
     pub no_tcp: bool,
+    /// Only the comparison with and without stuck API clients ([`stuck`]).
+    pub stuck_clients: bool,
 }
 
 impl Opts {
@@ -198,6 +201,18 @@ pub fn run(opts: &Opts) -> Result<()> {
         prefix: prefix.clone(),
         huge,
     };
+    if opts.stuck_clients {
+        let report = stuck::run(&ctx, rounds, &|m| progress(opts, m))?;
+        drop(ctx);
+        drop(sink);
+        drop(topo);
+        if opts.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", stuck::markdown(&report));
+        }
+        return Ok(());
+    }
     let (frames, multi): (&[u32], &[bool]) = if opts.quick {
         (&[64, 1500], &[false])
     } else {
@@ -322,6 +337,7 @@ mod tests {
             rounds,
             quick,
             no_tcp: false,
+            stuck_clients: false,
         }
     }
 

@@ -121,8 +121,52 @@ impl LogConfig {
     }
 }
 
+/// `observe:` — the flow log `vireo observe` reads (Hubble's ring of recent flows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// Flows the agent keeps in memory, the oldest overwritten first (Hubble's
+    /// `hubble-event-buffer-capacity`); 0: the workers record no flows.
+    pub flow_ring: usize,
+}
+
+/// The largest `observe.flow_ring`.
+pub const MAX_FLOW_RING: usize = 1 << 20;
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        ObserveConfig { flow_ring: 8192 }
+    }
+}
+
+impl ObserveConfig {
+    /// Checks the fields: (field, message) on error.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.flow_ring > MAX_FLOW_RING {
+            return Err((
+                "observe.flow_ring".into(),
+                format!("{} is over {MAX_FLOW_RING}", self.flow_ring),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn flow_ring_defaults_and_bounds() {
+        let c: ObserveConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(c.flow_ring, 8192);
+        let c: ObserveConfig = serde_yaml_ng::from_str("flow_ring: 0").unwrap();
+        assert!(c.validate().is_ok());
+        let big = ObserveConfig {
+            flow_ring: MAX_FLOW_RING + 1,
+        };
+        assert_eq!(big.validate().unwrap_err().0, "observe.flow_ring");
+        assert!(serde_yaml_ng::from_str::<ObserveConfig>("ring: 5").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::Value;
 use vireo_control::config::InterfaceConfig;
 use vireo_control::trace::{EndpointSpec, PortProto};
 
+pub mod flows;
 pub mod render;
 
 /// What went wrong talking to (or serving) the agent.
@@ -91,6 +92,19 @@ pub enum Request {
         /// until nobody has asked for them for a few seconds.
         #[serde(default)]
         verdicts: bool,
+        /// Trace forwarded packets too (`vireo monitor --type trace`), until nobody has asked
+        /// for a few seconds.
+        #[serde(default)]
+        trace: Option<TraceAsk>,
+    },
+    /// Recent flows from the agent's flow ring (`vireo observe`), oldest first, with the
+    /// cursor to follow from.
+    Observe {
+        /// Which flows.
+        #[serde(flatten)]
+        filter: flows::FlowFilter,
+        /// At most this many (the newest of those that match).
+        max: usize,
     },
     /// Register a pod wired by `vireo-cni` and attach its host veth; answered once attached
     /// (XDP and AF_XDP), with [`CniStatus`].
@@ -108,6 +122,19 @@ pub enum Request {
         /// The runtime's container id.
         container_id: String,
     },
+}
+
+/// What `vireo monitor --type trace` traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceAsk {
+    /// Every `N`th forwarded packet of each worker (1: every one).
+    pub sample: u32,
+    /// Only packets to or from this pod (`namespace/name`).
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// Only packets to or from this endpoint (its id in `vireo map get endpoints`).
+    #[serde(default)]
+    pub endpoint: Option<u16>,
 }
 
 /// A pod wired by `vireo-cni`, as it registers it with the agent (and as the agent keeps it,
@@ -228,7 +255,17 @@ pub const MAX_REQUEST: u64 = 1 << 20;
 /// One connection, on its own thread: a client that says nothing blocks only itself (and is
 /// dropped after a read timeout).
 fn handle(conn: UnixStream, calls: Sender<Call>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    handle_with(conn, calls, IO_TIMEOUT)
+}
+
+/// How long a connection may wait for a request, or for its client to take an answer: a
+/// client that stops reading (a stuck `vireo monitor` or `vireo observe --follow`) holds
+/// only its own thread, and only this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn handle_with(conn: UnixStream, calls: Sender<Call>, timeout: Duration) {
+    let _ = conn.set_read_timeout(Some(timeout));
+    let _ = conn.set_write_timeout(Some(timeout));
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
@@ -410,5 +447,87 @@ mod tests {
             .to_string()
             .contains("another agent"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_and_blocks_nobody() {
+        let (tx, rx) = mpsc::channel::<Call>();
+        // Big answers: the stuck client's socket fills after a few.
+        std::thread::spawn(move || {
+            for c in rx {
+                let _ = c
+                    .reply
+                    .send(Ok(serde_json::json!({"pad": "x".repeat(256 << 10)})));
+            }
+        });
+        let (stuck, server_end) = UnixStream::pair().unwrap();
+        let calls = tx.clone();
+        let served =
+            std::thread::spawn(move || handle_with(server_end, calls, Duration::from_millis(300)));
+        // Another client is answered meanwhile.
+        let (mut other, other_end) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || handle_with(other_end, tx, Duration::from_secs(5)));
+        let mut s = stuck.try_clone().unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let t = std::time::Instant::now();
+        let mut wrote = 0;
+        // The stuck client asks and never reads: the server's write times out, it closes
+        // the connection, and the client's next writes fail (without the server's write
+        // timeout they would block until this client's own 20 s timeout).
+        let failed = loop {
+            match writeln!(s, "{{\"cmd\":\"status\"}}") {
+                Ok(()) => wrote += 1,
+                Err(e) => break e,
+            }
+            if wrote == 1 {
+                writeln!(other, "{{\"cmd\":\"status\"}}").unwrap();
+                let mut line = String::new();
+                BufReader::new(&other).read_line(&mut line).unwrap();
+                assert!(line.contains("\"ok\":true"), "the other client is answered");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            matches!(
+                failed.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{failed} after {wrote} requests"
+        );
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        served.join().unwrap();
+    }
+
+    #[test]
+    fn monitor_and_observe_requests_round_trip() {
+        let m: Request = serde_json::from_str(r#"{"cmd":"monitor","max":5}"#).unwrap();
+        assert!(matches!(
+            m,
+            Request::Monitor {
+                max: 5,
+                verdicts: false,
+                trace: None
+            }
+        ));
+        let o = Request::Observe {
+            filter: flows::FlowFilter {
+                since_ms: Some(300_000),
+                pod: Some("x/a".into()),
+                verdict: Some("DROPPED".into()),
+                after: Some(7),
+            },
+            max: 100,
+        };
+        let text = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cmd":"observe","since_ms":300000,"pod":"x/a","verdict":"DROPPED","after":7,"max":100}"#
+        );
+        match serde_json::from_str::<Request>(&text).unwrap() {
+            Request::Observe { filter, max } => {
+                assert_eq!((filter.after, max), (Some(7), 100));
+            }
+            r => panic!("{r:?}"),
+        }
     }
 }

@@ -162,6 +162,9 @@ fn s(v: &Value) -> String {
 /// One monitor event as a line: a drop ([`render_drop_event`]) or a policy verdict
 /// (`vireo monitor --type policy-verdict`).
 pub fn render_event(e: &Value) -> String {
+    if e["type"] == "trace" {
+        return render_trace_event(e);
+    }
     if e["type"] != "policy-verdict" {
         return render_drop_event(e);
     }
@@ -182,6 +185,32 @@ pub fn render_event(e: &Value) -> String {
         s(&e["dst_identity"]),
         event_labels(e, "dst_labels"),
         s(&e["rule"]),
+    )
+}
+
+/// One trace event (`vireo monitor --type trace`) as a line.
+pub fn render_trace_event(e: &Value) -> String {
+    let icmp = match e["icmp_type"].as_u64() {
+        Some(t) => format!(" type {t}"),
+        None => String::new(),
+    };
+    let flags = match e["tcp_flags"].as_str() {
+        Some(f) if !f.is_empty() => format!(", flags {f}"),
+        _ => String::new(),
+    };
+    format!(
+        "-> trace from {} to {} ({}) {}{icmp} {} -> {}, identity {} [{}] -> {} [{}], {} bytes{flags}",
+        s(&e["interface"]),
+        s(&e["to_interface"]),
+        s(&e["state"]),
+        s(&e["protocol"]),
+        s(&e["src"]),
+        s(&e["dst"]),
+        s(&e["src_identity"]),
+        event_labels(e, "src_labels"),
+        s(&e["dst_identity"]),
+        event_labels(e, "dst_labels"),
+        s(&e["bytes"]),
     )
 }
 

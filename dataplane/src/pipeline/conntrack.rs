@@ -229,6 +229,12 @@ pub(super) fn ports(d: &Desc, ip: &[u8]) -> Result<Option<(u16, u16, u8)>, DropR
 /// TCP's ACK flag.
 const ACK: u8 = 0x10;
 
+/// Whether a reply to a flow in state `s` is its first: the flow had seen none.
+#[inline]
+pub(super) fn first_reply(s: Option<State>) -> bool {
+    matches!(s, Some(State::New | State::SynSent))
+}
+
 /// The state a packet moves its flow to.
 #[inline]
 pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) -> State {
@@ -366,7 +372,9 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &mut Desc, buf: &[u8]) -> Result<CtVerdict,
     };
     for rd in reverse {
         if let Some(h) = ct.lookup(&key.reversed(*rd)) {
-            h.update(next(h.state(), true), true, d.total());
+            let s = h.state();
+            d.first_reply = first_reply(s);
+            h.update(next(s, true), true, d.total());
             return Ok(CtVerdict::Reply);
         }
     }

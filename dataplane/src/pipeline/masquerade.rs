@@ -472,6 +472,7 @@ fn reply(
     else {
         return drop(DropReason::MasqNoEntry);
     };
+    d.first_reply = super::conntrack::first_reply(f.state());
     let next = next_state(proto, f.state(), true, flags);
     f.update(next, true, d.total());
     h.update(next, true, 0);

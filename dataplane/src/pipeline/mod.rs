@@ -9,6 +9,7 @@ mod arp;
 mod conntrack;
 mod dns_learn;
 mod dns_query;
+mod flows;
 mod fragments;
 mod icmp;
 mod ipv4_forward;
@@ -187,6 +188,9 @@ pub struct Desc {
     /// A new flow's policy verdicts, one bit per direction and verdict
     /// ([`crate::counters::verdict_index`]), counted after the pipeline.
     pub verdicts: u8,
+    /// The first packet from a flow's responder (its entry had seen none): the `flows` stage
+    /// records it.
+    pub first_reply: bool,
     /// Where it goes.
     pub verdict: Verdict,
 }
@@ -208,6 +212,7 @@ impl Desc {
             frag_ports: None,
             audited: false,
             verdicts: 0,
+            first_reply: false,
             verdict: Verdict::Continue(Kind::Raw),
         }
     }
@@ -237,6 +242,10 @@ pub struct Batch {
     /// The conntrack clock, read once as the batch enters the pipeline: every table operation
     /// of the batch (fragments, services, conntrack) uses this time.
     now: u32,
+    /// The worker running it: whose flow ring its records go to.
+    worker: u16,
+    /// Packets this batch's worker has forwarded while tracing was on (`--sample N`).
+    trace_seq: u32,
 }
 
 impl Default for Batch {
@@ -246,11 +255,20 @@ impl Default for Batch {
             chains: [Chain::EMPTY; BATCH],
             len: 0,
             now: 0,
+            worker: 0,
+            trace_seq: 0,
         }
     }
 }
 
 impl Batch {
+    /// An empty batch of worker `id` (whose flow ring its records go to).
+    pub fn for_worker(id: usize) -> Batch {
+        Batch {
+            worker: id as u16,
+            ..Batch::default()
+        }
+    }
     /// Empties the batch.
     #[inline]
     pub fn clear(&mut self) {
@@ -324,10 +342,15 @@ macro_rules! pipeline {
         pub fn run<F: Frames>(batch: &mut Batch, frames: &mut F, tables: &Tables, counts: &mut BatchCounts) {
             // One clock read per batch.
             batch.now = tables.ct.as_ref().map_or(0, |c| c.now());
+            // Monitor events of this batch go to its worker's queue.
+            crate::events::set_worker_ring(usize::from(batch.worker));
             // The FQDN cache's expiry reads the same time (a store only when it moved on).
             tables.fqdn.tick(batch.now);
             $( $stage::run(batch, frames, tables, counts); )*
             let monitor = tables.monitor.is_on();
+            let record = tables.flows.is_on();
+            let worker = usize::from(batch.worker);
+            let mut clock = crate::flows::BatchClock::default();
             for d in batch.descs_mut() {
                 counts.policy_audited += u64::from(d.audited);
                 if d.verdicts != 0 {
@@ -338,6 +361,9 @@ macro_rules! pipeline {
                 match d.verdict {
                     Verdict::Drop(r) => {
                         counts.drop(r);
+                        if record {
+                            flows::dropped(tables, frames, worker, d, r, &mut clock);
+                        }
                         // Policy drops were reported where they were judged, with their rule.
                         if monitor && r != DropReason::PolicyDenied {
                             if let Some(buf) = frames.frame(d.addr, d.len) {
@@ -352,6 +378,9 @@ macro_rules! pipeline {
                     Verdict::Continue(_) => {
                         d.verdict = Verdict::Drop(DropReason::UnsupportedEthertype);
                         counts.drop(DropReason::UnsupportedEthertype);
+                        if record {
+                            flows::dropped(tables, frames, worker, d, DropReason::UnsupportedEthertype, &mut clock);
+                        }
                     }
                 }
             }
@@ -370,6 +399,7 @@ pipeline!(
     ipv4_forward, // source check; local endpoint: deliver; pod on another node: to encap
     conntrack, // every flow tracked; original-direction packets judged (cached verdict); new ones get an entry
     dns_learn, // `toFQDNs`: DNS answers to pods teach their addresses (before the answer leaves)
+    flows, // flow records (`vireo observe`): new flows, first replies, FIN/RST; traces (monitor)
     vxlan_encap, // outer Ethernet/IPv4/UDP/VXLAN in front (VNI = identity); PMTU
 );
 
@@ -438,6 +468,8 @@ pub(crate) fn for_each_pending<F: Frames>(
 mod audit_tests;
 #[cfg(test)]
 mod dns_tests;
+#[cfg(test)]
+mod flows_tests;
 #[cfg(test)]
 mod host_tests;
 #[cfg(test)]

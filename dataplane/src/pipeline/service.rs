@@ -38,7 +38,9 @@ use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry, State};
 use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
 
-use super::conntrack::{denied_again, judged, new_flow_denied, next_state, ports, Ct, REJUDGE};
+use super::conntrack::{
+    denied_again, first_reply, judged, new_flow_denied, next_state, ports, Ct, REJUDGE,
+};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
 use crate::tables::{IfRole, Tables, SERVICE_LOOPBACK};
@@ -190,7 +192,9 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
                 check_source(d, t, &p, origin)?;
                 // The client's side of the flow: the packet this reply answers.
                 let svc = ct.lookup(&reply_key(&nat, proto, Dir::Service));
-                let next = next_state(proto, svc.and_then(|s| s.state()), true, flags);
+                let before = svc.and_then(|s| s.state());
+                d.first_reply = first_reply(before);
+                let next = next_state(proto, before, true, flags);
                 if let Some(s) = svc {
                     s.update(next, true, d.total());
                 }

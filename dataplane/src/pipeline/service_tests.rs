@@ -308,3 +308,40 @@ fn truncated_or_odd_packets_to_a_vip_are_dropped_or_passed_not_translated() {
     assert!(matches!(d.verdict, Verdict::Drop(_)), "{d:?}");
     assert!(!d.nat);
 }
+
+#[test]
+fn a_clusterip_udp_flow_records_its_first_reply_once() {
+    use crate::flows::FlowEvent;
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    let mut s = spec(vec![backend(POD_B.0, true, false)]);
+    s.proto = 17;
+    for f in &mut s.frontends {
+        f.proto = 17;
+    }
+    with_services(&mut t, vec![s]);
+    let udp = |src: (Ipv4Addr, [u8; 6]), dst: (Ipv4Addr, [u8; 6]), sp: u16, dp: u16| {
+        let b = etherparse::PacketBuilder::ethernet2(src.1, dst.1)
+            .ipv4(src.0.octets(), dst.0.octets(), 64)
+            .udp(sp, dp);
+        let mut out = Vec::new();
+        b.write(&mut out, b"q").unwrap();
+        out
+    };
+    let (d, ..) = run_one(&t, POD_A.2, &udp(a_mac(), (VIP, POD_A.3), 40000, 80));
+    assert_eq!(
+        (d.verdict, d.ct),
+        (Verdict::Tx { slot: POD_B.2 }, CtVerdict::New)
+    );
+    let reply = udp((POD_B.0, POD_B.1), (POD_A.0, POD_B.3), 8080, 40000);
+    let (d, ..) = run_one(&t, POD_B.2, &reply);
+    assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, true));
+    let (d, ..) = run_one(&t, POD_B.2, &reply);
+    assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, false));
+    let mut r = Vec::new();
+    t.flows.drain_into(10, &mut r);
+    let ev: Vec<FlowEvent> = r.iter().map(|f| f.event).collect();
+    assert_eq!(ev, [FlowEvent::New, FlowEvent::FirstReply]);
+    // Recorded as the client sees them: to the backend, and back from the VIP.
+    assert_eq!((r[0].dst, r[0].dport), (POD_B.0, 8080));
+    assert_eq!((r[1].src, r[1].sport, r[1].reply), (VIP, 80, true));
+}

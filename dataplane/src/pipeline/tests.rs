@@ -69,6 +69,7 @@ fn stages_are_listed_in_order() {
             "ipv4_forward",
             "conntrack",
             "dns_learn",
+            "flows",
             "vxlan_encap"
         ]
     );

@@ -42,6 +42,8 @@ mod masquerade;
 mod metrics;
 #[path = "monitor.rs"]
 mod monitor;
+#[path = "observe.rs"]
+mod observe;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -110,6 +112,8 @@ pub struct Agent {
     listener: Option<crate::http::Listener>,
     /// What the metrics record besides the counters.
     recorded: metrics::Recorded,
+    /// The flows `vireo observe` reads, and `vireo monitor --type trace`'s last ask.
+    flows: observe::FlowLog,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -162,6 +166,8 @@ pub fn run(config_path: &Path) -> Result<()> {
         fqdn: Arc::new(vireo_dataplane::fqdn::FqdnCache::new(fqdn::settings(
             &cfg.fqdn,
         ))),
+        flows: observe::worker_rings(&cfg),
+        monitor: observe::monitor_rings(&cfg),
         ..Default::default()
     }));
     let mut workers = Vec::new();
@@ -208,6 +214,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         gc: Some(gc),
         listener: None,
         recorded: metrics::Recorded::default(),
+        flows: observe::FlowLog::new(cfg.observe.flow_ring),
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
@@ -357,6 +364,7 @@ impl Agent {
                 Ok(Msg::ApiGone) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            self.observe_drain();
             if last_check.elapsed() > Duration::from_secs(1) {
                 last_check = Instant::now();
                 self.check_health()?;
@@ -413,7 +421,12 @@ impl Agent {
                 self.control.view(),
                 self.control.policies(),
             ))?),
-            Request::Monitor { max, verdicts } => Ok(self.monitor(max, verdicts)),
+            Request::Monitor {
+                max,
+                verdicts,
+                trace,
+            } => self.monitor(max, verdicts, trace),
+            Request::Observe { filter, max } => self.observe(&filter, max),
             Request::CniAdd { endpoint } => self.cni_add(endpoint),
             Request::CniDel { container_id } => self.cni_del(&container_id),
             Request::CniGet { container_id } => self.cni_get(&container_id),

@@ -4,6 +4,7 @@ mod agent;
 mod exposition;
 mod http;
 mod nodeconfig;
+mod watch;
 
 use vireo_api as api;
 use vireo_api::render as status;
@@ -290,11 +291,24 @@ enum Cmd {
     /// `--type policy-verdict`: the policy verdict of each new flow, per direction judged
     /// under policy (allowed, denied, or audit in policy audit mode), with the deciding rule
     /// or `default`; at most 1000 per second over all workers (the rest are counted as
-    /// sampled out). `--type` may be given more than once.
+    /// sampled out). `--type trace`: forwarded packets, every Nth per worker (`--sample N`,
+    /// default 100), or every one to or from one endpoint (`--pod NS/NAME` or `--endpoint ID`,
+    /// the id `vireo map get endpoints` shows), with the interfaces in and out and conntrack's
+    /// view. `--type` may be given more than once.
     Monitor {
-        /// Event types: `drop`, `policy-verdict`.
+        /// Event types: `drop`, `policy-verdict`, `trace`.
         #[arg(long = "type", default_value = "drop")]
         kind: Vec<String>,
+        /// Traces: every Nth forwarded packet of each worker (default 100; 1 with --pod or
+        /// --endpoint).
+        #[arg(long)]
+        sample: Option<u32>,
+        /// Traces: only packets to or from this pod.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: Option<String>,
+        /// Traces: only packets to or from this endpoint.
+        #[arg(long, value_name = "ID")]
+        endpoint: Option<u16>,
         #[command(flatten)]
         api: ApiArgs,
         /// One JSON object per line.
@@ -306,6 +320,35 @@ enum Cmd {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+    },
+    /// Recent flows, like `hubble observe`: source and destination (address, port, pod,
+    /// identity, labels), protocol, verdict, drop reason, the policy rule for denials, TCP
+    /// flags and bytes, from the agent's ring of recent flows (`observe.flow_ring`). With
+    /// --json, one Hubble flow object per line.
+    Observe {
+        /// Only flows of the last DURATION (e.g. 30s, 5m, 1h).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only flows from or to this pod.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: Option<String>,
+        /// Only flows with this verdict: FORWARDED, DROPPED or AUDIT.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Keep printing new flows as they come.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object (a Hubble flow) per line.
+        #[arg(long)]
+        json: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop after this many flows.
+        #[arg(long)]
+        count: Option<usize>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Print the CustomResourceDefinitions of Vireo's kinds (or, with --cilium, of the
     /// cilium.io policy kinds, for clusters without Cilium) as a YAML stream; with --out,
@@ -343,6 +386,10 @@ enum Cmd {
         /// Leave out the TCP and request/response cases.
         #[arg(long)]
         no_tcp: bool,
+        /// Only vireo-pod's rate without and with 10 stuck `monitor`/`observe` API clients
+        /// (subscribed, never reading), interleaved, and their ratio.
+        #[arg(long)]
+        stuck_clients: bool,
     },
 }
 
@@ -527,11 +574,30 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Monitor {
             kind,
+            sample,
+            pod,
+            endpoint,
             api,
             json,
             seconds,
             count,
-        } => monitor(&kind, &api, json, seconds, count),
+        } => {
+            let trace = watch::trace_ask(&kind, sample, pod, endpoint)?;
+            monitor(&kind, &api, json, seconds, count, trace)
+        }
+        Cmd::Observe {
+            since,
+            pod,
+            verdict,
+            follow,
+            json,
+            seconds,
+            count,
+            api,
+        } => {
+            let o = watch::ObserveOpts::new(since, pod, verdict, follow, seconds, count)?;
+            watch::observe(&api.path()?, &o, json)
+        }
         Cmd::Crds { out, cilium } => {
             use vireo_control::crd;
             let files = if cilium {
@@ -565,6 +631,7 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             quick,
             no_tcp,
+            stuck_clients,
         } => bench::run(&bench::Opts {
             seconds,
             json,
@@ -572,6 +639,7 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             quick,
             no_tcp,
+            stuck_clients,
         }),
     }
 }
@@ -597,13 +665,8 @@ fn monitor(
     json: bool,
     seconds: Option<u64>,
     count: Option<usize>,
+    trace: Option<api::TraceAsk>,
 ) -> Result<()> {
-    if let Some(k) = kinds
-        .iter()
-        .find(|k| !["drop", "policy-verdict"].contains(&k.as_str()))
-    {
-        anyhow::bail!("--type {k}: the event types are `drop` and `policy-verdict`");
-    }
     let want = |t: &str| kinds.iter().any(|k| k == t);
     let verdicts = want("policy-verdict");
     let path = api.path()?;
@@ -615,6 +678,7 @@ fn monitor(
             &api::Request::Monitor {
                 max: 1024,
                 verdicts,
+                trace: trace.clone(),
             },
         )?;
         for e in v["events"].as_array().into_iter().flatten() {

@@ -89,7 +89,7 @@ impl Agent {
                     Some(format!("{}/{}", r.pod_namespace.as_deref()?, r.pod_name.as_deref()?))
                 });
                 let container = reg.map(|r| r.container_id.clone());
-                json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod, "container_id": container})
+                json!({"id": e.slot, "ip": e.ip.to_string(), "mac": format_mac(&e.mac), "interface": ifname, "identity": e.identity, "pod": pod, "container_id": container})
             })
             .collect();
         v.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));

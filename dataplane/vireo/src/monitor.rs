@@ -10,6 +10,11 @@
 //!   "src_identity", "src_labels", "dst_identity", "dst_labels", "rule"}` (`rule`: the
 //!   deciding rule, or `"default"`; `icmp_type`: the type judged, for ICMP, else null).
 //!
+//! - traces: `{"type": "trace", "interface", "to_interface", "state", "src", "dst",
+//!   "protocol", "icmp_type", "tcp_flags", "bytes", "src_identity", "src_labels",
+//!   "dst_identity", "dst_labels"}` (`to_interface`: the interface it left on, or `"tunnel"`;
+//!   `state`: conntrack's `new`, `established`, `reply`, `related` or `untracked`).
+//!
 //! `src`/`dst` are `ip:port` for TCP, UDP and SCTP, the address alone otherwise. The reply is
 //! `{"events": [...], "lost": N, "sampled_out": M}`: events lost to a full queue, and verdict
 //! events over the rate limit ([`vireo_dataplane::events::VERDICTS_PER_SECOND`]), since the
@@ -27,7 +32,7 @@ use vireo_dataplane::tables::PolicyAudit;
 use super::Agent;
 
 /// How long collection goes on after the last `vireo monitor` call.
-const IDLE: Duration = Duration::from_secs(5);
+pub(super) const IDLE: Duration = Duration::from_secs(5);
 
 impl Agent {
     /// Stops collecting events a few seconds after `vireo monitor` last asked for them, and
@@ -39,6 +44,7 @@ impl Agent {
             self.verdicts_seen = None;
             self.tables.current().monitor.set(false);
         }
+        let _ = self.trace_ask(None);
         if idle(&self.verdicts_seen) {
             self.verdicts_seen = None;
             self.tables.current().monitor.set_verdicts(false);
@@ -47,7 +53,13 @@ impl Agent {
 
     /// Events since the last call (`vireo monitor`), with identities' labels; turns
     /// collection on (and verdicts, when `verdicts`).
-    pub(super) fn monitor(&mut self, max: usize, verdicts: bool) -> Value {
+    pub(super) fn monitor(
+        &mut self,
+        max: usize,
+        verdicts: bool,
+        trace: Option<vireo_api::TraceAsk>,
+    ) -> anyhow::Result<Value> {
+        self.trace_ask(trace.as_ref())?;
         let t = self.tables.current();
         if self.monitor_seen.is_none() {
             t.monitor.set(true);
@@ -74,11 +86,22 @@ impl Agent {
                 })
                 .unwrap_or_default()
         };
+        let name = |slot: u16| t.iface(slot).map(|i| i.name.as_str());
         let events: Vec<Value> = events
             .iter()
-            .map(|e| event_json(e, t.iface(e.in_slot).map(|i| i.name.as_str()), &labels))
+            .map(|e| {
+                let mut v = event_json(e, name(e.in_slot), &labels);
+                if let Some(tr) = e.trace {
+                    v["to_interface"] = match tr.out_slot {
+                        _ if tr.to_tunnel => json!("tunnel"),
+                        Some(s) => json!(name(s)),
+                        None => Value::Null,
+                    };
+                }
+                v
+            })
             .collect();
-        json!({"events": events, "lost": lost, "sampled_out": t.monitor.sampled_out()})
+        Ok(json!({"events": events, "lost": lost, "sampled_out": t.monitor.sampled_out()}))
     }
 
     /// Publishes policy audit mode (the configuration's `policy_audit_mode`, and the pods
@@ -143,6 +166,24 @@ pub(crate) fn event_json(
                 (None, None) => Value::Null,
             },
         }),
+        EventKind::Trace => {
+            let tr = e.trace.unwrap_or(vireo_dataplane::events::Trace {
+                out_slot: None,
+                to_tunnel: false,
+                ct: "untracked",
+                tcp_flags: 0,
+                bytes: 0,
+            });
+            json!({
+                "type": "trace",
+                "state": tr.ct,
+                "icmp_type": e.icmp_type,
+                "tcp_flags": (e.proto == vireo_lb::service::TCP)
+                    .then(|| vireo_api::flows::tcp_flag_names(tr.tcp_flags).join(", ")),
+                "bytes": tr.bytes,
+                "to_interface": Value::Null,
+            })
+        }
         EventKind::Verdict(verdict) => json!({
             "type": "policy-verdict",
             "verdict": verdict.name(),
@@ -185,6 +226,7 @@ mod tests {
                 })
             }),
             icmp_type: (proto == 1).then_some(8),
+            trace: None,
         }
     }
 
@@ -230,6 +272,31 @@ mod tests {
         assert_eq!(
             (&v["verdict"], &v["dst"]),
             (&json!("denied"), &json!("10.244.1.11:80"))
+        );
+    }
+
+    #[test]
+    fn trace_events_as_json_and_text() {
+        let mut e = event(EventKind::Trace, 6, false);
+        e.direction = None;
+        e.trace = Some(vireo_dataplane::events::Trace {
+            out_slot: Some(2),
+            to_tunnel: false,
+            ct: "new",
+            tcp_flags: 0x02,
+            bytes: 60,
+        });
+        let mut v = event_json(&e, Some("lxc1"), &labels);
+        assert_eq!(v["type"], "trace");
+        assert_eq!(v["state"], "new");
+        assert_eq!(v["tcp_flags"], "SYN");
+        assert_eq!(v["bytes"], 60);
+        assert_eq!(v["src"], "10.244.1.10:40000");
+        v["to_interface"] = json!("lxc2");
+        assert_eq!(
+            vireo_api::render::render_event(&v),
+            "-> trace from lxc1 to lxc2 (new) TCP 10.244.1.10:40000 -> 10.244.1.11:80, \
+             identity 300 [k8s:app=a300] -> 301 [k8s:app=a301], 60 bytes, flags SYN"
         );
     }
 

@@ -381,6 +381,7 @@ impl Env {
                     &api::Request::Monitor {
                         max: 4096,
                         verdicts: false,
+                        trace: None,
                     },
                 )
                 .with_context(|| format!("{}: monitor", n.name))?;
