@@ -343,6 +343,9 @@ fn metrics_pass_promtool_and_probes_and_json_logs_tell_the_truth() {
     assert!(sample(&text, "vireo_conntrack_inserts_total").unwrap() >= 1.0);
     assert!(sample(&text, "vireo_conntrack_entries{protocol=\"other\"}").unwrap() >= 1.0);
     assert_eq!(sample(&text, "vireo_agent_ready"), Some(1.0));
+    // The ping's flow (request and first reply) reached the agent's ring, none lost.
+    assert!(sample(&text, "vireo_flows_recorded_total").unwrap() >= 2.0);
+    assert_eq!(sample(&text, "vireo_flows_lost_total"), Some(0.0));
 
     // Every log line is one JSON object; info shows for vireo::agent only (warn elsewhere).
     let log = agent.log_text();

@@ -129,7 +129,7 @@ fn build(st: &mut State, o: &UpOpts) -> Result<()> {
 fn start_apiserver(st: &mut State) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(st.dir.join("apiserver.log"))?;
-    let child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?)
         .args(["sandbox", "apiserver", "--sandbox", &st.name])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -139,7 +139,7 @@ fn start_apiserver(st: &mut State) -> Result<()> {
         .context("starting the API server")?;
     st.apiserver_pid = Some(child.id());
     st.save()?;
-    crate::kube::wait_apiserver(st, child.id(), Duration::from_secs(10))
+    crate::kube::wait_apiserver(st, &mut child, Duration::from_secs(10))
 }
 
 /// `vireo sandbox kubeconfig`: the path of a kubeconfig for the sandbox's API server.

@@ -92,15 +92,20 @@ pub fn serve_apiserver(name: &str) -> Result<()> {
     }
 }
 
-/// Waits until the API server `up` started has written its kubeconfig.
-pub(crate) fn wait_apiserver(st: &State, pid: u32, within: Duration) -> Result<()> {
+/// Waits until the API server `up` started has written its kubeconfig; if it exits first, the
+/// error says how (its status and the end of its log).
+pub(crate) fn wait_apiserver(
+    st: &State,
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Result<()> {
     let t = Instant::now();
     while !kubeconfig(st).exists() {
-        if !crate::agents::pid_alive(Some(pid)) {
+        if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(st.dir.join("apiserver.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             bail!(
-                "the API server exited: {}",
+                "the API server exited ({status}): {}",
                 tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
             );
         }

@@ -351,6 +351,26 @@ impl Agent {
             "Policy-verdict events over the rate limit.",
             [(vec![], sampled)],
         );
+        let (recorded, overwritten) = self.flows.counts();
+        for (name, help, n) in [
+            (
+                "vireo_flows_recorded_total",
+                "Flow records taken into the agent's ring (`vireo observe`).",
+                recorded,
+            ),
+            (
+                "vireo_flows_lost_total",
+                "Flow records lost to a full worker ring.",
+                t.flows.lost(),
+            ),
+            (
+                "vireo_flows_overwritten_total",
+                "Flow records overwritten in the agent's ring by newer ones.",
+                overwritten,
+            ),
+        ] {
+            f.counters(name, help, [(vec![], n)]);
+        }
     }
 
     fn table_metrics(&self, f: &mut Families) {

@@ -91,6 +91,11 @@ impl FlowLog {
         }
     }
 
+    /// Flows taken in from the workers so far, and those overwritten by newer ones.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.seq, self.overwritten)
+    }
+
     fn push(&mut self, time_ns: u64, flow: Value) {
         if self.cap == 0 {
             return;
