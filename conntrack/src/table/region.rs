@@ -91,6 +91,15 @@ pub struct Region {
     pub(crate) slots: &'static [Slot],
 }
 
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("tags", &self.tags.len())
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
 /// A region's parts do not fit its layout.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("conntrack region: {what} has {got} elements, the layout needs {want}")]
