@@ -174,7 +174,7 @@ fn gaps(ping: &str, sent: u32) -> Vec<u32> {
 
 /// The packets counted so far on `node` for the flow from `src` to `dst`:`dport`.
 fn flow_packets(s: &Sandbox, node: &str, src: &str, dst: &str, dport: u16) -> u64 {
-    s.json(&["map", "get", "ct", "--json", "--node", node])
+    s.json(&["map", "get", "ct", "--json", "--node", node])["entries"]
         .as_array()
         .into_iter()
         .flatten()
