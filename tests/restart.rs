@@ -262,7 +262,8 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
         ("ClusterIP from node-1", send(&e_ns, "10.96.0.10", "80", "3")),
         ("ClusterIP from node-2", send(&f_ns, "10.96.0.10", "80", "4")),
     ];
-    // Through node-1's NodePort from outside the cluster (masqueraded to the backend).
+    // Through node-1's NodePort from outside the cluster (to a backend on either node): the
+    // known gap, reported below.
     let nodeport = send(&underlay, &node1_ip, "30080", "5");
 
     std::thread::sleep(Duration::from_secs(3));
@@ -297,6 +298,8 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
             failed.push(what);
         }
     }
+    // Known gap (README, "Restarts and upgrades"): a connection through the uplink's NodePort
+    // is reset by the node's stack while no program is attached; printed, not asserted.
     let (np_ok, np_out) = nodeport.finish(Duration::from_secs(60));
     let _ = ping.finish(Duration::from_secs(30));
     let ping_out = std::fs::read_to_string(&ping_file).unwrap_or_default();
@@ -313,7 +316,7 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
         &g[..g.len().min(4)],
         g.iter().take(2).map(|n| n * 10).collect::<Vec<_>>(),
         lines.join("\n"),
-        if np_ok { "intact" } else { "FAILED" },
+        if np_ok { "intact" } else { "reset: the known gap" },
         np_out.trim(),
         recv_out.join("")
     );

@@ -13,9 +13,15 @@ pub fn default_api_socket() -> PathBuf {
 }
 
 /// Where an agent with state in `state_dir` pins what it leaves attached across a restart
-/// (the uplink's XDP link, `hold_uplink_on_stop`): a bpffs directory named after the state
-/// directory (`/run/vireo/vireo.state` → `/sys/fs/bpf/vireo/run_vireo_vireo.state`).
+/// (the uplink's XDP link, `hold_uplink_on_stop`): `<state_dir>/bpf` if it exists (a bpffs
+/// mounted there: `ip netns exec` hides `/sys/fs/bpf`, so the sandbox mounts one per node),
+/// else a bpffs directory named after the state directory (`/run/vireo/vireo.state` →
+/// `/sys/fs/bpf/vireo/run_vireo_vireo.state`).
 pub fn pin_dir(state_dir: &std::path::Path) -> PathBuf {
+    let own = state_dir.join("bpf");
+    if own.is_dir() {
+        return own;
+    }
     let key = state_dir
         .to_string_lossy()
         .trim_matches('/')

@@ -72,6 +72,7 @@ pub(crate) fn start_agent_binary(
     let n = st.nodes[i].clone();
     let cfg = st.dir.join(format!("{}.yaml", n.name));
     std::fs::write(&cfg, agent_config(st, &n))?;
+    mount_pins(&n.api.with_extension("state").join("bpf"))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -133,6 +134,36 @@ pub(crate) fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Resu
         }
     }
     Ok(())
+}
+
+/// A bpffs at `dir` (the agent's `<state_dir>/bpf`), mounted in this (the host's) mount
+/// namespace: the agent runs under `ip netns exec`, which hides `/sys/fs/bpf`, and the uplink
+/// link it holds across a restart must be pinned where the next agent finds it.
+fn mount_pins(dir: &std::path::Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*d)) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let ok = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("mounting a bpffs at {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Unmounts [`mount_pins`]'s bpffs (and what is pinned in it), if mounted.
+pub(crate) fn unmount_pins(dir: &std::path::Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*d)) {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    }
 }
 
 /// Whether node `n`'s agent answers, has attached its `want` pods, knows every pod's address

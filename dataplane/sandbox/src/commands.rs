@@ -242,6 +242,7 @@ fn teardown(st: &State) -> Result<()> {
     // interfaces went with the namespaces; their pins go now.
     for n in &st.nodes {
         let pins = vireo_control::config::operations::pin_dir(&n.api.with_extension("state"));
+        crate::agents::unmount_pins(&pins);
         let _ = std::fs::remove_dir_all(pins);
     }
     let _ = std::fs::remove_dir_all(&st.dir);
