@@ -224,9 +224,18 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
         (b_ns.clone(), "7001", "recv node-2-pod-1"),
         (c_ns.clone(), "7002", "recv node-1-pod-2"),
     ] {
-        receivers.push(Proc::start(&ns, &["python3", helper, "recv", port, "90"], what));
+        receivers.push(Proc::start(
+            &ns,
+            &["python3", helper, "recv", port, "90"],
+            what,
+        ));
     }
-    for name in ["echo-node-1-1", "echo-node-1-2", "echo-node-2-1", "echo-node-2-2"] {
+    for name in [
+        "echo-node-1-1",
+        "echo-node-1-2",
+        "echo-node-2-1",
+        "echo-node-2-2",
+    ] {
         let (ns, _) = pod(name);
         receivers.push(Proc::start(
             &ns,
@@ -244,7 +253,16 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
     let ping_file = std::env::temp_dir().join(format!("vireo-restart-ping-{}", std::process::id()));
     let ping = Proc::start_out(
         &a_ns,
-        &["ping", "-i", "0.01", "-c", &ping_count.to_string(), "-W", "1", &b_ip],
+        &[
+            "ping",
+            "-i",
+            "0.01",
+            "-c",
+            &ping_count.to_string(),
+            "-W",
+            "1",
+            &b_ip,
+        ],
         "ping",
         Stdio::from(std::fs::File::create(&ping_file).expect("ping output file")),
     );
@@ -259,8 +277,14 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
     let senders = vec![
         ("pod node-1 -> node-2", send(&a_ns, &b_ip, "7001", "1")),
         ("pod node-2 -> node-1", send(&d_ns, &c_ip, "7002", "2")),
-        ("ClusterIP from node-1", send(&e_ns, "10.96.0.10", "80", "3")),
-        ("ClusterIP from node-2", send(&f_ns, "10.96.0.10", "80", "4")),
+        (
+            "ClusterIP from node-1",
+            send(&e_ns, "10.96.0.10", "80", "3"),
+        ),
+        (
+            "ClusterIP from node-2",
+            send(&f_ns, "10.96.0.10", "80", "4"),
+        ),
     ];
     // Through node-1's NodePort from outside the cluster (to a backend on either node): the
     // known gap, reported below.
@@ -268,7 +292,10 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
 
     std::thread::sleep(Duration::from_secs(3));
     let before = flow_packets(&s, "node-1", &a_ip, &b_ip, 7001);
-    assert!(before > 0, "the stream from node-1-pod-1 is tracked on node-1");
+    assert!(
+        before > 0,
+        "the stream from node-1-pod-1 is tracked on node-1"
+    );
     let mut restarts = Vec::new();
     for node in ["node-1", "node-2"] {
         let r = s.json(&["sandbox", "restart", node, "--json"]);
@@ -316,7 +343,11 @@ fn established_streams_survive_an_agent_restart_on_each_node() {
         &g[..g.len().min(4)],
         g.iter().take(2).map(|n| n * 10).collect::<Vec<_>>(),
         lines.join("\n"),
-        if np_ok { "intact" } else { "reset: the known gap" },
+        if np_ok {
+            "intact"
+        } else {
+            "reset: the known gap"
+        },
         np_out.trim(),
         recv_out.join("")
     );

@@ -92,7 +92,9 @@ impl Default for EpochClock {
 impl Clock for EpochClock {
     fn now(&self) -> u32 {
         let since = monotonic_secs().saturating_sub(self.epoch);
-        u32::try_from(since).unwrap_or(u32::MAX - 1).saturating_add(1)
+        u32::try_from(since)
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1)
     }
 }
 
@@ -107,7 +109,10 @@ mod tests {
         let again = EpochClock::with_epoch(first.epoch());
         let (a, b) = (first.now(), again.now());
         assert!(a <= b && b <= a + 1, "{a} vs {b}");
-        assert!(earlier.now() >= a + 100, "an older epoch is further in the past");
+        assert!(
+            earlier.now() >= a + 100,
+            "an older epoch is further in the past"
+        );
         assert!(a >= 1);
     }
 

@@ -23,6 +23,6 @@ pub use table::region::{Adoption, Layout, Region};
 pub use table::{Config, Dir, Entry, Full, Handle, Key, Nat, NewEntry, PolicyVerdict, Table};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod region_tests;
+#[cfg(test)]
+mod tests;

@@ -64,7 +64,9 @@ fn filled() -> (Region, Layout) {
     assert_eq!(a.reason.as_deref(), Some("no previous table (new file)"));
     for i in 0..50 {
         let nat = (i % 5 == 0).then_some(NAT);
-        let (h, fresh) = t.insert(&key(i, TCP), entry(State::Established, nat)).unwrap();
+        let (h, fresh) = t
+            .insert(&key(i, TCP), entry(State::Established, nat))
+            .unwrap();
         assert!(fresh);
         h.update(State::Established, true, 1400);
     }
@@ -98,7 +100,8 @@ fn a_second_table_on_the_region_adopts_every_entry_with_its_nat_record_and_count
     assert!(t.lookup(&key(3, UDP)).is_some());
     assert!(t.lookup(&key(77, TCP)).is_none());
     // The adopted table works as any: a new flow, a removal, the limits counted.
-    t.insert(&key(60, TCP), entry(State::SynSent, None)).unwrap();
+    t.insert(&key(60, TCP), entry(State::SynSent, None))
+        .unwrap();
     assert!(t.remove(&key(0, TCP)));
     assert_eq!(t.counts(), (50, 10));
 }
@@ -110,7 +113,10 @@ fn adopted_expiries_keep_their_meaning() {
     // established TCP flows are not.
     let (t, a, _clock) = open(&r, l.bytes, 1061);
     assert!(a.adopted);
-    assert!(t.lookup(&key(1, UDP)).is_none(), "expired by the shared epoch");
+    assert!(
+        t.lookup(&key(1, UDP)).is_none(),
+        "expired by the shared epoch"
+    );
     assert!(t.lookup(&key(1, TCP)).is_some());
 }
 
@@ -126,7 +132,8 @@ fn a_header_of_another_version_gives_an_empty_table_and_says_why() {
     assert!(t.lookup(&key(1, TCP)).is_none(), "old slots cleared");
     assert_eq!(t.dump(100).len(), 0);
     // The region now holds a table of this version: the next process adopts it.
-    t.insert(&key(9, TCP), entry(State::Established, None)).unwrap();
+    t.insert(&key(9, TCP), entry(State::Established, None))
+        .unwrap();
     let (t2, a2, _) = open(&r, l.bytes, 1021);
     assert!(a2.adopted, "{a2:?}");
     assert_eq!(a2.epoch, 1020);
@@ -162,7 +169,10 @@ fn a_truncated_file_is_refused() {
     assert_eq!(t.counts(), (0, 0));
     let (r, _) = filled();
     let (_, a, _) = open(&r, HEADER_BYTES - 1, 1020);
-    assert!(a.reason.unwrap().contains("shorter than the 4096-byte header"));
+    assert!(a
+        .reason
+        .unwrap()
+        .contains("shorter than the 4096-byte header"));
 }
 
 #[test]

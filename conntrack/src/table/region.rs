@@ -30,8 +30,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    buckets_for, class, w_gen, w_used, Config, Key, Mem, Slot, Table, LANES, OCC_BUSY,
-    SLOT_BYTES,
+    buckets_for, class, w_gen, w_used, Config, Key, Mem, Slot, Table, LANES, OCC_BUSY, SLOT_BYTES,
 };
 use crate::clock::{monotonic_secs, Clock, EpochClock};
 
@@ -143,8 +142,11 @@ impl Region {
         let words = |n: usize| -> &'static [AtomicU64] {
             Box::leak((0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>())
         };
-        let slots: &'static [Slot] =
-            Box::leak((0..layout.slots).map(|_| Slot::default()).collect::<Box<[_]>>());
+        let slots: &'static [Slot] = Box::leak(
+            (0..layout.slots)
+                .map(|_| Slot::default())
+                .collect::<Box<[_]>>(),
+        );
         Region {
             header: words(HEADER_WORDS),
             tags: words(layout.buckets),
@@ -248,10 +250,8 @@ impl Table {
                 let s = &self.slots()[b * LANES + lane];
                 let w = s.live.load(Ordering::Acquire);
                 if w_used(w) {
-                    let k = Key::from_words(
-                        s.k0.load(Ordering::Relaxed),
-                        s.k1.load(Ordering::Relaxed),
-                    );
+                    let k =
+                        Key::from_words(s.k0.load(Ordering::Relaxed), s.k1.load(Ordering::Relaxed));
                     let (b1, b2, tag) = self.place(&k);
                     if b == b1 || b == b2 {
                         tag_word |= u64::from(tag) << (lane * 8);

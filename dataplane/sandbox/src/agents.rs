@@ -142,7 +142,10 @@ pub(crate) fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Resu
 fn mount_pins(dir: &std::path::Path) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let d = dir.to_string_lossy();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*d)) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*d))
+    {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
@@ -161,7 +164,10 @@ fn mount_pins(dir: &std::path::Path) -> Result<()> {
 pub(crate) fn unmount_pins(dir: &std::path::Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let d = dir.to_string_lossy();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*d)) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*d))
+    {
         let _ = Command::new("umount").arg("-l").arg(dir).status();
     }
 }

@@ -94,7 +94,10 @@ pub fn restart_node(name: &str, node: &str, binary: Option<&Path>) -> Result<Res
         .position(|n| n.name == node)
         .with_context(|| {
             let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
-            format!("no node {node} in sandbox {name} (nodes: {})", names.join(", "))
+            format!(
+                "no node {node} in sandbox {name} (nodes: {})",
+                names.join(", ")
+            )
         })?;
     let exe = match binary {
         Some(b) => b

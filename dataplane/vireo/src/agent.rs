@@ -639,7 +639,11 @@ impl Agent {
         // The endpoint's flows go with it (published first, so no packet makes them anew):
         // a pod that gets its address later inherits none of them.
         // (A sweep of the whole table, skipped when it holds no entry at all.)
-        if let Some(ct) = before.ct.as_deref().filter(|ct| flush && ct.counts() != (0, 0)) {
+        if let Some(ct) = before
+            .ct
+            .as_deref()
+            .filter(|ct| flush && ct.counts() != (0, 0))
+        {
             for ep in before.endpoints.values().filter(|e| e.slot == slot) {
                 let n = ct.flush(vireo_conntrack::flush::endpoint(u32::from(ep.ip)));
                 tracing::debug!(ip = %ep.ip, flows = n, "endpoint's conntrack entries flushed");

@@ -60,7 +60,10 @@ pub(super) fn open_conntrack(
                 reason: Some(e.to_string()),
                 epoch: 0,
             };
-            (Arc::new(t), status(&path, false, &a, 0, Some(e.to_string())))
+            (
+                Arc::new(t),
+                status(&path, false, &a, 0, Some(e.to_string())),
+            )
         }
     }
 }
@@ -116,7 +119,8 @@ impl super::Agent {
             self.steering
                 .attach_held(ifindex, slot, role, vxlan_port, pref, &pin)?
         } else {
-            self.steering.attach(ifindex, slot, role, vxlan_port, pref)?
+            self.steering
+                .attach(ifindex, slot, role, vxlan_port, pref)?
         })
     }
 
@@ -136,7 +140,9 @@ impl super::Agent {
             match self.steering.hold(link, &pin) {
                 Ok(()) => tracing::info!(iface = %ifc.name, pin = %pin.display(),
                     "uplink XDP program held for the next process"),
-                Err(e) => tracing::warn!(iface = %ifc.name, "holding the uplink's XDP program: {e}"),
+                Err(e) => {
+                    tracing::warn!(iface = %ifc.name, "holding the uplink's XDP program: {e}")
+                }
             }
             return;
         }
@@ -150,7 +156,9 @@ impl super::Agent {
         let path = fqdn_path(&self.cfg.state_path());
         match restore_fqdn(&t.fqdn, now, &path) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(names = n, path = %path.display(), "learned DNS names restored"),
+            Ok(n) => {
+                tracing::info!(names = n, path = %path.display(), "learned DNS names restored")
+            }
             Err(e) => tracing::warn!(path = %path.display(), "restoring learned DNS names: {e}"),
         }
     }
@@ -267,7 +275,10 @@ mod tests {
         assert_eq!(&*api.name, "api.example.com");
         assert_eq!(api.expires, 790, "the time it had left, from the new clock");
         let old = &names.names(u32::from(Ipv4Addr::new(93, 184, 216, 35)))[0];
-        assert!(old.expires <= 500, "still expired: a zombie until collected");
+        assert!(
+            old.expires <= 500,
+            "still expired: a zombie until collected"
+        );
         assert!(!path.exists(), "read once");
         assert_eq!(restore_fqdn(&after, 500, &path).unwrap(), 0);
         let _ = std::fs::remove_dir_all(&d);
