@@ -16,10 +16,13 @@ pub mod gc;
 pub mod state;
 pub mod table;
 
-pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use clock::{Clock, EpochClock, ManualClock, MonotonicClock};
 pub use frag::{FragKey, FragTable};
 pub use state::{Lifetimes, State};
+pub use table::region::{Adoption, Layout, Region};
 pub use table::{Config, Dir, Entry, Full, Handle, Key, Nat, NewEntry, PolicyVerdict, Table};
 
+#[cfg(test)]
+mod region_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod fqdn;
 pub mod operations;
+pub use operations::default_api_socket;
 
 /// A configuration error: one line naming the field.
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +364,12 @@ pub struct Config {
     /// Unix socket of the agent's API.
     #[serde(default = "default_api_socket")]
     pub api_socket: PathBuf,
+    /// What outlives the agent (conntrack's shared memory): [`Config::state_path`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// At stop, leave the uplink's XDP program held for the next process (README, restarts).
+    #[serde(default)]
+    pub hold_uplink_on_stop: bool,
     /// XDP attach mode.
     #[serde(default)]
     pub xdp_mode: XdpModeConfig,
@@ -373,7 +380,7 @@ pub struct Config {
     #[serde(default)]
     pub af_xdp: AfXdpConfig,
     /// Workers (default: one, unpinned).
-    #[serde(default = "default_workers")]
+    #[serde(default = "operations::default_workers")]
     pub workers: Vec<WorkerConfig>,
     /// Interfaces.
     #[serde(default)]
@@ -496,13 +503,6 @@ pub fn validate_cluster_name(n: &str) -> Result<(), String> {
 
 fn default_vxlan_port() -> u16 {
     8472
-}
-/// Default API socket path.
-pub fn default_api_socket() -> PathBuf {
-    PathBuf::from("/run/vireo/vireo.sock")
-}
-fn default_workers() -> Vec<WorkerConfig> {
-    vec![WorkerConfig { cores: vec![] }]
 }
 
 /// A validated endpoint.

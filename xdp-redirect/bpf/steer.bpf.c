@@ -179,7 +179,8 @@ int vireo_steer(struct xdp_md *ctx)
 	if (!st)
 		return XDP_PASS;
 
-	if (cfg->role == VIREO_ROLE_UPLINK && !uplink_owns(ctx, cfg->vxlan_port)) {
+	if ((cfg->role == VIREO_ROLE_UPLINK || cfg->role == VIREO_ROLE_UPLINK_HELD) &&
+	    !uplink_owns(ctx, cfg->vxlan_port)) {
 		st->passed++;
 		return XDP_PASS;
 	}
@@ -194,8 +195,9 @@ int vireo_steer(struct xdp_md *ctx)
 
 no_socket:
 	st->no_socket++;
-	/* Uplink: the kernel keeps what we cannot take. Pod veth: the frame was meant for the
-	 * dataplane and must not bypass it. */
+	/* Uplink: the kernel keeps what we cannot take. Pod veth, or an uplink held across a
+	 * restart: the frame was meant for the dataplane and must not bypass it (TCP retransmits
+	 * it once the next process has its sockets). */
 	return cfg->role == VIREO_ROLE_UPLINK ? XDP_PASS : XDP_DROP;
 }
 

@@ -11,6 +11,9 @@
 
 #define VIREO_ROLE_POD 1    /* pod-facing veth: steer every frame */
 #define VIREO_ROLE_UPLINK 2 /* uplink NIC: steer only what the dataplane owns */
+#define VIREO_ROLE_UPLINK_HELD 3 /* the uplink while its agent restarts: what the dataplane owns
+                                  * and cannot take (no socket) is dropped, not passed (the
+                                  * node's stack would reset its connections) */
 
 struct vireo_if_cfg {
 	__u32 slot;

@@ -308,23 +308,7 @@ impl Steering {
         vxlan_port: u16,
         pref: ModePreference,
     ) -> Result<Attachment, Error> {
-        check_range("slot", slot, MAX_IFACES)?;
-        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
-        let cfg = IfCfg {
-            slot,
-            role: role.raw(),
-            vxlan_port,
-            xsk_queues: xsk_queues as u16,
-            xsk_base,
-        };
-        self.skel
-            .maps
-            .ifaces
-            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
-            .map_err(map_err("ifaces"))?;
-        // Fresh counters for a reused slot.
-        self.reset_counters(slot)?;
-
+        self.configure(ifindex, slot, role, vxlan_port)?;
         let modes: &[XdpMode] = match pref {
             ModePreference::Auto => &[XdpMode::Native, XdpMode::Generic],
             ModePreference::Native => &[XdpMode::Native],
@@ -353,6 +337,112 @@ impl Steering {
             ifindex,
             reason: reasons.join("; "),
         })
+    }
+
+    /// Leaves an uplink's program attached after this process exits, for the next process
+    /// ([`Steering::attach_held`]): its role becomes *held* (what the dataplane owns is dropped
+    /// while no socket takes it, instead of passed to the node's stack, which would answer a
+    /// NodePort connection with a RST; the rest still passes), and the link is pinned at `pin`
+    /// (a bpffs path) so it outlives the process.
+    pub fn hold(&self, att: Attachment, pin: &std::path::Path) -> Result<(), Error> {
+        let Attachment {
+            link,
+            ifindex,
+            slot,
+            mode,
+        } = att;
+        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
+        let cfg = IfCfg {
+            slot,
+            role: ROLE_UPLINK_HELD,
+            vxlan_port: self.vxlan_port_of(ifindex),
+            xsk_queues: xsk_queues as u16,
+            xsk_base,
+        };
+        self.skel
+            .maps
+            .ifaces
+            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
+            .map_err(map_err("ifaces"))?;
+        let path = held_path(pin, mode);
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        obj_pin(link.as_raw_fd(), &path).map_err(|e| Error::Attach {
+            ifindex,
+            reason: format!("pinning the link at {}: {e}", path.display()),
+        })
+    }
+
+    /// [`Steering::attach`], taking over a link a previous process held at `pin`
+    /// ([`Steering::hold`]) if there is one: the link's program is replaced by ours in one
+    /// step (`BPF_LINK_UPDATE`: no frame meets an interface without a program) and the pin is
+    /// removed. With no pin, an ordinary attach.
+    pub fn attach_held(
+        &self,
+        ifindex: u32,
+        slot: u32,
+        role: Role,
+        vxlan_port: u16,
+        pref: ModePreference,
+        pin: &std::path::Path,
+    ) -> Result<Attachment, Error> {
+        for mode in [XdpMode::Native, XdpMode::Generic] {
+            let path = held_path(pin, mode);
+            let Ok(link) = obj_get(&path) else { continue };
+            let _ = std::fs::remove_file(&path);
+            self.configure(ifindex, slot, role, vxlan_port)?;
+            let prog_fd = self.skel.progs.vireo_steer.as_fd().as_raw_fd();
+            match link_update(link.as_raw_fd(), prog_fd) {
+                Ok(()) => {
+                    return Ok(Attachment {
+                        link,
+                        ifindex,
+                        slot,
+                        mode,
+                    })
+                }
+                Err(e) => {
+                    // Not ours any more (the interface went and came back): let it go.
+                    tracing::warn!(ifindex, path = %path.display(), "taking over a held XDP link: {e}; attaching anew");
+                    drop(link);
+                }
+            }
+        }
+        self.attach(ifindex, slot, role, vxlan_port, pref)
+    }
+
+    fn vxlan_port_of(&self, ifindex: u32) -> u16 {
+        self.skel
+            .maps
+            .ifaces
+            .lookup(&ifindex.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .filter(|b| b.len() >= 10)
+            .map_or(0, |b| u16::from_ne_bytes([b[8], b[9]]))
+    }
+
+    /// The interface's entry in the program's maps (before its program is attached), with
+    /// fresh counters.
+    fn configure(&self, ifindex: u32, slot: u32, role: Role, vxlan_port: u16) -> Result<(), Error> {
+        check_range("slot", slot, MAX_IFACES)?;
+        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
+        let cfg = IfCfg {
+            slot,
+            role: role.raw(),
+            vxlan_port,
+            xsk_queues: xsk_queues as u16,
+            xsk_base,
+        };
+        self.skel
+            .maps
+            .ifaces
+            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
+            .map_err(map_err("ifaces"))?;
+        // Fresh counters for a reused slot.
+        self.reset_counters(slot)
     }
 
     /// Detaches the program from an interface and removes its map entries.
@@ -467,6 +557,56 @@ impl Steering {
 fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), Error> {
     if value >= limit {
         return Err(Error::Range { what, value, limit });
+    }
+    Ok(())
+}
+
+/// `VIREO_ROLE_UPLINK_HELD`: an uplink held across a restart ([`Steering::hold`]).
+const ROLE_UPLINK_HELD: u32 = 3;
+
+/// Where a held link of `mode` is pinned (the mode is in the name: the kernel does not say).
+fn held_path(pin: &std::path::Path, mode: XdpMode) -> std::path::PathBuf {
+    let mut p = pin.as_os_str().to_owned();
+    p.push(".");
+    p.push(mode.as_str());
+    p.into()
+}
+
+fn c_path(p: &std::path::Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+fn obj_pin(fd: RawFd, p: &std::path::Path) -> std::io::Result<()> {
+    let c = c_path(p)?;
+    // SAFETY: `fd` is an open BPF link of ours and `c` a NUL-terminated path that lives across
+    // the call; libbpf returns 0 or a negative errno.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd, c.as_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}
+
+fn obj_get(p: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let c = c_path(p)?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call; libbpf returns a new
+    // descriptor or a negative errno.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn link_update(link_fd: RawFd, prog_fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: both descriptors are open; null options are libbpf's defaults (replace whatever
+    // program the link has).
+    let rc = unsafe { libbpf_sys::bpf_link_update(link_fd, prog_fd, std::ptr::null()) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ impl std::fmt::Debug for Handle<'_> {
 
 impl<'a> Handle<'a> {
     fn slot(&self) -> &'a Slot {
-        &self.t.slots[self.i]
+        &self.t.slots()[self.i]
     }
 
     /// The time this handle was found at (lifetimes of its updates count from it).

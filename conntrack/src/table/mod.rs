@@ -37,6 +37,7 @@ use crate::state::Lifetimes;
 
 mod handle;
 mod key;
+pub mod region;
 
 pub use handle::Handle;
 pub use key::{mix64, Dir, Entry, Key, Nat, NewEntry, PolicyVerdict};
@@ -148,9 +149,13 @@ impl Default for Config {
 ///
 /// The policy and counter words carry the generation too, so that a stale handle's
 /// read-modify-write on them fails instead of landing on the slot's next flow.
+///
+/// Any bit pattern is a valid `Slot` (it is only atomics), which is what lets the I/O layer
+/// view a shared-memory file as slots ([`region::Region`]); a slot that a process left half
+/// written is repaired by [`Table::in_region`].
 #[repr(C, align(64))]
 #[derive(Default)]
-struct Slot {
+pub struct Slot {
     live: AtomicU64,
     k0: AtomicU64,
     k1: AtomicU64,
@@ -179,10 +184,19 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+/// Where the slots and tag words live: the process's heap, or a region the caller maps (a
+/// shared-memory file the next process adopts).
+enum Mem {
+    Owned {
+        slots: Box<[Slot]>,
+        tags: Box<[AtomicU64]>,
+    },
+    Region(region::Region),
+}
+
 /// The table.
 pub struct Table {
-    slots: Box<[Slot]>,
-    tags: Box<[AtomicU64]>,
+    mem: Mem,
     locks: Box<[AtomicBool]>,
     buckets: usize,
     /// Entries by class. Every insert and removal writes them, so they sit on a cache line
@@ -205,11 +219,17 @@ pub struct Table {
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
-            .field("slots", &self.slots.len())
+            .field("slots", &self.slots().len())
             .field("tcp", &self.counts[0].load(Ordering::Relaxed))
             .field("other", &self.counts[1].load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// Buckets for `cfg`'s limits: slots for 4/3 of them (load at most 3/4).
+fn buckets_for(cfg: &Config) -> usize {
+    let want = (cfg.max_tcp + cfg.max_other).max(LANES) * 4 / 3;
+    want.div_ceil(LANES).max(2)
 }
 
 fn class(proto: u8) -> usize {
@@ -221,11 +241,17 @@ impl Table {
     /// by multiply-shift, so their number need not be a power of two and memory stays at
     /// 4/3 × 64 bytes per entry of capacity.
     pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> Table {
-        let want = (cfg.max_tcp + cfg.max_other).max(LANES) * 4 / 3;
-        let buckets = want.div_ceil(LANES).max(2);
-        Table {
+        let buckets = buckets_for(&cfg);
+        let mem = Mem::Owned {
             slots: (0..buckets * LANES).map(|_| Slot::default()).collect(),
             tags: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Table::with_mem(cfg, clock, mem, buckets)
+    }
+
+    fn with_mem(cfg: Config, clock: Arc<dyn Clock>, mem: Mem, buckets: usize) -> Table {
+        Table {
+            mem,
             locks: (0..buckets).map(|_| AtomicBool::new(false)).collect(),
             buckets,
             counts: Padded([AtomicUsize::new(0), AtomicUsize::new(0)]),
@@ -235,6 +261,24 @@ impl Table {
             inserts: Padded(AtomicU64::new(0)),
             cfg,
             clock,
+        }
+    }
+
+    /// The slots (heap or region). One predictable branch; `benches/benches/conntrack.rs`
+    /// measures it against the heap-only table of before (conntrack/README.md).
+    #[inline(always)]
+    fn slots(&self) -> &[Slot] {
+        match &self.mem {
+            Mem::Owned { slots, .. } => slots,
+            Mem::Region(r) => r.slots,
+        }
+    }
+
+    #[inline(always)]
+    fn tags(&self) -> &[AtomicU64] {
+        match &self.mem {
+            Mem::Owned { tags, .. } => tags,
+            Mem::Region(r) => r.tags,
         }
     }
 
@@ -269,7 +313,7 @@ impl Table {
 
     /// Bytes the table occupies.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * SLOT_BYTES + self.tags.len() * 8 + self.locks.len()
+        self.slots().len() * SLOT_BYTES + self.tags().len() * 8 + self.locks.len()
     }
 
     #[inline]
@@ -298,7 +342,7 @@ impl Table {
     /// Reads slot `i`'s key if it is in use and stable: (live word, key).
     #[inline]
     fn read_key(&self, i: usize) -> Option<(u64, Key)> {
-        let s = &self.slots[i];
+        let s = &self.slots()[i];
         // Acquire: pairs with the writer's publishing Release store (or the RMWs continuing
         // its release sequence), so the key stores are visible.
         let w = s.live.load(Ordering::Acquire);
@@ -320,7 +364,7 @@ impl Table {
             // Relaxed would do (the tag only filters; the key is validated under the live
             // word), Acquire costs nothing on x86 and makes a just-claimed lane's tag and slot
             // be seen together.
-            let t = self.tags[b].load(Ordering::Acquire);
+            let t = self.tags()[b].load(Ordering::Acquire);
             for lane in 0..LANES {
                 if (t >> (lane * 8)) as u8 == tag {
                     let i = b * LANES + lane;
@@ -431,7 +475,7 @@ impl Table {
     }
 
     fn used_lanes(&self, b: usize) -> u32 {
-        let t = self.tags[b].load(Ordering::Relaxed);
+        let t = self.tags()[b].load(Ordering::Relaxed);
         (0..LANES).filter(|l| (t >> (l * 8)) as u8 != 0).count() as u32
     }
 
@@ -439,17 +483,17 @@ impl Table {
     /// and its new generation.
     fn claim_free(&self, b: usize, tag: u8) -> Option<(usize, u16)> {
         loop {
-            let t = self.tags[b].load(Ordering::Relaxed);
+            let t = self.tags()[b].load(Ordering::Relaxed);
             let lane = (0..LANES).find(|l| (t >> (l * 8)) as u8 == 0)?;
             let nt = t | u64::from(tag) << (lane * 8);
             // Acquire: the lane's previous freeing (its live-word CAS, before the tag was
             // cleared with Release) happens-before our writes to the slot.
-            if self.tags[b]
+            if self.tags()[b]
                 .compare_exchange(t, nt, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
                 let i = b * LANES + lane;
-                let s = &self.slots[i];
+                let s = &self.slots()[i];
                 // The lane is ours: its slot is empty and nobody else writes an empty slot
                 // (updates, frees and evictions need a used one), so a plain store marks it.
                 let w = s.live.load(Ordering::Relaxed);
@@ -473,7 +517,7 @@ impl Table {
         }
         let g = w_gen(w).wrapping_add(1);
         // Acquire on success: the previous generation's stores are ordered before ours.
-        self.slots[i]
+        self.slots()[i]
             .live
             .compare_exchange(
                 w,
@@ -584,7 +628,7 @@ impl Table {
         let shift = lane * 8;
         // Release: a lane cleared here is claimed by a CAS (Acquire) that then sees our
         // freeing of the slot.
-        let _ = self.tags[b].fetch_update(Ordering::Release, Ordering::Relaxed, |t| {
+        let _ = self.tags()[b].fetch_update(Ordering::Release, Ordering::Relaxed, |t| {
             Some(t & !(0xffu64 << shift) | u64::from(tag) << shift)
         });
     }
@@ -592,7 +636,7 @@ impl Table {
     /// Fills busy slot `i` (generation `g`) and publishes it.
     fn write(&self, i: usize, g: u16, k: &Key, e: &NewEntry, now: u32) {
         self.inserts.fetch_add(1, Ordering::Relaxed);
-        let s = &self.slots[i];
+        let s = &self.slots()[i];
         let (w0, w1) = k.words();
         // Relaxed data stores: ordered after the busy mark by the claim's Release fence, and
         // before the publication by its Release store.
@@ -646,7 +690,7 @@ impl Table {
         }
         // Relaxed: freeing publishes no data; the tag's Release below orders it before the
         // lane's next claim.
-        if self.slots[i]
+        if self.slots()[i]
             .live
             .compare_exchange(
                 w,
@@ -678,7 +722,7 @@ impl Table {
         let mut reaped = 0;
         for k in 0..n.min(self.buckets()) {
             let b = (start + k) % self.buckets;
-            let t = self.tags[b].load(Ordering::Relaxed);
+            let t = self.tags()[b].load(Ordering::Relaxed);
             if t == 0 {
                 continue;
             }
@@ -705,7 +749,7 @@ impl Table {
     /// was matched with; an entry rewritten meanwhile for another flow is left alone).
     pub fn flush(&self, pred: impl Fn(&Key, Option<Nat>) -> bool) -> usize {
         let mut n = 0;
-        for i in 0..self.slots.len() {
+        for i in 0..self.slots().len() {
             let Some((w, key)) = self.read_key(i) else {
                 continue;
             };
@@ -729,7 +773,7 @@ impl Table {
                     n += 1;
                     break;
                 }
-                w = self.slots[i].live.load(Ordering::Relaxed);
+                w = self.slots()[i].live.load(Ordering::Relaxed);
                 if !w_owned(w, h.generation) {
                     break;
                 }
@@ -742,7 +786,7 @@ impl Table {
     pub fn dump(&self, max: usize) -> Vec<Entry> {
         let now = self.now();
         let mut v = Vec::new();
-        for i in 0..self.slots.len() {
+        for i in 0..self.slots().len() {
             if v.len() >= max {
                 break;
             }

@@ -2,9 +2,48 @@
 //! stops calling itself ready, and how it logs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Default API socket path.
+pub fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/vireo/vireo.sock")
+}
+
+/// Where an agent with state in `state_dir` pins what it leaves attached across a restart
+/// (the uplink's XDP link, `hold_uplink_on_stop`): `<state_dir>/bpf` if it exists (a bpffs
+/// mounted there: `ip netns exec` hides `/sys/fs/bpf`, so the sandbox mounts one per node),
+/// else a bpffs directory named after the state directory (`/run/vireo/vireo.state` →
+/// `/sys/fs/bpf/vireo/run_vireo_vireo.state`).
+pub fn pin_dir(state_dir: &std::path::Path) -> PathBuf {
+    let own = state_dir.join("bpf");
+    if own.is_dir() {
+        return own;
+    }
+    let key = state_dir
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "_");
+    PathBuf::from("/sys/fs/bpf/vireo").join(key)
+}
+
+/// Default workers: one, unpinned.
+pub(crate) fn default_workers() -> Vec<super::WorkerConfig> {
+    vec![super::WorkerConfig { cores: vec![] }]
+}
+
+impl super::Config {
+    /// Where state that outlives the agent lives (`state_dir`): as configured, else beside the
+    /// API socket, named after it (`/run/vireo/vireo.sock` → `/run/vireo/vireo.state`), so
+    /// agents with their own sockets (the sandbox's nodes) have their own state.
+    pub fn state_path(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.api_socket.with_extension("state"))
+    }
+}
 
 /// `metrics:` — Prometheus metrics (`/metrics`) and the probes (`/healthz`, `/readyz`) on one
 /// HTTP listener (Cilium's `prometheus-serve-addr`).
@@ -205,5 +244,26 @@ mod tests {
         assert!(l("loud").unwrap_err().1.contains("not a level"));
         assert!(l("vireo::=debug").unwrap_err().1.contains("module path"));
         assert!(l("a b=info").is_err());
+    }
+}
+
+#[cfg(test)]
+mod state_dir_tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[test]
+    fn the_state_dir_defaults_beside_the_api_socket_and_can_be_set() {
+        let c: Config = serde_yaml_ng::from_str("api_socket: /tmp/x/node-1.sock\n").unwrap();
+        assert_eq!(c.state_path(), Path::new("/tmp/x/node-1.state"));
+        let c: Config = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(c.state_path(), Path::new("/run/vireo/vireo.state"));
+        let c: Config = serde_yaml_ng::from_str("state_dir: /var/lib/vireo\n").unwrap();
+        assert_eq!(c.state_path(), Path::new("/var/lib/vireo"));
+        assert_eq!(
+            super::pin_dir(&c.state_path()),
+            Path::new("/sys/fs/bpf/vireo/var_lib_vireo")
+        );
     }
 }

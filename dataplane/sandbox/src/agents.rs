@@ -49,6 +49,8 @@ fn agent_config(st: &State, n: &NodeState) -> String {
          # /metrics and the probes on the node's loopback (each node is a namespace); not\n\
          # ready 3 s after the API server stops answering.\n\
          metrics: {{address: \"{METRICS_ADDRESS}\", stale_after_s: {METRICS_STALE_AFTER_S}}}\n\
+         # `vireo sandbox restart`: NodePort connections survive it (README, restarts).\n\
+         hold_uplink_on_stop: true\n\
          {busy_poll}interfaces:\n  - {{name: eth0, role: uplink}}\n",
         node = n.name,
         api = n.api.display(),
@@ -56,15 +58,31 @@ fn agent_config(st: &State, n: &NodeState) -> String {
 }
 
 pub(crate) fn start_agent(st: &mut State, i: usize) -> Result<std::process::Child> {
+    start_agent_binary(st, i, &std::env::current_exe()?, false)
+}
+
+/// Starts node `i`'s agent from `exe` (`vireo sandbox restart --binary`: another build), its
+/// log truncated, or appended to (`append`: a restart keeps the previous process's lines).
+pub(crate) fn start_agent_binary(
+    st: &mut State,
+    i: usize,
+    exe: &std::path::Path,
+    append: bool,
+) -> Result<std::process::Child> {
     let n = st.nodes[i].clone();
     let cfg = st.dir.join(format!("{}.yaml", n.name));
     std::fs::write(&cfg, agent_config(st, &n))?;
-    let log = std::fs::File::create(&n.log)?;
-    let exe = std::env::current_exe()?;
+    mount_pins(&n.api.with_extension("state").join("bpf"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&n.log)?;
     use std::os::unix::process::CommandExt;
     let child = Command::new("ip")
         .args(["netns", "exec", &n.netns])
-        .arg(&exe)
+        .arg(exe)
         .args(["agent", "--config"])
         .arg(&cfg)
         .stdin(Stdio::null())
@@ -87,27 +105,7 @@ pub(crate) fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Resu
     for n in &st.nodes {
         let want = st.pods.iter().filter(|p| p.node == n.name).count();
         loop {
-            let get = |m: &str| api::call(&n.api, &api::Request::MapGet { map: m.into() }).ok();
-            let ready = get("nodes")
-                .zip(get("ipcache"))
-                .zip(api::call(&n.api, &api::Request::Status).ok())
-                .is_some_and(|((nodes, ipcache), status)| {
-                    let remote = nodes["remote"].as_array().cloned().unwrap_or_default();
-                    let known: Vec<&str> = ipcache
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|e| e["prefix"].as_str())
-                        .collect();
-                    status["endpoints"].as_array().map(Vec::len) == Some(want)
-                        && remote.len() == st.nodes.len() - 1
-                        && remote.iter().all(|r| !r["next_hop_mac"].is_null())
-                        && st
-                            .pods
-                            .iter()
-                            .all(|p| known.contains(&format!("{}/32", p.ip).as_str()))
-                });
-            if ready {
+            if node_ready(st, n, want) {
                 break;
             }
             let exited = agents
@@ -136,6 +134,67 @@ pub(crate) fn wait_ready(st: &State, agents: &mut [std::process::Child]) -> Resu
         }
     }
     Ok(())
+}
+
+/// A bpffs at `dir` (the agent's `<state_dir>/bpf`), mounted in this (the host's) mount
+/// namespace: the agent runs under `ip netns exec`, which hides `/sys/fs/bpf`, and the uplink
+/// link it holds across a restart must be pinned where the next agent finds it.
+fn mount_pins(dir: &std::path::Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*d))
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let ok = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("mounting a bpffs at {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Unmounts [`mount_pins`]'s bpffs (and what is pinned in it), if mounted.
+pub(crate) fn unmount_pins(dir: &std::path::Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&*d))
+    {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    }
+}
+
+/// Whether node `n`'s agent answers, has attached its `want` pods, knows every pod's address
+/// (its ipcache) and the MACs of the other nodes.
+pub(crate) fn node_ready(st: &State, n: &NodeState, want: usize) -> bool {
+    let get = |m: &str| api::call(&n.api, &api::Request::MapGet { map: m.into() }).ok();
+    get("nodes")
+        .zip(get("ipcache"))
+        .zip(api::call(&n.api, &api::Request::Status).ok())
+        .is_some_and(|((nodes, ipcache), status)| {
+            let remote = nodes["remote"].as_array().cloned().unwrap_or_default();
+            let known: Vec<&str> = ipcache
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["prefix"].as_str())
+                .collect();
+            status["endpoints"].as_array().map(Vec::len) == Some(want)
+                && remote.len() == st.nodes.len() - 1
+                && remote.iter().all(|r| !r["next_hop_mac"].is_null())
+                && st
+                    .pods
+                    .iter()
+                    .all(|p| known.contains(&format!("{}/32", p.ip).as_str()))
+        })
 }
 
 /// Waits until every agent has attached its pods and knows every pod (after `publish`).

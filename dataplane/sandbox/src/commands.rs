@@ -238,6 +238,13 @@ fn teardown(st: &State) -> Result<()> {
             failed.push(ns);
         }
     }
+    // The uplink links the agents held at their stop (`hold_uplink_on_stop`): their
+    // interfaces went with the namespaces; their pins go now.
+    for n in &st.nodes {
+        let pins = vireo_control::config::operations::pin_dir(&n.api.with_extension("state"));
+        crate::agents::unmount_pins(&pins);
+        let _ = std::fs::remove_dir_all(pins);
+    }
     let _ = std::fs::remove_dir_all(&st.dir);
     if !failed.is_empty() {
         bail!("could not delete namespaces {failed:?}");

@@ -2,7 +2,7 @@
 //! with `vireo connectivity test`, its checks over it, and `vireo probe`, the traffic endpoints
 //! the checks run inside pods. The `vireo` binary parses the arguments and calls in here.
 //!
-//! `vireo sandbox up|down|status|apply|exec`: an underlay (a bridge in a namespace of its own,
+//! `vireo sandbox up|down|status|apply|exec|restart`: an underlay (a bridge in a namespace of its own,
 //! connected to nothing real), N node namespaces each with an uplink veth into it, and the pods
 //! of the manifests as namespaces with veths into their node, one `vireo agent` per node inside
 //! its namespace. The sandbox realises the manifests like a small kubelet and container runtime:
@@ -30,6 +30,7 @@ pub mod kube;
 mod netns;
 mod pods;
 pub mod probe;
+pub mod restart;
 mod state;
 mod topology;
 

@@ -29,10 +29,16 @@
 //!   between mapping the memory and registering it, through a raw pointer into the fresh
 //!   private mapping.
 //!
+//! - **A shared-memory segment is seen only through atomics.** [`segment::Segment`] maps a file
+//!   (the conntrack table another process adopts) and hands out `'static` slices of atomics
+//!   and of conntrack slots (themselves only atomics) over it, only while borrowed for
+//!   `'static`, so the mapping outlives every view.
+//!
 //! Every `unsafe` block states the rest of its argument in a `// SAFETY:` comment (the crate
 //! denies `clippy::undocumented_unsafe_blocks`).
 
 mod port;
+pub mod segment;
 pub mod sys;
 mod umem;
 

@@ -17,7 +17,6 @@ use vireo_control::config::{
 };
 use vireo_control::kube::{KubeOptions, KubeSource};
 use vireo_control::node::{ManifestDir, NodeControl, Source};
-use vireo_dataplane::counters::CounterSnapshot;
 use vireo_dataplane::handoff::{self, Hub};
 use vireo_dataplane::io::{sys, AfXdpMode, PortSpec, RingSizes, UmemSpec};
 use vireo_dataplane::tables::{
@@ -44,6 +43,10 @@ mod metrics;
 mod monitor;
 #[path = "observe.rs"]
 mod observe;
+#[path = "state.rs"]
+mod state;
+#[path = "status.rs"]
+mod status;
 use crate::nodeconfig::first_view;
 use vireo_control::nodeconfig::NodeConfig;
 
@@ -114,6 +117,10 @@ pub struct Agent {
     recorded: metrics::Recorded,
     /// The flows `vireo observe` reads, and `vireo monitor --type trace`'s last ask.
     flows: observe::FlowLog,
+    /// The conntrack table's shared memory, as found at start (`vireo status`).
+    ct_state: Value,
+    /// Shutting down: interfaces detach without flushing their flows.
+    stopping: bool,
 }
 
 pub fn run(config_path: &Path) -> Result<()> {
@@ -148,10 +155,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let steering = Steering::load_sized(xsk_entries(&cfg))?;
-    let ct = Arc::new(vireo_conntrack::Table::new(
-        cfg.conntrack,
-        Arc::new(vireo_conntrack::MonotonicClock::default()),
-    ));
+    // In `<state_dir>/conntrack`: a restart adopts the previous process's flows.
+    let (ct, ct_state) = state::open_conntrack(&cfg.conntrack, &cfg.state_path());
     tracing::info!(
         max_tcp = cfg.conntrack.max_tcp,
         max_other = cfg.conntrack.max_other,
@@ -215,11 +220,14 @@ pub fn run(config_path: &Path) -> Result<()> {
         listener: None,
         recorded: metrics::Recorded::default(),
         flows: observe::FlowLog::new(cfg.observe.flow_ring),
+        ct_state,
+        stopping: false,
     };
     agent.tables.update(|t| {
         t.vxlan_port = cfg.vxlan_port;
         t.vxlan_df = cfg.vxlan_df;
     });
+    agent.restore_fqdn();
     agent.anchor_umems()?;
     agent.cni_restore();
     agent.reconcile();
@@ -576,17 +584,11 @@ impl Agent {
                 XdpModeConfig::Generic => ModePreference::Generic,
             };
             let vx = self.cfg.vxlan_port;
-            att.link = Some(self.steering.attach(
-                ifindex,
-                u32::from(slot),
-                xdp_role(ifc.role),
-                vx,
-                pref,
-            )?);
+            att.link = Some(self.attach_xdp(ifc, ifindex, slot, vx, pref)?);
             Ok(())
         })();
         if let Err(e) = res {
-            self.teardown(&mut att);
+            self.teardown(&mut att, true);
             return Err(e);
         }
         if let Some(ep) = endpoint {
@@ -616,15 +618,16 @@ impl Agent {
         let Some(mut att) = self.ifaces.remove(name) else {
             bail!("interface {name} is not attached")
         };
-        self.teardown(&mut att);
+        self.teardown(&mut att, !self.stopping);
         tracing::info!(iface = name, "detached");
         Ok(())
     }
 
     /// Program off first, then sockets, then tables: no frame is steered to a closed socket.
-    fn teardown(&self, att: &mut Attached) {
+    /// `flush`: the endpoint's flows go too (not at shutdown: the next process adopts them).
+    fn teardown(&self, att: &mut Attached, flush: bool) {
         if let Some(link) = att.link.take() {
-            self.steering.detach(link);
+            self.detach_xdp(&att.cfg, link);
         }
         for q in 0..att.queues {
             let _ = self.steering.clear_socket(u32::from(att.slot), q);
@@ -649,7 +652,11 @@ impl Agent {
         // The endpoint's flows go with it (published first, so no packet makes them anew):
         // a pod that gets its address later inherits none of them.
         // (A sweep of the whole table, skipped when it holds no entry at all.)
-        if let Some(ct) = before.ct.as_deref().filter(|ct| ct.counts() != (0, 0)) {
+        if let Some(ct) = before
+            .ct
+            .as_deref()
+            .filter(|ct| flush && ct.counts() != (0, 0))
+        {
             for ep in before.endpoints.values().filter(|e| e.slot == slot) {
                 let n = ct.flush(vireo_conntrack::flush::endpoint(u32::from(ep.ip)));
                 tracing::debug!(ip = %ep.ip, flows = n, "endpoint's conntrack entries flushed");
@@ -917,69 +924,10 @@ impl Agent {
         Ok(())
     }
 
-    fn status(&self) -> Value {
-        let t = self.tables.load();
-        let ifaces: Vec<Value> = self
-            .ifaces
-            .iter()
-            .map(|(name, a)| {
-                let xdp = self.steering.counters(u32::from(a.slot)).unwrap_or_default();
-                let ep = t.endpoints.values().find(|e| e.slot == a.slot);
-                json!({
-                    "name": name,
-                    "ifindex": a.ifindex,
-                    "slot": a.slot,
-                    "role": a.cfg.role,
-                    "queues": a.queues,
-                    "worker": a.worker,
-                    "xdp_mode": a.link.as_ref().map(|l| l.mode().as_str()),
-                    "af_xdp_mode": a.af_xdp.as_str(),
-                    "endpoint": ep.map(|e| json!({"ip": e.ip.to_string(), "mac": format_mac(&e.mac)})),
-                    "xdp": {"steered": xdp.steered, "passed": xdp.passed, "no_socket": xdp.no_socket},
-                })
-            })
-            .collect();
-        let mut total = CounterSnapshot::default();
-        let workers: Vec<Value> = self
-            .workers
-            .iter()
-            .map(|w| {
-                let c = w.counters();
-                total.add(&c);
-                let ports = w.ports();
-                json!({
-                    "id": w.spec().id,
-                    "cores": w.spec().cores,
-                    "busy_poll": w.spec().busy_poll,
-                    "sockets": ports.len(),
-                    "fill_base": ports.first().map(|p| p.fill_base),
-                    "fill_high": ports.first().map(|p| p.fill_high),
-                    "multi_buffer": ports.first().map(|p| p.multi_buffer),
-                    "umem_frames": w.spec().umem.frames,
-                    "counters": c,
-                })
-            })
-            .collect();
-        let not_ready = self.readiness_problems();
-        json!({
-            "node": self.cfg.node,
-            "node_ip": t.local.map(|l| l.ip.to_string()),
-            "remote_nodes": t.nodes.len(),
-            "endpoints": self.endpoints(),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "metrics_address": self.listener.as_ref().map(|l| l.addr().to_string()),
-            "ready": not_ready.is_empty(),
-            "not_ready": not_ready,
-            "source": self.source.as_ref().map(|s| s.status()),
-            "node_config": self.node_cfg.status(),
-            "interfaces": ifaces,
-            "workers": workers,
-            "counters": total,
-            "dns": t.fqdn.counters.snapshot(),
-        })
-    }
-
     fn shutdown(&mut self) {
+        // The flows stay in the shared table for the next process (no flush on the way out).
+        self.stopping = true;
+        self.save_fqdn();
         self.remove_host();
         let names: Vec<String> = self.ifaces.keys().cloned().collect();
         for n in names {
@@ -991,7 +939,7 @@ impl Agent {
     }
 }
 
-fn xdp_role(r: Role) -> vireo_xdp::Role {
+pub(crate) fn xdp_role(r: Role) -> vireo_xdp::Role {
     match r {
         // The host pair carries only what the node's stack routes to it: all of it is ours.
         Role::Pod | Role::Host => vireo_xdp::Role::Pod,

@@ -131,6 +131,22 @@ enum SandboxCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Restart one node's agent as an upgrade would (SIGTERM, then the same or another binary
+    /// with the same configuration); waits until it is ready and prints the stop-to-ready time.
+    /// Established connections keep going: the new agent adopts the conntrack table.
+    Restart {
+        #[command(flatten)]
+        sandbox: sandbox::SandboxName,
+        /// The node (e.g. node-1).
+        node: String,
+        /// The agent binary to start (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Print JSON: {"node","binary","old_pid","new_pid","stop_ms","start_to_ready_ms",
+        /// "stop_to_ready_ms","conntrack_state"}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -532,6 +548,12 @@ fn run(cli: Cli) -> Result<()> {
             SandboxCmd::Apiserver { sandbox } => sandbox::kube::serve_apiserver(&sandbox.name),
             SandboxCmd::Down { sandbox } => sandbox::down(&sandbox.name),
             SandboxCmd::Status { sandbox, json } => sandbox::status(&sandbox.name, json),
+            SandboxCmd::Restart {
+                sandbox,
+                node,
+                binary,
+                json,
+            } => sandbox::restart::restart(&sandbox.name, &node, binary.as_deref(), json),
             SandboxCmd::Apply { sandbox, dir } => sandbox::apply(&sandbox.name, &dir),
             SandboxCmd::Exec {
                 sandbox,

@@ -60,6 +60,7 @@ pub fn restart_fields(running: &Config, want: &Config) -> Vec<&'static str> {
         ("workers", want.workers == running.workers),
         ("af_xdp", want.af_xdp == running.af_xdp),
         ("api_socket", want.api_socket == running.api_socket),
+        ("state_dir", want.state_path() == running.state_path()),
         ("vxlan_port", want.vxlan_port == running.vxlan_port),
         ("xdp_mode", want.xdp_mode == running.xdp_mode),
         ("busy_poll", want.busy_poll == running.busy_poll),
@@ -86,6 +87,7 @@ pub fn split(running: &Config, want: &Config) -> (Config, Vec<&'static str>) {
     applied.workers.clone_from(&running.workers);
     applied.af_xdp = running.af_xdp.clone();
     applied.api_socket.clone_from(&running.api_socket);
+    applied.state_dir.clone_from(&running.state_dir);
     applied.vxlan_port = running.vxlan_port;
     applied.xdp_mode = running.xdp_mode;
     applied.busy_poll = running.busy_poll;
@@ -125,5 +127,15 @@ mod tests {
         assert!(applied.vxlan_df);
         assert_eq!(applied.interfaces[0].name, "ens5");
         assert_eq!(split(&running, &running), (running.clone(), vec![]));
+    }
+
+    #[test]
+    fn the_state_dir_needs_a_restart() {
+        let running = file();
+        let mut want = running.clone();
+        want.state_dir = Some("/var/lib/vireo".into());
+        let (applied, restart) = split(&running, &want);
+        assert_eq!(restart, ["state_dir"]);
+        assert_eq!(applied.state_path(), running.state_path());
     }
 }
