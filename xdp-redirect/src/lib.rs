@@ -565,11 +565,14 @@ fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), Error> 
 const ROLE_UPLINK_HELD: u32 = 3;
 
 /// Where a held link of `mode` is pinned (the mode is in the name: the kernel does not say).
+/// bpffs reserves names with a dot (a lookup of one fails with EPERM), so dots in `pin`'s
+/// file name (an interface `eth0.100`) become `_` and the mode is joined with `-`.
 fn held_path(pin: &std::path::Path, mode: XdpMode) -> std::path::PathBuf {
-    let mut p = pin.as_os_str().to_owned();
-    p.push(".");
-    p.push(mode.as_str());
-    p.into()
+    let name = pin
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('.', "_"))
+        .unwrap_or_default();
+    pin.with_file_name(format!("{name}-{}", mode.as_str()))
 }
 
 fn c_path(p: &std::path::Path) -> std::io::Result<std::ffi::CString> {
@@ -662,6 +665,23 @@ mod steer_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_pins_have_no_dot_in_their_name_as_bpffs_requires() {
+        let p = held_path(
+            std::path::Path::new("/run/v.state/bpf/uplink-eth0.100"),
+            XdpMode::Native,
+        );
+        assert_eq!(
+            p,
+            std::path::Path::new("/run/v.state/bpf/uplink-eth0_100-native")
+        );
+        let g = held_path(std::path::Path::new("/x/uplink-eth0"), XdpMode::Generic);
+        assert!(
+            !g.file_name().unwrap().to_string_lossy().contains('.'),
+            "{g:?}"
+        );
+    }
 
     #[test]
     fn ranges_are_disjoint_first_fit() {
