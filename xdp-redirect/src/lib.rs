@@ -187,6 +187,9 @@ pub struct Attachment {
     ifindex: u32,
     slot: u32,
     mode: XdpMode,
+    /// While the link still runs the program a previous process held for it
+    /// ([`Steering::attach_held`]): where that process pinned it.
+    held: Option<std::path::PathBuf>,
 }
 
 impl Attachment {
@@ -202,6 +205,11 @@ impl Attachment {
     pub fn slot(&self) -> u32 {
         self.slot
     }
+    /// Whether the link still runs the previous process's held program, until
+    /// [`Steering::take_over`].
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
 }
 
 impl std::fmt::Debug for Attachment {
@@ -211,6 +219,7 @@ impl std::fmt::Debug for Attachment {
             .field("ifindex", &self.ifindex)
             .field("slot", &self.slot)
             .field("mode", &self.mode)
+            .field("held", &self.held)
             .finish()
     }
 }
@@ -327,6 +336,7 @@ impl Steering {
                         ifindex,
                         slot,
                         mode,
+                        held: None,
                     });
                 }
                 Err(e) => reasons.push(format!("{}: {e}", mode.as_str())),
@@ -337,80 +347,6 @@ impl Steering {
             ifindex,
             reason: reasons.join("; "),
         })
-    }
-
-    /// Leaves an uplink's program attached after this process exits, for the next process
-    /// ([`Steering::attach_held`]): its role becomes *held* (what the dataplane owns is dropped
-    /// while no socket takes it, instead of passed to the node's stack, which would answer a
-    /// NodePort connection with a RST; the rest still passes), and the link is pinned at `pin`
-    /// (a bpffs path) so it outlives the process.
-    pub fn hold(&self, att: Attachment, pin: &std::path::Path) -> Result<(), Error> {
-        let Attachment {
-            link,
-            ifindex,
-            slot,
-            mode,
-        } = att;
-        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
-        let cfg = IfCfg {
-            slot,
-            role: ROLE_UPLINK_HELD,
-            vxlan_port: self.vxlan_port_of(ifindex),
-            xsk_queues: xsk_queues as u16,
-            xsk_base,
-        };
-        self.skel
-            .maps
-            .ifaces
-            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
-            .map_err(map_err("ifaces"))?;
-        let path = held_path(pin, mode);
-        let _ = std::fs::remove_file(&path);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        obj_pin(link.as_raw_fd(), &path).map_err(|e| Error::Attach {
-            ifindex,
-            reason: format!("pinning the link at {}: {e}", path.display()),
-        })
-    }
-
-    /// [`Steering::attach`], taking over a link a previous process held at `pin`
-    /// ([`Steering::hold`]) if there is one: the link's program is replaced by ours in one
-    /// step (`BPF_LINK_UPDATE`: no frame meets an interface without a program) and the pin is
-    /// removed. With no pin, an ordinary attach.
-    pub fn attach_held(
-        &self,
-        ifindex: u32,
-        slot: u32,
-        role: Role,
-        vxlan_port: u16,
-        pref: ModePreference,
-        pin: &std::path::Path,
-    ) -> Result<Attachment, Error> {
-        for mode in [XdpMode::Native, XdpMode::Generic] {
-            let path = held_path(pin, mode);
-            let Ok(link) = obj_get(&path) else { continue };
-            let _ = std::fs::remove_file(&path);
-            self.configure(ifindex, slot, role, vxlan_port)?;
-            let prog_fd = self.skel.progs.vireo_steer.as_fd().as_raw_fd();
-            match link_update(link.as_raw_fd(), prog_fd) {
-                Ok(()) => {
-                    return Ok(Attachment {
-                        link,
-                        ifindex,
-                        slot,
-                        mode,
-                    })
-                }
-                Err(e) => {
-                    // Not ours any more (the interface went and came back): let it go.
-                    tracing::warn!(ifindex, path = %path.display(), "taking over a held XDP link: {e}; attaching anew");
-                    drop(link);
-                }
-            }
-        }
-        self.attach(ifindex, slot, role, vxlan_port, pref)
     }
 
     fn vxlan_port_of(&self, ifindex: u32) -> u16 {
@@ -447,7 +383,16 @@ impl Steering {
 
     /// Detaches the program from an interface and removes its map entries.
     pub fn detach(&self, att: Attachment) {
-        let Attachment { link, ifindex, .. } = att;
+        let Attachment {
+            link,
+            ifindex,
+            held,
+            ..
+        } = att;
+        // A link never taken over: without its pin, it goes with its last descriptor.
+        if let Some(pin) = held {
+            let _ = std::fs::remove_file(pin);
+        }
         drop(link);
         let _ = self.skel.maps.ifaces.delete(&ifindex.to_ne_bytes());
     }
@@ -561,59 +506,6 @@ fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), Error> 
     Ok(())
 }
 
-/// `VIREO_ROLE_UPLINK_HELD`: an uplink held across a restart ([`Steering::hold`]).
-const ROLE_UPLINK_HELD: u32 = 3;
-
-/// Where a held link of `mode` is pinned (the mode is in the name: the kernel does not say).
-/// bpffs reserves names with a dot (a lookup of one fails with EPERM), so dots in `pin`'s
-/// file name (an interface `eth0.100`) become `_` and the mode is joined with `-`.
-fn held_path(pin: &std::path::Path, mode: XdpMode) -> std::path::PathBuf {
-    let name = pin
-        .file_name()
-        .map(|n| n.to_string_lossy().replace('.', "_"))
-        .unwrap_or_default();
-    pin.with_file_name(format!("{name}-{}", mode.as_str()))
-}
-
-fn c_path(p: &std::path::Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-}
-
-fn obj_pin(fd: RawFd, p: &std::path::Path) -> std::io::Result<()> {
-    let c = c_path(p)?;
-    // SAFETY: `fd` is an open BPF link of ours and `c` a NUL-terminated path that lives across
-    // the call; libbpf returns 0 or a negative errno.
-    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd, c.as_ptr()) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
-}
-
-fn obj_get(p: &std::path::Path) -> std::io::Result<OwnedFd> {
-    let c = c_path(p)?;
-    // SAFETY: `c` is a NUL-terminated path that lives across the call; libbpf returns a new
-    // descriptor or a negative errno.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: `fd` is a fresh descriptor returned by the kernel, owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn link_update(link_fd: RawFd, prog_fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: both descriptors are open; null options are libbpf's defaults (replace whatever
-    // program the link has).
-    let rc = unsafe { libbpf_sys::bpf_link_update(link_fd, prog_fd, std::ptr::null()) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
-}
-
 /// Mirrors `struct vireo_if_cfg`.
 #[repr(C)]
 struct IfCfg {
@@ -658,6 +550,8 @@ fn link_create(prog_fd: RawFd, ifindex: u32, mode: XdpMode) -> std::io::Result<O
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+mod held;
+
 #[cfg(test)]
 #[path = "steer_tests.rs"]
 mod steer_tests;
@@ -665,23 +559,6 @@ mod steer_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_pins_have_no_dot_in_their_name_as_bpffs_requires() {
-        let p = held_path(
-            std::path::Path::new("/run/v.state/bpf/uplink-eth0.100"),
-            XdpMode::Native,
-        );
-        assert_eq!(
-            p,
-            std::path::Path::new("/run/v.state/bpf/uplink-eth0_100-native")
-        );
-        let g = held_path(std::path::Path::new("/x/uplink-eth0"), XdpMode::Generic);
-        assert!(
-            !g.file_name().unwrap().to_string_lossy().contains('.'),
-            "{g:?}"
-        );
-    }
 
     #[test]
     fn ranges_are_disjoint_first_fit() {

@@ -352,3 +352,152 @@ fn a_jumbo_multi_buffer_frame_is_steered_like_a_small_one() {
         "other UDP in a jumbo frame stays in the kernel"
     );
 }
+
+/// The id of the program a BPF link runs.
+fn link_prog(link: &Attachment) -> u32 {
+    // SAFETY: an all-zero `bpf_link_info` is a valid value of this plain C struct.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: the link's descriptor is open; `info` and `len` live across the call.
+    let rc =
+        unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.link.as_raw_fd(), &mut info, &mut len) };
+    assert_eq!(rc, 0, "link info");
+    info.prog_id
+}
+
+/// The id of a loader's program.
+fn prog_id(s: &Steering) -> u32 {
+    // SAFETY: an all-zero `bpf_prog_info` is a valid value of this plain C struct.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    let fd = s.skel.progs.vireo_steer.as_fd().as_raw_fd();
+    // SAFETY: the program's descriptor is open; `info` and `len` live across the call.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    assert_eq!(rc, 0, "program info");
+    info.id
+}
+
+/// A directory on the host's bpffs, removed with what is pinned in it.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(d) = std::fs::read_dir(&self.0) {
+            for e in d.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// An agent restart as the uplink sees it: the old process holds its link; the new one adopts
+/// it but the old program (which drops what the dataplane owns) keeps running until the new
+/// process takes over, since the new program's maps start empty: steering it at once would
+/// pass a NodePort frame to the node's stack, which resets the connection.
+#[test]
+fn a_held_uplink_keeps_the_old_program_until_the_new_process_takes_over() {
+    const XDP_DROP: i32 = 1;
+    const XDP_PASS: i32 = 2;
+    const XDP_REDIRECT: i32 = 4;
+    let veth = Veth12::new("vwkheld");
+    let dir = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/vireo-test-held-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("a directory on /sys/fs/bpf");
+    let pin = dir.0.join("uplink-vwkheld");
+    let nodeport = ipv4(WORLD, NODE, 6, 0, &ports(40000, 30080));
+
+    let old = Steering::load().expect("loading the XDP program needs CAP_BPF and CAP_NET_ADMIN");
+    old.reserve_queues(SLOT, 1).unwrap();
+    old.set_frontends(&[(NODE.into(), 30080, 6)]).unwrap();
+    let att = old
+        .attach_held(
+            veth.ifindex(),
+            SLOT,
+            Role::Uplink,
+            8472,
+            ModePreference::Generic,
+            &pin,
+        )
+        .unwrap();
+    assert!(!att.is_held(), "nothing was held: an ordinary attach");
+    assert_eq!(link_prog(&att), prog_id(&old));
+    old.hold(att, &pin).unwrap();
+    // The old program, held, with no socket: the NodePort frame is dropped, not passed.
+    assert_eq!(run_on(&old, veth.ifindex(), 0, &nodeport), XDP_DROP);
+    drop(old);
+
+    let new = Steering::load().unwrap();
+    new.reserve_queues(SLOT, 1).unwrap();
+    // SAFETY: socket(2) takes no pointers; the result is checked and owned below.
+    let xsk = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
+    assert!(xsk >= 0, "socket(AF_XDP)");
+    // SAFETY: `xsk` is a fresh descriptor owned by nothing else.
+    let xsk = unsafe { OwnedFd::from_raw_fd(xsk) };
+    new.set_socket(SLOT, 0, xsk.as_raw_fd()).unwrap();
+    let att = new
+        .attach_held(
+            veth.ifindex(),
+            SLOT,
+            Role::Uplink,
+            8472,
+            ModePreference::Generic,
+            &pin,
+        )
+        .unwrap();
+    assert!(att.is_held());
+    let held_prog = link_prog(&att);
+    assert_ne!(
+        held_prog,
+        prog_id(&new),
+        "the held program still runs the interface"
+    );
+    // What the new program would do with its empty maps: pass the NodePort frame to the stack.
+    assert_eq!(run_on(&new, veth.ifindex(), 0, &nodeport), XDP_PASS);
+    new.set_frontends(&[(NODE.into(), 30080, 6)]).unwrap();
+    let att = new.take_over(att).unwrap();
+    assert!(!att.is_held());
+    assert_eq!(link_prog(&att), prog_id(&new), "replaced in one step");
+    assert_ne!(link_prog(&att), held_prog);
+    assert!(
+        std::fs::read_dir(&dir.0).unwrap().next().is_none(),
+        "the pin is removed once taken over"
+    );
+    assert_eq!(
+        run_on(&new, veth.ifindex(), 0, &nodeport),
+        XDP_REDIRECT,
+        "the new program steers the NodePort frame to its socket"
+    );
+
+    // Held again, adopted, then detached before any take-over: the pin goes, and the link
+    // with it.
+    new.hold(att, &pin).unwrap();
+    let att = new
+        .attach_held(
+            veth.ifindex(),
+            SLOT,
+            Role::Uplink,
+            8472,
+            ModePreference::Generic,
+            &pin,
+        )
+        .unwrap();
+    assert!(att.is_held());
+    new.detach(att);
+    assert!(
+        std::fs::read_dir(&dir.0).unwrap().next().is_none(),
+        "no pin left"
+    );
+    let fresh = new
+        .attach(
+            veth.ifindex(),
+            SLOT,
+            Role::Uplink,
+            8472,
+            ModePreference::Generic,
+        )
+        .expect("the interface has no program left");
+    new.detach(fresh);
+}

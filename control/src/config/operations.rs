@@ -16,7 +16,7 @@ pub fn default_api_socket() -> PathBuf {
 /// (the uplink's XDP link, `hold_uplink_on_stop`): `<state_dir>/bpf` if it exists (a bpffs
 /// mounted there: `ip netns exec` hides `/sys/fs/bpf`, so the sandbox mounts one per node),
 /// else a bpffs directory named after the state directory (`/run/vireo/vireo.state` →
-/// `/sys/fs/bpf/vireo/run_vireo_vireo.state`).
+/// `/sys/fs/bpf/vireo/run_vireo_vireo_state`: bpffs refuses names with a dot, EPERM).
 pub fn pin_dir(state_dir: &std::path::Path) -> PathBuf {
     let own = state_dir.join("bpf");
     if own.is_dir() {
@@ -25,7 +25,7 @@ pub fn pin_dir(state_dir: &std::path::Path) -> PathBuf {
     let key = state_dir
         .to_string_lossy()
         .trim_matches('/')
-        .replace('/', "_");
+        .replace(['/', '.'], "_");
     PathBuf::from("/sys/fs/bpf/vireo").join(key)
 }
 
@@ -259,6 +259,11 @@ mod state_dir_tests {
         assert_eq!(c.state_path(), Path::new("/tmp/x/node-1.state"));
         let c: Config = serde_yaml_ng::from_str("{}").unwrap();
         assert_eq!(c.state_path(), Path::new("/run/vireo/vireo.state"));
+        assert_eq!(
+            super::pin_dir(&c.state_path()),
+            Path::new("/sys/fs/bpf/vireo/run_vireo_vireo_state"),
+            "no dot: bpffs refuses one in any name"
+        );
         let c: Config = serde_yaml_ng::from_str("state_dir: /var/lib/vireo\n").unwrap();
         assert_eq!(c.state_path(), Path::new("/var/lib/vireo"));
         assert_eq!(

@@ -16,6 +16,10 @@ fn the_daemonset_config_parses() {
     let cfg = Config::parse_with_node_env(yaml, Path::new("vireo.yaml"), Some("node-1".into()))
         .expect("valid");
     assert_eq!(cfg.services.maglev_table_size, 16381);
+    assert!(
+        cfg.hold_uplink_on_stop,
+        "restarts keep NodePort connections"
+    );
     // The Kubernetes source, in-cluster; the node's name from VIREO_NODE_NAME.
     assert_eq!(
         cfg.source,

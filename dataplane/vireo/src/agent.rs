@@ -687,6 +687,7 @@ impl Agent {
         let Some(src) = self.source.as_mut() else {
             self.cni_reconcile();
             self.note_complete();
+            self.take_over_uplinks();
             return;
         };
         let node = self.control.node().to_string();
@@ -718,6 +719,7 @@ impl Agent {
             }
         }
         self.note_complete();
+        self.take_over_uplinks();
     }
 
     /// Publishes the compiled policy, when control has a new build.

@@ -96,6 +96,10 @@ fn status(path: &Path, shared: bool, a: &Adoption, lock_wait_ms: u64, e: Option<
     })
 }
 
+/// How long a new process leaves the uplink's held program in place while its source has not
+/// synced ([`super::Agent::take_over_uplinks`]).
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl super::Agent {
     fn pin_path(&self, ifname: &str) -> PathBuf {
         vireo_control::config::operations::pin_dir(&self.cfg.state_path())
@@ -122,6 +126,33 @@ impl super::Agent {
             self.steering
                 .attach(ifindex, slot, role, vxlan_port, pref)?
         })
+    }
+
+    /// Replaces the uplinks' held programs ([`vireo_xdp::Steering::take_over`]) once this
+    /// process steers all they did: when its first complete table set is installed (the service
+    /// frontends and masquerade settings are in its maps), or [`TAKEOVER_WAIT`] after the start
+    /// if the source has not synced by then. Until then the held program drops what the
+    /// dataplane owns; replaced too early, it would pass a NodePort frame to the node's stack,
+    /// which resets the connection.
+    pub(super) fn take_over_uplinks(&mut self) {
+        let synced = self.recorded.complete.is_some();
+        if !synced && self.started.elapsed() < TAKEOVER_WAIT {
+            return;
+        }
+        for (name, att) in &mut self.ifaces {
+            let Some(link) = att.link.take_if(|l| l.is_held()) else {
+                continue;
+            };
+            match self.steering.take_over(link) {
+                Ok(l) => {
+                    tracing::info!(iface = %name, synced,
+                        after_ms = self.started.elapsed().as_millis() as u64,
+                        "uplink's held XDP program replaced by this process's");
+                    att.link = Some(l);
+                }
+                Err(e) => tracing::warn!(iface = %name, "taking over the uplink: {e}"),
+            }
+        }
     }
 
     /// Detaches an interface's XDP program; at a stop with `hold_uplink_on_stop`, the uplink's
