@@ -5,56 +5,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::*;
 use serde_json::Value;
 
-/// A sandbox with a name of its own, always torn down.
-struct Sandbox(String);
-
+/// What these tests add to the shared sandbox harness.
 impl Sandbox {
-    fn up(args: &[&str]) -> Sandbox {
-        let s = Sandbox(format!("mb{}", std::process::id() % 100000));
-        let mut a = vec!["sandbox", "up"];
-        a.extend_from_slice(args);
-        let o = s.vireo(&a);
-        assert!(
-            o.status.success(),
-            "sandbox up: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        s
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIREO);
-        c.args(args).env("VIREO_SANDBOX", &self.0);
-        c
-    }
-    fn vireo(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("running vireo")
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let o = self.vireo(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).expect("JSON")
-    }
-    fn pod_ip(&self, pod: &str) -> String {
-        let st = self.json(&["sandbox", "status", "--json"]);
-        st["pods"]
-            .as_array()
-            .expect("pods")
-            .iter()
-            .find(|p| p["pod"] == format!("default/{pod}"))
-            .and_then(|p| p["ip"].as_str())
-            .unwrap_or_else(|| panic!("no pod {pod} in {st}"))
-            .to_string()
-    }
     /// `ping -M do -s 8972`: 9000-byte IPv4 packets, DF set, three of them.
     fn jumbo_ping(&self, from: &str, to: &str) -> Output {
         self.vireo(&[
@@ -113,25 +70,13 @@ impl Sandbox {
     }
 }
 
-fn netns_of(name: &str) -> Vec<String> {
-    must(&["ip", "netns", "list"])
-        .lines()
-        .filter_map(|x| x.split_whitespace().next())
-        .filter(|n| n.starts_with(&format!("{name}-")))
-        .map(String::from)
-        .collect()
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.vireo(&["sandbox", "down"]);
-    }
-}
-
 #[test]
 fn jumbo_frames_cross_a_node_and_the_tunnel_at_mtu_9000() {
     require_capabilities(&["python3"]);
-    let s = Sandbox::up(&["--source", "manifests", "--pods", "2", "--mtu", "9000"]);
+    let s = Sandbox::up(
+        "mb",
+        &["--source", "manifests", "--pods", "2", "--mtu", "9000"],
+    );
     let mtu = s.vireo(&[
         "sandbox",
         "exec",

@@ -5,43 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-/// A sandbox with a name of its own, always torn down.
-struct Sandbox(String);
-
 impl Sandbox {
-    fn up() -> Sandbox {
-        let s = Sandbox(format!("vf{}", std::process::id() % 100000));
-        let o = s.vireo(&["sandbox", "up", "--source", "manifests"]);
-        assert!(
-            o.status.success(),
-            "sandbox up: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        s
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(VIREO);
-        c.args(args).env("VIREO_SANDBOX", &self.0);
-        c
-    }
-    fn vireo(&self, args: &[&str]) -> std::process::Output {
-        self.cmd(args).output().expect("running vireo")
-    }
-    /// Starts `vireo ARGS` in the background, its output captured.
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting vireo")
-    }
     /// `vireo observe --json ARGS`: one flow per line.
     fn observe(&self, args: &[&str]) -> Vec<Value> {
         let mut a = vec!["observe", "--json"];
@@ -53,31 +23,6 @@ impl Sandbox {
             String::from_utf8_lossy(&o.stderr)
         );
         lines(&o.stdout)
-    }
-    fn pod_ip(&self, pod: &str) -> String {
-        let o = self.vireo(&["sandbox", "status", "--json"]);
-        let st: Value = serde_json::from_slice(&o.stdout).expect("status JSON");
-        st["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pod"] == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))["ip"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-    fn ping(&self, from: &str, ip: &str) {
-        let o = self.vireo(&[
-            "sandbox", "exec", from, "--", "ping", "-c", "3", "-i", "0.2", "-W", "2", ip,
-        ]);
-        assert!(o.status.success(), "ping {from} -> {ip}");
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.vireo(&["sandbox", "down"]);
     }
 }
 
@@ -119,7 +64,7 @@ fn pod_of(e: &Value) -> String {
 #[test]
 fn observe_and_monitor_traces_and_verdicts_in_a_sandbox() {
     require_capabilities(&[]);
-    let s = Sandbox::up();
+    let s = Sandbox::up("vf", &["--source", "manifests"]);
     let a = "default/node-1-pod-1";
     let b_ip = s.pod_ip("default/node-1-pod-2");
     let server = "policy-test/server";

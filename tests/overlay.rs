@@ -9,48 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A sandbox with a name of its own, always torn down.
-struct Sandbox(String);
-
+/// What these tests add to the shared sandbox harness.
 impl Sandbox {
-    fn up() -> Sandbox {
-        Sandbox::up_with("vo", &["--source", "manifests"])
-    }
-    /// A sandbox named `tag` + this process's id, made by `vireo sandbox up` with `args`.
-    fn up_with(tag: &str, args: &[&str]) -> Sandbox {
-        let name = format!("{tag}{}", std::process::id() % 100000);
-        let s = Sandbox(name);
-        let mut a = vec!["sandbox", "up"];
-        a.extend_from_slice(args);
-        let o = s.vireo(&a);
-        assert!(
-            o.status.success(),
-            "sandbox up: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        s
-    }
-    /// Runs vireo against this sandbox (named through VIREO_SANDBOX, so that arguments after
-    /// `--` stay the command's own).
-    fn vireo(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(VIREO)
-            .args(args)
-            .env("VIREO_SANDBOX", &self.0)
-            // Every check runs.
-            .env_remove("VIREO_CONNECTIVITY_CHECKS")
-            .output()
-            .expect("running vireo")
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let o = self.vireo(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).expect("JSON")
-    }
     /// Two pings from a pod, with `wait` seconds for each reply.
     fn ping_from(&self, pod: &str, ip: &str, wait: u32) -> bool {
         let w = wait.to_string();
@@ -58,21 +18,6 @@ impl Sandbox {
             "sandbox", "exec", pod, "--", "ping", "-c", "2", "-i", "0.2", "-W", &w, ip,
         ];
         self.vireo(&args).status.success()
-    }
-
-    fn netns(&self) -> Vec<String> {
-        let l = must(&["ip", "netns", "list"]);
-        l.lines()
-            .filter_map(|x| x.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{}-", self.0)))
-            .map(String::from)
-            .collect()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.vireo(&["sandbox", "down"]);
     }
 }
 
@@ -115,7 +60,7 @@ fn sandbox_on_the_kube_source_with_kubectl() {
     require_capabilities(&["tcpdump", "kubectl"]);
     let _g = serial();
     // Two workers per agent on this pass: frames cross between workers (handoff).
-    let s = Sandbox::up_with("vk", &["--source", "kube", "--workers", "2"]);
+    let s = Sandbox::up("vk", &["--source", "kube", "--workers", "2"]);
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["source"], "kube");
     assert_eq!(st["apiserver"]["running"], true);
@@ -296,7 +241,7 @@ fn sandbox_connectivity_and_bad_vxlan() {
     // `vireo connectivity test` captures the underlay with tcpdump.
     require_capabilities(&["tcpdump"]);
     let _g = serial();
-    let s = Sandbox::up();
+    let s = Sandbox::up("vo", &["--source", "manifests"]);
     let st = s.json(&["sandbox", "status", "--json"]);
     assert_eq!(st["nodes"].as_array().unwrap().len(), 2);
     // 3 pods per node, 2 service backends (app: echo) on each, the policy checks' server and 3

@@ -13,52 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
-
-/// A sandbox with a name of its own, always torn down.
-struct Sandbox(String);
-
-impl Sandbox {
-    fn up() -> Sandbox {
-        let s = Sandbox(format!("vr{}", std::process::id() % 100000));
-        let o = s.vireo(&["sandbox", "up", "--source", "manifests"]);
-        assert!(
-            o.status.success(),
-            "sandbox up: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        s
-    }
-    fn vireo(&self, args: &[&str]) -> std::process::Output {
-        Command::new(VIREO)
-            .args(args)
-            .env("VIREO_SANDBOX", &self.0)
-            .output()
-            .expect("running vireo")
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        let o = self.vireo(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).expect("JSON")
-    }
-    /// The sandbox's state file (pods' namespaces and addresses).
-    fn state(&self) -> Value {
-        let p = format!("/run/vireo/sandbox-{}/state.json", self.0);
-        serde_json::from_str(&std::fs::read_to_string(p).expect("state.json")).expect("JSON")
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.vireo(&["sandbox", "down"]);
-    }
-}
 
 /// A process in a namespace, killed on drop.
 struct Proc {
@@ -193,7 +147,7 @@ const STREAM: &str = "stream.py";
 #[test]
 fn established_streams_survive_an_agent_restart_on_each_node() {
     require_capabilities(&[]);
-    let s = Sandbox::up();
+    let s = Sandbox::up("vr", &["--source", "manifests"]);
     let st = s.state();
     let pod = |name: &str| -> (String, String) {
         let p = st["pods"]

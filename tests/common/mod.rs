@@ -13,6 +13,10 @@ use serde_json::Value;
 
 pub const VIREO: &str = env!("CARGO_BIN_EXE_vireo");
 
+mod sandbox;
+#[allow(unused_imports)] // not every test binary drives the sandbox
+pub use sandbox::{netns_of, Sandbox};
+
 pub fn helper(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/helpers")

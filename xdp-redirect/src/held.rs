@@ -14,11 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::{MapCore, MapFlags};
 
-use crate::{
-    link_create, map_err, Attachment, Error, IfCfg, ModePreference, Role, Steering, XdpMode,
-};
+use crate::{link_create, Attachment, Error, ModePreference, Role, Steering, XdpMode};
 
 /// `VIREO_ROLE_UPLINK_HELD`: an uplink held across a restart ([`Steering::hold`]).
 const ROLE_UPLINK_HELD: u32 = 3;
@@ -30,29 +27,16 @@ impl Steering {
     /// bpffs path) so it outlives the process. A link this process never took over is still
     /// held, by the previous program, and its pin is still there: it is left so.
     pub fn hold(&self, att: Attachment, pin: &Path) -> Result<(), Error> {
-        let Attachment {
-            link,
-            ifindex,
-            slot,
-            mode,
-            held,
-        } = att;
-        if held.is_some() {
+        if att.held.is_some() {
             return Ok(());
         }
-        let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
-        let cfg = IfCfg {
-            slot,
-            role: ROLE_UPLINK_HELD,
-            vxlan_port: self.vxlan_port_of(ifindex),
-            xsk_queues: xsk_queues as u16,
-            xsk_base,
-        };
-        self.skel
-            .maps
-            .ifaces
-            .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
-            .map_err(map_err("ifaces"))?;
+        let (link, ifindex, mode) = (att.link, att.ifindex, att.mode);
+        self.set_iface(
+            ifindex,
+            att.slot,
+            ROLE_UPLINK_HELD,
+            self.vxlan_port_of(ifindex),
+        )?;
         let path = held_path(pin, mode);
         let _ = std::fs::remove_file(&path);
         if let Some(dir) = path.parent() {
@@ -107,43 +91,39 @@ impl Steering {
     /// refuses the update, the held link is let go and the program attached anew in the same
     /// mode; if that fails too, the interface is left without a program (the node's stack has
     /// its frames) and the error says why.
-    pub fn take_over(&self, att: Attachment) -> Result<Attachment, Error> {
+    pub fn take_over(&self, mut att: Attachment) -> Result<Attachment, Error> {
+        let Some(path) = att.held.take() else {
+            return Ok(att);
+        };
+        let _ = std::fs::remove_file(&path);
+        let prog_fd = self.skel.progs.vireo_steer.as_fd().as_raw_fd();
+        let Err(e) = link_update(att.link.as_raw_fd(), prog_fd) else {
+            return Ok(att);
+        };
         let Attachment {
             link,
             ifindex,
             slot,
             mode,
-            held,
+            ..
         } = att;
-        let done = |link| Attachment {
+        tracing::warn!(
+            ifindex,
+            "taking over the held XDP link: {e}; attaching anew"
+        );
+        // An interface has one program per mode: the old link goes first.
+        drop(link);
+        let link = link_create(prog_fd, ifindex, mode).map_err(|e| Error::Attach {
+            ifindex,
+            reason: format!("{}: {e}", mode.as_str()),
+        })?;
+        Ok(Attachment {
             link,
             ifindex,
             slot,
             mode,
             held: None,
-        };
-        let Some(path) = held else {
-            return Ok(done(link));
-        };
-        let _ = std::fs::remove_file(&path);
-        let prog_fd = self.skel.progs.vireo_steer.as_fd().as_raw_fd();
-        match link_update(link.as_raw_fd(), prog_fd) {
-            Ok(()) => Ok(done(link)),
-            Err(e) => {
-                tracing::warn!(
-                    ifindex,
-                    "taking over the held XDP link: {e}; attaching anew"
-                );
-                // An interface has one program per mode: the old link goes first.
-                drop(link);
-                link_create(prog_fd, ifindex, mode)
-                    .map(done)
-                    .map_err(|e| Error::Attach {
-                        ifindex,
-                        reason: format!("{}: {e}", mode.as_str()),
-                    })
-            }
-        }
+        })
     }
 }
 

@@ -364,10 +364,17 @@ impl Steering {
     /// fresh counters.
     fn configure(&self, ifindex: u32, slot: u32, role: Role, vxlan_port: u16) -> Result<(), Error> {
         check_range("slot", slot, MAX_IFACES)?;
+        self.set_iface(ifindex, slot, role.raw(), vxlan_port)?;
+        // Fresh counters for a reused slot.
+        self.reset_counters(slot)
+    }
+
+    /// Writes the interface's entry in `ifaces`, with its slot's socket range.
+    fn set_iface(&self, ifindex: u32, slot: u32, role: u32, vxlan_port: u16) -> Result<(), Error> {
         let (xsk_base, xsk_queues) = self.ranges().by_slot.get(&slot).copied().unwrap_or((0, 0));
         let cfg = IfCfg {
             slot,
-            role: role.raw(),
+            role,
             vxlan_port,
             xsk_queues: xsk_queues as u16,
             xsk_base,
@@ -376,9 +383,7 @@ impl Steering {
             .maps
             .ifaces
             .update(&ifindex.to_ne_bytes(), &cfg.as_bytes(), MapFlags::ANY)
-            .map_err(map_err("ifaces"))?;
-        // Fresh counters for a reused slot.
-        self.reset_counters(slot)
+            .map_err(map_err("ifaces"))
     }
 
     /// Detaches the program from an interface and removes its map entries.

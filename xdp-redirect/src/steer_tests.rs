@@ -408,12 +408,9 @@ fn a_held_uplink_keeps_the_old_program_until_the_new_process_takes_over() {
     std::fs::create_dir_all(&dir.0).expect("a directory on /sys/fs/bpf");
     let pin = dir.0.join("uplink-vwkheld");
     let nodeport = ipv4(WORLD, NODE, 6, 0, &ports(40000, 30080));
-
-    let old = Steering::load().expect("loading the XDP program needs CAP_BPF and CAP_NET_ADMIN");
-    old.reserve_queues(SLOT, 1).unwrap();
-    old.set_frontends(&[(NODE.into(), 30080, 6)]).unwrap();
-    let att = old
-        .attach_held(
+    // What an agent does at start for its uplink.
+    let adopt = |s: &Steering| {
+        s.attach_held(
             veth.ifindex(),
             SLOT,
             Role::Uplink,
@@ -421,7 +418,13 @@ fn a_held_uplink_keeps_the_old_program_until_the_new_process_takes_over() {
             ModePreference::Generic,
             &pin,
         )
-        .unwrap();
+        .unwrap()
+    };
+
+    let old = Steering::load().expect("loading the XDP program needs CAP_BPF and CAP_NET_ADMIN");
+    old.reserve_queues(SLOT, 1).unwrap();
+    old.set_frontends(&[(NODE.into(), 30080, 6)]).unwrap();
+    let att = adopt(&old);
     assert!(!att.is_held(), "nothing was held: an ordinary attach");
     assert_eq!(link_prog(&att), prog_id(&old));
     old.hold(att, &pin).unwrap();
@@ -437,16 +440,7 @@ fn a_held_uplink_keeps_the_old_program_until_the_new_process_takes_over() {
     // SAFETY: `xsk` is a fresh descriptor owned by nothing else.
     let xsk = unsafe { OwnedFd::from_raw_fd(xsk) };
     new.set_socket(SLOT, 0, xsk.as_raw_fd()).unwrap();
-    let att = new
-        .attach_held(
-            veth.ifindex(),
-            SLOT,
-            Role::Uplink,
-            8472,
-            ModePreference::Generic,
-            &pin,
-        )
-        .unwrap();
+    let att = adopt(&new);
     assert!(att.is_held());
     let held_prog = link_prog(&att);
     assert_ne!(
@@ -474,16 +468,7 @@ fn a_held_uplink_keeps_the_old_program_until_the_new_process_takes_over() {
     // Held again, adopted, then detached before any take-over: the pin goes, and the link
     // with it.
     new.hold(att, &pin).unwrap();
-    let att = new
-        .attach_held(
-            veth.ifindex(),
-            SLOT,
-            Role::Uplink,
-            8472,
-            ModePreference::Generic,
-            &pin,
-        )
-        .unwrap();
+    let att = adopt(&new);
     assert!(att.is_held());
     new.detach(att);
     assert!(
