@@ -413,4 +413,68 @@ mod tests {
         );
         assert!(f.time_ns > 1_600_000_000_000_000_000);
     }
+
+    /// An IPv4 packet of `proto` with fragment word `frag` and `l4` after a 20-byte header.
+    fn packet(proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[9] = proto;
+        ip.extend_from_slice(l4);
+        ip
+    }
+
+    fn of(ip: &[u8], d: &Desc) -> FlowRecord {
+        FlowRecord::of_packet(FlowEvent::New, FlowVerdict::Forwarded, d, ip, 0)
+    }
+
+    /// SCTP has its ports where TCP and UDP do; a later fragment has none in its bytes and takes
+    /// them from its first fragment (`frag_ports`, set by the fragments stage) or shows 0; an
+    /// ICMP later fragment is no ICMP header, and a TCP one has no flags.
+    #[test]
+    fn sctp_ports_and_later_fragments() {
+        let d = Desc::new(0, 64, 1);
+        let mut sctp = vec![0u8; 12];
+        sctp[..2].copy_from_slice(&5000u16.to_be_bytes());
+        sctp[2..4].copy_from_slice(&38412u16.to_be_bytes());
+        let f = of(&packet(SCTP, 0, &sctp), &d);
+        assert_eq!(
+            (f.proto, f.sport, f.dport, f.tcp_flags),
+            (SCTP, 5000, 38412, 0)
+        );
+
+        // The middle of a TCP datagram (offset 185 x 8, more fragments): the bytes at the
+        // ports' place are payload.
+        let later = packet(TCP, 0x2000 | 185, &[0xee; 40]);
+        let f = of(&later, &d);
+        assert_eq!(
+            (f.sport, f.dport, f.tcp_flags),
+            (0, 0, 0),
+            "no ports of its own"
+        );
+        let mut with = d;
+        with.frag_ports = Some((40000, 80));
+        let f = of(&later, &with);
+        assert_eq!((f.sport, f.dport, f.tcp_flags), (40000, 80, 0));
+        // The first fragment (more fragments, offset 0) reads its own header.
+        let mut tcp_head = vec![0u8; 20];
+        tcp_head[..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp_head[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp_head[13] = tcp::SYN;
+        let f = of(&packet(TCP, 0x2000, &tcp_head), &d);
+        assert_eq!((f.sport, f.dport, f.tcp_flags), (40000, 80, tcp::SYN));
+
+        let f = of(&packet(ICMP, 0x0010, &[8, 0, 0, 0]), &with);
+        assert_eq!(
+            (f.icmp, f.sport, f.dport),
+            (None, 0, 0),
+            "an ICMP later fragment"
+        );
+        let f = of(&packet(ICMP, 0, &[8, 0, 0, 0]), &d);
+        assert_eq!(f.icmp, Some((8, 0)));
+        // Another protocol (GRE): no ports.
+        let f = of(&packet(47, 0, &[0xff; 8]), &d);
+        assert_eq!((f.proto, f.sport, f.dport), (47, 0, 0));
+    }
 }

@@ -70,22 +70,7 @@ impl Agent {
             self.verdicts_seen = Some(Instant::now());
         }
         let (events, lost) = t.monitor.drain(max.clamp(1, 4096));
-        let labels = |id: u32| -> Vec<String> {
-            self.control
-                .labels(id)
-                .map(|l| {
-                    l.iter()
-                        .map(|(k, v)| {
-                            if v.is_empty() {
-                                k.to_string()
-                            } else {
-                                format!("{k}={v}")
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let labels = |id: u32| self.identity_labels(id);
         let name = |slot: u16| t.iface(slot).map(|i| i.name.as_str());
         let events: Vec<Value> = events
             .iter()
