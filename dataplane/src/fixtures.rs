@@ -299,33 +299,57 @@ pub fn b_allows_on_udp(apps: &[&str]) -> vireo_policy::PolicyTables {
 /// Compiled policy: pod B (app=b) takes ingress on `ports` from the pods whose `app` is one
 /// of `apps`; nothing else selects anything.
 pub fn b_allows(apps: &[&str], ports: Vec<vireo_policy::PortRange>) -> vireo_policy::PolicyTables {
-    use vireo_policy::{Action, Compiler, Peer, Policy, Rule, Selector};
-    let labels = app_labels;
-    let origin = |rule: &str| cnp_origin("default/bench", rule);
+    let rule = app_rule(
+        "default/bench",
+        vireo_policy::Action::Allow,
+        apps,
+        ports,
+        "ingress[0]",
+    );
+    b_ingress("default/bench", vec![rule])
+}
+
+/// Rule `rule` (e.g. `ingress[0]`) of the CiliumNetworkPolicy `name`: `action` for the pods
+/// whose `app` is one of `apps`, on `ports` (none: every port).
+pub fn app_rule(
+    name: &str,
+    action: vireo_policy::Action,
+    apps: &[&str],
+    ports: Vec<vireo_policy::PortRange>,
+    rule: &str,
+) -> vireo_policy::Rule {
+    use vireo_policy::{Peer, Selector};
+    vireo_policy::Rule {
+        action,
+        peers: apps
+            .iter()
+            .map(|a| Peer::Endpoints(Selector::label("k8s:app", a)))
+            .collect(),
+        requires: Vec::new(),
+        ports,
+        dns: Vec::new(),
+        origin: cnp_origin(name, rule),
+    }
+}
+
+/// Compiled policy: the CiliumNetworkPolicy `name` enforces `ingress` on pod B (app=b); pods
+/// A, B and C have the identities `IDS` with app=a, b and c; nothing else selects anything.
+pub fn b_ingress(name: &str, ingress: Vec<vireo_policy::Rule>) -> vireo_policy::PolicyTables {
+    use vireo_policy::{Compiler, Policy, Selector};
     let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    c.set_identity(Identity(IDS[2]), labels("c"));
+    for (id, app) in IDS.iter().zip(["a", "b", "c"]) {
+        c.set_identity(Identity(*id), app_labels(app));
+    }
     let p = Policy {
-        origin: origin(""),
+        origin: cnp_origin(name, ""),
         subject: Selector::label("k8s:app", "b"),
         node_selector: None,
         enforce_ingress: true,
         enforce_egress: false,
-        ingress: vec![Rule {
-            action: Action::Allow,
-            peers: apps
-                .iter()
-                .map(|a| Peer::Endpoints(Selector::label("k8s:app", a)))
-                .collect(),
-            requires: Vec::new(),
-            ports,
-            dns: Vec::new(),
-            origin: origin("ingress[0]"),
-        }],
+        ingress,
         egress: Vec::new(),
         warnings: Vec::new(),
     };
-    c.set_policies("default/bench", vec![p]);
+    c.set_policies(name, vec![p]);
     c.tables()
 }

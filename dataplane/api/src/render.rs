@@ -168,15 +168,25 @@ pub fn render_event(e: &Value) -> String {
     if e["type"] != "policy-verdict" {
         return render_drop_event(e);
     }
+    format!(
+        "-> policy-verdict {} {} on {} {}, rule {}",
+        s(&e["direction"]),
+        s(&e["verdict"]),
+        s(&e["interface"]),
+        packet_ends(e),
+        s(&e["rule"]),
+    )
+}
+
+/// An event's protocol (with its ICMP type), addresses, identities and labels:
+/// `TCP 10.0.0.1:40000 -> 10.0.0.2:80, identity 300 [k8s:app=a] -> 301 [k8s:app=b]`.
+fn packet_ends(e: &Value) -> String {
     let icmp = match e["icmp_type"].as_u64() {
         Some(t) => format!(" type {t}"),
         None => String::new(),
     };
     format!(
-        "-> policy-verdict {} {} on {} {}{icmp} {} -> {}, identity {} [{}] -> {} [{}], rule {}",
-        s(&e["direction"]),
-        s(&e["verdict"]),
-        s(&e["interface"]),
+        "{}{icmp} {} -> {}, identity {} [{}] -> {} [{}]",
         s(&e["protocol"]),
         s(&e["src"]),
         s(&e["dst"]),
@@ -184,32 +194,21 @@ pub fn render_event(e: &Value) -> String {
         event_labels(e, "src_labels"),
         s(&e["dst_identity"]),
         event_labels(e, "dst_labels"),
-        s(&e["rule"]),
     )
 }
 
 /// One trace event (`vireo monitor --type trace`) as a line.
 pub fn render_trace_event(e: &Value) -> String {
-    let icmp = match e["icmp_type"].as_u64() {
-        Some(t) => format!(" type {t}"),
-        None => String::new(),
-    };
     let flags = match e["tcp_flags"].as_str() {
         Some(f) if !f.is_empty() => format!(", flags {f}"),
         _ => String::new(),
     };
     format!(
-        "-> trace from {} to {} ({}) {}{icmp} {} -> {}, identity {} [{}] -> {} [{}], {} bytes{flags}",
+        "-> trace from {} to {} ({}) {}, {} bytes{flags}",
         s(&e["interface"]),
         s(&e["to_interface"]),
         s(&e["state"]),
-        s(&e["protocol"]),
-        s(&e["src"]),
-        s(&e["dst"]),
-        s(&e["src_identity"]),
-        event_labels(e, "src_labels"),
-        s(&e["dst_identity"]),
-        event_labels(e, "dst_labels"),
+        packet_ends(e),
         s(&e["bytes"]),
     )
 }
@@ -580,6 +579,40 @@ fn render_health(o: &mut String, v: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn policy_verdict_and_trace_events_as_lines() {
+        let ends = json!({"protocol": "ICMP", "icmp_type": 8, "src": "10.244.1.10",
+            "dst": "10.244.2.11", "src_identity": 300, "dst_identity": 301,
+            "src_labels": ["k8s:app=a", "k8s:io.cilium.k8s.namespace.labels.team=x"],
+            "dst_labels": ["k8s:app=b"]});
+        let mut pv = ends.clone();
+        pv["type"] = json!("policy-verdict");
+        pv["direction"] = json!("ingress");
+        pv["verdict"] = json!("denied");
+        pv["interface"] = json!("lxc1");
+        pv["rule"] = json!("CiliumNetworkPolicy default/p ingressDeny[0]");
+        assert_eq!(
+            render_event(&pv),
+            "-> policy-verdict ingress denied on lxc1 ICMP type 8 10.244.1.10 -> 10.244.2.11, \
+             identity 300 [k8s:app=a] -> 301 [k8s:app=b], rule CiliumNetworkPolicy default/p \
+             ingressDeny[0]"
+        );
+        let mut tr = ends;
+        tr["type"] = json!("trace");
+        tr["protocol"] = json!("TCP");
+        tr["icmp_type"] = Value::Null;
+        tr["interface"] = json!("lxc1");
+        tr["to_interface"] = json!("tunnel");
+        tr["state"] = json!("new");
+        tr["bytes"] = json!(60);
+        tr["tcp_flags"] = json!("SYN");
+        assert_eq!(
+            render_event(&tr),
+            "-> trace from lxc1 to tunnel (new) TCP 10.244.1.10 -> 10.244.2.11, identity 300 \
+             [k8s:app=a] -> 301 [k8s:app=b], 60 bytes, flags SYN"
+        );
+    }
 
     #[test]
     fn the_node_config_lines() {

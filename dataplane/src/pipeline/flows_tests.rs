@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use vireo_policy::{Action, Compiler, Direction, Identity, Peer, Policy, Rule, Selector};
+use vireo_policy::{Action, Direction};
 
 use super::*;
 use crate::events::EventKind;
@@ -20,19 +20,8 @@ const RST: u8 = 0x04;
 /// Pod B takes ingress from app=a on TCP 80 and denies app=c (`ingressDeny[0]`); the rest of
 /// its ingress falls to the default deny. Published as a new revision.
 fn with_policy(t: &mut Tables, deny_a: bool) {
-    let mut c = Compiler::new();
-    let labels = crate::fixtures::app_labels;
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    c.set_identity(Identity(IDS[2]), labels("c"));
-    let origin = |r: &str| crate::fixtures::cnp_origin("default/p", r);
-    let rule = |action, app: &str, ports: Vec<vireo_policy::PortRange>, o: &str| Rule {
-        action,
-        peers: vec![Peer::Endpoints(Selector::label("k8s:app", app))],
-        requires: Vec::new(),
-        ports,
-        dns: Vec::new(),
-        origin: origin(o),
+    let rule = |action, app: &str, ports, name: &str| {
+        crate::fixtures::app_rule("default/p", action, &[app], ports, name)
     };
     let port80 = vireo_policy::PortRange {
         lo: 80,
@@ -48,18 +37,7 @@ fn with_policy(t: &mut Tables, deny_a: bool) {
     if deny_a {
         ingress.push(rule(Action::Deny, "a", Vec::new(), "ingressDeny[1]"));
     }
-    let p = Policy {
-        origin: origin(""),
-        subject: Selector::label("k8s:app", "b"),
-        node_selector: None,
-        enforce_ingress: true,
-        enforce_egress: false,
-        ingress,
-        egress: Vec::new(),
-        warnings: Vec::new(),
-    };
-    c.set_policies("default/p", vec![p]);
-    t.policy = Arc::new(c.tables());
+    t.policy = Arc::new(crate::fixtures::b_ingress("default/p", ingress));
     t.revision += 1;
 }
 

@@ -4,9 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use vireo_policy::{
-    Action, Compiler, Identity, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
-};
+use vireo_policy::{Action, Identity, PortRange, Proto};
 
 use super::*;
 use crate::fixtures::{tcp, two_pods_with_ct, vxlan_from_remote, IDS, POD_A, POD_B, POD_C};
@@ -15,54 +13,24 @@ use crate::tables::Tables;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-use crate::fixtures::app_labels as labels;
-
-fn origin(rule: &str) -> Origin {
-    crate::fixtures::cnp_origin("default/p", rule)
-}
-
 /// Pod B (app=b) takes ingress only from app=a on TCP 80; pod C (app=c, on the other node)
 /// may not send to B at all (explicit deny).
 fn with_policy(t: &mut Tables) {
-    let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    c.set_identity(Identity(IDS[2]), labels("c"));
-    let p = Policy {
-        origin: origin(""),
-        subject: Selector::label("k8s:app", "b"),
-        node_selector: None,
-        enforce_ingress: true,
-        enforce_egress: false,
-        ingress: vec![
-            Rule {
-                action: Action::Allow,
-                peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
-                requires: Vec::new(),
-                ports: vec![PortRange {
-                    lo: 80,
-                    hi: 80,
-                    proto: Proto::Tcp,
-                    l7: false,
-                    name: None,
-                }],
-                dns: Vec::new(),
-                origin: origin("ingress[0]"),
-            },
-            Rule {
-                action: Action::Deny,
-                peers: vec![Peer::Endpoints(Selector::label("k8s:app", "c"))],
-                requires: Vec::new(),
-                ports: Vec::new(),
-                dns: Vec::new(),
-                origin: origin("ingressDeny[0]"),
-            },
-        ],
-        egress: Vec::new(),
-        warnings: Vec::new(),
+    let port80 = PortRange {
+        lo: 80,
+        hi: 80,
+        proto: Proto::Tcp,
+        l7: false,
+        name: None,
     };
-    c.set_policies("default/p", vec![p]);
-    t.policy = Arc::new(c.tables());
+    let rule = |action, app, ports, name| {
+        crate::fixtures::app_rule("default/p", action, &[app], ports, name)
+    };
+    let ingress = vec![
+        rule(Action::Allow, "a", vec![port80], "ingress[0]"),
+        rule(Action::Deny, "c", Vec::new(), "ingressDeny[0]"),
+    ];
+    t.policy = Arc::new(crate::fixtures::b_ingress("default/p", ingress));
 }
 
 fn run_one(t: &Tables, slot: u16, f: &[u8]) -> (Desc, BatchCounts) {

@@ -7,9 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use vireo_lb::{Backend, Frontend, FrontendKind, Service, ServiceSpec, ServiceTable};
-use vireo_policy::{
-    Action, Compiler, Identity, Origin, Peer, Policy, PortRange, Proto, Rule, Selector,
-};
+use vireo_policy::{Action, PortRange, Proto};
 
 use super::*;
 use crate::fixtures::{tcp, two_pods_with_ct, IDS, POD_A, POD_B, POD_C, UPLINK};
@@ -100,43 +98,19 @@ fn run_one(t: &Tables, slot: u16, f: &[u8]) -> (Desc, Vec<u8>, BatchCounts) {
     (d[0], f[0].clone(), c)
 }
 
-use crate::fixtures::app_labels as labels;
-
-fn origin(rule: &str) -> Origin {
-    crate::fixtures::cnp_origin("default/p", rule)
-}
-
 /// Publishes, as a new snapshot revision, pod B's ingress from app=a under `rules` (none:
 /// default deny).
 fn publish_b_ingress(t: &mut Tables, rules: Vec<(Option<PortRange>, Action)>) {
-    let mut c = Compiler::new();
-    c.set_identity(Identity(IDS[0]), labels("a"));
-    c.set_identity(Identity(IDS[1]), labels("b"));
-    c.set_identity(Identity(IDS[2]), labels("c"));
     let ingress = rules
         .into_iter()
         .enumerate()
-        .map(|(i, (ports, action))| Rule {
-            action,
-            peers: vec![Peer::Endpoints(Selector::label("k8s:app", "a"))],
-            requires: Vec::new(),
-            ports: ports.into_iter().collect(),
-            dns: Vec::new(),
-            origin: origin(&format!("ingress[{i}]")),
+        .map(|(i, (ports, action))| {
+            let name = format!("ingress[{i}]");
+            let ports = ports.into_iter().collect();
+            crate::fixtures::app_rule("default/p", action, &["a"], ports, &name)
         })
         .collect();
-    let p = Policy {
-        origin: origin(""),
-        subject: Selector::label("k8s:app", "b"),
-        node_selector: None,
-        enforce_ingress: true,
-        enforce_egress: false,
-        ingress,
-        egress: Vec::new(),
-        warnings: Vec::new(),
-    };
-    c.set_policies("default/p", vec![p]);
-    t.policy = Arc::new(c.tables());
+    t.policy = Arc::new(crate::fixtures::b_ingress("default/p", ingress));
     t.revision += 1;
 }
 
