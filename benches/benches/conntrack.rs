@@ -9,21 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vireo_conntrack::{Config, Dir, Key, ManualClock, NewEntry, State, Table};
+use vireo_conntrack::{Config, Key, ManualClock, NewEntry, State, Table};
 
-const PREFILL: u32 = 1 << 20;
-const OPS: u32 = 65_536;
-
-fn key(i: u32) -> Key {
-    Key {
-        src: 0x0a00_0000 | (i >> 8),
-        dst: 0x0af4_0000 | (i & 0xff),
-        sport: 1024 + (i % 50_000) as u16,
-        dport: 443,
-        proto: 6,
-        dir: Dir::Egress,
-    }
-}
+#[path = "common/ct.rs"]
+mod ct;
+use ct::{key, OPS, PREFILL};
 
 /// What the maps store per flow (like a slot of ours, minus the key).
 #[derive(Default)]

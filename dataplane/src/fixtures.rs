@@ -144,6 +144,19 @@ pub fn vxlan_from_c(dst: Ipv4Addr, vni: u32, payload: &[u8]) -> Vec<u8> {
     vxlan_from_remote(&inner, vni)
 }
 
+/// A TCP segment from pod C (on the remote node) to pod B port 80, from port 40000, as it
+/// arrives through the tunnel with the source identity `vni` (C's is `IDS[2]`).
+pub fn c_to_b_over_tunnel(flags: u8, vni: u32) -> Vec<u8> {
+    let inner = tcp(
+        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
+        (POD_B.0, POD_B.3),
+        40000,
+        80,
+        flags,
+    );
+    vxlan_from_remote(&inner, vni)
+}
+
 /// `inner` (an Ethernet frame) encapsulated by the remote node towards us, VNI `vni`.
 pub fn vxlan_from_remote(inner: &[u8], vni: u32) -> Vec<u8> {
     encapsulate(inner, (REMOTE.1, REMOTE.0), (UPLINK.1, UPLINK.2), vni)

@@ -8,7 +8,7 @@ use vireo_policy::{Action, Direction};
 
 use super::*;
 use crate::events::EventKind;
-use crate::fixtures::{tcp, two_pods_with_ct, vxlan_from_remote, IDS, POD_A, POD_B, POD_C};
+use crate::fixtures::{c_to_b_over_tunnel, tcp, two_pods_with_ct, IDS, POD_A, POD_B, POD_C};
 use crate::flows::{FlowEvent, FlowRecord, FlowVerdict};
 use crate::tables::Tables;
 
@@ -130,17 +130,10 @@ fn denials_carry_their_rule_or_the_default_deny() {
         (Some(Direction::Ingress), true)
     );
     // A deny rule: from C through the tunnel.
-    let from_c = tcp(
-        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
-        (POD_B.0, POD_B.3),
-        40000,
-        80,
-        SYN,
-    );
     run_on(
         &t,
         crate::fixtures::UPLINK.0,
-        &vxlan_from_remote(&from_c, IDS[2]),
+        &c_to_b_over_tunnel(SYN, IDS[2]),
     );
     let r = records(&t);
     assert_eq!(r.len(), 1);

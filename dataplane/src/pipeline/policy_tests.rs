@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vireo_policy::{Action, Identity, PortRange, Proto};
 
 use super::*;
-use crate::fixtures::{tcp, two_pods_with_ct, vxlan_from_remote, IDS, POD_A, POD_B, POD_C};
+use crate::fixtures::{c_to_b_over_tunnel, tcp, two_pods_with_ct, IDS, POD_A, POD_B};
 use crate::tables::Tables;
 
 const SYN: u8 = 0x02;
@@ -115,24 +115,17 @@ fn other_ports_fall_to_default_deny_and_get_no_entry() {
 fn ingress_from_the_tunnel_uses_the_vni_identity_and_deny_wins() {
     let (mut t, _) = two_pods_with_ct(64, 64);
     with_policy(&mut t);
-    let from_c = tcp(
-        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
-        (POD_B.0, POD_B.3),
-        40000,
-        80,
-        SYN,
-    );
     let (d, _) = run_one(
         &t,
         crate::fixtures::UPLINK.0,
-        &vxlan_from_remote(&from_c, IDS[2]),
+        &c_to_b_over_tunnel(SYN, IDS[2]),
     );
     assert_eq!(d.verdict, Verdict::Drop(DropReason::PolicyDenied));
     // The same packet with identity app=a is allowed on port 80.
     let (d, _) = run_one(
         &t,
         crate::fixtures::UPLINK.0,
-        &vxlan_from_remote(&from_c, IDS[0]),
+        &c_to_b_over_tunnel(SYN, IDS[0]),
     );
     assert_eq!(d.verdict, Verdict::Tx { slot: POD_B.2 });
 }
@@ -154,17 +147,10 @@ fn the_monitor_sees_policy_drops_with_their_rule_and_other_drops_too() {
     with_policy(&mut t);
     t.monitor.set(true);
     run_one(&t, POD_A.2, &a_to_b(81, SYN));
-    let from_c = tcp(
-        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
-        (POD_B.0, POD_B.3),
-        40000,
-        80,
-        SYN,
-    );
     run_one(
         &t,
         crate::fixtures::UPLINK.0,
-        &vxlan_from_remote(&from_c, IDS[2]),
+        &c_to_b_over_tunnel(SYN, IDS[2]),
     );
     // An unknown destination is reported too, from the frame.
     run_one(
