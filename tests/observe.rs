@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -31,26 +30,6 @@ fn lines(out: &[u8]) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
-}
-
-/// Waits for a background command (bounded by its own `--seconds`), killing it after
-/// `limit`; its stdout.
-fn finish(mut c: Child, limit: Duration) -> Vec<u8> {
-    let end = std::time::Instant::now() + limit;
-    while c.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > end {
-            let _ = c.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let o = c.wait_with_output().expect("output");
-    assert!(
-        o.status.success(),
-        "background vireo failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
 }
 
 fn pod_of(e: &Value) -> String {
@@ -104,8 +83,18 @@ fn observe_and_monitor_traces_and_verdicts_in_a_sandbox() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // A monitor on node-2 (the policy server's node) while the policy check runs: one
-    // client, as the agent's monitor queue has one reader.
+    // Two monitors on node-2 (the policy server's node) while the policy check (a third
+    // monitor client) runs: every client sees every event.
+    let drops = s.spawn(&[
+        "monitor",
+        "--node",
+        "node-2",
+        "--type",
+        "drop",
+        "--json",
+        "--seconds",
+        "40",
+    ]);
     let monitor = s.spawn(&[
         "monitor",
         "--node",
@@ -135,8 +124,8 @@ fn observe_and_monitor_traces_and_verdicts_in_a_sandbox() {
     // A forwarded flow on node-1 (pod to pod), and the policy check: client-other's
     // connections to the server are denied by `ingressDeny`, the others allowed.
     s.ping(a, &b_ip);
-    // (The check itself may fail here: it reads node-2's monitor events too, and the agent's
-    // monitor queues have one reader, the monitor above. Its traffic is what counts.)
+    // The check reads node-2's drop events as a monitor client too, and passes only if they
+    // show each denied flow with its rule.
     let o = s
         .cmd(&["connectivity", "test", "--json"])
         .env("VIREO_CONNECTIVITY_CHECKS", "policy-deny")
@@ -144,12 +133,11 @@ fn observe_and_monitor_traces_and_verdicts_in_a_sandbox() {
         .unwrap();
     let report: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("policy-deny check: {}", String::from_utf8_lossy(&o.stderr)));
-    assert!(
-        report["checks"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["name"] == "policy-deny")),
-        "{report}"
-    );
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "policy-deny"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(check["passed"], true, "beside two other monitors: {check}");
     s.ping(a, &b_ip);
 
     // The forwarded flow, with both pods' names, identities and labels.
@@ -234,15 +222,29 @@ fn observe_and_monitor_traces_and_verdicts_in_a_sandbox() {
 
     // --follow printed the flows of `a` as they came (both pings).
     s.ping(a, &b_ip);
-    let followed = lines(&finish(follow, Duration::from_secs(60)));
+    let followed = lines(&follow.finish(Duration::from_secs(60)));
     let pings = followed
         .iter()
         .filter(|f| f["l4"]["ICMPv4"]["type"] == 8 && f["event"] == "new")
         .count();
     assert!(pings >= 2, "followed: {followed:#?}");
 
+    // The drop monitor saw client-other's denied connections, with their rule.
+    let dropped = lines(&drops.finish(Duration::from_secs(60)));
+    assert!(
+        dropped.iter().any(|e| e["type"] == "drop"
+            && e["reason"] == "policy_denied"
+            && e["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("ingressDeny[0]"))),
+        "drops: {dropped:#?}"
+    );
+    assert!(
+        dropped.iter().all(|e| e["type"] == "drop"),
+        "only drops asked for"
+    );
     // Policy verdicts: client-other denied by the deny rule, an allowed client allowed.
-    let events = lines(&finish(monitor, Duration::from_secs(60)));
+    let events = lines(&monitor.finish(Duration::from_secs(60)));
     let of =
         |t: &str| -> Vec<Value> { events.iter().filter(|e| e["type"] == t).cloned().collect() };
     let v = of("policy-verdict");

@@ -15,7 +15,7 @@ pub const VIREO: &str = env!("CARGO_BIN_EXE_vireo");
 
 mod sandbox;
 #[allow(unused_imports)] // not every test binary drives the sandbox
-pub use sandbox::{netns_of, Sandbox};
+pub use sandbox::{netns_of, Background, Sandbox};
 
 pub fn helper(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,7 +1,9 @@
 //! A `vireo sandbox` of the test's own (the end-to-end tests that drive the sandbox command
 //! rather than build their own nodes): named after a tag and the test process, always torn down.
 
+use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -40,13 +42,31 @@ impl Sandbox {
         self.cmd(args).output().expect("running vireo")
     }
 
-    /// Starts `vireo ARGS` in the background, its output captured.
-    pub fn spawn(&self, args: &[&str]) -> Child {
-        self.cmd(args)
+    /// Starts `vireo ARGS` in the background, its output read as it comes (a chatty command
+    /// never blocks on a full pipe).
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        let mut child = self
+            .cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting vireo")
+            .expect("starting vireo");
+        let read = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut v);
+                }
+                v
+            })
+        };
+        let out = read(child.stdout.take().map(|o| Box::new(o) as _));
+        let err = read(child.stderr.take().map(|o| Box::new(o) as _));
+        Background {
+            child,
+            out: Some(out),
+            err: Some(err),
+        }
     }
 
     /// `vireo ARGS`, which must succeed, its stdout as JSON.
@@ -100,6 +120,53 @@ impl Sandbox {
     /// The network namespaces this sandbox made.
     pub fn netns(&self) -> Vec<String> {
         netns_of(&self.0)
+    }
+}
+
+/// A command started by [`Sandbox::spawn`], killed on drop.
+pub struct Background {
+    child: Child,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    /// Waits for it to exit (bounded by its own `--seconds`), killing it after `limit`; its
+    /// stdout. It must have succeeded.
+    pub fn finish(mut self, limit: Duration) -> Vec<u8> {
+        let end = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let joined = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.and_then(|h| h.join().ok()).unwrap_or_default()
+        };
+        let (out, err) = (joined(self.out.take()), joined(self.err.take()));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "background vireo {}: {}",
+            match status {
+                Some(s) => format!("failed ({s})"),
+                None => format!("still running after {limit:?}: killed"),
+            },
+            String::from_utf8_lossy(&err)
+        );
+        out
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

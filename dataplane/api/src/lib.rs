@@ -83,11 +83,16 @@ pub enum Request {
     },
     /// The policies in force (`vireo policy get`).
     PolicyGet,
-    /// Drop events since the last call (`vireo monitor`); the first call starts collecting,
-    /// and collection stops when nobody has asked for a few seconds.
+    /// Events after a client's cursor (`vireo monitor`): the agent keeps its recent events
+    /// numbered, so every client sees them all. The first call starts collecting, and
+    /// collection stops when nobody has asked for a few seconds.
     Monitor {
         /// At most this many events.
         max: usize,
+        /// The `cursor` of this client's last answer; none on its first call (only events
+        /// from then on).
+        #[serde(default)]
+        after: Option<u64>,
         /// Collect new flows' policy verdicts too (`vireo monitor --type policy-verdict`),
         /// until nobody has asked for them for a few seconds.
         #[serde(default)]
@@ -505,8 +510,17 @@ mod tests {
             m,
             Request::Monitor {
                 max: 5,
+                after: None,
                 verdicts: false,
                 trace: None
+            }
+        ));
+        let m: Request = serde_json::from_str(r#"{"cmd":"monitor","max":5,"after":12}"#).unwrap();
+        assert!(matches!(
+            m,
+            Request::Monitor {
+                after: Some(12),
+                ..
             }
         ));
         let o = Request::Observe {

@@ -93,6 +93,8 @@ pub struct Agent {
     control: NodeControl,
     /// When `vireo monitor` last asked for events (collection stops a few seconds after).
     monitor_seen: Option<Instant>,
+    /// The recent monitor events every `vireo monitor` client reads from its cursor.
+    monitor_log: monitor::MonitorLog,
     /// When `vireo monitor --type policy-verdict` last asked (verdicts stop a few seconds
     /// after).
     verdicts_seen: Option<Instant>,
@@ -209,6 +211,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         source,
         control,
         monitor_seen: None,
+        monitor_log: Default::default(),
         verdicts_seen: None,
         file_cfg,
         node_cfg,
@@ -431,9 +434,10 @@ impl Agent {
             ))?),
             Request::Monitor {
                 max,
+                after,
                 verdicts,
                 trace,
-            } => self.monitor(max, verdicts, trace),
+            } => self.monitor(max, after, verdicts, trace),
             Request::Observe { filter, max } => self.observe(&filter, max),
             Request::CniAdd { endpoint } => self.cni_add(endpoint),
             Request::CniDel { container_id } => self.cni_del(&container_id),

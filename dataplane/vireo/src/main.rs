@@ -694,15 +694,21 @@ fn monitor(
     let path = api.path()?;
     let until = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
     let (mut seen, mut lost, mut sampled) = (0usize, 0u64, None::<u64>);
+    let mut cursor = None;
     loop {
         let v = api::call(
             &path,
             &api::Request::Monitor {
                 max: 1024,
+                after: cursor,
                 verdicts,
                 trace: trace.clone(),
             },
         )?;
+        cursor = v["cursor"].as_u64().or(cursor);
+        if let Some(n) = v["missed"].as_u64().filter(|n| *n > 0) {
+            eprintln!("monitor: {n} events missed (the agent's event log moved past them)");
+        }
         for e in v["events"].as_array().into_iter().flatten() {
             if !want(e["type"].as_str().unwrap_or("drop")) {
                 continue;

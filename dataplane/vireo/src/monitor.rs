@@ -16,9 +16,12 @@
 //!   `state`: conntrack's `new`, `established`, `reply`, `related` or `untracked`).
 //!
 //! `src`/`dst` are `ip:port` for TCP, UDP and SCTP, the address alone otherwise. The reply is
-//! `{"events": [...], "lost": N, "sampled_out": M}`: events lost to a full queue, and verdict
-//! events over the rate limit ([`vireo_dataplane::events::VERDICTS_PER_SECOND`]), since the
-//! agent started.
+//! `{"events": [...], "cursor": C, "missed": K, "lost": N, "sampled_out": M}`: the events after
+//! the client's cursor (the agent drains the workers' queues into a log of its last
+//! [`LOG_EVENTS`] events, numbered, so that every client sees every event), the cursor to ask
+//! from next, the events this client missed because the log moved past them, events lost to a
+//! full queue, and verdict events over the rate limit
+//! ([`vireo_dataplane::events::VERDICTS_PER_SECOND`]), since the agent started.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -33,6 +36,54 @@ use super::Agent;
 
 /// How long collection goes on after the last `vireo monitor` call.
 pub(super) const IDLE: Duration = Duration::from_secs(5);
+
+/// Events the agent keeps for its monitor clients.
+pub(super) const LOG_EVENTS: usize = 8192;
+
+/// The recent events as JSON, numbered from 1, oldest first.
+#[derive(Default)]
+pub(super) struct MonitorLog {
+    events: std::collections::VecDeque<(u64, Value)>,
+    /// The number the next event gets.
+    next: u64,
+}
+
+impl MonitorLog {
+    fn push(&mut self, v: Value) {
+        self.next = self.next.max(1);
+        self.events.push_back((self.next, v));
+        self.next += 1;
+        while self.events.len() > LOG_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// The number of the newest event (0: none yet).
+    fn newest(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
+    /// At most `max` events after `after`, the cursor after them, and how many after `after`
+    /// the log no longer has.
+    fn after(&self, after: u64, max: usize) -> (Vec<Value>, u64, u64) {
+        let oldest = self.events.front().map_or(self.next, |e| e.0);
+        let missed = oldest.saturating_sub(after.saturating_add(1));
+        let out: Vec<&(u64, Value)> = self
+            .events
+            .iter()
+            .skip_while(|e| e.0 <= after)
+            .take(max)
+            .collect();
+        let cursor = out
+            .last()
+            .map_or(after.max(oldest.saturating_sub(1)), |e| e.0);
+        (
+            out.into_iter().map(|e| e.1.clone()).collect(),
+            cursor,
+            missed,
+        )
+    }
+}
 
 impl Agent {
     /// Stops collecting events a few seconds after `vireo monitor` last asked for them, and
@@ -51,11 +102,12 @@ impl Agent {
         }
     }
 
-    /// Events since the last call (`vireo monitor`), with identities' labels; turns
-    /// collection on (and verdicts, when `verdicts`).
+    /// Events after the client's cursor `after` (`vireo monitor`; none: from now on), with
+    /// identities' labels; turns collection on (and verdicts, when `verdicts`).
     pub(super) fn monitor(
         &mut self,
         max: usize,
+        after: Option<u64>,
         verdicts: bool,
         trace: Option<vireo_api::TraceAsk>,
     ) -> anyhow::Result<Value> {
@@ -69,7 +121,8 @@ impl Agent {
             t.monitor.set_verdicts(true);
             self.verdicts_seen = Some(Instant::now());
         }
-        let (events, lost) = t.monitor.drain(max.clamp(1, 4096));
+        let after = after.unwrap_or(self.monitor_log.newest());
+        let (events, lost) = t.monitor.drain(LOG_EVENTS);
         let labels = |id: u32| self.identity_labels(id);
         let name = |slot: u16| t.iface(slot).map(|i| i.name.as_str());
         let events: Vec<Value> = events
@@ -86,7 +139,17 @@ impl Agent {
                 v
             })
             .collect();
-        Ok(json!({"events": events, "lost": lost, "sampled_out": t.monitor.sampled_out()}))
+        for v in events {
+            self.monitor_log.push(v);
+        }
+        let (events, cursor, missed) = self.monitor_log.after(after, max.clamp(1, LOG_EVENTS));
+        Ok(json!({
+            "events": events,
+            "cursor": cursor,
+            "missed": missed,
+            "lost": lost,
+            "sampled_out": t.monitor.sampled_out(),
+        }))
     }
 
     /// Publishes policy audit mode (the configuration's `policy_audit_mode`, and the pods
@@ -180,6 +243,59 @@ pub(crate) fn event_json(
         v.extend(c);
     }
     v
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    fn numbers(v: &[Value]) -> Vec<u64> {
+        v.iter().filter_map(|e| e["n"].as_u64()).collect()
+    }
+
+    /// Two clients each read every event from their own cursor; a client that falls behind the
+    /// log is told how many it missed; a new client starts from now.
+    #[test]
+    fn every_client_reads_every_event_from_its_cursor() {
+        let mut log = MonitorLog::default();
+        assert_eq!(log.newest(), 0);
+        let (none, c0, missed) = log.after(0, 10);
+        assert_eq!((none.len(), c0, missed), (0, 0, 0));
+        for n in 1..=5 {
+            log.push(json!({"n": n}));
+        }
+        let (a, ca, _) = log.after(0, 3);
+        assert_eq!(
+            (numbers(&a), ca),
+            (vec![1, 2, 3], 3),
+            "at most max, oldest first"
+        );
+        let (b, cb, _) = log.after(0, 100);
+        assert_eq!(
+            (numbers(&b), cb),
+            (vec![1, 2, 3, 4, 5], 5),
+            "the other client too"
+        );
+        let (a, ca, _) = log.after(ca, 100);
+        assert_eq!((numbers(&a), ca), (vec![4, 5], 5));
+        let (a, ca2, m) = log.after(ca, 100);
+        assert_eq!(
+            (a.len(), ca2, m),
+            (0, 5, 0),
+            "nothing new: the cursor stays"
+        );
+        // A new client asks from the newest: only what comes next.
+        let new_client = log.newest();
+        log.push(json!({"n": 6}));
+        assert_eq!(numbers(&log.after(new_client, 100).0), vec![6]);
+        // Past the log's length, the oldest go; a client behind is told how many it missed.
+        for n in 7..(7 + LOG_EVENTS as u64) {
+            log.push(json!({"n": n}));
+        }
+        let (late, c, missed) = log.after(cb, 2);
+        assert_eq!(missed, 1, "event 6 is gone");
+        assert_eq!((numbers(&late), c), (vec![7, 8], 8));
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use crate::{NodeState, PodState, ECHO_HTTP_PORT, UNDERLAY_CLIENT};
 use super::{Attempt, Reached, POLICY_NODE_PORT, POLICY_WAIT_MS};
 use crate::connectivity::{counters, parse_answers, wait_nodes, Answer, Backends, Env};
 
+/// A monitor client's cursor on one node (`vireo monitor`): none before its first call.
+type Cursor = Option<u64>;
+
 /// The `policy_denied` count among a node's drop counters (`counters(n)["drops"]`).
 fn policy_denied_of(drops: &Value) -> u64 {
     drops["policy_denied"].as_u64().unwrap_or(0)
@@ -238,7 +241,7 @@ impl Env {
     pub(super) fn expect_reach(&self, attempts: &[Attempt]) -> Result<Reached> {
         let drops_before = self.drops()?;
         let before: Vec<u64> = drops_before.iter().map(policy_denied_of).collect();
-        self.drop_events()?;
+        let (_, cursors) = self.drop_events(&[])?;
         let answers = self.reach_all(&attempts.iter().collect::<Vec<_>>())?;
         let (mut allowed, mut denied, mut wrong) = (Vec::new(), Vec::new(), Vec::new());
         for (a, ans) in attempts.iter().zip(&answers) {
@@ -293,7 +296,7 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let told = self.agents_tell(attempts, &mut wrong)?;
+        let told = self.agents_tell(attempts, &cursors, &mut wrong)?;
         let counted = format!(
             "policy_denied {}; {told}",
             self.st
@@ -369,33 +372,45 @@ impl Env {
         })
     }
 
-    /// The drop events (`vireo monitor --type drop`) of every node since the last call; the
-    /// first call turns the agents' collection on.
-    fn drop_events(&self) -> Result<Vec<Vec<Value>>> {
-        self.st
+    /// The drop events (`vireo monitor --type drop`) of every node after its cursor in
+    /// `cursors` (none: from now on, which turns the agent's collection on), and the cursors
+    /// to read on from. Other monitor clients see the same events.
+    fn drop_events(&self, cursors: &[Cursor]) -> Result<(Vec<Vec<Value>>, Vec<Cursor>)> {
+        let mut next = Vec::new();
+        let events = self
+            .st
             .nodes
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
                 let v = api::call(
                     &n.api,
                     &api::Request::Monitor {
-                        max: 4096,
+                        max: 8192,
+                        after: cursors.get(i).copied().flatten(),
                         verdicts: false,
                         trace: None,
                     },
                 )
                 .with_context(|| format!("{}: monitor", n.name))?;
+                next.push(v["cursor"].as_u64());
                 Ok(v["events"].as_array().cloned().unwrap_or_default())
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((events, next))
     }
 
     /// What the operator's tools say of the attempts, checked against what the traffic did:
     /// the enforcing agent's `vireo policy trace` gives each attempt's verdict, and its
     /// `vireo monitor --type drop` shows each denied flow as a `policy_denied` event with the
     /// deciding rule (or the default deny). Disagreements go to `wrong`.
-    fn agents_tell(&self, attempts: &[Attempt], wrong: &mut Vec<String>) -> Result<String> {
-        let events = self.drop_events()?;
+    fn agents_tell(
+        &self,
+        attempts: &[Attempt],
+        cursors: &[Cursor],
+        wrong: &mut Vec<String>,
+    ) -> Result<String> {
+        let (events, _) = self.drop_events(cursors)?;
         let mut shown = 0;
         for a in attempts {
             let (i, n) = self
