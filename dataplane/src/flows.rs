@@ -224,11 +224,23 @@ impl FlowRecord {
     ) -> FlowRecord {
         let mut r = FlowRecord::of_packet(FlowEvent::Drop, FlowVerdict::Dropped, d, ip, time_ns);
         r.reason = Some(reason);
-        r.dst_identity = t.identity_of(u32::from(r.dst));
         if reason == DropReason::PolicyDenied {
             r.judge(t, d);
         }
+        r.resolve_identities(t);
         r
+    }
+
+    /// Fills in the identities the record does not have yet, from the node's view of the
+    /// addresses: the source's when its packet carried none, and the destination's.
+    #[inline]
+    pub fn resolve_identities(&mut self, t: &Tables) {
+        if self.src_identity == 0 {
+            self.src_identity = t.identity_of(u32::from(self.src));
+        }
+        if self.dst_identity == 0 {
+            self.dst_identity = t.identity_of(u32::from(self.dst));
+        }
     }
 
     /// Fills in the side and rule whose policy denies (or, audited, would deny) the packet.

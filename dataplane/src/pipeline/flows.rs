@@ -82,10 +82,7 @@ fn record(
     let mut r = FlowRecord::of_packet(event, verdict, d, ip, time_ns);
     r.out_slot = out_slot;
     r.to_tunnel = to_tunnel;
-    r.dst_identity = t.identity_of(u32::from(r.dst));
-    if r.src_identity == 0 {
-        r.src_identity = t.identity_of(u32::from(r.src));
-    }
+    r.resolve_identities(t);
     if d.audited {
         r.judge(t, d);
     }
@@ -106,11 +103,8 @@ pub(super) fn dropped<F: Frames>(
     let Some(ip) = frames.frame(d.addr, d.len).and_then(|b| ipv4_of(b)) else {
         return;
     };
-    let mut r = FlowRecord::dropped(t, d, reason, ip, clock.now());
-    if r.src_identity == 0 {
-        r.src_identity = t.identity_of(u32::from(r.src));
-    }
-    t.flows.push(worker, r);
+    t.flows
+        .push(worker, FlowRecord::dropped(t, d, reason, ip, clock.now()));
 }
 
 /// A trace event for the forwarded packet `d` when tracing picks it: the `seq`th this worker
@@ -137,15 +131,8 @@ fn traced(t: &Tables, d: &Desc, ip: &[u8], seq: u32, out_slot: Option<u16>, to_t
 #[cold]
 #[inline(never)]
 fn trace_event(t: &Tables, d: &Desc, ip: &[u8], out_slot: Option<u16>, to_tunnel: bool) {
-    let r = FlowRecord::of_packet(FlowEvent::New, FlowVerdict::Forwarded, d, ip, now_ns());
-    let (src_identity, dst_identity) = (
-        if d.src_identity == 0 {
-            t.identity_of(u32::from(r.src))
-        } else {
-            d.src_identity
-        },
-        t.identity_of(u32::from(r.dst)),
-    );
+    let mut r = FlowRecord::of_packet(FlowEvent::New, FlowVerdict::Forwarded, d, ip, now_ns());
+    r.resolve_identities(t);
     t.monitor.push(DropEvent {
         kind: EventKind::Trace,
         reason: DropReason::PolicyDenied,
@@ -155,8 +142,8 @@ fn trace_event(t: &Tables, d: &Desc, ip: &[u8], out_slot: Option<u16>, to_tunnel
         proto: r.proto,
         sport: r.sport,
         dport: r.dport,
-        src_identity,
-        dst_identity,
+        src_identity: r.src_identity,
+        dst_identity: r.dst_identity,
         direction: None,
         rule: None,
         icmp_type: r.icmp.map(|i| i.0),
