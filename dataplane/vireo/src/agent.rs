@@ -41,6 +41,8 @@ mod masquerade;
 mod metrics;
 #[path = "monitor.rs"]
 mod monitor;
+#[path = "numbered.rs"]
+mod numbered;
 #[path = "observe.rs"]
 mod observe;
 #[path = "state.rs"]

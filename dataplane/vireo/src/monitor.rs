@@ -32,6 +32,7 @@ use vireo_control::services::proto_name;
 use vireo_dataplane::events::{DropEvent, EventKind};
 use vireo_dataplane::tables::PolicyAudit;
 
+use super::numbered::Numbered;
 use super::Agent;
 
 /// How long collection goes on after the last `vireo monitor` call.
@@ -40,43 +41,32 @@ pub(super) const IDLE: Duration = Duration::from_secs(5);
 /// Events the agent keeps for its monitor clients.
 pub(super) const LOG_EVENTS: usize = 8192;
 
-/// The recent events as JSON, numbered from 1, oldest first.
-#[derive(Default)]
-pub(super) struct MonitorLog {
-    events: std::collections::VecDeque<(u64, Value)>,
-    /// The number the next event gets.
-    next: u64,
+/// The recent events as JSON, numbered, oldest first.
+pub(super) struct MonitorLog(Numbered<Value>);
+
+impl Default for MonitorLog {
+    fn default() -> Self {
+        MonitorLog(Numbered::new(LOG_EVENTS))
+    }
 }
 
 impl MonitorLog {
     fn push(&mut self, v: Value) {
-        self.next = self.next.max(1);
-        self.events.push_back((self.next, v));
-        self.next += 1;
-        while self.events.len() > LOG_EVENTS {
-            self.events.pop_front();
-        }
+        self.0.push(v);
     }
 
     /// The number of the newest event (0: none yet).
     fn newest(&self) -> u64 {
-        self.next.saturating_sub(1)
+        self.0.newest()
     }
 
     /// At most `max` events after `after`, the cursor after them, and how many after `after`
     /// the log no longer has.
     fn after(&self, after: u64, max: usize) -> (Vec<Value>, u64, u64) {
-        let oldest = self.events.front().map_or(self.next, |e| e.0);
+        let oldest = self.0.oldest();
         let missed = oldest.saturating_sub(after.saturating_add(1));
-        let out: Vec<&(u64, Value)> = self
-            .events
-            .iter()
-            .skip_while(|e| e.0 <= after)
-            .take(max)
-            .collect();
-        let cursor = out
-            .last()
-            .map_or(after.max(oldest.saturating_sub(1)), |e| e.0);
+        let out: Vec<&(u64, Value)> = self.0.after(after).take(max).collect();
+        let cursor = out.last().map_or(after.max(oldest - 1), |e| e.0);
         (
             out.into_iter().map(|e| e.1.clone()).collect(),
             cursor,

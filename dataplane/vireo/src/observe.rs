@@ -26,7 +26,7 @@
 //! follow from, the records lost to full worker rings and those overwritten in the agent's
 //! ring, since it started.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -36,6 +36,7 @@ use vireo_api::flows::{rfc3339_nanos, tcp_flag_names, FlowFilter};
 use vireo_dataplane::flows::{now_ns, FlowRecord, FlowRings, FlowVerdict, WORKER_RING};
 use vireo_policy::Direction;
 
+use super::numbered::Numbered;
 use super::Agent;
 
 /// The workers' flow rings for the configuration `cfg` (recording off when its
@@ -59,33 +60,19 @@ pub(crate) fn monitor_rings(
 /// Records drained from the workers' rings at a time.
 const DRAIN: usize = 16384;
 
-/// The agent's ring of flows.
+/// The agent's ring of flows: (time, flow), numbered.
 pub(crate) struct FlowLog {
-    ring: VecDeque<Entry>,
-    cap: usize,
-    /// The sequence number of the last flow taken in.
-    seq: u64,
-    /// Flows overwritten by newer ones.
-    overwritten: u64,
+    ring: Numbered<(u64, Value)>,
     scratch: Vec<FlowRecord>,
     /// When `vireo monitor --type trace` last asked (tracing stops a few seconds after).
     pub(crate) trace_seen: Option<Instant>,
-}
-
-struct Entry {
-    seq: u64,
-    time_ns: u64,
-    flow: Value,
 }
 
 impl FlowLog {
     /// A ring of `cap` flows.
     pub(crate) fn new(cap: usize) -> FlowLog {
         FlowLog {
-            ring: VecDeque::with_capacity(cap.min(1 << 16)),
-            cap,
-            seq: 0,
-            overwritten: 0,
+            ring: Numbered::new(cap),
             scratch: Vec::new(),
             trace_seen: None,
         }
@@ -93,23 +80,11 @@ impl FlowLog {
 
     /// Flows taken in from the workers so far, and those overwritten by newer ones.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.seq, self.overwritten)
+        (self.ring.newest(), self.ring.overwritten())
     }
 
     fn push(&mut self, time_ns: u64, flow: Value) {
-        if self.cap == 0 {
-            return;
-        }
-        if self.ring.len() == self.cap {
-            self.ring.pop_front();
-            self.overwritten += 1;
-        }
-        self.seq += 1;
-        self.ring.push_back(Entry {
-            seq: self.seq,
-            time_ns,
-            flow,
-        });
+        self.ring.push((time_ns, flow));
     }
 
     /// The flows `f` selects at time `now_ns`, at most the newest `max`, and the cursor.
@@ -117,16 +92,15 @@ impl FlowLog {
         let since = f
             .since_ms
             .map_or(0, |ms| now_ns.saturating_sub(ms.saturating_mul(1_000_000)));
-        let after = f.after.unwrap_or(0);
         let mut v: Vec<&Value> = self
             .ring
-            .iter()
-            .filter(|e| e.seq > after && e.time_ns >= since && f.matches(&e.flow))
-            .map(|e| &e.flow)
+            .after(f.after.unwrap_or(0))
+            .filter(|(_, (time_ns, flow))| *time_ns >= since && f.matches(flow))
+            .map(|(_, (_, flow))| flow)
             .collect();
         let skip = v.len().saturating_sub(max);
         v.drain(..skip);
-        (v.into_iter().cloned().collect(), self.seq)
+        (v.into_iter().cloned().collect(), self.ring.newest())
     }
 }
 
@@ -323,8 +297,8 @@ impl Agent {
             "flows": flows,
             "cursor": cursor,
             "lost": self.tables.current().flows.lost(),
-            "overwritten": self.flows.overwritten,
-            "ring": self.flows.cap,
+            "overwritten": self.flows.ring.overwritten(),
+            "ring": self.flows.ring.cap(),
         }))
     }
 
@@ -526,7 +500,7 @@ mod tests {
         log.push(20 * s, flow("DROPPED", "x"));
         log.push(30 * s, flow("FORWARDED", "y"));
         log.push(40 * s, flow("DROPPED", "y"));
-        assert_eq!(log.overwritten, 1, "the oldest overwritten");
+        assert_eq!(log.counts().1, 1, "the oldest overwritten");
         let all = FlowFilter::default();
         let (v, cursor) = log.select(&all, 100, 41 * s);
         assert_eq!((v.len(), cursor), (3, 4));
