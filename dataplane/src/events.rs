@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crate::rings::WorkerRings;
 use vireo_policy::{Direction, Origin};
 
 use crate::counters::DropReason;
@@ -164,8 +164,7 @@ pub struct Monitor {
     /// Someone asks for policy verdicts too.
     verdicts: AtomicBool,
     /// One queue per worker.
-    queues: Box<[ArrayQueue<DropEvent>]>,
-    lost: AtomicU64,
+    queues: WorkerRings<DropEvent>,
     /// The second (conntrack clock) of the current verdict window, and the verdicts let
     /// through in it.
     window: AtomicU64,
@@ -196,10 +195,7 @@ impl Monitor {
         Monitor {
             on: AtomicBool::new(false),
             verdicts: AtomicBool::new(false),
-            queues: (0..workers.max(1))
-                .map(|_| ArrayQueue::new(cap.max(1)))
-                .collect(),
-            lost: AtomicU64::new(0),
+            queues: WorkerRings::new(workers, cap),
             window: AtomicU64::new(0),
             sampled_out: AtomicU64::new(0),
             per_second: AtomicU32::new(VERDICTS_PER_SECOND),
@@ -292,7 +288,7 @@ impl Monitor {
         if !on {
             self.verdicts.store(false, Ordering::Relaxed);
             self.trace_sample.store(0, Ordering::Relaxed);
-            for q in self.queues.iter() {
+            for q in self.queues.rings() {
                 while q.pop().is_some() {}
             }
         }
@@ -301,15 +297,12 @@ impl Monitor {
     /// Queues an event in this thread's worker queue (lost, and counted, when it is full).
     #[inline]
     pub fn push(&self, e: DropEvent) {
-        let i = RING.with(Cell::get) % self.queues.len();
-        if self.queues[i].push(e).is_err() {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-        }
+        self.queues.push(RING.with(Cell::get), e);
     }
 
     /// Events lost to a full queue so far.
     pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+        self.queues.lost()
     }
 
     /// Takes up to `max` events, one from each worker's queue in turn, and the number lost
@@ -318,7 +311,7 @@ impl Monitor {
         let mut v = Vec::new();
         while v.len() < max {
             let before = v.len();
-            for q in self.queues.iter() {
+            for q in self.queues.rings() {
                 if v.len() == max {
                     break;
                 }
@@ -330,7 +323,7 @@ impl Monitor {
                 break;
             }
         }
-        (v, self.lost.load(Ordering::Relaxed))
+        (v, self.queues.lost())
     }
 }
 

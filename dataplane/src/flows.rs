@@ -9,14 +9,14 @@
 //! and serves it (`vireo observe`). Recording is always on unless the agent's `flow_ring` is 0.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
 use vireo_policy::{Direction, Origin};
 
 use crate::counters::DropReason;
 use crate::pipeline::{CtVerdict, Desc};
+use crate::rings::WorkerRings;
 use crate::tables::Tables;
 use crate::wire::{ETHERTYPE_IPV4, ETH_HLEN, IPV4_MIN_HLEN};
 
@@ -292,8 +292,7 @@ pub fn now_ns() -> u64 {
 #[derive(Debug)]
 pub struct FlowRings {
     on: AtomicBool,
-    rings: Box<[ArrayQueue<FlowRecord>]>,
-    lost: Box<[AtomicU64]>,
+    rings: WorkerRings<FlowRecord>,
 }
 
 impl Default for FlowRings {
@@ -305,11 +304,9 @@ impl Default for FlowRings {
 impl FlowRings {
     /// `workers` rings of `cap` records each; recording on.
     pub fn new(workers: usize, cap: usize) -> FlowRings {
-        let n = workers.max(1);
         FlowRings {
             on: AtomicBool::new(true),
-            rings: (0..n).map(|_| ArrayQueue::new(cap.max(1))).collect(),
-            lost: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            rings: WorkerRings::new(workers, cap),
         }
     }
 
@@ -327,18 +324,13 @@ impl FlowRings {
     /// Queues worker `worker`'s record; a full ring loses it (counted). Never blocks.
     #[inline]
     pub fn push(&self, worker: usize, r: FlowRecord) -> bool {
-        let i = worker % self.rings.len();
-        if self.rings[i].push(r).is_err() {
-            self.lost[i].fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.rings.push(worker, r)
     }
 
     /// Moves up to `max` records into `out`, ring after ring; returns how many.
     pub fn drain_into(&self, max: usize, out: &mut Vec<FlowRecord>) -> usize {
         let start = out.len();
-        for q in self.rings.iter() {
+        for q in self.rings.rings() {
             while out.len() - start < max {
                 match q.pop() {
                     Some(r) => out.push(r),
@@ -351,15 +343,12 @@ impl FlowRings {
 
     /// Records lost to full rings so far, all workers together.
     pub fn lost(&self) -> u64 {
-        self.lost.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+        self.rings.lost()
     }
 
     /// Records lost per worker.
     pub fn lost_per_worker(&self) -> Vec<u64> {
-        self.lost
-            .iter()
-            .map(|l| l.load(Ordering::Relaxed))
-            .collect()
+        self.rings.lost_per_worker()
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`handoff`]: frames moved between workers (lock-free rings, preallocated buffers).
 //! - [`events`]: drop events for `vireo monitor`.
 //! - [`flows`]: flow records for `vireo observe` (lossy per-worker rings).
+//! - [`rings`]: the lossy per-worker queues events and flow records go through.
 //! - `fixtures` (feature `fixtures`, and in this crate's tests): frames and tables for tests and
 //!   benchmarks; not part of the production API.
 
@@ -22,6 +23,7 @@ pub mod fqdn;
 pub mod handoff;
 pub mod io;
 pub mod pipeline;
+pub mod rings;
 pub mod tables;
 pub mod wire;
 pub mod worker;
