@@ -437,16 +437,9 @@ enum EndpointCmd {
 
 /// Prints to stdout; a reader that went away (`vireo … | head`) ends the command quietly.
 macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let mut o = std::io::stdout().lock();
-        if let Err(e) = write!(o, $($t)*).and_then(|_| o.flush()) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            return Err(e.into());
-        }
-    }};
+    ($($t:tt)*) => {
+        watch::write_out(&format!($($t)*))?
+    };
 }
 
 fn main() {
@@ -605,7 +598,7 @@ fn run(cli: Cli) -> Result<()> {
             count,
         } => {
             let trace = watch::trace_ask(&kind, sample, pod, endpoint)?;
-            monitor(&kind, &api, json, seconds, count, trace)
+            watch::monitor(&kind, &api.path()?, json, seconds, count, trace)
         }
         Cmd::Observe {
             since,
@@ -678,68 +671,6 @@ fn endpoint_arg(
         (None, None) => anyhow::bail!("give --{flag} or --{flag}-labels"),
     }
     .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
-}
-
-/// `vireo monitor`: polls the agent for events and prints them as they come.
-fn monitor(
-    kinds: &[String],
-    api: &ApiArgs,
-    json: bool,
-    seconds: Option<u64>,
-    count: Option<usize>,
-    trace: Option<api::TraceAsk>,
-) -> Result<()> {
-    let want = |t: &str| kinds.iter().any(|k| k == t);
-    let verdicts = want("policy-verdict");
-    let path = api.path()?;
-    let until = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
-    let (mut seen, mut lost, mut sampled) = (0usize, 0u64, None::<u64>);
-    let mut cursor = None;
-    loop {
-        let v = api::call(
-            &path,
-            &api::Request::Monitor {
-                max: 1024,
-                after: cursor,
-                verdicts,
-                trace: trace.clone(),
-            },
-        )?;
-        cursor = v["cursor"].as_u64().or(cursor);
-        if let Some(n) = v["missed"].as_u64().filter(|n| *n > 0) {
-            eprintln!("monitor: {n} events missed (the agent's event log moved past them)");
-        }
-        for e in v["events"].as_array().into_iter().flatten() {
-            if !want(e["type"].as_str().unwrap_or("drop")) {
-                continue;
-            }
-            if json {
-                out!("{}\n", serde_json::to_string(e)?);
-            } else {
-                out!("{}\n", status::render_event(e));
-            }
-            seen += 1;
-            if count.is_some_and(|c| seen >= c) {
-                return Ok(());
-            }
-        }
-        let now_lost = v["lost"].as_u64().unwrap_or(0);
-        if now_lost > lost {
-            eprintln!("monitor: {} events lost (queue full)", now_lost - lost);
-            lost = now_lost;
-        }
-        // Counted since the agent started: reported as it grows from the first answer.
-        let now_sampled = v["sampled_out"].as_u64().unwrap_or(0);
-        if verdicts && sampled.is_some_and(|s| now_sampled > s) {
-            let n = now_sampled - sampled.unwrap_or(0);
-            eprintln!("monitor: {n} policy verdicts sampled out (rate limit)");
-        }
-        sampled = Some(now_sampled);
-        if until.is_some_and(|u| std::time::Instant::now() >= u) {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }
 
 fn run_policy(c: PolicyCmd) -> Result<()> {

@@ -1,5 +1,5 @@
-//! `vireo observe` (the agent's recent flows, like `hubble observe`) and the checks of
-//! `vireo monitor`'s trace options.
+//! `vireo observe` (the agent's recent flows, like `hubble observe`) and `vireo monitor` (its
+//! events, like `cilium monitor`): both poll the agent from a cursor and print what is new.
 
 use std::io::Write;
 use std::path::Path;
@@ -97,10 +97,11 @@ impl ObserveOpts {
     }
 }
 
-/// Prints a line; a reader gone away (`vireo observe | head`) ends quietly.
-fn emit(line: &str) -> Result<()> {
+/// Writes `s` to stdout (the CLI's `out!`); a reader gone away (`vireo observe | head`) ends
+/// the command quietly.
+pub fn write_out(s: &str) -> Result<()> {
     let mut o = std::io::stdout().lock();
-    if let Err(e) = writeln!(o, "{line}").and_then(|()| o.flush()) {
+    if let Err(e) = o.write_all(s.as_bytes()).and_then(|()| o.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -109,11 +110,31 @@ fn emit(line: &str) -> Result<()> {
     Ok(())
 }
 
+/// Prints a line.
+fn emit(line: &str) -> Result<()> {
+    write_out(&format!("{line}\n"))
+}
+
+/// A count the agent keeps from its start (losses, overwrites), reported by how much it grew
+/// between two answers.
+#[derive(Default)]
+struct Growth(Option<u64>);
+
+impl Growth {
+    /// How much the count grew to `now`; at the first answer, all of it when `from_start`,
+    /// else nothing (only what grows after).
+    fn grew(&mut self, now: u64, from_start: bool) -> Option<u64> {
+        let before = self.0.unwrap_or(if from_start { 0 } else { now });
+        self.0 = Some(now);
+        (now > before).then(|| now - before)
+    }
+}
+
 /// `vireo observe`: the flows the agent has, then (with --follow) new ones as they come.
 pub fn observe(path: &Path, o: &ObserveOpts, json: bool) -> Result<()> {
     let until = o.seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut filter = o.filter.clone();
-    let (mut printed, mut lost, mut overwritten) = (0usize, None::<u64>, None::<u64>);
+    let (mut printed, mut lost, mut overwritten) = (0usize, Growth::default(), Growth::default());
     loop {
         let v = api::call(
             path,
@@ -134,18 +155,12 @@ pub fn observe(path: &Path, o: &ObserveOpts, json: bool) -> Result<()> {
             }
         }
         // Losses since the agent started: shown once, then as they grow.
-        let now_lost = v["lost"].as_u64().unwrap_or(0);
-        if now_lost > lost.unwrap_or(0) {
-            let n = now_lost - lost.unwrap_or(0);
+        if let Some(n) = lost.grew(v["lost"].as_u64().unwrap_or(0), true) {
             eprintln!("observe: {n} flows lost (worker rings full)");
         }
-        lost = Some(now_lost);
-        let now_over = v["overwritten"].as_u64().unwrap_or(0);
-        if overwritten.is_some_and(|w| now_over > w) {
-            let n = now_over - overwritten.unwrap_or(0);
+        if let Some(n) = overwritten.grew(v["overwritten"].as_u64().unwrap_or(0), false) {
             eprintln!("observe: {n} flows overwritten in the agent's ring before they were read");
         }
-        overwritten = Some(now_over);
         if !o.follow || until.is_some_and(|u| Instant::now() >= u) {
             return Ok(());
         }
@@ -156,12 +171,95 @@ pub fn observe(path: &Path, o: &ObserveOpts, json: bool) -> Result<()> {
     }
 }
 
+/// `vireo monitor`: polls the agent for events after its cursor and prints those of `kinds`
+/// as they come.
+pub fn monitor(
+    kinds: &[String],
+    path: &Path,
+    json: bool,
+    seconds: Option<u64>,
+    count: Option<usize>,
+    trace: Option<TraceAsk>,
+) -> Result<()> {
+    let want = |t: &str| kinds.iter().any(|k| k == t);
+    let verdicts = want("policy-verdict");
+    let until = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    let (mut seen, mut lost, mut sampled) = (0usize, Growth::default(), Growth::default());
+    let mut cursor = None;
+    loop {
+        let v = api::call(
+            path,
+            &api::Request::Monitor {
+                max: 1024,
+                after: cursor,
+                verdicts,
+                trace: trace.clone(),
+            },
+        )?;
+        cursor = v["cursor"].as_u64().or(cursor);
+        if let Some(n) = v["missed"].as_u64().filter(|n| *n > 0) {
+            eprintln!("monitor: {n} events missed (the agent's event log moved past them)");
+        }
+        for e in v["events"].as_array().into_iter().flatten() {
+            if !want(e["type"].as_str().unwrap_or("drop")) {
+                continue;
+            }
+            if json {
+                emit(&serde_json::to_string(e)?)?;
+            } else {
+                emit(&api::render::render_event(e))?;
+            }
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(());
+            }
+        }
+        if let Some(n) = lost.grew(v["lost"].as_u64().unwrap_or(0), true) {
+            eprintln!("monitor: {n} events lost (queue full)");
+        }
+        // Counted since the agent started: reported as it grows from the first answer.
+        let sampled_out = sampled.grew(v["sampled_out"].as_u64().unwrap_or(0), false);
+        if let Some(n) = sampled_out.filter(|_| verdicts) {
+            eprintln!("monitor: {n} policy verdicts sampled out (rate limit)");
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn kinds(k: &[&str]) -> Vec<String> {
         k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn counts_are_reported_by_their_growth() {
+        let mut g = Growth::default();
+        assert_eq!(
+            g.grew(5, true),
+            Some(5),
+            "from the start: all at the first answer"
+        );
+        assert_eq!(g.grew(5, true), None);
+        assert_eq!(g.grew(8, true), Some(3));
+        let mut h = Growth::default();
+        assert_eq!(
+            h.grew(5, false),
+            None,
+            "only what grows after the first answer"
+        );
+        assert_eq!(h.grew(7, false), Some(2));
+        assert_eq!(
+            h.grew(2, false),
+            None,
+            "a count that went back (a new agent)"
+        );
+        assert_eq!(h.grew(4, false), Some(2));
     }
 
     #[test]
