@@ -154,32 +154,13 @@ fn end(f: &Value, side: &str, ip: &str) -> String {
 }
 
 /// One flow as a line, like `hubble observe`:
-/// `TIME: SRC -> DST DIRECTION VERDICT (PROTO details) [reason, rule]`.
+/// `TIME: SRC -> DST DIRECTION VERDICT (SUMMARY) [reason, rule]`.
 pub fn render_flow(f: &Value) -> String {
     let time = f["time"].as_str().unwrap_or("");
     // 2026-12-03T11:38:38.123456789Z -> Dec  3 11:38:38.123
     let short = short_time(time).unwrap_or_else(|| time.to_string());
-    let l4 = &f["l4"];
-    let proto = if let Some(t) = l4.get("TCP") {
-        let flags: Vec<&str> = t["flags"]
-            .as_object()
-            .map(|o| {
-                ["SYN", "ACK", "FIN", "RST", "PSH", "URG"]
-                    .into_iter()
-                    .filter(|k| o.get(*k) == Some(&Value::Bool(true)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        format!("TCP Flags: {}", flags.join(", "))
-    } else if let Some(i) = l4.get("ICMPv4") {
-        format!("ICMPv4 type {} code {}", i["type"], i["code"])
-    } else if l4.get("UDP").is_some() {
-        "UDP".to_string()
-    } else if l4.get("SCTP").is_some() {
-        "SCTP".to_string()
-    } else {
-        format!("proto {}", f["IP"]["protocol"])
-    };
+    // The agent's summary of the protocol: `TCP Flags: SYN, ACK`, `ICMPv4 type 8 code 0`, …
+    let proto = f["Summary"].as_str().unwrap_or("-");
     let mut line = format!(
         "{short}: {} -> {} {} {} ({proto}) {} bytes",
         end(f, "source", "source"),
@@ -287,7 +268,7 @@ mod tests {
             "source": {"namespace": "x", "pod_name": "a", "identity": 300, "labels": []},
             "destination": {"identity": 2, "labels": ["reserved:world"]},
             "traffic_direction": "INGRESS", "is_reply": false, "bytes": 60,
-            "policy_rule": "CiliumNetworkPolicy x/p ingressDeny[0]",
+            "policy_rule": "CiliumNetworkPolicy x/p ingressDeny[0]", "Summary": "TCP Flags: SYN",
         });
         assert_eq!(
             render_flow(&f),
@@ -301,6 +282,7 @@ mod tests {
             "l4": {"ICMPv4": {"type": 8, "code": 0}},
             "source": {"identity": 5}, "destination": {"identity": 6},
             "traffic_direction": "EGRESS", "is_reply": true, "bytes": 84,
+            "Summary": "ICMPv4 type 8 code 0",
         });
         assert_eq!(
             render_flow(&icmp),
