@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use vireo_policy::rules::ip_proto::{ICMP, SCTP, TCP, UDP};
 use vireo_policy::{Direction, Origin};
 
 use crate::counters::DropReason;
@@ -133,11 +134,6 @@ pub mod tcp {
     /// URG.
     pub const URG: u8 = 0x20;
 }
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const SCTP: u8 = 132;
 
 /// The IPv4 header of an Ethernet frame, cut to its total length; `None` for anything else.
 #[inline]
