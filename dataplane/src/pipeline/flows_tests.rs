@@ -286,3 +286,39 @@ fn traces_are_sampled_or_for_one_endpoint_and_only_while_asked() {
     send(&t, 2);
     assert!(traces(&t).is_empty(), "stopped");
 }
+
+/// A flow whose entry expired starts again: its next packet is a new flow's first (a record),
+/// and the first reply after it is recorded once more; while the entry lives, neither repeats.
+#[test]
+fn an_expired_flow_is_recorded_again_as_new() {
+    let (t, clock) = two_pods_with_ct(64, 64);
+    let udp = |src: (Ipv4Addr, [u8; 6]), dst: Ipv4Addr, mac, sp, dp| {
+        let b = etherparse::PacketBuilder::ethernet2(src.1, mac)
+            .ipv4(src.0.octets(), dst.octets(), 64)
+            .udp(sp, dp);
+        let mut out = Vec::new();
+        b.write(&mut out, &[7]).unwrap();
+        out
+    };
+    let ab = udp((POD_A.0, POD_A.1), POD_B.0, POD_A.3, 5000, 53);
+    let ba = udp((POD_B.0, POD_B.1), POD_A.0, POD_B.3, 53, 5000);
+    let events = || -> Vec<FlowEvent> { records(&t).iter().map(|f| f.event).collect() };
+    run_on(&t, POD_A.2, &ab);
+    run_on(&t, POD_B.2, &ba);
+    clock.advance(30);
+    run_on(&t, POD_A.2, &ab);
+    run_on(&t, POD_B.2, &ba);
+    assert_eq!(
+        events(),
+        [FlowEvent::New, FlowEvent::FirstReply],
+        "alive: once"
+    );
+    clock.advance(61); // past the lifetime of a flow other than TCP (60 s)
+    assert_eq!(run_on(&t, POD_A.2, &ab).ct, CtVerdict::New);
+    run_on(&t, POD_B.2, &ba);
+    assert_eq!(
+        events(),
+        [FlowEvent::New, FlowEvent::FirstReply],
+        "expired: again"
+    );
+}

@@ -494,3 +494,46 @@ fn a_pods_icmp_error_about_a_world_reply_is_translated_to_the_node() {
         (u32::from(WORLD), 53, u32::from(UPLINK.2), port)
     );
 }
+
+/// Flow records of masqueraded flows: an ICMP echo's first packet and, through the
+/// masquerade's own reply path, its first reply once (the second reply gets none); a UDP
+/// flow's first packet; an ICMP error about that flow (related) is no flow event of its own.
+#[test]
+fn a_masqueraded_flow_records_its_first_reply_once_and_a_related_error_none() {
+    use crate::flows::FlowEvent;
+    let (t, _) = world_tables(range());
+    let req = echo(POD_A.0, WORLD, 8, 0x1234, (POD_A.3, POD_A.1));
+    let (_, out, _) = run_one(&t, POD_A.2, &req);
+    let id = u16::from_be_bytes([out[ETH_HLEN + 24], out[ETH_HLEN + 25]]);
+    let rep = echo(WORLD, UPLINK.2, 0, id, (NEXT_HOP, UPLINK.1));
+    for first in [true, false] {
+        let (d, _, _) = run_one(&t, UPLINK.0, &rep);
+        assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
+        assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, first));
+    }
+    let port = open_udp(&t);
+    let sent = udp(UPLINK.2, WORLD, port, 53, (UPLINK.1, NEXT_HOP));
+    let (d, _, _) = run_one(
+        &t,
+        UPLINK.0,
+        &icmp_error_about(WORLD, UPLINK.2, 3, 3, &sent),
+    );
+    assert_eq!(
+        (d.verdict, d.ct),
+        (Verdict::Tx { slot: POD_A.2 }, CtVerdict::Related)
+    );
+    let mut r = Vec::new();
+    t.flows.drain_into(10, &mut r);
+    let ev: Vec<(FlowEvent, u8)> = r.iter().map(|f| (f.event, f.proto)).collect();
+    assert_eq!(
+        ev,
+        [
+            (FlowEvent::New, 1),
+            (FlowEvent::FirstReply, 1),
+            (FlowEvent::New, 17)
+        ]
+    );
+    // The first reply as the pod sees it: from the world server to the pod.
+    assert_eq!((r[1].src, r[1].dst, r[1].reply), (WORLD, POD_A.0, true));
+    assert_eq!(r[1].icmp, Some((0, 0)));
+}
