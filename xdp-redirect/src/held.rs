@@ -111,7 +111,9 @@ impl Steering {
             ifindex,
             "taking over the held XDP link: {e}; attaching anew"
         );
-        // An interface has one program per mode: the old link goes first.
+        // An interface has one program per mode: the old link goes first, at once (its pin's
+        // reference is only dropped after an RCU grace period).
+        link_detach(&link);
         drop(link);
         let link = link_create(prog_fd, ifindex, mode).map_err(|e| Error::Attach {
             ifindex,
@@ -194,6 +196,21 @@ fn link_update(link_fd: RawFd, prog_fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::from_raw_os_error(-rc));
     }
     Ok(())
+}
+
+/// Detaches an XDP link from its interface now (`BPF_LINK_DETACH`), whatever else still refers
+/// to it: a link whose pin was just removed lives on until the kernel frees the pin's inode,
+/// after an RCU grace period, and an attach in the meantime would meet `EBUSY`. An error (an
+/// old kernel, a link already detached) leaves it to go with its last reference.
+pub(crate) fn link_detach(link: &OwnedFd) {
+    // SAFETY: `link` is an open descriptor; libbpf returns 0 or a negative errno.
+    let rc = unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) };
+    if rc < 0 {
+        tracing::debug!(
+            "detaching an XDP link: {}",
+            std::io::Error::from_raw_os_error(-rc)
+        );
+    }
 }
 
 #[cfg(test)]

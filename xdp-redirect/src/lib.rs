@@ -394,9 +394,11 @@ impl Steering {
             held,
             ..
         } = att;
-        // A link never taken over: without its pin, it goes with its last descriptor.
+        // A link never taken over: its pin goes, and the link is detached at once rather than
+        // when the kernel frees the pin.
         if let Some(pin) = held {
             let _ = std::fs::remove_file(pin);
+            held::link_detach(&link);
         }
         drop(link);
         let _ = self.skel.maps.ifaces.delete(&ifindex.to_ne_bytes());
