@@ -169,7 +169,6 @@ pub fn tcp_next(s: State, reply: bool, flags: u8) -> State {
         return State::Closed;
     }
     let fin = flags & FIN != 0;
-    let reopen = !reply && flags & SYN != 0 && flags & ACK == 0;
     match s {
         State::SynSent if reply && flags & SYN != 0 && flags & ACK != 0 => State::SynRecv,
         State::SynSent if flags & SYN != 0 => State::SynSent, // retransmitted SYN
@@ -181,13 +180,26 @@ pub fn tcp_next(s: State, reply: bool, flags: u8) -> State {
         }
         State::SynRecv => State::SynRecv,
         State::Established => closing(State::Established, reply, fin),
-        State::FinWait | State::FinWaitReply | State::TimeWait | State::Closed if reopen => {
-            State::SynSent
-        }
+        s if tcp_reopens(s, reply, flags) => State::SynSent,
         State::FinWait | State::FinWaitReply | State::TimeWait => closing(s, reply, fin),
         State::Closed => State::Closed,
         other => other,
     }
+}
+
+/// Whether a TCP packet with `flags`, from the originator (`reply` false) or the responder,
+/// reopens a flow in state `s`: a SYN without ACK (nor RST) from the originator on a closing
+/// or closed flow, whose port a new connection reuses ([`tcp_next`] gives [`State::SynSent`]).
+/// The kernel's conntrack takes such a SYN as a new connection's, and Cilium judges a reopened
+/// flow as a new one.
+pub fn tcp_reopens(s: State, reply: bool, flags: u8) -> bool {
+    use tcp_flags::*;
+    !reply
+        && flags & (SYN | ACK | RST) == SYN
+        && matches!(
+            s,
+            State::FinWait | State::FinWaitReply | State::TimeWait | State::Closed
+        )
 }
 
 /// `s` after a packet from the originator (`reply` false) or the responder, with FIN or not.
@@ -318,12 +330,18 @@ mod tests {
             State::Closed,
         ] {
             assert_eq!(tcp_next(s, false, SYN), State::SynSent, "{s:?}");
+            assert!(tcp_reopens(s, false, SYN), "{s:?}");
+            assert!(!tcp_reopens(s, true, SYN) && !tcp_reopens(s, false, SYN | ACK));
+            assert!(!tcp_reopens(s, false, SYN | RST), "{s:?}");
             // Not from the responder, and not a SYN-ACK.
             assert_ne!(tcp_next(s, true, SYN), State::SynSent, "{s:?}");
             assert_ne!(tcp_next(s, false, SYN | ACK), State::SynSent, "{s:?}");
         }
         // An open flow's retransmitted SYN does not restart it.
         assert_eq!(tcp_next(State::Established, false, SYN), State::Established);
+        for s in [State::SynSent, State::SynRecv, State::Established] {
+            assert!(!tcp_reopens(s, false, SYN), "{s:?}");
+        }
     }
 
     #[test]

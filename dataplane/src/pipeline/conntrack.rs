@@ -32,13 +32,17 @@
 //! - A later fragment is tracked with its datagram's ports (the `fragments` stage found them).
 //! - The clock is read once per batch.
 //! - TCP flags no stack sends are dropped and not tracked (`tcp_invalid_flags`).
+//! - **A SYN reusing a closed connection's port is a new connection** (the kernel's conntrack
+//!   takes it so, and Cilium judges a `CT_REOPENED` flow as a new one): a SYN without ACK from
+//!   the originator of a closing or closed TCP flow removes its entry, and the packet is judged,
+//!   tracked and recorded as a new flow's first ([`reopened`]).
 //!
 //! Keys carry a direction, as Cilium's tuples do: `egress` for flows a local pod opened,
 //! `ingress` for flows that came through the tunnel. A reply is found by the reversed tuple:
 //! from the tunnel, a reply to one of our egress flows; from a pod, a reply to a same-node
 //! egress flow or to an ingress flow.
 
-use vireo_conntrack::state::{other_next, tcp_first, tcp_flags_invalid, tcp_next};
+use vireo_conntrack::state::{other_next, tcp_first, tcp_flags_invalid, tcp_next, tcp_reopens};
 use vireo_conntrack::table::{ICMP, TCP, UDP};
 use vireo_conntrack::{Dir, Full, Handle, Key, NewEntry, State, Table};
 use vireo_policy::rules::ip_proto::SCTP;
@@ -235,6 +239,14 @@ pub(super) fn first_reply(s: Option<State>) -> bool {
     matches!(s, Some(State::New | State::SynSent))
 }
 
+/// Whether a packet with `flags` in the original direction of the tracked flow `h` opens a new
+/// TCP connection on the port of a closing or closed one ([`tcp_reopens`]): the old entry is
+/// then let go and the packet taken as a new flow's first.
+#[inline]
+pub(super) fn reopened(proto: u8, h: &Handle<'_>, flags: u8) -> bool {
+    proto == TCP && h.state().is_some_and(|s| tcp_reopens(s, false, flags))
+}
+
 /// The state a packet moves its flow to.
 #[inline]
 pub(super) fn next_state(proto: u8, s: Option<State>, reply: bool, flags: u8) -> State {
@@ -362,8 +374,12 @@ fn track(ct: &Ct<'_>, t: &Tables, d: &mut Desc, buf: &[u8]) -> Result<CtVerdict,
     let next = |s: Option<State>, reply: bool| next_state(proto, s, reply, flags);
     let (src, dst) = ((key.src, sport), (key.dst, dport));
     let f = judged(d, src, dst, proto, policy_l4(d, ip, dport), ct.now());
-    if let Some(v) = ct.lookup(&key).and_then(|h| known(&h, t, d, &f, flags)) {
-        return v;
+    if let Some(h) = ct.lookup(&key) {
+        if reopened(proto, &h, flags) {
+            ct.remove(&key); // judged and tracked anew below
+        } else if let Some(v) = known(&h, t, d, &f, flags) {
+            return v;
+        }
     }
     let reverse: &[Dir] = if d.from_tunnel {
         &[Dir::Egress]

@@ -322,3 +322,45 @@ fn an_expired_flow_is_recorded_again_as_new() {
         "expired: again"
     );
 }
+
+/// A client port reused after its connection closed: the new SYN is a new flow's first (a new
+/// entry, recorded as new), and its first reply is recorded once more. A SYN
+/// retransmitted before any answer is not.
+#[test]
+fn a_syn_reusing_a_closed_connections_port_is_recorded_as_a_new_flow() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t, false);
+    let events = |t: &Tables| -> Vec<FlowEvent> { records(t).iter().map(|f| f.event).collect() };
+    assert_eq!(run_on(&t, POD_A.2, &a_to_b(80, SYN)).ct, CtVerdict::New);
+    assert_eq!(
+        run_on(&t, POD_A.2, &a_to_b(80, SYN)).ct,
+        CtVerdict::Established,
+        "retransmitted"
+    );
+    run_on(&t, POD_B.2, &b_to_a(80, SYN | ACK));
+    run_on(&t, POD_A.2, &a_to_b(80, ACK));
+    run_on(&t, POD_A.2, &a_to_b(80, FIN | ACK));
+    run_on(&t, POD_B.2, &b_to_a(80, FIN | ACK));
+    assert_eq!(
+        events(&t),
+        [
+            FlowEvent::New,
+            FlowEvent::FirstReply,
+            FlowEvent::Close,
+            FlowEvent::Close
+        ]
+    );
+    // The port reused while the closed entry lives.
+    let d = run_on(&t, POD_A.2, &a_to_b(80, SYN));
+    assert_eq!(
+        (d.ct, d.verdict),
+        (CtVerdict::New, Verdict::Tx { slot: POD_B.2 })
+    );
+    let d = run_on(&t, POD_B.2, &b_to_a(80, SYN | ACK));
+    assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, true));
+    let r = records(&t);
+    assert_eq!(
+        r.iter().map(|f| (f.event, f.tcp_flags)).collect::<Vec<_>>(),
+        [(FlowEvent::New, SYN), (FlowEvent::FirstReply, SYN | ACK)]
+    );
+}

@@ -39,7 +39,7 @@ use vireo_lb::{FrontendKind, Service};
 use vireo_policy::Identity;
 
 use super::conntrack::{
-    denied_again, first_reply, judged, new_flow_denied, next_state, ports, Ct, REJUDGE,
+    denied_again, first_reply, judged, new_flow_denied, next_state, ports, reopened, Ct, REJUDGE,
 };
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
 use crate::counters::{BatchCounts, DropReason};
@@ -210,10 +210,15 @@ fn translate(d: &mut Desc, buf: &mut [u8], t: &Tables, ct: &Ct<'_>) -> Option<Ve
     // one hash lookup, without touching conntrack.
     let (kind, svc) = t.services.lookup(p.dst, p.dport, p.proto)?;
     if let Some(h) = ct.lookup(&p.key(Dir::Service)) {
-        // A UDP client whose backend is gone moves to a live one (as Cilium re-selects; the
-        // flow starts afresh). TCP keeps its entry: its connection is the backend's.
-        let gone = |n: &Nat| proto == UDP && !svc.has_backend(n.dst, n.dport);
-        if let Some(nat) = h.nat().filter(|n| gone(n)) {
+        // The flow starts afresh, with a backend chosen anew (the same while it lives, by
+        // Maglev's hash of the tuple), for a UDP client whose backend is gone (as Cilium
+        // re-selects) and for a SYN reusing the port of a closed TCP connection (as the
+        // kernel's conntrack, under kube-proxy, takes it for a new connection). An open TCP
+        // connection keeps its entry: it is the backend's.
+        let afresh = |n: &Nat| {
+            (proto == UDP && !svc.has_backend(n.dst, n.dport)) || reopened(proto, &h, flags)
+        };
+        if let Some(nat) = h.nat().filter(|n| afresh(n)) {
             ct.remove(&p.key(Dir::Service));
             ct.remove(&revnat_key(&nat, proto));
         } else if let Some(nat) = h.nat() {

@@ -345,3 +345,55 @@ fn a_clusterip_udp_flow_records_its_first_reply_once() {
     assert_eq!((r[0].dst, r[0].dport), (POD_B.0, 8080));
     assert_eq!((r[1].src, r[1].sport, r[1].reply), (VIP, 80, true));
 }
+
+/// A client port reused after its TCP connection to a backend closed: the new SYN chooses
+/// its backend anew (the kernel's conntrack under kube-proxy takes it for a new connection),
+/// so a backend removed meanwhile is not asked again; while the old one lives, Maglev's hash of
+/// the tuple gives it back. An open connection's retransmitted SYN keeps its backend.
+#[test]
+fn a_syn_reusing_a_closed_connections_port_chooses_its_backend_anew() {
+    const RST: u8 = 0x04;
+    let (mut t, _) = two_pods_with_ct(1024, 64);
+    let two = vec![backend(POD_B.0, true, false), backend(POD_C, false, false)];
+    with_services(&mut t, vec![spec(two)]);
+    let to_vip = |port, flags| tcp(a_mac(), (VIP, POD_A.3), port, 80, flags);
+    // A client port whose flow goes to POD_B.
+    let port = (40000..40064)
+        .find(|&p| tcp_tuple(&run_one(&t, POD_A.2, &to_vip(p, SYN)).1).2 == POD_B.0)
+        .expect("some flow goes to POD_B");
+    // Retransmitted, and reused after a close while POD_B lives: the same backend.
+    let (d, out, _) = run_one(&t, POD_A.2, &to_vip(port, SYN));
+    assert_eq!((d.ct, tcp_tuple(&out).2), (CtVerdict::Established, POD_B.0));
+    run_one(&t, POD_A.2, &to_vip(port, RST));
+    let (d, out, _) = run_one(&t, POD_A.2, &to_vip(port, SYN));
+    assert_eq!((d.ct, tcp_tuple(&out).2), (CtVerdict::New, POD_B.0));
+    // POD_B goes; the open connection keeps it (its packets are POD_B's).
+    with_services(&mut t, vec![spec(vec![backend(POD_C, false, false)])]);
+    let (_, out, _) = run_one(&t, POD_A.2, &to_vip(port, ACK));
+    assert_eq!(
+        tcp_tuple(&out).2,
+        POD_B.0,
+        "an open connection keeps its backend"
+    );
+    // Closed, then the port reused: POD_C, the backend there is.
+    run_one(&t, POD_A.2, &to_vip(port, RST));
+    let (d, out, _) = run_one(&t, POD_A.2, &to_vip(port, SYN));
+    assert_eq!(d.ct, CtVerdict::New);
+    assert!(
+        matches!(d.verdict, Verdict::Tx { slot } if slot == UPLINK.0),
+        "{d:?}"
+    );
+    assert_eq!(tcp_tuple(&out).2, POD_C, "not the removed backend");
+    // The new connection's reply comes back through its own revnat entry, from the VIP.
+    let reply = tcp(
+        (POD_C, [2, 0, 0, 0, 0xc0, 1]),
+        (POD_A.0, POD_A.1),
+        8080,
+        port,
+        SYN | ACK,
+    );
+    let (d, out, _) = run_one(&t, UPLINK.0, &vxlan_from_remote(&reply, IDS[2]));
+    assert_eq!(d.verdict, Verdict::Tx { slot: POD_A.2 });
+    assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, true));
+    assert_eq!(tcp_tuple(&out), (VIP, 80, POD_A.0, port));
+}
