@@ -100,6 +100,13 @@ fn status(path: &Path, shared: bool, a: &Adoption, lock_wait_ms: u64, e: Option<
 /// synced ([`super::Agent::take_over_uplinks`]).
 const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Whether a process started `elapsed` ago replaces the uplinks' held programs now: once its
+/// first complete table set is installed (`synced`), or after [`TAKEOVER_WAIT`] without one (a
+/// source that cannot sync must not leave the previous version's program running for good).
+fn takeover_due(synced: bool, elapsed: std::time::Duration) -> bool {
+    synced || elapsed >= TAKEOVER_WAIT
+}
+
 impl super::Agent {
     fn pin_path(&self, ifname: &str) -> PathBuf {
         vireo_control::config::operations::pin_dir(&self.cfg.state_path())
@@ -136,7 +143,7 @@ impl super::Agent {
     /// which resets the connection.
     pub(super) fn take_over_uplinks(&mut self) {
         let synced = self.recorded.complete.is_some();
-        if !synced && self.started.elapsed() < TAKEOVER_WAIT {
+        if !takeover_due(synced, self.started.elapsed()) {
             return;
         }
         for (name, att) in &mut self.ifaces {
@@ -276,6 +283,22 @@ mod tests {
         let d = std::env::temp_dir().join(format!("vireo-state-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn held_uplinks_are_taken_over_once_synced_or_after_the_wait() {
+        use std::time::Duration;
+        assert!(!takeover_due(false, Duration::ZERO));
+        assert!(!takeover_due(
+            false,
+            TAKEOVER_WAIT - Duration::from_millis(1)
+        ));
+        assert!(
+            takeover_due(false, TAKEOVER_WAIT),
+            "a source that never syncs"
+        );
+        assert!(takeover_due(true, Duration::ZERO), "synced at once");
+        assert!(TAKEOVER_WAIT > Duration::from_secs(5) && TAKEOVER_WAIT <= Duration::from_secs(60));
     }
 
     #[test]
