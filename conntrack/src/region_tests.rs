@@ -69,6 +69,7 @@ fn filled() -> (Region, Layout) {
             .unwrap();
         assert!(fresh);
         h.update(State::Established, true, 1400);
+        assert!(h.set_policy(7, i % 2 == 0));
     }
     for i in 0..10 {
         t.insert(&key(i, UDP), entry(State::New, None)).unwrap();
@@ -96,6 +97,19 @@ fn a_second_table_on_the_region_adopts_every_entry_with_its_nat_record_and_count
         assert_eq!(h.nat(), (i % 5 == 0).then_some(NAT));
         let e = h.snapshot().unwrap();
         assert_eq!((e.packets, e.bytes), (2, 1500), "counters carried over");
+    }
+    // Verdicts cached at the first process's revision 7 are not this process's revision 7's:
+    // kept, but to be taken again.
+    for i in 0..50 {
+        let h = t.lookup(&key(i, TCP)).unwrap();
+        assert!(
+            !h.allowed_at(7),
+            "flow {i}: an allow of another process's revision"
+        );
+        assert_eq!(h.policy_at(7), None, "flow {i}");
+        let p = h.policy().expect("the verdict is kept");
+        assert_eq!((p.allowed, p.revision), (i % 2 == 0, 0));
+        assert!(h.set_policy(1, true) && h.allowed_at(1), "cached again");
     }
     assert!(t.lookup(&key(3, UDP)).is_some());
     assert!(t.lookup(&key(77, TCP)).is_none());

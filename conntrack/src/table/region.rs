@@ -18,7 +18,8 @@
 //! version, slot size and count, a complete file, an epoch not in the future); otherwise it
 //! starts an empty table in the region and says why ([`Adoption::reason`]). An adopted table
 //! is checked slot by slot: a slot a process left half written (busy) is freed, tag words are
-//! rebuilt from the keys, and the entry counts are recounted.
+//! rebuilt from the keys, the entry counts are recounted, and cached policy verdicts lose the
+//! revision they were taken at (the previous process's numbering: [`forget_revision`]).
 //!
 //! The layout version must change with anything that changes what a slot's words mean or
 //! where a key lives: the slot's fields, the live word's bits, the key's hash, the bucket
@@ -254,6 +255,7 @@ impl Table {
                         Key::from_words(s.k0.load(Ordering::Relaxed), s.k1.load(Ordering::Relaxed));
                     let (b1, b2, tag) = self.place(&k);
                     if b == b1 || b == b2 {
+                        forget_revision(&s.policy);
                         tag_word |= u64::from(tag) << (lane * 8);
                         counts[class(k.proto)] += 1;
                         continue;
@@ -272,6 +274,17 @@ impl Table {
         }
         (counts[0], counts[1], repaired)
     }
+}
+
+/// A verdict the previous process cached in an entry was taken at one of *its* policy
+/// revisions, which mean nothing to this process (its snapshots are numbered from 1 again): at
+/// the same number, a policy since changed would be trusted, an allow since revoked too. The
+/// verdict is kept (a later fragment asks whether its flow was allowed, [`super::Handle::policy`])
+/// but at revision 0, which no published snapshot has: each adopted flow is judged again, under
+/// this process's policy, at its next packet.
+fn forget_revision(policy: &AtomicU64) {
+    let p = policy.load(Ordering::Relaxed);
+    policy.store(p & !u64::from(u32::MAX), Ordering::Relaxed);
 }
 
 /// Why the region's content cannot be adopted (None: it can).
