@@ -364,3 +364,56 @@ fn a_syn_reusing_a_closed_connections_port_is_recorded_as_a_new_flow() {
         [(FlowEvent::New, SYN), (FlowEvent::FirstReply, SYN | ACK)]
     );
 }
+
+/// B's pod goes (its endpoint removed and its flows flushed, as the agent does) and a new pod
+/// takes its address: the old flow's next packet is a counted drop with a record saying why,
+/// and the new pod's traffic starts new flows that carry its own identity, not B's.
+#[test]
+fn an_endpoint_gone_and_its_address_reused_starts_flows_anew() {
+    let (mut t, _) = two_pods_with_ct(64, 64);
+    with_policy(&mut t, false);
+    run_on(&t, POD_A.2, &a_to_b(80, SYN));
+    run_on(&t, POD_B.2, &b_to_a(80, SYN | ACK));
+    assert_eq!(records(&t).len(), 2);
+    let b = u32::from(POD_B.0);
+    t.endpoints.remove(&b);
+    let ct = t.ct.clone().unwrap();
+    assert_eq!(ct.flush(vireo_conntrack::flush::endpoint(b)), 1);
+    t.revision += 1;
+    let d = run_on(&t, POD_A.2, &a_to_b(80, ACK));
+    let Verdict::Drop(reason) = d.verdict else {
+        panic!("sent to a pod that is gone: {d:?}")
+    };
+    let r = records(&t);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (r[0].event, r[0].verdict, r[0].reason),
+        (FlowEvent::Drop, FlowVerdict::Dropped, Some(reason))
+    );
+    assert_eq!(
+        (r[0].src_identity, r[0].dst, r[0].dport),
+        (IDS[0], POD_B.0, 80)
+    );
+    // A pod with app=c (under no policy) at the same address and port.
+    t.set_endpoint(crate::tables::Endpoint {
+        ip: POD_B.0,
+        mac: POD_B.1,
+        slot: POD_B.2,
+        identity: IDS[2],
+    });
+    t.revision += 1;
+    let d = run_on(&t, POD_A.2, &a_to_b(81, SYN));
+    assert_eq!(
+        (d.ct, d.verdict),
+        (CtVerdict::New, Verdict::Tx { slot: POD_B.2 })
+    );
+    let d = run_on(&t, POD_A.2, &a_to_b(80, ACK));
+    assert_eq!(d.ct, CtVerdict::New, "the old flow is not the new pod's");
+    let r = records(&t);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(
+        r.iter()
+            .all(|f| f.event == FlowEvent::New && f.dst_identity == IDS[2]),
+        "{r:?}"
+    );
+}
