@@ -29,7 +29,9 @@
 //!   needed, time exceeded) go to the pod with the quoted packet translated back; a pod's own
 //!   ICMP error about a reply it got is translated the other way.
 //! - **TCP:** states move on both entries together (SYN, established, FIN and RST lifetimes as
-//!   for any flow); once expired, an entry's port is free for the next flow.
+//!   for any flow); once expired, an entry's port is free for the next flow. A pod's SYN
+//!   reusing the source port of a closing or closed connection is a new flow (both entries
+//!   made again, judged as new), on the same node port while that is free.
 //! - **Other protocols** (SCTP, GRE, ESP, other ICMP messages) are not translated: Cilium
 //!   punts them to the kernel's stack, which Vireo's pods do not go through, so they are
 //!   dropped as `masq_unsupported_proto` (to a non-masquerade CIDR they leave untranslated).
@@ -43,7 +45,7 @@ use vireo_conntrack::{Dir, Full, Key, Nat, NewEntry};
 use vireo_policy::Identity;
 
 use super::conntrack::{
-    denied_again, judged, new_flow_denied, next_state, policy_l4, ports, Ct, REJUDGE,
+    denied_again, judged, new_flow_denied, next_state, policy_l4, ports, reopened, Ct, REJUDGE,
 };
 use super::icmp::{answer, Answer};
 use super::{Batch, CtVerdict, Desc, Frames, Kind, Verdict};
@@ -211,8 +213,9 @@ fn egress(
     let f = judged(d, (src, sport), (dst, dport), proto, l4, ct.now());
     let found = ct.lookup(&key);
     let nat = match found {
-        // A known flow, translated as it is to be (masquerade or not).
-        Some(h) if h.nat().is_some() != exempt => {
+        // A known flow, translated as it is to be (masquerade or not), and not a new
+        // connection on a closed one's port.
+        Some(h) if h.nat().is_some() != exempt && !reopened(proto, &h, flags) => {
             if REJUDGE && denied_again(&h, t, d, &f) {
                 return drop(DropReason::PolicyDenied);
             }
@@ -236,7 +239,9 @@ fn egress(
             nat
         }
         stale => {
-            // A flow tracked the other way (the non-masquerade CIDRs changed): afresh.
+            // A flow tracked the other way (the non-masquerade CIDRs changed), or a SYN reusing
+            // a closed connection's port: afresh (the port is allocated again from the same
+            // hash of the tuple, so the world sees the same one while it is free).
             if let Some(h) = stale {
                 if let Some(n) = h.nat() {
                     ct.remove(&rev_key(&n, proto));

@@ -368,6 +368,32 @@ fn a_reset_closes_the_flow_within_the_close_lifetime() {
     assert_eq!(d.verdict, Verdict::Drop(DropReason::MasqNoEntry));
 }
 
+/// A pod reusing its source port after the connection was reset: the SYN starts a new flow
+/// (new entries, recorded as new), on the same node port while that is free, and the world's
+/// answer to it reaches the pod.
+#[test]
+fn a_syn_reusing_a_reset_connections_port_is_a_new_flow_on_the_same_node_port() {
+    let (t, _) = world_tables(range());
+    let syn = tcp((POD_A.0, POD_A.1), (WORLD, POD_A.3), 40000, 80, SYN);
+    let (_, out, _) = run_one(&t, POD_A.2, &syn);
+    let port = tuple(&out).1;
+    let rst = tcp((WORLD, NEXT_HOP), (UPLINK.2, UPLINK.1), 80, port, RST | ACK);
+    run_one(&t, UPLINK.0, &rst);
+    let (d, out, _) = run_one(&t, POD_A.2, &syn);
+    assert_eq!(
+        (d.ct, d.verdict),
+        (CtVerdict::New, Verdict::Tx { slot: UPLINK.0 })
+    );
+    assert_eq!(tuple(&out).1, port, "the same node port");
+    let synack = tcp((WORLD, NEXT_HOP), (UPLINK.2, UPLINK.1), 80, port, SYN | ACK);
+    let (d, out, _) = run_one(&t, UPLINK.0, &synack);
+    assert_eq!((d.ct, d.first_reply), (CtVerdict::Reply, true));
+    assert_eq!(tuple(&out), (WORLD, 80, POD_A.0, 40000, 63));
+    // A retransmitted SYN of the open connection is no new flow.
+    let (d, _, _) = run_one(&t, POD_A.2, &syn);
+    assert_eq!(d.ct, CtVerdict::Established);
+}
+
 /// Pod A (app=a) may send only to `peer`.
 fn a_egress_only_to(t: &mut Tables, peer: Peer) {
     let origin = |r: &str| Origin {

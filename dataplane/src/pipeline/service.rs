@@ -10,7 +10,9 @@
 //! - **Known flow:** its conntrack entry decides, whatever the Maglev table says now, so an
 //!   established connection keeps its backend when backends come and go (as long as the
 //!   service's frontend exists: deleting the Service ends its flows). Terminating backends
-//!   keep their flows and get no new ones.
+//!   keep their flows and get no new ones. A UDP flow whose backend is gone, and a SYN
+//!   reusing the client port of a closing or closed TCP connection, start afresh: a new flow
+//!   with a backend chosen again.
 //! - **Replies** from a backend are matched by their `revnat` entry and leave with the service
 //!   address as their source.
 //! - **From outside** (the uplink steers NodePorts, external and LoadBalancer IPs here): with
